@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create the virtual
+# environment on first use (pinned by constraints.txt, CPU-only torch) and reuse it after.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0+cpu"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/securefl demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check securefl tests examples benchmarks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check securefl tests examples benchmarks
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks/ -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,202 @@
+"""The aggregator: runs rounds, moves opaque payloads between phases, and fuses the revealed sum.
+
+It never holds a secret key and never sees an individual update in the clear unless the stack is
+``plain``: what it gets from parties goes straight to the secure sum's aggregator side. One round:
+
+1. select parties; fewer than ``min_parties`` fails the round at once;
+2. for each phase the layer names: send each live party its request (the first phase also
+   carries the global model and the round info), collect replies until the deadline, check each
+   envelope (size, version, session, round, phase, sender; duplicates), hand valid payloads to
+   the layer; a party with no valid reply is a dropout from then on;
+3. reveal the sum, undo the transforms, divide by the summed weight, and let the strategy step.
+
+If survivors fall below ``min_parties`` at any phase, or the layer aborts, the round fails and the
+global model is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from securefl.codec import ArraySpec, FusedSum, VectorLayout, check_finite
+from securefl.errors import ProtocolError, RoundFailed, SecureFLError, UpdateError, WireError
+from securefl.fusion import Strategy
+from securefl.layers.base import PrivacyStack, RoundContext
+from securefl.party import withdraw_reason
+from securefl.roundinfo import RoundInfo
+from securefl.selection import Selection
+from securefl.transcript import Transcript
+from securefl.transport import Reply, Transport
+from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, pack_array
+
+log = logging.getLogger(__name__)
+_ENVELOPE_OVERHEAD = 4096
+
+
+@dataclass
+class RoundReport:
+    """What happened in one round, as the aggregator saw it."""
+
+    round: int
+    status: str  # "ok" or "failed"
+    selected: list[str]
+    survivors: list[str] = field(default_factory=list)
+    dropouts: dict[str, str] = field(default_factory=dict)  # party -> phase: reason
+    error: str | None = None
+    total_weight: float = 0.0
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_count: float = 0.0
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Aggregator:
+    def __init__(
+        self,
+        spec: ArraySpec,
+        initial: np.ndarray,
+        layout: VectorLayout,
+        stack: PrivacyStack,
+        transport: Transport,
+        parties: list[str],
+        session: str,
+        selection: Selection,
+        strategy: Strategy,
+        min_parties: int = 1,
+        phase_timeout: float = 600.0,
+        round_config: dict | None = None,
+        transcript: Transcript | None = None,
+    ) -> None:
+        self.spec = spec
+        self.weights = np.asarray(initial, dtype=np.float64).copy()
+        self.layout = layout
+        self.stack = stack
+        self.transport = transport
+        self.parties = list(parties)
+        self.session = session
+        self.selection = selection
+        self.strategy = strategy
+        self.min_parties = min_parties
+        self.phase_timeout = phase_timeout
+        self.round_config = dict(round_config or {})
+        self.transcript = transcript
+        self.secure_sum = stack.secure_sum.aggregator()
+
+    def run_round(self, round: int) -> RoundReport:
+        started = time.perf_counter()
+        before = self.transport.traffic.snapshot()
+        selected = self.selection.select(self.parties, round)
+        report = RoundReport(round, "failed", list(selected))
+        try:
+            survivors = self._secure_sum_round(round, selected, report)
+            fused = self._fuse()
+            report.status = "ok"
+            report.survivors = sorted(survivors)
+            report.total_weight = fused.total_weight
+            report.train_metrics, report.eval_metrics = fused.train_metrics, fused.eval_metrics
+            report.eval_count = fused.eval_count
+        except (RoundFailed, UpdateError) as exc:
+            report.error = str(exc)
+            log.warning("round %d failed: %s", round, exc)
+        traffic = self.transport.traffic.since(before)
+        report.bytes_up, report.bytes_down = traffic.bytes_up, traffic.bytes_down
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _secure_sum_round(self, round: int, selected: list[str], report: RoundReport) -> set[str]:
+        self._require_enough(len(selected), "selection", len(selected))
+        info = RoundInfo(round, tuple(sorted(selected)), self.min_parties, self.round_config)
+        ctx = RoundContext(
+            self.session, round, info.parties, self.layout.size, self.stack.integer, self.min_parties
+        )
+        self.secure_sum.start_round(ctx)
+        live = set(selected)
+        phases = self.secure_sum.phases(ctx)
+        for index, phase in enumerate(phases):
+            extra = {}
+            if index == 0:
+                extra = {"model": pack_array(self.weights.astype(self.spec.wire_dtype)), "round": info.encode()}
+            requests = {}
+            for party in sorted(live):
+                parts = {"layer": self.secure_sum.request(phase, party), **extra}
+                requests[party] = Envelope(REQUEST, self.session, round, phase, party, parts).encode()
+                self._record(round, phase, "out", party, requests[party])
+            replies = self.transport.exchange(requests, self.phase_timeout)
+            valid = self._accept(round, phase, live, replies, report)
+            for party in sorted(live - set(valid)):
+                report.dropouts.setdefault(party, f"{phase}: no reply before the deadline")
+            live = set(valid)
+            self._require_enough(len(live), phase, len(selected))
+            for party in sorted(valid):
+                try:
+                    self.secure_sum.receive(phase, party, valid[party])
+                except (SecureFLError, ValueError) as exc:
+                    report.dropouts[party] = f"{phase}: {exc}"
+                    live.discard(party)
+            self._require_enough(len(live), phase, len(selected))
+            self.secure_sum.close_phase(phase, frozenset(live))
+        return live
+
+    def _accept(
+        self, round: int, phase: str, live: set[str], replies: list[Reply], report: RoundReport
+    ) -> dict[str, bytes]:
+        """Check each reply's envelope; duplicates and impostors drop the party."""
+        max_bytes = self.secure_sum.max_reply_bytes(phase) + _ENVELOPE_OVERHEAD
+        valid: dict[str, bytes] = {}
+        seen: set[str] = set()
+        for reply in replies:
+            self._record(round, phase, "in", reply.sender, reply.data)
+            party = reply.sender
+            try:
+                if party not in live:
+                    raise ProtocolError(f"party {party!r} is not live in this phase")
+                if party in seen:
+                    raise ProtocolError(f"party {party!r} answered phase {phase!r} twice")
+                seen.add(party)
+                envelope = Envelope.decode(reply.data, max_bytes=max_bytes).expect(
+                    kind=REPLY, session=self.session, round=round, phase=phase, party=party
+                )
+                if envelope.kind == WITHDRAW:
+                    raise ProtocolError(f"withdrew: {withdraw_reason(envelope)}")
+                if set(envelope.parts) != {"layer"}:
+                    raise WireError(f"reply parts {sorted(envelope.parts)} should be ['layer']")
+                valid[party] = envelope.parts["layer"]
+            except (WireError, ProtocolError) as exc:
+                valid.pop(party, None)
+                report.dropouts[party] = f"{phase}: {exc}"
+                log.info("round %d: dropping %s: %s", round, party, exc)
+        for party in report.dropouts:
+            valid.pop(party, None)
+        return valid
+
+    def _require_enough(self, count: int, phase: str, selected: int) -> None:
+        if count < self.min_parties:
+            raise RoundFailed(
+                f"only {count} of {selected} parties left after {phase}; at least {self.min_parties} "
+                "are needed, so the round is abandoned and the global model is unchanged"
+            )
+
+    def _fuse(self) -> FusedSum:
+        total = self.stack.decode_sum(self.secure_sum.result())
+        fused = self.layout.unpack_sum(total)
+        new_weights = self.strategy.step(self.weights, fused.mean_delta)
+        check_finite(new_weights, "fused model")
+        self.weights = new_weights
+        return fused
+
+    def _record(self, round: int, phase: str, direction: str, party: str, data: bytes) -> None:
+        if self.transcript is not None:
+            self.transcript.record(round, phase, direction, party, data)
+
+    def global_weights(self):
+        return self.spec.unflatten(self.weights)

@@ -1,0 +1,250 @@
+"""The update codec: named arrays (dict, list, PyTorch ``state_dict``) to one float vector and back.
+
+A model is described once by an :class:`ArraySpec` (names, shapes, dtypes in order); every update
+is checked against it, so a party with the wrong architecture is caught by name, not by a
+misaligned sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from securefl.errors import UpdateError
+
+NamedArrays = Mapping[str, Any] | Sequence[Any]
+_FLOAT_KINDS = "f"
+
+
+def _to_numpy(value: Any, name: str) -> np.ndarray:
+    """Accept numpy arrays, scalars and torch tensors (without importing torch)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise UpdateError(f"array {name!r} has dtype object; give numeric arrays")
+    return array
+
+
+def _items(arrays: NamedArrays) -> list[tuple[str, np.ndarray]]:
+    if isinstance(arrays, Mapping):
+        return [(str(k), _to_numpy(v, str(k))) for k, v in arrays.items()]
+    if isinstance(arrays, (list, tuple)):
+        return [(str(i), _to_numpy(v, str(i))) for i, v in enumerate(arrays)]
+    raise UpdateError(
+        f"expected named arrays (a dict, a state_dict or a list of arrays), got {type(arrays).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class ArrayEntry:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """The names, shapes and dtypes of a model's arrays, in a fixed order."""
+
+    entries: tuple[ArrayEntry, ...]
+    as_list: bool = False
+
+    @classmethod
+    def of(cls, arrays: NamedArrays) -> ArraySpec:
+        items = _items(arrays)
+        if not items:
+            raise UpdateError("a model needs at least one array")
+        entries = []
+        for name, array in items:
+            if array.dtype.kind not in _FLOAT_KINDS:
+                raise UpdateError(
+                    f"array {name!r} has dtype {array.dtype}; only floating-point arrays are "
+                    "averaged (keep integer buffers such as counters out of the update)"
+                )
+            entries.append(ArrayEntry(name, tuple(int(d) for d in array.shape), array.dtype.str))
+        return cls(tuple(entries), as_list=not isinstance(arrays, Mapping))
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def flatten(self, arrays: NamedArrays) -> np.ndarray:
+        """One float64 vector of all arrays, in spec order; shapes and names checked."""
+        items = dict(_items(arrays))
+        missing = [e.name for e in self.entries if e.name not in items]
+        extra = sorted(set(items) - set(self.names))
+        if missing or extra:
+            raise UpdateError(
+                f"arrays do not match the model: missing {missing or 'none'}, unexpected "
+                f"{extra or 'none'}"
+            )
+        out = np.empty(self.size, dtype=np.float64)
+        offset = 0
+        for entry in self.entries:
+            array = items[entry.name]
+            if tuple(array.shape) != entry.shape:
+                raise UpdateError(
+                    f"array {entry.name!r} has shape {tuple(array.shape)}, the model expects "
+                    f"{entry.shape}"
+                )
+            if array.dtype.kind not in _FLOAT_KINDS:
+                raise UpdateError(f"array {entry.name!r} has dtype {array.dtype}, expected float")
+            out[offset : offset + entry.size] = array.reshape(-1)
+            offset += entry.size
+        return out
+
+    def unflatten(self, vector: np.ndarray) -> dict[str, np.ndarray] | list[np.ndarray]:
+        """The arrays back from a vector, each in its original shape and dtype."""
+        vector = np.asarray(vector)
+        if vector.shape != (self.size,):
+            raise UpdateError(f"vector has shape {vector.shape}, the model needs ({self.size},)")
+        arrays: dict[str, np.ndarray] = {}
+        offset = 0
+        for entry in self.entries:
+            chunk = vector[offset : offset + entry.size]
+            arrays[entry.name] = chunk.astype(np.dtype(entry.dtype)).reshape(entry.shape)
+            offset += entry.size
+        return list(arrays.values()) if self.as_list else arrays
+
+    @property
+    def wire_dtype(self) -> np.dtype:
+        """The widest float dtype of the model: global weights travel at that precision."""
+        return np.dtype(max((np.dtype(e.dtype) for e in self.entries), key=lambda d: d.itemsize))
+
+    def to_json(self) -> dict:
+        return {
+            "as_list": self.as_list,
+            "entries": [{"name": e.name, "shape": list(e.shape), "dtype": e.dtype} for e in self.entries],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ArraySpec:
+        return cls(
+            tuple(ArrayEntry(e["name"], tuple(e["shape"]), e["dtype"]) for e in data["entries"]),
+            as_list=bool(data.get("as_list", False)),
+        )
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """Where the update, the weight and the metrics sit in the protected vector.
+
+    The vector a party protects is ``[w * delta, w, w * train_metrics, n_eval, n_eval *
+    eval_metrics]``: weighted so that a plain sum followed by one division per group gives the
+    weighted averages. Weight and metrics are coordinates, never plaintext fields (design).
+    """
+
+    update_size: int
+    train_metrics: tuple[str, ...] = ()
+    eval_metrics: tuple[str, ...] = ()
+
+    @property
+    def weight_index(self) -> int:
+        return self.update_size
+
+    @property
+    def train_metrics_slice(self) -> slice:
+        start = self.update_size + 1
+        return slice(start, start + len(self.train_metrics))
+
+    @property
+    def eval_count_index(self) -> int:
+        return self.train_metrics_slice.stop
+
+    @property
+    def eval_metrics_slice(self) -> slice:
+        start = self.eval_count_index + 1
+        return slice(start, start + len(self.eval_metrics))
+
+    @property
+    def size(self) -> int:
+        return self.eval_metrics_slice.stop
+
+    @property
+    def update_slice(self) -> slice:
+        return slice(0, self.update_size)
+
+    def pack(
+        self,
+        delta: np.ndarray,
+        weight: float,
+        train_metrics: Mapping[str, float],
+        eval_count: float = 0.0,
+        eval_metrics: Mapping[str, float] | None = None,
+    ) -> np.ndarray:
+        """Build one party's protected vector, checking names and finiteness."""
+        eval_metrics = dict(eval_metrics or {})
+        _check_metric_names("training", train_metrics, self.train_metrics)
+        _check_metric_names("evaluation", eval_metrics, self.eval_metrics)
+        if not (np.isfinite(weight) and weight > 0):
+            raise UpdateError(f"weight must be a positive finite number, got {weight!r}")
+        if not (np.isfinite(eval_count) and eval_count >= 0):
+            raise UpdateError(f"evaluation count must be finite and >= 0, got {eval_count!r}")
+        vector = np.empty(self.size, dtype=np.float64)
+        vector[self.update_slice] = weight * np.asarray(delta, dtype=np.float64)
+        vector[self.weight_index] = weight
+        vector[self.train_metrics_slice] = [weight * float(train_metrics[m]) for m in self.train_metrics]
+        vector[self.eval_count_index] = eval_count
+        vector[self.eval_metrics_slice] = [eval_count * float(eval_metrics[m]) for m in self.eval_metrics]
+        check_finite(vector, "update")
+        return vector
+
+    def unpack_sum(self, total: np.ndarray) -> FusedSum:
+        """Split a summed vector into the weighted averages it encodes."""
+        total = np.asarray(total, dtype=np.float64)
+        weight = float(total[self.weight_index])
+        if not weight > 0:
+            raise UpdateError(f"the summed weight is {weight}; nothing to average")
+        eval_count = float(total[self.eval_count_index])
+        train = {m: float(v) for m, v in zip(self.train_metrics, total[self.train_metrics_slice] / weight, strict=True)}
+        if eval_count > 0:
+            evals = {m: float(v) for m, v in zip(self.eval_metrics, total[self.eval_metrics_slice] / eval_count, strict=True)}
+        else:
+            evals = {}
+        return FusedSum(total[self.update_slice] / weight, weight, train, eval_count, evals)
+
+
+@dataclass(frozen=True)
+class FusedSum:
+    """The weighted averages recovered from a secure sum."""
+
+    mean_delta: np.ndarray
+    total_weight: float
+    train_metrics: dict[str, float]
+    eval_count: float
+    eval_metrics: dict[str, float]
+
+
+def _check_metric_names(kind: str, given: Mapping[str, float], expected: tuple[str, ...]) -> None:
+    if set(given) != set(expected):
+        raise UpdateError(
+            f"{kind} metrics {sorted(given)} do not match the federation's declared "
+            f"{kind} metrics {sorted(expected)}; every party must report the same names"
+        )
+    for name in expected:
+        value = given[name]
+        if not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value):
+            raise UpdateError(f"{kind} metric {name!r} is {value!r}; metrics must be finite numbers")
+
+
+def check_finite(vector: np.ndarray, what: str) -> None:
+    """Raise an UpdateError naming the first NaN or infinite coordinate."""
+    bad = ~np.isfinite(vector)
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise UpdateError(
+            f"{what} has {int(bad.sum())} non-finite value(s) (first at coordinate {index}: "
+            f"{vector[index]}); the party's training diverged — lower the learning rate or clip"
+        )

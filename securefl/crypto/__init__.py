@@ -1,0 +1,1 @@
+"""Primitives the privacy layers share. The federated core never imports this package."""

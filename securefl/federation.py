@@ -1,0 +1,183 @@
+"""Run a federation in one process: the embedded default, and what the demo and examples use.
+
+:class:`Federation` assembles an aggregator, one :class:`~securefl.party.PartyNode` per client and
+an in-process transport, validates the privacy stack against the federation (design invariant 3)
+and runs rounds. Every message still travels as bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from securefl.aggregator import Aggregator, RoundReport
+from securefl.codec import ArraySpec, NamedArrays, VectorLayout
+from securefl.errors import ConfigError
+from securefl.fusion import Strategy, build_strategy
+from securefl.layers import Layer, PrivacyStack, StackContext, build_layer, preset
+from securefl.party import Client, PartyNode
+from securefl.selection import Selection, build_selection
+from securefl.transcript import Transcript
+from securefl.transport import FaultInjector, InProcessTransport
+from securefl.wire import check_name
+
+PrivacySpec = str | Layer | Mapping[str, Any]
+
+
+@dataclass
+class History:
+    """The reports of every round run so far."""
+
+    rounds: list[RoundReport] = field(default_factory=list)
+
+    @property
+    def bytes_up(self) -> int:
+        return sum(r.bytes_up for r in self.rounds)
+
+    @property
+    def bytes_down(self) -> int:
+        return sum(r.bytes_down for r in self.rounds)
+
+    @property
+    def failed(self) -> list[RoundReport]:
+        return [r for r in self.rounds if not r.ok]
+
+
+def build_stack(privacy: PrivacySpec | Sequence[PrivacySpec] | None) -> PrivacyStack:
+    """A stack from a preset name, layer objects, or config entries (``{"layer": ...}``)."""
+    if privacy is None:
+        privacy = "plain"
+    if isinstance(privacy, str):
+        return PrivacyStack.of(preset(privacy))
+    if isinstance(privacy, PrivacyStack):
+        return privacy
+    items = [privacy] if isinstance(privacy, Mapping) or not isinstance(privacy, Sequence) else privacy
+    layers: list[Layer] = []
+    for item in items:
+        if isinstance(item, str):
+            layers.append(build_layer({"layer": item}))
+        elif isinstance(item, Mapping):
+            layers.append(build_layer(item))
+        else:
+            layers.append(item)
+    return PrivacyStack.of(layers)
+
+
+class Federation:
+    """An aggregator and its parties in one process.
+
+    ``model`` gives the initial global weights (named arrays); ``clients`` maps party ids to a
+    :class:`~securefl.party.Client` or a bare train function. Metric names are declared up front
+    because every party's vector must have the same layout.
+    """
+
+    def __init__(
+        self,
+        model: NamedArrays,
+        clients: Mapping[str, Client | Callable],
+        privacy: PrivacySpec | Sequence[PrivacySpec] | None = None,
+        *,
+        train_metrics: Sequence[str] = (),
+        eval_metrics: Sequence[str] = (),
+        metric_bounds: Mapping[str, float] | None = None,
+        weighting: str = "examples",
+        weight_bound: float | None = None,
+        min_parties: int = 1,
+        selection: str | Mapping[str, Any] | Selection | None = None,
+        strategy: str | Mapping[str, Any] | Strategy | None = None,
+        phase_timeout: float = 600.0,
+        round_config: Mapping[str, Any] | None = None,
+        transcript: Transcript | None = None,
+        faults: FaultInjector | None = None,
+        workers: int = 1,
+    ) -> None:
+        if not clients:
+            raise ConfigError("a federation needs at least one party")
+        if weighting not in ("examples", "uniform"):
+            raise ConfigError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
+        if not (isinstance(phase_timeout, (int, float)) and phase_timeout > 0):
+            raise ConfigError(f"phase_timeout must be positive seconds, got {phase_timeout!r}")
+        party_ids = [check_name(p, "party id") for p in clients]
+        self.spec = ArraySpec.of(model)
+        self.layout = VectorLayout(self.spec.size, tuple(train_metrics), tuple(eval_metrics))
+        if len(set(self.layout.train_metrics)) != len(self.layout.train_metrics) or len(
+            set(self.layout.eval_metrics)
+        ) != len(self.layout.eval_metrics):
+            raise ConfigError("metric names must be unique")
+        self.stack = build_stack(privacy)
+        self.selection = build_selection(selection)
+        if weight_bound is None and weighting == "uniform":
+            weight_bound = 1.0
+        context = StackContext(
+            layout=self.layout,
+            max_parties=self.selection.max_selected(len(party_ids)),
+            min_parties=min(min_parties, self.selection.max_selected(len(party_ids))),
+            weight_bound=weight_bound,
+            metric_bounds=dict(metric_bounds or {}),
+        )
+        if min_parties > context.max_parties:
+            raise ConfigError(
+                f"min_parties={min_parties} but at most {context.max_parties} parties take part in a round"
+            )
+        self.stack.validate(context)
+        self.session = secrets.token_hex(16)
+        self.transcript = transcript
+        self.nodes = {
+            pid: PartyNode(
+                pid,
+                client if isinstance(client, Client) else Client(train=client),
+                self.spec,
+                self.layout,
+                self.stack,
+                self.session,
+                weighting=weighting,
+                weight_bound=weight_bound,
+            )
+            for pid, client in clients.items()
+        }
+        self.transport = InProcessTransport(
+            {pid: node.handle for pid, node in self.nodes.items()}, faults=faults, workers=workers
+        )
+        self.aggregator = Aggregator(
+            self.spec,
+            self.spec.flatten(model),
+            self.layout,
+            self.stack,
+            self.transport,
+            party_ids,
+            self.session,
+            self.selection,
+            build_strategy(strategy),
+            min_parties=min_parties,
+            phase_timeout=phase_timeout,
+            round_config=dict(round_config or {}),
+            transcript=transcript,
+        )
+        self.history = History()
+
+    @property
+    def global_weights(self) -> NamedArrays:
+        return self.aggregator.global_weights()
+
+    @property
+    def global_vector(self) -> np.ndarray:
+        return self.aggregator.weights.copy()
+
+    def run_round(self) -> RoundReport:
+        report = self.aggregator.run_round(len(self.history.rounds))
+        self.history.rounds.append(report)
+        return report
+
+    def run(self, rounds: int, on_round: Callable[[RoundReport], None] | None = None) -> History:
+        """Run ``rounds`` more rounds; ``on_round`` is called after each (for progress output)."""
+        if not isinstance(rounds, int) or rounds < 0:
+            raise ConfigError(f"rounds must be a non-negative integer, got {rounds!r}")
+        for _ in range(rounds):
+            report = self.run_round()
+            if on_round is not None:
+                on_round(report)
+        return self.history

@@ -1,0 +1,73 @@
+"""Privacy layers: one file per layer, each implementing the contract in :mod:`.base`.
+
+``build_layer`` turns a configuration entry (``{"layer": "clip", "norm": 1.0}``) into a layer;
+``preset`` gives the stack behind a demo ``--privacy`` name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from securefl.errors import ConfigError
+from securefl.layers.base import (
+    PrivacyStack,
+    RoundContext,
+    SecureSum,
+    StackContext,
+    SumAggregator,
+    SumParty,
+    Transform,
+)
+from securefl.layers.clip import Clip
+from securefl.layers.plain import Plain
+from securefl.layers.quantize import Quantize
+
+Layer = Transform | SecureSum
+
+LAYERS: dict[str, Callable[..., Layer]] = {
+    "plain": Plain,
+    "clip": Clip,
+    "quantize": Quantize,
+}
+
+# The stack behind each `--privacy NAME` of the demo. Integer layers will add their own.
+PRESETS: dict[str, Callable[[], list[Layer]]] = {
+    "plain": lambda: [Plain()],
+}
+
+
+def build_layer(entry: Mapping[str, Any]) -> Layer:
+    """One layer from a config entry: ``layer`` names it, the other keys are its parameters."""
+    params = dict(entry)
+    name = params.pop("layer", None)
+    if name not in LAYERS:
+        raise ConfigError(f"unknown privacy layer {name!r}; known layers: {', '.join(sorted(LAYERS))}")
+    try:
+        return LAYERS[name](**params)
+    except TypeError as exc:
+        raise ConfigError(f"layer {name!r}: {exc}") from None
+
+
+def preset(name: str) -> list[Layer]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown privacy preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+__all__ = [
+    "LAYERS",
+    "PRESETS",
+    "Clip",
+    "Plain",
+    "PrivacyStack",
+    "Quantize",
+    "RoundContext",
+    "SecureSum",
+    "StackContext",
+    "SumAggregator",
+    "SumParty",
+    "Transform",
+    "build_layer",
+    "preset",
+]

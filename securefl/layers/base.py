@@ -1,0 +1,205 @@
+"""The contract every privacy layer implements, and the validated stack they form.
+
+A stack is zero or more :class:`Transform` s followed by exactly one :class:`SecureSum`:
+
+* a **transform** maps a party's vector to a vector (``encode``) and has a matching
+  ``decode_sum`` applied once to the revealed sum (clip: identity; quantize: divide by scale);
+* a **secure sum** is a small protocol: the aggregator side (:class:`SumAggregator`, which never
+  holds a secret key) and the party side (:class:`SumParty`) exchange opaque payloads over a
+  sequence of phases that the layer names. The core moves the payloads; the layer never sees the
+  network.
+
+Layers are checked together at configuration time (:meth:`PrivacyStack.validate`) so that an
+impossible combination — integers needed but no quantize, a sum that could overflow the modulus —
+is a :class:`~securefl.errors.ConfigError` before any party trains (design invariant 3).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from securefl.codec import VectorLayout
+from securefl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StackContext:
+    """What the layers need to know about the federation to check themselves."""
+
+    layout: VectorLayout
+    max_parties: int
+    min_parties: int
+    weight_bound: float | None = None
+    metric_bounds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_parties < 1:
+            raise ConfigError(f"max_parties must be >= 1, got {self.max_parties}")
+        if not 1 <= self.min_parties <= self.max_parties:
+            raise ConfigError(
+                f"min_parties must be between 1 and max_parties ({self.max_parties}), "
+                f"got {self.min_parties}"
+            )
+        if self.weight_bound is not None and not self.weight_bound > 0:
+            raise ConfigError(f"weight_bound must be positive, got {self.weight_bound}")
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """One round as a secure sum sees it: who takes part and what shape the vector has."""
+
+    session: str
+    round: int
+    parties: tuple[str, ...]
+    vector_size: int
+    integer: bool
+    min_parties: int
+
+
+class Transform(ABC):
+    """A vector-to-vector step on the party with a matching decode on the sum."""
+
+    name: ClassVar[str]
+
+    def validate(self, ctx: StackContext, before: Sequence[Transform], sum_layer: SecureSum) -> None:
+        """Raise ConfigError if this transform cannot work at its place in the stack."""
+
+    @property
+    def produces_integers(self) -> bool:
+        return False
+
+    @abstractmethod
+    def encode(self, vector: np.ndarray) -> np.ndarray:
+        """Apply on the party, before the secure sum."""
+
+    def decode_sum(self, total: np.ndarray) -> np.ndarray:
+        """Undo on the revealed sum (identity unless the transform changes representation)."""
+        return total
+
+
+class SumAggregator(ABC):
+    """The aggregator's side of a secure sum for one federation. Holds no secret key."""
+
+    @abstractmethod
+    def phases(self, ctx: RoundContext) -> tuple[str, ...]:
+        """The phase names of this round, in order (at least one)."""
+
+    @abstractmethod
+    def start_round(self, ctx: RoundContext) -> None:
+        """Forget the previous round; get ready to collect this one."""
+
+    def request(self, phase: str, party: str) -> bytes:
+        """The payload sent to ``party`` at the start of ``phase`` (empty by default)."""
+        return b""
+
+    @abstractmethod
+    def max_reply_bytes(self, phase: str) -> int:
+        """The largest reply payload that is legitimate in ``phase``; larger ones are refused."""
+
+    @abstractmethod
+    def receive(self, phase: str, party: str, payload: bytes) -> None:
+        """Take one party's reply. Raise WireError/ProtocolError/UpdateError to drop that party."""
+
+    @abstractmethod
+    def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
+        """All replies of ``phase`` are in; ``survivors`` answered validly. Raise RoundFailed to abort."""
+
+    @abstractmethod
+    def result(self) -> np.ndarray:
+        """The revealed sum of the surviving parties' vectors, after the last phase."""
+
+
+class SumParty(ABC):
+    """A party's side of a secure sum. May hold secrets; lives as long as the party."""
+
+    @abstractmethod
+    def start_round(self, ctx: RoundContext, vector: np.ndarray) -> None:
+        """Take this round's protected vector (already transformed)."""
+
+    @abstractmethod
+    def respond(self, phase: str, request: bytes) -> bytes:
+        """Answer the aggregator's request for ``phase``."""
+
+
+class SecureSum(ABC):
+    """A secure-sum layer: configuration plus factories for its two sides."""
+
+    name: ClassVar[str]
+    accepts_floats: ClassVar[bool] = False
+    # The sum is computed modulo 2**modulus_bits when the vector holds integers.
+    modulus_bits: ClassVar[int] = 64
+
+    def validate(self, ctx: StackContext, transforms: Sequence[Transform]) -> None:
+        """Raise ConfigError if the layer cannot sum this federation safely."""
+
+    @abstractmethod
+    def aggregator(self) -> SumAggregator:
+        """The aggregator's side (no secrets)."""
+
+    @abstractmethod
+    def party(self, party_id: str) -> SumParty:
+        """One party's side."""
+
+
+@dataclass(frozen=True)
+class PrivacyStack:
+    """Transforms in order, then one secure sum; validated as a whole."""
+
+    transforms: tuple[Transform, ...]
+    secure_sum: SecureSum
+
+    @classmethod
+    def of(cls, layers: Sequence[Transform | SecureSum]) -> PrivacyStack:
+        if not layers:
+            raise ConfigError("the privacy stack is empty; end it with a secure sum such as 'plain'")
+        *transforms, last = layers
+        if not isinstance(last, SecureSum):
+            raise ConfigError(
+                f"the privacy stack must end with a secure sum (plain, secagg, ...), "
+                f"but ends with {_layer_name(last)!r}"
+            )
+        for layer in transforms:
+            if isinstance(layer, SecureSum):
+                raise ConfigError(
+                    f"secure sum {layer.name!r} must be the last layer, and there can be only one"
+                )
+            if not isinstance(layer, Transform):
+                raise ConfigError(f"{layer!r} is not a privacy layer")
+        return cls(tuple(transforms), last)
+
+    @property
+    def integer(self) -> bool:
+        return any(t.produces_integers for t in self.transforms)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.transforms] + [self.secure_sum.name]
+
+    def validate(self, ctx: StackContext) -> None:
+        for index, transform in enumerate(self.transforms):
+            transform.validate(ctx, self.transforms[:index], self.secure_sum)
+        if not self.integer and not self.secure_sum.accepts_floats:
+            raise ConfigError(
+                f"secure sum {self.secure_sum.name!r} adds integers modulo 2^"
+                f"{self.secure_sum.modulus_bits}; put a 'quantize' transform before it"
+            )
+        self.secure_sum.validate(ctx, self.transforms)
+
+    def encode(self, vector: np.ndarray) -> np.ndarray:
+        for transform in self.transforms:
+            vector = transform.encode(vector)
+        return vector
+
+    def decode_sum(self, total: np.ndarray) -> np.ndarray:
+        for transform in reversed(self.transforms):
+            total = transform.decode_sum(total)
+        return np.asarray(total, dtype=np.float64)
+
+
+def _layer_name(layer: object) -> str:
+    return getattr(layer, "name", type(layer).__name__)

@@ -1,0 +1,195 @@
+"""The party: the user's training loop behind a state machine that speaks the wire protocol.
+
+A user supplies a :class:`Client` — a ``train`` function from the global weights to new weights,
+an example count and metrics, and optionally an ``evaluate`` function. The :class:`PartyNode` turns
+each request from the aggregator into a reply: at the first phase of a round it evaluates the
+global model, trains, packs ``[w·Δ, w, metrics…]``, runs the privacy transforms and hands the result
+to its side of the secure sum; later phases go straight to the secure sum. Anything that goes
+wrong becomes a *withdraw* reply with the reason, so the aggregator drops this party and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from securefl.codec import ArraySpec, NamedArrays, VectorLayout, check_finite
+from securefl.errors import ProtocolError, SecureFLError, UpdateError, WireError
+from securefl.layers.base import PrivacyStack, RoundContext
+from securefl.roundinfo import RoundInfo
+from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, unpack_array
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training loop returns: the new weights, how many examples it used, and metrics."""
+
+    weights: NamedArrays
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation returns: how many examples it scored, and metrics (e.g. loss, accuracy)."""
+
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+TrainFn = Callable[[NamedArrays, RoundInfo], "TrainResult | tuple"]
+EvalFn = Callable[[NamedArrays, RoundInfo], "EvalResult | tuple"]
+
+
+@dataclass
+class Client:
+    """A party's training loop (and optional evaluation) as plain functions; the data stay inside."""
+
+    train: TrainFn
+    evaluate: EvalFn | None = None
+
+
+def _as_train_result(value: Any) -> TrainResult:
+    if isinstance(value, TrainResult):
+        return value
+    if isinstance(value, tuple) and len(value) in (2, 3):
+        return TrainResult(value[0], value[1], dict(value[2]) if len(value) == 3 else {})
+    raise UpdateError(
+        "train must return TrainResult(weights, num_examples, metrics) or a tuple "
+        f"(weights, num_examples[, metrics]); got {type(value).__name__}"
+    )
+
+
+def _as_eval_result(value: Any) -> EvalResult:
+    if isinstance(value, EvalResult):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        return EvalResult(value[0], dict(value[1]))
+    raise UpdateError(
+        f"evaluate must return EvalResult(num_examples, metrics) or (num_examples, metrics); got {type(value).__name__}"
+    )
+
+
+def _check_count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UpdateError(f"{what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+class PartyNode:
+    """One party's state machine. ``handle`` takes a request's bytes and returns the reply's bytes."""
+
+    def __init__(
+        self,
+        party_id: str,
+        client: Client,
+        spec: ArraySpec,
+        layout: VectorLayout,
+        stack: PrivacyStack,
+        session: str,
+        weighting: str = "examples",
+        weight_bound: float | None = None,
+        max_request_bytes: int | None = None,
+    ) -> None:
+        self.party_id = party_id
+        self.client = client
+        self.spec = spec
+        self.layout = layout
+        self.stack = stack
+        self.session = session
+        self.weighting = weighting
+        self.weight_bound = weight_bound
+        self.max_request_bytes = max_request_bytes or 16 * layout.size + (64 << 20)
+        self.secure_sum = stack.secure_sum.party(party_id)
+        self.round: int | None = None
+        self.last_error: str | None = None
+
+    # -- the state machine -------------------------------------------------------------------
+
+    def handle(self, data: bytes) -> bytes:
+        try:
+            request = Envelope.decode(data, max_bytes=self.max_request_bytes)
+            if request.kind != REQUEST or request.party != self.party_id or request.session != self.session:
+                raise WireError(
+                    f"request not addressed to this party's session ({request.kind} for "
+                    f"{request.party!r} in session {request.session})"
+                )
+        except WireError as exc:
+            # Without a trustworthy header there is no round to withdraw from; say why anyway.
+            return self._withdraw(self.round or 0, "invalid", f"rejected a request: {exc}")
+        try:
+            if "model" in request.parts:
+                payload = self._start_round(request)
+            else:
+                if request.round != self.round:
+                    raise WireError(
+                        f"request for round {request.round}, but this party is in round {self.round}"
+                    )
+                payload = self.secure_sum.respond(request.phase, request.parts.get("layer", b""))
+        except Exception as exc:
+            if not isinstance(exc, SecureFLError):
+                log.warning("party %s: %s in round %s", self.party_id, type(exc).__name__, request.round)
+            return self._withdraw(request.round, request.phase, f"{type(exc).__name__}: {exc}")
+        return Envelope(REPLY, self.session, request.round, request.phase, self.party_id, {"layer": payload}).encode()
+
+    def _withdraw(self, round: int, phase: str, reason: str) -> bytes:
+        self.last_error = reason
+        log.info("party %s withdraws from round %s: %s", self.party_id, round, reason)
+        return Envelope(
+            WITHDRAW, self.session, round, phase, self.party_id, {"reason": reason.encode()[:4096]}
+        ).encode()
+
+    def _start_round(self, request: Envelope) -> bytes:
+        if self.round is not None and request.round <= self.round:
+            raise ProtocolError(
+                f"round {request.round} was already started (this party is at round {self.round}); replay refused"
+            )
+        info = RoundInfo.decode(request.parts.get("round", b""))
+        if info.round != request.round:
+            raise WireError(f"round info says round {info.round}, envelope says {request.round}")
+        if self.party_id not in info.parties:
+            raise ProtocolError(f"party {self.party_id!r} is not in round {info.round}'s party list")
+        self.round = request.round
+        model = unpack_array(request.parts["model"], self.spec.wire_dtype, (self.spec.size,))
+        global_vector = model.astype(np.float64)
+        vector = self._local_update(global_vector, info)
+        protected = self.stack.encode(vector)
+        ctx = RoundContext(
+            self.session, info.round, info.parties, self.layout.size, self.stack.integer, info.min_parties
+        )
+        self.secure_sum.start_round(ctx, protected)
+        return self.secure_sum.respond(request.phase, request.parts.get("layer", b""))
+
+    def _local_update(self, global_vector: np.ndarray, info: RoundInfo) -> np.ndarray:
+        """Evaluate the global model, train, and pack the weighted delta with weight and metrics."""
+        eval_count, eval_metrics = 0, {}
+        if self.client.evaluate is not None and self.layout.eval_metrics:
+            result = _as_eval_result(self.client.evaluate(self.spec.unflatten(global_vector), info))
+            eval_count, eval_metrics = _check_count(result.num_examples, "evaluation num_examples"), result.metrics
+        trained = _as_train_result(self.client.train(self.spec.unflatten(global_vector), info))
+        examples = _check_count(trained.num_examples, "num_examples")
+        if examples == 0:
+            raise UpdateError("train reported 0 examples; a party with no data should not take part")
+        delta = self.spec.flatten(trained.weights) - global_vector
+        check_finite(delta, f"update of {self.party_id!r}")
+        weight = float(examples) if self.weighting == "examples" else 1.0
+        if self.weight_bound is not None:
+            # Weights are capped, as in DP-FedAvg: a bound every layer can be calibrated to.
+            weight = min(weight, self.weight_bound)
+            eval_count = min(eval_count, self.weight_bound)
+        return self.layout.pack(delta, weight, trained.metrics, eval_count, eval_metrics)
+
+
+def withdraw_reason(envelope: Envelope) -> str:
+    return envelope.parts.get("reason", b"").decode("utf-8", "replace") or "no reason given"
+
+
+__all__ = ["Client", "EvalResult", "PartyNode", "TrainResult", "withdraw_reason"]
+
+

@@ -1,0 +1,118 @@
+"""How messages move: the transport interface and the in-process (embedded) implementation.
+
+The aggregator talks to parties only through :meth:`Transport.exchange`: it hands over one request
+(bytes) per party and gets back the replies that arrived before the deadline, each tagged with the
+sender the transport authenticated. A network transport is another implementation of this
+interface in its own file; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply as the transport delivers it: authenticated sender, bytes, and how long it took."""
+
+    sender: str
+    data: bytes
+    seconds: float = 0.0
+
+
+@dataclass
+class Traffic:
+    """Bytes moved, from the aggregator's point of view."""
+
+    bytes_up: int = 0  # parties -> aggregator
+    bytes_down: int = 0  # aggregator -> parties
+    messages: int = 0
+
+    def snapshot(self) -> Traffic:
+        return Traffic(self.bytes_up, self.bytes_down, self.messages)
+
+    def since(self, earlier: Traffic) -> Traffic:
+        return Traffic(
+            self.bytes_up - earlier.bytes_up,
+            self.bytes_down - earlier.bytes_down,
+            self.messages - earlier.messages,
+        )
+
+
+class Transport(ABC):
+    traffic: Traffic
+
+    @abstractmethod
+    def exchange(self, requests: Mapping[str, bytes], timeout: float) -> list[Reply]:
+        """Send each request to its party; return the replies received within ``timeout`` seconds."""
+
+
+class FaultInjector(Protocol):
+    """Intercepts one request/response, for fault-injection tests and resilience drills.
+
+    ``deliver(request)`` runs the party; the injector may skip it (the party is offline), drop,
+    duplicate, delay or alter the reply. It returns the replies as ``(bytes, extra_seconds)``.
+    """
+
+    def __call__(self, party: str, request: bytes, deliver: Handler) -> list[tuple[bytes, float]]: ...
+
+
+@dataclass
+class InProcessTransport(Transport):
+    """Parties as handlers in this process. Every message is still bytes (design invariant 4).
+
+    ``workers > 1`` runs parties in threads; the deadline is applied to each party's own time, as
+    if parties ran on separate machines.
+    """
+
+    handlers: dict[str, Handler]
+    faults: FaultInjector | None = None
+    workers: int = 1
+    traffic: Traffic = field(default_factory=Traffic)
+
+    def exchange(self, requests: Mapping[str, bytes], timeout: float) -> list[Reply]:
+        unknown = sorted(set(requests) - set(self.handlers))
+        if unknown:
+            raise KeyError(f"no route to parties {unknown}")
+        for data in requests.values():
+            self.traffic.bytes_down += len(data)
+            self.traffic.messages += 1
+        if self.workers > 1 and len(requests) > 1:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                batches = list(pool.map(lambda item: self._one(*item), requests.items()))
+        else:
+            batches = [self._one(party, data) for party, data in requests.items()]
+        replies = []
+        for batch in batches:
+            for reply in batch:
+                if reply.seconds > timeout:
+                    log.info("reply from %s after %.3fs missed the %.3fs deadline", reply.sender, reply.seconds, timeout)
+                    continue
+                self.traffic.bytes_up += len(reply.data)
+                self.traffic.messages += 1
+                replies.append(reply)
+        return replies
+
+    def _one(self, party: str, request: bytes) -> list[Reply]:
+        handler = self.handlers[party]
+        start = time.perf_counter()
+        try:
+            if self.faults is None:
+                raw = [(handler(request), 0.0)]
+            else:
+                raw = self.faults(party, request, handler)
+        except Exception as exc:  # a crashed party is a dropout, never a crashed federation
+            log.warning("party %s crashed: %s: %s", party, type(exc).__name__, exc)
+            return []
+        elapsed = time.perf_counter() - start
+        return [Reply(party, bytes(data), elapsed + extra) for data, extra in raw]

@@ -1,0 +1,272 @@
+"""The wire format: every message is bytes, versioned, schema-checked and size-bounded.
+
+Layout of a *record* (used for envelopes and for layer payloads alike)::
+
+    magic    4 bytes   identifies the record kind (b"SFLE" for envelopes)
+    version  u16 BE    WIRE_VERSION
+    hlen     u32 BE    length of the JSON header, at most MAX_HEADER_BYTES
+    header   hlen      UTF-8 JSON object; its "parts" field lists [name, length] pairs
+    parts    ...       the named binary parts, concatenated in header order
+
+Nothing is ever unpickled: the header is JSON checked against a schema of exact keys and types,
+the parts are raw bytes (numpy arrays as little-endian buffers with their dtype and shape checked).
+Any deviation raises :class:`~securefl.errors.WireError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from securefl.errors import WireError
+
+WIRE_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+ENVELOPE_MAGIC = b"SFLE"
+_PREFIX = struct.Struct(">4sHI")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_SESSION = re.compile(r"^[0-9a-f]{32}$")
+MAX_ROUND = 2**31 - 1
+
+# Envelope kinds: the aggregator asks, a party replies, or a party withdraws with a reason.
+REQUEST, REPLY, WITHDRAW = "request", "reply", "withdraw"
+_KINDS = (REQUEST, REPLY, WITHDRAW)
+
+
+def check_name(value: object, what: str) -> str:
+    """A party id, phase or part name: 1-64 characters of [A-Za-z0-9_.:-]."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise WireError(
+            f"{what} {value!r} is not a valid name: use 1-64 characters of letters, digits, "
+            "'_', '.', ':' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def encode_record(magic: bytes, header: Mapping[str, Any], parts: Mapping[str, bytes]) -> bytes:
+    """Serialise a header and named binary parts into one record."""
+    if len(magic) != 4:
+        raise ValueError("magic must be 4 bytes")
+    for name in parts:
+        check_name(name, "part name")
+    full = dict(header)
+    full["parts"] = [[name, len(data)] for name, data in parts.items()]
+    text = json.dumps(full, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+    if len(text) > MAX_HEADER_BYTES:
+        raise WireError(f"record header is {len(text)} bytes, the limit is {MAX_HEADER_BYTES}")
+    return b"".join([_PREFIX.pack(magic, WIRE_VERSION, len(text)), text, *parts.values()])
+
+
+def decode_record(
+    data: bytes,
+    magic: bytes,
+    schema: Mapping[str, type | tuple[type, ...]],
+    part_names: tuple[str, ...] | None = None,
+    max_bytes: int | None = None,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Parse and check a record: magic, version, size, exact header keys and types, parts.
+
+    ``part_names`` (if given) is the exact set of parts allowed, in any order.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"a message must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise WireError(
+            f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes for this phase"
+        )
+    if len(data) < _PREFIX.size:
+        raise WireError(f"message truncated: {len(data)} bytes is shorter than the record prefix")
+    got_magic, version, hlen = _PREFIX.unpack_from(data)
+    if got_magic != magic:
+        raise WireError(f"not a {magic!r} record (starts with {got_magic!r})")
+    if version != WIRE_VERSION:
+        raise WireError(f"wire version {version} is not supported (this is version {WIRE_VERSION})")
+    if hlen > MAX_HEADER_BYTES:
+        raise WireError(f"header length {hlen} exceeds the limit of {MAX_HEADER_BYTES}")
+    end = _PREFIX.size + hlen
+    if len(data) < end:
+        raise WireError("message truncated inside its header")
+    try:
+        header = json.loads(data[_PREFIX.size : end].decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise WireError(f"header is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError("header must be a JSON object")
+    raw_parts = header.pop("parts", None)
+    _check_schema(header, schema)
+    parts = _split_parts(data, end, raw_parts, part_names)
+    return header, parts
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed in a header")
+
+
+def _check_schema(header: dict, schema: Mapping[str, type | tuple[type, ...]]) -> None:
+    missing = sorted(set(schema) - set(header))
+    unknown = sorted(set(header) - set(schema))
+    if missing or unknown:
+        raise WireError(f"header fields wrong: missing {missing or 'none'}, unknown {unknown or 'none'}")
+    for key, expected in schema.items():
+        value = header[key]
+        types = expected if isinstance(expected, tuple) else (expected,)
+        if isinstance(value, bool) and bool not in types:
+            raise WireError(f"header field {key!r} must be {_type_names(types)}, got a boolean")
+        if not isinstance(value, types):
+            raise WireError(f"header field {key!r} must be {_type_names(types)}, got {type(value).__name__}")
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in types)
+
+
+def _split_parts(
+    data: bytes, offset: int, raw_parts: object, part_names: tuple[str, ...] | None
+) -> dict[str, bytes]:
+    if not isinstance(raw_parts, list):
+        raise WireError("header field 'parts' must be a list of [name, length] pairs")
+    parts: dict[str, bytes] = {}
+    for item in raw_parts:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[1], int)
+            or isinstance(item[1], bool)
+            or item[1] < 0
+        ):
+            raise WireError(f"part entry {item!r} must be [name, non-negative length]")
+        name = check_name(item[0], "part name")
+        if name in parts:
+            raise WireError(f"part {name!r} appears twice")
+        if offset + item[1] > len(data):
+            raise WireError(f"message truncated inside part {name!r}")
+        parts[name] = data[offset : offset + item[1]]
+        offset += item[1]
+    if offset != len(data):
+        raise WireError(f"{len(data) - offset} trailing bytes after the last part")
+    if part_names is not None and set(parts) != set(part_names):
+        raise WireError(f"parts {sorted(parts)} do not match the expected {sorted(part_names)}")
+    return parts
+
+
+# --- arrays -------------------------------------------------------------------------------------
+
+_ARRAY_DTYPES = ("<f4", "<f8", "<u8", "<i8", "<u4", "<i4", "|u1")
+_ARRAY_HEAD = struct.Struct(">BB")
+
+
+def pack_array(array: np.ndarray) -> bytes:
+    """A numpy array as bytes: dtype code, ndim, dims (u64 BE each), little-endian data."""
+    array = np.asarray(array)
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    code = dtype.str
+    if code not in _ARRAY_DTYPES:
+        raise WireError(f"dtype {array.dtype} cannot travel; allowed: {', '.join(_ARRAY_DTYPES)}")
+    if array.ndim > 8:
+        raise WireError("arrays of more than 8 dimensions cannot travel")
+    head = _ARRAY_HEAD.pack(_ARRAY_DTYPES.index(code), array.ndim)
+    dims = struct.pack(f">{array.ndim}Q", *array.shape)
+    return head + dims + np.ascontiguousarray(array, dtype=code).tobytes()
+
+
+def unpack_array(
+    data: bytes, dtype: str | None = None, shape: tuple[int, ...] | None = None
+) -> np.ndarray:
+    """Parse :func:`pack_array` output, checking the expected dtype and shape if given."""
+    if len(data) < _ARRAY_HEAD.size:
+        raise WireError("array truncated before its header")
+    code_index, ndim = _ARRAY_HEAD.unpack_from(data)
+    if code_index >= len(_ARRAY_DTYPES) or ndim > 8:
+        raise WireError(f"array header invalid (dtype code {code_index}, ndim {ndim})")
+    code = _ARRAY_DTYPES[code_index]
+    start = _ARRAY_HEAD.size + 8 * ndim
+    if len(data) < start:
+        raise WireError("array truncated inside its shape")
+    dims = struct.unpack_from(f">{ndim}Q", data, _ARRAY_HEAD.size)
+    itemsize = np.dtype(code).itemsize
+    count = 1
+    for d in dims:
+        count *= d
+    if len(data) - start != count * itemsize:
+        raise WireError(
+            f"array of shape {dims} and dtype {code} needs {count * itemsize} bytes, got {len(data) - start}"
+        )
+    if dtype is not None and code != np.dtype(dtype).str:
+        raise WireError(f"array has dtype {code}, expected {np.dtype(dtype).str}")
+    if shape is not None and tuple(dims) != tuple(shape):
+        raise WireError(f"array has shape {tuple(dims)}, expected {tuple(shape)}")
+    return np.frombuffer(data, dtype=code, offset=start).reshape(dims)
+
+
+# --- envelopes ----------------------------------------------------------------------------------
+
+_ENVELOPE_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "kind": str,
+    "session": str,
+    "round": int,
+    "phase": str,
+    "party": str,
+}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One message between the aggregator and a party. ``parts`` are opaque to the transport."""
+
+    kind: str
+    session: str
+    round: int
+    phase: str
+    party: str
+    parts: Mapping[str, bytes]
+
+    def encode(self) -> bytes:
+        _check_envelope_fields(self.kind, self.session, self.round, self.phase, self.party)
+        header = {
+            "kind": self.kind,
+            "session": self.session,
+            "round": self.round,
+            "phase": self.phase,
+            "party": self.party,
+        }
+        return encode_record(ENVELOPE_MAGIC, header, self.parts)
+
+    @classmethod
+    def decode(cls, data: bytes, max_bytes: int | None = None) -> Envelope:
+        header, parts = decode_record(data, ENVELOPE_MAGIC, _ENVELOPE_SCHEMA, max_bytes=max_bytes)
+        _check_envelope_fields(
+            header["kind"], header["session"], header["round"], header["phase"], header["party"]
+        )
+        return cls(header["kind"], header["session"], header["round"], header["phase"], header["party"], parts)
+
+    def expect(self, *, kind: str, session: str, round: int, phase: str, party: str) -> Envelope:
+        """Check the routing fields against what the receiver expects (replay and misrouting)."""
+        if self.kind != kind and not (kind == REPLY and self.kind == WITHDRAW):
+            raise WireError(f"expected a {kind} message, got {self.kind}")
+        if self.session != session:
+            raise WireError(f"message belongs to session {self.session}, not the current {session}")
+        if self.round != round:
+            raise WireError(f"message is for round {self.round}, the current round is {round} (replay?)")
+        if self.phase != phase:
+            raise WireError(f"message is for phase {self.phase!r}, the current phase is {phase!r}")
+        if self.party != party:
+            raise WireError(f"message claims to be from/for {self.party!r} but is routed as {party!r}")
+        return self
+
+
+def _check_envelope_fields(kind: str, session: str, round: int, phase: str, party: str) -> None:
+    if kind not in _KINDS:
+        raise WireError(f"unknown message kind {kind!r}; expected one of {_KINDS}")
+    if not isinstance(session, str) or not _SESSION.match(session):
+        raise WireError("session id must be 32 lowercase hex characters")
+    if not isinstance(round, int) or isinstance(round, bool) or not 0 <= round <= MAX_ROUND:
+        raise WireError(f"round {round!r} out of range 0..{MAX_ROUND}")
+    check_name(phase, "phase")
+    check_name(party, "party id")
