@@ -125,7 +125,10 @@ class Aggregator:
         for index, phase in enumerate(phases):
             extra = {}
             if index == 0:
-                extra = {"model": pack_array(self.weights.astype(self.spec.wire_dtype)), "round": info.encode()}
+                extra = {
+                    "model": pack_array(self.weights.astype(self.spec.wire_dtype)),
+                    "round": info.encode(),
+                }
             requests = {}
             for party in sorted(live):
                 parts = {"layer": self.secure_sum.request(phase, party), **extra}

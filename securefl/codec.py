@@ -87,8 +87,7 @@ class ArraySpec:
         extra = sorted(set(items) - set(self.names))
         if missing or extra:
             raise UpdateError(
-                f"arrays do not match the model: missing {missing or 'none'}, unexpected "
-                f"{extra or 'none'}"
+                f"arrays do not match the model: missing {missing or 'none'}, unexpected {extra or 'none'}"
             )
         out = np.empty(self.size, dtype=np.float64)
         offset = 0
@@ -96,8 +95,7 @@ class ArraySpec:
             array = items[entry.name]
             if tuple(array.shape) != entry.shape:
                 raise UpdateError(
-                    f"array {entry.name!r} has shape {tuple(array.shape)}, the model expects "
-                    f"{entry.shape}"
+                    f"array {entry.name!r} has shape {tuple(array.shape)}, the model expects {entry.shape}"
                 )
             if array.dtype.kind not in _FLOAT_KINDS:
                 raise UpdateError(f"array {entry.name!r} has dtype {array.dtype}, expected float")
@@ -208,9 +206,15 @@ class VectorLayout:
         if not weight > 0:
             raise UpdateError(f"the summed weight is {weight}; nothing to average")
         eval_count = float(total[self.eval_count_index])
-        train = {m: float(v) for m, v in zip(self.train_metrics, total[self.train_metrics_slice] / weight, strict=True)}
+        train = {
+            m: float(v)
+            for m, v in zip(self.train_metrics, total[self.train_metrics_slice] / weight, strict=True)
+        }
         if eval_count > 0:
-            evals = {m: float(v) for m, v in zip(self.eval_metrics, total[self.eval_metrics_slice] / eval_count, strict=True)}
+            evals = {
+                m: float(v)
+                for m, v in zip(self.eval_metrics, total[self.eval_metrics_slice] / eval_count, strict=True)
+            }
         else:
             evals = {}
         return FusedSum(total[self.update_slice] / weight, weight, train, eval_count, evals)

@@ -47,7 +47,9 @@ class Faults:
 
     rules: list[Rule] = field(default_factory=list)
 
-    def add(self, action: str, party: str, phase: str | None = None, round: int | None = None, **kw) -> Faults:
+    def add(
+        self, action: str, party: str, phase: str | None = None, round: int | None = None, **kw
+    ) -> Faults:
         self.rules.append(Rule(action, party, phase, round, **kw))
         return self
 

@@ -74,7 +74,10 @@ class _Adaptive(Strategy):
         return weights + self.lr * self.m / (np.sqrt(self.v) + self.tau)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"m": None if self.m is None else self.m.copy(), "v": None if self.v is None else self.v.copy()}
+        return {
+            "m": None if self.m is None else self.m.copy(),
+            "v": None if self.v is None else self.v.copy(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.m = None if state["m"] is None else np.array(state["m"], dtype=np.float64)
@@ -102,9 +105,7 @@ class FedAdam(_Adaptive):
         return self.beta2 * v + (1 - self.beta2) * delta_sq
 
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedAdam, FedYogi, FedAdagrad)
-}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedAdam, FedYogi, FedAdagrad)}
 
 
 def build_strategy(spec: str | Mapping[str, Any] | Strategy | None) -> Strategy:

@@ -136,7 +136,9 @@ class PartyNode:
             if not isinstance(exc, SecureFLError):
                 log.warning("party %s: %s in round %s", self.party_id, type(exc).__name__, request.round)
             return self._withdraw(request.round, request.phase, f"{type(exc).__name__}: {exc}")
-        return Envelope(REPLY, self.session, request.round, request.phase, self.party_id, {"layer": payload}).encode()
+        return Envelope(
+            REPLY, self.session, request.round, request.phase, self.party_id, {"layer": payload}
+        ).encode()
 
     def _withdraw(self, round: int, phase: str, reason: str) -> bytes:
         self.last_error = reason
@@ -171,7 +173,10 @@ class PartyNode:
         eval_count, eval_metrics = 0, {}
         if self.client.evaluate is not None and self.layout.eval_metrics:
             result = _as_eval_result(self.client.evaluate(self.spec.unflatten(global_vector), info))
-            eval_count, eval_metrics = _check_count(result.num_examples, "evaluation num_examples"), result.metrics
+            eval_count, eval_metrics = (
+                _check_count(result.num_examples, "evaluation num_examples"),
+                result.metrics,
+            )
         trained = _as_train_result(self.client.train(self.spec.unflatten(global_vector), info))
         examples = _check_count(trained.num_examples, "num_examples")
         if examples == 0:
@@ -191,5 +196,3 @@ def withdraw_reason(envelope: Envelope) -> str:
 
 
 __all__ = ["Client", "EvalResult", "PartyNode", "TrainResult", "withdraw_reason"]
-
-

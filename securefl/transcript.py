@@ -29,5 +29,7 @@ class Transcript:
         return [
             e
             for e in self.entries
-            if e.direction == "in" and (round is None or e.round == round) and (phase is None or e.phase == phase)
+            if e.direction == "in"
+            and (round is None or e.round == round)
+            and (phase is None or e.phase == phase)
         ]

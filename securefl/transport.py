@@ -96,7 +96,12 @@ class InProcessTransport(Transport):
         for batch in batches:
             for reply in batch:
                 if reply.seconds > timeout:
-                    log.info("reply from %s after %.3fs missed the %.3fs deadline", reply.sender, reply.seconds, timeout)
+                    log.info(
+                        "reply from %s after %.3fs missed the %.3fs deadline",
+                        reply.sender,
+                        reply.seconds,
+                        timeout,
+                    )
                     continue
                 self.traffic.bytes_up += len(reply.data)
                 self.traffic.messages += 1

@@ -78,9 +78,7 @@ def decode_record(
         raise WireError(f"a message must be bytes, got {type(data).__name__}")
     data = bytes(data)
     if max_bytes is not None and len(data) > max_bytes:
-        raise WireError(
-            f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes for this phase"
-        )
+        raise WireError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes for this phase")
     if len(data) < _PREFIX.size:
         raise WireError(f"message truncated: {len(data)} bytes is shorter than the record prefix")
     got_magic, version, hlen = _PREFIX.unpack_from(data)
@@ -176,9 +174,7 @@ def pack_array(array: np.ndarray) -> bytes:
     return head + dims + np.ascontiguousarray(array, dtype=code).tobytes()
 
 
-def unpack_array(
-    data: bytes, dtype: str | None = None, shape: tuple[int, ...] | None = None
-) -> np.ndarray:
+def unpack_array(data: bytes, dtype: str | None = None, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Parse :func:`pack_array` output, checking the expected dtype and shape if given."""
     if len(data) < _ARRAY_HEAD.size:
         raise WireError("array truncated before its header")
@@ -244,7 +240,9 @@ class Envelope:
         _check_envelope_fields(
             header["kind"], header["session"], header["round"], header["phase"], header["party"]
         )
-        return cls(header["kind"], header["session"], header["round"], header["phase"], header["party"], parts)
+        return cls(
+            header["kind"], header["session"], header["round"], header["phase"], header["party"], parts
+        )
 
     def expect(self, *, kind: str, session: str, round: int, phase: str, party: str) -> Envelope:
         """Check the routing fields against what the receiver expects (replay and misrouting)."""

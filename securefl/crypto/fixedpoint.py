@@ -30,9 +30,7 @@ def min_modulus_bits(bits: int, parties: int) -> int:
     return (parties * max_level(bits)).bit_length() + 1
 
 
-def encode(
-    values: np.ndarray, scale: np.ndarray | float, modulus_bits: int, rng: SecureRandom
-) -> np.ndarray:
+def encode(values: np.ndarray, scale: np.ndarray | float, modulus_bits: int, rng: SecureRandom) -> np.ndarray:
     """Stochastically round ``values * scale`` and store modulo 2**modulus_bits as uint64.
 
     The caller guarantees ``|values * scale| <= 2**(bits-1) - 1``; this is the primitive.

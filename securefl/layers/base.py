@@ -42,8 +42,7 @@ class StackContext:
             raise ConfigError(f"max_parties must be >= 1, got {self.max_parties}")
         if not 1 <= self.min_parties <= self.max_parties:
             raise ConfigError(
-                f"min_parties must be between 1 and max_parties ({self.max_parties}), "
-                f"got {self.min_parties}"
+                f"min_parties must be between 1 and max_parties ({self.max_parties}), got {self.min_parties}"
             )
         if self.weight_bound is not None and not self.weight_bound > 0:
             raise ConfigError(f"weight_bound must be positive, got {self.weight_bound}")

@@ -75,8 +75,10 @@ class Quantize(Transform):
         bounds[layout.update_slice] = update_bound
         bounds[layout.weight_index] = ctx.weight_bound
         bounds[layout.eval_count_index] = ctx.weight_bound
-        for s, names in ((layout.train_metrics_slice, layout.train_metrics),
-                         (layout.eval_metrics_slice, layout.eval_metrics)):
+        for s, names in (
+            (layout.train_metrics_slice, layout.train_metrics),
+            (layout.eval_metrics_slice, layout.eval_metrics),
+        ):
             bounds[s] = [ctx.metric_bounds[m] * ctx.weight_bound for m in names]
         self._bounds = bounds
         self._groups = [
