@@ -72,7 +72,8 @@ def _as_eval_result(value: Any) -> EvalResult:
     if isinstance(value, tuple) and len(value) == 2:
         return EvalResult(value[0], dict(value[1]))
     raise UpdateError(
-        f"evaluate must return EvalResult(num_examples, metrics) or (num_examples, metrics); got {type(value).__name__}"
+        "evaluate must return EvalResult(num_examples, metrics) or (num_examples, metrics); "
+        f"got {type(value).__name__}"
     )
 
 
@@ -150,7 +151,8 @@ class PartyNode:
     def _start_round(self, request: Envelope) -> bytes:
         if self.round is not None and request.round <= self.round:
             raise ProtocolError(
-                f"round {request.round} was already started (this party is at round {self.round}); replay refused"
+                f"round {request.round} was already started (this party is at round {self.round}); "
+                "replay refused"
             )
         info = RoundInfo.decode(request.parts.get("round", b""))
         if info.round != request.round:

@@ -87,7 +87,8 @@ class Poisson(Selection):
 
 
 def build_selection(spec: str | Mapping[str, Any] | Selection | None) -> Selection:
-    """From a config value: ``"all"``, ``{"kind": "fixed", "count": 3}``, ``{"kind": "poisson", "rate": 0.5}``."""
+    """From a config value: ``"all"``, ``{"kind": "fixed", "count": 3}`` or
+    ``{"kind": "poisson", "rate": 0.5}``."""
     if spec is None or spec == "all":
         return AllParties()
     if isinstance(spec, Selection):

@@ -112,10 +112,7 @@ class InProcessTransport(Transport):
         handler = self.handlers[party]
         start = time.perf_counter()
         try:
-            if self.faults is None:
-                raw = [(handler(request), 0.0)]
-            else:
-                raw = self.faults(party, request, handler)
+            raw = [(handler(request), 0.0)] if self.faults is None else self.faults(party, request, handler)
         except Exception as exc:  # a crashed party is a dropout, never a crashed federation
             log.warning("party %s crashed: %s: %s", party, type(exc).__name__, exc)
             return []
