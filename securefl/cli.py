@@ -1,0 +1,148 @@
+"""The ``securefl`` command: ``demo`` (the main job) and ``run CONFIG``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from securefl.aggregator import RoundReport
+from securefl.config import load_config
+from securefl.errors import SecureFLError
+from securefl.layers import PRESETS
+from securefl.runner import Reporter, RunSettings, run
+from securefl.tasks import Task
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+class ConsoleReporter(Reporter):
+    """A progress bar, one line per round, and a summary table."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress: Progress | None = None
+        self.task_id = None
+        self.total_rounds = 0
+
+    def start(self, settings: RunSettings, task: Task) -> None:
+        self.total_rounds = settings.rounds
+        self.console.print(
+            f"[bold]securefl[/] {task.name}: {len(task.clients)} parties, {settings.rounds} rounds, "
+            f"privacy [cyan]{settings.privacy_label()}[/]"
+        )
+        self.progress = Progress(
+            TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console
+        )
+        self.progress.start()
+        self.task_id = self.progress.add_task("rounds", total=settings.rounds)
+
+    def round(self, report: RoundReport, accuracy: float | None, loss: float | None) -> None:
+        if report.ok:
+            line = (
+                f"round {report.round + 1:>3}/{self.total_rounds}  accuracy {accuracy:.3f}  loss {loss:.4f}  "
+                f"bytes up {_size(report.bytes_up):>9}  "
+                f"parties {len(report.survivors)}/{len(report.selected)}"
+            )
+            if report.dropouts:
+                line += f"  dropouts: {', '.join(sorted(report.dropouts))}"
+        else:
+            line = f"round {report.round + 1:>3}/{self.total_rounds}  [red]failed[/]: {report.error}"
+        self.progress.console.print(line)
+        self.progress.advance(self.task_id)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.progress.stop()
+        table = Table(title="summary", show_header=False)
+        for key in (
+            "final_accuracy",
+            "final_loss",
+            "rounds",
+            "rounds_failed",
+            "parties",
+            "privacy",
+            "seconds",
+            "bytes_up",
+            "bytes_down",
+            "dropouts",
+            "plot",
+        ):
+            value = summary[key]
+            if key in ("bytes_up", "bytes_down"):
+                value = f"{_size(value)} ({value} bytes)"
+            elif key == "seconds":
+                value = f"{value:.2f} s"
+            elif isinstance(value, float):
+                value = f"{value:.4f}"
+            table.add_row(key.replace("_", " "), str(value))
+        self.console.print(table)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON summary as the last line of stdout"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log protocol events (dropouts, refusals)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="securefl", description="Privacy-preserving federated learning with secure aggregation."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train on breast-cancer data across simulated hospitals")
+    demo.add_argument("--parties", type=int, default=5, help="number of hospitals (default 5)")
+    demo.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
+    demo.add_argument("--privacy", default="plain", choices=sorted(PRESETS), help="privacy stack preset")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data split only (default 0)")
+    demo.add_argument("--plot", default="securefl-demo.png", help="PNG of accuracy per round ('' to skip)")
+    _add_common(demo)
+    run_cmd = sub.add_parser("run", help="run a federation described in a TOML file")
+    run_cmd.add_argument("config", help="path to the TOML file")
+    _add_common(run_cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # With --json the human-readable output goes to stderr so stdout ends with the JSON line.
+    console = Console(stderr=args.json)
+    try:
+        if args.command == "demo":
+            settings = RunSettings(
+                parties=args.parties,
+                rounds=args.rounds,
+                privacy=args.privacy,
+                seed=args.seed,
+                plot=args.plot or None,
+            )
+        else:
+            settings = load_config(args.config)
+        summary = run(settings, ConsoleReporter(console))
+    except SecureFLError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

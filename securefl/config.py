@@ -1,0 +1,101 @@
+"""A federation described in TOML, run with ``securefl run CONFIG``.
+
+Example::
+
+    task = "breast-cancer"        # or "package.module:function" returning a securefl.tasks.Task
+    rounds = 10
+    seed = 0                      # data split only
+
+    [federation]
+    parties = 5
+    min_parties = 3
+    selection = "all"             # or { kind = "fixed", count = 3 } / { kind = "poisson", rate = 0.5 }
+    phase_timeout = 60.0
+    weight_bound = 200            # largest weight (examples) a party may claim; needed by quantize
+
+    [[privacy]]                   # the stack, in order, ending with a secure sum
+    layer = "clip"
+    norm = 5.0
+    [[privacy]]
+    layer = "quantize"
+    bits = 24
+    [[privacy]]
+    layer = "plain"
+
+    [strategy]
+    name = "fedavg"               # fedadam, fedyogi, fedadagrad take lr, beta1, beta2, tau
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from securefl.errors import ConfigError
+from securefl.runner import RunSettings
+
+_TOP = {"task", "rounds", "seed", "federation", "privacy", "strategy", "budget", "plot"}
+_FEDERATION = {"parties", "min_parties", "selection", "phase_timeout", "weight_bound"}
+# Layers that release DP noise; a budget means nothing without one.
+DP_LAYERS: set[str] = set()
+
+
+def load_config(path: str | Path) -> RunSettings:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return settings_from_dict(data, source=str(path))
+
+
+def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSettings:
+    _no_unknown(data, _TOP, source)
+    federation = data.get("federation", {})
+    if not isinstance(federation, dict):
+        raise ConfigError(f"{source}: [federation] must be a table")
+    _no_unknown(federation, _FEDERATION, f"{source} [federation]")
+    privacy = data.get("privacy", "plain")
+    if not (
+        isinstance(privacy, str) or (isinstance(privacy, list) and all(isinstance(p, dict) for p in privacy))
+    ):
+        raise ConfigError(f'{source}: privacy must be a preset name or [[privacy]] tables with layer = "..."')
+    if "budget" in data:
+        layers = [p.get("layer") for p in privacy] if isinstance(privacy, list) else [privacy]
+        if not DP_LAYERS.intersection(layers):
+            raise ConfigError(
+                f"{source}: a [budget] is given but no layer of the privacy stack releases DP noise, "
+                "so there is nothing to spend it on; add a DP noise layer or remove [budget]"
+            )
+    settings = RunSettings(
+        task=_typed(data, "task", str, "breast-cancer", source),
+        rounds=_typed(data, "rounds", int, 10, source),
+        seed=_typed(data, "seed", int, 0, source),
+        privacy=privacy,
+        parties=_typed(federation, "parties", int, 5, source),
+        min_parties=_typed(federation, "min_parties", int, 1, source),
+        selection=federation.get("selection", "all"),
+        phase_timeout=float(_typed(federation, "phase_timeout", (int, float), 600.0, source)),
+        weight_bound=federation.get("weight_bound"),
+        strategy=data.get("strategy", "fedavg"),
+        plot=data.get("plot"),
+    )
+    if settings.parties < 1 or settings.rounds < 1:
+        raise ConfigError(f"{source}: parties and rounds must be at least 1")
+    return settings
+
+
+def _no_unknown(table: dict, known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+
+
+def _typed(table: dict, key: str, kind, default, source: str):
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{source}: {key} = {value!r} has the wrong type")
+    return value
