@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_config(args.config)
         summary = run(settings, ConsoleReporter(console))
     except SecureFLError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        if args.json:
+            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
         return 2
     if args.json:
         print(json.dumps(summary))

@@ -33,23 +33,22 @@ def build_model() -> torch.nn.Module:
 def split_non_iid(
     labels: np.ndarray, parties: int, rng: np.random.Generator, alpha: float = 0.5
 ) -> list[np.ndarray]:
-    """Indices per party: each class is dealt by Dirichlet(alpha) proportions; every party gets
-    at least MIN_RECORDS records (redrawn until it does)."""
+    """Indices per party. Each party first gets MIN_RECORDS random records, then the rest of each
+    class is dealt by Dirichlet(alpha) proportions: label skew and size skew, no empty hospital."""
     if parties * MIN_RECORDS > len(labels):
         raise ConfigError(
             f"{parties} hospitals need at least {parties * MIN_RECORDS} training records, "
-            f"the data set has {len(labels)}: use fewer parties"
+            f"the data set has {len(labels)}: use at most {len(labels) // MIN_RECORDS} parties"
         )
-    for _ in range(1000):
-        shards: list[list[int]] = [[] for _ in range(parties)]
-        for label in np.unique(labels):
-            idx = rng.permutation(np.flatnonzero(labels == label))
-            cuts = (np.cumsum(rng.dirichlet([alpha] * parties)) * len(idx)).astype(int)[:-1]
-            for shard, part in zip(shards, np.split(idx, cuts), strict=True):
-                shard.extend(part.tolist())
-        if min(len(s) for s in shards) >= MIN_RECORDS:
-            return [np.sort(np.array(s)) for s in shards]
-    raise ConfigError("could not split the data with enough records per hospital; use fewer parties")
+    order = rng.permutation(len(labels))
+    base, rest = order[: parties * MIN_RECORDS], order[parties * MIN_RECORDS :]
+    shards = [list(chunk) for chunk in np.split(base, parties)]
+    for label in np.unique(labels):
+        idx = rest[labels[rest] == label]
+        cuts = (np.cumsum(rng.dirichlet([alpha] * parties)) * len(idx)).astype(int)[:-1]
+        for shard, part in zip(shards, np.split(idx, cuts), strict=True):
+            shard.extend(part.tolist())
+    return [np.sort(np.array(s)) for s in shards]
 
 
 def _loss_and_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
