@@ -93,8 +93,10 @@ def decode_record(
         raise WireError("message truncated inside its header")
     try:
         header = json.loads(data[_PREFIX.size : end].decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise WireError(f"header is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise WireError("header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise WireError("header must be a JSON object")
     raw_parts = header.pop("parts", None)

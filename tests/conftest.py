@@ -1,0 +1,42 @@
+"""Shared test helpers. Fixed seeds are allowed here, and only here (design invariant 5)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["SECUREFL_ALLOW_TEST_SEEDS"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import securefl  # noqa: E402
+
+
+def fixed_delta_client(delta: np.ndarray, examples: int, metrics: dict | None = None, eval_metrics=None):
+    """A client whose training adds a known delta: fused results can be computed by hand."""
+
+    def train(weights, info):
+        return {"w": weights["w"] + delta}, examples, dict(metrics or {})
+
+    def evaluate(weights, info):
+        return examples, dict(eval_metrics or {})
+
+    return securefl.Client(train=train, evaluate=evaluate if eval_metrics is not None else None)
+
+
+@pytest.fixture
+def three_parties():
+    """Three parties with deltas 1, 2, 3 (times ones) and 10, 20, 30 examples."""
+    dim = 4
+    deltas = {f"p{i}": np.full(dim, float(i + 1)) for i in range(3)}
+    examples = {f"p{i}": 10 * (i + 1) for i in range(3)}
+    clients = {
+        p: fixed_delta_client(deltas[p], examples[p], {"loss": 0.1 * (i + 1)}) for i, p in enumerate(deltas)
+    }
+    model = {"w": np.zeros(dim)}
+    return model, clients, deltas, examples
+
+
+def weighted_mean(deltas: dict, examples: dict, parties) -> np.ndarray:
+    total = sum(examples[p] for p in parties)
+    return sum(examples[p] * deltas[p] for p in parties) / total
