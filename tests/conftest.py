@@ -6,10 +6,10 @@ import os
 
 os.environ["SECUREFL_ALLOW_TEST_SEEDS"] = "1"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-import securefl  # noqa: E402
+import securefl
 
 
 def fixed_delta_client(delta: np.ndarray, examples: int, metrics: dict | None = None, eval_metrics=None):

@@ -15,7 +15,11 @@ float_arrays = hnp.arrays(
 )
 
 
-@given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_.]{0,10}", fullmatch=True), float_arrays, min_size=1, max_size=5))
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_.]{0,10}", fullmatch=True), float_arrays, min_size=1, max_size=5
+    )
+)
 def test_dict_round_trip_keeps_names_shapes_dtypes(arrays):
     spec = ArraySpec.of(arrays)
     vector = spec.flatten(arrays)

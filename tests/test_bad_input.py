@@ -1,0 +1,239 @@
+"""Every bad input of issue 2: precise error, the bad party dropped, the round goes on."""
+
+import numpy as np
+import pytest
+from conftest import fixed_delta_client, weighted_mean
+from phase_layers import CommitOpen
+
+import securefl
+from securefl.faults import Faults
+from securefl.party import PartyNode
+from securefl.wire import REPLY, Envelope, pack_array
+
+DIM = 4
+
+
+def setup(faults=None, privacy=None, clients_override=None, min_parties=1, **kw):
+    deltas = {f"p{i}": np.full(DIM, float(i + 1)) for i in range(4)}
+    examples = {p: 10 * (i + 1) for i, p in enumerate(deltas)}
+    clients = {p: fixed_delta_client(deltas[p], examples[p]) for p in deltas}
+    clients.update(clients_override or {})
+    fed = securefl.Federation(
+        {"w": np.zeros(DIM)}, clients, privacy or CommitOpen(), faults=faults, min_parties=min_parties, **kw
+    )
+    return fed, deltas, examples
+
+
+def assert_dropped(fed, deltas, examples, report, party, *fragments):
+    assert report.ok, report.error
+    assert party in report.dropouts, report.dropouts
+    for fragment in fragments:
+        assert fragment in report.dropouts[party], report.dropouts[party]
+    survivors = sorted(set(deltas) - {party})
+    assert report.survivors == survivors
+    np.testing.assert_allclose(fed.global_weights["w"], weighted_mean(deltas, examples, survivors), rtol=1e-9)
+
+
+@pytest.mark.parametrize("phase", ["commit", "open"])
+@pytest.mark.parametrize("action", ["offline", "lose_reply"])
+def test_dropout_in_every_phase(phase, action):
+    fed, deltas, examples = setup(Faults().add(action, "p1", phase=phase))
+    report = fed.run_round()
+    assert_dropped(fed, deltas, examples, report, "p1", f"{phase}: no reply before the deadline")
+
+
+def test_reply_after_deadline_is_a_dropout():
+    fed, deltas, examples = setup(Faults().add("delay", "p2", phase="open", seconds=5.0), phase_timeout=1.0)
+    report = fed.run_round()
+    assert_dropped(fed, deltas, examples, report, "p2", "open: no reply before the deadline")
+
+
+def test_truncated_reply():
+    fed, deltas, examples = setup(Faults().add("truncate", "p0", phase="open"))
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p0", "open:", "truncated")
+
+
+def test_tampered_payload_caught_by_the_layer():
+    fed, deltas, examples = setup(Faults().add("flip", "p3", phase="open"))
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p3", "does not match its commitment")
+
+
+def test_party_answering_twice():
+    fed, deltas, examples = setup(Faults().add("duplicate", "p1", phase="commit"))
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p1", "answered phase 'commit' twice")
+
+
+def test_message_from_another_round_is_a_replay():
+    captured = {}
+
+    def replay(party, request, deliver):
+        reply = deliver(request)
+        envelope = Envelope.decode(request)
+        if party == "p2" and envelope.phase == "commit":
+            if envelope.round == 0:
+                captured["old"] = reply
+            else:
+                return [(captured["old"], 0.0)]
+        return [(reply, 0.0)]
+
+    fed, deltas, examples = setup(replay)
+    fed.run_round()
+    before = fed.global_vector
+    report = fed.run_round()
+    assert "p2" in report.dropouts
+    assert "message is for round 0, the current round is 1 (replay?)" in report.dropouts["p2"]
+    survivors = ["p0", "p1", "p3"]
+    np.testing.assert_allclose(
+        fed.global_vector - before, weighted_mean(deltas, examples, survivors), rtol=1e-9
+    )
+
+
+def test_party_using_another_partys_identity():
+    def impersonate(party, request, deliver):
+        reply = deliver(request)
+        if party == "p1":
+            envelope = Envelope.decode(reply)
+            forged = Envelope(
+                envelope.kind, envelope.session, envelope.round, envelope.phase, "p0", envelope.parts
+            )
+            return [(forged.encode(), 0.0)]
+        return [(reply, 0.0)]
+
+    fed, deltas, examples = setup(impersonate)
+    assert_dropped(
+        fed, deltas, examples, fed.run_round(), "p1", "claims to be from/for 'p0' but is routed as 'p1'"
+    )
+
+
+def test_oversized_message_is_refused():
+    def bloat(reply: bytes) -> bytes:
+        envelope = Envelope.decode(reply)
+        parts = {"layer": envelope.parts["layer"] + b"\0" * 100_000}
+        return Envelope(
+            envelope.kind, envelope.session, envelope.round, envelope.phase, envelope.party, parts
+        ).encode()
+
+    fed, deltas, examples = setup(Faults().add("replace", "p0", phase="open", replace=bloat))
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p0", "exceeds the limit")
+
+
+def test_nan_update_makes_the_party_withdraw():
+    bad = fixed_delta_client(np.array([0.0, np.nan, 0.0, 0.0]), 5)
+    fed, deltas, examples = setup(clients_override={"p2": bad})
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p2", "withdrew", "non-finite", "coordinate 1")
+
+
+def test_infinite_metric_makes_the_party_withdraw():
+    bad = fixed_delta_client(np.zeros(DIM), 5, {"loss": float("inf")})
+    fed, deltas, examples = setup(clients_override={"p2": bad}, train_metrics=["loss"])
+    # the other parties do not report loss either: give them one
+    for p in ("p0", "p1", "p3"):
+        fed.nodes[p].client = fixed_delta_client(deltas[p], examples[p], {"loss": 1.0})
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p2", "metric 'loss' is inf")
+
+
+def test_wrong_shape_from_the_training_loop():
+    def train(weights, info):
+        return {"w": np.zeros(DIM + 1)}, 3, {}
+
+    fed, deltas, examples = setup(clients_override={"p3": securefl.Client(train)})
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p3", "'w' has shape (5,), the model expects (4,)")
+
+
+def test_training_loop_that_raises():
+    def train(weights, info):
+        raise RuntimeError("GPU on fire")
+
+    fed, deltas, examples = setup(clients_override={"p0": securefl.Client(train)})
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p0", "RuntimeError: GPU on fire")
+
+
+def test_training_loop_returning_garbage():
+    fed, deltas, examples = setup(clients_override={"p0": securefl.Client(lambda w, i: "weights")})
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p0", "train must return TrainResult")
+
+
+def test_party_handler_crash_is_a_dropout():
+    fed, deltas, examples = setup()
+
+    def crash(data):
+        raise MemoryError("out of memory")
+
+    fed.transport.handlers["p1"] = crash
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p1", "no reply before the deadline")
+
+
+def test_nan_smuggled_in_a_valid_float_payload_is_caught_by_the_aggregator():
+    def poison(reply: bytes) -> bytes:
+        envelope = Envelope.decode(reply)
+        vector = np.full(DIM + 2, np.nan, dtype="<f4")  # update, weight, eval count
+        parts = {"layer": pack_array(vector)}
+        return Envelope(
+            REPLY, envelope.session, envelope.round, envelope.phase, envelope.party, parts
+        ).encode()
+
+    fed, deltas, examples = setup(Faults().add("replace", "p2", replace=poison), privacy="plain")
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p2", "input from 'p2' has", "non-finite")
+
+
+def test_wrong_dtype_payload_is_refused():
+    def widen(reply: bytes) -> bytes:
+        envelope = Envelope.decode(reply)
+        parts = {"layer": pack_array(np.zeros(DIM + 2, dtype="<f8"))}
+        return Envelope(
+            REPLY, envelope.session, envelope.round, envelope.phase, envelope.party, parts
+        ).encode()
+
+    fed, deltas, examples = setup(Faults().add("replace", "p2", replace=widen), privacy="plain")
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p2", "array has dtype <f8, expected <f4")
+
+
+def test_value_outside_quantize_bound_makes_the_party_withdraw():
+    fed, deltas, examples = setup(
+        clients_override={"p1": fixed_delta_client(np.full(DIM, 2.0), 20, {"loss": 11.0})},
+        privacy=[securefl.Clip(100.0), securefl.Quantize(24), securefl.Plain()],
+        train_metrics=["loss"],
+        metric_bounds={"loss": 5.0},
+        weight_bound=40,
+    )
+    for p in ("p0", "p2", "p3"):
+        fed.nodes[p].client = fixed_delta_client(deltas[p], examples[p], {"loss": 1.0})
+    report = fed.run_round()
+    # the bound applies to weight * loss: 20 * 11 = 220 > 40 * 5
+    assert "training metrics coordinate 5 is 220, outside the quantize bound ±200" in report.dropouts["p1"]
+    np.testing.assert_allclose(
+        fed.global_weights["w"], weighted_mean(deltas, examples, ["p0", "p2", "p3"]), atol=1e-5
+    )
+
+
+def test_below_minimum_the_round_fails_and_the_model_is_unchanged():
+    fed, deltas, examples = setup(
+        Faults().add("offline", "p0", phase="open", round=0).add("offline", "p1", phase="open", round=0),
+        min_parties=3,
+    )
+    report = fed.run_round()
+    assert not report.ok
+    assert "only 2 of 4 parties left after open; at least 3 are needed" in report.error
+    np.testing.assert_array_equal(fed.global_weights["w"], np.zeros(DIM))
+    # the next round, with everyone back, works
+    assert fed.run_round().ok
+    np.testing.assert_allclose(fed.global_weights["w"], weighted_mean(deltas, examples, deltas), rtol=1e-9)
+
+
+def test_party_refuses_to_restart_a_round_and_requests_for_others():
+    fed, *_ = setup()
+    requests = {}
+
+    def spy(party, request, deliver):
+        requests.setdefault(party, request)
+        return [(deliver(request), 0.0)]
+
+    fed.transport.faults = spy
+    fed.run_round()
+    node: PartyNode = fed.nodes["p0"]
+    replay = Envelope.decode(node.handle(requests["p0"]))
+    assert replay.kind == "withdraw" and b"replay refused" in replay.parts["reason"]
+    misrouted = Envelope.decode(node.handle(requests["p1"]))
+    assert misrouted.kind == "withdraw" and b"not addressed to this party" in misrouted.parts["reason"]
+    garbage = Envelope.decode(node.handle(b"\x00garbage"))
+    assert garbage.kind == "withdraw" and b"rejected a request" in garbage.parts["reason"]
