@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -41,7 +42,7 @@ class ConsoleReporter(Reporter):
         self.total_rounds = settings.rounds
         self.console.print(
             f"[bold]securefl[/] {task.name}: {len(task.clients)} parties, {settings.rounds} rounds, "
-            f"privacy [cyan]{settings.privacy_label()}[/]"
+            f"privacy [cyan]{escape(settings.privacy_label())}[/]"
         )
         self.progress = Progress(
             TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console
@@ -57,9 +58,10 @@ class ConsoleReporter(Reporter):
                 f"parties {len(report.survivors)}/{len(report.selected)}"
             )
             if report.dropouts:
-                line += f"  dropouts: {', '.join(sorted(report.dropouts))}"
+                line += f"  dropouts: {escape(', '.join(sorted(report.dropouts)))}"
         else:
-            line = f"round {report.round + 1:>3}/{self.total_rounds}  [red]failed[/]: {report.error}"
+            failure = escape(str(report.error))
+            line = f"round {report.round + 1:>3}/{self.total_rounds}  [red]failed[/]: {failure}"
         self.progress.console.print(line)
         self.progress.advance(self.task_id)
 
@@ -86,7 +88,7 @@ class ConsoleReporter(Reporter):
                 value = f"{value:.2f} s"
             elif isinstance(value, float):
                 value = f"{value:.4f}"
-            table.add_row(key.replace("_", " "), str(value))
+            table.add_row(key.replace("_", " "), escape(str(value)))
         self.console.print(table)
 
 
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
     )
     # With --json the human-readable output goes to stderr so stdout ends with the JSON line.
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, soft_wrap=True)
     try:
         if args.command == "demo":
             settings = RunSettings(
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_config(args.config)
         summary = run(settings, ConsoleReporter(console))
     except SecureFLError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         if args.json:
             print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
         return 2

@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from securefl.cli import main
+from securefl.config import load_config
+from securefl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = {"final_accuracy", "rounds", "parties", "privacy", "seconds", "bytes_up", "bytes_down"}
+
+
+def test_demo_default_reaches_the_accuracy_target(tmp_path):
+    """The main job, as a user runs it (installed console script), with the plot."""
+    script = Path(sys.executable).parent / "securefl"
+    result = subprocess.run(
+        [str(script), "demo", "--json", "--plot", str(tmp_path / "acc.png")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary) >= REQUIRED
+    assert summary["final_accuracy"] >= 0.93
+    assert summary["rounds"] == 10 and summary["parties"] == 5 and summary["privacy"] == "plain"
+    assert summary["bytes_up"] > 0 and summary["bytes_down"] > 0
+    assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "round  10/10" in result.stderr and "summary" in result.stderr
+
+
+def test_demo_options(capsys):
+    assert main(["demo", "--parties", "3", "--rounds", "2", "--seed", "4", "--plot", "", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["parties"] == 3 and summary["rounds"] == 2 and summary["plot"] is None
+    assert len(summary["accuracy_per_round"]) == 2
+
+
+def test_demo_without_json_prints_rounds(capsys):
+    assert main(["demo", "--parties", "2", "--rounds", "1", "--plot", ""]) == 0
+    out = capsys.readouterr().out
+    assert "round   1/1" in out and "accuracy" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--parties", "0"], "parties must be a positive integer"),
+        (["--parties", "500"], "use at most 37 parties"),
+        (["--rounds", "0"], "rounds must be a positive integer"),
+    ],
+)
+def test_demo_bad_arguments(capsys, args, message):
+    assert main(["demo", "--plot", "", "--json", *args]) == 2
+    captured = capsys.readouterr()
+    assert message in json.loads(captured.out.strip().splitlines()[-1])["error"]
+    assert "error:" in captured.err
+
+
+def test_run_config_file(capsys):
+    assert main(["run", str(ROOT / "examples/configs/hospitals.toml"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["stack"] == ["clip", "quantize", "plain"]
+    assert summary["final_accuracy"] >= 0.93
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rounds = 'ten'", "rounds = 'ten' has the wrong type"),
+        ("colour = 'red'", r"unknown key\(s\) \['colour'\]"),
+        ("[federation]\nparty_count = 3", r"\[federation\]: unknown key"),
+        ("[budget]\nepsilon = 1.0", "no layer of the privacy stack releases DP noise"),
+        ("rounds = ", "not valid TOML"),
+        ("privacy = 3", "privacy must be a preset name"),
+    ],
+)
+def test_bad_config_files(tmp_path, text, message):
+    path = tmp_path / "fed.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_config_and_impossible_stack(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "none.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    path = tmp_path / "fed.toml"
+    path.write_text('rounds = 1\n[[privacy]]\nlayer = "quantize"\n[[privacy]]\nlayer = "plain"\n')
+    assert main(["run", str(path)]) == 2
+    assert "quantize needs a bound on the update" in capsys.readouterr().err.replace("\n", " ")
+
+
+@pytest.mark.parametrize(
+    ("example", "rounds", "floor"), [("pytorch_loop.py", 10, 0.85), ("numpy_loop.py", 10, 0.85)]
+)
+def test_examples_run(example, rounds, floor):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / example), "--rounds", str(rounds)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["accuracy"] >= floor
