@@ -19,13 +19,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q benchmarks --benchmark-disable
 	$(VENV)/bin/ruff check securefl tests examples benchmarks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check securefl tests examples benchmarks
 
 bench: $(STAMP)
-	$(PY) -m pytest benchmarks/ -q
+	$(PY) -m pytest benchmarks/ -q --benchmark-columns=median,iqr,ops --benchmark-sort=name
 
 clean:
 	rm -rf $(VENV) build *.egg-info
