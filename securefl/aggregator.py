@@ -8,7 +8,9 @@ It never holds a secret key and never sees an individual update in the clear unl
    carries the global model and the round info), collect replies until the deadline, check each
    envelope (size, version, session, round, phase, sender; duplicates), hand valid payloads to
    the layer; a party with no valid reply is a dropout from then on;
-3. reveal the sum, undo the transforms, divide by the summed weight, and let the strategy step.
+3. reveal the sum, undo the transforms, divide by the summed weight, and let the strategy step —
+   or, for a layer that ``fuses_on_parties``, store the sealed next model the parties return
+   (the aggregator then never holds the global model after round 0, nor any metric).
 
 If survivors fall below ``min_parties`` at any phase, or the layer aborts, the round fails and the
 global model is unchanged.
@@ -25,7 +27,7 @@ import numpy as np
 from securefl.codec import ArraySpec, FusedSum, VectorLayout, check_finite
 from securefl.errors import ProtocolError, RoundFailed, SecureFLError, UpdateError, WireError
 from securefl.fusion import Strategy
-from securefl.layers.base import PrivacyStack, RoundContext
+from securefl.layers.base import PrivacyStack, RoundContext, SealedModel
 from securefl.party import withdraw_reason
 from securefl.roundinfo import RoundInfo
 from securefl.selection import Selection
@@ -54,6 +56,7 @@ class RoundReport:
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
+    sealed: bool = False  # fused on the parties: the aggregator saw neither sums nor metrics
 
     @property
     def ok(self) -> bool:
@@ -91,6 +94,7 @@ class Aggregator:
         self.round_config = dict(round_config or {})
         self.transcript = transcript
         self.secure_sum = stack.secure_sum.aggregator()
+        self.sealed: SealedModel | None = None
 
     def run_round(self, round: int) -> RoundReport:
         started = time.perf_counter()
@@ -102,9 +106,12 @@ class Aggregator:
             fused = self._fuse()
             report.status = "ok"
             report.survivors = sorted(survivors)
-            report.total_weight = fused.total_weight
-            report.train_metrics, report.eval_metrics = fused.train_metrics, fused.eval_metrics
-            report.eval_count = fused.eval_count
+            if fused is None:
+                report.sealed = True
+            else:
+                report.total_weight = fused.total_weight
+                report.train_metrics, report.eval_metrics = fused.train_metrics, fused.eval_metrics
+                report.eval_count = fused.eval_count
         except (RoundFailed, UpdateError) as exc:
             report.error = str(exc)
             log.warning("round %d failed: %s", round, exc)
@@ -123,12 +130,7 @@ class Aggregator:
         live = set(selected)
         phases = self.secure_sum.phases(ctx)
         for index, phase in enumerate(phases):
-            extra = {}
-            if index == 0:
-                extra = {
-                    "model": pack_array(self.weights.astype(self.spec.wire_dtype)),
-                    "round": info.encode(),
-                }
+            extra = self._model_parts(info) if index == 0 else {}
             requests = {}
             for party in sorted(live):
                 parts = {"layer": self.secure_sum.request(phase, party), **extra}
@@ -189,8 +191,18 @@ class Aggregator:
                 "are needed, so the round is abandoned and the global model is unchanged"
             )
 
-    def _fuse(self) -> FusedSum:
-        total = self.stack.decode_sum(self.secure_sum.result())
+    def _model_parts(self, info: RoundInfo) -> dict[str, bytes]:
+        """The first request of a round carries the global model: in the clear, or sealed."""
+        if self.sealed is not None:
+            return {"sealed_model": self.sealed.data, "round": info.encode()}
+        return {"model": pack_array(self.weights.astype(self.spec.wire_dtype)), "round": info.encode()}
+
+    def _fuse(self) -> FusedSum | None:
+        outcome = self.secure_sum.result()
+        if isinstance(outcome, SealedModel):
+            self.sealed = outcome
+            return None
+        total = self.stack.decode_sum(outcome)
         fused = self.layout.unpack_sum(total)
         new_weights = self.strategy.step(self.weights, fused.mean_delta)
         check_finite(new_weights, "fused model")
@@ -202,4 +214,9 @@ class Aggregator:
             self.transcript.record(round, phase, direction, party, data)
 
     def global_weights(self):
+        if self.sealed is not None:
+            raise ProtocolError(
+                f"the global model is sealed by {self.stack.secure_sum.name!r}: only key-holding "
+                "parties can open it; the aggregator never sees it"
+            )
         return self.spec.unflatten(self.weights)

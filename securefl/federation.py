@@ -17,7 +17,7 @@ import numpy as np
 from securefl.aggregator import Aggregator, RoundReport
 from securefl.codec import ArraySpec, NamedArrays, VectorLayout
 from securefl.errors import ConfigError
-from securefl.fusion import Strategy, build_strategy
+from securefl.fusion import FedAvg, Strategy, build_strategy
 from securefl.layers import Layer, PrivacyStack, StackContext, build_layer, preset
 from securefl.party import Client, PartyNode
 from securefl.selection import Selection, build_selection
@@ -124,6 +124,12 @@ class Federation:
                 f"min_parties={min_parties} but at most {context.max_parties} parties take part in a round"
             )
         self.stack.validate(context)
+        strategy = build_strategy(strategy)
+        if self.stack.secure_sum.fuses_on_parties and not isinstance(strategy, FedAvg):
+            raise ConfigError(
+                f"{self.stack.secure_sum.name!r} fuses on the parties, which cannot share the state of "
+                f"server optimizer {strategy.name!r}; use strategy 'fedavg'"
+            )
         self.session = secrets.token_hex(16)
         self.transcript = transcript
         self.nodes = {
@@ -136,6 +142,7 @@ class Federation:
                 self.session,
                 weighting=weighting,
                 weight_bound=weight_bound,
+                strategy=FedAvg(strategy.lr) if isinstance(strategy, FedAvg) else None,
             )
             for pid, client in clients.items()
         }
@@ -151,7 +158,7 @@ class Federation:
             party_ids,
             self.session,
             self.selection,
-            build_strategy(strategy),
+            strategy,
             min_parties=min_parties,
             phase_timeout=phase_timeout,
             round_config=dict(round_config or {}),
@@ -161,11 +168,16 @@ class Federation:
 
     @property
     def global_weights(self) -> NamedArrays:
-        return self.aggregator.global_weights()
+        """The current global model. When the layer seals it, the simulation opens it as a
+        key-holding party would (the aggregator itself cannot)."""
+        return self.spec.unflatten(self.global_vector)
 
     @property
     def global_vector(self) -> np.ndarray:
-        return self.aggregator.weights.copy()
+        sealed = self.aggregator.sealed
+        if sealed is None:
+            return self.aggregator.weights.copy()
+        return next(iter(self.nodes.values())).open_global(sealed.data)
 
     def run_round(self) -> RoundReport:
         report = self.aggregator.run_round(len(self.history.rounds))

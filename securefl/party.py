@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from securefl.codec import ArraySpec, NamedArrays, VectorLayout, check_finite
+from securefl.codec import ArraySpec, FusedSum, NamedArrays, VectorLayout, check_finite
 from securefl.errors import ProtocolError, SecureFLError, UpdateError, WireError
+from securefl.fusion import FedAvg, Strategy
 from securefl.layers.base import PrivacyStack, RoundContext
 from securefl.roundinfo import RoundInfo
 from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, unpack_array
@@ -97,6 +98,7 @@ class PartyNode:
         weighting: str = "examples",
         weight_bound: float | None = None,
         max_request_bytes: int | None = None,
+        strategy: Strategy | None = None,
     ) -> None:
         self.party_id = party_id
         self.client = client
@@ -110,6 +112,12 @@ class PartyNode:
         self.secure_sum = stack.secure_sum.party(party_id)
         self.round: int | None = None
         self.last_error: str | None = None
+        # Used only when the layer fuses on the parties (the aggregator cannot read the sum).
+        self.strategy = strategy or FedAvg()
+        self.round_global: np.ndarray | None = None
+        self.last_fused: FusedSum | None = None
+        if stack.secure_sum.fuses_on_parties:
+            self.secure_sum.attach_fuser(self._fuse_revealed)
 
     # -- the state machine -------------------------------------------------------------------
 
@@ -125,7 +133,7 @@ class PartyNode:
             # Without a trustworthy header there is no round to withdraw from; say why anyway.
             return self._withdraw(self.round or 0, "invalid", f"rejected a request: {exc}")
         try:
-            if "model" in request.parts:
+            if "model" in request.parts or "sealed_model" in request.parts:
                 payload = self._start_round(request)
             else:
                 if request.round != self.round:
@@ -160,8 +168,8 @@ class PartyNode:
         if self.party_id not in info.parties:
             raise ProtocolError(f"party {self.party_id!r} is not in round {info.round}'s party list")
         self.round = request.round
-        model = unpack_array(request.parts["model"], self.spec.wire_dtype, (self.spec.size,))
-        global_vector = model.astype(np.float64)
+        global_vector = self._global_from(request)
+        self.round_global = global_vector
         vector = self._local_update(global_vector, info)
         protected = self.stack.encode(vector)
         ctx = RoundContext(
@@ -169,6 +177,30 @@ class PartyNode:
         )
         self.secure_sum.start_round(ctx, protected)
         return self.secure_sum.respond(request.phase, request.parts.get("layer", b""))
+
+    def _global_from(self, request: Envelope) -> np.ndarray:
+        if "sealed_model" in request.parts:
+            return self.open_global(request.parts["sealed_model"])
+        model = unpack_array(request.parts["model"], self.spec.wire_dtype, (self.spec.size,))
+        return model.astype(np.float64)
+
+    def open_global(self, sealed: bytes) -> np.ndarray:
+        """The global vector inside a sealed model (layers that fuse on the parties)."""
+        vector = np.asarray(self.secure_sum.open_model(sealed), dtype=np.float64)
+        if vector.shape != (self.spec.size,):
+            raise WireError(f"sealed model holds {vector.shape} values, the model needs ({self.spec.size},)")
+        check_finite(vector, "sealed global model")
+        return vector
+
+    def _fuse_revealed(self, total: np.ndarray) -> np.ndarray:
+        """Decode a sum revealed to this party, average it and step: the next global vector."""
+        if self.round_global is None:
+            raise ProtocolError("a sum was revealed before this party started a round")
+        fused = self.layout.unpack_sum(self.stack.decode_sum(total))
+        new_global = self.strategy.step(self.round_global, fused.mean_delta)
+        check_finite(new_global, "fused model")
+        self.last_fused = fused
+        return new_global
 
     def _local_update(self, global_vector: np.ndarray, info: RoundInfo) -> np.ndarray:
         """Evaluate the global model, train, and pack the weighted delta with weight and metrics."""

@@ -9,6 +9,12 @@ A stack is zero or more :class:`Transform` s followed by exactly one :class:`Sec
   sequence of phases that the layer names. The core moves the payloads; the layer never sees the
   network.
 
+Where the sum is revealed decides where fusion happens. Most layers reveal it to the aggregator,
+which fuses. A layer whose sum only key-holding parties can read (Paillier, CKKS) sets
+``fuses_on_parties``: its party side decrypts the sum, calls the fuser the core attached (decode,
+divide, strategy step) and seals the next global model under the parties' key; the aggregator only
+stores that :class:`SealedModel` and hands it to the next round's parties, who ``open_model`` it.
+
 Layers are checked together at configuration time (:meth:`PrivacyStack.validate`) so that an
 impossible combination — integers needed but no quantize, a sum that could overflow the modulus —
 is a :class:`~securefl.errors.ConfigError` before any party trains (design invariant 3).
@@ -17,7 +23,7 @@ is a :class:`~securefl.errors.ConfigError` before any party trains (design invar
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -81,6 +87,16 @@ class Transform(ABC):
         return total
 
 
+@dataclass(frozen=True)
+class SealedModel:
+    """The next global model, sealed under a key the aggregator does not hold."""
+
+    data: bytes
+
+
+Fuser = Callable[[np.ndarray], np.ndarray]
+
+
 class SumAggregator(ABC):
     """The aggregator's side of a secure sum for one federation. Holds no secret key."""
 
@@ -109,8 +125,9 @@ class SumAggregator(ABC):
         """All replies of ``phase`` are in; ``survivors`` answered validly. Raise RoundFailed to abort."""
 
     @abstractmethod
-    def result(self) -> np.ndarray:
-        """The revealed sum of the surviving parties' vectors, after the last phase."""
+    def result(self) -> np.ndarray | SealedModel:
+        """After the last phase: the revealed sum of the surviving parties' vectors, or (for
+        ``fuses_on_parties`` layers) the sealed next global model."""
 
 
 class SumParty(ABC):
@@ -124,6 +141,13 @@ class SumParty(ABC):
     def respond(self, phase: str, request: bytes) -> bytes:
         """Answer the aggregator's request for ``phase``."""
 
+    def attach_fuser(self, fuse: Fuser) -> None:
+        """(``fuses_on_parties`` layers) Keep ``fuse``: revealed sum -> next global vector."""
+
+    def open_model(self, sealed: bytes) -> np.ndarray:
+        """(``fuses_on_parties`` layers) The global vector inside a :class:`SealedModel`."""
+        raise NotImplementedError(f"{type(self).__name__} does not seal models")
+
 
 class SecureSum(ABC):
     """A secure-sum layer: configuration plus factories for its two sides."""
@@ -132,6 +156,8 @@ class SecureSum(ABC):
     accepts_floats: ClassVar[bool] = False
     # The sum is computed modulo 2**modulus_bits when the vector holds integers.
     modulus_bits: ClassVar[int] = 64
+    # True if only key-holding parties can read the sum: they fuse, the aggregator never can.
+    fuses_on_parties: ClassVar[bool] = False
 
     def validate(self, ctx: StackContext, transforms: Sequence[Transform]) -> None:
         """Raise ConfigError if the layer cannot sum this federation safely."""
