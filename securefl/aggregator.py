@@ -145,8 +145,12 @@ class Aggregator:
             for party in sorted(valid):
                 try:
                     self.secure_sum.receive(phase, party, valid[party])
-                except (SecureFLError, ValueError) as exc:
-                    report.dropouts[party] = f"{phase}: {exc}"
+                except Exception as exc:
+                    if not isinstance(exc, (SecureFLError, ValueError)):
+                        log.warning(
+                            "round %d: layer raised %s on %s's payload", round, type(exc).__name__, party
+                        )
+                    report.dropouts[party] = f"{phase}: {type(exc).__name__}: {exc}"
                     live.discard(party)
             self._require_enough(len(live), phase, len(selected))
             self.secure_sum.close_phase(phase, frozenset(live))
@@ -178,7 +182,7 @@ class Aggregator:
                 valid[party] = envelope.parts["layer"]
             except (WireError, ProtocolError) as exc:
                 valid.pop(party, None)
-                report.dropouts[party] = f"{phase}: {exc}"
+                report.dropouts.setdefault(party, f"{phase}: {exc}")
                 log.info("round %d: dropping %s: %s", round, party, exc)
         for party in report.dropouts:
             valid.pop(party, None)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from securefl.errors import ConfigError
+from securefl.registry import construct
 
 
 class Strategy(ABC):
@@ -114,14 +115,7 @@ def build_strategy(spec: str | Mapping[str, Any] | Strategy | None) -> Strategy:
         return FedAvg()
     if isinstance(spec, Strategy):
         return spec
-    params = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = params.pop("name", None)
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; available: {', '.join(STRATEGIES)}")
-    try:
-        return STRATEGIES[name](**params)
-    except TypeError as exc:
-        raise ConfigError(f"strategy {name!r}: {exc}") from None
+    return construct("strategy", STRATEGIES, {"name": spec} if isinstance(spec, str) else spec, "name")
 
 
 def _positive(name: str, value: float) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from securefl.errors import ConfigError
 from securefl.randomness import SecureRandom
+from securefl.registry import construct
 
 
 class Selection(ABC):
@@ -86,6 +87,9 @@ class Poisson(Selection):
         return self.rate
 
 
+SELECTIONS: dict[str, type[Selection]] = {"all": AllParties, "fixed": FixedCount, "poisson": Poisson}
+
+
 def build_selection(spec: str | Mapping[str, Any] | Selection | None) -> Selection:
     """From a config value: ``"all"``, ``{"kind": "fixed", "count": 3}`` or
     ``{"kind": "poisson", "rate": 0.5}``."""
@@ -94,14 +98,7 @@ def build_selection(spec: str | Mapping[str, Any] | Selection | None) -> Selecti
     if isinstance(spec, Selection):
         return spec
     if isinstance(spec, Mapping):
-        params = dict(spec)
-        kind = params.pop("kind", None)
-        kinds = {"all": AllParties, "fixed": FixedCount, "poisson": Poisson}
-        if kind in kinds:
-            try:
-                return kinds[kind](**params)
-            except TypeError as exc:
-                raise ConfigError(f"selection {kind!r}: {exc}") from None
+        return construct("selection", SELECTIONS, spec, "kind")
     raise ConfigError(
         f"unknown selection {spec!r}; use 'all', {{kind='fixed', count=K}} or {{kind='poisson', rate=Q}}"
     )

@@ -237,3 +237,29 @@ def test_party_refuses_to_restart_a_round_and_requests_for_others():
     assert misrouted.kind == "withdraw" and b"not addressed to this party" in misrouted.parts["reason"]
     garbage = Envelope.decode(node.handle(b"\x00garbage"))
     assert garbage.kind == "withdraw" and b"rejected a request" in garbage.parts["reason"]
+
+
+def test_layer_bug_on_a_crafted_payload_drops_only_that_party():
+    class Fragile(CommitOpen):
+        def aggregator(self):
+            agg = super().aggregator()
+            original = agg.receive
+
+            def receive(phase, party, payload):
+                if payload == b"\xff" * 32:
+                    raise IndexError("parser bug")
+                return original(phase, party, payload)
+
+            agg.receive = receive
+            return agg
+
+    fed, deltas, examples = setup(
+        Faults().add("replace", "p1", phase="commit", replace=lambda r: _with_layer(r, b"\xff" * 32)),
+        privacy=Fragile(),
+    )
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p1", "IndexError: parser bug")
+
+
+def _with_layer(reply: bytes, payload: bytes) -> bytes:
+    e = Envelope.decode(reply)
+    return Envelope(e.kind, e.session, e.round, e.phase, e.party, {"layer": payload}).encode()

@@ -167,3 +167,18 @@ def test_revealed_sum_equals_plaintext_sum_of_survivors(n, data):
     assert report.ok and report.survivors == survivors
     assert set(report.dropouts) == dropped
     np.testing.assert_allclose(fed.global_weights["w"], weighted_mean(deltas, examples, survivors), rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"kind": "roulette"}, "unknown selection 'roulette'; available: all, fixed, poisson"),
+        ({"kind": "fixed", "counts": 3}, "selection 'fixed'.*counts"),
+        ({"kind": "poisson", "rate": 1.5}, "0 < rate <= 1"),
+        ("some", "unknown selection 'some'"),
+    ],
+)
+def test_bad_selection_specs(three_parties, spec, message):
+    model, clients, *_ = three_parties
+    with pytest.raises(ConfigError, match=message):
+        securefl.Federation(model, clients, "plain", train_metrics=["loss"], selection=spec)

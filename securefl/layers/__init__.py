@@ -22,6 +22,7 @@ from securefl.layers.base import (
 from securefl.layers.clip import Clip
 from securefl.layers.plain import Plain
 from securefl.layers.quantize import Quantize
+from securefl.registry import construct
 
 Layer = Transform | SecureSum
 
@@ -39,14 +40,7 @@ PRESETS: dict[str, Callable[[], list[Layer]]] = {
 
 def build_layer(entry: Mapping[str, Any]) -> Layer:
     """One layer from a config entry: ``layer`` names it, the other keys are its parameters."""
-    params = dict(entry)
-    name = params.pop("layer", None)
-    if name not in LAYERS:
-        raise ConfigError(f"unknown privacy layer {name!r}; known layers: {', '.join(sorted(LAYERS))}")
-    try:
-        return LAYERS[name](**params)
-    except TypeError as exc:
-        raise ConfigError(f"layer {name!r}: {exc}") from None
+    return construct("privacy layer", LAYERS, entry, "layer")
 
 
 def preset(name: str) -> list[Layer]:
