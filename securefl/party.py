@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 
 from securefl.codec import ArraySpec, FusedSum, NamedArrays, VectorLayout, check_finite
-from securefl.errors import ProtocolError, SecureFLError, UpdateError, WireError
+from securefl.errors import ProtocolError, UpdateError, WireError
 from securefl.fusion import FedAvg, Strategy
 from securefl.layers.base import PrivacyStack, RoundContext
 from securefl.roundinfo import RoundInfo
 from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, unpack_array
 
 log = logging.getLogger(__name__)
+_KEPT_LOCAL = "details stay in its log: they may describe its data"
 
 
 @dataclass
@@ -142,18 +143,22 @@ class PartyNode:
                     )
                 payload = self.secure_sum.respond(request.phase, request.parts.get("layer", b""))
         except Exception as exc:
-            if not isinstance(exc, SecureFLError):
-                log.warning("party %s: %s in round %s", self.party_id, type(exc).__name__, request.round)
-            return self._withdraw(request.round, request.phase, f"{type(exc).__name__}: {exc}")
+            detail = f"{type(exc).__name__}: {exc}"
+            shared = detail if _shareable(exc) else f"{type(exc).__name__} on the party ({_KEPT_LOCAL})"
+            return self._withdraw(request.round, request.phase, detail, shared)
         return Envelope(
             REPLY, self.session, request.round, request.phase, self.party_id, {"layer": payload}
         ).encode()
 
-    def _withdraw(self, round: int, phase: str, reason: str) -> bytes:
+    def _withdraw(self, round: int, phase: str, reason: str, shared: str | None = None) -> bytes:
+        """Tell the aggregator this party stops for the round. The full ``reason`` stays here; the
+        aggregator gets ``shared``, which must not describe the party's data (an out-of-range
+        coordinate, a user exception's message)."""
         self.last_error = reason
-        log.info("party %s withdraws from round %s: %s", self.party_id, round, reason)
+        log.warning("party %s withdraws from round %s: %s", self.party_id, round, reason)
+        shared = reason if shared is None else shared
         return Envelope(
-            WITHDRAW, self.session, round, phase, self.party_id, {"reason": reason.encode()[:4096]}
+            WITHDRAW, self.session, round, phase, self.party_id, {"reason": shared.encode()[:4096]}
         ).encode()
 
     def _start_round(self, request: Envelope) -> bytes:
@@ -223,6 +228,11 @@ class PartyNode:
             weight = min(weight, self.weight_bound)
             eval_count = min(eval_count, self.weight_bound)
         return self.layout.pack(delta, weight, trained.metrics, eval_count, eval_metrics)
+
+
+def _shareable(exc: Exception) -> bool:
+    """Errors about the messages the aggregator sent can be told to it; others may leak data."""
+    return isinstance(exc, (WireError, ProtocolError))
 
 
 def withdraw_reason(envelope: Envelope) -> str:

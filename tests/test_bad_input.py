@@ -24,11 +24,14 @@ def setup(faults=None, privacy=None, clients_override=None, min_parties=1, **kw)
     return fed, deltas, examples
 
 
-def assert_dropped(fed, deltas, examples, report, party, *fragments):
+def assert_dropped(fed, deltas, examples, report, party, *fragments, local=()):
+    """``fragments`` must be in the aggregator's reason; ``local`` in the party's own last error."""
     assert report.ok, report.error
     assert party in report.dropouts, report.dropouts
     for fragment in fragments:
         assert fragment in report.dropouts[party], report.dropouts[party]
+    for fragment in local:
+        assert fragment in fed.nodes[party].last_error, fed.nodes[party].last_error
     survivors = sorted(set(deltas) - {party})
     assert report.survivors == survivors
     np.testing.assert_allclose(fed.global_weights["w"], weighted_mean(deltas, examples, survivors), rtol=1e-9)
@@ -120,7 +123,15 @@ def test_oversized_message_is_refused():
 def test_nan_update_makes_the_party_withdraw():
     bad = fixed_delta_client(np.array([0.0, np.nan, 0.0, 0.0]), 5)
     fed, deltas, examples = setup(clients_override={"p2": bad})
-    assert_dropped(fed, deltas, examples, fed.run_round(), "p2", "withdrew", "non-finite", "coordinate 1")
+    assert_dropped(
+        fed,
+        deltas,
+        examples,
+        fed.run_round(),
+        "p2",
+        "withdrew: UpdateError on the party",
+        local=["non-finite", "coordinate 1"],
+    )
 
 
 def test_infinite_metric_makes_the_party_withdraw():
@@ -129,7 +140,9 @@ def test_infinite_metric_makes_the_party_withdraw():
     # the other parties do not report loss either: give them one
     for p in ("p0", "p1", "p3"):
         fed.nodes[p].client = fixed_delta_client(deltas[p], examples[p], {"loss": 1.0})
-    assert_dropped(fed, deltas, examples, fed.run_round(), "p2", "metric 'loss' is inf")
+    assert_dropped(
+        fed, deltas, examples, fed.run_round(), "p2", "UpdateError", local=["metric 'loss' is inf"]
+    )
 
 
 def test_wrong_shape_from_the_training_loop():
@@ -137,7 +150,15 @@ def test_wrong_shape_from_the_training_loop():
         return {"w": np.zeros(DIM + 1)}, 3, {}
 
     fed, deltas, examples = setup(clients_override={"p3": securefl.Client(train)})
-    assert_dropped(fed, deltas, examples, fed.run_round(), "p3", "'w' has shape (5,), the model expects (4,)")
+    assert_dropped(
+        fed,
+        deltas,
+        examples,
+        fed.run_round(),
+        "p3",
+        "UpdateError",
+        local=["'w' has shape (5,), the model expects (4,)"],
+    )
 
 
 def test_training_loop_that_raises():
@@ -145,12 +166,18 @@ def test_training_loop_that_raises():
         raise RuntimeError("GPU on fire")
 
     fed, deltas, examples = setup(clients_override={"p0": securefl.Client(train)})
-    assert_dropped(fed, deltas, examples, fed.run_round(), "p0", "RuntimeError: GPU on fire")
+    report = fed.run_round()
+    assert_dropped(
+        fed, deltas, examples, report, "p0", "RuntimeError on the party", local=["RuntimeError: GPU on fire"]
+    )
+    assert "GPU on fire" not in report.dropouts["p0"]
 
 
 def test_training_loop_returning_garbage():
     fed, deltas, examples = setup(clients_override={"p0": securefl.Client(lambda w, i: "weights")})
-    assert_dropped(fed, deltas, examples, fed.run_round(), "p0", "train must return TrainResult")
+    assert_dropped(
+        fed, deltas, examples, fed.run_round(), "p0", "UpdateError", local=["train must return TrainResult"]
+    )
 
 
 def test_party_handler_crash_is_a_dropout():
@@ -199,8 +226,12 @@ def test_value_outside_quantize_bound_makes_the_party_withdraw():
     for p in ("p0", "p2", "p3"):
         fed.nodes[p].client = fixed_delta_client(deltas[p], examples[p], {"loss": 1.0})
     report = fed.run_round()
-    # the bound applies to weight * loss: 20 * 11 = 220 > 40 * 5
-    assert "training metrics coordinate 5 is 220, outside the quantize bound ±200" in report.dropouts["p1"]
+    # the bound applies to weight * loss: 20 * 11 = 220 > 40 * 5. The party knows; the aggregator
+    # learns only that p1 withdrew, never the offending value.
+    assert (
+        "training metrics coordinate 5 is 220, outside the quantize bound ±200" in fed.nodes["p1"].last_error
+    )
+    assert "UpdateError on the party" in report.dropouts["p1"] and "220" not in report.dropouts["p1"]
     np.testing.assert_allclose(
         fed.global_weights["w"], weighted_mean(deltas, examples, ["p0", "p2", "p3"]), atol=1e-5
     )
