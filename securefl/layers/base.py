@@ -154,8 +154,9 @@ class SecureSum(ABC):
 
     name: ClassVar[str]
     accepts_floats: ClassVar[bool] = False
-    # The sum is computed modulo 2**modulus_bits when the vector holds integers.
-    modulus_bits: ClassVar[int] = 64
+    # The sum is computed modulo 2**modulus_bits when the vector holds integers (a layer may set
+    # it per instance).
+    modulus_bits: int = 64
     # True if only key-holding parties can read the sum: they fuse, the aggregator never can.
     fuses_on_parties: ClassVar[bool] = False
 
