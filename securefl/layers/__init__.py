@@ -22,6 +22,7 @@ from securefl.layers.base import (
 from securefl.layers.clip import Clip
 from securefl.layers.plain import Plain
 from securefl.layers.quantize import Quantize
+from securefl.layers.secagg import Identities, SecAgg, SecAggPlus
 from securefl.registry import construct
 
 Layer = Transform | SecureSum
@@ -30,11 +31,16 @@ LAYERS: dict[str, Callable[..., Layer]] = {
     "plain": Plain,
     "clip": Clip,
     "quantize": Quantize,
+    "secagg": SecAgg,
+    "secagg+": SecAggPlus,
 }
 
-# The stack behind each `--privacy NAME` of the demo. Integer layers will add their own.
+# The stack behind each `--privacy NAME` of the demo. Integer secure sums quantize the clipped
+# update to 24 bits, which modulo 2^32 sums up to 256 parties without overflow.
 PRESETS: dict[str, Callable[[], list[Layer]]] = {
     "plain": lambda: [Plain()],
+    "secagg": lambda: [Clip(10.0), Quantize(24), SecAgg()],
+    "secagg+": lambda: [Clip(10.0), Quantize(24), SecAggPlus()],
 }
 
 
@@ -53,10 +59,13 @@ __all__ = [
     "LAYERS",
     "PRESETS",
     "Clip",
+    "Identities",
     "Plain",
     "PrivacyStack",
     "Quantize",
     "RoundContext",
+    "SecAgg",
+    "SecAggPlus",
     "SecureSum",
     "StackContext",
     "SumAggregator",
