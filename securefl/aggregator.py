@@ -46,7 +46,7 @@ class RoundReport:
     round: int
     status: str  # "ok" or "failed"
     selected: list[str]
-    survivors: list[str] = field(default_factory=list)
+    survivors: list[str] = field(default_factory=list)  # the parties whose updates are in the result
     dropouts: dict[str, str] = field(default_factory=dict)  # party -> phase: reason
     error: str | None = None
     total_weight: float = 0.0
@@ -102,10 +102,10 @@ class Aggregator:
         selected = self.selection.select(self.parties, round)
         report = RoundReport(round, "failed", list(selected))
         try:
-            survivors = self._secure_sum_round(round, selected, report)
+            self._secure_sum_round(round, selected, report)
             fused = self._fuse()
             report.status = "ok"
-            report.survivors = sorted(survivors)
+            report.survivors = sorted(self.secure_sum.contributors())
             if fused is None:
                 report.sealed = True
             else:
@@ -120,7 +120,7 @@ class Aggregator:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _secure_sum_round(self, round: int, selected: list[str], report: RoundReport) -> set[str]:
+    def _secure_sum_round(self, round: int, selected: list[str], report: RoundReport) -> None:
         self._require_enough(len(selected), "selection", len(selected))
         info = RoundInfo(round, tuple(sorted(selected)), self.min_parties, self.round_config)
         ctx = RoundContext(
@@ -154,7 +154,6 @@ class Aggregator:
                     live.discard(party)
             self._require_enough(len(live), phase, len(selected))
             self.secure_sum.close_phase(phase, frozenset(live))
-        return live
 
     def _accept(
         self, round: int, phase: str, live: set[str], replies: list[Reply], report: RoundReport

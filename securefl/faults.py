@@ -14,8 +14,9 @@ from securefl.transport import Handler
 from securefl.wire import Envelope
 
 # What a rule does: offline (the party never sees the request), lose_reply (the party works but its
-# reply is lost), duplicate, truncate, flip (one byte of the reply), delay, replace.
-ACTIONS = ("offline", "lose_reply", "duplicate", "truncate", "flip", "delay", "replace")
+# reply is lost), duplicate, truncate, flip (one byte of the reply), delay, replace (the reply),
+# tamper_request (a dishonest aggregator: the request is altered before the party sees it).
+ACTIONS = ("offline", "lose_reply", "duplicate", "truncate", "flip", "delay", "replace", "tamper_request")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class Faults:
             return [(deliver(request), 0.0)]
         if rule.action == "offline":
             return []
+        if rule.action == "tamper_request":
+            return [(deliver(rule.replace(request)), 0.0)]
         reply = deliver(request)
         if rule.action == "lose_reply":
             return []

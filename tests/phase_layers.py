@@ -55,6 +55,9 @@ class _Aggregator(SumAggregator):
     def close_phase(self, phase, survivors):
         self.closed.append((phase, survivors))
 
+    def contributors(self):
+        return self.closed[-1][1]
+
     def result(self):
         return self.total
 
@@ -109,13 +112,13 @@ class _SealedAggregator(SumAggregator):
     def start_round(self, ctx):
         self.ctx = ctx
         self.total = np.zeros(ctx.vector_size, dtype=np.uint64)
-        self.contributors: list[str] = []
+        self.summed: list[str] = []
         self.seal: bytes | None = None
 
     def request(self, phase, party):
         if phase == "input":
             return b""
-        return encode_record(b"TSKO", {"contributors": self.contributors}, {"sum": pack_array(self.total)})
+        return encode_record(b"TSKO", {"contributors": self.summed}, {"sum": pack_array(self.total)})
 
     def max_reply_bytes(self, phase):
         return 8 * self.ctx.vector_size + 256
@@ -123,7 +126,7 @@ class _SealedAggregator(SumAggregator):
     def receive(self, phase, party, payload):
         if phase == "input":
             self.total += unpack_array(payload, "<u8", (self.ctx.vector_size,))
-            self.contributors.append(party)
+            self.summed.append(party)
         elif self.seal is None:
             self.seal = payload
         elif payload != self.seal:
@@ -131,7 +134,10 @@ class _SealedAggregator(SumAggregator):
 
     def close_phase(self, phase, survivors):
         if phase == "input":
-            self.contributors = sorted(survivors)
+            self.summed = sorted(survivors)
+
+    def contributors(self):
+        return frozenset(self.summed)
 
     def result(self):
         return SealedModel(self.seal)

@@ -125,6 +125,11 @@ class SumAggregator(ABC):
         """All replies of ``phase`` are in; ``survivors`` answered validly. Raise RoundFailed to abort."""
 
     @abstractmethod
+    def contributors(self) -> frozenset[str]:
+        """After the last phase: the parties whose vectors are in the result. Not always those who
+        answered the last phase (a SecAgg party that drops while unmasking is still summed)."""
+
+    @abstractmethod
     def result(self) -> np.ndarray | SealedModel:
         """After the last phase: the revealed sum of the surviving parties' vectors, or (for
         ``fuses_on_parties`` layers) the sealed next global model."""

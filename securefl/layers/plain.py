@@ -76,6 +76,9 @@ class _PlainAggregator(SumAggregator):
         # Every valid input was already added; a party that dropped simply never was.
         pass
 
+    def contributors(self) -> frozenset[str]:
+        return frozenset(self._contributors)
+
     def result(self) -> np.ndarray:
         return self._total
 

@@ -411,6 +411,9 @@ class _Aggregator(SumAggregator):
                 (masks.add if survivor < dropped else masks.subtract)(seed)
         self.total -= masks.total
 
+    def contributors(self) -> frozenset[str]:
+        return self.u3
+
     def result(self) -> np.ndarray:
         return self.total.astype(np.uint64)
 

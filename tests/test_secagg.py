@@ -1,0 +1,378 @@
+"""secagg / secagg+: exact sums under dropouts in every phase, the aggregator's view, attacks."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import fixed_delta_client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import securefl
+from securefl.crypto import shamir
+from securefl.errors import ConfigError
+from securefl.faults import Faults
+from securefl.layers import Identities, SecAgg, SecAggPlus
+from securefl.transcript import Transcript
+from securefl.wire import Envelope, decode_record, encode_record, unpack_array
+
+BOUND = 2**23 - 1  # quantize(bits=24) with this bound has scale exactly 1: integers encode exactly
+DIM = 6
+PASSIVE = ("advertise", "share", "masked", "unmask")
+ACTIVE = ("advertise", "share", "masked", "consistency", "unmask")
+
+
+def integer_federation(layer, n, faults=None, transcript=None, dim=DIM, seed=0):
+    """Parties with integer deltas and weights, so the revealed integer sum is known exactly."""
+    rng = np.random.default_rng(seed)
+    parties = [f"p{i:02d}" for i in range(n)]
+    deltas = {p: rng.integers(-50, 50, dim).astype(float) for p in parties}
+    weights = {p: int(rng.integers(1, 9)) for p in parties}
+    clients = {p: fixed_delta_client(deltas[p], weights[p]) for p in parties}
+    fed = securefl.Federation(
+        {"w": np.zeros(dim)},
+        clients,
+        [securefl.Quantize(bits=24, update_bound=float(BOUND)), layer],
+        weight_bound=float(BOUND),
+        faults=faults,
+        transcript=transcript,
+    )
+    return fed, deltas, weights
+
+
+def expected_sum(deltas, weights, parties, dim=DIM):
+    """The plaintext sum of the survivors' protected vectors [w·Δ, w, n_eval], modulo 2^32."""
+    total = np.zeros(dim + 2, dtype=np.int64)
+    for p in parties:
+        total[:dim] += (weights[p] * deltas[p]).astype(np.int64)
+        total[dim] += weights[p]
+    return total.astype(np.uint64) & np.uint64(2**32 - 1)
+
+
+def revealed(fed):
+    return fed.aggregator.secure_sum.result()
+
+
+def complete_graph_outcome(n, drops, phases):
+    """Whether a complete-graph round must succeed, and whose inputs it sums (see the spec)."""
+    t = max(2, math.ceil(2 * (n - 1) / 3 - 1e-9))
+    parties = {f"p{i:02d}" for i in range(n)}
+
+    def alive_after(phase):
+        return {p for p in parties if p not in drops or phases.index(drops[p]) > phases.index(phase)}
+
+    u1 = alive_after("advertise")
+    if len(u1) - 1 < t:
+        return False, None
+    u2, u3 = alive_after("share"), alive_after("masked")
+    if len(u3) < t:
+        return False, None
+    if "consistency" in phases and len(alive_after("consistency")) < t:
+        return False, None
+    u5 = alive_after("unmask")
+    for owner in u2:
+        if len(u5 - {owner}) < t:
+            return False, None
+    return True, u3
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(3, 10), active=st.booleans(), data=st.data())
+def test_complete_graph_exact_sum_under_random_dropouts(n, active, data):
+    parties = [f"p{i:02d}" for i in range(n)]
+    phases = ACTIVE if active else PASSIVE
+    drops = data.draw(st.dictionaries(st.sampled_from(parties), st.sampled_from(phases), max_size=n))
+    faults = Faults()
+    for party, phase in drops.items():
+        faults.add(data.draw(st.sampled_from(["offline", "lose_reply"])), party, phase=phase)
+    layer = SecAgg(identities=Identities.generate(parties) if active else None)
+    fed, deltas, weights = integer_federation(layer, n, faults)
+    report = fed.run_round()
+    should_succeed, survivors = complete_graph_outcome(n, drops, phases)
+    assert report.ok == should_succeed, (report.error, drops)
+    if report.ok:
+        assert report.survivors == sorted(survivors)
+        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
+    else:
+        np.testing.assert_array_equal(fed.global_vector, np.zeros(DIM))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(6, 16), degree=st.sampled_from([2, 4]), data=st.data())
+def test_secagg_plus_exact_sum_or_clean_failure(n, degree, data):
+    parties = [f"p{i:02d}" for i in range(n)]
+    drops = data.draw(
+        st.dictionaries(st.sampled_from(parties), st.sampled_from(PASSIVE), max_size=max(1, n // 4))
+    )
+    faults = Faults()
+    for party, phase in drops.items():
+        faults.add("offline", party, phase=phase)
+    fed, deltas, weights = integer_federation(SecAggPlus(degree=degree), n, faults)
+    report = fed.run_round()
+    if report.ok:
+        survivors = [p for p in parties if drops.get(p) not in ("advertise", "share", "masked")]
+        assert report.survivors == survivors
+        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
+    else:
+        assert "nothing is revealed" in report.error or "parties left" in report.error, report.error
+        np.testing.assert_array_equal(fed.global_vector, np.zeros(DIM))
+
+
+@pytest.mark.parametrize("phase", PASSIVE)
+@pytest.mark.parametrize("layer", ["secagg", "secagg+"])
+def test_one_dropout_in_each_phase_is_survived(layer, phase):
+    sa = SecAgg() if layer == "secagg" else SecAggPlus(degree=4)
+    fed, deltas, weights = integer_federation(sa, 12, Faults().add("offline", "p03", phase=phase))
+    report = fed.run_round()
+    assert report.ok, report.error
+    survivors = [p for p in deltas if p != "p03" or phase == "unmask"]
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
+
+
+def test_thirty_percent_dropouts_after_masked_input():
+    """Parties that vanish after sending masked input are summed; those just before are not."""
+    faults = Faults()
+    for p in ("p01", "p04", "p07"):
+        faults.add("lose_reply", p, phase="masked")
+    fed, deltas, weights = integer_federation(SecAgg(), 10, faults)
+    report = fed.run_round()
+    survivors = [p for p in deltas if p not in ("p01", "p04", "p07")]
+    assert report.ok and report.survivors == survivors
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
+
+
+def test_below_threshold_fails_cleanly_and_next_round_works():
+    faults = Faults()
+    for p in ("p00", "p01", "p02"):
+        faults.add("offline", p, phase="unmask", round=0)
+    fed, _deltas, _weights = integer_federation(SecAgg(), 5, faults)
+    report = fed.run_round()
+    assert not report.ok and "the threshold is 3, nothing is revealed" in report.error
+    np.testing.assert_array_equal(fed.global_vector, np.zeros(DIM))
+    assert fed.run_round().ok
+
+
+# --- the aggregator's view ------------------------------------------------------------------------
+
+
+def test_masked_inputs_look_uniform():
+    transcript = Transcript()
+    fed, *_ = integer_federation(SecAgg(), 4, transcript=transcript, dim=200_000)
+    assert fed.run_round().ok
+    for entry in transcript.received(phase="masked"):
+        words = unpack_array(Envelope.decode(entry.data).parts["layer"])
+        assert words.dtype == np.uint32
+        counts = np.bincount((words >> np.uint32(24)).astype(np.int64), minlength=256)
+        expected = words.size / 256
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 400, chi2  # 255 degrees of freedom: p < 1e-7 beyond this
+        # unmasked, most coordinates would be tiny: here the top byte is spread evenly
+        assert counts.max() < 2 * expected
+
+
+def revealed_shares(transcript):
+    """For each owner: how many self-mask shares and key shares the aggregator received."""
+    self_counts, key_counts = {}, {}
+    for entry in transcript.received(phase="unmask"):
+        envelope = Envelope.decode(entry.data)
+        if envelope.kind != "reply":
+            continue
+        header, _ = decode_record(
+            envelope.parts["layer"], b"SAUr", {"self": list, "secret": list}, ("shares",)
+        )
+        for owner in header["self"]:
+            self_counts[owner] = self_counts.get(owner, 0) + 1
+        for owner in header["secret"]:
+            key_counts[owner] = key_counts.get(owner, 0) + 1
+    return self_counts, key_counts
+
+
+@pytest.mark.parametrize("layer", [SecAgg(), SecAggPlus(degree=6)])
+def test_no_party_has_both_secrets_revealed(layer):
+    transcript = Transcript()
+    faults = Faults().add("lose_reply", "p02", phase="masked").add("offline", "p05", phase="share")
+    fed, *_ = integer_federation(layer, 10, faults, transcript)
+    assert fed.run_round().ok
+    self_counts, key_counts = revealed_shares(transcript)
+    assert set(self_counts).isdisjoint(key_counts)
+    assert "p02" in key_counts and "p02" not in self_counts  # dropped after sharing: key revealed
+    assert "p05" not in key_counts and "p05" not in self_counts  # dropped before sharing: nothing
+    t = layer.shares_needed(layer.degree(10))
+    for owner, count in self_counts.items():
+        assert count >= t and key_counts.get(owner, 0) < t
+
+
+def test_shares_travel_sealed():
+    transcript = Transcript()
+    fed, *_ = integer_federation(SecAgg(), 4, transcript=transcript)
+    assert fed.run_round().ok
+    share_replies = b"".join(e.data for e in transcript.received(phase="share"))
+    unmask_replies = b"".join(e.data for e in transcript.received(phase="unmask"))
+    # every share revealed in the clear at unmask time was only ever seen sealed before
+    header_shares = []
+    for entry in transcript.received(phase="unmask"):
+        _, parts = decode_record(
+            Envelope.decode(entry.data).parts["layer"], b"SAUr", {"self": list, "secret": list}, ("shares",)
+        )
+        header_shares += [
+            parts["shares"][i : i + shamir.SHARE_BYTES]
+            for i in range(0, len(parts["shares"]), shamir.SHARE_BYTES)
+        ]
+    assert header_shares and unmask_replies
+    for share in header_shares:
+        assert share not in share_replies
+
+
+# --- bad messages and a dishonest aggregator -------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["truncate", "duplicate"])
+@pytest.mark.parametrize("phase", PASSIVE)
+def test_truncated_or_duplicated_messages_drop_the_sender(action, phase):
+    fed, deltas, weights = integer_federation(SecAgg(), 8, Faults().add(action, "p06", phase=phase))
+    report = fed.run_round()
+    assert report.ok and "p06" in report.dropouts, report.dropouts
+    survivors = [p for p in deltas if p != "p06" or phase == "unmask"]
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
+
+
+def test_tampered_sealed_share_is_detected_by_its_recipient():
+    fed, deltas, weights = integer_federation(SecAgg(), 8, Faults().add("flip", "p00", phase="share"))
+    report = fed.run_round()
+    # p00's last sealed share goes to p07, which cannot authenticate it and withdraws
+    assert report.ok and "p07" in report.dropouts
+    assert "failed authentication" in fed.nodes["p07"].last_error
+    survivors = [p for p in deltas if p != "p07"]
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
+
+
+def test_replayed_advertisement_from_an_earlier_round_is_refused():
+    captured = {}
+
+    def replay(party, request, deliver):
+        reply = deliver(request)
+        env = Envelope.decode(request)
+        if party == "p01" and env.phase == "advertise":
+            captured.setdefault(env.round, reply)
+            if env.round == 1:
+                return [(captured[0], 0.0)]
+        return [(reply, 0.0)]
+
+    fed, *_ = integer_federation(SecAgg(), 5, replay)
+    assert fed.run_round().ok
+    report = fed.run_round()
+    assert "round 0, the current round is 1" in report.dropouts["p01"]
+
+
+def _tamper_keys(target):
+    """A dishonest aggregator: swap `target`'s advertised keys for its own in a share request."""
+
+    def tamper(request):
+        env = Envelope.decode(request)
+        header, parts = decode_record(env.parts["layer"], b"SASq", {"peers": list}, ("keys",))
+        width = len(parts["keys"]) // len(header["peers"])
+        i = header["peers"].index(target)
+        blob = bytearray(parts["keys"])
+        blob[i * width : i * width + 64] = bytes(range(64))
+        layer = encode_record(b"SASq", header, {"keys": bytes(blob)})
+        return Envelope(
+            env.kind, env.session, env.round, env.phase, env.party, {**env.parts, "layer": layer}
+        ).encode()
+
+    return tamper
+
+
+def test_active_mode_detects_substituted_keys():
+    parties = [f"p{i:02d}" for i in range(6)]
+    faults = Faults().add("tamper_request", "p02", phase="share", replace=_tamper_keys("p04"))
+    fed, _deltas, _weights = integer_federation(SecAgg(identities=Identities.generate(parties)), 6, faults)
+    report = fed.run_round()
+    assert "p02" in report.dropouts
+    assert "signature of p04 does not verify: forged or substituted" in fed.nodes["p02"].last_error
+
+
+def test_active_mode_detects_a_lie_about_who_dropped():
+    parties = [f"p{i:02d}" for i in range(6)]
+
+    def lie(request):
+        env = Envelope.decode(request)
+        header, parts = decode_record(
+            env.parts["layer"], b"SAUq", {"survivors": list, "signers": list}, ("signatures",)
+        )
+        header["survivors"] = [p for p in header["survivors"] if p != "p05"]  # claim p05 dropped
+        layer = encode_record(b"SAUq", header, parts)
+        return Envelope(env.kind, env.session, env.round, env.phase, env.party, {"layer": layer}).encode()
+
+    faults = Faults().add("tamper_request", "p01", phase="unmask", replace=lie)
+    transcript = Transcript()
+    fed, *_ = integer_federation(SecAgg(identities=Identities.generate(parties)), 6, faults, transcript)
+    report = fed.run_round()
+    assert "p01" in report.dropouts
+    assert "changed the survivor list after it was signed" in fed.nodes["p01"].last_error
+    # p01 revealed nothing; in particular no key share of p05, which is alive
+    _, key_counts = revealed_shares(transcript)
+    assert "p05" not in key_counts
+
+
+def test_impostor_advertisement_refused_in_active_mode():
+    parties = [f"p{i:02d}" for i in range(5)]
+    ids = Identities.generate(parties)
+    stolen = Identities.generate(["p03"])  # p03's messages signed with a key not registered for it
+    forged = Identities({**ids.public}, {**ids.private, "p03": stolen.private["p03"]})
+    fed, *_ = integer_federation(SecAgg(identities=forged), 5)
+    fed.aggregator.secure_sum.identities = ids.public_only()
+    report = fed.run_round()
+    assert "signature of p03 does not verify" in report.dropouts["p03"]
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: SecAgg(modulus_bits=16), "modulus_bits must be 32 or 64"),
+        (lambda: SecAgg(threshold=1), "one share"),
+        (lambda: SecAgg(threshold=1.5), "at most 1"),
+        (lambda: SecAggPlus(degree=3), "even integer"),
+    ],
+)
+def test_bad_parameters(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_stack_checks_quantize_against_the_32_bit_modulus():
+    clients = {f"p{i}": fixed_delta_client(np.zeros(2), 1) for i in range(300)}
+    with pytest.raises(ConfigError, match=r"summed over 300 parties needs a 33-bit modulus.*2\^32"):
+        securefl.Federation(
+            {"w": np.zeros(2)}, clients, [securefl.Clip(1.0), securefl.Quantize(24), SecAgg()], weight_bound=1
+        )
+    securefl.Federation(
+        {"w": np.zeros(2)},
+        clients,
+        [securefl.Clip(1.0), securefl.Quantize(24), SecAgg(modulus_bits=64)],
+        weight_bound=1,
+    )
+
+
+def test_too_few_parties_and_missing_quantize():
+    two = {f"p{i}": fixed_delta_client(np.zeros(2), 1) for i in range(2)}
+    with pytest.raises(ConfigError, match="at least 3 parties"):
+        securefl.Federation(
+            {"w": np.zeros(2)}, two, [securefl.Clip(1.0), securefl.Quantize(16), SecAgg()], weight_bound=1
+        )
+    three = {f"p{i}": fixed_delta_client(np.zeros(2), 1) for i in range(3)}
+    with pytest.raises(ConfigError, match="put a 'quantize' transform before it"):
+        securefl.Federation({"w": np.zeros(2)}, three, SecAgg())
+
+
+def test_harary_graph_is_k_regular_and_seeded():
+    layer = SecAggPlus(degree=4)
+    parties = [f"p{i}" for i in range(11)]
+    graph = layer.neighbours(parties, bytes(32))
+    assert all(len(v) == 4 for v in graph.values())
+    assert all(a in graph[b] for a in graph for b in graph[a])  # symmetric
+    assert graph == layer.neighbours(parties, bytes(32))
+    assert graph != layer.neighbours(parties, bytes(31) + b"\x01")
+    assert SecAggPlus().degree(100) == 20 and SecAggPlus().degree(8) == 7
