@@ -107,3 +107,17 @@ def test_examples_run(example, rounds, floor):
     )
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["accuracy"] >= floor
+
+
+def _demo(capsys, privacy, seed=1):
+    assert main(["demo", "--privacy", privacy, "--seed", str(seed), "--plot", "", "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("privacy", ["secagg", "secagg+"])
+def test_demo_with_secure_aggregation_matches_plain(capsys, privacy):
+    plain = _demo(capsys, "plain")
+    secure = _demo(capsys, privacy)
+    assert secure["privacy"] == privacy and secure["stack"] == ["clip", "quantize", privacy]
+    assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.01
+    assert secure["final_accuracy"] >= 0.93

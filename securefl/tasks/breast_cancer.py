@@ -6,6 +6,11 @@ label skew drawn from a Dirichlet(0.5) distribution — some hospitals see mostl
 some mostly benign, and their sizes differ — which is what makes federated averaging non-trivial.
 Features are standardised with statistics the hospitals are assumed to have agreed on beforehand.
 Each hospital trains a small MLP (30-16-1) with SGD for a few local epochs per round.
+
+Training itself is deterministic (fixed torch generators for initialisation and batch order), so
+two runs on the same split differ only by what their privacy layers do to the updates: that is how
+the demo compares ``--privacy secagg`` against ``plain``. None of this touches the privacy layers,
+whose randomness always comes from the OS CSPRNG.
 """
 
 from __future__ import annotations
@@ -59,17 +64,24 @@ def _loss_and_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor)
     return loss, accuracy
 
 
-def _hospital(x: np.ndarray, y: np.ndarray) -> Client:
+def initial_model() -> torch.nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return build_model()
+
+
+def _hospital(x: np.ndarray, y: np.ndarray, index: int) -> Client:
     features = torch.tensor(x, dtype=torch.float32)
     targets = torch.tensor(y, dtype=torch.float32)
     model = build_model()
+    batches = torch.Generator().manual_seed(index)
 
     def train(weights, info) -> TrainResult:
         arrays_to_model(model, weights)
         optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9)
         losses = []
         for _ in range(LOCAL_EPOCHS):
-            for batch in torch.randperm(len(targets)).split(BATCH_SIZE):
+            for batch in torch.randperm(len(targets), generator=batches).split(BATCH_SIZE):
                 optimizer.zero_grad()
                 logits = model(features[batch]).squeeze(1)
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[batch])
@@ -98,7 +110,7 @@ def make_task(parties: int = 5, seed: int = 0) -> Task:
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-12
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     shards = split_non_iid(y_train, parties, np.random.default_rng(seed))
-    clients = {f"hospital-{i + 1}": _hospital(x_train[s], y_train[s]) for i, s in enumerate(shards)}
+    clients = {f"hospital-{i + 1}": _hospital(x_train[s], y_train[s], i) for i, s in enumerate(shards)}
 
     test_x = torch.tensor(x_test, dtype=torch.float32)
     test_y = torch.tensor(y_test, dtype=torch.float32)
@@ -111,7 +123,7 @@ def make_task(parties: int = 5, seed: int = 0) -> Task:
 
     return Task(
         name="breast-cancer",
-        model=model_to_arrays(build_model()),
+        model=model_to_arrays(initial_model()),
         clients=clients,
         train_metrics=("loss",),
         eval_metrics=("loss", "accuracy"),
