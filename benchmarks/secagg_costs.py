@@ -1,0 +1,139 @@
+"""What secure aggregation costs, measured on one in-process round.
+
+    python benchmarks/secagg_costs.py            # the issue's reference configurations
+    python benchmarks/secagg_costs.py --quick    # small sizes
+
+Per party: seconds inside its side of the secure sum (keys, shares, masking, unmasking: what
+SecAgg adds) and bytes it uploads; aggregator: seconds inside its side of the secure sum
+(combining, reconstructing, removing masks); end to end: the whole round's wall time in one process,
+all parties included. Dropouts are parties that vanish after sharing keys, before their masked
+input: the costly case, since the aggregator must then remove their pairwise masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+
+import numpy as np
+
+import securefl
+from securefl.faults import Faults
+from securefl.layers import SecAgg, SecAggPlus
+
+
+class _Timed:
+    """Wraps an object's methods and adds their wall time to a shared counter."""
+
+    def __init__(self, inner, counter: defaultdict, key: str, methods: tuple[str, ...]) -> None:
+        self._inner, self._counter, self._key, self._methods = inner, counter, key, methods
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name not in self._methods:
+            return attr
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self._counter[self._key] += time.perf_counter() - start
+
+        return timed
+
+
+def measure(layer: str, parties: int, params: int, dropout: float = 0.0) -> dict:
+    """One round of ``layer`` ("plain", "secagg", "secagg+") with a no-op training step."""
+    ids = [f"p{i:03d}" for i in range(parties)]
+    delta = np.full(params, 1e-3)
+
+    def train(weights, info):
+        return {"w": weights["w"] + delta}, 10, {}
+
+    sum_layer = {"plain": securefl.Plain, "secagg": SecAgg, "secagg+": SecAggPlus}[layer]()
+    stack = [sum_layer] if layer == "plain" else [securefl.Clip(10.0), securefl.Quantize(24), sum_layer]
+    dropped = ids[: round(dropout * parties)]
+    faults = Faults()
+    for party in dropped:
+        faults.add("offline", party, phase="masked" if layer != "plain" else None)
+    fed = securefl.Federation(
+        {"w": np.zeros(params, dtype=np.float32)},
+        {p: train for p in ids},
+        stack,
+        weight_bound=10,
+        faults=faults,
+    )
+    times: defaultdict = defaultdict(float)
+    fed.aggregator.secure_sum = _Timed(
+        fed.aggregator.secure_sum, times, "aggregator", ("request", "receive", "close_phase", "result")
+    )
+    for pid, node in fed.nodes.items():
+        node.secure_sum = _Timed(node.secure_sum, times, pid, ("start_round", "respond"))
+    up = defaultdict(int)
+    handlers = fed.transport.handlers
+    for pid in ids:
+        inner = handlers[pid]
+
+        def counted(data, _pid=pid, _inner=inner):
+            reply = _inner(data)
+            up[_pid] += len(reply)
+            return reply
+
+        handlers[pid] = counted
+    start = time.perf_counter()
+    report = fed.run_round()
+    wall = time.perf_counter() - start
+    if not report.ok:
+        raise RuntimeError(f"round failed: {report.error}")
+    survivors = [p for p in ids if p not in dropped]
+    party_seconds = [times[p] for p in survivors]
+    party_bytes = [up[p] for p in survivors]
+    return {
+        "privacy": layer,
+        "parties": parties,
+        "params": params,
+        "dropout": dropout,
+        "party_seconds_median": statistics.median(party_seconds),
+        "aggregator_seconds": times["aggregator"],
+        "round_seconds": wall,
+        "bytes_up_per_party": int(statistics.median(party_bytes)),
+        "expansion_vs_float32": statistics.median(party_bytes) / (4 * params),
+        "neighbours": (sum_layer.degree(parties) if layer != "plain" else 0),
+    }
+
+
+REFERENCE = [
+    ("secagg", 100, 1_000_000, 0.0),
+    ("secagg", 100, 1_000_000, 0.1),
+    ("secagg", 100, 1_000_000, 0.3),
+    ("secagg+", 100, 1_000_000, 0.0),
+    ("secagg+", 100, 1_000_000, 0.3),
+    ("plain", 50, 100_000, 0.0),
+    ("secagg", 50, 100_000, 0.0),
+    ("secagg+", 50, 100_000, 0.0),
+]
+QUICK = [("plain", 10, 10_000, 0.0), ("secagg", 10, 10_000, 0.2), ("secagg+", 20, 10_000, 0.1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds per configuration; medians are reported"
+    )
+    args = parser.parse_args()
+    for config in QUICK if args.quick else REFERENCE:
+        runs = [measure(*config) for _ in range(args.repeat)]
+        keys = ("party_seconds_median", "aggregator_seconds", "round_seconds")
+        row = dict(runs[0]) | {k: statistics.median(r[k] for r in runs) for k in keys}
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
