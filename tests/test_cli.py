@@ -60,10 +60,17 @@ def test_demo_bad_arguments(capsys, args, message):
     assert "error:" in captured.err
 
 
-def test_run_config_file(capsys):
-    assert main(["run", str(ROOT / "examples/configs/hospitals.toml"), "--json"]) == 0
+@pytest.mark.parametrize(
+    ("config", "stack"),
+    [
+        ("hospitals.toml", ["clip", "quantize", "plain"]),
+        ("secagg_plus.toml", ["clip", "quantize", "secagg+"]),
+    ],
+)
+def test_run_config_file(capsys, config, stack):
+    assert main(["run", str(ROOT / "examples/configs" / config), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["stack"] == ["clip", "quantize", "plain"]
+    assert summary["stack"] == stack
     assert summary["final_accuracy"] >= 0.93
 
 

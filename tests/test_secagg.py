@@ -376,3 +376,18 @@ def test_harary_graph_is_k_regular_and_seeded():
     assert graph == layer.neighbours(parties, bytes(32))
     assert graph != layer.neighbours(parties, bytes(31) + b"\x01")
     assert SecAggPlus().degree(100) == 20 and SecAggPlus().degree(8) == 7
+
+
+def test_a_party_reveals_shares_only_once_per_round():
+    """A dishonest aggregator asking twice (say, with a different survivor list) gets a refusal."""
+    requests = {}
+
+    def keep(party, request, deliver):
+        if Envelope.decode(request).phase == "unmask":
+            requests[party] = request
+        return [(deliver(request), 0.0)]
+
+    fed, *_ = integer_federation(SecAgg(), 5, keep)
+    assert fed.run_round().ok
+    again = Envelope.decode(fed.nodes["p00"].handle(requests["p00"]))
+    assert again.kind == "withdraw" and b"out of order" in again.parts["reason"]
