@@ -46,7 +46,7 @@ class _Timed:
         return timed
 
 
-def measure(layer: str, parties: int, params: int, dropout: float = 0.0) -> dict:
+def measure(layer: str, parties: int, params: int, dropout: float = 0.0, **layer_options) -> dict:
     """One round of ``layer`` ("plain", "secagg", "secagg+") with a no-op training step."""
     ids = [f"p{i:03d}" for i in range(parties)]
     delta = np.full(params, 1e-3)
@@ -54,7 +54,7 @@ def measure(layer: str, parties: int, params: int, dropout: float = 0.0) -> dict
     def train(weights, info):
         return {"w": weights["w"] + delta}, 10, {}
 
-    sum_layer = {"plain": securefl.Plain, "secagg": SecAgg, "secagg+": SecAggPlus}[layer]()
+    sum_layer = {"plain": securefl.Plain, "secagg": SecAgg, "secagg+": SecAggPlus}[layer](**layer_options)
     stack = [sum_layer] if layer == "plain" else [securefl.Clip(10.0), securefl.Quantize(24), sum_layer]
     dropped = ids[: round(dropout * parties)]
     faults = Faults()
@@ -103,15 +103,18 @@ def measure(layer: str, parties: int, params: int, dropout: float = 0.0) -> dict
         "bytes_up_per_party": int(statistics.median(party_bytes)),
         "expansion_vs_float32": statistics.median(party_bytes) / (4 * params),
         "neighbours": (sum_layer.degree(parties) if layer != "plain" else 0),
+        "threshold": (sum_layer.shares_needed(sum_layer.degree(parties)) if layer != "plain" else 0),
     }
 
 
-REFERENCE = [
+REFERENCE: list[tuple] = [
     ("secagg", 100, 1_000_000, 0.0),
     ("secagg", 100, 1_000_000, 0.1),
     ("secagg", 100, 1_000_000, 0.3),
     ("secagg+", 100, 1_000_000, 0.0),
-    ("secagg+", 100, 1_000_000, 0.3),
+    ("secagg+", 100, 1_000_000, 0.1),
+    # t = 2k/3 tolerates under a third of a neighbourhood dropping; for 30% use t = k/2.
+    ("secagg+", 100, 1_000_000, 0.3, {"threshold": 0.5}),
     ("plain", 50, 100_000, 0.0),
     ("secagg", 50, 100_000, 0.0),
     ("secagg+", 50, 100_000, 0.0),
@@ -127,9 +130,14 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds per configuration; medians are reported"
     )
+    parser.add_argument("--only", type=int, nargs="*", help="indices into the configuration list")
     args = parser.parse_args()
-    for config in QUICK if args.quick else REFERENCE:
-        runs = [measure(*config) for _ in range(args.repeat)]
+    configs = QUICK if args.quick else REFERENCE
+    for index, config in enumerate(configs):
+        if args.only and index not in args.only:
+            continue
+        options = config[4] if len(config) > 4 else {}
+        runs = [measure(*config[:4], **options) for _ in range(args.repeat)]
         keys = ("party_seconds_median", "aggregator_seconds", "round_seconds")
         row = dict(runs[0]) | {k: statistics.median(r[k] for r in runs) for k in keys}
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)

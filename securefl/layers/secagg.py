@@ -484,11 +484,7 @@ class _Party(SumParty):
         sealed = []
         for peer in peers:
             x = _x(self.ctx, peer)
-            key = channel.agree(
-                self.c_sk,
-                self.peers[peer][: channel.KEY_BYTES],
-                _context("share-key", self.ctx, *_pair(self.me, peer)),
-            )
+            key = self._share_key(peer)
             sealed.append(
                 channel.seal(
                     key, seed_shares[x] + key_shares[x], _context("share", self.ctx, self.me, peer), self.rng
@@ -502,11 +498,7 @@ class _Party(SumParty):
         for sender, blob in zip(
             senders, _chunks(parts["shares"], _SEALED_SHARE, len(senders), "sealed shares"), strict=True
         ):
-            key = channel.agree(
-                self.c_sk,
-                self.peers[sender][: channel.KEY_BYTES],
-                _context("share-key", self.ctx, *_pair(self.me, sender)),
-            )
+            key = self._share_key(sender)
             plain = channel.open_sealed(key, blob, _context("share", self.ctx, sender, self.me))
             self.held[sender] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
         masks = prg.MaskAccumulator(self.ctx.vector_size, self.layer.dtype)
@@ -555,6 +547,13 @@ class _Party(SumParty):
         self.held = {}
         return encode_record(
             b"SAUr", {"self": owners_self, "secret": owners_secret}, {"shares": b"".join(shares)}
+        )
+
+    def _share_key(self, peer: str) -> bytes:
+        """The AES-GCM key this party and ``peer`` seal their shares with (symmetric in the pair)."""
+        peer_channel_key = self.peers[peer][: channel.KEY_BYTES]
+        return channel.agree(
+            self.c_sk, peer_channel_key, _context("share-key", self.ctx, *_pair(self.me, peer))
         )
 
     def _check_survivors(self, value: object) -> list[str]:
