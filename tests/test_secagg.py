@@ -391,3 +391,13 @@ def test_a_party_reveals_shares_only_once_per_round():
     assert fed.run_round().ok
     again = Envelope.decode(fed.nodes["p00"].handle(requests["p00"]))
     assert again.kind == "withdraw" and b"out of order" in again.parts["reason"]
+
+
+def test_failure_bounds_by_hand():
+    # complete graph, n = 3, t = 2: any dropout leaves a survivor with one neighbour: 1 − 0.9³
+    assert SecAgg().failure_bound(3, 0.1) == pytest.approx(1 - 0.9**3)
+    # k = 4, t = 2 (half): a party is short when it loses 3 or 4 neighbours; union over 10 parties
+    short = 4 * 0.2**3 * 0.8 + 0.2**4
+    assert SecAggPlus(degree=4).failure_bound(10, 0.2) == pytest.approx(10 * short)
+    # the defaults at n = 100, 10% dropouts: both comfortably reliable
+    assert SecAgg().failure_bound(100, 0.1) < 1e-6 and SecAggPlus().failure_bound(100, 0.1) < 1e-3

@@ -126,6 +126,13 @@ class SecAgg(SecureSum):
             return max(2, math.ceil(self.threshold * degree - 1e-9))
         return self.threshold
 
+    def failure_bound(self, parties: int, dropout: float) -> float:
+        """An upper bound on the probability that a round of ``parties`` fails when each party
+        drops independently with probability ``dropout`` after sharing keys. On the complete graph
+        every neighbourhood is everyone else: the round fails when more than n − 1 − t drop."""
+        k = self.degree(parties)
+        return _binomial_tail(parties, dropout, parties - 1 - self.shares_needed(k))
+
     def validate(self, ctx: StackContext, transforms: Sequence[Transform]) -> None:
         if ctx.max_parties < 3:
             raise ConfigError(
@@ -167,13 +174,15 @@ class SecAggPlus(SecAgg):
 
     ``degree`` (even) defaults to ``2·⌈1.5·log2 n⌉``, capped at n − 1 (then the graph is complete).
     The graph is the Harary graph H(k, n) on the parties in an order drawn from a fresh 256-bit seed
-    the aggregator picks each round.
+    the aggregator picks each round. ``threshold`` defaults to half the neighbours: a random
+    neighbourhood's losses fluctuate, and t = k/2 balances dropout tolerance (k − t lost) against
+    collusion (t colluding neighbours); see :meth:`failure_bound`.
     """
 
     name = "secagg+"
 
-    def __init__(self, degree: int | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, degree: int | None = None, threshold: float | int = 0.5, **kwargs) -> None:
+        super().__init__(threshold=threshold, **kwargs)
         if degree is not None and (not isinstance(degree, int) or degree < 2 or degree % 2):
             raise ConfigError(f"secagg+ degree must be an even integer >= 2, got {degree!r}")
         self.k = degree
@@ -181,6 +190,13 @@ class SecAggPlus(SecAgg):
     def degree(self, n: int) -> int:
         k = self.k if self.k is not None else 2 * math.ceil(1.5 * math.log2(max(n, 2)))
         return min(n - 1, k)
+
+    def failure_bound(self, parties: int, dropout: float) -> float:
+        """Union bound over parties: some party keeps fewer than t of its k neighbours."""
+        k = self.degree(parties)
+        if k >= parties - 1:
+            return super().failure_bound(parties, dropout)
+        return min(1.0, parties * _binomial_tail(k, dropout, k - self.shares_needed(k)))
 
     def neighbours(self, parties: Sequence[str], graph_seed: bytes) -> dict[str, frozenset[str]]:
         n = len(parties)
@@ -192,6 +208,13 @@ class SecAggPlus(SecAgg):
         return {
             order[i]: frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d) for i in range(n)
         }
+
+
+def _binomial_tail(trials: int, p: float, at_most: int) -> float:
+    """P(Binomial(trials, p) > at_most)."""
+    return sum(
+        math.comb(trials, i) * p**i * (1 - p) ** (trials - i) for i in range(max(at_most + 1, 0), trials + 1)
+    )
 
 
 def _permutation(items: list[str], seed: bytes) -> list[str]:
