@@ -76,7 +76,7 @@ def complete_graph_outcome(n, drops, phases):
     return True, u3
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(3, 10), active=st.booleans(), data=st.data())
 def test_complete_graph_exact_sum_under_random_dropouts(n, active, data):
     parties = [f"p{i:02d}" for i in range(n)]
@@ -97,7 +97,7 @@ def test_complete_graph_exact_sum_under_random_dropouts(n, active, data):
         np.testing.assert_array_equal(fed.global_vector, np.zeros(DIM))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(6, 16), degree=st.sampled_from([2, 4]), data=st.data())
 def test_secagg_plus_exact_sum_or_clean_failure(n, degree, data):
     parties = [f"p{i:02d}" for i in range(n)]
