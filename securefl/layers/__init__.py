@@ -20,6 +20,7 @@ from securefl.layers.base import (
     Transform,
 )
 from securefl.layers.clip import Clip
+from securefl.layers.paillier import Paillier
 from securefl.layers.plain import Plain
 from securefl.layers.quantize import Quantize
 from securefl.layers.secagg import Identities, SecAgg, SecAggPlus
@@ -33,6 +34,7 @@ LAYERS: dict[str, Callable[..., Layer]] = {
     "quantize": Quantize,
     "secagg": SecAgg,
     "secagg+": SecAggPlus,
+    "paillier": Paillier,
 }
 
 # The stack behind each `--privacy NAME` of the demo. Integer secure sums quantize the clipped
@@ -41,6 +43,7 @@ PRESETS: dict[str, Callable[[], list[Layer]]] = {
     "plain": lambda: [Plain()],
     "secagg": lambda: [Clip(10.0), Quantize(24), SecAgg()],
     "secagg+": lambda: [Clip(10.0), Quantize(24), SecAggPlus()],
+    "paillier": lambda: [Clip(10.0), Quantize(16), Paillier()],
 }
 
 
@@ -60,6 +63,7 @@ __all__ = [
     "PRESETS",
     "Clip",
     "Identities",
+    "Paillier",
     "Plain",
     "PrivacyStack",
     "Quantize",
