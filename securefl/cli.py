@@ -15,7 +15,7 @@ from rich.table import Table
 
 from securefl.aggregator import RoundReport
 from securefl.config import load_config
-from securefl.errors import SecureFLError
+from securefl.errors import ConfigError, SecureFLError
 from securefl.layers import PRESETS
 from securefl.runner import Reporter, RunSettings, run
 from securefl.tasks import Task
@@ -116,7 +116,37 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd = sub.add_parser("run", help="run a federation described in a TOML file")
     run_cmd.add_argument("config", help="path to the TOML file")
     _add_common(run_cmd)
+    keys = sub.add_parser("keys", help="create key material")
+    keys_sub = keys.add_subparsers(dest="kind", required=True)
+    pk = keys_sub.add_parser("paillier", help="a shared Paillier key set for the paillier layer")
+    pk.add_argument("--bits", type=int, default=2048, help="key size: 2048 (default) or 3072")
+    pk.add_argument(
+        "--out", default=".", help="directory for paillier.keys.json (0600) and paillier.public.json"
+    )
+    pk.add_argument("--json", action="store_true", help="print the paths and fingerprint as JSON")
+    pk.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _keys_paillier(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from securefl.layers.paillier import KeyMaterial, save_public
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = out / "paillier.keys.json", out / "paillier.public.json"
+    if private_path.exists():
+        raise ConfigError(f"{private_path} exists; remove it first (keys are never overwritten)")
+    material = KeyMaterial.generate(args.bits)
+    material.save(private_path)
+    save_public(material.public, public_path)
+    return {
+        "keys": str(private_path),
+        "public": str(public_path),
+        "bits": material.public.bits,
+        "fingerprint": material.fingerprint,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     # With --json the human-readable output goes to stderr so stdout ends with the JSON line.
     console = Console(stderr=args.json, soft_wrap=True)
     try:
+        if args.command == "keys":
+            summary = _keys_paillier(args)
+            if args.json:
+                print(json.dumps(summary))
+            else:
+                print(
+                    f"wrote {summary['keys']} (0600: give it to the parties only) and {summary['public']} "
+                    f"(for the aggregator); {summary['bits']}-bit key, fingerprint {summary['fingerprint']}"
+                )
+            return 0
         if args.command == "demo":
             settings = RunSettings(
                 parties=args.parties,

@@ -57,6 +57,7 @@ KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT = (
     "decrypt",
 )
 KEY_FILE_KIND = "securefl-paillier-keys"
+PUBLIC_FILE_KIND = "securefl-paillier-public"
 _PARALLEL_MIN = 64  # fewer ciphertexts than this are not worth a process pool
 
 
@@ -142,6 +143,36 @@ class KeyMaterial:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"Paillier key file {str(path)!r} is not JSON: {exc}") from None
         return cls.from_json(data)
+
+
+def save_public(public: paillier.PublicKey, path: str | Path) -> Path:
+    """The public key alone (n, h_s): what an aggregator needs, nothing it could decrypt with."""
+    path = Path(path)
+    document = {"kind": PUBLIC_FILE_KIND, "version": 1, "n": hex(public.n), "hs": hex(public.hs)}
+    path.write_text(json.dumps(document, indent=1))
+    return path
+
+
+def load_public(path: str | Path) -> paillier.PublicKey:
+    """The public key from a public or a full key file."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if data.get("kind") not in (PUBLIC_FILE_KIND, KEY_FILE_KIND) or data.get("version") != 1:
+            raise ConfigError(f"{path}: not a securefl Paillier key file")
+        return paillier.PublicKey(int(data["n"], 16), int(data["hs"], 16))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Paillier key file {str(path)!r} does not exist; create it with 'securefl keys paillier'"
+        ) from None
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid Paillier key file {str(path)!r}: {exc}") from None
+
+
+def _is_full(path: str | Path) -> bool:
+    try:
+        return json.loads(Path(path).read_text()).get("kind") == KEY_FILE_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _int_bytes(value: int) -> bytes:
@@ -242,9 +273,11 @@ class Paillier(SecureSum):
         self.workers = workers or os.cpu_count() or 1
         self.value_bits: int | None = None
         self.max_parties = 1
-        self._preloaded = KeyMaterial.load(key_file) if key_file else None
-        if self._preloaded is not None and self._preloaded.public.bits != key_bits:
-            self.key_bits = self._preloaded.public.bits
+        # A full key file serves parties; a public one serves an aggregator-only deployment.
+        self._public = load_public(key_file) if key_file else None
+        self._preloaded = KeyMaterial.load(key_file) if key_file and _is_full(key_file) else None
+        if self._public is not None:
+            self.key_bits = self._public.bits
 
     def validate(self, ctx: StackContext, transforms: list[Transform]) -> None:
         quantizers = [t for t in transforms if isinstance(t, Quantize)]
@@ -261,10 +294,11 @@ class Paillier(SecureSum):
 
     def aggregator(self) -> SumAggregator:
         # The aggregator gets the public key only: never p, q, nor the model key.
-        public = self._preloaded.public if self._preloaded else None
-        return _Aggregator(self.key_bits, self.packing, public, keys_preloaded=self._preloaded is not None)
+        return _Aggregator(self.key_bits, self.packing, self._public, keys_preloaded=self._public is not None)
 
     def party(self, party_id: str) -> SumParty:
+        if self._public is not None and self._preloaded is None:
+            raise ConfigError(f"{self.key_file} holds only the public key; parties need the full key file")
         return _Party(self, party_id, self._preloaded)
 
     def __repr__(self) -> str:
