@@ -173,14 +173,20 @@ class PartyNode:
         if self.party_id not in info.parties:
             raise ProtocolError(f"party {self.party_id!r} is not in round {info.round}'s party list")
         self.round = request.round
-        global_vector = self._global_from(request)
-        self.round_global = global_vector
-        vector = self._local_update(global_vector, info)
-        protected = self.stack.encode(vector)
+        self.round_global = None
+        provided: list[np.ndarray] = []
+
+        def provide() -> np.ndarray:
+            if not provided:
+                global_vector = self._global_from(request)
+                self.round_global = global_vector
+                provided.append(self.stack.encode(self._local_update(global_vector, info)))
+            return provided[0]
+
         ctx = RoundContext(
             self.session, info.round, info.parties, self.layout.size, self.stack.integer, info.min_parties
         )
-        self.secure_sum.start_round(ctx, protected)
+        self.secure_sum.start_round(ctx, provide)
         return self.secure_sum.respond(request.phase, request.parts.get("layer", b""))
 
     def _global_from(self, request: Envelope) -> np.ndarray:

@@ -63,10 +63,11 @@ class _Aggregator(SumAggregator):
 
 
 class _Party(SumParty):
-    def start_round(self, ctx, vector):
-        self.payload = pack_array(np.asarray(vector, dtype="<f8"))
+    def start_round(self, ctx, provide):
+        self.provide = provide
 
     def respond(self, phase, request):
+        self.payload = pack_array(np.asarray(self.provide(), dtype="<f8"))
         if phase == "commit":
             return hashlib.sha256(self.payload).digest()
         if phase == "open":
@@ -150,13 +151,14 @@ class _SealedParty(SumParty):
     def attach_fuser(self, fuse):
         self.fuse = fuse
 
-    def start_round(self, ctx, vector):
-        self.ctx = ctx
-        self.padded = vector + _stream(self.key, ctx.round, self.party_id, ctx.vector_size)
+    def start_round(self, ctx, provide):
+        self.ctx, self.provide = ctx, provide
 
     def respond(self, phase, request):
         if phase == "input":
-            return pack_array(self.padded)
+            return pack_array(
+                self.provide() + _stream(self.key, self.ctx.round, self.party_id, self.ctx.vector_size)
+            )
         header, parts = decode_record(request, b"TSKO", {"contributors": list}, ("sum",))
         total = unpack_array(parts["sum"], "<u8", (self.ctx.vector_size,)).copy()
         for party in header["contributors"]:

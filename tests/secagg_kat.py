@@ -32,7 +32,7 @@ def run(parties: list[str], drop_after_share: tuple[str, ...] = ()) -> dict:
     agg.graph_seed = bytes(32)  # the complete graph ignores it; fixed for the record
     sides = {p: layer.party(p) for p in ctx.parties}
     for p, side in sides.items():
-        side.start_round(ctx, np.array(INPUTS[p], dtype=np.uint64))
+        side.start_round(ctx, lambda p=p: np.array(INPUTS[p], dtype=np.uint64))
     live = list(ctx.parties)
     record: dict = {"parties": list(ctx.parties), "dropped_after_share": list(drop_after_share), "phases": {}}
     for phase in agg.phases(ctx):

@@ -95,6 +95,8 @@ class SealedModel:
 
 
 Fuser = Callable[[np.ndarray], np.ndarray]
+# Trains and returns this round's protected (transformed) vector; cached after the first call.
+Provider = Callable[[], np.ndarray]
 
 
 class SumAggregator(ABC):
@@ -139,8 +141,10 @@ class SumParty(ABC):
     """A party's side of a secure sum. May hold secrets; lives as long as the party."""
 
     @abstractmethod
-    def start_round(self, ctx: RoundContext, vector: np.ndarray) -> None:
-        """Take this round's protected vector (already transformed)."""
+    def start_round(self, ctx: RoundContext, provide: Provider) -> None:
+        """Begin a round. Call ``provide()`` in the phase that needs the protected vector: the party
+        trains then, so it can first complete set-up phases (e.g. receive the keys that open the
+        sealed global model), and trains not at all if the round dies before."""
 
     @abstractmethod
     def respond(self, phase: str, request: bytes) -> bytes:

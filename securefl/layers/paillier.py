@@ -37,6 +37,7 @@ from securefl.crypto.packing import Packing
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, WireError
 from securefl.layers.base import (
     Fuser,
+    Provider,
     RoundContext,
     SealedModel,
     SecureSum,
@@ -541,9 +542,9 @@ class _Party(SumParty):
     def attach_fuser(self, fuse: Fuser) -> None:
         self.fuse = fuse
 
-    def start_round(self, ctx: RoundContext, vector: np.ndarray) -> None:
+    def start_round(self, ctx: RoundContext, provide: Provider) -> None:
         self.ctx = ctx
-        self.vector = np.asarray(vector, dtype=np.uint64).view(np.int64)  # two's complement → signed
+        self.provide = provide
         self.channel_secret: bytes | None = None
 
     def respond(self, phase: str, request: bytes) -> bytes:
@@ -609,7 +610,8 @@ class _Party(SumParty):
     def _encrypt(self, request: bytes) -> bytes:
         if self.material is None:
             raise ProtocolError("this party holds no Paillier keys")
-        plaintexts = self._packing().pack(self.vector)
+        vector = np.asarray(self.provide(), dtype=np.uint64).view(np.int64)  # two's complement → signed
+        plaintexts = self._packing().pack(vector)
         mode = "crt" if self.layer.encryption == "crt" and self.material.private is not None else "public"
         data = self._parallel(mode, _encrypt_chunk, plaintexts, lambda chunk: b"".join(chunk))
         return encode_record(b"PENr", {"count": len(plaintexts)}, {"ciphertexts": data})

@@ -13,7 +13,7 @@ import numpy as np
 
 from securefl.codec import check_finite
 from securefl.errors import ConfigError, ProtocolError
-from securefl.layers.base import RoundContext, SecureSum, SumAggregator, SumParty
+from securefl.layers.base import Provider, RoundContext, SecureSum, SumAggregator, SumParty
 from securefl.wire import pack_array, unpack_array
 
 INPUT = "input"
@@ -86,12 +86,11 @@ class _PlainAggregator(SumAggregator):
 class _PlainParty(SumParty):
     def __init__(self, layer: Plain) -> None:
         self._layer = layer
-        self._payload = b""
 
-    def start_round(self, ctx: RoundContext, vector: np.ndarray) -> None:
-        self._payload = pack_array(np.asarray(vector).astype(self._layer._wire_dtype(ctx)))
+    def start_round(self, ctx: RoundContext, provide: Provider) -> None:
+        self._ctx, self._provide = ctx, provide
 
     def respond(self, phase: str, request: bytes) -> bytes:
         if phase != INPUT:
             raise ProtocolError(f"plain has a single phase {INPUT!r}, not {phase!r}")
-        return self._payload
+        return pack_array(np.asarray(self._provide()).astype(self._layer._wire_dtype(self._ctx)))

@@ -33,7 +33,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securefl.crypto import channel, prg, shamir, signing
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, WireError
-from securefl.layers.base import RoundContext, SecureSum, StackContext, SumAggregator, SumParty, Transform
+from securefl.layers.base import (
+    Provider,
+    RoundContext,
+    SecureSum,
+    StackContext,
+    SumAggregator,
+    SumParty,
+    Transform,
+)
 from securefl.randomness import SecureRandom, require_test_seed_permission
 from securefl.wire import decode_record, encode_record, pack_array, unpack_array
 
@@ -455,10 +463,10 @@ class _Party(SumParty):
         self.identity = layer.identities.private[party_id] if layer.active else None
         self.identities = layer.identities.public_only() if layer.active else None
 
-    def start_round(self, ctx: RoundContext, vector: np.ndarray) -> None:
+    def start_round(self, ctx: RoundContext, provide: Provider) -> None:
         self.ctx = ctx
         self.rng = self.layer.rng(self.me, ctx.round)
-        self.input = np.asarray(vector, dtype=np.uint64).astype(self.layer.dtype)
+        self.provide = provide
         self.t = self.layer.shares_needed(self.layer.degree(len(ctx.parties)))
         self.expected = self.layer.phases()
         self.step = 0
@@ -531,7 +539,8 @@ class _Party(SumParty):
                 self.s_sk, self.peers[peer][channel.KEY_BYTES :], _mask_context(self.ctx, self.me, peer)
             )
             (masks.add if self.me < peer else masks.subtract)(seed)
-        return pack_array(self.input + masks.total)
+        vector = np.asarray(self.provide(), dtype=np.uint64).astype(self.layer.dtype)
+        return pack_array(vector + masks.total)
 
     def _consistency(self, request: bytes) -> bytes:
         header, _ = decode_record(request, b"SACq", {"survivors": list}, ())

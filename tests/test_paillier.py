@@ -1,0 +1,328 @@
+"""paillier: phe compatibility, exact packed sums, the aggregator's view, keys and files."""
+
+import json
+import os
+import stat
+
+import gmpy2
+import numpy as np
+import pytest
+from conftest import fixed_delta_client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from phe import paillier as phe
+
+import securefl
+from securefl.crypto import paillier
+from securefl.crypto.packing import Packing
+from securefl.errors import ConfigError, ProtocolError
+from securefl.faults import Faults
+from securefl.layers import Paillier
+from securefl.layers.paillier import KeyMaterial, load_public, save_public
+from securefl.transcript import Transcript
+from securefl.wire import Envelope, decode_record
+
+BITS = 512  # tests only: the suite allows small keys; 2048 is the floor elsewhere
+
+
+@pytest.fixture(scope="module")
+def key():
+    return paillier.generate_keypair(BITS)
+
+
+# --- the cryptosystem ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encryptor", ["crt", "public", "textbook"])
+def test_phe_decrypts_our_ciphertexts(key, encryptor):
+    enc = {
+        "crt": paillier.CrtEncryptor(key).encrypt,
+        "public": paillier.PublicEncryptor(key.public).encrypt,
+        "textbook": key.public.encrypt,
+    }[encryptor]
+    phe_key = paillier.to_phe(key)
+    for m in (0, 1, 12345, key.public.n - 1, int(gmpy2.mpz(key.public.n) // 3)):
+        c = enc(m)
+        assert phe_key.raw_decrypt(c) == m
+        assert key.decrypt(c) == m
+
+
+def test_keys_convert_to_and_from_phe(key):
+    phe_private = paillier.to_phe(key)
+    assert phe_private.public_key.n == key.public.n and phe_private.p * phe_private.q == key.public.n
+    public, private = phe.generate_paillier_keypair(n_length=BITS)
+    ours = paillier.from_phe(private)
+    c = paillier.PublicEncryptor(ours.public).encrypt(987654321)
+    assert private.raw_decrypt(c) == 987654321
+    theirs = public.raw_encrypt(42)
+    assert ours.decrypt(theirs) == 42
+    with pytest.raises(ConfigError, match="no known generators"):
+        paillier.CrtEncryptor(ours)
+
+
+def test_homomorphic_addition(key):
+    enc = paillier.CrtEncryptor(key)
+    a, b = 10**20, 7 * 10**19
+    assert key.decrypt(key.public.add(enc.encrypt(a), enc.encrypt(b))) == a + b
+
+
+def test_crt_randomizers_are_n_th_residues_of_full_order_subgroup(key):
+    """ρ = c / (1 + m n) must be an n-th residue: ρ^(λ) ≡ 1 (mod n²) with λ = lcm(p−1, q−1)."""
+    enc = paillier.CrtEncryptor(key)
+    n, nsq = gmpy2.mpz(key.public.n), gmpy2.mpz(key.public.n) ** 2
+    lam = gmpy2.lcm(key.p - 1, key.q - 1)
+    for m in (0, 5, 99):
+        rho = enc.encrypt(m) * gmpy2.invert(1 + m * n, nsq) % nsq
+        assert gmpy2.powmod(rho, lam, nsq) == 1
+    # generators really generate Z_p^* (safe prime: order is p − 1)
+    assert gmpy2.powmod(key.gp, (key.p - 1) // 2, key.p) != 1 and gmpy2.powmod(key.gp, 2, key.p) != 1
+
+
+@given(st.integers(0, 2**64), st.integers(1, 8))
+def test_fixed_base_matches_powmod(x, window):
+    table = paillier.FixedBase(7, 2**127 - 1, 65, window)
+    assert table.power(x) == gmpy2.powmod(7, x, 2**127 - 1)
+
+
+def test_small_keys_are_refused_outside_tests(monkeypatch):
+    monkeypatch.delenv("SECUREFL_ALLOW_TEST_SEEDS")
+    with pytest.raises(ConfigError, match="1024-bit Paillier key is too weak"):
+        paillier.generate_keypair(1024)
+    with pytest.raises(ConfigError, match="too weak"):
+        Paillier(key_bits=1024)
+
+
+def test_out_of_range_ciphertexts_are_refused(key):
+    for bad in (0, key.public.nsquare, key.public.n):  # n shares a factor with n
+        with pytest.raises(ProtocolError, match="not a valid ciphertext"):
+            key.decrypt(int(bad))
+
+
+# --- packing ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.integers(2, 24), parties=st.integers(1, 200), data=st.data())
+def test_packed_sums_are_exact(bits, parties, data):
+    packing = Packing(bits, parties, 511)
+    count = data.draw(st.integers(1, 300))
+    summands = data.draw(st.integers(1, min(parties, 6)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32)))
+    extreme = data.draw(st.booleans())
+    vectors = [
+        np.full(count, data.draw(st.sampled_from([-1, 1])) * packing.offset)
+        if extreme
+        else rng.integers(-packing.offset, packing.offset + 1, count)
+        for _ in range(summands)
+    ]
+    plaintexts = [sum(col) for col in zip(*(packing.pack(v) for v in vectors), strict=True)]
+    np.testing.assert_array_equal(packing.unpack(plaintexts, count, summands), sum(vectors))
+
+
+def test_packing_layout_of_the_design():
+    packing = Packing(16, 100, 2047)
+    assert (packing.slot_bits, packing.slots) == (23, 89)
+    with pytest.raises(ConfigError, match="does not fit"):
+        Packing(40, 2**20, 59)  # 2^20 · (2^40 − 2) needs a 60-bit slot
+    with pytest.raises(ValueError, match="exceeds the 8-bit range"):
+        Packing(8, 4, 511).pack(np.array([128]))
+
+
+# --- the layer ----------------------------------------------------------------------------------
+
+
+def integer_federation(n, faults=None, transcript=None, layer=None, dim=7, seed=0, **kw):
+    """Integer deltas and weights with quantize scale 1 (bits 16 → bound 32767): exact sums."""
+    rng = np.random.default_rng(seed)
+    parties = [f"p{i:02d}" for i in range(n)]
+    deltas = {p: rng.integers(-200, 200, dim).astype(float) for p in parties}
+    weights = {p: int(rng.integers(1, 9)) for p in parties}
+    fed = securefl.Federation(
+        {"w": np.zeros(dim)},
+        {p: fixed_delta_client(deltas[p], weights[p]) for p in parties},
+        [securefl.Quantize(bits=16, update_bound=32767.0), layer or Paillier(key_bits=BITS, workers=1)],
+        weight_bound=32767.0,
+        faults=faults,
+        transcript=transcript,
+        **kw,
+    )
+    return fed, deltas, weights
+
+
+def exact_mean(deltas, weights, parties):
+    total = sum(weights[p] for p in parties)
+    return sum(weights[p] * deltas[p] for p in parties) / total
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 7), data=st.data())
+def test_sum_exact_for_random_inputs_parties_and_dropouts(n, data):
+    parties = [f"p{i:02d}" for i in range(n)]
+    dropped = data.draw(st.sets(st.sampled_from(parties[1:]), max_size=n - 1))  # p00 generates the keys
+    faults = Faults()
+    for p in dropped:
+        faults.add(data.draw(st.sampled_from(["offline", "lose_reply"])), p, phase="encrypt", round=1)
+    fed, deltas, weights = integer_federation(n, faults, seed=data.draw(st.integers(0, 1000)))
+    assert fed.run_round().ok  # round 0: key distribution, everyone contributes
+    before = fed.global_vector
+    report = fed.run_round()
+    survivors = [p for p in parties if p not in dropped]
+    assert report.ok and report.sealed and report.survivors == survivors
+    np.testing.assert_allclose(fed.global_vector - before, exact_mean(deltas, weights, survivors), atol=1e-9)
+
+
+def test_the_aggregator_sees_only_ciphertexts_and_the_public_key():
+    transcript = Transcript()
+    fed, _deltas, _weights = integer_federation(4, transcript=transcript)
+    fed.run(2)
+    aggregator = fed.aggregator.secure_sum
+    # nothing secret anywhere in the aggregator's objects
+    secrets_found = []
+
+    def walk(obj, depth=0):
+        if depth > 4:
+            return
+        if isinstance(obj, (paillier.PrivateKey, KeyMaterial)):
+            secrets_found.append(obj)
+        for value in getattr(obj, "__dict__", {}).values():
+            walk(value, depth + 1)
+        if isinstance(obj, (list, tuple, set, dict)):
+            for value in obj.values() if isinstance(obj, dict) else obj:
+                walk(value, depth + 1)
+
+    walk(fed.aggregator)
+    assert not secrets_found
+    public = aggregator.public
+    material = fed.nodes["p00"].secure_sum.material
+    assert public == material.public
+    # every encrypt-phase payload is a list of values in Z_{n²}, none equal to a packed plaintext
+    for entry in transcript.received(phase="encrypt"):
+        _header, parts = decode_record(
+            Envelope.decode(entry.data).parts["layer"], b"PENr", {"count": int}, ("ciphertexts",)
+        )
+        width = public.ciphertext_bytes
+        values = [
+            int.from_bytes(parts["ciphertexts"][i : i + width], "big")
+            for i in range(0, len(parts["ciphertexts"]), width)
+        ]
+        assert all(0 < c < public.nsquare for c in values)
+        assert all(c.bit_length() > public.bits for c in values)  # plaintexts are < n; these are not
+    # key material crossed the aggregator only sealed: p never appears in what it received
+    p_bytes = material.private.p.to_bytes((material.private.p.bit_length() + 7) // 8, "big")
+    assert all(p_bytes not in e.data for e in transcript.entries)
+    assert all(material.model_key not in e.data for e in transcript.entries)
+
+
+def test_key_file_mode_has_no_key_phases(tmp_path):
+    material = KeyMaterial.generate(BITS)
+    material.save(tmp_path / "keys.json")
+    assert stat.S_IMODE(os.stat(tmp_path / "keys.json").st_mode) == 0o600
+    transcript = Transcript()
+    fed, deltas, weights = integer_federation(
+        3, transcript=transcript, layer=Paillier(key_file=str(tmp_path / "keys.json"), workers=1)
+    )
+    assert fed.run_round().ok
+    assert {e.phase for e in transcript.received()} == {"encrypt", "decrypt"}
+    np.testing.assert_allclose(fed.global_vector, exact_mean(deltas, weights, deltas), atol=1e-9)
+    save_public(material.public, tmp_path / "public.json")
+    assert load_public(tmp_path / "public.json") == material.public
+    assert "p" not in json.loads((tmp_path / "public.json").read_text())
+    with pytest.raises(ConfigError, match="parties need the full key file"):
+        Paillier(key_file=str(tmp_path / "public.json")).party("p0")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{}", "not a version-1"),
+        ("[1]", "invalid Paillier key material"),
+        ('{"kind": "securefl-paillier-keys", "version": 1}', "invalid"),
+    ],
+)
+def test_invalid_key_files(tmp_path, text, message):
+    path = tmp_path / "k.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        KeyMaterial.load(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        KeyMaterial.load(tmp_path / "missing.json")
+
+
+def test_truncated_ciphertexts_drop_the_sender():
+    fed, deltas, weights = integer_federation(4, Faults().add("truncate", "p02", phase="encrypt"))
+    report = fed.run_round()
+    assert report.ok and "truncated" in report.dropouts["p02"]
+    np.testing.assert_allclose(
+        fed.global_vector, exact_mean(deltas, weights, ["p00", "p01", "p03"]), atol=1e-9
+    )
+
+
+def _tamper_ciphertext(to_value):
+    def tamper(reply):
+        env = Envelope.decode(reply)
+        header, parts = decode_record(env.parts["layer"], b"PENr", {"count": int}, ("ciphertexts",))
+        width = len(parts["ciphertexts"]) // header["count"]
+        first = to_value(int.from_bytes(parts["ciphertexts"][:width], "big"))
+        blob = first.to_bytes(width, "big") + parts["ciphertexts"][width:]
+        from securefl.wire import encode_record
+
+        layer = encode_record(b"PENr", header, {"ciphertexts": blob})
+        return Envelope(env.kind, env.session, env.round, env.phase, env.party, {"layer": layer}).encode()
+
+    return tamper
+
+
+def test_out_of_range_ciphertext_is_rejected_by_the_aggregator():
+    n_bytes = 2 * BITS // 8
+    fed, _deltas, _weights = integer_federation(
+        4,
+        Faults().add(
+            "replace", "p03", phase="encrypt", replace=_tamper_ciphertext(lambda c: 2 ** (8 * n_bytes) - 1)
+        ),
+    )
+    report = fed.run_round()
+    assert report.ok and "out of range for the public key" in report.dropouts["p03"]
+
+
+def test_tampered_ciphertext_is_caught_at_decryption_and_the_round_fails_cleanly():
+    fed, *_ = integer_federation(
+        4,
+        Faults().add("replace", "p03", phase="encrypt", replace=_tamper_ciphertext(lambda c: c ^ (1 << 300))),
+    )
+    report = fed.run_round()
+    assert not report.ok and "decryptor" in report.error
+    assert "does not fit the packing" in fed.nodes["p00"].last_error
+    np.testing.assert_array_equal(fed.aggregator.weights, np.zeros(7))
+
+
+def test_overflowing_configuration_is_refused():
+    clients = {f"p{i}": fixed_delta_client(np.zeros(2), 1) for i in range(3)}
+    with pytest.raises(ConfigError, match="packed values must have 2 to 48 bits"):
+        securefl.Federation(
+            {"w": np.zeros(2)},
+            clients,
+            [securefl.Clip(1.0), securefl.Quantize(60), Paillier(key_bits=256)],
+            weight_bound=1,
+        )
+
+
+def test_newcomers_without_a_key_holder_fail_cleanly():
+    from securefl.randomness import SecureRandom
+    from securefl.selection import FixedCount
+
+    fed, *_ = integer_federation(6, selection=FixedCount(2, SecureRandom(seed=3)))
+    outcomes = [fed.run_round() for _ in range(8)]
+    failures = [r.error for r in outcomes if not r.ok]
+    assert outcomes[0].ok
+    assert all("no key holder was" in e for e in failures)
+
+
+def test_generator_dropping_before_granting_fails_the_round():
+    fed, *_ = integer_federation(3, Faults().add("offline", "p00", phase="key_grant"))
+    report = fed.run_round()
+    assert not report.ok and "key holder dropped before granting keys" in report.error
+
+
+def test_server_optimizer_refused():
+    with pytest.raises(ConfigError, match="use strategy 'fedavg'"):
+        integer_federation(3, strategy="fedadam")
