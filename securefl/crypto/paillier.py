@@ -225,10 +225,15 @@ class CrtEncryptor:
         self.public = key.public
 
     def encrypt(self, m: int) -> int:
+        return self.encrypt_with(m, secrets.randbelow(int(self.p) - 1), secrets.randbelow(int(self.q) - 1))
+
+    def encrypt_with(self, m: int, x_p: int, x_q: int) -> int:
+        """The ciphertext of m with randomizer exponents x_p, x_q (uniform in [0, p−1), [0, q−1)).
+        It equals textbook (1 + m·n)·r^n mod n² for r = CRT(g_p^x_p mod p, g_q^x_q mod q)."""
         self.public._check_plaintext(m)
         c0 = 1 + mpz(m) * self.n
-        cp = c0 % self.psq * self.table_p.power(secrets.randbelow(int(self.p) - 1)) % self.psq
-        cq = c0 % self.qsq * self.table_q.power(secrets.randbelow(int(self.q) - 1)) % self.qsq
+        cp = c0 % self.psq * self.table_p.power(x_p) % self.psq
+        cq = c0 % self.qsq * self.table_q.power(x_q) % self.qsq
         return int(cp + self.psq * ((cq - cp) * self.psq_inv % self.qsq))
 
 
