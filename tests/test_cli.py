@@ -121,7 +121,7 @@ def _demo(capsys, privacy, seed=1):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("privacy", ["secagg", "secagg+"])
+@pytest.mark.parametrize("privacy", ["secagg", "secagg+", "paillier"])
 def test_demo_with_secure_aggregation_matches_plain(capsys, privacy):
     plain = _demo(capsys, "plain")
     secure = _demo(capsys, privacy)
