@@ -326,3 +326,11 @@ def test_generator_dropping_before_granting_fails_the_round():
 def test_server_optimizer_refused():
     with pytest.raises(ConfigError, match="use strategy 'fedavg'"):
         integer_federation(3, strategy="fedadam")
+
+
+def test_process_pool_path_gives_the_exact_sum():
+    """Enough ciphertexts that encryption and decryption run in worker processes."""
+    fed, deltas, weights = integer_federation(3, layer=Paillier(key_bits=BITS, workers=2), dim=3000)
+    assert fed.nodes["p00"].secure_sum.layer.packing(BITS - 1).plaintexts_for(3002) >= 64
+    assert fed.run_round().ok
+    np.testing.assert_allclose(fed.global_vector, exact_mean(deltas, weights, deltas), atol=1e-9)

@@ -613,7 +613,8 @@ class _Party(SumParty):
         vector = np.asarray(self.provide(), dtype=np.uint64).view(np.int64)  # two's complement → signed
         plaintexts = self._packing().pack(vector)
         mode = "crt" if self.layer.encryption == "crt" and self.material.private is not None else "public"
-        data = self._parallel(mode, _encrypt_chunk, plaintexts, lambda chunk: b"".join(chunk))
+        batches = _split(plaintexts, 4 * self.layer.workers)
+        data = b"".join(self._run(mode, _encrypt_chunk, batches, len(plaintexts)))
         return encode_record(b"PENr", {"count": len(plaintexts)}, {"ciphertexts": data})
 
     def _decrypt(self, request: bytes) -> bytes:
@@ -626,10 +627,10 @@ class _Party(SumParty):
         data = parts["sum"]
         if len(data) % width:
             raise WireError("the encrypted sum is not a whole number of ciphertexts")
-        chunks = [data[i : i + width * 256] for i in range(0, len(data), width * 256)]
-        plaintexts = self._parallel(
-            "decrypt", _decrypt_chunk, chunks, lambda lists: [m for part in lists for m in part], split=False
-        )
+        count = len(data) // width
+        step = width * -(-count // (4 * self.layer.workers))
+        batches = [data[i : i + step] for i in range(0, len(data), step)]
+        plaintexts = [m for part in self._run("decrypt", _decrypt_chunk, batches, count) for m in part]
         total = self._packing().unpack(plaintexts, self.ctx.vector_size, header["count"])
         model = self.fuse(total.view(np.uint64))
         sealed = channel.seal(
@@ -648,14 +649,13 @@ class _Party(SumParty):
             },
         )
 
-    def _parallel(self, mode: str, work, items: list, join, split: bool = True):
-        """Run ``work`` over ``items`` in this key's process pool (inline when small)."""
-        if len(items) < _PARALLEL_MIN // (1 if split else 16) or self.layer.workers == 1:
+    def _run(self, mode: str, work, batches: list, count: int) -> list:
+        """``work`` on each batch, in this key's process pool — or here, when there are fewer than
+        _PARALLEL_MIN ciphertexts (starting workers would cost more than it saves)."""
+        if count < _PARALLEL_MIN or self.layer.workers == 1:
             _init_worker(self.material.to_json(include_private=mode != "public"), mode)
-            return join([work(items)] if split else [work(i) for i in items])
-        pool = _POOLS.get(self.material, mode, self.layer.workers)
-        batches = _split(items, 4 * self.layer.workers) if split else items
-        return join(list(pool.map(work, batches)))
+            return [work(batch) for batch in batches]
+        return list(_POOLS.get(self.material, mode, self.layer.workers).map(work, batches))
 
     def open_model(self, sealed: bytes) -> np.ndarray:
         if self.material is None:
