@@ -24,7 +24,8 @@ from phe import paillier as phe
 from securefl.codec import VectorLayout
 from securefl.layers import Quantize
 from securefl.layers.base import RoundContext, StackContext
-from securefl.layers.paillier import DECRYPT, ENCRYPT, KeyMaterial, Paillier
+from securefl.layers.paillier import KeyMaterial, Paillier
+from securefl.layers.shared_key import DECRYPT, ENCRYPT
 from securefl.wire import encode_record
 
 
@@ -63,7 +64,7 @@ def measure(params: int, parties: int, bits: int, key_bits: int, repeat: int, wo
 
     party.attach_fuser(lambda total: np.zeros(params))
     product = b"".join(int(c).to_bytes(material.public.ciphertext_bytes, "big") for c in aggregator.product)
-    request = encode_record(b"PDEq", {"count": len(aggregator.contributors())}, {"sum": product})
+    request = encode_record(b"SKDq", {"count": len(aggregator.contributors())}, {"sum": product})
     decrypt_times = []
     for _ in range(max(1, repeat - 1)):
         party.start_round(ctx, lambda: vector)

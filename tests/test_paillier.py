@@ -227,7 +227,7 @@ def test_key_file_mode_has_no_key_phases(tmp_path):
     save_public(material.public, tmp_path / "public.json")
     assert load_public(tmp_path / "public.json") == material.public
     assert "p" not in json.loads((tmp_path / "public.json").read_text())
-    with pytest.raises(ConfigError, match="parties need the full key file"):
+    with pytest.raises(ConfigError, match="parties need the full key"):
         Paillier(key_file=str(tmp_path / "public.json")).party("p0")
 
 
@@ -331,6 +331,6 @@ def test_server_optimizer_refused():
 def test_process_pool_path_gives_the_exact_sum():
     """Enough ciphertexts that encryption and decryption run in worker processes."""
     fed, deltas, weights = integer_federation(3, layer=Paillier(key_bits=BITS, workers=2), dim=3000)
-    assert fed.nodes["p00"].secure_sum.layer.packing(BITS - 1).plaintexts_for(3002) >= 64
+    assert fed.stack.secure_sum.packing(BITS - 1).plaintexts_for(3002) >= 64
     assert fed.run_round().ok
     np.testing.assert_allclose(fed.global_vector, exact_mean(deltas, weights, deltas), atol=1e-9)

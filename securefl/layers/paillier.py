@@ -2,20 +2,10 @@
 
 Parties pack their quantized vector (many values per plaintext, ``crypto/packing.py``) and encrypt
 it under a shared Paillier key; the aggregator multiplies ciphertexts as they arrive, holding only
-the public key; one key-holding party (the *decryptor*) decrypts the sum, fuses, and returns the
-next global model sealed under a model key all parties share. The aggregator never sees an update,
-the sum, or the model. Specification: ``protocols/paillier.md``.
-
-Phases of a round (the key phases only while some invited party lacks the keys):
-
-``key_offer``    every party says whether it holds the keys; one that does not sends a fresh
-                 X25519 public key;
-``key_grant``    a key holder (in the very first round, the first party, which generates the keys)
-                 seals the key material to each requester (AES-256-GCM under X25519 + HKDF) and
-                 publishes the public key;
-``key_install``  requesters open their sealed keys;
-``encrypt``      parties send their packed ciphertexts; the aggregator multiplies them;
-``decrypt``      the decryptor decrypts the product (CRT, all cores), fuses, seals the model.
+the public key; one key-holding party decrypts the sum, fuses, and returns the next global model
+sealed under a model key all parties share. The protocol (key distribution, decryptor, sealing) is
+``layers/shared_key.py``; this module supplies the Paillier scheme and its key files.
+Specification: ``protocols/paillier.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -32,31 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from securefl.crypto import channel, paillier
+from securefl.crypto import paillier
 from securefl.crypto.packing import Packing
-from securefl.errors import ConfigError, ProtocolError, RoundFailed, WireError
-from securefl.layers.base import (
-    Fuser,
-    Provider,
-    RoundContext,
-    SealedModel,
-    SecureSum,
-    StackContext,
-    SumAggregator,
-    SumParty,
-    Transform,
-)
+from securefl.errors import ConfigError, ProtocolError, WireError
+from securefl.layers.base import RoundContext, StackContext, Transform
 from securefl.layers.quantize import Quantize
-from securefl.randomness import SecureRandom
+from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum
 from securefl.wire import decode_record, encode_record
 
-KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT = (
-    "key_offer",
-    "key_grant",
-    "key_install",
-    "encrypt",
-    "decrypt",
-)
 KEY_FILE_KIND = "securefl-paillier-keys"
 PUBLIC_FILE_KIND = "securefl-paillier-public"
 _PARALLEL_MIN = 64  # fewer ciphertexts than this are not worth a process pool
@@ -240,22 +212,138 @@ def _split(items: list, parts: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+# --- the scheme ---------------------------------------------------------------------------------
+
+
+def _public_bytes(public: paillier.PublicKey) -> bytes:
+    n_bytes = (public.bits + 7) // 8
+    return public.n.to_bytes(n_bytes, "big") + public.hs.to_bytes(2 * n_bytes, "big")
+
+
+class PaillierScheme(Scheme):
+    """Paillier arithmetic for the shared-key protocol: pack, encrypt on all cores, multiply, decrypt."""
+
+    name = "paillier"
+
+    def __init__(self, key_bits: int, encryption: str, workers: int, packing) -> None:
+        self.key_bits, self.encryption, self.workers, self.packing = key_bits, encryption, workers, packing
+
+    def generate(self) -> KeyMaterial:
+        return KeyMaterial.generate(self.key_bits)
+
+    def material_to_bytes(self, material: KeyMaterial) -> bytes:
+        return _serialize_material(material)
+
+    def material_from_bytes(self, blob: bytes) -> KeyMaterial:
+        return _parse_material(blob, self.key_bits)
+
+    def public_to_bytes(self, material: KeyMaterial) -> bytes:
+        return _public_bytes(material.public)
+
+    def public_from_bytes(self, blob: bytes) -> paillier.PublicKey:
+        n_bytes = (self.key_bits + 7) // 8
+        if len(blob) != 3 * n_bytes:
+            raise WireError(
+                f"a {self.key_bits}-bit Paillier public key is {3 * n_bytes} bytes, got {len(blob)}"
+            )
+        public = paillier.PublicKey(
+            int.from_bytes(blob[:n_bytes], "big"), int.from_bytes(blob[n_bytes:], "big")
+        )
+        if public.bits != self.key_bits:
+            raise ProtocolError(f"the key holder published a {public.bits}-bit key, {self.key_bits} expected")
+        return public
+
+    def model_key(self, material: KeyMaterial) -> bytes:
+        return material.model_key
+
+    def fingerprint(self, material: KeyMaterial) -> str:
+        return material.fingerprint
+
+    def _count(self, ctx: RoundContext) -> int:
+        return self.packing(self.key_bits - 1).plaintexts_for(ctx.vector_size)
+
+    def max_encrypt_bytes(self, ctx: RoundContext) -> int:
+        return self._count(ctx) * (2 * self.key_bits + 7) // 8 + 4096
+
+    def encrypt(self, material: KeyMaterial, vector: np.ndarray, ctx: RoundContext) -> bytes:
+        signed = np.asarray(vector, dtype=np.uint64).view(np.int64)  # two's complement → signed
+        plaintexts = self.packing(material.public.plaintext_bits).pack(signed)
+        mode = "crt" if self.encryption == "crt" and material.private is not None else "public"
+        batches = _split(plaintexts, 4 * self.workers)
+        data = b"".join(self._run(material, mode, _encrypt_chunk, batches, len(plaintexts)))
+        return encode_record(b"PENr", {"count": len(plaintexts)}, {"ciphertexts": data})
+
+    def combiner(self, public: paillier.PublicKey, ctx: RoundContext) -> Combiner:
+        return _Product(public, self._count(ctx))
+
+    def decrypt(
+        self, material: KeyMaterial, combined: bytes, contributors: int, ctx: RoundContext
+    ) -> np.ndarray:
+        if material.private is None:
+            raise ProtocolError("asked to decrypt without holding the private key")
+        width = material.public.ciphertext_bytes
+        if len(combined) % width:
+            raise WireError("the encrypted sum is not a whole number of ciphertexts")
+        count = len(combined) // width
+        step = width * -(-count // (4 * self.workers))
+        batches = [combined[i : i + step] for i in range(0, len(combined), step)]
+        plaintexts = [
+            m for part in self._run(material, "decrypt", _decrypt_chunk, batches, count) for m in part
+        ]
+        total = self.packing(material.public.plaintext_bits).unpack(plaintexts, ctx.vector_size, contributors)
+        return total.view(np.uint64)
+
+    def _run(self, material: KeyMaterial, mode: str, work, batches: list, count: int) -> list:
+        """``work`` on each batch, in this key's process pool — or here, when there are fewer than
+        _PARALLEL_MIN ciphertexts (starting workers would cost more than it saves)."""
+        if count < _PARALLEL_MIN or self.workers == 1:
+            _init_worker(material.to_json(include_private=mode != "public"), mode)
+            return [work(batch) for batch in batches]
+        return list(_POOLS.get(material, mode, self.workers).map(work, batches))
+
+
+class _Product(Combiner):
+    """Ciphertexts multiplied coordinate-wise modulo n²: the plaintexts add up."""
+
+    def __init__(self, public: paillier.PublicKey, count: int) -> None:
+        self.public, self.count = public, count
+        self.product: list | None = None
+
+    def add(self, payload: bytes) -> None:
+        header, parts = decode_record(payload, b"PENr", {"count": int}, ("ciphertexts",))
+        width, data = self.public.ciphertext_bytes, parts["ciphertexts"]
+        if header["count"] != self.count or len(data) != self.count * width:
+            raise WireError(f"expected {self.count} ciphertexts of {width} bytes")
+        nsq = self.public.nsquare
+        values = [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
+        if any(not 0 < c < nsq for c in values):
+            raise ProtocolError("a ciphertext is out of range for the public key (tampered or corrupted)")
+        if self.product is None:
+            self.product = [paillier.mpz(c) for c in values]
+        else:
+            self.product = [a * b % nsq for a, b in zip(self.product, values, strict=True)]
+
+    def payload(self) -> bytes:
+        width = self.public.ciphertext_bytes
+        return b"".join(int(c).to_bytes(width, "big") for c in self.product)
+
+
 # --- the layer -----------------------------------------------------------------------------------
 
 
-class Paillier(SecureSum):
+class Paillier(SharedKeySum):
     """Secure sum under a shared Paillier key.
 
     ``key_bits``: 2048 (default) or 3072. ``key_file``: key material made by ``securefl keys
-    paillier``, given to every party out of band (no key phases then); without it, the first party
-    of the first round generates the keys and they are distributed in-protocol. ``encryption``:
-    ``"crt"`` (key holders; exact textbook distribution) or ``"public"`` (public-key-only, DJN
-    short exponent). ``workers``: processes for encryption and decryption (default: all cores).
+    paillier``, given to every party out of band (no key phases then; a public key file serves an
+    aggregator); without it, the first party of the first round generates the keys and they are
+    distributed in-protocol. ``encryption``: ``"crt"`` (key holders; exact textbook distribution)
+    or ``"public"`` (public-key-only, DJN short exponent). ``workers``: processes for encryption
+    and decryption (default: all cores).
     """
 
     name = "paillier"
     accepts_floats = False
-    fuses_on_parties = True
     modulus_bits = 64  # quantize's own check; the real bound is the packing slot (checked below)
 
     def __init__(
@@ -268,17 +356,16 @@ class Paillier(SecureSum):
         paillier.check_key_bits(key_bits)
         if encryption not in ("crt", "public"):
             raise ConfigError(f"paillier encryption must be 'crt' or 'public', got {encryption!r}")
-        self.key_bits = key_bits
+        public = load_public(key_file) if key_file else None
+        preloaded = KeyMaterial.load(key_file) if key_file and _is_full(key_file) else None
+        self.key_bits = public.bits if public is not None else key_bits
         self.key_file = key_file
         self.encryption = encryption
         self.workers = workers or os.cpu_count() or 1
         self.value_bits: int | None = None
         self.max_parties = 1
-        # A full key file serves parties; a public one serves an aggregator-only deployment.
-        self._public = load_public(key_file) if key_file else None
-        self._preloaded = KeyMaterial.load(key_file) if key_file and _is_full(key_file) else None
-        if self._public is not None:
-            self.key_bits = self._public.bits
+        scheme = PaillierScheme(self.key_bits, encryption, self.workers, self.packing)
+        super().__init__(scheme, preloaded, _public_bytes(public) if public is not None else None)
 
     def validate(self, ctx: StackContext, transforms: list[Transform]) -> None:
         quantizers = [t for t in transforms if isinstance(t, Quantize)]
@@ -293,200 +380,8 @@ class Paillier(SecureSum):
             raise ConfigError("paillier was used before its stack was validated")
         return Packing(self.value_bits, self.max_parties, plaintext_bits)
 
-    def aggregator(self) -> SumAggregator:
-        # The aggregator gets the public key only: never p, q, nor the model key.
-        return _Aggregator(self.key_bits, self.packing, self._public, keys_preloaded=self._public is not None)
-
-    def party(self, party_id: str) -> SumParty:
-        if self._public is not None and self._preloaded is None:
-            raise ConfigError(f"{self.key_file} holds only the public key; parties need the full key file")
-        return _Party(self, party_id, self._preloaded)
-
     def __repr__(self) -> str:
         return f"Paillier(key_bits={self.key_bits}, encryption={self.encryption!r}, workers={self.workers})"
-
-
-def _ctx(label: str, ctx: RoundContext, *names: str) -> bytes:
-    fields = [
-        b"securefl/paillier/v1",
-        label.encode(),
-        bytes.fromhex(ctx.session),
-        *(n.encode() for n in names),
-    ]
-    return b"".join(struct.pack(">H", len(f)) + f for f in fields)
-
-
-def _model_aad(session: str, round: int) -> bytes:
-    return b"securefl/paillier/model" + bytes.fromhex(session) + struct.pack(">I", round)
-
-
-class _Aggregator(SumAggregator):
-    def __init__(
-        self, key_bits: int, packing, public: paillier.PublicKey | None, keys_preloaded: bool
-    ) -> None:
-        self.key_bits = key_bits
-        self.packing = packing
-        self.public = public
-        self.keys_preloaded = keys_preloaded  # every party was given the keys out of band
-        self.holders: set[str] = set()  # parties known to hold the keys
-
-    def phases(self, ctx: RoundContext) -> tuple[str, ...]:
-        if not self.keys_preloaded and not set(ctx.parties) <= self.holders:
-            return (KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT)
-        return (ENCRYPT, DECRYPT)
-
-    def start_round(self, ctx: RoundContext) -> None:
-        self.ctx = ctx
-        self.requesters: dict[str, bytes] = {}
-        self.offered_holders: list[str] = []
-        self.granter: str | None = None
-        self.grants: dict[str, bytes] = {}
-        self.granter_channel = b""
-        self.product: list | None = None
-        self.contributors_: set[str] = set()
-        self.sealed: bytes | None = None
-        self.decryptor: str | None = None
-
-    def max_reply_bytes(self, phase: str) -> int:
-        n = len(self.ctx.parties)
-        if phase == ENCRYPT:
-            return self._ciphertext_count() * self._width() + 4096
-        if phase == DECRYPT:
-            return self.ctx.vector_size * 8 + 4096
-        return 8192 + n * 8192
-
-    def _width(self) -> int:
-        return (2 * self.key_bits + 7) // 8
-
-    def _ciphertext_count(self) -> int:
-        return self.packing(self.key_bits - 1).plaintexts_for(self.ctx.vector_size)
-
-    def request(self, phase: str, party: str) -> bytes:
-        if phase == KEY_GRANT:
-            if party != self.granter:
-                return encode_record(b"PKGq", {"requesters": [], "generate": False}, {"channels": b""})
-            requesters = sorted(self.requesters)
-            blob = b"".join(self.requesters[r] for r in requesters)
-            generate = not self.offered_holders
-            return encode_record(
-                b"PKGq", {"requesters": requesters, "generate": generate}, {"channels": blob}
-            )
-        if phase == KEY_INSTALL:
-            if party not in self.grants:
-                return encode_record(b"PKIq", {}, {"granter_channel": b"", "sealed": b""})
-            return encode_record(
-                b"PKIq", {}, {"granter_channel": self.granter_channel, "sealed": self.grants[party]}
-            )
-        if phase == DECRYPT:
-            if party != self.decryptor:
-                return encode_record(b"PDEq", {"count": 0}, {"sum": b""})
-            width = self.public.ciphertext_bytes
-            blob = b"".join(int(c).to_bytes(width, "big") for c in self.product)
-            return encode_record(b"PDEq", {"count": len(self.contributors_)}, {"sum": blob})
-        return b""
-
-    def receive(self, phase: str, party: str, payload: bytes) -> None:
-        getattr(self, f"_receive_{phase}")(party, payload)
-
-    def _receive_key_offer(self, party: str, payload: bytes) -> None:
-        header, parts = decode_record(payload, b"PKOr", {"fingerprint": str}, ("channel",))
-        if header["fingerprint"]:
-            self.offered_holders.append(party)
-        elif len(parts["channel"]) != channel.KEY_BYTES:
-            raise WireError("a key request needs a 32-byte X25519 public key")
-        else:
-            self.requesters[party] = parts["channel"]
-
-    def _receive_key_grant(self, party: str, payload: bytes) -> None:
-        header, parts = decode_record(
-            payload, b"PKGr", {"granted": list, "n": str, "hs": str}, ("channel", "sealed")
-        )
-        if party != self.granter:
-            return
-        granted = header["granted"]
-        if sorted(granted) != sorted(self.requesters):
-            raise ProtocolError("the key holder did not grant keys to exactly the requesting parties")
-        size = channel.sealed_size(_material_size(self.key_bits))
-        blob = parts["sealed"]
-        if len(blob) != size * len(granted):
-            raise WireError("sealed key material has the wrong size")
-        public = paillier.PublicKey(int(header["n"], 16), int(header["hs"], 16))
-        if public.bits != self.key_bits:
-            raise ProtocolError(f"the key holder published a {public.bits}-bit key, {self.key_bits} expected")
-        if self.public is not None and public != self.public:
-            raise ProtocolError("the key holder published a different public key than the federation's")
-        self.public = public
-        self.granter_channel = parts["channel"]
-        self.grants = {g: blob[i * size : (i + 1) * size] for i, g in enumerate(granted)}
-
-    def _receive_key_install(self, party: str, payload: bytes) -> None:
-        decode_record(payload, b"PKIr", {"installed": bool}, ())
-
-    def _receive_encrypt(self, party: str, payload: bytes) -> None:
-        if self.public is None:
-            raise ProtocolError("no public key is known yet; the key phases did not complete")
-        header, parts = decode_record(payload, b"PENr", {"count": int}, ("ciphertexts",))
-        width, count = self.public.ciphertext_bytes, self._ciphertext_count()
-        data = parts["ciphertexts"]
-        if header["count"] != count or len(data) != count * width:
-            raise WireError(f"expected {count} ciphertexts of {width} bytes")
-        nsq = self.public.nsquare
-        values = [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
-        if any(not 0 < c < nsq for c in values):
-            raise ProtocolError("a ciphertext is out of range for the public key (tampered or corrupted)")
-        # Multiply as they arrive: memory does not grow with the number of parties.
-        if self.product is None:
-            self.product = [paillier.mpz(c) for c in values]
-        else:
-            self.product = [a * b % nsq for a, b in zip(self.product, values, strict=True)]
-        self.contributors_.add(party)
-
-    def _receive_decrypt(self, party: str, payload: bytes) -> None:
-        if party != self.decryptor:
-            decode_record(payload, b"PDEr", {"sealed": bool}, ())
-            return
-        header, parts = decode_record(payload, b"PDEr", {"sealed": bool}, ("model",))
-        if not header["sealed"]:
-            raise ProtocolError("the decryptor returned no sealed model")
-        self.sealed = parts["model"]
-
-    def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
-        if phase == KEY_OFFER:
-            self.offered_holders = sorted(p for p in self.offered_holders if p in survivors)
-            self.requesters = {p: k for p, k in self.requesters.items() if p in survivors}
-            if not self.offered_holders and self.public is not None:
-                raise RoundFailed(
-                    "paillier: parties without keys were invited but no key holder was, so nobody can grant "
-                    "them; give every party the key file, or invite a key holder"
-                )
-            candidates = self.offered_holders or sorted(survivors)
-            self.granter = candidates[0] if candidates else None
-            if self.granter in self.requesters:  # the generator of brand-new keys needs no grant itself
-                del self.requesters[self.granter]
-        elif phase == KEY_GRANT:
-            if self.granter not in survivors or self.public is None:
-                raise RoundFailed(
-                    "paillier: the key holder dropped before granting keys; nothing was encrypted"
-                )
-            self.holders.add(self.granter)
-        elif phase == KEY_INSTALL:
-            self.holders |= {p for p in self.grants if p in survivors}
-        elif phase == ENCRYPT:
-            self.contributors_ &= survivors
-            if not self.contributors_ or self.product is None:
-                raise RoundFailed("paillier: no ciphertexts arrived")
-            holders = sorted(p for p in survivors if p in self.holders or self.keys_preloaded)
-            if not holders:
-                raise RoundFailed("paillier: no key holder is left to decrypt the sum")
-            self.decryptor = holders[0]
-        elif phase == DECRYPT and self.sealed is None:
-            raise RoundFailed(f"paillier: the decryptor {self.decryptor} dropped; the model is unchanged")
-
-    def contributors(self) -> frozenset[str]:
-        return frozenset(self.contributors_)
-
-    def result(self) -> SealedModel:
-        return SealedModel(self.sealed)
 
 
 def _material_size(key_bits: int) -> int:
@@ -529,139 +424,3 @@ def _parse_material(blob: bytes, key_bits: int) -> KeyMaterial:
         raise ProtocolError("received key material is inconsistent (p·q ≠ n)")
     public = paillier.PublicKey(n, hs)
     return KeyMaterial(public, model_key, paillier.PrivateKey(public, p, q, gp, gq))
-
-
-class _Party(SumParty):
-    def __init__(self, layer: Paillier, party_id: str, material: KeyMaterial | None) -> None:
-        self.layer = layer
-        self.me = party_id
-        self.material = material
-        self.fuse: Fuser | None = None
-        self.rng = SecureRandom()
-
-    def attach_fuser(self, fuse: Fuser) -> None:
-        self.fuse = fuse
-
-    def start_round(self, ctx: RoundContext, provide: Provider) -> None:
-        self.ctx = ctx
-        self.provide = provide
-        self.channel_secret: bytes | None = None
-
-    def respond(self, phase: str, request: bytes) -> bytes:
-        return getattr(self, f"_{phase}")(request)
-
-    # key distribution
-
-    def _key_offer(self, request: bytes) -> bytes:
-        if self.material is not None:
-            return encode_record(b"PKOr", {"fingerprint": self.material.fingerprint}, {"channel": b""})
-        self.channel_secret, public = channel.generate_keypair(self.rng)
-        return encode_record(b"PKOr", {"fingerprint": ""}, {"channel": public})
-
-    def _key_grant(self, request: bytes) -> bytes:
-        header, parts = decode_record(request, b"PKGq", {"requesters": list, "generate": bool}, ("channels",))
-        requesters = header["requesters"]
-        if not requesters and not header["generate"]:
-            return encode_record(
-                b"PKGr", {"granted": [], "n": "0x0", "hs": "0x0"}, {"channel": b"", "sealed": b""}
-            )
-        if header["generate"]:
-            if self.material is not None:
-                raise ProtocolError("asked to generate keys, but this party already holds them")
-            self.material = KeyMaterial.generate(self.layer.key_bits)
-        if self.material is None or self.material.private is None:
-            raise ProtocolError("asked to grant keys this party does not hold")
-        keys = parts["channels"]
-        if len(keys) != channel.KEY_BYTES * len(requesters):
-            raise WireError("requesters' channel keys have the wrong size")
-        secret, public = channel.generate_keypair(self.rng)
-        plaintext = _serialize_material(self.material)
-        sealed = []
-        for i, requester in enumerate(requesters):
-            peer = keys[i * channel.KEY_BYTES : (i + 1) * channel.KEY_BYTES]
-            key = channel.agree(secret, peer, _ctx("key-channel", self.ctx, requester))
-            sealed.append(channel.seal(key, plaintext, _ctx("key-material", self.ctx, requester), self.rng))
-        header_out = {
-            "granted": requesters,
-            "n": hex(self.material.public.n),
-            "hs": hex(self.material.public.hs),
-        }
-        return encode_record(b"PKGr", header_out, {"channel": public, "sealed": b"".join(sealed)})
-
-    def _key_install(self, request: bytes) -> bytes:
-        _, parts = decode_record(request, b"PKIq", {}, ("granter_channel", "sealed"))
-        if not parts["sealed"]:
-            return encode_record(b"PKIr", {"installed": self.material is not None}, {})
-        if self.channel_secret is None:
-            raise ProtocolError("received keys this party did not ask for")
-        key = channel.agree(
-            self.channel_secret, parts["granter_channel"], _ctx("key-channel", self.ctx, self.me)
-        )
-        blob = channel.open_sealed(key, parts["sealed"], _ctx("key-material", self.ctx, self.me))
-        self.material = _parse_material(blob, self.layer.key_bits)
-        self.channel_secret = None
-        return encode_record(b"PKIr", {"installed": True}, {})
-
-    # the sum
-
-    def _packing(self) -> Packing:
-        return self.layer.packing(self.material.public.plaintext_bits)
-
-    def _encrypt(self, request: bytes) -> bytes:
-        if self.material is None:
-            raise ProtocolError("this party holds no Paillier keys")
-        vector = np.asarray(self.provide(), dtype=np.uint64).view(np.int64)  # two's complement → signed
-        plaintexts = self._packing().pack(vector)
-        mode = "crt" if self.layer.encryption == "crt" and self.material.private is not None else "public"
-        batches = _split(plaintexts, 4 * self.layer.workers)
-        data = b"".join(self._run(mode, _encrypt_chunk, batches, len(plaintexts)))
-        return encode_record(b"PENr", {"count": len(plaintexts)}, {"ciphertexts": data})
-
-    def _decrypt(self, request: bytes) -> bytes:
-        header, parts = decode_record(request, b"PDEq", {"count": int}, ("sum",))
-        if not parts["sum"]:
-            return encode_record(b"PDEr", {"sealed": False}, {})
-        if self.material is None or self.material.private is None or self.fuse is None:
-            raise ProtocolError("asked to decrypt without holding the private key")
-        width = self.material.public.ciphertext_bytes
-        data = parts["sum"]
-        if len(data) % width:
-            raise WireError("the encrypted sum is not a whole number of ciphertexts")
-        count = len(data) // width
-        step = width * -(-count // (4 * self.layer.workers))
-        batches = [data[i : i + step] for i in range(0, len(data), step)]
-        plaintexts = [m for part in self._run("decrypt", _decrypt_chunk, batches, count) for m in part]
-        total = self._packing().unpack(plaintexts, self.ctx.vector_size, header["count"])
-        model = self.fuse(total.view(np.uint64))
-        sealed = channel.seal(
-            self.material.model_key,
-            np.ascontiguousarray(model, dtype="<f8").tobytes(),
-            _model_aad(self.ctx.session, self.ctx.round),
-            self.rng,
-        )
-        return encode_record(
-            b"PDEr",
-            {"sealed": True},
-            {
-                "model": encode_record(
-                    b"PMOD", {"round": self.ctx.round, "session": self.ctx.session}, {"sealed": sealed}
-                )
-            },
-        )
-
-    def _run(self, mode: str, work, batches: list, count: int) -> list:
-        """``work`` on each batch, in this key's process pool — or here, when there are fewer than
-        _PARALLEL_MIN ciphertexts (starting workers would cost more than it saves)."""
-        if count < _PARALLEL_MIN or self.layer.workers == 1:
-            _init_worker(self.material.to_json(include_private=mode != "public"), mode)
-            return [work(batch) for batch in batches]
-        return list(_POOLS.get(self.material, mode, self.layer.workers).map(work, batches))
-
-    def open_model(self, sealed: bytes) -> np.ndarray:
-        if self.material is None:
-            raise ProtocolError("this party holds no model key to open the sealed model")
-        header, parts = decode_record(sealed, b"PMOD", {"round": int, "session": str}, ("sealed",))
-        plain = channel.open_sealed(
-            self.material.model_key, parts["sealed"], _model_aad(header["session"], header["round"])
-        )
-        return np.frombuffer(plain, dtype="<f8").copy()
