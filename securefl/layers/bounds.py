@@ -77,4 +77,4 @@ def coordinate_bounds(
         ("evaluation count", slice(layout.eval_count_index, layout.eval_count_index + 1)),
         ("evaluation metrics", layout.eval_metrics_slice),
     )
-    return CoordinateBounds(bounds, groups)
+    return CoordinateBounds(bounds, groups, who)
