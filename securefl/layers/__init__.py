@@ -19,6 +19,7 @@ from securefl.layers.base import (
     SumParty,
     Transform,
 )
+from securefl.layers.ckks import CKKS
 from securefl.layers.clip import Clip
 from securefl.layers.paillier import Paillier
 from securefl.layers.plain import Plain
@@ -35,6 +36,7 @@ LAYERS: dict[str, Callable[..., Layer]] = {
     "secagg": SecAgg,
     "secagg+": SecAggPlus,
     "paillier": Paillier,
+    "ckks": CKKS,
 }
 
 # The stack behind each `--privacy NAME` of the demo. Integer secure sums quantize the clipped
@@ -44,6 +46,7 @@ PRESETS: dict[str, Callable[[], list[Layer]]] = {
     "secagg": lambda: [Clip(10.0), Quantize(24), SecAgg()],
     "secagg+": lambda: [Clip(10.0), Quantize(24), SecAggPlus()],
     "paillier": lambda: [Clip(10.0), Quantize(16), Paillier()],
+    "ckks": lambda: [Clip(10.0), CKKS()],
 }
 
 
@@ -59,6 +62,7 @@ def preset(name: str) -> list[Layer]:
 
 
 __all__ = [
+    "CKKS",
     "LAYERS",
     "PRESETS",
     "Clip",
