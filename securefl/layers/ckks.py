@@ -60,9 +60,9 @@ def _unpack_blobs(magic: bytes, payload: bytes, count: int, max_each: int) -> li
 class CkksScheme(Scheme):
     name = "ckks"
 
-    def __init__(self, params: ckks.CkksParams, layer: CKKS) -> None:
+    def __init__(self, params: ckks.CkksParams) -> None:
         self.params = params
-        self.layer = layer
+        self.bounds: CoordinateBounds | None = None  # set when the stack is validated
 
     def generate(self) -> CkksKeys:
         return CkksKeys(ckks.new_context(self.params), os.urandom(_MODEL_KEY_BYTES))
@@ -93,7 +93,7 @@ class CkksScheme(Scheme):
 
     def encrypt(self, material: CkksKeys, vector: np.ndarray, ctx: RoundContext) -> bytes:
         vector = np.asarray(vector, dtype=np.float64)
-        self.layer.bounds.check(vector)  # a value out of bounds could overflow the sum: refused
+        self.bounds.check(vector)  # a value out of bounds could overflow the sum: refused
         return _pack_blobs(b"CENr", ckks.encrypt(material.context, vector, self.params))
 
     def combiner(self, public: ts.Context, ctx: RoundContext) -> Combiner:
@@ -152,14 +152,14 @@ class CKKS(SharedKeySum):
             base.symmetric,
         )
         self.update_bound = update_bound
-        self.bounds: CoordinateBounds | None = None
-        super().__init__(CkksScheme(self.params, self))
+        super().__init__(CkksScheme(self.params))
 
     def validate(self, ctx: StackContext, transforms: Sequence[Transform]) -> None:
         if any(t.produces_integers for t in transforms):
             raise ConfigError("ckks encrypts real values: remove 'quantize' from the stack")
-        self.bounds = coordinate_bounds(ctx, transforms, self.update_bound, "ckks")
-        largest = float(self.bounds.bounds.max()) * ctx.max_parties
+        bounds = coordinate_bounds(ctx, transforms, self.update_bound, "ckks")
+        self.scheme.bounds = bounds
+        largest = float(bounds.bounds.max()) * ctx.max_parties
         if largest > self.params.max_abs_sum:
             raise ConfigError(
                 f"a CKKS sum over {ctx.max_parties} parties could reach {largest:.6g} in one coordinate, but "

@@ -225,8 +225,15 @@ class PaillierScheme(Scheme):
 
     name = "paillier"
 
-    def __init__(self, key_bits: int, encryption: str, workers: int, packing) -> None:
-        self.key_bits, self.encryption, self.workers, self.packing = key_bits, encryption, workers, packing
+    def __init__(self, key_bits: int, encryption: str, workers: int) -> None:
+        self.key_bits, self.encryption, self.workers = key_bits, encryption, workers
+        self.value_bits: int | None = None  # set when the stack is validated
+        self.max_parties = 1
+
+    def packing(self, plaintext_bits: int) -> Packing:
+        if self.value_bits is None:
+            raise ConfigError("paillier was used before its stack was validated")
+        return Packing(self.value_bits, self.max_parties, plaintext_bits)
 
     def generate(self) -> KeyMaterial:
         return KeyMaterial.generate(self.key_bits)
@@ -362,23 +369,20 @@ class Paillier(SharedKeySum):
         self.key_file = key_file
         self.encryption = encryption
         self.workers = workers or os.cpu_count() or 1
-        self.value_bits: int | None = None
-        self.max_parties = 1
-        scheme = PaillierScheme(self.key_bits, encryption, self.workers, self.packing)
+        # The scheme holds parameters only: the aggregator shares it, so it must reach no key.
+        scheme = PaillierScheme(self.key_bits, encryption, self.workers)
         super().__init__(scheme, preloaded, _public_bytes(public) if public is not None else None)
 
     def validate(self, ctx: StackContext, transforms: list[Transform]) -> None:
         quantizers = [t for t in transforms if isinstance(t, Quantize)]
         if not quantizers:
             return  # the stack reports the missing quantize with the standard message
-        self.value_bits = quantizers[0].bits
-        self.max_parties = ctx.max_parties
+        self.scheme.value_bits = quantizers[0].bits
+        self.scheme.max_parties = ctx.max_parties
         self.packing(self.key_bits - 1)  # raises ConfigError if a slot cannot fit
 
     def packing(self, plaintext_bits: int) -> Packing:
-        if self.value_bits is None:
-            raise ConfigError("paillier was used before its stack was validated")
-        return Packing(self.value_bits, self.max_parties, plaintext_bits)
+        return self.scheme.packing(plaintext_bits)
 
     def __repr__(self) -> str:
         return f"Paillier(key_bits={self.key_bits}, encryption={self.encryption!r}, workers={self.workers})"
