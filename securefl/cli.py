@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -116,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd = sub.add_parser("run", help="run a federation described in a TOML file")
     run_cmd.add_argument("config", help="path to the TOML file")
     _add_common(run_cmd)
+    bench = sub.add_parser("bench", help="measure what each privacy layer costs, side by side")
+    bench.add_argument(
+        "--privacy",
+        default="plain,secagg,secagg+,paillier,ckks",
+        help="comma-separated layers (plain always runs)",
+    )
+    bench.add_argument("--params", type=int, default=100_000, help="parameters per party (10 to 10,000,000)")
+    bench.add_argument("--parties", type=int, default=10, help="parties per round (2 to 1,000)")
+    bench.add_argument("--dropout", type=float, default=0.0, help="fraction of parties that drop each round")
+    bench.add_argument(
+        "--repeat", type=int, default=3, help="measured rounds per layer; medians are reported"
+    )
+    bench.add_argument("--plot", default=None, help="write a PNG bar chart here")
+    _add_common(bench)
     keys = sub.add_parser("keys", help="create key material")
     keys_sub = keys.add_subparsers(dest="kind", required=True)
     pk = keys_sub.add_parser("paillier", help="a shared Paillier key set for the paillier layer")
@@ -126,6 +141,82 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--json", action="store_true", help="print the paths and fingerprint as JSON")
     pk.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _bench(args: argparse.Namespace, console: Console) -> int:
+    from securefl import bench
+
+    layers = [name.strip() for name in args.privacy.split(",") if name.strip()]
+    if "plain" not in layers:
+        layers.insert(0, "plain")
+    if args.repeat < 1:
+        raise ConfigError(f"--repeat must be at least 1, got {args.repeat}")
+    estimates = {name: bench.check_fits(name, args.params, args.parties) for name in layers}
+    for name, est in estimates.items():
+        rounds = args.repeat + 1
+        console.print(
+            f"{name:>9}: about {est['memory_gib']:.2f} GiB, ~{est['seconds_per_round'] * rounds:.0f} s "
+            f"for {rounds} rounds of {args.parties} parties × {args.params:,} parameters"
+        )
+    results = []
+    phases = {"plain": 1, "secagg": 4, "secagg+": 4, "paillier": 2, "ckks": 2}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        for name in layers:
+            total = args.parties * (
+                phases[name] * (args.repeat + 1) + (3 if name in ("paillier", "ckks") else 0)
+            )
+            task = progress.add_task(f"{name:>9}", total=total)
+            result, _ = bench.measure(
+                name,
+                args.params,
+                args.parties,
+                args.dropout,
+                args.repeat,
+                on_reply=lambda _p, t=task: progress.advance(t),
+            )
+            progress.update(task, completed=total)
+            results.append(result)
+    bench.add_plain_ratios(results)
+    title = f"{args.parties} parties × {args.params:,} parameters, dropout {args.dropout:.0%}"
+    table = Table(title=f"{title}, medians of {args.repeat} rounds")
+    for column in (
+        "layer",
+        "party s",
+        "aggregator s",
+        "key holder s",
+        "bytes up",
+        "× float32",
+        "max error",
+        "vs naive",
+    ):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            r.privacy,
+            f"{r.party_seconds:.4f}",
+            f"{r.aggregator_seconds:.4f}",
+            "—" if r.keyholder_seconds is None else f"{r.keyholder_seconds:.3f}",
+            _size(r.bytes_up),
+            f"{r.expansion:.2f}",
+            f"{r.max_error:.2e}",
+            "—"
+            if r.speedup_vs_naive is None
+            else f"{r.speedup_vs_naive:,.1f}×" + ("*" if r.naive_extrapolated else ""),
+        )
+    console.print(table, width=max(console.width, 120))
+    if any(r.naive_extrapolated for r in results):
+        console.print("* naive baseline timed on a sample and extrapolated")
+    if args.plot:
+        console.print(f"plot: {bench.plot(results, args.plot)}")
+    if args.json:
+        print(json.dumps({"results": [r.to_json() for r in results], "cpus": os.cpu_count()}))
+    return 0
 
 
 def _keys_paillier(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     # With --json the human-readable output goes to stderr so stdout ends with the JSON line.
     console = Console(stderr=args.json, soft_wrap=True)
     try:
+        if args.command == "bench":
+            return _bench(args, console)
         if args.command == "keys":
             summary = _keys_paillier(args)
             if args.json:

@@ -1,0 +1,367 @@
+"""``securefl bench``: what each privacy layer costs, measured side by side in one process.
+
+For each layer it runs real federated rounds (the layer's demo stack, a no-op training step with a
+fixed random update per party) and reports medians over rounds of:
+
+* ``party_seconds`` — time inside one party's side of the secure sum (training and quantization
+  excluded), median over parties; ``keyholder_seconds`` — the decryptor's decrypt phase (HE layers);
+  ``aggregator_seconds`` — time inside the aggregator's side of the secure sum;
+* ``bytes_up`` / ``bytes_down`` per party and ``expansion`` (bytes up over the float32 size);
+* ``max_error`` — the largest error of the revealed sum against the plaintext sum;
+* ``speedup_vs_naive`` — Paillier: against phe's per-value ``encrypt`` (timed on a sample and
+  extrapolated, marked so); CKKS: against TenSEAL with NVIDIA FLARE's parameters encrypting the
+  same vector; ``null`` elsewhere. ``vs_plain`` gives the ratios to the ``plain`` row.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from securefl.errors import ConfigError
+from securefl.faults import Faults
+from securefl.federation import Federation
+from securefl.layers import PRESETS, Quantize, preset
+
+# The phase in which a layer's input leaves the party: dropouts are injected there (for SecAgg,
+# after keys were shared: the costly case).
+INPUT_PHASE = {
+    "plain": "input",
+    "secagg": "masked",
+    "secagg+": "masked",
+    "paillier": "encrypt",
+    "ckks": "encrypt",
+}
+# Bytes per parameter a party holds while a round is in flight, and wire expansion, per layer.
+_EXPANSION = {"plain": 1.0, "secagg": 1.0, "secagg+": 1.0, "paillier": 1.5, "ckks": 7.0}
+# Rough single-core seconds per parameter per party, measured on this project's machines.
+_SECONDS_PER_PARAM = {"plain": 2e-8, "secagg": 1.5e-7, "secagg+": 5e-8, "paillier": 7e-6, "ckks": 5e-7}
+MIN_PARAMS, MAX_PARAMS = 10, 10_000_000
+MIN_PARTIES, MAX_PARTIES = 2, 1000
+
+
+@dataclass
+class BenchResult:
+    privacy: str
+    params: int
+    parties: int
+    dropout: float
+    rounds: int
+    party_seconds: float
+    aggregator_seconds: float
+    keyholder_seconds: float | None
+    round_seconds: float
+    bytes_up: int
+    bytes_down: int
+    expansion: float
+    max_error: float
+    speedup_vs_naive: float | None = None
+    naive_baseline: str | None = None
+    naive_extrapolated: bool = False
+    vs_plain: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Timed:
+    """Wraps an object's methods and adds their wall time to a counter under ``key(method)``."""
+
+    def __init__(
+        self, inner, counter: defaultdict, key: Callable[[str, tuple], str], methods: tuple[str, ...]
+    ):
+        self._inner, self._counter, self._key, self._methods = inner, counter, key, methods
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name not in self._methods:
+            return attr
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self._counter[self._key(name, args)] += time.perf_counter() - start
+
+        return timed
+
+
+@dataclass
+class Instruments:
+    """Per-round timings and traffic of a federation whose sides were wrapped by :func:`instrument`."""
+
+    seconds: defaultdict = field(default_factory=lambda: defaultdict(float))
+    up: defaultdict = field(default_factory=lambda: defaultdict(int))
+    down: defaultdict = field(default_factory=lambda: defaultdict(int))
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.up.clear()
+        self.down.clear()
+
+
+def instrument(federation: Federation, on_reply: Callable[[str], None] | None = None) -> Instruments:
+    """Time both sides of the secure sum and count each party's bytes.
+
+    Party time excludes ``provide()`` (training and transforms); the decrypt phase of HE layers is
+    counted apart as the key holder's time.
+    """
+    inst = Instruments()
+    federation.aggregator.secure_sum = _Timed(
+        federation.aggregator.secure_sum,
+        inst.seconds,
+        lambda m, a: "aggregator",
+        ("request", "receive", "close_phase", "result", "contributors"),
+    )
+    for pid, node in federation.nodes.items():
+        inner = node.secure_sum
+
+        def key(method, args, _pid=pid):
+            return f"keyholder:{_pid}" if method == "respond" and args and args[0] == "decrypt" else _pid
+
+        timed = _Timed(inner, inst.seconds, key, ("start_round", "respond"))
+        original_start = inner.start_round
+
+        def start_round(ctx, provide, _pid=pid, _original=original_start):
+            def untimed_provide():
+                start = time.perf_counter()
+                try:
+                    return provide()
+                finally:
+                    inst.seconds[_pid] -= time.perf_counter() - start  # training is not the layer's cost
+
+            return _original(ctx, untimed_provide)
+
+        inner.start_round = start_round
+        node.secure_sum = timed
+        handler = federation.transport.handlers[pid]
+
+        def counted(data, _pid=pid, _handler=handler):
+            inst.down[_pid] += len(data)
+            reply = _handler(data)
+            inst.up[_pid] += len(reply)
+            if on_reply is not None:
+                on_reply(_pid)
+            return reply
+
+        federation.transport.handlers[pid] = counted
+    return inst
+
+
+def check_fits(privacy: str, params: int, parties: int) -> dict[str, float]:
+    """Refuse, before starting, a configuration that cannot run here; else return estimates."""
+    if privacy not in PRESETS:
+        raise ConfigError(f"unknown privacy layer {privacy!r}; available: {', '.join(sorted(PRESETS))}")
+    if not MIN_PARAMS <= params <= MAX_PARAMS:
+        raise ConfigError(f"--params must be between {MIN_PARAMS} and {MAX_PARAMS:,}, got {params:,}")
+    if not MIN_PARTIES <= parties <= MAX_PARTIES:
+        raise ConfigError(f"--parties must be between {MIN_PARTIES} and {MAX_PARTIES}, got {parties}")
+    if privacy in ("secagg", "secagg+") and parties < 3:
+        raise ConfigError(f"{privacy} needs at least 3 parties")
+    # Every simulated party holds its global model, update and protected vector (8 bytes per
+    # parameter each) and its payload while a phase is in flight.
+    need = parties * params * (24 + 4 * _EXPANSION[privacy]) + params * 64
+    available = _available_memory()
+    if need > 0.8 * available:
+        raise ConfigError(
+            f"{privacy} with {parties} parties × {params:,} parameters needs about {need / 2**30:.1f} GiB "
+            f"in one process; {available / 2**30:.1f} GiB are available. Use fewer parties or parameters"
+        )
+    workers = (os.cpu_count() or 1) if privacy == "paillier" else 1
+    return {
+        "memory_gib": need / 2**30,
+        "seconds_per_round": parties * params * _SECONDS_PER_PARAM[privacy] / workers,
+    }
+
+
+def _available_memory() -> float:
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 * 2**30
+
+
+def bench_stack(privacy: str, parties: int) -> list:
+    """The demo stack of ``privacy``; SecAgg quantizes to fewer bits when many parties must fit
+    the 32-bit modulus (24 bits fit 256 parties; 21 bits fit 1,000)."""
+    layers = preset(privacy)
+    if privacy in ("secagg", "secagg+"):
+        bits = min(24, 31 - (parties - 1).bit_length())
+        layers = [layers[0], Quantize(bits), layers[2]]
+    return layers
+
+
+def _federation(privacy: str, params: int, parties: int, dropout: float, seed: int):
+    rng = np.random.default_rng(seed)
+    ids = [f"p{i:04d}" for i in range(parties)]
+    # Updates of L2 norm about 5: half the stacks' clip norm of 10, so the quantization range is
+    # used as in training, and clipping never changes them.
+    deltas = {p: rng.normal(0, 5 / np.sqrt(params), params).astype(np.float32) for p in ids}
+
+    def make(p):
+        def train(weights, info):
+            return {"w": weights["w"] + deltas[p]}, 1, {}
+
+        return train
+
+    dropped = ids[1 : 1 + round(dropout * parties)]  # never the first party: it holds HE keys
+    faults = Faults()
+    for party in dropped:
+        faults.add("offline", party, phase=INPUT_PHASE[privacy])
+    federation = Federation(
+        {"w": np.zeros(params, dtype=np.float32)},
+        {p: make(p) for p in ids},
+        bench_stack(privacy, parties),
+        weighting="uniform",
+        faults=faults,
+    )
+    return federation, deltas
+
+
+def measure(
+    privacy: str,
+    params: int,
+    parties: int,
+    dropout: float = 0.0,
+    repeat: int = 3,
+    on_reply: Callable[[str], None] | None = None,
+    seed: int = 0,
+) -> tuple[BenchResult, Federation]:
+    """One layer: a warm-up round (HE key set-up), then ``repeat`` measured rounds."""
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {dropout}")
+    check_fits(privacy, params, parties)
+    federation, deltas = _federation(privacy, params, parties, dropout, seed)
+    inst = instrument(federation, on_reply)
+    rows: list[dict] = []
+    for r in range(repeat + 1):
+        inst.reset()
+        before = federation.global_vector
+        start = time.perf_counter()
+        report = federation.run_round()
+        wall = time.perf_counter() - start
+        if not report.ok:
+            raise ConfigError(f"{privacy}: round failed: {report.error}")
+        if r == 0:
+            continue
+        survivors = report.survivors
+        expected_sum = np.sum([deltas[p].astype(np.float64) for p in survivors], axis=0)
+        revealed_sum = (federation.global_vector - before) * len(survivors)
+        party_times = [inst.seconds[p] for p in survivors]
+        keyholder = [v for k, v in inst.seconds.items() if k.startswith("keyholder:")]
+        rows.append(
+            {
+                "party": statistics.median(party_times),
+                "aggregator": inst.seconds["aggregator"],
+                "keyholder": max(keyholder) if keyholder else None,
+                "round": wall,
+                "up": statistics.median(inst.up[p] for p in survivors),
+                "down": statistics.median(inst.down[p] for p in survivors),
+                "error": float(np.abs(revealed_sum - expected_sum).max()),
+            }
+        )
+
+    def med(key):
+        values = [row[key] for row in rows if row[key] is not None]
+        return statistics.median(values) if values else None
+
+    result = BenchResult(
+        privacy=privacy,
+        params=params,
+        parties=parties,
+        dropout=dropout,
+        rounds=repeat,
+        party_seconds=med("party"),
+        aggregator_seconds=med("aggregator"),
+        keyholder_seconds=med("keyholder"),
+        round_seconds=med("round"),
+        bytes_up=int(med("up")),
+        bytes_down=int(med("down")),
+        expansion=med("up") / (4 * params),
+        max_error=max(row["error"] for row in rows),
+    )
+    _naive_baseline(result, federation)
+    return result, federation
+
+
+def _naive_baseline(result: BenchResult, federation: Federation) -> None:
+    """Paillier: phe per value (sampled, extrapolated). CKKS: TenSEAL with FLARE's parameters."""
+    if result.privacy == "paillier":
+        from phe import paillier as phe
+
+        key = phe.PaillierPublicKey(federation.aggregator.secure_sum.public.n)
+        sample = 20
+        start = time.perf_counter()
+        for value in range(sample):
+            key.encrypt(value)
+        naive = (time.perf_counter() - start) / sample * result.params
+        result.speedup_vs_naive = naive / result.party_seconds
+        result.naive_baseline = "phe encrypt per value"
+        result.naive_extrapolated = True
+    elif result.privacy == "ckks":
+        from securefl.crypto import ckks
+
+        flare = ckks.PRESETS["flare"]
+        context = ckks.new_context(flare)
+        vector = np.random.default_rng(1).normal(size=result.params)
+        start = time.perf_counter()
+        ckks.encrypt(context, vector, flare)
+        result.speedup_vs_naive = (time.perf_counter() - start) / result.party_seconds
+        result.naive_baseline = (
+            "TenSEAL CKKS with NVIDIA FLARE's parameters (N=8192, [60, 40, 40], public key)"
+        )
+
+
+def add_plain_ratios(results: list[BenchResult]) -> None:
+    plain = next((r for r in results if r.privacy == "plain"), None)
+    if plain is None:
+        return
+    for r in results:
+        r.vs_plain = {
+            "party_seconds": r.party_seconds / plain.party_seconds if plain.party_seconds else None,
+            "aggregator_seconds": r.aggregator_seconds / plain.aggregator_seconds
+            if plain.aggregator_seconds
+            else None,
+            "bytes_up": r.bytes_up / plain.bytes_up,
+        }
+
+
+def plot(results: list[BenchResult], path: str) -> str:
+    """A PNG bar chart: seconds per side (log scale) and upload expansion, per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.privacy for r in results]
+    x = np.arange(len(names))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    width = 0.27
+    series = [
+        ("per party", [r.party_seconds for r in results]),
+        ("aggregator", [r.aggregator_seconds for r in results]),
+        ("key holder", [r.keyholder_seconds or 0 for r in results]),
+    ]
+    for i, (label, values) in enumerate(series):
+        ax1.bar(x + (i - 1) * width, [max(v, 1e-6) for v in values], width, label=label)
+    ax1.set_yscale("log")
+    ax1.set_xticks(x, names)
+    ax1.set_ylabel("seconds per round (median)")
+    ax1.legend()
+    ax1.set_title(f"{results[0].parties} parties × {results[0].params:,} parameters")
+    ax2.bar(x, [r.expansion for r in results], color="tab:gray")
+    ax2.set_xticks(x, names)
+    ax2.set_ylabel("bytes up / float32 bytes")
+    ax2.set_title("upload expansion")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
