@@ -16,34 +16,13 @@ import argparse
 import json
 import statistics
 import time
-from collections import defaultdict
 
 import numpy as np
 
 import securefl
+from securefl.bench import instrument
 from securefl.faults import Faults
 from securefl.layers import SecAgg, SecAggPlus
-
-
-class _Timed:
-    """Wraps an object's methods and adds their wall time to a shared counter."""
-
-    def __init__(self, inner, counter: defaultdict, key: str, methods: tuple[str, ...]) -> None:
-        self._inner, self._counter, self._key, self._methods = inner, counter, key, methods
-
-    def __getattr__(self, name):
-        attr = getattr(self._inner, name)
-        if name not in self._methods:
-            return attr
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                self._counter[self._key] += time.perf_counter() - start
-
-        return timed
 
 
 def measure(layer: str, parties: int, params: int, dropout: float = 0.0, **layer_options) -> dict:
@@ -67,37 +46,7 @@ def measure(layer: str, parties: int, params: int, dropout: float = 0.0, **layer
         weight_bound=10,
         faults=faults,
     )
-    times: defaultdict = defaultdict(float)
-    fed.aggregator.secure_sum = _Timed(
-        fed.aggregator.secure_sum, times, "aggregator", ("request", "receive", "close_phase", "result")
-    )
-    for pid, node in fed.nodes.items():
-        node.secure_sum = _Timed(node.secure_sum, times, pid, ("start_round", "respond"))
-        original = node.secure_sum._inner.start_round
-
-        def start_round(ctx, provide, _pid=pid, _original=original):
-            def timed_provide():
-                # Training and quantizing happen inside provide(): not the protocol's cost.
-                start = time.perf_counter()
-                try:
-                    return provide()
-                finally:
-                    times[_pid] -= time.perf_counter() - start
-
-            return _original(ctx, timed_provide)
-
-        node.secure_sum._inner.start_round = start_round
-    up = defaultdict(int)
-    handlers = fed.transport.handlers
-    for pid in ids:
-        inner = handlers[pid]
-
-        def counted(data, _pid=pid, _inner=inner):
-            reply = _inner(data)
-            up[_pid] += len(reply)
-            return reply
-
-        handlers[pid] = counted
+    inst = instrument(fed)
     start = time.perf_counter()
     report = fed.run_round()
     wall = time.perf_counter() - start
@@ -110,15 +59,15 @@ def measure(layer: str, parties: int, params: int, dropout: float = 0.0, **layer
             "failed": report.error,
         }
     survivors = [p for p in ids if p not in dropped]
-    party_seconds = [times[p] for p in survivors]
-    party_bytes = [up[p] for p in survivors]
+    party_seconds = [inst.seconds[p] for p in survivors]
+    party_bytes = [inst.up[p] for p in survivors]
     return {
         "privacy": layer,
         "parties": parties,
         "params": params,
         "dropout": dropout,
         "party_seconds_median": statistics.median(party_seconds),
-        "aggregator_seconds": times["aggregator"],
+        "aggregator_seconds": inst.seconds["aggregator"],
         "round_seconds": wall,
         "bytes_up_per_party": int(statistics.median(party_bytes)),
         "expansion_vs_float32": statistics.median(party_bytes) / (4 * params),

@@ -40,7 +40,7 @@ INPUT_PHASE = {
     "ckks": "encrypt",
 }
 # Bytes per parameter a party holds while a round is in flight, and wire expansion, per layer.
-_EXPANSION = {"plain": 1.0, "secagg": 1.0, "secagg+": 1.0, "paillier": 1.5, "ckks": 7.0}
+_EXPANSION = {"plain": 1.0, "secagg": 1.0, "secagg+": 1.0, "paillier": 1.5, "ckks": 8.0}
 # Rough single-core seconds per parameter per party, measured on this project's machines.
 _SECONDS_PER_PARAM = {"plain": 2e-8, "secagg": 1.5e-7, "secagg+": 5e-8, "paillier": 7e-6, "ckks": 5e-7}
 MIN_PARAMS, MAX_PARAMS = 10, 10_000_000
@@ -58,10 +58,11 @@ class BenchResult:
     aggregator_seconds: float
     keyholder_seconds: float | None
     round_seconds: float
-    bytes_up: int
+    bytes_up: int  # per party (median)
     bytes_down: int
     expansion: float
     max_error: float
+    bytes_up_total: int = 0  # all parties together
     speedup_vs_naive: float | None = None
     naive_baseline: str | None = None
     naive_extrapolated: bool = False
@@ -166,9 +167,9 @@ def check_fits(privacy: str, params: int, parties: int) -> dict[str, float]:
         raise ConfigError(f"--parties must be between {MIN_PARTIES} and {MAX_PARTIES}, got {parties}")
     if privacy in ("secagg", "secagg+") and parties < 3:
         raise ConfigError(f"{privacy} needs at least 3 parties")
-    # Every simulated party holds its global model, update and protected vector (8 bytes per
-    # parameter each) and its payload while a phase is in flight.
-    need = parties * params * (24 + 4 * _EXPANSION[privacy]) + params * 64
+    # Every simulated party holds its global model, update, protected vector and intermediate
+    # copies (about 48 bytes per parameter, measured) and its payload while a phase is in flight.
+    need = parties * params * (48 + 8 * _EXPANSION[privacy]) + params * 64
     available = _available_memory()
     if need > 0.8 * available:
         raise ConfigError(
@@ -265,6 +266,7 @@ def measure(
                 "round": wall,
                 "up": statistics.median(inst.up[p] for p in survivors),
                 "down": statistics.median(inst.down[p] for p in survivors),
+                "up_total": sum(inst.up.values()),
                 "error": float(np.abs(revealed_sum - expected_sum).max()),
             }
         )
@@ -287,6 +289,7 @@ def measure(
         bytes_down=int(med("down")),
         expansion=med("up") / (4 * params),
         max_error=max(row["error"] for row in rows),
+        bytes_up_total=int(med("up_total")),
     )
     _naive_baseline(result, federation)
     return result, federation
@@ -348,10 +351,11 @@ def plot(results: list[BenchResult], path: str) -> str:
     series = [
         ("per party", [r.party_seconds for r in results]),
         ("aggregator", [r.aggregator_seconds for r in results]),
-        ("key holder", [r.keyholder_seconds or 0 for r in results]),
+        ("key holder", [r.keyholder_seconds for r in results]),  # only layers whose key holders decrypt
     ]
     for i, (label, values) in enumerate(series):
-        ax1.bar(x + (i - 1) * width, [max(v, 1e-6) for v in values], width, label=label)
+        heights = [np.nan if v is None else max(v, 1e-6) for v in values]
+        ax1.bar(x + (i - 1) * width, heights, width, label=label)
     ax1.set_yscale("log")
     ax1.set_xticks(x, names)
     ax1.set_ylabel("seconds per round (median)")
