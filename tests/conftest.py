@@ -40,3 +40,28 @@ def three_parties():
 def weighted_mean(deltas: dict, examples: dict, parties) -> np.ndarray:
     total = sum(examples[p] for p in parties)
     return sum(examples[p] * deltas[p] for p in parties) / total
+
+
+def reachable(root, max_depth: int = 6) -> list:
+    """Every object reachable from ``root`` through attributes, containers and bound methods:
+    what an aggregator-side object could get hold of."""
+    found, seen = [], set()
+
+    def walk(obj, depth):
+        if depth > max_depth or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        found.append(obj)
+        for value in getattr(obj, "__dict__", {}).values():
+            walk(value, depth + 1)
+        if hasattr(obj, "__self__"):
+            walk(obj.__self__, depth + 1)
+        if isinstance(obj, dict):
+            for value in obj.values():
+                walk(value, depth + 1)
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            for value in obj:
+                walk(value, depth + 1)
+
+    walk(root, 0)
+    return found

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import fixed_delta_client
+from conftest import fixed_delta_client, reachable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -61,26 +61,9 @@ def test_the_aggregator_holds_no_secret_key_and_cannot_decrypt():
     transcript = Transcript()
     fed, *_ = federation(3, transcript=transcript)
     fed.run(2)
-    contexts, found_secret = [], []
-    seen = set()
-
-    def walk(obj, depth=0):
-        if depth > 6 or id(obj) in seen:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, ckks.ts.Context):
-            contexts.append(obj)
-        if type(obj).__name__ == "CkksKeys":
-            found_secret.append(obj)
-        for value in getattr(obj, "__dict__", {}).values():
-            walk(value, depth + 1)
-        if hasattr(obj, "__self__"):  # bound methods reach their object
-            walk(obj.__self__, depth + 1)
-        if isinstance(obj, (list, tuple, set)):
-            for value in obj:
-                walk(value, depth + 1)
-
-    walk(fed.aggregator.secure_sum)  # the aggregator side of the layer: all its state
+    objects = reachable(fed.aggregator.secure_sum)  # the aggregator side of the layer: all its state
+    contexts = [o for o in objects if isinstance(o, ckks.ts.Context)]
+    found_secret = [o for o in objects if type(o).__name__ == "CkksKeys"]
     assert contexts and all(not c.is_private() for c in contexts)
     assert not found_secret
     # a ciphertext from the transcript does not open under the aggregator's context
