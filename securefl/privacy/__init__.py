@@ -1,0 +1,1 @@
+"""Differential privacy: accountants (and, to come, budgets, the ledger and the audit)."""
