@@ -271,11 +271,21 @@ def test_out_of_range_ciphertext_is_rejected_by_the_aggregator():
     assert report.ok and "out of range for the public key" in report.dropouts["p03"]
 
 
-def test_tampered_ciphertext_is_caught_at_decryption_and_the_round_fails_cleanly():
+def test_a_sum_beyond_the_packing_is_caught_at_decryption_and_the_round_fails_cleanly():
+    """Paillier is malleable: an in-range tampered ciphertext decrypts to some other value, which no
+    check can tell from a real one (integrity in transit is the transport's job). What the decryptor
+    does guarantee: a plaintext beyond the packed slots is refused, never decoded."""
+    holder = {}
+
+    def shift(c):
+        public = holder["fed"].aggregator.secure_sum.public
+        # multiply by Enc(2^(|n|-2), r = 1): adds 2^(|n|-2) to the plaintext, above every slot
+        return int(c * (1 + (1 << (public.bits - 2)) * public.n) % public.nsquare)
+
     fed, *_ = integer_federation(
-        4,
-        Faults().add("replace", "p03", phase="encrypt", replace=_tamper_ciphertext(lambda c: c ^ (1 << 300))),
+        4, Faults().add("replace", "p03", phase="encrypt", replace=_tamper_ciphertext(shift))
     )
+    holder["fed"] = fed
     report = fed.run_round()
     assert not report.ok and "decryptor" in report.error
     assert "does not fit the packing" in fed.nodes["p00"].last_error
