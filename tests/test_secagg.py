@@ -110,9 +110,13 @@ def test_secagg_plus_exact_sum_or_clean_failure(n, degree, data):
     fed, deltas, weights = integer_federation(SecAggPlus(degree=degree), n, faults)
     report = fed.run_round()
     if report.ok:
-        survivors = [p for p in parties if drops.get(p) not in ("advertise", "share", "masked")]
-        assert report.survivors == survivors
-        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
+        # On a random sparse graph a party that kept its connection can still lose too many
+        # neighbours and withdraw (with a reason): the sum must be exactly the contributors'.
+        could_contribute = [p for p in parties if drops.get(p) not in ("advertise", "share", "masked")]
+        assert set(report.survivors) <= set(could_contribute)
+        for party in set(could_contribute) - set(report.survivors):
+            assert party in report.dropouts, (party, report.dropouts)
+        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, report.survivors))
     else:
         assert "nothing is revealed" in report.error or "parties left" in report.error, report.error
         np.testing.assert_array_equal(fed.global_vector, np.zeros(DIM))
