@@ -8,8 +8,14 @@ os.environ["SECUREFL_ALLOW_TEST_SEEDS"] = "1"
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import securefl
+
+# CI draws the same examples every run (reproducible); developers' runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def fixed_delta_client(delta: np.ndarray, examples: int, metrics: dict | None = None, eval_metrics=None):
