@@ -58,23 +58,24 @@ def _signature_ok(record: dict[str, Any], public_hex: str) -> bool:
         return False
 
 
-def _fsync_append(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` (owner-only file) and fsync it before returning."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_append(path: Path, data: bytes) -> None:
+    _write_synced(path, data, os.O_APPEND)
 
 
 def _fsync_replace(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically: a crash leaves the old content or the new, never a mix."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(tmp, data, os.O_TRUNC)
     os.replace(tmp, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
