@@ -65,6 +65,7 @@ def test_demo_bad_arguments(capsys, args, message):
     [
         ("hospitals.toml", ["clip", "quantize", "plain"]),
         ("secagg_plus.toml", ["clip", "quantize", "secagg+"]),
+        ("ckks.toml", ["clip", "ckks"]),
     ],
 )
 def test_run_config_file(capsys, config, stack):
