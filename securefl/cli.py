@@ -139,8 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument(
         "--out", default=".", help="directory for paillier.keys.json (0600) and paillier.public.json"
     )
-    pk.add_argument("--json", action="store_true", help="print the paths and fingerprint as JSON")
-    pk.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    _add_common(pk)
     return parser
 
 

@@ -119,7 +119,7 @@ def test_quantize_decode_of_sum_is_close_to_float_sum():
     total = sum(stack.encode(v) for v in vectors)  # uint64 wrapping addition
     decoded = stack.decode_sum(total)
     # each coordinate's rounding error is below one step (bound / (2^23 - 1)) per party
-    steps = 20 * q._bounds / fixedpoint.max_level(24)
+    steps = 20 * q._limits.bounds / fixedpoint.max_level(24)
     assert np.all(np.abs(decoded - sum(clipped)) <= steps)
 
 

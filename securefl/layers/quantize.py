@@ -31,8 +31,8 @@ class Quantize(Transform):
         self.bits = bits
         self.update_bound = update_bound
         self.modulus_bits = 64
-        self._bounds: np.ndarray | None = None
         self._limits: CoordinateBounds | None = None
+        self._scale: np.ndarray | None = None  # per coordinate, fixed once the stack is validated
         self._rng = SecureRandom()
 
     @property
@@ -50,13 +50,13 @@ class Quantize(Transform):
                 f"{fixedpoint.min_modulus_bits(self.bits, ctx.max_parties)}-bit modulus, but "
                 f"{sum_layer.name!r} sums modulo 2^{self.modulus_bits}: lower bits or the party count"
             )
-        self._bounds = self._limits.bounds
+        self._scale = fixedpoint.max_level(self.bits) / self._limits.bounds
 
     @property
     def scale(self) -> np.ndarray:
-        if self._bounds is None:
+        if self._scale is None:
             raise ConfigError("quantize was used before its stack was validated")
-        return fixedpoint.max_level(self.bits) / self._bounds
+        return self._scale
 
     def encode(self, vector: np.ndarray) -> np.ndarray:
         scale = self.scale
