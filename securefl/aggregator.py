@@ -13,7 +13,9 @@ It never holds a secret key and never sees an individual update in the clear unl
    (the aggregator then never holds the global model after round 0, nor any metric).
 
 If survivors fall below ``min_parties`` at any phase, or the layer aborts, the round fails and the
-global model is unchanged.
+global model is unchanged. With a privacy ``guard`` (DP with a budget), the round is first checked
+against the budget — a refused round selects nobody — and the release is recorded in the ledger
+after the sum is revealed and before the result is stored (design invariant 6).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from securefl.codec import ArraySpec, FusedSum, VectorLayout, check_finite
-from securefl.errors import ProtocolError, RoundFailed, SecureFLError, UpdateError, WireError
+from securefl.errors import BudgetExhausted, ProtocolError, RoundFailed, SecureFLError, UpdateError, WireError
 from securefl.fusion import Strategy
 from securefl.layers.base import PrivacyStack, RoundContext, SealedModel
 from securefl.party import withdraw_reason
@@ -39,12 +42,25 @@ log = logging.getLogger(__name__)
 _ENVELOPE_OVERHEAD = 4096
 
 
+class ReleaseGuard(Protocol):
+    """What the aggregator asks of a privacy budget (implemented by ``securefl.privacy.guard``)."""
+
+    def bind(self, stack: PrivacyStack, selection: Selection, population: int) -> None:
+        """Learn the mechanism and sampling of the federation it guards (called once, at set-up)."""
+
+    def admit(self, round: int) -> None:
+        """Raise BudgetExhausted if the round would overspend (after recording the refusal)."""
+
+    def record_release(self, round: int, parties_summed: int) -> float:
+        """Record the round's release durably; return the cumulative ε."""
+
+
 @dataclass
 class RoundReport:
     """What happened in one round, as the aggregator saw it."""
 
     round: int
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "failed", or "refused" (over the privacy budget; nobody was selected)
     selected: list[str]
     survivors: list[str] = field(default_factory=list)  # the parties whose updates are in the result
     dropouts: dict[str, str] = field(default_factory=dict)  # party -> phase: reason
@@ -57,6 +73,7 @@ class RoundReport:
     bytes_down: int = 0
     seconds: float = 0.0
     sealed: bool = False  # fused on the parties: the aggregator saw neither sums nor metrics
+    epsilon: float | None = None  # cumulative ε after this round (DP with a budget only)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +96,7 @@ class Aggregator:
         phase_timeout: float = 600.0,
         round_config: dict | None = None,
         transcript: Transcript | None = None,
+        guard: ReleaseGuard | None = None,
     ) -> None:
         self.spec = spec
         self.weights = np.asarray(initial, dtype=np.float64).copy()
@@ -93,17 +111,24 @@ class Aggregator:
         self.phase_timeout = phase_timeout
         self.round_config = dict(round_config or {})
         self.transcript = transcript
+        self.guard = guard
         self.secure_sum = stack.secure_sum.aggregator()
         self.sealed: SealedModel | None = None
 
     def run_round(self, round: int) -> RoundReport:
         started = time.perf_counter()
         before = self.transport.traffic.snapshot()
+        if self.guard is not None:
+            try:
+                self.guard.admit(round)
+            except BudgetExhausted as exc:
+                log.warning("round %d refused: %s", round, exc)
+                return RoundReport(round, "refused", [], error=str(exc))
         selected = self.selection.select(self.parties, round)
         report = RoundReport(round, "failed", list(selected))
         try:
             self._secure_sum_round(round, selected, report)
-            fused = self._fuse()
+            fused = self._fuse(round, report)
             report.status = "ok"
             report.survivors = sorted(self.secure_sum.contributors())
             if fused is None:
@@ -200,8 +225,11 @@ class Aggregator:
             return {"sealed_model": self.sealed.data, "round": info.encode()}
         return {"model": pack_array(self.weights.astype(self.spec.wire_dtype)), "round": info.encode()}
 
-    def _fuse(self) -> FusedSum | None:
+    def _fuse(self, round: int, report: RoundReport) -> FusedSum | None:
         outcome = self.secure_sum.result()
+        if self.guard is not None:
+            # Written and fsynced before the result is stored: it leaves only after this.
+            report.epsilon = self.guard.record_release(round, len(self.secure_sum.contributors()))
         if isinstance(outcome, SealedModel):
             self.sealed = outcome
             return None

@@ -1,4 +1,4 @@
-"""The ``securefl`` command: ``demo`` (the main job) and ``run CONFIG``."""
+"""The ``securefl`` command: ``demo`` (the main job), ``run``, ``bench``, ``audit``, ``keys``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from securefl.aggregator import RoundReport
 from securefl.config import load_config
 from securefl.errors import ConfigError, SecureFLError
 from securefl.layers import PRESETS
-from securefl.runner import Reporter, RunSettings, run
+from securefl.runner import BudgetSettings, DPSettings, Reporter, RunSettings, run
 from securefl.tasks import Task
 
 
@@ -53,12 +53,17 @@ class ConsoleReporter(Reporter):
         self.task_id = self.progress.add_task("rounds", total=settings.rounds)
 
     def round(self, report: RoundReport, accuracy: float | None, loss: float | None) -> None:
-        if report.ok:
+        if report.status == "refused":
+            refusal = escape(str(report.error))
+            line = f"round {report.round + 1:>3}/{self.total_rounds}  [yellow]refused[/]: {refusal}"
+        elif report.ok:
             line = (
                 f"round {report.round + 1:>3}/{self.total_rounds}  accuracy {accuracy:.3f}  loss {loss:.4f}  "
                 f"bytes up {_size(report.bytes_up):>9}  "
                 f"parties {len(report.survivors)}/{len(report.selected)}"
             )
+            if report.epsilon is not None:
+                line += f"  ε {report.epsilon:.3f}"
             if report.dropouts:
                 line += f"  dropouts: {escape(', '.join(sorted(report.dropouts)))}"
         else:
@@ -74,6 +79,7 @@ class ConsoleReporter(Reporter):
             "final_accuracy",
             "final_loss",
             "rounds",
+            "rounds_run",
             "rounds_failed",
             "parties",
             "privacy",
@@ -82,16 +88,26 @@ class ConsoleReporter(Reporter):
             "bytes_down",
             "dropouts",
             "plot",
+            "epsilon",
+            "delta",
+            "noise_multiplier",
+            "ledger",
         ):
             value = summary[key]
+            if value is None and key in ("epsilon", "delta", "noise_multiplier", "ledger"):
+                continue
             if key in ("bytes_up", "bytes_down"):
                 value = f"{_size(value)} ({value} bytes)"
             elif key == "seconds":
                 value = f"{value:.2f} s"
+            elif key == "delta":
+                value = f"{value:g}"
             elif isinstance(value, float):
                 value = f"{value:.4f}"
             table.add_row(key.replace("_", " "), escape(str(value)))
         self.console.print(table)
+        if summary.get("stopped"):
+            self.console.print(f"[yellow]stopped:[/] {escape(summary['stopped'])}")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--privacy", default="plain", choices=sorted(PRESETS), help="privacy stack preset")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data split only (default 0)")
     demo.add_argument("--plot", default="securefl-demo.png", help="PNG of accuracy per round ('' to skip)")
+    dp = demo.add_argument_group("differential privacy (party-level DP-FedAvg)")
+    dp.add_argument(
+        "--dp",
+        choices=("central", "distributed", "local"),
+        help="add Gaussian/Skellam noise: on the revealed sum (plain only), shared among the parties "
+        "before the secure sum, or whole on each party",
+    )
+    dp.add_argument("--clip", type=float, default=1.0, help="L2 clip norm of each update (default 1.0)")
+    dp.add_argument(
+        "--noise-multiplier", type=float, default=1.0, help="noise std over the clip norm (default 1.0)"
+    )
+    dp.add_argument("--budget-epsilon", type=float, help="refuse rounds that would spend more ε than this")
+    dp.add_argument("--delta", type=float, default=1e-5, help="δ of the (ε, δ) guarantee (default 1e-5)")
+    dp.add_argument("--ledger", help="append each release to this signed JSON Lines ledger")
+    dp.add_argument("--accountant", default="prv", help="prv (default) or rdp; Skellam noise uses rdp")
     _add_common(demo)
     run_cmd = sub.add_parser("run", help="run a federation described in a TOML file")
     run_cmd.add_argument("config", help="path to the TOML file")
@@ -132,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--plot", default=None, help="write a PNG bar chart here")
     _add_common(bench)
+    audit = sub.add_parser("audit", help="verify a privacy ledger and recompute the ε it records")
+    audit.add_argument("ledger", help="path to the ledger (.jsonl)")
+    audit.add_argument("--public-key", help="the signer's Ed25519 public key: 64 hex digits or a .pub file")
+    audit.add_argument(
+        "--budget-epsilon", type=float, help="flag spending above this ε (default: as recorded)"
+    )
+    audit.add_argument("--report", help="write an HTML report for compliance officers here")
+    _add_common(audit)
     keys = sub.add_parser("keys", help="create key material")
     keys_sub = keys.add_subparsers(dest="kind", required=True)
     pk = keys_sub.add_parser("paillier", help="a shared Paillier key set for the paillier layer")
@@ -242,6 +281,52 @@ def _keys_paillier(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _dp_settings(args: argparse.Namespace) -> DPSettings | None:
+    if args.dp is None:
+        given = [
+            f"--{f.replace('_', '-')}" for f in ("budget_epsilon", "ledger") if getattr(args, f) is not None
+        ]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --dp central|distributed|local")
+        return None
+    return DPSettings(placement=args.dp, clip=args.clip, noise_multiplier=args.noise_multiplier)
+
+
+def _budget_settings(args: argparse.Namespace) -> BudgetSettings | None:
+    if args.dp is None:
+        return None
+    return BudgetSettings(args.budget_epsilon, args.delta, args.ledger, args.accountant)
+
+
+def _audit(args: argparse.Namespace, console: Console) -> int:
+    from securefl.privacy.audit import audit, write_report
+    from securefl.privacy.ledger import read_public_key
+
+    public_key = read_public_key(args.public_key) if args.public_key else None
+    result = audit(args.ledger, public_key, args.budget_epsilon)
+    if args.report:
+        write_report(result, args.report)
+    table = Table(title=f"audit of {escape(args.ledger)}", show_header=False)
+    table.add_row("valid", "[green]yes[/]" if result.valid else "[red]NO[/]")
+    table.add_row("records", f"{result.releases} released, {result.refusals} refused")
+    table.add_row("unit", escape(result.unit or "—"))
+    for name, value in result.epsilon.items():
+        table.add_row(f"ε ({name})", "n/a" if value is None else f"{value:.4f}")
+    table.add_row("ε reported", "—" if result.reported is None else f"{result.reported:.4f}")
+    table.add_row("δ", "—" if result.delta is None else f"{result.delta:g}")
+    table.add_row("budget ε", "—" if result.budget_epsilon is None else f"{result.budget_epsilon:g}")
+    console.print(table)
+    for problem in result.problems:
+        console.print(f"[red]problem:[/] {escape(problem)}")
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")
+    if args.report:
+        console.print(f"report: {escape(args.report)}")
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return 0 if result.valid else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -264,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"(for the aggregator); {summary['bits']}-bit key, fingerprint {summary['fingerprint']}"
                 )
             return 0
+        if args.command == "audit":
+            return _audit(args, console)
         if args.command == "demo":
             settings = RunSettings(
                 parties=args.parties,
@@ -271,10 +358,17 @@ def main(argv: list[str] | None = None) -> int:
                 privacy=args.privacy,
                 seed=args.seed,
                 plot=args.plot or None,
+                dp=_dp_settings(args),
+                budget=_budget_settings(args),
             )
         else:
             settings = load_config(args.config)
-        summary = run(settings, ConsoleReporter(console))
+        guard = None
+        if any(t.name == "dp" for t in settings.stack().transforms):
+            from securefl.privacy.guard import guard_for
+
+            guard = guard_for(settings.budget or BudgetSettings())
+        summary = run(settings, ConsoleReporter(console), guard)
     except SecureFLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if args.json:

@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from securefl.errors import ConfigError
-from securefl.runner import RunSettings
+from securefl.runner import BudgetSettings, RunSettings
 
 _TOP = {"task", "rounds", "seed", "federation", "privacy", "strategy", "budget", "plot"}
 _FEDERATION = {"parties", "min_parties", "selection", "phase_timeout", "weight_bound"}
 # Layers that release DP noise; a budget means nothing without one.
-DP_LAYERS: set[str] = set()
+DP_LAYERS = {"dp"}
+_BUDGET = {"epsilon", "delta", "ledger", "accountant"}
 
 
 def load_config(path: str | Path) -> RunSettings:
@@ -70,6 +71,18 @@ def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSetti
                 f"{source}: a [budget] is given but no layer of the privacy stack releases DP noise, "
                 "so there is nothing to spend it on; add a DP noise layer or remove [budget]"
             )
+        budget = data["budget"]
+        if not isinstance(budget, dict):
+            raise ConfigError(f"{source}: [budget] must be a table")
+        _no_unknown(budget, _BUDGET, f"{source} [budget]")
+        budget_settings = BudgetSettings(
+            epsilon=_typed(budget, "epsilon", (int, float), None, source) if "epsilon" in budget else None,
+            delta=float(_typed(budget, "delta", (int, float), 1e-5, source)),
+            ledger=_typed(budget, "ledger", str, None, source) if "ledger" in budget else None,
+            accountant=_typed(budget, "accountant", str, "prv", source),
+        )
+    else:
+        budget_settings = None
     settings = RunSettings(
         task=_typed(data, "task", str, "breast-cancer", source),
         rounds=_typed(data, "rounds", int, 10, source),
@@ -82,6 +95,7 @@ def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSetti
         weight_bound=federation.get("weight_bound"),
         strategy=data.get("strategy", "fedavg"),
         plot=data.get("plot"),
+        budget=budget_settings,
     )
     if settings.parties < 1 or settings.rounds < 1:
         raise ConfigError(f"{source}: parties and rounds must be at least 1")

@@ -34,3 +34,7 @@ class RoundFailed(SecureFLError):
 
 class SeedRefused(SecureFLError):
     """A fixed seed asked for where only a cryptographically secure source is allowed."""
+
+
+class BudgetExhausted(SecureFLError):
+    """A round refused before it started: it would spend more privacy budget than is left."""

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from securefl.aggregator import Aggregator, RoundReport
+from securefl.aggregator import Aggregator, ReleaseGuard, RoundReport
 from securefl.codec import ArraySpec, NamedArrays, VectorLayout
-from securefl.errors import ConfigError
+from securefl.errors import BudgetExhausted, ConfigError
 from securefl.fusion import FedAvg, Strategy, build_strategy
 from securefl.layers import Layer, PrivacyStack, StackContext, build_layer, preset
 from securefl.party import Client, PartyNode
@@ -94,6 +94,7 @@ class Federation:
         transcript: Transcript | None = None,
         faults: FaultInjector | None = None,
         workers: int = 1,
+        guard: ReleaseGuard | None = None,
     ) -> None:
         if not clients:
             raise ConfigError("a federation needs at least one party")
@@ -130,6 +131,8 @@ class Federation:
                 f"{self.stack.secure_sum.name!r} fuses on the parties, which cannot share the state of "
                 f"server optimizer {strategy.name!r}; use strategy 'fedavg'"
             )
+        if guard is not None:
+            guard.bind(self.stack, self.selection, len(party_ids))
         self.session = secrets.token_hex(16)
         self.transcript = transcript
         self.nodes = {
@@ -163,7 +166,9 @@ class Federation:
             phase_timeout=phase_timeout,
             round_config=dict(round_config or {}),
             transcript=transcript,
+            guard=guard,
         )
+        self.guard = guard
         self.history = History()
 
     @property
@@ -180,8 +185,12 @@ class Federation:
         return next(iter(self.nodes.values())).open_global(sealed.data)
 
     def run_round(self) -> RoundReport:
+        """Run one round; raise BudgetExhausted if the privacy guard refused it (it is in the history
+        and the ledger, and the model is unchanged)."""
         report = self.aggregator.run_round(len(self.history.rounds))
         self.history.rounds.append(report)
+        if report.status == "refused":
+            raise BudgetExhausted(report.error)
         return report
 
     def run(self, rounds: int, on_round: Callable[[RoundReport], None] | None = None) -> History:

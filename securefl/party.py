@@ -57,7 +57,7 @@ class Client:
     evaluate: EvalFn | None = None
 
 
-def _as_train_result(value: Any) -> TrainResult:
+def as_train_result(value: Any) -> TrainResult:
     if isinstance(value, TrainResult):
         return value
     if isinstance(value, tuple) and len(value) in (2, 3):
@@ -186,6 +186,7 @@ class PartyNode:
         ctx = RoundContext(
             self.session, info.round, info.parties, self.layout.size, self.stack.integer, info.min_parties
         )
+        self.stack.start_round(ctx)
         self.secure_sum.start_round(ctx, provide)
         return self.secure_sum.respond(request.phase, request.parts.get("layer", b""))
 
@@ -222,7 +223,7 @@ class PartyNode:
                 _check_count(result.num_examples, "evaluation num_examples"),
                 result.metrics,
             )
-        trained = _as_train_result(self.client.train(self.spec.unflatten(global_vector), info))
+        trained = as_train_result(self.client.train(self.spec.unflatten(global_vector), info))
         examples = _check_count(trained.num_examples, "num_examples")
         if examples == 0:
             raise UpdateError("train reported 0 examples; a party with no data should not take part")
@@ -245,4 +246,4 @@ def withdraw_reason(envelope: Envelope) -> str:
     return envelope.parts.get("reason", b"").decode("utf-8", "replace") or "no reason given"
 
 
-__all__ = ["Client", "EvalResult", "PartyNode", "TrainResult", "withdraw_reason"]
+__all__ = ["Client", "EvalResult", "PartyNode", "TrainResult", "as_train_result", "withdraw_reason"]

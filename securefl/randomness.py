@@ -11,6 +11,7 @@ import os
 import random
 
 import numpy as np
+from randomgen import AESCounter
 
 from securefl.errors import SeedRefused
 
@@ -57,6 +58,24 @@ class SecureRandom:
         """``n`` floats uniform in [0, 1) with 53 random bits each."""
         words = np.frombuffer(self.bytes(8 * n), dtype="<u8")
         return (words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+    def generator(self) -> np.random.Generator:
+        """A numpy generator over AES-128 in counter mode keyed from this source: what DP noise is
+        drawn from. numpy's default PCG64 is fast but not a CSPRNG (its state is recoverable from
+        its output); an AES-CTR keystream under a fresh random key is."""
+        return np.random.Generator(AESCounter(key=int.from_bytes(self.bytes(16), "little")))
+
+    def gaussian(self, n: int, std: float) -> np.ndarray:
+        """``n`` draws of N(0, std²) (float64)."""
+        return self.generator().normal(0.0, std, size=n)
+
+    def skellam(self, n: int, variance: float) -> np.ndarray:
+        """``n`` draws of the symmetric Skellam distribution of the given variance: the difference
+        of two independent Poisson(variance / 2) draws, an integer-valued noise whose sums are
+        again Skellam (what makes distributed integer noise exactly accountable)."""
+        gen = self.generator()
+        half = variance / 2.0
+        return gen.poisson(half, size=n).astype(np.int64) - gen.poisson(half, size=n).astype(np.int64)
 
     def random(self) -> float:
         return self._py.random()

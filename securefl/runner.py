@@ -8,10 +8,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securefl.aggregator import RoundReport
-from securefl.errors import ConfigError
-from securefl.federation import Federation, PrivacySpec
+from securefl.aggregator import ReleaseGuard, RoundReport
+from securefl.errors import BudgetExhausted, ConfigError
+from securefl.federation import Federation, PrivacySpec, build_stack
+from securefl.layers import DPNoise, PrivacyStack, with_dp
+from securefl.party import Client, TrainResult, as_train_result
 from securefl.tasks import Task, load_task
+
+
+@dataclass
+class DPSettings:
+    """Party-level DP noise added to a preset stack: where it goes and how much."""
+
+    placement: str = "distributed"
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+
+
+@dataclass
+class BudgetSettings:
+    """How a run's DP releases are accounted, limited and recorded."""
+
+    epsilon: float | None = None  # None: accounted and recorded, never refused
+    delta: float = 1e-5
+    ledger: str | None = None
+    accountant: str = "prv"
 
 
 @dataclass
@@ -29,11 +50,23 @@ class RunSettings:
     phase_timeout: float = 600.0
     weight_bound: float | None = None
     plot: str | None = None
+    dp: DPSettings | None = None
+    budget: BudgetSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def stack(self) -> PrivacyStack:
+        """The privacy stack; with ``dp`` set, the preset's clip set to ``dp.clip`` and noise added."""
+        stack = build_stack(self.privacy)
+        if self.dp is None:
+            return stack
+        if any(isinstance(t, DPNoise) for t in stack.transforms):
+            raise ConfigError("the privacy stack already has a 'dp' layer; drop it or the DP options")
+        noise = DPNoise(self.dp.noise_multiplier, self.dp.placement)
+        return PrivacyStack.of(with_dp([*stack.transforms, stack.secure_sum], noise, self.dp.clip))
 
     def privacy_label(self) -> str:
         if isinstance(self.privacy, str):
-            return self.privacy
+            return self.privacy + (f"+dp({self.dp.placement})" if self.dp else "")
         return "+".join(
             p if isinstance(p, str) else p.get("layer", "?") if isinstance(p, Mapping) else p.name
             for p in self.privacy
@@ -50,35 +83,62 @@ class Reporter:
     def finish(self, summary: dict[str, Any]) -> None: ...
 
 
-def build_federation(settings: RunSettings, task: Task) -> Federation:
+def build_federation(settings: RunSettings, task: Task, guard: ReleaseGuard | None = None) -> Federation:
+    """The task's federation. A DP stack weighs every party 1 and releases no party metrics (they
+    would leave un-noised): the task's held-out evaluation scores the released model instead."""
+    stack = settings.stack()
+    dp = any(isinstance(t, DPNoise) for t in stack.transforms)
     return Federation(
         task.model,
-        task.clients,
-        settings.privacy,
-        train_metrics=task.train_metrics,
-        eval_metrics=task.eval_metrics,
-        metric_bounds=task.metric_bounds,
-        weight_bound=settings.weight_bound or task.weight_bound,
+        {pid: _without_metrics(c) for pid, c in task.clients.items()} if dp else task.clients,
+        stack,
+        train_metrics=() if dp else task.train_metrics,
+        eval_metrics=() if dp else task.eval_metrics,
+        metric_bounds={} if dp else task.metric_bounds,
+        weighting="uniform" if dp else "examples",
+        weight_bound=1.0 if dp else settings.weight_bound or task.weight_bound,
         min_parties=settings.min_parties,
         selection=settings.selection,
         strategy=settings.strategy,
         phase_timeout=settings.phase_timeout,
+        guard=guard,
     )
 
 
-def run(settings: RunSettings, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train ``settings.task`` for ``settings.rounds`` rounds; return the summary (JSON-ready)."""
+def _without_metrics(client: Client) -> Client:
+    """The client with its metrics kept on the party (a DP stack releases none)."""
+
+    def train(weights, info):
+        result = as_train_result(client.train(weights, info))
+        return TrainResult(result.weights, result.num_examples, {})
+
+    return Client(train=train)
+
+
+def run(
+    settings: RunSettings, reporter: Reporter | None = None, guard: ReleaseGuard | None = None
+) -> dict[str, Any]:
+    """Train ``settings.task`` for ``settings.rounds`` rounds; return the summary (JSON-ready).
+
+    ``guard`` (a :class:`securefl.privacy.guard.PrivacyGuard`) accounts DP releases, enforces the
+    budget and writes the ledger; the run stops at the first round it refuses."""
     reporter = reporter or Reporter()
     if not isinstance(settings.rounds, int) or settings.rounds < 1:
         raise ConfigError(f"rounds must be a positive integer, got {settings.rounds!r}")
     task = load_task(settings.task, settings.parties, settings.seed)
-    federation = build_federation(settings, task)
+    federation = build_federation(settings, task, guard)
     reporter.start(settings, task)
     started = time.perf_counter()
     accuracy: list[float | None] = []
     losses: list[float | None] = []
+    stopped = None
     for _ in range(settings.rounds):
-        report = federation.run_round()
+        try:
+            report = federation.run_round()
+        except BudgetExhausted as exc:
+            stopped = str(exc)
+            reporter.round(federation.history.rounds[-1], None, None)
+            break
         scores = task.evaluate(federation.global_weights) if task.evaluate else {}
         accuracy.append(scores.get("accuracy"))
         losses.append(scores.get("loss"))
@@ -90,7 +150,9 @@ def run(settings: RunSettings, reporter: Reporter | None = None) -> dict[str, An
         "final_loss": losses[-1],
         "accuracy_per_round": accuracy,
         "rounds": settings.rounds,
+        "rounds_run": len(accuracy),
         "rounds_failed": len(history.failed),
+        "stopped": stopped,
         "parties": len(task.clients),
         "privacy": settings.privacy_label(),
         "stack": federation.stack.names,
@@ -99,11 +161,31 @@ def run(settings: RunSettings, reporter: Reporter | None = None) -> dict[str, An
         "bytes_down": history.bytes_down,
         "dropouts": sum(len(r.dropouts) for r in history.rounds),
         "plot": None,
+        **_dp_summary(settings, federation, task),
     }
     if settings.plot:
         summary["plot"] = str(plot_accuracy(history.rounds, accuracy, settings.plot, summary))
     reporter.finish(summary)
     return summary
+
+
+def _dp_summary(settings: RunSettings, federation: Federation, task: Task) -> dict[str, Any]:
+    """The DP fields of the summary (None without DP): ε spent so far, and what it was spent on."""
+    guard = federation.guard
+    released = [r.epsilon for r in federation.history.rounds if r.epsilon is not None]
+    budget = settings.budget
+    noise = next((t for t in federation.stack.transforms if isinstance(t, DPNoise)), None)
+    return {
+        "epsilon": (released[-1] if released else 0.0) if guard is not None else None,
+        "epsilon_per_round": [r.epsilon for r in federation.history.rounds] if guard is not None else None,
+        "delta": guard.budget.delta if guard is not None else None,
+        "budget_epsilon": budget.epsilon if budget else None,
+        "noise_multiplier": noise.noise_multiplier if noise else None,
+        "dp_placement": noise.placement if noise else None,
+        "accountant": guard.accountant.version if guard is not None else None,
+        "sample_rate": federation.selection.sample_rate(len(task.clients)) if noise else None,
+        "ledger": budget.ledger if budget else None,
+    }
 
 
 def plot_accuracy(

@@ -21,6 +21,7 @@ from securefl.layers.base import (
 )
 from securefl.layers.ckks import CKKS
 from securefl.layers.clip import Clip
+from securefl.layers.dp import DPNoise
 from securefl.layers.paillier import Paillier
 from securefl.layers.plain import Plain
 from securefl.layers.quantize import Quantize
@@ -32,6 +33,7 @@ Layer = Transform | SecureSum
 LAYERS: dict[str, Callable[..., Layer]] = {
     "plain": Plain,
     "clip": Clip,
+    "dp": DPNoise,
     "quantize": Quantize,
     "secagg": SecAgg,
     "secagg+": SecAggPlus,
@@ -52,6 +54,19 @@ PRESETS: dict[str, Callable[[], list[Layer]]] = {
 }
 
 
+def with_dp(layers: list[Layer], noise: DPNoise, clip: float) -> list[Layer]:
+    """``layers`` with every clip set to ``clip`` and ``noise`` where it belongs: after quantize for
+    an integer sum (Skellam), else right after the clip (one is added in front if missing)."""
+    out = [Clip(clip) if isinstance(layer, Clip) else layer for layer in layers]
+    if not any(isinstance(layer, Clip) for layer in out):
+        out.insert(0, Clip(clip))
+    anchor = max(i for i, layer in enumerate(out) if isinstance(layer, (Clip, Quantize)))
+    if noise.placement == "central":
+        anchor = max(i for i, layer in enumerate(out) if isinstance(layer, Clip))
+    out.insert(anchor + 1, noise)
+    return out
+
+
 def build_layer(entry: Mapping[str, Any]) -> Layer:
     """One layer from a config entry: ``layer`` names it, the other keys are its parameters."""
     return construct("privacy layer", LAYERS, entry, "layer")
@@ -68,6 +83,7 @@ __all__ = [
     "LAYERS",
     "PRESETS",
     "Clip",
+    "DPNoise",
     "Identities",
     "Paillier",
     "Plain",
@@ -83,4 +99,5 @@ __all__ = [
     "Transform",
     "build_layer",
     "preset",
+    "with_dp",
 ]

@@ -78,6 +78,9 @@ class Transform(ABC):
     def produces_integers(self) -> bool:
         return False
 
+    def start_round(self, ctx: RoundContext) -> None:
+        """Called on the party before ``encode`` in each round (DP noise sizes itself on who takes part)."""
+
     @abstractmethod
     def encode(self, vector: np.ndarray) -> np.ndarray:
         """Apply on the party, before the secure sum."""
@@ -172,6 +175,11 @@ class SecureSum(ABC):
     def validate(self, ctx: StackContext, transforms: Sequence[Transform]) -> None:
         """Raise ConfigError if the layer cannot sum this federation safely."""
 
+    def min_contributors(self, selected: int, min_parties: int) -> int:
+        """The fewest parties whose vectors a successful round of ``selected`` parties can sum — even
+        with a dishonest aggregator. Distributed DP noise is calibrated to it."""
+        return min_parties
+
     @abstractmethod
     def aggregator(self) -> SumAggregator:
         """The aggregator's side (no secrets)."""
@@ -224,6 +232,10 @@ class PrivacyStack:
                 f"{self.secure_sum.modulus_bits}; put a 'quantize' transform before it"
             )
         self.secure_sum.validate(ctx, self.transforms)
+
+    def start_round(self, ctx: RoundContext) -> None:
+        for transform in self.transforms:
+            transform.start_round(ctx)
 
     def encode(self, vector: np.ndarray) -> np.ndarray:
         for transform in self.transforms:

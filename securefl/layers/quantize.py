@@ -42,6 +42,11 @@ class Quantize(Transform):
     def validate(self, ctx: StackContext, before: Sequence[Transform], sum_layer: SecureSum) -> None:
         if any(t.produces_integers for t in before):
             raise ConfigError("quantize appears twice in the stack; keep one, last before the sum")
+        if any(getattr(t, "noise_on_party", False) for t in before):
+            raise ConfigError(
+                "put dp after quantize: noise added on the party must be integer (Skellam) to be summed "
+                "exactly, and real noise before quantize would break its range"
+            )
         self._limits = coordinate_bounds(ctx, before, self.update_bound, "quantize")
         self.modulus_bits = sum_layer.modulus_bits
         if not fixedpoint.sum_fits(self.bits, ctx.max_parties, self.modulus_bits):

@@ -134,6 +134,12 @@ class SecAgg(SecureSum):
             return max(2, math.ceil(self.threshold * degree - 1e-9))
         return self.threshold
 
+    def min_contributors(self, selected: int, min_parties: int) -> int:
+        """Unmasking needs t shares of every summed party's self-mask seed from surviving neighbours,
+        who sent masked inputs themselves: a successful round sums at least t parties (t + 1 when the
+        party's own share is not counted; t is the conservative figure)."""
+        return max(min_parties, self.shares_needed(self.degree(selected)))
+
     def failure_bound(self, parties: int, dropout: float) -> float:
         """An upper bound on the probability that a round of ``parties`` fails when each party
         drops independently with probability ``dropout`` after sharing keys. On the complete graph

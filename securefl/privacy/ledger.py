@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from securefl.errors import ConfigError
@@ -159,6 +160,48 @@ def _check_head(path: Path, count: int, last_hash: str, signer: str | None) -> s
     return None
 
 
+def load_or_create_key(ledger_path: str | Path) -> Ed25519PrivateKey:
+    """The ledger's signing key, ``<ledger>.key`` (PEM, 0600); created with ``<ledger>.pub`` (the
+    public key in hex, for auditors) if missing."""
+    key_path = Path(str(ledger_path) + ".key")
+    if key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"{key_path} is not an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_synced(key_path, pem, os.O_EXCL)
+    public = key.public_key().public_bytes_raw().hex()
+    Path(str(ledger_path) + ".pub").write_text(public + "\n", encoding="ascii")
+    return key
+
+
+def read_public_key(value: str) -> str:
+    """A public key given as 64 hex digits or as the path of a ``.pub`` file."""
+    text = value.strip()
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        try:
+            text = Path(value).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"public key {value!r} is neither 64 hex digits nor a readable file: {exc}"
+            ) from None
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+    except ValueError:
+        raise ConfigError(f"public key {value!r} is not an Ed25519 public key in hex") from None
+    return text.lower()
+
+
+def open_ledger(path: str | Path) -> Ledger:
+    """A ledger at ``path`` signed with the key kept next to it (see :func:`load_or_create_key`)."""
+    return Ledger(path, load_or_create_key(path))
+
+
 class Ledger:
     """Appends signed, chained records; verifies the existing file before the first append."""
 
@@ -173,6 +216,7 @@ class Ledger:
                 f"refusing to append to ledger {self.path}: it does not verify ({real_problems[0]}); keep it "
                 "for the auditor and start a new ledger"
             )
+        self.records = state.records  # what the ledger held when opened (a guard replays them)
         self.count = len(state.records)
         self.last = line_hash(canonical(state.records[-1])) if state.records else GENESIS
 

@@ -7,7 +7,7 @@ import warnings
 
 from opacus.accountants import PRVAccountant
 
-from securefl.privacy.accountants.base import Accountant
+from securefl.privacy.accountants.base import Accountant, Entry
 
 
 class PRV(Accountant):
@@ -17,9 +17,9 @@ class PRV(Accountant):
         super().__init__()
         self.eps_error = eps_error
 
-    def _epsilon(self, grouped: list[tuple[float, float, int]], delta: float) -> float:
+    def _epsilon(self, grouped: list[tuple[Entry, int]], delta: float) -> float:
         accountant = PRVAccountant()
-        accountant.history = list(grouped)
+        accountant.history = [(sigma, q, n) for (_, sigma, q), n in grouped]
         with warnings.catch_warnings():  # opacus warns about its own numerical domain choices
             warnings.simplefilter("ignore")
             return accountant.get_epsilon(delta, eps_error=self.eps_error)

@@ -1,0 +1,298 @@
+"""The audit: verify a ledger, recompute the ε it records with independent accountants, and flag
+what does not add up.
+
+Integrity comes first (:func:`securefl.privacy.ledger.verify`: chain, sequence, signatures, head).
+Then every release is replayed, in order, into each available accountant — PRV and RDP from opacus,
+and Google's dp-accounting PLD when installed — and each record's reported cumulative ε is compared:
+
+* below the recomputation by its *own* accountant (same name) → under-reported;
+* below the PLD or PRV recomputation by more than ``TOLERANCE`` (their numerical error) →
+  under-reported against an independent implementation. RDP is an upper bound, so being below it
+  is expected and never flagged unless the record says it used RDP.
+
+PRV and PLD know no Skellam noise; for Skellam releases they account the Gaussian of the same
+variance and L2 sensitivity instead — a lower reference (the Skellam bound, which RDP uses, adds a
+discreteness term), so a reported ε below it is under-reported too.
+
+A release that brings the recomputed ε over the budget (given, or as recorded) is an overspend.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from securefl.errors import ConfigError
+from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create
+from securefl.privacy.ledger import verify
+
+# PRV's default error bound in ε; PLD's discretisation error is smaller at the default interval.
+TOLERANCE = 0.01
+TIGHT = ("prv", "pld")
+PARAMETERS = {
+    "noise": "mechanism",
+    "noise_multiplier": "noise multiplier (std / clip norm)",
+    "noise_std": "noise standard deviation",
+    "clip_norm": "clip norm (L2)",
+    "sampling": "sampling",
+    "sample_rate": "sampling rate",
+    "delta": "δ",
+    "accountant": "accountant (as recorded)",
+}
+REQUIRED = ("decision", "mechanism", "noise_multiplier", "sample_rate", "delta", "epsilon", "unit")
+
+
+@dataclass
+class AuditResult:
+    path: str
+    valid: bool
+    records: int = 0
+    releases: int = 0
+    refusals: int = 0
+    unit: str | None = None
+    neighbouring: str | None = None
+    delta: float | None = None
+    budget_epsilon: float | None = None
+    reported: float | None = None
+    epsilon: dict[str, float | None] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    signer: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)  # the first record's mechanism fields
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "ledger": self.path,
+            "records": self.records,
+            "releases": self.releases,
+            "refusals": self.refusals,
+            "unit": self.unit,
+            "neighbouring": self.neighbouring,
+            "epsilon": self.epsilon,
+            "reported_epsilon": self.reported,
+            "delta": self.delta,
+            "budget_epsilon": self.budget_epsilon,
+            "signer": self.signer,
+            "problems": self.problems,
+            "notes": self.notes,
+            "rounds": self.rows,
+        }
+
+
+def _accountant_name(record: dict[str, Any]) -> str:
+    return str(record.get("accountant", "")).split(" ", 1)[0]
+
+
+def audit(
+    path: str | Path, public_key: str | None = None, budget_epsilon: float | None = None
+) -> AuditResult:
+    """Verify ``path`` and recompute its ε; ``public_key`` (hex) pins the signer; ``budget_epsilon``
+    overrides the budget the records carry."""
+    if budget_epsilon is not None and not budget_epsilon > 0:
+        raise ConfigError(f"--budget-epsilon must be positive, got {budget_epsilon}")
+    check = verify(path, public_key)
+    result = AuditResult(str(path), check.valid, signer=check.signer)
+    result.problems = [p for p in check.problems if not p.startswith("note:")]
+    result.notes = [p.removeprefix("note: ") for p in check.problems if p.startswith("note:")]
+    result.records = len(check.records)
+    if check.records:
+        result.parameters = {k: check.records[0].get(k) for k in PARAMETERS}
+    accountants: dict[str, Accountant] = {name: create(name) for name in ACCOUNTANTS}
+    if "pld" not in accountants:
+        result.notes.append(
+            "dp-accounting is not installed: no PLD recomputation (pip install dp-accounting)"
+        )
+    unsupported: set[str] = set()
+    for record in check.records:
+        _replay(record, accountants, unsupported, result, budget_epsilon)
+    if any(r.get("mechanism") == SKELLAM and r.get("decision") == "released" for r in check.records):
+        result.notes.append(
+            "prv/pld of Skellam releases: the Gaussian of the same variance and L2 sensitivity, a lower "
+            "reference; the rdp figure is the Skellam bound (Agarwal, Kairouz, Liu 2021)"
+        )
+    for name in sorted(unsupported):
+        result.notes.append(f"the {name} accountant cannot account some recorded mechanisms (n/a)")
+    if result.delta is not None:
+        result.epsilon = {
+            name: (None if name in unsupported else acc.epsilon(result.delta))
+            for name, acc in accountants.items()
+        }
+    if (
+        result.budget_epsilon is not None
+        and result.reported is not None
+        and result.reported > result.budget_epsilon
+    ):
+        result.problems.append(
+            f"reported ε {result.reported:.4g} exceeds the budget {result.budget_epsilon:g}: overspent"
+        )
+    result.valid = not result.problems
+    return result
+
+
+def _replay(
+    record: dict[str, Any],
+    accountants: dict[str, Accountant],
+    unsupported: set[str],
+    result: AuditResult,
+    budget_epsilon: float | None,
+) -> None:
+    where = f"record {record.get('seq')} (round {record.get('round')})"
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        result.problems.append(f"{where} lacks {missing}: ε cannot be recomputed")
+        return
+    for key, value in (("unit", record["unit"]), ("delta", record["delta"])):
+        current = getattr(result, key)
+        if current is not None and current != value:
+            result.problems.append(
+                f"{where} has {key} {value!r}, earlier records {current!r}: not one guarantee"
+            )
+        setattr(result, key, value)
+    result.neighbouring = record.get("neighbouring", result.neighbouring)
+    result.budget_epsilon = budget_epsilon if budget_epsilon is not None else record.get("budget_epsilon")
+    row = {
+        "seq": record.get("seq"),
+        "round": record.get("round"),
+        "decision": record["decision"],
+        "parties_summed": record.get("parties_summed"),
+        "reported": record["epsilon"],
+        "recomputed": {},
+    }
+    result.rows.append(row)
+    if record["decision"] == "refused":
+        result.refusals += 1
+        return
+    if record["decision"] != "released":
+        result.problems.append(f"{where} has decision {record['decision']!r}, not 'released' or 'refused'")
+        return
+    result.releases += 1
+    steps = int(record.get("steps", 1))
+    try:
+        for name, accountant in accountants.items():
+            release = record if accountant.supports(record) else _gaussian_reference(record)
+            if release is None:
+                unsupported.add(name)
+                continue
+            accountant.step_release(release, steps)
+            row["recomputed"][name] = accountant.epsilon(record["delta"])
+    except ConfigError as exc:
+        result.problems.append(f"{where}: {exc}")
+        return
+    reported = float(record["epsilon"])
+    result.reported = reported
+    own = _accountant_name(record)
+    recomputed = row["recomputed"]
+    if own in recomputed and reported < recomputed[own] * (1 - 1e-9) - 1e-12:
+        result.problems.append(
+            f"{where} reports ε={reported:.6g}, but its own accountant ({own}) recomputes "
+            f"{recomputed[own]:.6g}: under-reported"
+        )
+    for name in TIGHT:
+        if name != own and name in recomputed and reported < recomputed[name] - TOLERANCE:
+            result.problems.append(
+                f"{where} reports ε={reported:.6g}, below the independent {name} recomputation "
+                f"{recomputed[name]:.6g} by more than {TOLERANCE}: under-reported"
+            )
+
+
+def _gaussian_reference(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The Gaussian of a Skellam release's variance and L2 sensitivity (see the module docstring)."""
+    if record.get("mechanism") != SKELLAM:
+        return None
+    try:
+        sigma = math.sqrt(float(record["variance"])) / float(record["l2_sensitivity"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"mechanism": GAUSSIAN, "noise_multiplier": sigma, "sample_rate": 1.0}
+
+
+def write_report(result: AuditResult, path: str | Path) -> Path:
+    """An HTML page for a compliance officer: verdict, unit of privacy, parameters, ε per round."""
+    e = html.escape
+    verdict = "verified" if result.valid else "NOT verified"
+    colour = "#1a7f37" if result.valid else "#b42318"
+    problems = "".join(f"<li>{e(p)}</li>" for p in result.problems) or "<li>none</li>"
+    notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
+    param_rows = "".join(
+        f"<tr><th>{e(label)}</th><td>{e(str(result.parameters.get(key, '—')))}</td></tr>"
+        for key, label in PARAMETERS.items()
+    )
+    names = sorted({n for r in result.rows for n in r["recomputed"]})
+    header = "".join(f"<th>ε {e(n)}</th>" for n in names)
+    body = "".join(
+        "<tr>"
+        + f"<td>{e(str(r['round']))}</td><td>{e(r['decision'])}</td><td>{e(str(r['parties_summed']))}</td>"
+        + f"<td>{r['reported']:.4f}</td>"
+        + "".join(
+            f"<td>{r['recomputed'][n]:.4f}</td>" if n in r["recomputed"] else "<td>—</td>" for n in names
+        )
+        + "</tr>"
+        for r in result.rows
+    )
+    totals = ", ".join(f"{e(k)} {v:.4f}" for k, v in result.epsilon.items() if v is not None) or "—"
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Privacy audit: {e(result.path)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;line-height:1.45}}
+table{{border-collapse:collapse;margin:1rem 0}}
+td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
+.verdict{{color:{colour};font-weight:bold}}</style></head><body>
+<h1>Privacy audit</h1>
+<p>Ledger <code>{e(result.path)}</code>, signed by <code>{e(result.signer or "—")}</code>:
+<span class="verdict">{verdict}</span> ({result.releases} releases, {result.refusals} refusals).</p>
+<h2>What is protected</h2>
+<p>Unit of privacy: <b>{e(str(result.unit))}</b>. Neighbouring relation: {e(str(result.neighbouring))}.
+Anyone who sees the released models learns at most what an (ε, δ)-differentially private
+algorithm reveals about one {e(str(result.unit))}: ε = {totals} at δ = {e(str(result.delta))}
+(budget ε = {e(str(result.budget_epsilon))}). This holds only if the recorded assumptions hold.</p>
+<h2>Parameters</h2><table>{param_rows}</table>
+<h2>ε per round</h2><img alt="epsilon per round" src="data:image/png;base64,{_plot(result, names)}">
+<table><tr><th>round</th><th>decision</th><th>parties summed</th><th>ε reported</th>{header}</tr>
+{body}</table>
+<h2>Problems</h2><ul>{problems}</ul>
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+<p>ε recomputed from the recorded mechanisms by each accountant independently of the reported values.</p>
+</body></html>
+"""
+    out = Path(path)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _plot(result: AuditResult, names: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    released = [r for r in result.rows if r["decision"] == "released"]
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    xs = [r["round"] for r in released]
+    ax.plot(xs, [r["reported"] for r in released], "o-", label="reported")
+    for name in names:
+        ax.plot(
+            xs,
+            [r["recomputed"].get(name, float("nan")) for r in released],
+            ".--",
+            label=f"recomputed ({name})",
+        )
+    if result.budget_epsilon is not None:
+        ax.axhline(result.budget_epsilon, color="red", linewidth=1, label="budget")
+    refused = [r["round"] for r in result.rows if r["decision"] == "refused"]
+    for x in refused:
+        ax.axvline(x, color="orange", linestyle=":", linewidth=1)
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative ε")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
