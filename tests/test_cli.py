@@ -82,6 +82,7 @@ def test_run_config_file(capsys, config, stack):
         ("colour = 'red'", r"unknown key\(s\) \['colour'\]"),
         ("[federation]\nparty_count = 3", r"\[federation\]: unknown key"),
         ("[budget]\nepsilon = 1.0", "no layer of the privacy stack releases DP noise"),
+        ('[budget]\ncurrency = 3\n[[privacy]]\nlayer = "dp"', r"\[budget\]: unknown key"),
         ("rounds = ", "not valid TOML"),
         ("privacy = 3", "privacy must be a preset name"),
     ],

@@ -1,0 +1,274 @@
+"""DP noise, the budget and the ledger wired into rounds: calibration, placement, refusal, resume."""
+
+import math
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from scipy.special import logsumexp
+from scipy.stats import skellam
+
+from securefl.codec import VectorLayout
+from securefl.errors import BudgetExhausted, ConfigError
+from securefl.federation import Federation
+from securefl.layers import CKKS, Clip, DPNoise, Paillier, Plain, PrivacyStack, Quantize, SecAgg, with_dp
+from securefl.layers.base import RoundContext, StackContext
+from securefl.privacy.accountants.rdp import skellam_rdp
+from securefl.privacy.audit import audit
+from securefl.privacy.guard import Budget, PrivacyGuard
+from securefl.privacy.ledger import Ledger, verify
+from securefl.randomness import SecureRandom
+
+DIM = 50
+
+
+def _context(parties=10, min_parties=1, metrics=()):
+    return StackContext(
+        VectorLayout(DIM, tuple(metrics)), parties, min_parties, 1.0, {m: 1.0 for m in metrics}
+    )
+
+
+def _stack(layers, parties=10, min_parties=1):
+    stack = PrivacyStack.of(layers)
+    stack.validate(_context(parties, min_parties))
+    return stack
+
+
+def _round(parties, min_parties=1):
+    names = tuple(f"p{i}" for i in range(parties))
+    return RoundContext("s", 0, names, DIM + 2, True, min_parties)
+
+
+# -- the randomness ----------------------------------------------------------------------------
+
+
+def test_skellam_and_gaussian_draws_have_the_asked_variance():
+    rng = SecureRandom()
+    draws = rng.skellam(200_000, 50.0)
+    assert draws.dtype == np.int64
+    assert draws.mean() == pytest.approx(0, abs=0.1)
+    assert draws.var() == pytest.approx(50.0, rel=0.02)
+    assert rng.gaussian(200_000, 3.0).std() == pytest.approx(3.0, rel=0.01)
+
+
+def test_noise_generators_are_freshly_keyed():
+    rng = SecureRandom()
+    assert not np.array_equal(rng.gaussian(8, 1.0), rng.gaussian(8, 1.0))
+
+
+# -- calibration -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("survivors", "selected"), [(10, 10), (7, 10)])
+def test_distributed_skellam_shares_sum_to_the_calibrated_variance(survivors, selected):
+    """Parties size their shares on the SecAgg threshold t; any survivors >= t add up to at least
+    the target variance, and exactly survivors/t of it."""
+    noise = DPNoise(1.0)
+    stack = _stack([Clip(1.0), Quantize(16), noise, SecAgg()], parties=selected)
+    layer = stack.secure_sum
+    t = layer.min_contributors(selected, 1)
+    assert t == math.ceil(2 / 3 * (selected - 1))
+    target = noise.mechanism.variance
+    noise.start_round(_round(selected))
+    modulus = 1 << layer.modulus_bits
+    samples = 400
+    total = np.zeros((samples, DIM), dtype=np.int64)
+    zero = stack.transforms[1].encode(np.zeros(DIM + 2))
+    for _ in range(survivors):
+        for row in range(samples):
+            shared = noise.encode(zero)[:DIM].astype(np.int64)
+            total[row] += np.where(shared >= modulus // 2, shared - modulus, shared)
+    variance = total.var()
+    expected = target * survivors / t
+    # 20,000 draws: the sample variance is within 5% with overwhelming probability.
+    assert variance == pytest.approx(expected, rel=0.05)
+    assert variance >= target * 0.95
+
+
+def test_local_noise_is_whole_on_every_party_and_central_is_added_once():
+    local = DPNoise(2.0, "local")
+    _stack([Clip(1.0), local, Plain()])
+    local.start_round(_round(10))
+    noised = np.stack([local.encode(np.zeros(DIM + 2)) for _ in range(2000)])
+    assert noised[:, :DIM].std() == pytest.approx(2.0, rel=0.03)
+    assert np.all(noised[:, DIM:] == 0)  # weight and count coordinates carry no noise
+    central = DPNoise(2.0, "central")
+    _stack([Clip(1.0), central, Plain()])
+    assert np.array_equal(central.encode(np.ones(DIM + 2)), np.ones(DIM + 2))
+    sums = np.stack([central.decode_sum(np.zeros(DIM + 2)) for _ in range(400)])
+    assert sums[:, :DIM].std() == pytest.approx(2.0, rel=0.03)
+    assert np.all(sums[:, DIM:] == 0)
+
+
+def test_party_share_uses_its_own_min_parties_not_the_aggregators_claim():
+    noise = DPNoise(1.0, "distributed")
+    _stack([Clip(1.0), noise, Plain()], parties=10, min_parties=2)
+    noise.start_round(_round(10, min_parties=9))  # an aggregator claiming 9 would shrink the shares
+    assert noise._share == pytest.approx(1.0 / math.sqrt(2))
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        (lambda: [DPNoise(1.0), Plain()], "needs 'clip' before it"),
+        (lambda: [Clip(1.0), DPNoise(1.0, "central"), Quantize(16), SecAgg()], "central DP adds noise"),
+        (lambda: [Clip(1.0), DPNoise(1.0), Quantize(16), SecAgg()], "put dp after quantize"),
+        (lambda: [Clip(1.0), Quantize(16), DPNoise(1.0), Paillier()], "packs bounded values"),
+        (lambda: [Clip(1.0), DPNoise(1.0), CKKS()], "packs bounded values"),
+        (lambda: [Clip(1.0), Quantize(27), DPNoise(4.0), SecAgg()], "can overflow"),
+    ],
+)
+def test_impossible_dp_stacks_are_refused(layers, message):
+    with pytest.raises(ConfigError, match=message):
+        _stack(layers())
+
+
+def test_dp_refuses_metrics_and_example_weights():
+    with pytest.raises(ConfigError, match="without noise"):
+        PrivacyStack.of([Clip(1.0), DPNoise(1.0), Plain()]).validate(_context(metrics=("loss",)))
+    context = StackContext(VectorLayout(DIM), 10, 1, 40.0)
+    with pytest.raises(ConfigError, match="weighting='uniform'"):
+        PrivacyStack.of([Clip(1.0), DPNoise(1.0), Plain()]).validate(context)
+    with pytest.raises(ConfigError, match="noise_multiplier must be a positive"):
+        DPNoise(float("nan"))
+    with pytest.raises(ConfigError, match="placement must be one of"):
+        DPNoise(1.0, "everywhere")
+
+
+def test_with_dp_places_the_noise():
+    names = lambda layers: [layer.name for layer in layers]  # noqa: E731
+    assert names(with_dp([Clip(10), Quantize(24), SecAgg()], DPNoise(1.0), 2.0)) == [
+        "clip",
+        "quantize",
+        "dp",
+        "secagg",
+    ]
+    assert names(with_dp([Plain()], DPNoise(1.0, "central"), 2.0)) == ["clip", "dp", "plain"]
+    assert with_dp([Clip(10), Plain()], DPNoise(1.0), 2.0)[0].norm == 2.0
+
+
+def test_skellam_rdp_bound_is_above_the_exact_one_dimensional_divergence():
+    """The bound used for accounting against the exact Rényi divergence of Sk(μ, μ) shifted by Δ."""
+    for variance, shift in ((4.0, 1), (8.0, 2), (50.0, 1), (2000.0, 10)):
+        mu = variance / 2
+        k = np.arange(-int(40 * math.sqrt(variance)) - 60, int(40 * math.sqrt(variance)) + 60)
+        p, q = skellam.logpmf(k, mu, mu), skellam.logpmf(k - shift, mu, mu)
+        finite = np.isfinite(p) & np.isfinite(q)  # the far tails underflow; their mass is negligible
+        p, q = p[finite], q[finite]
+        for order in (2, 5, 20):
+            exact = logsumexp(order * q + (1 - order) * p) / (order - 1)
+            bound = skellam_rdp(np.array([order]), variance, shift, shift)[0]
+            assert exact <= bound
+            if variance >= 2000:
+                assert bound <= exact * 1.01  # tight where the noise is large
+
+
+# -- rounds, budget, ledger --------------------------------------------------------------------
+
+
+def _clients(calls):
+    def client(value):
+        def train(weights, info):
+            calls.append(info.round)
+            return {"w": weights["w"] + value}, 5
+
+        return train
+
+    return {f"p{i}": client(np.full(DIM, 0.01 * (i + 1))) for i in range(6)}
+
+
+def _federation(tmp_path, layers, epsilon, calls, key=None):
+    key = key or Ed25519PrivateKey.generate()
+    guard = PrivacyGuard(Budget(epsilon, 1e-5), Ledger(tmp_path / "l.jsonl", key))
+    fed = Federation({"w": np.zeros(DIM)}, _clients(calls), layers, weighting="uniform", guard=guard)
+    return fed, guard, key
+
+
+def test_dp_with_secagg_end_to_end_ledger_and_audit(tmp_path):
+    calls = []
+    fed, _guard, key = _federation(tmp_path, [Clip(1.0), Quantize(20), DPNoise(0.5), SecAgg()], 1e6, calls)
+    true_mean = np.mean([0.01 * (i + 1) for i in range(6)])
+    for _ in range(3):
+        report = fed.run_round()
+        assert report.ok and report.epsilon > 0
+    # Three rounds of the mean update plus noise of std 0.5·√(6/t)/6 per coordinate.
+    t = fed.stack.secure_sum.min_contributors(6, 1)
+    noise_std = 0.5 * math.sqrt(6 / t) / 6 * math.sqrt(3)
+    assert abs(fed.global_weights["w"].mean() - 3 * true_mean) < 6 * noise_std / math.sqrt(DIM)
+    check = verify(tmp_path / "l.jsonl", key.public_key().public_bytes_raw().hex())
+    assert check.valid and [r["decision"] for r in check.records] == ["released"] * 3
+    record = check.records[-1]
+    assert record["mechanism"] == "skellam" and record["parties_summed"] == 6
+    assert record["unit"] == "party" and record["accountant"].startswith("rdp")
+    assert record["epsilon"] == pytest.approx(fed.history.rounds[-1].epsilon)
+    result = audit(tmp_path / "l.jsonl", check.signer)
+    assert result.valid, result.problems
+    assert result.epsilon["rdp"] == pytest.approx(record["epsilon"])
+    assert result.epsilon["prv"] <= result.epsilon["rdp"]
+
+
+def test_budget_refuses_before_anyone_trains_and_records_it(tmp_path):
+    calls = []
+    fed, guard, _key = _federation(tmp_path, [Clip(1.0), DPNoise(1.0, "central"), Plain()], 8.0, calls)
+    fed.run_round()
+    assert len(calls) == 6
+    before = fed.global_weights["w"].copy()
+    rounds_allowed = 1
+    with pytest.raises(BudgetExhausted, match=r"remaining [0-9.]+.*Raise the noise multiplier"):
+        for _ in range(10):
+            fed.run_round()
+            rounds_allowed += 1
+    assert len(calls) == 6 * rounds_allowed  # the refused round trained nobody
+    assert fed.history.rounds[-1].status == "refused"
+    assert fed.history.rounds[-1].selected == []
+    assert rounds_allowed >= 2 and guard.spent <= 8.0
+    records = verify(tmp_path / "l.jsonl").records
+    assert records[-1]["decision"] == "refused" and records[-1]["projected"] > 8.0
+    assert records[-2]["epsilon"] <= 8.0
+    assert not np.array_equal(before, np.zeros(DIM))
+    weights = fed.global_weights["w"].copy()
+    with pytest.raises(BudgetExhausted):
+        fed.run_round()
+    assert np.array_equal(fed.global_weights["w"], weights)
+
+
+def test_guard_resumes_spending_from_the_ledger(tmp_path):
+    calls = []
+    fed, guard, key = _federation(tmp_path, [Clip(1.0), DPNoise(2.0, "central"), Plain()], 100.0, calls)
+    fed.run_round()
+    fed.run_round()
+    spent = guard.spent
+    again, guard2, _ = _federation(tmp_path, [Clip(1.0), DPNoise(2.0, "central"), Plain()], 100.0, calls, key)
+    assert guard2.spent == pytest.approx(spent)
+    assert again.run_round().epsilon > spent
+
+
+def test_central_noise_with_poisson_selection_claims_amplification(tmp_path):
+    guard = PrivacyGuard(Budget(math.inf), Ledger(tmp_path / "l.jsonl", Ed25519PrivateKey.generate()))
+    fed = Federation(
+        {"w": np.zeros(DIM)},
+        _clients([]),
+        [Clip(1.0), DPNoise(1.0, "central"), Plain()],
+        weighting="uniform",
+        selection={"kind": "poisson", "rate": 0.5},
+        guard=guard,
+    )
+    assert guard.sample_rate == 0.5 and guard.sampling == "poisson"
+    distributed = PrivacyGuard(Budget(math.inf))
+    Federation(
+        {"w": np.zeros(DIM)},
+        _clients([]),
+        [Clip(1.0), DPNoise(1.0), Plain()],
+        weighting="uniform",
+        selection={"kind": "poisson", "rate": 0.5},
+        guard=distributed,
+    )
+    assert distributed.sample_rate == 1.0  # the aggregator knows who took part
+    assert fed is not None
+
+
+def test_a_guard_without_a_dp_layer_is_refused():
+    with pytest.raises(ConfigError, match="exactly one 'dp' layer"):
+        Federation({"w": np.zeros(DIM)}, _clients([]), "plain", guard=PrivacyGuard(Budget(1.0)))
+    with pytest.raises(ConfigError, match="budget epsilon must be a positive"):
+        Budget(float("nan"))
