@@ -104,7 +104,8 @@ def test_missing_config_and_impossible_stack(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("example", "rounds", "floor"), [("pytorch_loop.py", 10, 0.85), ("numpy_loop.py", 10, 0.85)]
+    ("example", "rounds", "floor"),
+    [("pytorch_loop.py", 10, 0.85), ("numpy_loop.py", 10, 0.85), ("dpsgd_opacus.py", 3, 0.4)],
 )
 def test_examples_run(example, rounds, floor):
     result = subprocess.run(
