@@ -3,8 +3,13 @@
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
+from securefl.codec import VectorLayout
 from securefl.errors import ConfigError
+from securefl.layers import Clip, DPNoise, Plain, PrivacyStack, StackContext
 from securefl.privacy.accountants import PRV, RDP, create
+from securefl.privacy.accountants.base import BeyondAccountant
+from securefl.privacy.guard import Budget, PrivacyGuard
+from securefl.selection import build_selection
 
 # Reference values from the issue (computed independently of this code).
 CASES = [
@@ -99,3 +104,25 @@ def test_bad_delta_and_unknown_accountant():
         RDP().epsilon(0)
     with pytest.raises(ConfigError, match="Gaussian"):
         create("gaussian")
+
+
+def test_prv_refuses_a_history_too_small_in_noise_to_compute_and_rdp_still_bounds_it():
+    """σ = 0.1 for 100 full releases: opacus would build a 4e7-point grid (minutes) and give inf."""
+    prv, rdp = PRV(), RDP()
+    prv.step(0.1, 1.0, 100)
+    rdp.step(0.1, 1.0, 100)
+    with pytest.raises(BeyondAccountant, match="with 'rdp'"):
+        prv.epsilon(1e-5)
+    assert 100 < rdp.epsilon(1e-5) < float("inf")
+
+
+def test_a_guard_hands_over_to_rdp_when_prv_cannot_compute():
+    guard = PrivacyGuard(Budget(1e9))
+    stack = PrivacyStack.of([Clip(1.0), DPNoise(0.1, "central"), Plain()])
+    stack.validate(StackContext(VectorLayout(4), 3, 1, 1.0, {}))
+    guard.bind(stack, build_selection("all"), 3)
+    assert guard.accountant.name == "prv"
+    for round in range(100):
+        guard.admit(round)
+        guard.record_release(round, 3)
+    assert guard.accountant.name == "rdp" and sum(guard.accountant.history.values()) == 100

@@ -54,12 +54,18 @@ PRESETS: dict[str, Callable[[], list[Layer]]] = {
 }
 
 
-def with_dp(layers: list[Layer], noise: DPNoise, clip: float) -> list[Layer]:
-    """``layers`` with every clip set to ``clip`` and ``noise`` where it belongs: after quantize for
-    an integer sum (Skellam), else right after the clip (one is added in front if missing)."""
+def with_clip(layers: list[Layer], clip: float) -> list[Layer]:
+    """``layers`` with every clip set to ``clip`` (one is added in front if missing)."""
     out = [Clip(clip) if isinstance(layer, Clip) else layer for layer in layers]
     if not any(isinstance(layer, Clip) for layer in out):
         out.insert(0, Clip(clip))
+    return out
+
+
+def with_dp(layers: list[Layer], noise: DPNoise, clip: float) -> list[Layer]:
+    """``layers`` with every clip set to ``clip`` and ``noise`` where it belongs: after quantize for
+    an integer sum (Skellam), else right after the clip."""
+    out = with_clip(layers, clip)
     anchor = max(i for i, layer in enumerate(out) if isinstance(layer, (Clip, Quantize)))
     if noise.placement == "central":
         anchor = max(i for i, layer in enumerate(out) if isinstance(layer, Clip))
@@ -99,5 +105,6 @@ __all__ = [
     "Transform",
     "build_layer",
     "preset",
+    "with_clip",
     "with_dp",
 ]

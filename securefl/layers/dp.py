@@ -157,7 +157,7 @@ class DPNoise(Transform):
         largest = float(fixedpoint.max_level(quantize.bits))  # every coordinate's bound, in levels
         worst = 0.0
         for n in range(1, ctx.max_parties + 1):
-            t = self._parties_sharing(n)
+            t = self.parties_sharing(n)
             worst = max(worst, n * largest + TAIL * math.sqrt(self.mechanism.variance * n / t))
         if worst > 2 ** (self._modulus_bits - 1) - 1:
             raise ConfigError(
@@ -166,7 +166,7 @@ class DPNoise(Transform):
                 "bits, the noise multiplier or the party count"
             )
 
-    def _parties_sharing(self, selected: int) -> int:
+    def parties_sharing(self, selected: int) -> int:
         """Over how many parties the noise is split in a round of ``selected``."""
         if self.placement == "local":
             return 1
@@ -175,7 +175,7 @@ class DPNoise(Transform):
     def start_round(self, ctx: RoundContext) -> None:
         # min_parties is this party's own configuration, not the aggregator's claim: a larger claim
         # would shrink every party's share of the noise.
-        t = self._parties_sharing(len(ctx.parties))
+        t = self.parties_sharing(len(ctx.parties))
         m = self.mechanism
         self._share = m.variance / t if m.variance is not None else m.noise_std / math.sqrt(t)
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from securefl.errors import ConfigError
 from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create
+from securefl.privacy.accountants.base import BeyondAccountant
 from securefl.privacy.ledger import verify
 
 # PRV's default error bound in ε; PLD's discretisation error is smaller at the default interval.
@@ -128,7 +129,7 @@ def audit(
             "reference; the rdp figure is the Skellam bound (Agarwal, Kairouz, Liu 2021)"
         )
     for name in sorted(unsupported):
-        result.notes.append(f"the {name} accountant cannot account some recorded mechanisms (n/a)")
+        result.notes.append(f"the {name} accountant cannot account the whole ledger: its ε is n/a")
     if result.delta is not None:
         result.epsilon = {
             name: (None if name in unsupported else acc.epsilon(result.delta))
@@ -192,8 +193,12 @@ def _replay(
                 unsupported.add(name)
                 continue
             accountant.step_release(release, steps)
-            if tight or name not in TIGHT:
-                row["recomputed"][name] = accountant.epsilon(record["delta"])
+            if (tight or name not in TIGHT) and name not in unsupported:
+                try:
+                    row["recomputed"][name] = accountant.epsilon(record["delta"])
+                except BeyondAccountant as exc:
+                    unsupported.add(name)
+                    result.notes.append(f"{name} stops at {where}: {exc}")
     except ConfigError as exc:
         result.problems.append(f"{where}: {exc}")
         return

@@ -18,6 +18,11 @@ from typing import Any
 from securefl.errors import ConfigError
 
 
+class BeyondAccountant(ConfigError):
+    """The history is outside what this accountant computes in reasonable time and memory (PRV with
+    very little noise); RDP, whose cost does not depend on the noise, can still account it."""
+
+
 def check_step(noise_multiplier: float, sample_rate: float, steps: int) -> None:
     if not (
         isinstance(noise_multiplier, (int, float))
