@@ -2,6 +2,9 @@
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +148,15 @@ def test_a_guard_moves_from_gaussian_to_skellam_without_forgetting(tmp_path):
     assert {entry[0] for entry in guard.accountant.history} == {"gaussian", "skellam"}
     assert guard.spent > after_one and guard.next_round == 2
     assert audit(tmp_path / "l.jsonl", guard.ledger.signer).valid
+
+
+def test_the_example_answers_as_the_pooled_data_would():
+    example = Path(__file__).parent.parent / "examples" / "analytics.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "--privacy", "secagg"], capture_output=True, text=True, check=True
+    )
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    pooled = summary["pooled"]
+    assert summary["malignant"] == pooled["malignant"]
+    assert summary["radius_histogram"] == pooled["radius_histogram"]
+    assert summary["mean_radius"] == pytest.approx(pooled["mean_radius"], rel=1e-6)
