@@ -1,4 +1,5 @@
-"""The ``securefl`` command: ``demo`` (the main job), ``run``, ``bench``, ``audit``, ``keys``."""
+"""The ``securefl`` command: ``demo`` (the main job), ``run``, ``bench``, ``audit``, ``keys``, and the
+long-lived ``aggregator`` and ``party`` processes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -179,6 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=".", help="directory for paillier.keys.json (0600) and paillier.public.json"
     )
     _add_common(pk)
+    tls = keys_sub.add_parser("tls", help="a federation CA, the aggregator's and each party's certificate")
+    tls.add_argument("--parties", required=True, help="comma-separated party ids (the allowlist)")
+    tls.add_argument("--out", default="certs", help="directory (default certs/); keys go to its private/")
+    tls.add_argument("--federation", default="securefl", help="federation name in the certificates")
+    tls.add_argument(
+        "--server-names",
+        default="127.0.0.1,localhost",
+        help="comma-separated addresses the aggregator is reached at (default 127.0.0.1,localhost)",
+    )
+    tls.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    _add_common(tls)
+    aggregator = sub.add_parser("aggregator", help="serve a federation to party processes over mutual TLS")
+    aggregator.add_argument("--config", required=True, help="the federation's TOML file (FED.toml)")
+    aggregator.add_argument("--save-model", help="write the final global model here (.npz, no pickle)")
+    _add_common(aggregator)
+    party = sub.add_parser("party", help="join a federation as one party process")
+    party.add_argument("--config", required=True, help="this party's TOML file (PARTY.toml)")
+    party.add_argument("--train", required=True, help="module:function returning the train function")
+    _add_common(party)
     return parser
 
 
@@ -261,8 +283,6 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def _keys_paillier(args: argparse.Namespace) -> dict[str, Any]:
-    from pathlib import Path
-
     from securefl.layers.paillier import KeyMaterial, save_public
 
     out = Path(args.out)
@@ -327,6 +347,25 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     return 0 if result.valid else 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """The long-lived processes: their log (rounds, parties, dropouts, ε) goes to stderr."""
+    from securefl import deploy
+
+    logging.getLogger().setLevel(logging.INFO)
+    if args.command == "aggregator":
+        summary = deploy.run_aggregator(args.config)
+        weights = summary.pop("weights", None)
+        if args.save_model:
+            if weights is None:
+                raise ConfigError("the global model is sealed (paillier, ckks): only the parties can open it")
+            np.savez(args.save_model, **weights)
+            summary["model"] = args.save_model
+    else:
+        summary = deploy.run_party_process(args.config, args.train)
+    print(json.dumps(summary) if args.json else f"finished: {summary}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -339,6 +378,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "bench":
             return _bench(args, console)
+        if args.command in ("aggregator", "party"):
+            return _serve(args)
+        if args.command == "keys" and args.kind == "tls":
+            from securefl.crypto.certificates import write_federation
+
+            names = tuple(n.strip() for n in args.server_names.split(",") if n.strip())
+            parties = [p.strip() for p in args.parties.split(",") if p.strip()]
+            written = write_federation(Path(args.out), args.federation, parties, names, args.days)
+            print(
+                json.dumps(written)
+                if args.json
+                else f"wrote {written}; private keys (0600) in {args.out}/private"
+            )
+            return 0
         if args.command == "keys":
             summary = _keys_paillier(args)
             if args.json:

@@ -1,0 +1,482 @@
+"""A federation deployed as processes: ``securefl aggregator --config FED.toml`` and ``securefl party
+--config PARTY.toml --train module:function``.
+
+FED.toml is the federation's agreement, a copy held by the aggregator and by every party::
+
+    rounds = 5
+    model = "hospital:initial_model"   # module:function → the initial global model (aggregator)
+    weighting = "examples"             # or "uniform"
+    weight_bound = 300
+    min_parties = 2
+    phase_timeout = 60.0
+    privacy = "secagg"                 # a preset, or [[privacy]] tables as in `securefl run`
+
+    [network]
+    address = "127.0.0.1:50051"
+    parties = ["hospital-a", "hospital-b", "hospital-c"]   # the allowlist
+    connect_timeout = 60.0             # how long round 0 waits for min_parties to connect
+    reconnect_grace = 5.0              # how long a phase waits for a broken stream to come back
+    max_message_mb = 256
+
+    [tls]                              # the aggregator's files (securefl keys tls writes them)
+    ca = "certs/ca.pem"
+    cert = "certs/aggregator.pem"
+    key = "certs/private/aggregator.key"
+    party_certs = "certs/parties"      # pins each party's certificate and its SecAgg identity
+
+PARTY.toml is one party's::
+
+    federation = "fed.toml"
+    party = "hospital-a"
+    [tls]
+    ca = "certs/ca.pem"
+    cert = "certs/parties/hospital-a.pem"
+    key = "certs/private/hospital-a.key"
+    identity = "certs/private/hospital-a.identity.key"
+    [train]                            # handed to the train factory as a dict
+    data_seed = 0
+
+The train factory ``module:function`` is called once with the ``[train]`` table (plus ``party``) and
+returns a :class:`~securefl.party.Client` or a train function. Paths are relative to the TOML file.
+Both sides hash the settings that define the protocol (the *agreement*); a party holding different
+ones is refused before any round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import secrets
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from securefl.aggregator import Aggregator
+from securefl.codec import ArraySpec, VectorLayout
+from securefl.crypto.certificates import load_identity, verify_party_certificate
+from securefl.errors import ConfigError
+from securefl.federation import build_stack
+from securefl.fusion import FedAvg, build_strategy
+from securefl.layers import DPNoise, PrivacyStack, StackContext
+from securefl.layers.secagg import Identities, SecAgg
+from securefl.network.server import TLSFiles
+from securefl.party import Client, PartyNode
+from securefl.selection import build_selection
+
+log = logging.getLogger(__name__)
+
+_FED = {
+    "rounds",
+    "model",
+    "weighting",
+    "weight_bound",
+    "min_parties",
+    "phase_timeout",
+    "selection",
+    "privacy",
+    "strategy",
+    "train_metrics",
+    "eval_metrics",
+    "metric_bounds",
+    "budget",
+    "network",
+    "tls",
+}
+_NETWORK = {"address", "parties", "connect_timeout", "reconnect_grace", "max_message_mb"}
+_TLS_AGG = {"ca", "cert", "key", "party_certs"}
+_PARTY = {"federation", "party", "aggregator", "tls", "train"}
+_TLS_PARTY = {"ca", "cert", "key", "identity", "server_name"}
+
+
+def _read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")), path.resolve().parent
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _table(data: dict, key: str, known: set[str], where: str, required: bool = True) -> dict[str, Any]:
+    value = data.get(key, {} if not required else None)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"{where} [{key}]: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    return value
+
+
+def _file(base: Path, table: dict, key: str, where: str) -> Path:
+    if not isinstance(table.get(key), str):
+        raise ConfigError(f"{where}: {key} must be a path")
+    path = base / table[key]
+    if not path.exists():
+        raise ConfigError(f"{where}: {key} = {table[key]!r} does not exist (securefl keys tls creates it)")
+    return path
+
+
+def load_callable(spec: str, what: str) -> Callable:
+    """``package.module:function`` from the current directory or the installed packages."""
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ConfigError(f"{what} must look like 'module:function', got {spec!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # the user's modules in the working directory, as `python -m` does
+    try:
+        value = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{what} {spec!r} cannot be loaded: {exc}") from None
+    if not callable(value):
+        raise ConfigError(f"{what} {spec!r} is not callable")
+    return value
+
+
+@dataclass
+class Federation:
+    """The agreement of FED.toml and what follows from it."""
+
+    source: str
+    base: Path
+    rounds: int
+    parties: list[str]
+    privacy: Any
+    weighting: str
+    weight_bound: float | None
+    min_parties: int
+    phase_timeout: float
+    selection: Any
+    strategy: Any
+    train_metrics: tuple[str, ...]
+    eval_metrics: tuple[str, ...]
+    metric_bounds: dict[str, float]
+    budget: dict[str, Any] | None
+    network: dict[str, Any]
+    tls: dict[str, Any]
+    model: str | None = None
+    agreement: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        terms = {
+            "rounds": self.rounds,
+            "parties": self.parties,
+            "privacy": self.privacy,
+            "weighting": self.weighting,
+            "weight_bound": self.weight_bound,
+            "min_parties": self.min_parties,
+            "selection": self.selection,
+            "strategy": self.strategy,
+            "train_metrics": list(self.train_metrics),
+            "eval_metrics": list(self.eval_metrics),
+            "metric_bounds": self.metric_bounds,
+            "budget": {k: v for k, v in (self.budget or {}).items() if k != "ledger"},
+        }
+        canonical = json.dumps(terms, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        self.agreement = hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def address(self) -> str:
+        return self.network.get("address", "127.0.0.1:50051")
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(float(self.network.get("max_message_mb", 256)) * (1 << 20))
+
+    @property
+    def party_weight_bound(self) -> float | None:
+        """As in :class:`securefl.Federation`: uniform weighting bounds every weight by 1."""
+        return 1.0 if self.weight_bound is None and self.weighting == "uniform" else self.weight_bound
+
+    def stack_for(self, size: int, identities: Identities | None) -> tuple[PrivacyStack, VectorLayout]:
+        """The validated stack for a model of ``size`` values, SecAgg identities bound if given."""
+        layout = VectorLayout(size, self.train_metrics, self.eval_metrics)
+        stack = build_stack(self.privacy)
+        if isinstance(stack.secure_sum, SecAgg) and identities is not None:
+            stack.secure_sum.identities = identities  # active mode: keys advertised under signatures
+        selection = build_selection(self.selection)
+        context = StackContext(
+            layout=layout,
+            max_parties=selection.max_selected(len(self.parties)),
+            min_parties=min(self.min_parties, selection.max_selected(len(self.parties))),
+            weight_bound=self.party_weight_bound,
+            metric_bounds=dict(self.metric_bounds),
+        )
+        stack.validate(context)
+        return stack, layout
+
+    def identities(
+        self, own: tuple[str, Any] | None = None
+    ) -> tuple[Identities | None, dict[str, str | None]]:
+        """The parties' protocol identities and certificate fingerprints from ``tls.party_certs``
+        (every certificate verified against the CA); without it, no pinning and passive SecAgg."""
+        directory = self.tls.get("party_certs")
+        if directory is None:
+            return None, dict.fromkeys(self.parties)
+        ca = _file(self.base, self.tls, "ca", self.source).read_bytes()
+        public, pins = {}, {}
+        for party in self.parties:
+            path = self.base / directory / f"{party}.pem"
+            if not path.exists():
+                raise ConfigError(f"{self.source}: no certificate {path} for allowlisted party {party!r}")
+            cert = verify_party_certificate(path.read_bytes(), ca)
+            if cert.party != party:
+                raise ConfigError(f"{path} names {cert.party!r}, not {party!r}")
+            public[party], pins[party] = cert.identity, cert.fingerprint
+        private = {own[0]: own[1]} if own else {}
+        return Identities(public, private), pins
+
+
+def load_federation(path: str | Path) -> Federation:
+    data, base = _read_toml(path)
+    source = str(path)
+    unknown = sorted(set(data) - _FED)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(_FED)}")
+    network = _table(data, "network", _NETWORK, source)
+    parties = network.get("parties")
+    if not (isinstance(parties, list) and parties and all(isinstance(p, str) for p in parties)):
+        raise ConfigError(f"{source}: [network] parties must list the allowlisted party ids")
+    if len(set(parties)) != len(parties):
+        raise ConfigError(f"{source}: [network] parties lists a party twice")
+    rounds = data.get("rounds", 10)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"{source}: rounds must be a positive integer, got {rounds!r}")
+    privacy = data.get("privacy", "plain")
+    if "budget" in data and not any(isinstance(t, DPNoise) for t in build_stack(privacy).transforms):
+        raise ConfigError(f"{source}: a [budget] needs a dp layer in the privacy stack")
+    return Federation(
+        source=source,
+        base=base,
+        rounds=rounds,
+        parties=list(parties),
+        privacy=privacy,
+        weighting=data.get("weighting", "examples"),
+        weight_bound=data.get("weight_bound"),
+        min_parties=int(data.get("min_parties", 1)),
+        phase_timeout=float(data.get("phase_timeout", 600.0)),
+        selection=data.get("selection", "all"),
+        strategy=data.get("strategy", "fedavg"),
+        train_metrics=tuple(data.get("train_metrics", ())),
+        eval_metrics=tuple(data.get("eval_metrics", ())),
+        metric_bounds=dict(data.get("metric_bounds", {})),
+        budget=_table(data, "budget", {"epsilon", "delta", "ledger", "accountant"}, source, False) or None,
+        network=network,
+        tls=_table(data, "tls", _TLS_AGG, source),
+        model=data.get("model"),
+    )
+
+
+# -- the aggregator ----------------------------------------------------------------------------
+
+
+def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Serve the federation of ``config`` for its rounds; return a summary."""
+    from securefl.network.server import GrpcServerTransport
+    from securefl.privacy.guard import guard_for
+    from securefl.runner import BudgetSettings
+
+    fed = load_federation(config)
+    if not isinstance(fed.model, str):
+        raise ConfigError(f"{fed.source}: model = 'module:function' (the initial global model) is required")
+    model = load_callable(fed.model, "model")()
+    spec = ArraySpec.of(model)
+    identities, pins = fed.identities()
+    stack, layout = fed.stack_for(spec.size, identities.public_only() if identities else None)
+    guard = None
+    if any(isinstance(t, DPNoise) for t in stack.transforms):
+        budget = fed.budget or {}
+        ledger = budget.get("ledger")
+        settings = BudgetSettings(
+            budget.get("epsilon"),
+            float(budget.get("delta", 1e-5)),
+            str(fed.base / ledger) if ledger else None,
+            budget.get("accountant", "prv"),
+        )
+        guard = guard_for(settings)
+    tls = TLSFiles(*(_file(fed.base, fed.tls, k, fed.source).read_bytes() for k in ("ca", "cert", "key")))
+    session = secrets.token_hex(16)
+    transport = GrpcServerTransport(
+        fed.address,
+        tls,
+        pins,
+        session,
+        spec.to_json(),
+        fed.agreement,
+        max_message_bytes=fed.max_message_bytes,
+        reconnect_grace=float(fed.network.get("reconnect_grace", 5.0)),
+    )
+    selection = build_selection(fed.selection)
+    strategy = build_strategy(fed.strategy)
+    if guard is not None:
+        guard.bind(stack, selection, len(fed.parties))
+    aggregator = Aggregator(
+        spec,
+        spec.flatten(model),
+        layout,
+        stack,
+        transport,
+        fed.parties,
+        session,
+        selection,
+        strategy,
+        min_parties=fed.min_parties,
+        phase_timeout=fed.phase_timeout,
+        guard=guard,
+    )
+    log.info(
+        "aggregator listening on %s (port %d) for %s", fed.address, transport.port, ", ".join(fed.parties)
+    )
+    try:
+        present = transport.wait_for(len(fed.parties), float(fed.network.get("connect_timeout", 60.0)))
+        log.info("parties connected before round 0: %s", ", ".join(present) or "none")
+        reports = []
+        for round in range(fed.rounds):
+            report = aggregator.run_round(round)
+            reports.append(report)
+            _log_round(report)
+            if on_round is not None:
+                on_round(report)
+            if report.status == "refused":
+                break
+    finally:
+        transport.close()
+    return {
+        "rounds": fed.rounds,
+        "rounds_ok": sum(r.ok for r in reports),
+        "rounds_failed": sum(r.status == "failed" for r in reports),
+        "refused": next((r.error for r in reports if r.status == "refused"), None),
+        "parties_seen": sorted(transport.seen),
+        "dropouts": {r.round: r.dropouts for r in reports if r.dropouts},
+        "epsilon": next((r.epsilon for r in reversed(reports) if r.epsilon is not None), None),
+        "sealed": aggregator.sealed is not None,
+        "weights": None if aggregator.sealed is not None else spec.unflatten(aggregator.weights),
+        "bytes_up": sum(r.bytes_up for r in reports),
+        "bytes_down": sum(r.bytes_down for r in reports),
+    }
+
+
+def _log_round(report) -> None:
+    if report.status == "refused":
+        log.warning("round %d refused by the privacy budget: %s", report.round, report.error)
+        return
+    epsilon = f", ε {report.epsilon:.4g}" if report.epsilon is not None else ""
+    dropouts = "; ".join(f"{p} ({why})" for p, why in report.dropouts.items()) or "none"
+    log.info(
+        "round %d %s: %d selected, %d summed, dropouts: %s%s (%.2fs, %d B up)",
+        report.round,
+        report.status,
+        len(report.selected),
+        len(report.survivors),
+        dropouts,
+        epsilon,
+        report.seconds,
+        report.bytes_up,
+    )
+    if report.error:
+        log.warning("round %d failed: %s", report.round, report.error)
+
+
+# -- a party -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PartyConfig:
+    federation: Federation
+    party: str
+    aggregator: str
+    tls: TLSFiles
+    identity_path: Path | None
+    server_name: str | None
+    train: dict[str, Any]
+
+
+def load_party(path: str | Path) -> PartyConfig:
+    data, base = _read_toml(path)
+    source = str(path)
+    unknown = sorted(set(data) - _PARTY)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(_PARTY)}")
+    if not isinstance(data.get("federation"), str) or not isinstance(data.get("party"), str):
+        raise ConfigError(
+            f"{source}: federation (the FED.toml path) and party (this party's id) are required"
+        )
+    fed = load_federation(base / data["federation"])
+    party = data["party"]
+    if party not in fed.parties:
+        raise ConfigError(f"{source}: party {party!r} is not in the federation's allowlist {fed.parties}")
+    tls_table = _table(data, "tls", _TLS_PARTY, source)
+    tls = TLSFiles(*(_file(base, tls_table, k, source).read_bytes() for k in ("ca", "cert", "key")))
+    identity = _file(base, tls_table, "identity", source) if "identity" in tls_table else None
+    train = _table(data, "train", set(data.get("train", {})), source, False)
+    return PartyConfig(
+        fed,
+        party,
+        data.get("aggregator", fed.address),
+        tls,
+        identity,
+        tls_table.get("server_name"),
+        {**train, "party": party},
+    )
+
+
+def run_party_process(config: str | Path, train: str) -> dict[str, Any]:
+    """Join the federation of ``config`` as its party, training with the factory ``train``."""
+    from securefl.network.client import run_party
+
+    cfg = load_party(config)
+    fed = cfg.federation
+    produced = load_callable(train, "--train")(cfg.train)
+    client = produced if isinstance(produced, Client) else Client(train=produced)
+    if not callable(client.train):
+        raise ConfigError(f"--train {train!r} must return a securefl.Client or a train function")
+    own_cert = verify_party_certificate(cfg.tls.cert, cfg.tls.ca)
+    if own_cert.party != cfg.party:
+        raise ConfigError(f"this party's certificate names {own_cert.party!r}, the config {cfg.party!r}")
+    own_identity = None
+    if cfg.identity_path is not None:
+        own_identity = load_identity(cfg.identity_path)
+        if own_identity.public_key().public_bytes_raw() != own_cert.identity:
+            raise ConfigError(
+                f"{cfg.identity_path} is not the identity key this party's certificate certifies"
+            )
+    identities = None
+    if fed.tls.get("party_certs") is not None:
+        if own_identity is None:
+            raise ConfigError(
+                "the federation pins party certificates: [tls] identity (the Ed25519 key) is needed"
+            )
+        identities, _ = fed.identities((cfg.party, own_identity))
+    strategy = build_strategy(fed.strategy)
+
+    def node(session: str, spec: ArraySpec) -> PartyNode:
+        stack, layout = fed.stack_for(spec.size, identities)
+        return PartyNode(
+            cfg.party,
+            client,
+            spec,
+            layout,
+            stack,
+            session,
+            weighting=fed.weighting,
+            weight_bound=fed.party_weight_bound,
+            max_request_bytes=fed.max_message_bytes,
+            strategy=FedAvg(strategy.lr) if isinstance(strategy, FedAvg) else None,
+        )
+
+    summary = run_party(
+        cfg.party,
+        cfg.aggregator,
+        cfg.tls,
+        fed.agreement,
+        node,
+        max_message_bytes=fed.max_message_bytes,
+        connect_timeout=float(fed.network.get("connect_timeout", 60.0)),
+        server_name=cfg.server_name,
+    )
+    return {"party": cfg.party, "requests": summary.requests, "reconnects": summary.reconnects}

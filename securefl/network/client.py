@@ -1,0 +1,143 @@
+"""A party over the network: dial the aggregator over mutual TLS and answer its requests.
+
+The party sends a hello (its id, which the aggregator checks against the certificate, and the hash
+of the federation settings it enforces), receives the welcome (session and model layout), builds its
+:class:`~securefl.party.PartyNode` and answers every request on the stream until the aggregator ends
+it. If the stream breaks, it reconnects with exponential backoff; a request the aggregator repeats
+after a reconnect gets the reply cached for it, so a retry never runs a phase twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from securefl.codec import ArraySpec
+from securefl.errors import ProtocolError, WireError
+from securefl.network.frames import METHOD, Hello, Welcome
+from securefl.network.server import TLSFiles
+from securefl.party import PartyNode
+
+log = logging.getLogger(__name__)
+
+NodeFactory = Callable[[str, ArraySpec], PartyNode]  # (session, spec) -> this party's node
+
+
+@dataclass
+class PartySummary:
+    requests: int = 0
+    reconnects: int = 0
+
+
+class _Answerer:
+    """The node behind a stream, with the last reply cached for a retried request."""
+
+    def __init__(self, factory: NodeFactory) -> None:
+        self.factory = factory
+        self.node: PartyNode | None = None
+        self.session: str | None = None
+        self._last: tuple[bytes, bytes] | None = None  # (sha256 of request, reply)
+
+    def welcome(self, welcome: Welcome) -> None:
+        if welcome.session != self.session:  # a new federation (or a restarted aggregator)
+            self.node = self.factory(welcome.session, ArraySpec.from_json(welcome.spec))
+            self.session = welcome.session
+            self._last = None
+
+    def answer(self, request: bytes) -> bytes:
+        digest = hashlib.sha256(request).digest()
+        if self._last is not None and self._last[0] == digest:
+            return self._last[1]
+        reply = self.node.handle(request)
+        self._last = (digest, reply)
+        return reply
+
+
+def run_party(
+    party: str,
+    target: str,
+    tls: TLSFiles,
+    agreement: str,
+    factory: NodeFactory,
+    *,
+    max_message_bytes: int = 256 << 20,
+    connect_timeout: float = 60.0,
+    max_reconnects: int = 5,
+    server_name: str | None = None,
+) -> PartySummary:
+    """Serve the aggregator at ``target`` until it ends the federation; raise ProtocolError if it
+    refuses this party or cannot be reached (after ``max_reconnects`` attempts)."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
+    )
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    answerer = _Answerer(factory)
+    summary = PartySummary()
+    failures = 0
+    while True:
+        with grpc.secure_channel(target, credentials, options=options) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+                _serve(channel, party, agreement, answerer, summary)
+                return summary
+            except grpc.FutureTimeoutError:
+                error = f"no TLS connection to the aggregator at {target} within {connect_timeout:g}s"
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                ):
+                    raise ProtocolError(f"the aggregator refused {party!r}: {exc.details()}") from None
+                error = f"stream to {target} broke: {code.name}: {exc.details()}"
+        failures += 1
+        if failures > max_reconnects:
+            raise ProtocolError(f"{error}; gave up after {max_reconnects} reconnects")
+        summary.reconnects += 1
+        wait = min(30.0, 0.5 * 2**failures)
+        log.warning("%s; reconnecting in %.1fs", error, wait)
+        time.sleep(wait)
+
+
+def _serve(
+    channel: grpc.Channel, party: str, agreement: str, answerer: _Answerer, summary: PartySummary
+) -> None:
+    outbox: queue.Queue = queue.Queue()
+    outbox.put(Hello(party, agreement).encode())
+    connect = channel.stream_stream(METHOD)
+    responses = connect(iter(outbox.get, None))
+    try:
+        frames: Iterator[bytes] = iter(responses)
+        try:
+            welcome = Welcome.decode(next(frames))
+        except StopIteration:
+            raise ProtocolError("the aggregator closed the stream before its welcome") from None
+        except WireError as exc:
+            raise ProtocolError(f"the aggregator's welcome is malformed: {exc}") from None
+        if welcome.agreement != agreement:
+            raise ProtocolError(
+                f"the aggregator runs federation settings {welcome.agreement[:12]}…, this party "
+                f"{agreement[:12]}…: use the same federation file"
+            )
+        answerer.welcome(welcome)
+        log.info("party %s joined session %s", party, welcome.session[:8])
+        for request in frames:
+            summary.requests += 1
+            outbox.put(answerer.answer(bytes(request)))
+    finally:
+        outbox.put(None)
+        responses.cancel()

@@ -1,0 +1,285 @@
+"""The aggregator's network transport: a gRPC server that parties dial into over mutual TLS.
+
+Security argument, in order: the TLS handshake (BoringSSL, inside grpcio) refuses a client whose
+certificate does not chain to the federation's CA or is outside its validity period, and a client
+without a certificate or without TLS; the handler then re-verifies the certificate with
+``cryptography`` (same CA, validity, protocol-identity extension), refuses a party not in the
+allowlist, and takes the party's identity **from the certificate**, never from anything the client
+says: a hello naming another party is refused. Frames over ``max_message_bytes`` are refused by
+gRPC for that stream only.
+
+Deadlines and reconnects: :meth:`exchange` sends each request down its party's stream and waits up
+to the phase deadline; a party whose stream has broken is waited for ``reconnect_grace`` seconds
+(if it reconnects within the round its pending request is sent again — the party answers a repeated
+request with its cached reply), then counted as a dropout.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+
+from securefl.crypto.certificates import PartyCertificate, verify_party_certificate
+from securefl.errors import ConfigError, WireError
+from securefl.network.frames import METHOD, Hello, Welcome
+from securefl.transport import Reply, Traffic, Transport
+
+log = logging.getLogger(__name__)
+_CLOSE = None  # sentinel in a connection's outbox: end the stream
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM bytes of the federation CA and of this process's certificate and key."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+@dataclass
+class _Connection:
+    party: str
+    outbox: queue.Queue = field(default_factory=queue.Queue)
+    open: bool = True
+    closed_at: float = 0.0
+
+
+@dataclass
+class _Pending:
+    data: bytes
+    sent: float
+    replies: list[Reply] = field(default_factory=list)
+
+
+class GrpcServerTransport(Transport):
+    """Accepts the allowlisted parties' streams; :meth:`exchange` talks to them."""
+
+    def __init__(
+        self,
+        address: str,
+        tls: TLSFiles,
+        allowlist: Mapping[str, str | None],
+        session: str,
+        spec: dict,
+        agreement: str,
+        *,
+        max_message_bytes: int = 256 << 20,
+        reconnect_grace: float = 5.0,
+    ) -> None:
+        """``allowlist`` maps each admitted party id to the SHA-256 fingerprint its certificate must
+        have (or None: any certificate of the CA naming it)."""
+        self.allowlist = dict(allowlist)
+        self.welcome = Welcome(session, spec, agreement).encode()
+        self.agreement = agreement
+        self.ca = tls.ca
+        self.max_message_bytes = max_message_bytes
+        self.reconnect_grace = reconnect_grace
+        self.traffic = Traffic()
+        self._lock = threading.Condition()
+        self._connections: dict[str, _Connection] = {}
+        self._pending: dict[str, _Pending] = {}
+        self.seen: set[str] = set()
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        # One thread per open stream plus headroom; more streams than that wait, they are not lost.
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=2 * len(self.allowlist) + 8), options=options
+        )
+        handler = grpc.stream_stream_rpc_method_handler(self._connect)
+        service, method = METHOD.strip("/").split("/")
+        self._server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(service, {method: handler})]
+        )
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+        )
+        try:
+            self.port = self._server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc}") from None
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {address}: address in use or invalid")
+        self._server.start()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _authenticate(self, context: grpc.ServicerContext) -> PartyCertificate:
+        pem = (context.auth_context().get("x509_pem_cert") or [None])[0]
+        if pem is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a party certificate is required")
+        try:
+            cert = verify_party_certificate(pem, self.ca)
+        except ConfigError as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if cert.party not in self.allowlist:
+            log.warning("refused %r: not in the federation's allowlist", cert.party)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"party {cert.party!r} is not in this federation"
+            )
+        expected = self.allowlist[cert.party]
+        if expected is not None and expected != cert.fingerprint:
+            log.warning("refused %r: not the certificate the federation pinned for it", cert.party)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"not the certificate pinned for {cert.party!r}")
+        return cert
+
+    def _connect(self, frames: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        cert = self._authenticate(context)
+        party = cert.party
+        try:
+            hello = Hello.decode(next(frames))
+        except (StopIteration, WireError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected a hello first: {exc}")
+        if hello.party != party:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate names {party!r}, the hello {hello.party!r}: identity comes from the "
+                "certificate",
+            )
+        if hello.agreement != self.agreement:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"party {party!r} holds federation settings {hello.agreement[:12]}…, the aggregator "
+                f"{self.agreement[:12]}…: both must use the same federation file",
+            )
+        connection = self._register(party)
+        threading.Thread(
+            target=self._read, args=(connection, frames), daemon=True, name=f"read-{party}"
+        ).start()
+        context.add_callback(lambda: self._closed(connection))
+        yield self.welcome
+        while True:
+            item = connection.outbox.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def _register(self, party: str) -> _Connection:
+        with self._lock:
+            old = self._connections.get(party)
+            if old is not None and old.open:
+                old.open = False
+                old.outbox.put(_CLOSE)
+            connection = _Connection(party)
+            self._connections[party] = connection
+            first = party not in self.seen
+            self.seen.add(party)
+            pending = self._pending.get(party)
+            if pending is not None and not pending.replies:
+                connection.outbox.put(pending.data)  # the retry of a request lost with the old stream
+            self._lock.notify_all()
+        log.info("party %s %s", party, "connected" if first else "reconnected")
+        return connection
+
+    def _read(self, connection: _Connection, frames: Iterator[bytes]) -> None:
+        try:
+            for frame in frames:
+                self._deliver(connection, frame)
+        except grpc.RpcError as exc:
+            log.info("stream of %s ended: %s", connection.party, exc.code() if hasattr(exc, "code") else exc)
+        except Exception as exc:  # a broken stream is a dropout, never a crashed aggregator
+            log.warning("stream of %s failed: %s: %s", connection.party, type(exc).__name__, exc)
+        self._closed(connection)
+
+    def _closed(self, connection: _Connection) -> None:
+        with self._lock:
+            if connection.open:
+                connection.open = False
+                connection.closed_at = time.monotonic()
+                connection.outbox.put(_CLOSE)
+                log.info("party %s disconnected", connection.party)
+            self._lock.notify_all()
+
+    def _deliver(self, connection: _Connection, frame: bytes) -> None:
+        with self._lock:
+            pending = self._pending.get(connection.party)
+            if pending is None or not connection.open:
+                log.info("unsolicited frame from %s dropped", connection.party)
+                return
+            pending.replies.append(Reply(connection.party, bytes(frame), time.monotonic() - pending.sent))
+            self._lock.notify_all()
+
+    # -- the Transport interface ---------------------------------------------------------------
+
+    def connected(self) -> list[str]:
+        with self._lock:
+            return sorted(p for p, c in self._connections.items() if c.open)
+
+    def wait_for(self, count: int, timeout: float) -> list[str]:
+        """Wait until ``count`` parties are connected or ``timeout`` passes; return who is."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while sum(c.open for c in self._connections.values()) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+        return self.connected()
+
+    def exchange(self, requests: Mapping[str, bytes], timeout: float) -> list[Reply]:
+        unknown = sorted(set(requests) - set(self.allowlist))
+        if unknown:
+            raise KeyError(f"no route to parties {unknown}")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            now = time.monotonic()
+            for party, data in requests.items():
+                self._pending[party] = _Pending(data, now)
+                self.traffic.bytes_down += len(data)
+                self.traffic.messages += 1
+                connection = self._connections.get(party)
+                if connection is not None and connection.open:
+                    connection.outbox.put(data)
+            while not self._settled(requests, deadline):
+                self._lock.wait(
+                    max(0.0, min(deadline, self._next_grace_end(requests)) - time.monotonic()) + 0.01
+                )
+            replies = [reply for party in requests for reply in self._pending.pop(party).replies]
+        for reply in replies:
+            self.traffic.bytes_up += len(reply.data)
+            self.traffic.messages += 1
+        return replies
+
+    def _settled(self, requests: Mapping[str, bytes], deadline: float) -> bool:
+        now = time.monotonic()
+        if now >= deadline:
+            return True
+        for party in requests:
+            if self._pending[party].replies:
+                continue
+            connection = self._connections.get(party)
+            if connection is None:
+                # Never connected: wait for it only as long as for a reconnect.
+                if now - self._pending[party].sent < self.reconnect_grace:
+                    return False
+            elif connection.open or now - connection.closed_at < self.reconnect_grace:
+                return False
+        return True
+
+    def _next_grace_end(self, requests: Mapping[str, bytes]) -> float:
+        ends = [self._pending[p].sent + self.reconnect_grace for p in requests]
+        ends += [
+            c.closed_at + self.reconnect_grace
+            for p in requests
+            if (c := self._connections.get(p)) and not c.open
+        ]
+        upcoming = [t for t in ends if t > time.monotonic()]
+        return min(upcoming) if upcoming else time.monotonic() + 1.0
+
+    def close(self, grace: float = 1.0) -> None:
+        """End every stream (parties see the federation finish) and stop the server."""
+        with self._lock:
+            for connection in self._connections.values():
+                if connection.open:
+                    connection.outbox.put(_CLOSE)
+        time.sleep(min(grace, 0.2))
+        self._server.stop(grace).wait()
