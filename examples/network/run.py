@@ -41,12 +41,22 @@ SECURE = {  # the privacy stack per preset, with the demo task's metrics declare
 }
 
 
-def write_federation(workdir: Path, privacy: str, rounds: int, port: int, extra: str = "") -> Path:
-    """fed.toml and one toml per hospital in ``workdir`` (certificates already in workdir/certs)."""
+def write_federation(
+    workdir: Path,
+    privacy: str,
+    rounds: int,
+    port: int,
+    extra: str = "",
+    parties: list[str] = PARTIES,
+    module: str = "hospital",
+    max_message_mb: float = 64,
+) -> Path:
+    """fed.toml and one toml per party in ``workdir`` (certificates already in workdir/certs);
+    ``extra`` is added to fed.toml's top level, ``module`` provides ``initial_model``."""
     fed = workdir / "fed.toml"
     fed.write_text(
         f"""rounds = {rounds}
-model = "hospital:initial_model"
+model = "{module}:initial_model"
 weight_bound = 300
 min_parties = 2
 phase_timeout = 60.0
@@ -57,7 +67,8 @@ metric_bounds = {{ loss = 10.0, accuracy = 1.0 }}
 {extra}
 [network]
 address = "127.0.0.1:{port}"
-parties = {json.dumps(PARTIES)}
+parties = {json.dumps(parties)}
+max_message_mb = {max_message_mb}
 connect_timeout = 60.0
 reconnect_grace = 3.0
 
@@ -68,7 +79,7 @@ key = "certs/private/aggregator.key"
 party_certs = "certs/parties"
 """
     )
-    for party in PARTIES:
+    for party in parties:
         (workdir / f"{party}.toml").write_text(
             f"""federation = "fed.toml"
 party = "{party}"

@@ -1,0 +1,184 @@
+"""Aggregator and parties as real processes on 127.0.0.1, over gRPC with mutual TLS."""
+
+import datetime as dt
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from securefl.crypto.certificates import Issued, create_ca, issue, write_federation
+from securefl.deploy import load_federation
+from securefl.network.frames import METHOD, Hello
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTIES = [f"hospital-{i}" for i in range(1, 5)]
+_spec = importlib.util.spec_from_file_location("network_run", ROOT / "examples" / "network" / "run.py")
+RUN = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(RUN)
+
+
+def _federation(tmp_path, privacy="secagg", rounds=2, train=None):
+    write_federation(tmp_path / "certs", "test", PARTIES)
+    port = RUN.free_port()
+    RUN.write_federation(
+        tmp_path, privacy, rounds, port, parties=PARTIES, module="network_party", max_message_mb=1
+    )
+    for party, table in (train or {}).items():
+        with open(tmp_path / f"{party}.toml", "a") as handle:
+            handle.write("\n[train]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()))
+    return port
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "securefl.cli", *args]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    return env
+
+
+def _aggregator(tmp_path):
+    return subprocess.Popen(
+        [sys.executable, "-m", "securefl.cli", "aggregator", "--config", "fed.toml", "--json"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "aggregator.log", "w"),
+        text=True,
+    )
+
+
+def _parties(tmp_path, parties=PARTIES):
+    return [
+        subprocess.Popen(
+            [*_cli("party", "--config", f"{p}.toml"), "--train", "network_party:make_client", "--json"],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=open(tmp_path / f"{p}.log", "w"),
+            text=True,
+        )
+        for p in parties
+    ]
+
+
+def _finish(tmp_path, aggregator, parties):
+    try:
+        out, _ = aggregator.communicate(timeout=300)
+        codes = [p.wait(timeout=60) for p in parties]
+    finally:
+        for process in [aggregator, *parties]:
+            process.kill()
+    log = (tmp_path / "aggregator.log").read_text()
+    assert aggregator.returncode == 0, log
+    return json.loads(out.strip().splitlines()[-1]), codes, log
+
+
+@pytest.mark.parametrize("privacy", ["secagg", "paillier"])
+def test_a_federation_of_processes_over_mutual_tls(tmp_path, privacy):
+    _federation(tmp_path, privacy)
+    aggregator = _aggregator(tmp_path)
+    summary, codes, log = _finish(tmp_path, aggregator, _parties(tmp_path))
+    assert summary["rounds_ok"] == 2 and summary["dropouts"] == {}, log
+    assert summary["parties_seen"] == PARTIES and codes == [0, 0, 0, 0]
+    assert summary["sealed"] == (privacy == "paillier")
+    assert "round 1 ok: 4 selected, 4 summed" in log
+
+
+def test_a_party_killed_mid_round_is_a_dropout_and_the_round_completes(tmp_path):
+    _federation(tmp_path, "secagg", rounds=3, train={"hospital-4": {"die_in_round": 1}})
+    aggregator = _aggregator(tmp_path)
+    summary, codes, log = _finish(tmp_path, aggregator, _parties(tmp_path))
+    assert summary["rounds_ok"] == 3, log
+    assert set(summary["dropouts"]) == {"1", "2"} and "hospital-4" in summary["dropouts"]["1"]
+    assert codes[:3] == [0, 0, 0] and codes[3] == -9
+    assert "round 1 ok: 4 selected, 3 summed" in log
+
+
+def _wait_listening(port, seconds=60.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the aggregator did not listen on {port}")
+
+
+def _attempt(port, agreement, ca, leaf: Issued | None, hello="hospital-1", frames=(), plaintext=False):
+    target = f"127.0.0.1:{port}"
+    if plaintext:
+        channel = grpc.insecure_channel(target)
+    else:
+        credentials = grpc.ssl_channel_credentials(ca, leaf.key_pem, leaf.cert_pem)
+        channel = grpc.secure_channel(target, credentials)
+    with channel:
+        responses = channel.stream_stream(METHOD)(
+            iter([Hello(hello, agreement).encode(), *frames]), timeout=20
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            for _ in responses:
+                pass
+    return refused.value.code(), refused.value.details() or ""
+
+
+def test_outsiders_are_refused_and_the_aggregator_goes_on(tmp_path):
+    port = _federation(tmp_path, "secagg", rounds=1)
+    agreement = load_federation(tmp_path / "fed.toml").agreement
+    certs = tmp_path / "certs"
+    ca_pem = (certs / "ca.pem").read_bytes()
+    ca = Issued(ca_pem, (certs / "private" / "ca.key").read_bytes())
+    member = Issued(
+        (certs / "parties" / "hospital-1.pem").read_bytes(),
+        (certs / "private" / "hospital-1.key").read_bytes(),
+    )
+    identity = Ed25519PrivateKey.generate().public_key()
+    aggregator = _aggregator(tmp_path)
+    try:
+        _wait_listening(port)
+        refusals = {
+            "another CA": _attempt(
+                port, agreement, ca_pem, issue(create_ca("other"), "hospital-1", identity=identity)
+            ),
+            "expired": _attempt(
+                port,
+                agreement,
+                ca_pem,
+                issue(
+                    ca,
+                    "hospital-2",
+                    identity=identity,
+                    days=1,
+                    not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=9),
+                ),
+                hello="hospital-2",
+            ),
+            "not allowlisted": _attempt(
+                port, agreement, ca_pem, issue(ca, "mallory", identity=identity), hello="mallory"
+            ),
+            "impersonation": _attempt(port, agreement, ca_pem, member, hello="hospital-2"),
+            "plaintext": _attempt(port, agreement, ca_pem, None, plaintext=True),
+            "oversized": _attempt(port, agreement, ca_pem, member, frames=[b"\0" * (2 << 20)]),
+        }
+    except BaseException:
+        aggregator.kill()
+        raise
+    codes = {why: code for why, (code, _) in refusals.items()}
+    assert codes["another CA"] == codes["expired"] == codes["plaintext"] == grpc.StatusCode.UNAVAILABLE
+    assert codes["not allowlisted"] == codes["impersonation"] == grpc.StatusCode.PERMISSION_DENIED
+    assert codes["oversized"] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "not in this federation" in refusals["not allowlisted"][1]
+    # The aggregator is still up: the real hospitals join and the round completes.
+    summary, codes, log = _finish(tmp_path, aggregator, _parties(tmp_path))
+    assert summary["rounds_ok"] == 1 and codes == [0, 0, 0, 0], log
+    assert "refused 'mallory'" in log
