@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securefl.crypto.certificates import Issued, create_ca, issue, write_federation
 from securefl.deploy import load_federation
 from securefl.network.frames import METHOD, Hello
+from securefl.privacy.audit import audit
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTIES = [f"hospital-{i}" for i in range(1, 5)]
@@ -25,11 +26,18 @@ RUN = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(RUN)
 
 
-def _federation(tmp_path, privacy="secagg", rounds=2, train=None):
+def _federation(tmp_path, privacy="secagg", rounds=2, train=None, metrics=True):
     write_federation(tmp_path / "certs", "test", PARTIES)
     port = RUN.free_port()
     RUN.write_federation(
-        tmp_path, privacy, rounds, port, parties=PARTIES, module="network_party", max_message_mb=1
+        tmp_path,
+        privacy,
+        rounds,
+        port,
+        parties=PARTIES,
+        module="network_party",
+        max_message_mb=1,
+        metrics=metrics,
     )
     for party, table in (train or {}).items():
         with open(tmp_path / f"{party}.toml", "a") as handle:
@@ -113,6 +121,36 @@ def _wait_listening(port, seconds=60.0):
                 return
         time.sleep(0.2)
     raise AssertionError(f"the aggregator did not listen on {port}")
+
+
+DP_SECAGG = """
+[[privacy]]
+layer = "clip"
+norm = 1.0
+[[privacy]]
+layer = "quantize"
+bits = 16
+[[privacy]]
+layer = "dp"
+noise_multiplier = 1.0
+[[privacy]]
+layer = "secagg"
+
+[budget]
+epsilon = 100.0
+ledger = "ledger.jsonl"
+"""
+
+
+def test_distributed_dp_over_the_network_logs_epsilon_and_keeps_a_ledger(tmp_path):
+    _federation(tmp_path, DP_SECAGG, train={p: {"metrics": "false"} for p in PARTIES}, metrics=False)
+    summary, codes, log = _finish(tmp_path, _aggregator(tmp_path), _parties(tmp_path))
+    assert summary["rounds_ok"] == 2 and codes == [0, 0, 0, 0], log
+    assert 0 < summary["epsilon"] < 100 and f"ε {summary['epsilon']:.4g}" in log
+    result = audit(tmp_path / "ledger.jsonl", (tmp_path / "ledger.jsonl.pub").read_text().strip())
+    assert (
+        result.valid and result.releases == 2 and result.epsilon["rdp"] == pytest.approx(summary["epsilon"])
+    )
 
 
 def _attempt(port, agreement, ca, leaf: Issued | None, hello="hospital-1", frames=(), plaintext=False):

@@ -50,19 +50,24 @@ def write_federation(
     parties: list[str] = PARTIES,
     module: str = "hospital",
     max_message_mb: float = 64,
+    metrics: bool = True,
 ) -> Path:
     """fed.toml and one toml per party in ``workdir`` (certificates already in workdir/certs);
-    ``extra`` is added to fed.toml's top level, ``module`` provides ``initial_model``."""
+    ``extra`` is added after the privacy stack, ``module`` provides ``initial_model``. Without
+    ``metrics`` (as DP requires) every party weighs 1 and reports none."""
     fed = workdir / "fed.toml"
+    weighing = (
+        'weight_bound = 300\ntrain_metrics = ["loss"]\neval_metrics = ["loss", "accuracy"]\n'
+        "metric_bounds = { loss = 10.0, accuracy = 1.0 }"
+        if metrics
+        else 'weighting = "uniform"'
+    )
     fed.write_text(
         f"""rounds = {rounds}
 model = "{module}:initial_model"
-weight_bound = 300
 min_parties = 2
 phase_timeout = 60.0
-train_metrics = ["loss"]
-eval_metrics = ["loss", "accuracy"]
-metric_bounds = {{ loss = 10.0, accuracy = 1.0 }}
+{weighing}
 {SECURE.get(privacy, privacy)}
 {extra}
 [network]
