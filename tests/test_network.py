@@ -205,6 +205,7 @@ def test_outsiders_are_refused_and_the_aggregator_goes_on(tmp_path):
                 port, agreement, ca_pem, issue(ca, "mallory", identity=identity), hello="mallory"
             ),
             "impersonation": _attempt(port, agreement, ca_pem, member, hello="hospital-2"),
+            "other settings": _attempt(port, "0" * 64, ca_pem, member),
             "plaintext": _attempt(port, agreement, ca_pem, None, plaintext=True),
             "oversized": _attempt(port, agreement, ca_pem, member, frames=[b"\0" * (2 << 20)]),
         }
@@ -215,6 +216,7 @@ def test_outsiders_are_refused_and_the_aggregator_goes_on(tmp_path):
     assert codes["another CA"] == codes["expired"] == codes["plaintext"] == grpc.StatusCode.UNAVAILABLE
     assert codes["not allowlisted"] == codes["impersonation"] == grpc.StatusCode.PERMISSION_DENIED
     assert codes["oversized"] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert codes["other settings"] == grpc.StatusCode.FAILED_PRECONDITION
     assert "not in this federation" in refusals["not allowlisted"][1]
     # The aggregator is still up: the real hospitals join and the round completes.
     summary, codes, log = _finish(tmp_path, aggregator, _parties(tmp_path))
