@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from securefl.crypto import paillier
+from securefl.crypto.keyfiles import write_private
 from securefl.crypto.packing import Packing
 from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.layers.base import RoundContext, StackContext, Transform
@@ -96,13 +97,7 @@ class KeyMaterial:
 
     def save(self, path: str | Path, include_private: bool = True) -> Path:
         """Write the keys as JSON, readable by the owner only (0600)."""
-        path = Path(path)
-        text = json.dumps(self.to_json(include_private), indent=1)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(path, 0o600)
-        return path
+        return write_private(path, json.dumps(self.to_json(include_private), indent=1).encode())
 
     @classmethod
     def load(cls, path: str | Path) -> KeyMaterial:
