@@ -139,7 +139,7 @@ def load_callable(spec: str, what: str) -> Callable:
 
 
 @dataclass
-class Federation:
+class FederationConfig:
     """The agreement of FED.toml and what follows from it."""
 
     source: str
@@ -232,7 +232,7 @@ class Federation:
         return Identities(public, private), pins
 
 
-def load_federation(path: str | Path) -> Federation:
+def load_federation(path: str | Path) -> FederationConfig:
     data, base = _read_toml(path)
     source = str(path)
     unknown = sorted(set(data) - _FED)
@@ -247,10 +247,12 @@ def load_federation(path: str | Path) -> Federation:
     rounds = data.get("rounds", 10)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"{source}: rounds must be a positive integer, got {rounds!r}")
+    if data.get("weighting", "examples") not in ("examples", "uniform"):
+        raise ConfigError(f"{source}: weighting must be 'examples' or 'uniform', got {data['weighting']!r}")
     privacy = data.get("privacy", "plain")
     if "budget" in data and not any(isinstance(t, DPNoise) for t in build_stack(privacy).transforms):
         raise ConfigError(f"{source}: a [budget] needs a dp layer in the privacy stack")
-    return Federation(
+    return FederationConfig(
         source=source,
         base=base,
         rounds=rounds,
@@ -387,7 +389,7 @@ def _log_round(report) -> None:
 
 @dataclass
 class PartyConfig:
-    federation: Federation
+    federation: FederationConfig
     party: str
     aggregator: str
     tls: TLSFiles

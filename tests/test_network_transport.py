@@ -186,3 +186,28 @@ def test_opening_frames_refuse_garbage_with_a_wire_error(data):
 @given(st.text(min_size=1, max_size=40), st.text(max_size=80))
 def test_hello_round_trips(party, agreement):
     assert Hello.decode(Hello(party, agreement).encode()) == Hello(party, agreement)
+
+
+def test_deployment_files_with_mistakes_are_refused_with_the_fix(tmp_path):
+    from securefl.deploy import load_federation, load_party
+
+    write_federation(tmp_path / "certs", "test", ["p1", "p2"])
+    fed = tmp_path / "fed.toml"
+    base = '[network]\nparties = ["p1", "p2"]\n[tls]\nca = "certs/ca.pem"\ncert = "certs/aggregator.pem"\n'
+    fed.write_text("rounds = 2\nroundz = 3\n" + base)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['roundz'\]"):
+        load_federation(fed)
+    fed.write_text('rounds = 2\nweighting = "votes"\n' + base)
+    with pytest.raises(ConfigError, match="weighting must be"):
+        load_federation(fed)
+    fed.write_text("rounds = 2\n" + base)
+    assert load_federation(fed).agreement == load_federation(fed).agreement
+    party = tmp_path / "p3.toml"
+    party.write_text('federation = "fed.toml"\nparty = "p3"\n')
+    with pytest.raises(ConfigError, match="not in the federation's allowlist"):
+        load_party(party)
+    party.write_text(
+        'federation = "fed.toml"\nparty = "p1"\n[tls]\nca = "certs/ca.pem"\ncert = "nope.pem"\nkey = "k"\n'
+    )
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_party(party)
