@@ -59,11 +59,13 @@ from typing import Any
 from securefl.aggregator import Aggregator
 from securefl.codec import ArraySpec, VectorLayout
 from securefl.crypto.certificates import load_identity, verify_party_certificate
+from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError
 from securefl.federation import build_stack
 from securefl.fusion import FedAvg, build_strategy
 from securefl.layers import DPNoise, PrivacyStack, StackContext
-from securefl.layers.secagg import Identities, SecAgg
+from securefl.layers.secagg import SecAgg
+from securefl.layers.shared_key import SharedKeySum
 from securefl.network.server import TLSFiles
 from securefl.party import Client, PartyNode
 from securefl.selection import build_selection
@@ -197,8 +199,10 @@ class FederationConfig:
         """The validated stack for a model of ``size`` values, SecAgg identities bound if given."""
         layout = VectorLayout(size, self.train_metrics, self.eval_metrics)
         stack = build_stack(self.privacy)
-        if isinstance(stack.secure_sum, SecAgg) and identities is not None:
-            stack.secure_sum.identities = identities  # active mode: keys advertised under signatures
+        if isinstance(stack.secure_sum, (SecAgg, SharedKeySum)) and identities is not None:
+            # Active mode: SecAgg's key advertisements and the HE layers' key distribution signed
+            # with the identities the party certificates carry.
+            stack.secure_sum.identities = identities
         selection = build_selection(self.selection)
         context = StackContext(
             layout=layout,

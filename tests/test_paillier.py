@@ -15,12 +15,13 @@ from phe import paillier as phe
 import securefl
 from securefl.crypto import paillier
 from securefl.crypto.packing import Packing
+from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError
 from securefl.faults import Faults
 from securefl.layers import Paillier
 from securefl.layers.paillier import KeyMaterial, load_public, save_public
 from securefl.transcript import Transcript
-from securefl.wire import Envelope, decode_record
+from securefl.wire import Envelope, decode_record, encode_record
 
 BITS = 512  # tests only: the suite allows small keys; 2048 is the floor elsewhere
 
@@ -331,3 +332,68 @@ def test_process_pool_path_gives_the_exact_sum():
     assert fed.stack.secure_sum.packing(BITS - 1).plaintexts_for(3002) >= 64
     assert fed.run_round().ok
     np.testing.assert_allclose(fed.global_vector, exact_mean(deltas, weights, deltas), atol=1e-9)
+
+
+# -- signed key distribution (identities bound to the parties' certificates in deployment) -------
+
+
+def _substitute(magic, header_keys, **replacements):
+    """A dishonest aggregator's edit of one request's layer record."""
+
+    def tamper(request: bytes) -> bytes:
+        envelope = Envelope.decode(request)
+        header, parts = decode_record(envelope.parts["layer"], magic, header_keys)
+        parts.update(replacements)
+        layer = encode_record(magic, header, parts)
+        return Envelope(
+            envelope.kind,
+            envelope.session,
+            envelope.round,
+            envelope.phase,
+            envelope.party,
+            {**envelope.parts, "layer": layer},
+        ).encode()
+
+    return tamper
+
+
+def _signed(n=3):
+    return Paillier(key_bits=BITS, workers=1, identities=Identities.generate([f"p{i:02d}" for i in range(n)]))
+
+
+def test_signed_key_distribution_runs_like_the_unsigned_one():
+    fed, deltas, weights = integer_federation(3, layer=_signed())
+    fed.run(2)
+    assert all(r.ok for r in fed.history.rounds)
+    np.testing.assert_allclose(
+        fed.global_weights["w"], 2 * exact_mean(deltas, weights, list(deltas)), atol=1e-9
+    )
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_substituted_requester_key_is_refused_by_the_key_holder_only_when_signed(signed):
+    attacker = bytes(range(32)) * 2  # two requesters' X25519 keys, chosen by the aggregator
+    faults = Faults().add(
+        "tamper_request",
+        "p00",
+        phase="key_grant",
+        replace=_substitute(b"SKGq", {"requesters": list, "generate": bool}, channels=attacker),
+    )
+    fed, *_ = integer_federation(3, faults, layer=_signed() if signed else None)
+    report = fed.run_round()
+    if signed:
+        assert not report.ok and "does not verify" in fed.nodes["p00"].last_error
+    else:
+        assert fed.nodes["p00"].last_error is None  # sealed to the aggregator's keys: the attack works
+
+
+def test_keys_from_an_unsigned_channel_are_refused_by_the_requester():
+    faults = Faults().add(
+        "tamper_request",
+        "p01",
+        phase="key_install",
+        replace=_substitute(b"SKIq", {"granter": str}, granter_channel=bytes(32)),
+    )
+    fed, *_ = integer_federation(3, faults, layer=_signed())
+    fed.run_round()
+    assert "signature of p00 does not verify" in fed.nodes["p01"].last_error

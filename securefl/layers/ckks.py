@@ -20,6 +20,7 @@ import numpy as np
 import tenseal as ts
 
 from securefl.crypto import ckks
+from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, WireError
 from securefl.layers.base import RoundContext, StackContext, Transform
 from securefl.layers.bounds import CoordinateBounds, coordinate_bounds
@@ -141,6 +142,7 @@ class CKKS(SharedKeySum):
         coeff_mod_bit_sizes: Sequence[int] | None = None,
         scale_bits: int | None = None,
         update_bound: float | None = None,
+        identities: Identities | None = None,
     ) -> None:
         if preset not in ckks.PRESETS:
             raise ConfigError(f"unknown CKKS preset {preset!r}; available: {', '.join(ckks.PRESETS)}")
@@ -152,7 +154,7 @@ class CKKS(SharedKeySum):
             base.symmetric,
         )
         self.update_bound = update_bound
-        super().__init__(CkksScheme(self.params))
+        super().__init__(CkksScheme(self.params), identities=identities)
 
     def validate(self, ctx: StackContext, transforms: Sequence[Transform]) -> None:
         if any(t.produces_integers for t in transforms):

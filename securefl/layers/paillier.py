@@ -24,6 +24,7 @@ import numpy as np
 from securefl.crypto import paillier
 from securefl.crypto.keyfiles import write_private
 from securefl.crypto.packing import Packing
+from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.layers.base import RoundContext, StackContext, Transform
 from securefl.layers.quantize import Quantize
@@ -354,6 +355,7 @@ class Paillier(SharedKeySum):
         key_file: str | None = None,
         encryption: str = "crt",
         workers: int | None = None,
+        identities: Identities | None = None,
     ) -> None:
         paillier.check_key_bits(key_bits)
         if encryption not in ("crt", "public"):
@@ -366,7 +368,7 @@ class Paillier(SharedKeySum):
         self.workers = workers or os.cpu_count() or 1
         # The scheme holds parameters only: the aggregator shares it, so it must reach no key.
         scheme = PaillierScheme(self.key_bits, encryption, self.workers)
-        super().__init__(scheme, preloaded, _public_bytes(public) if public is not None else None)
+        super().__init__(scheme, preloaded, _public_bytes(public) if public is not None else None, identities)
 
     def validate(self, ctx: StackContext, transforms: list[Transform]) -> None:
         quantizers = [t for t in transforms if isinstance(t, Quantize)]

@@ -25,13 +25,12 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securefl.crypto import channel, prg, shamir, signing
+from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, WireError
 from securefl.layers.base import (
     Provider,
@@ -49,28 +48,6 @@ ADVERTISE, SHARE, MASKED, CONSISTENCY, UNMASK = "advertise", "share", "masked", 
 _SHARE_PLAINTEXT = 2 * shamir.SHARE_BYTES  # self-mask seed share ‖ mask private key share
 _SEALED_SHARE = channel.sealed_size(_SHARE_PLAINTEXT)
 _KEYS = 2 * channel.KEY_BYTES
-
-
-# --- identities (active mode) -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Identities:
-    """Ed25519 identity keys: every party's public key is known to all in advance; each party
-    holds only its own private key (a simulation holds them all)."""
-
-    public: Mapping[str, bytes]
-    private: Mapping[str, Ed25519PrivateKey]
-
-    @classmethod
-    def generate(cls, party_ids: Iterable[str]) -> Identities:
-        public, private = {}, {}
-        for party in party_ids:
-            private[party], public[party] = signing.generate_identity()
-        return cls(public, private)
-
-    def public_only(self) -> Identities:
-        return Identities(dict(self.public), {})
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -286,14 +263,6 @@ def _survivor_statement(ctx: RoundContext, survivors: Sequence[str]) -> bytes:
     return _context("consistency", ctx, *sorted(survivors))
 
 
-def _verify_identity(identities: Identities, party: str, signature: bytes, message: bytes) -> None:
-    if party not in identities.public:
-        raise ProtocolError(
-            f"{party!r} has no registered identity key; add it to the federation's identities"
-        )
-    signing.verify(identities.public[party], signature, message, party)
-
-
 # --- the aggregator's side ---------------------------------------------------------------------
 
 
@@ -360,7 +329,7 @@ class _Aggregator(SumAggregator):
             raise WireError(f"advertised keys are {len(keys)} bytes, expected {_KEYS}")
         if self.identities:
             # Checked here to drop impostors early; every party checks again itself.
-            _verify_identity(self.identities, party, parts["signature"], _advertised(self.ctx, party, keys))
+            self.identities.verify(party, parts["signature"], _advertised(self.ctx, party, keys))
             self.signatures[party] = parts["signature"]
         self.keys[party] = keys
 
@@ -380,7 +349,7 @@ class _Aggregator(SumAggregator):
     def _receive_consistency(self, party: str, payload: bytes) -> None:
         _, parts = decode_record(payload, b"SACr", {}, ("signature",))
         statement = _survivor_statement(self.ctx, sorted(self.u3))
-        _verify_identity(self.identities, party, parts["signature"], statement)
+        self.identities.verify(party, parts["signature"], statement)
         self.statements[party] = parts["signature"]
 
     def _receive_unmask(self, party: str, payload: bytes) -> None:
@@ -511,7 +480,7 @@ class _Party(SumParty):
         ):
             keys = blob[:_KEYS]
             if self.identities is not None:
-                _verify_identity(self.identities, peer, blob[_KEYS:], _advertised(self.ctx, peer, keys))
+                self.identities.verify(peer, blob[_KEYS:], _advertised(self.ctx, peer, keys))
             self.peers[peer] = keys
         if len(peers) < self.t:
             raise ProtocolError(f"only {len(peers)} neighbours advertised keys; {self.t} are needed to share")
@@ -575,7 +544,7 @@ class _Party(SumParty):
                 _chunks(parts["signatures"], signing.SIGNATURE_BYTES, len(signers), "signatures"),
                 strict=True,
             ):
-                _verify_identity(self.identities, signer, sig, statement)
+                self.identities.verify(signer, sig, statement)
         alive = set(survivors)
         # The security-critical rule: for each party, reveal either its self-mask share (it
         # survived) or its key share (it dropped), never both, and only once per round.

@@ -14,6 +14,11 @@ arithmetic. Phases of a round (the key phases only while an invited party lacks 
                  next global model sealed under the model key every party holds.
 
 The aggregator only ever holds the scheme's public part, ciphertexts and the sealed model.
+
+With ``identities`` (Ed25519 keys known in advance, e.g. bound to the parties' certificates) key
+distribution resists an active aggregator: a requester signs its X25519 key, the key holder seals
+only to keys signed by their requesters and signs its own, and a requester opens keys only from a
+channel a federation member signed. Without them the aggregator is trusted to relay keys honestly.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from securefl.crypto import channel
+from securefl.crypto import channel, signing
+from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, WireError
 from securefl.layers.base import (
     Fuser,
@@ -122,6 +128,14 @@ def _model_aad(scheme: str, session: str, round: int) -> bytes:
     return b"securefl/shared-key/model" + scheme.encode() + bytes.fromhex(session) + struct.pack(">I", round)
 
 
+def _offer_statement(ctx: RoundContext, requester: str, channel_key: bytes) -> bytes:
+    return _ctx("key-offer", ctx, requester, str(ctx.round)) + channel_key
+
+
+def _grant_statement(ctx: RoundContext, granter: str, channel_key: bytes) -> bytes:
+    return _ctx("key-grant", ctx, granter, str(ctx.round)) + channel_key
+
+
 class SharedKeySum(SecureSum):
     """The protocol around a :class:`Scheme`. Subclasses pick the scheme and its parameters.
 
@@ -131,10 +145,17 @@ class SharedKeySum(SecureSum):
 
     fuses_on_parties = True
 
-    def __init__(self, scheme: Scheme, preloaded: Any | None = None, public: bytes | None = None) -> None:
+    def __init__(
+        self,
+        scheme: Scheme,
+        preloaded: Any | None = None,
+        public: bytes | None = None,
+        identities: Identities | None = None,
+    ) -> None:
         self.scheme = scheme
         self._preloaded = preloaded
         self._public = public
+        self.identities = identities
 
     def aggregator(self) -> SumAggregator:
         # The aggregator gets the public part only: never the secret key, nor the model key.
@@ -145,7 +166,11 @@ class SharedKeySum(SecureSum):
             raise ConfigError(
                 f"{self.name}: this configuration holds only the public key; parties need the full key"
             )
-        return _Party(self.scheme, party_id, self._preloaded)
+        if self.identities is not None and party_id not in self.identities.private:
+            raise ConfigError(
+                f"{self.name}: no identity key for party {party_id!r} (signed key distribution)"
+            )
+        return _Party(self.scheme, party_id, self._preloaded, self.identities)
 
 
 class _Aggregator(SumAggregator):
@@ -164,6 +189,8 @@ class _Aggregator(SumAggregator):
     def start_round(self, ctx: RoundContext) -> None:
         self.ctx = ctx
         self.requesters: dict[str, bytes] = {}
+        self.offer_signatures: dict[str, bytes] = {}
+        self.grant_signature = b""
         self.offered_holders: list[str] = []
         self.granter: str | None = None
         self.grants: dict[str, bytes] = {}
@@ -183,17 +210,28 @@ class _Aggregator(SumAggregator):
     def request(self, phase: str, party: str) -> bytes:
         if phase == KEY_GRANT:
             if party != self.granter:
-                return encode_record(b"SKGq", {"requesters": [], "generate": False}, {"channels": b""})
+                return encode_record(
+                    b"SKGq", {"requesters": [], "generate": False}, {"channels": b"", "signatures": b""}
+                )
             requesters = sorted(self.requesters)
             blob = b"".join(self.requesters[r] for r in requesters)
+            signatures = b"".join(self.offer_signatures[r] for r in requesters)
             generate = not self.offered_holders
             return encode_record(
-                b"SKGq", {"requesters": requesters, "generate": generate}, {"channels": blob}
+                b"SKGq",
+                {"requesters": requesters, "generate": generate},
+                {"channels": blob, "signatures": signatures},
             )
         if phase == KEY_INSTALL:
             granted = self.grants.get(party, b"")
             return encode_record(
-                b"SKIq", {}, {"granter_channel": self.granter_channel if granted else b"", "sealed": granted}
+                b"SKIq",
+                {"granter": self.granter if granted else ""},
+                {
+                    "granter_channel": self.granter_channel if granted else b"",
+                    "sealed": granted,
+                    "signature": self.grant_signature if granted else b"",
+                },
             )
         if phase == DECRYPT:
             if party != self.decryptor:
@@ -207,17 +245,20 @@ class _Aggregator(SumAggregator):
         getattr(self, f"_receive_{phase}")(party, payload)
 
     def _receive_key_offer(self, party: str, payload: bytes) -> None:
-        header, parts = decode_record(payload, b"SKOr", {"fingerprint": str}, ("channel",))
+        header, parts = decode_record(payload, b"SKOr", {"fingerprint": str}, ("channel", "signature"))
         if header["fingerprint"]:
             self.offered_holders.append(party)
         elif len(parts["channel"]) != channel.KEY_BYTES:
             raise WireError("a key request needs a 32-byte X25519 public key")
+        elif len(parts["signature"]) not in (0, signing.SIGNATURE_BYTES):
+            raise WireError("a key request's signature must be empty or 64 bytes")
         else:
             self.requesters[party] = parts["channel"]
+            self.offer_signatures[party] = parts["signature"]
 
     def _receive_key_grant(self, party: str, payload: bytes) -> None:
         header, parts = decode_record(
-            payload, b"SKGr", {"granted": list, "sizes": list}, ("channel", "public", "sealed")
+            payload, b"SKGr", {"granted": list, "sizes": list}, ("channel", "public", "sealed", "signature")
         )
         if party != self.granter:
             return
@@ -231,6 +272,7 @@ class _Aggregator(SumAggregator):
         self.public = self.scheme.public_from_bytes(parts["public"])
         self.public_bytes = parts["public"]
         self.granter_channel = parts["channel"]
+        self.grant_signature = parts["signature"]
         offsets = np.cumsum([0, *sizes])
         self.grants = {g: parts["sealed"][offsets[i] : offsets[i + 1]] for i, g in enumerate(granted)}
 
@@ -295,10 +337,14 @@ class _Aggregator(SumAggregator):
 
 
 class _Party(SumParty):
-    def __init__(self, scheme: Scheme, party_id: str, material: Any | None) -> None:
+    def __init__(
+        self, scheme: Scheme, party_id: str, material: Any | None, identities: Identities | None = None
+    ) -> None:
         self.scheme = scheme
         self.me = party_id
         self.material = material
+        self.identity = identities.private[party_id] if identities else None
+        self.identities = identities.public_only() if identities else None
         self.fuse: Fuser | None = None
         self.rng = SecureRandom()
 
@@ -318,15 +364,23 @@ class _Party(SumParty):
     def _key_offer(self, request: bytes) -> bytes:
         if self.material is not None:
             return encode_record(
-                b"SKOr", {"fingerprint": self.scheme.fingerprint(self.material)}, {"channel": b""}
+                b"SKOr",
+                {"fingerprint": self.scheme.fingerprint(self.material)},
+                {"channel": b"", "signature": b""},
             )
         self.channel_secret, public = channel.generate_keypair(self.rng)
-        return encode_record(b"SKOr", {"fingerprint": ""}, {"channel": public})
+        signature = self._sign(_offer_statement(self.ctx, self.me, public))
+        return encode_record(b"SKOr", {"fingerprint": ""}, {"channel": public, "signature": signature})
+
+    def _sign(self, statement: bytes) -> bytes:
+        return signing.sign(self.identity, statement) if self.identity is not None else b""
 
     def _key_grant(self, request: bytes) -> bytes:
-        header, parts = decode_record(request, b"SKGq", {"requesters": list, "generate": bool}, ("channels",))
+        header, parts = decode_record(
+            request, b"SKGq", {"requesters": list, "generate": bool}, ("channels", "signatures")
+        )
         requesters = header["requesters"]
-        empty = {"channel": b"", "public": b"", "sealed": b""}
+        empty = {"channel": b"", "public": b"", "sealed": b"", "signature": b""}
         if not requesters and not header["generate"]:
             return encode_record(b"SKGr", {"granted": [], "sizes": []}, empty)
         if header["generate"]:
@@ -338,6 +392,15 @@ class _Party(SumParty):
         keys = parts["channels"]
         if len(keys) != channel.KEY_BYTES * len(requesters):
             raise WireError("requesters' channel keys have the wrong size")
+        if self.identities is not None:
+            # Seal only to keys their requesters signed: an aggregator's substituted key is refused.
+            signatures = parts["signatures"]
+            if len(signatures) != signing.SIGNATURE_BYTES * len(requesters):
+                raise ProtocolError("key requests arrived unsigned; this federation signs key distribution")
+            for i, requester in enumerate(requesters):
+                peer = keys[i * channel.KEY_BYTES : (i + 1) * channel.KEY_BYTES]
+                signature = signatures[i * signing.SIGNATURE_BYTES : (i + 1) * signing.SIGNATURE_BYTES]
+                self.identities.verify(requester, signature, _offer_statement(self.ctx, requester, peer))
         secret, public = channel.generate_keypair(self.rng)
         plaintext = self.scheme.material_to_bytes(self.material)
         sealed = []
@@ -352,15 +415,23 @@ class _Party(SumParty):
                 "channel": public,
                 "public": self.scheme.public_to_bytes(self.material),
                 "sealed": b"".join(sealed),
+                "signature": self._sign(_grant_statement(self.ctx, self.me, public)),
             },
         )
 
     def _key_install(self, request: bytes) -> bytes:
-        _, parts = decode_record(request, b"SKIq", {}, ("granter_channel", "sealed"))
+        header, parts = decode_record(
+            request, b"SKIq", {"granter": str}, ("granter_channel", "sealed", "signature")
+        )
         if not parts["sealed"]:
             return encode_record(b"SKIr", {"installed": self.material is not None}, {})
         if self.channel_secret is None:
             raise ProtocolError("received keys this party did not ask for")
+        if self.identities is not None:
+            # Open keys only from a member's signed channel: keys the aggregator made are refused.
+            granter = header["granter"]
+            statement = _grant_statement(self.ctx, granter, parts["granter_channel"])
+            self.identities.verify(granter, parts["signature"], statement)
         key = channel.agree(
             self.channel_secret, parts["granter_channel"], _ctx("key-channel", self.ctx, self.me)
         )
