@@ -235,11 +235,7 @@ class Analytics:
             )
         noise_std = None
         if noise is not None:
-            # Total noise in the sum: the shares of every survivor (sized for the fewest allowed).
-            factor = 1.0
-            if noise.placement != "central":
-                factor = len(report.survivors) / noise.parties_sharing(len(report.selected))
-            noise_std = noise.mechanism.noise_std * math.sqrt(factor) * scale
+            noise_std = noise.sum_noise_std(len(report.selected), len(report.survivors)) * scale
         return QueryResult(
             query=label,
             value=None,

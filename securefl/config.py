@@ -42,47 +42,32 @@ DP_LAYERS = {"dp"}
 _BUDGET = {"epsilon", "delta", "ledger", "accountant"}
 
 
-def load_config(path: str | Path) -> RunSettings:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's table; a missing or malformed file is a ConfigError naming it."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return settings_from_dict(data, source=str(path))
+
+
+def load_config(path: str | Path) -> RunSettings:
+    return settings_from_dict(read_toml(path), source=str(path))
 
 
 def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSettings:
-    _no_unknown(data, _TOP, source)
+    no_unknown(data, _TOP, source)
     federation = data.get("federation", {})
     if not isinstance(federation, dict):
         raise ConfigError(f"{source}: [federation] must be a table")
-    _no_unknown(federation, _FEDERATION, f"{source} [federation]")
+    no_unknown(federation, _FEDERATION, f"{source} [federation]")
     privacy = data.get("privacy", "plain")
     if not (
         isinstance(privacy, str) or (isinstance(privacy, list) and all(isinstance(p, dict) for p in privacy))
     ):
         raise ConfigError(f'{source}: privacy must be a preset name or [[privacy]] tables with layer = "..."')
-    if "budget" in data:
-        layers = [p.get("layer") for p in privacy] if isinstance(privacy, list) else [privacy]
-        if not DP_LAYERS.intersection(layers):
-            raise ConfigError(
-                f"{source}: a [budget] is given but no layer of the privacy stack releases DP noise, "
-                "so there is nothing to spend it on; add a DP noise layer or remove [budget]"
-            )
-        budget = data["budget"]
-        if not isinstance(budget, dict):
-            raise ConfigError(f"{source}: [budget] must be a table")
-        _no_unknown(budget, _BUDGET, f"{source} [budget]")
-        budget_settings = BudgetSettings(
-            epsilon=_typed(budget, "epsilon", (int, float), None, source) if "epsilon" in budget else None,
-            delta=float(_typed(budget, "delta", (int, float), 1e-5, source)),
-            ledger=_typed(budget, "ledger", str, None, source) if "ledger" in budget else None,
-            accountant=_typed(budget, "accountant", str, "prv", source),
-        )
-    else:
-        budget_settings = None
     settings = RunSettings(
         task=_typed(data, "task", str, "breast-cancer", source),
         rounds=_typed(data, "rounds", int, 10, source),
@@ -95,14 +80,33 @@ def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSetti
         weight_bound=federation.get("weight_bound"),
         strategy=data.get("strategy", "fedavg"),
         plot=data.get("plot"),
-        budget=budget_settings,
+        budget=budget_settings(data["budget"], privacy, source) if "budget" in data else None,
     )
     if settings.parties < 1 or settings.rounds < 1:
         raise ConfigError(f"{source}: parties and rounds must be at least 1")
     return settings
 
 
-def _no_unknown(table: dict, known: set[str], where: str) -> None:
+def budget_settings(budget: Any, privacy: Any, source: str) -> BudgetSettings:
+    """A ``[budget]`` table, checked: known keys of the right types, and a dp layer to spend on."""
+    layers = [p.get("layer") for p in privacy] if isinstance(privacy, list) else [privacy]
+    if not DP_LAYERS.intersection(layers):
+        raise ConfigError(
+            f"{source}: a [budget] is given but no layer of the privacy stack releases DP noise, "
+            "so there is nothing to spend it on; add a DP noise layer or remove [budget]"
+        )
+    if not isinstance(budget, dict):
+        raise ConfigError(f"{source}: [budget] must be a table")
+    no_unknown(budget, _BUDGET, f"{source} [budget]")
+    return BudgetSettings(
+        epsilon=_typed(budget, "epsilon", (int, float), None, source) if "epsilon" in budget else None,
+        delta=float(_typed(budget, "delta", (int, float), 1e-5, source)),
+        ledger=_typed(budget, "ledger", str, None, source) if "ledger" in budget else None,
+        accountant=_typed(budget, "accountant", str, "prv", source),
+    )
+
+
+def no_unknown(table: dict, known: set[str], where: str) -> None:
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")

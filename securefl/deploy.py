@@ -50,7 +50,6 @@ import json
 import logging
 import secrets
 import sys
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +57,13 @@ from typing import Any
 
 from securefl.aggregator import Aggregator
 from securefl.codec import ArraySpec, VectorLayout
+from securefl.config import budget_settings, no_unknown, read_toml
 from securefl.crypto.certificates import load_identity, verify_party_certificate
 from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError
-from securefl.federation import build_stack
-from securefl.fusion import FedAvg, build_strategy
-from securefl.layers import DPNoise, PrivacyStack, StackContext
+from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
+from securefl.fusion import build_strategy
+from securefl.layers import DPNoise, PrivacyStack
 from securefl.layers.secagg import SecAgg
 from securefl.layers.shared_key import SharedKeySum
 from securefl.network.server import TLSFiles
@@ -96,22 +96,17 @@ _TLS_PARTY = {"ca", "cert", "key", "identity", "server_name"}
 
 
 def _read_toml(path: str | Path) -> tuple[dict[str, Any], Path]:
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8")), path.resolve().parent
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    """The file's table and its directory (paths inside are relative to it)."""
+    return read_toml(path), Path(path).resolve().parent
 
 
-def _table(data: dict, key: str, known: set[str], where: str, required: bool = True) -> dict[str, Any]:
+def _table(data: dict, key: str, known: set[str] | None, where: str, required: bool = True) -> dict[str, Any]:
+    """``data[key]`` as a table with only ``known`` keys (any keys if None)."""
     value = data.get(key, {} if not required else None)
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: [{key}] must be a table")
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"{where} [{key}]: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    if known is not None:
+        no_unknown(value, known, f"{where} [{key}]")
     return value
 
 
@@ -192,8 +187,7 @@ class FederationConfig:
 
     @property
     def party_weight_bound(self) -> float | None:
-        """As in :class:`securefl.Federation`: uniform weighting bounds every weight by 1."""
-        return 1.0 if self.weight_bound is None and self.weighting == "uniform" else self.weight_bound
+        return party_weight_bound(self.weighting, self.weight_bound)
 
     def stack_for(self, size: int, identities: Identities | None) -> tuple[PrivacyStack, VectorLayout]:
         """The validated stack for a model of ``size`` values, SecAgg identities bound if given."""
@@ -203,15 +197,15 @@ class FederationConfig:
             # Active mode: SecAgg's key advertisements and the HE layers' key distribution signed
             # with the identities the party certificates carry.
             stack.secure_sum.identities = identities
-        selection = build_selection(self.selection)
-        context = StackContext(
-            layout=layout,
-            max_parties=selection.max_selected(len(self.parties)),
-            min_parties=min(self.min_parties, selection.max_selected(len(self.parties))),
-            weight_bound=self.party_weight_bound,
-            metric_bounds=dict(self.metric_bounds),
+        validate_stack(
+            stack,
+            layout,
+            build_selection(self.selection),
+            len(self.parties),
+            self.min_parties,
+            self.party_weight_bound,
+            self.metric_bounds,
         )
-        stack.validate(context)
         return stack, layout
 
     def identities(
@@ -239,9 +233,7 @@ class FederationConfig:
 def load_federation(path: str | Path) -> FederationConfig:
     data, base = _read_toml(path)
     source = str(path)
-    unknown = sorted(set(data) - _FED)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(_FED)}")
+    no_unknown(data, _FED, source)
     network = _table(data, "network", _NETWORK, source)
     parties = network.get("parties")
     if not (isinstance(parties, list) and parties and all(isinstance(p, str) for p in parties)):
@@ -254,8 +246,8 @@ def load_federation(path: str | Path) -> FederationConfig:
     if data.get("weighting", "examples") not in ("examples", "uniform"):
         raise ConfigError(f"{source}: weighting must be 'examples' or 'uniform', got {data['weighting']!r}")
     privacy = data.get("privacy", "plain")
-    if "budget" in data and not any(isinstance(t, DPNoise) for t in build_stack(privacy).transforms):
-        raise ConfigError(f"{source}: a [budget] needs a dp layer in the privacy stack")
+    if "budget" in data:
+        budget_settings(data["budget"], privacy, source)  # checked here, used by the aggregator
     return FederationConfig(
         source=source,
         base=base,
@@ -271,7 +263,7 @@ def load_federation(path: str | Path) -> FederationConfig:
         train_metrics=tuple(data.get("train_metrics", ())),
         eval_metrics=tuple(data.get("eval_metrics", ())),
         metric_bounds=dict(data.get("metric_bounds", {})),
-        budget=_table(data, "budget", {"epsilon", "delta", "ledger", "accountant"}, source, False) or None,
+        budget=data.get("budget"),
         network=network,
         tls=_table(data, "tls", _TLS_AGG, source),
         model=data.get("model"),
@@ -296,14 +288,9 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
     stack, layout = fed.stack_for(spec.size, identities.public_only() if identities else None)
     guard = None
     if any(isinstance(t, DPNoise) for t in stack.transforms):
-        budget = fed.budget or {}
-        ledger = budget.get("ledger")
-        settings = BudgetSettings(
-            budget.get("epsilon"),
-            float(budget.get("delta", 1e-5)),
-            str(fed.base / ledger) if ledger else None,
-            budget.get("accountant", "prv"),
-        )
+        settings = budget_settings(fed.budget, fed.privacy, fed.source) if fed.budget else BudgetSettings()
+        if settings.ledger:
+            settings.ledger = str(fed.base / settings.ledger)  # relative to FED.toml, like every path
         guard = guard_for(settings)
     tls = TLSFiles(*(_file(fed.base, fed.tls, k, fed.source).read_bytes() for k in ("ca", "cert", "key")))
     session = secrets.token_hex(16)
@@ -319,6 +306,7 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
     )
     selection = build_selection(fed.selection)
     strategy = build_strategy(fed.strategy)
+    party_strategy(stack, strategy)  # a server optimizer with a layer that fuses on the parties: refused
     if guard is not None:
         guard.bind(stack, selection, len(fed.parties))
     aggregator = Aggregator(
@@ -405,9 +393,7 @@ class PartyConfig:
 def load_party(path: str | Path) -> PartyConfig:
     data, base = _read_toml(path)
     source = str(path)
-    unknown = sorted(set(data) - _PARTY)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(_PARTY)}")
+    no_unknown(data, _PARTY, source)
     if not isinstance(data.get("federation"), str) or not isinstance(data.get("party"), str):
         raise ConfigError(
             f"{source}: federation (the FED.toml path) and party (this party's id) are required"
@@ -419,7 +405,7 @@ def load_party(path: str | Path) -> PartyConfig:
     tls_table = _table(data, "tls", _TLS_PARTY, source)
     tls = TLSFiles(*(_file(base, tls_table, k, source).read_bytes() for k in ("ca", "cert", "key")))
     identity = _file(base, tls_table, "identity", source) if "identity" in tls_table else None
-    train = _table(data, "train", set(data.get("train", {})), source, False)
+    train = _table(data, "train", None, source, False)
     return PartyConfig(
         fed,
         party,
@@ -472,7 +458,7 @@ def run_party_process(config: str | Path, train: str) -> dict[str, Any]:
             weighting=fed.weighting,
             weight_bound=fed.party_weight_bound,
             max_request_bytes=fed.max_message_bytes,
-            strategy=FedAvg(strategy.lr) if isinstance(strategy, FedAvg) else None,
+            strategy=party_strategy(stack, strategy),
         )
 
     summary = run_party(

@@ -67,6 +67,51 @@ def build_stack(privacy: PrivacySpec | Sequence[PrivacySpec] | None) -> PrivacyS
     return PrivacyStack.of(layers)
 
 
+def party_weight_bound(weighting: str, weight_bound: float | None) -> float | None:
+    """The cap on a party's weight: as given, or 1 under uniform weighting."""
+    return 1.0 if weight_bound is None and weighting == "uniform" else weight_bound
+
+
+def validate_stack(
+    stack: PrivacyStack,
+    layout: VectorLayout,
+    selection: Selection,
+    parties: int,
+    min_parties: int,
+    weight_bound: float | None,
+    metric_bounds: Mapping[str, float] | None,
+) -> None:
+    """Check the stack against the federation it will run in (design invariant 3), the same
+    whether it runs in one process or as separate ones; raise ConfigError naming the problem."""
+    if len(set(layout.train_metrics)) != len(layout.train_metrics) or len(set(layout.eval_metrics)) != len(
+        layout.eval_metrics
+    ):
+        raise ConfigError("metric names must be unique")
+    context = StackContext(
+        layout=layout,
+        max_parties=selection.max_selected(parties),
+        min_parties=min(min_parties, selection.max_selected(parties)),
+        weight_bound=weight_bound,
+        metric_bounds=dict(metric_bounds or {}),
+    )
+    if min_parties > context.max_parties:
+        raise ConfigError(
+            f"min_parties={min_parties} but at most {context.max_parties} parties take part in a round"
+        )
+    stack.validate(context)
+
+
+def party_strategy(stack: PrivacyStack, strategy: Strategy) -> FedAvg | None:
+    """The FedAvg the parties step with when the layer fuses on them (else None); a server
+    optimizer is refused there, since parties cannot share its state."""
+    if stack.secure_sum.fuses_on_parties and not isinstance(strategy, FedAvg):
+        raise ConfigError(
+            f"{stack.secure_sum.name!r} fuses on the parties, which cannot share the state of "
+            f"server optimizer {strategy.name!r}; use strategy 'fedavg'"
+        )
+    return FedAvg(strategy.lr) if isinstance(strategy, FedAvg) else None
+
+
 class Federation:
     """An aggregator and its parties in one process.
 
@@ -105,32 +150,14 @@ class Federation:
         party_ids = [check_name(p, "party id") for p in clients]
         self.spec = ArraySpec.of(model)
         self.layout = VectorLayout(self.spec.size, tuple(train_metrics), tuple(eval_metrics))
-        if len(set(self.layout.train_metrics)) != len(self.layout.train_metrics) or len(
-            set(self.layout.eval_metrics)
-        ) != len(self.layout.eval_metrics):
-            raise ConfigError("metric names must be unique")
         self.stack = build_stack(privacy)
         self.selection = build_selection(selection)
-        if weight_bound is None and weighting == "uniform":
-            weight_bound = 1.0
-        context = StackContext(
-            layout=self.layout,
-            max_parties=self.selection.max_selected(len(party_ids)),
-            min_parties=min(min_parties, self.selection.max_selected(len(party_ids))),
-            weight_bound=weight_bound,
-            metric_bounds=dict(metric_bounds or {}),
+        weight_bound = party_weight_bound(weighting, weight_bound)
+        validate_stack(
+            self.stack, self.layout, self.selection, len(party_ids), min_parties, weight_bound, metric_bounds
         )
-        if min_parties > context.max_parties:
-            raise ConfigError(
-                f"min_parties={min_parties} but at most {context.max_parties} parties take part in a round"
-            )
-        self.stack.validate(context)
         strategy = build_strategy(strategy)
-        if self.stack.secure_sum.fuses_on_parties and not isinstance(strategy, FedAvg):
-            raise ConfigError(
-                f"{self.stack.secure_sum.name!r} fuses on the parties, which cannot share the state of "
-                f"server optimizer {strategy.name!r}; use strategy 'fedavg'"
-            )
+        parties_strategy = party_strategy(self.stack, strategy)
         if guard is not None:
             guard.bind(self.stack, self.selection, len(party_ids))
         self.session = secrets.token_hex(16)
@@ -145,7 +172,7 @@ class Federation:
                 self.session,
                 weighting=weighting,
                 weight_bound=weight_bound,
-                strategy=FedAvg(strategy.lr) if isinstance(strategy, FedAvg) else None,
+                strategy=parties_strategy,
             )
             for pid, client in clients.items()
         }

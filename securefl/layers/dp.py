@@ -172,6 +172,13 @@ class DPNoise(Transform):
             return 1
         return max(1, min(selected, self._sum_layer.min_contributors(selected, self._min_parties)))
 
+    def sum_noise_std(self, selected: int, summed: int) -> float:
+        """Std of the noise in a sum of ``summed`` parties from a round of ``selected``, in update units:
+        every summed party's share (each sized for the fewest survivors), or the one central draw."""
+        if self.placement == "central":
+            return self.mechanism.noise_std
+        return self.mechanism.noise_std * math.sqrt(summed / self.parties_sharing(selected))
+
     def start_round(self, ctx: RoundContext) -> None:
         # min_parties is this party's own configuration, not the aggregator's claim: a larger claim
         # would shrink every party's share of the noise.
