@@ -358,7 +358,11 @@ def _serve(args: argparse.Namespace) -> int:
         if args.save_model:
             if weights is None:
                 raise ConfigError("the global model is sealed (paillier, ckks): only the parties can open it")
-            np.savez(args.save_model, **weights)
+            # Named arrays as named entries; a list-shaped model as arr_0, arr_1, … in order.
+            if isinstance(weights, dict):
+                np.savez(args.save_model, **weights)
+            else:
+                np.savez(args.save_model, *weights)
             summary["model"] = args.save_model
     else:
         summary = deploy.run_party_process(args.config, args.train)
