@@ -178,7 +178,12 @@ class Aggregator:
                     report.dropouts[party] = f"{phase}: {type(exc).__name__}: {exc}"
                     live.discard(party)
             self._require_enough(len(live), phase, len(selected))
-            self.secure_sum.close_phase(phase, frozenset(live))
+            try:
+                self.secure_sum.close_phase(phase, frozenset(live))
+            finally:
+                for party, reason in sorted(self.secure_sum.culprits().items()):
+                    report.dropouts.setdefault(party, f"{phase}: {reason}")
+                    live.discard(party)
 
     def _accept(
         self, round: int, phase: str, live: set[str], replies: list[Reply], report: RoundReport

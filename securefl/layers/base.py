@@ -129,6 +129,13 @@ class SumAggregator(ABC):
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         """All replies of ``phase`` are in; ``survivors`` answered validly. Raise RoundFailed to abort."""
 
+    def culprits(self) -> dict[str, str]:
+        """Parties this layer has found misbehaving in this round, each with the reason, beyond those
+        whose own payload it rejected in :meth:`receive` (e.g. a share that contradicts the others,
+        found only when all are in). The core drops them from the rest of the round and names them in
+        the report, also when the round then fails. A culprit's vector may already be in the sum."""
+        return {}
+
     @abstractmethod
     def contributors(self) -> frozenset[str]:
         """After the last phase: the parties whose vectors are in the result. Not always those who
