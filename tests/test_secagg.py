@@ -20,6 +20,7 @@ BOUND = 2**23 - 1  # quantize(bits=24) with this bound has scale exactly 1: inte
 DIM = 6
 PASSIVE = ("advertise", "share", "masked", "unmask")
 ACTIVE = ("advertise", "share", "masked", "consistency", "unmask")
+UNMASK_REPLY = {"self": list, "secret": list, "disputed": list}
 
 
 def integer_federation(layer, n, faults=None, transcript=None, dim=DIM, seed=0):
@@ -67,7 +68,7 @@ def complete_graph_outcome(n, drops, phases):
     u2, u3 = alive_after("share"), alive_after("masked")
     if len(u3) < t:
         return False, None
-    if "consistency" in phases and len(alive_after("consistency")) < t:
+    if "consistency" in phases and len(alive_after("consistency")) < t + 1:  # s = t + 1 signers
         return False, None
     u5 = alive_after("unmask")
     for owner in u2:
@@ -164,7 +165,10 @@ def test_masked_inputs_look_uniform():
     fed, *_ = integer_federation(SecAgg(), 4, transcript=transcript, dim=200_000)
     assert fed.run_round().ok
     for entry in transcript.received(phase="masked"):
-        words = unpack_array(Envelope.decode(entry.data).parts["layer"])
+        _, parts = decode_record(
+            Envelope.decode(entry.data).parts["layer"], b"SAMr", {"unopened": list}, ("masked", "accusations")
+        )
+        words = unpack_array(parts["masked"])
         assert words.dtype == np.uint32
         counts = np.bincount((words >> np.uint32(24)).astype(np.int64), minlength=256)
         expected = words.size / 256
@@ -181,9 +185,7 @@ def revealed_shares(transcript):
         envelope = Envelope.decode(entry.data)
         if envelope.kind != "reply":
             continue
-        header, _ = decode_record(
-            envelope.parts["layer"], b"SAUr", {"self": list, "secret": list}, ("shares",)
-        )
+        header, _ = decode_record(envelope.parts["layer"], b"SAUr", UNMASK_REPLY, ("shares", "one_time"))
         for owner in header["self"]:
             self_counts[owner] = self_counts.get(owner, 0) + 1
         for owner in header["secret"]:
@@ -216,7 +218,7 @@ def test_shares_travel_sealed():
     header_shares = []
     for entry in transcript.received(phase="unmask"):
         _, parts = decode_record(
-            Envelope.decode(entry.data).parts["layer"], b"SAUr", {"self": list, "secret": list}, ("shares",)
+            Envelope.decode(entry.data).parts["layer"], b"SAUr", UNMASK_REPLY, ("shares", "one_time")
         )
         header_shares += [
             parts["shares"][i : i + shamir.SHARE_BYTES]
@@ -240,14 +242,19 @@ def test_truncated_or_duplicated_messages_drop_the_sender(action, phase):
     np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
 
 
-def test_tampered_sealed_share_is_detected_by_its_recipient():
-    fed, deltas, weights = integer_federation(SecAgg(), 8, Faults().add("flip", "p00", phase="share"))
+@pytest.mark.parametrize("active", [False, True])
+def test_a_garbled_sealed_share_costs_its_sender_not_its_recipient(active):
+    """p00's share reply arrives with its last sealed share (for p07) altered: p07 cannot open it,
+    names p00 and goes on; p00 does not recognise the ciphertext as its own, discloses nothing, and
+    is named; the sum is exact (p00's masked input was sound) and p07 is not dropped."""
+    parties = [f"p{i:02d}" for i in range(8)]
+    layer = SecAgg(identities=Identities.generate(parties) if active else None)
+    fed, deltas, weights = integer_federation(layer, 8, Faults().add("flip", "p00", phase="share"))
     report = fed.run_round()
-    # p00's last sealed share goes to p07, which cannot authenticate it and withdraws
-    assert report.ok and "p07" in report.dropouts
-    assert "failed authentication" in fed.nodes["p07"].last_error
-    survivors = [p for p in deltas if p != "p07"]
-    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
+    assert report.ok, report.error
+    assert set(report.dropouts) == {"p00"}, report.dropouts
+    assert "sent p07 a sealed share that does not open" in report.dropouts["p00"]
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
 
 
 def test_replayed_advertisement_from_an_earlier_round_is_refused():
@@ -301,7 +308,10 @@ def test_active_mode_detects_a_lie_about_who_dropped():
     def lie(request):
         env = Envelope.decode(request)
         header, parts = decode_record(
-            env.parts["layer"], b"SAUq", {"survivors": list, "signers": list}, ("signatures",)
+            env.parts["layer"],
+            b"SAUq",
+            {"survivors": list, "signers": list, "disputes": list},
+            ("signatures", "accusations"),
         )
         header["survivors"] = [p for p in header["survivors"] if p != "p05"]  # claim p05 dropped
         layer = encode_record(b"SAUq", header, parts)
@@ -338,6 +348,8 @@ def test_impostor_advertisement_refused_in_active_mode():
         (lambda: SecAgg(modulus_bits=16), "modulus_bits must be 32 or 64"),
         (lambda: SecAgg(threshold=1), "one share"),
         (lambda: SecAgg(threshold=1.5), "at most 1"),
+        (lambda: SecAgg(threshold=0.5), "needs more than half"),
+        (lambda: SecAggPlus(threshold=0.4), "needs more than half"),
         (lambda: SecAggPlus(degree=3), "even integer"),
     ],
 )
@@ -379,7 +391,7 @@ def test_harary_graph_is_k_regular_and_seeded():
     assert all(a in graph[b] for a in graph for b in graph[a])  # symmetric
     assert graph == layer.neighbours(parties, bytes(32))
     assert graph != layer.neighbours(parties, bytes(31) + b"\x01")
-    assert SecAggPlus().degree(100) == 20 and SecAggPlus().degree(8) == 7
+    assert SecAggPlus().degree(100) == 28 and SecAggPlus().degree(8) == 7
 
 
 def test_a_party_reveals_shares_only_once_per_round():
@@ -400,8 +412,12 @@ def test_a_party_reveals_shares_only_once_per_round():
 def test_failure_bounds_by_hand():
     # complete graph, n = 3, t = 2: any dropout leaves a survivor with one neighbour: 1 − 0.9³
     assert SecAgg().failure_bound(3, 0.1) == pytest.approx(1 - 0.9**3)
-    # k = 4, t = 2 (half): a party is short when it loses 3 or 4 neighbours; union over 10 parties
-    short = 4 * 0.2**3 * 0.8 + 0.2**4
-    assert SecAggPlus(degree=4).failure_bound(10, 0.2) == pytest.approx(10 * short)
+    # k = 4, t = 3: a party is short when it loses 2, 3 or 4 neighbours; union over 10 parties
+    short = 6 * 0.05**2 * 0.95**2 + 4 * 0.05**3 * 0.95 + 0.05**4
+    assert SecAggPlus(degree=4).failure_bound(10, 0.05) == pytest.approx(10 * short)
+    # active mode adds P(fewer than s = ⌈(n + 2t − k)/2⌉ = 6 parties left to sign)
+    active = SecAggPlus(degree=4, identities=Identities.generate(["a"]))
+    signers_short = sum(math.comb(10, i) * 0.05**i * 0.95 ** (10 - i) for i in range(5, 11))
+    assert active.failure_bound(10, 0.05) == pytest.approx(10 * short + signers_short)
     # the defaults at n = 100, 10% dropouts: both comfortably reliable
     assert SecAgg().failure_bound(100, 0.1) < 1e-6 and SecAggPlus().failure_bound(100, 0.1) < 1e-3

@@ -5,11 +5,18 @@ polynomial of degree ``threshold − 1``: any ``threshold`` shares reconstruct i
 nothing (information-theoretically). Shares are 66-byte big-endian field elements; share
 coordinates are small positive integers (securefl uses a party's position in the round, plus one).
 Coefficients are sampled by rejection, so they are exactly uniform.
+
+Shares are a Reed–Solomon codeword, so reconstruction from more than ``threshold`` of them can
+check them and correct wrong ones (:func:`reconstruct`): a random check of the dual code detects any
+inconsistency (false acceptance ≤ m / 2^521), and Gao's decoder ("A New Algorithm for Decoding
+Reed–Solomon Codes", 2002) corrects up to ⌊(m − threshold) / 2⌋ wrong shares and names them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 from securefl.errors import ProtocolError
@@ -61,20 +68,193 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def combine(shares: Mapping[int, bytes], threshold: int, length: int) -> bytes:
-    """The secret of ``length`` bytes from at least ``threshold`` shares (the first ones, by x)."""
+    """The secret of ``length`` bytes from at least ``threshold`` shares (the first ones, by x).
+
+    No checking: use :func:`reconstruct` where shares come from parties that may lie."""
     if len(shares) < threshold:
         raise ProtocolError(f"{len(shares)} shares cannot reconstruct a secret that needs {threshold}")
     xs = tuple(sorted(shares)[:threshold])
     values = []
     for x in xs:
-        data = shares[x]
-        if len(data) != SHARE_BYTES:
-            raise ProtocolError(f"a share is {SHARE_BYTES} bytes, got {len(data)}")
-        value = int.from_bytes(data, "big")
-        if value >= PRIME:
+        value = _element(shares[x])
+        if value is None:
             raise ProtocolError("a share is not a field element")
         values.append(value)
-    secret = sum(c * y for c, y in zip(lagrange_at_zero(xs), values, strict=True)) % PRIME
-    if secret >= 1 << (8 * length):
+    return _secret_bytes(_at_zero(xs, values), length)
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """A secret rebuilt from shares some of which may be wrong: ``secret`` is None when the wrong
+    shares are too many to correct; ``wrong`` lists the coordinates whose shares were wrong."""
+
+    secret: bytes | None
+    wrong: tuple[int, ...]
+
+
+def reconstruct(shares: Mapping[int, bytes], threshold: int, length: int, accept=None) -> Reconstruction:
+    """The secret from all ``shares``, checking every one of them and correcting wrong ones.
+
+    A share that is malformed (wrong size, not a field element) is wrong. The rest must lie on one
+    polynomial of degree < ``threshold``; if they do not, Gao's decoder finds the polynomial that
+    all but at most ⌊(m − threshold)/2⌋ of them fit, and those that do not are wrong. A secret that
+    does not fit in ``length`` bytes, or that ``accept(secret)`` refuses (e.g. a private key that
+    does not match its public key), is not a reconstruction. Raises ProtocolError only if fewer
+    than ``threshold`` shares are given.
+    """
+    if len(shares) < threshold:
+        raise ProtocolError(f"{len(shares)} shares cannot reconstruct a secret that needs {threshold}")
+    malformed = tuple(sorted(x for x, data in shares.items() if _element(data) is None))
+    points = {x: _element(data) for x, data in shares.items() if x not in malformed}
+    xs = tuple(sorted(points))
+    ys = [points[x] for x in xs]
+
+    def usable(value: int) -> bytes | None:
+        if value >= 1 << (8 * length):
+            return None
+        secret = value.to_bytes(length, "big")
+        return secret if accept is None or accept(secret) else None
+
+    if len(xs) >= threshold and _consistent(xs, ys, threshold):
+        # Consistent shares of an unusable secret: the dealer's doing, not a holder's.
+        return Reconstruction(usable(_at_zero(xs[:threshold], ys[:threshold])), malformed)
+    polynomial = _gao_decode(xs, ys, threshold) if len(xs) > threshold else None
+    secret = usable(polynomial[0] if polynomial else 0) if polynomial is not None else None
+    if secret is None:
+        return Reconstruction(None, malformed)
+    off = (x for x, y in zip(xs, ys, strict=True) if _evaluate(polynomial, x) != y)
+    return Reconstruction(secret, tuple(sorted((*malformed, *off))))
+
+
+def _element(data: bytes) -> int | None:
+    if not isinstance(data, bytes | bytearray) or len(data) != SHARE_BYTES:
+        return None
+    value = int.from_bytes(data, "big")
+    return value if value < PRIME else None
+
+
+def _secret_bytes(value: int, length: int) -> bytes:
+    if value >= 1 << (8 * length):
         raise ProtocolError("shares are inconsistent: the reconstructed secret is out of range")
-    return secret.to_bytes(length, "big")
+    return value.to_bytes(length, "big")
+
+
+def _at_zero(xs: tuple[int, ...], ys: Sequence[int]) -> int:
+    return sum(c * y for c, y in zip(lagrange_at_zero(xs), ys, strict=True)) % PRIME
+
+
+@lru_cache(maxsize=256)
+def _dual_check(xs: tuple[int, ...], threshold: int, salt: bytes) -> tuple[int, ...]:
+    """A random word w of the dual code: Σ w_i y_i = 0 for every polynomial of degree < threshold
+    evaluated at xs. w_i = v_i g(x_i) with v_i = 1/Π_{j≠i}(x_i − x_j) and g random of degree
+    < m − threshold (generalized Reed–Solomon duality). ``salt`` keys the cache to a fresh g per
+    caller so that a party cannot craft shares against a known check."""
+    m = len(xs)
+    g = [int.from_bytes(salt + i.to_bytes(4, "big"), "big") % PRIME for i in range(m - threshold)]
+    word = []
+    for i, xi in enumerate(xs):
+        denominator = 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                denominator = denominator * (xi - xj) % PRIME
+        word.append(pow(denominator, -1, PRIME) * _evaluate(g, xi) % PRIME)
+    return tuple(word)
+
+
+_SALT = os.urandom(32)  # per process; the check's randomness never leaves it
+
+
+def _consistent(xs: tuple[int, ...], ys: Sequence[int], threshold: int) -> bool:
+    """Whether the points lie on one polynomial of degree < threshold (wrongly yes with probability
+    at most (m − threshold) / 2^521 for shares chosen without knowing the process's salt)."""
+    if len(xs) == threshold:
+        return True
+    word = _dual_check(xs, threshold, _SALT)
+    return sum(w * y for w, y in zip(word, ys, strict=True)) % PRIME == 0
+
+
+# --- polynomials over GF(PRIME): coefficient lists, lowest degree first ------------------------
+
+
+def _trim(p: list[int]) -> list[int]:
+    while p and p[-1] == 0:
+        p.pop()
+    return p
+
+
+def _evaluate(p: Sequence[int], x: int) -> int:
+    y = 0
+    for c in reversed(p):
+        y = (y * x + c) % PRIME
+    return y
+
+
+def _sub(a: list[int], b: list[int]) -> list[int]:
+    out = [0] * max(len(a), len(b))
+    for i, c in enumerate(a):
+        out[i] = c
+    for i, c in enumerate(b):
+        out[i] = (out[i] - c) % PRIME
+    return _trim(out)
+
+
+def _mul(a: list[int], b: list[int]) -> list[int]:
+    if not a or not b:
+        return []
+    out = [0] * (len(a) + len(b) - 1)
+    for i, ca in enumerate(a):
+        if ca:
+            for j, cb in enumerate(b):
+                out[i + j] = (out[i + j] + ca * cb) % PRIME
+    return _trim(out)
+
+
+def _divmod(a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
+    a = list(a)
+    inverse = pow(b[-1], -1, PRIME)
+    quotient = [0] * max(len(a) - len(b) + 1, 0)
+    for shift in range(len(a) - len(b), -1, -1):
+        factor = a[shift + len(b) - 1] * inverse % PRIME
+        quotient[shift] = factor
+        if factor:
+            for j, cb in enumerate(b):
+                a[shift + j] = (a[shift + j] - factor * cb) % PRIME
+    return _trim(quotient), _trim(a[: len(b) - 1])
+
+
+def _interpolate(xs: Sequence[int], ys: Sequence[int]) -> list[int]:
+    """The polynomial of degree < len(xs) through the points (Newton's divided differences)."""
+    coefficients = list(ys)
+    n = len(xs)
+    for level in range(1, n):
+        for i in range(n - 1, level - 1, -1):
+            coefficients[i] = (
+                (coefficients[i] - coefficients[i - 1]) * pow(xs[i] - xs[i - level], -1, PRIME) % PRIME
+            )
+    poly: list[int] = []
+    for i in range(n - 1, -1, -1):  # Horner on the Newton basis
+        poly = _sub(_mul(poly, [(-xs[i]) % PRIME, 1]), [(-coefficients[i]) % PRIME])
+    return poly
+
+
+def _gao_decode(xs: Sequence[int], ys: Sequence[int], threshold: int) -> list[int] | None:
+    """The polynomial of degree < threshold that all but ⌊(m − threshold)/2⌋ points fit, or None."""
+    m = len(xs)
+    g0 = [1]
+    for x in xs:
+        g0 = _mul(g0, [(-x) % PRIME, 1])
+    g1 = _interpolate(xs, ys)
+    # Partial extended Euclid: stop at the first remainder of degree < (m + threshold) / 2.
+    r_prev, r = g0, g1
+    v_prev, v = [], [1]
+    while r and 2 * (len(r) - 1) >= m + threshold:
+        quotient, remainder = _divmod(r_prev, r)
+        r_prev, r = r, remainder
+        v_prev, v = v, _sub(v_prev, _mul(quotient, v))
+    if not v:
+        return None
+    f, remainder = _divmod(r, v) if r else ([], [])
+    if remainder or len(f) > threshold:
+        return None
+    errors = sum(1 for x, y in zip(xs, ys, strict=True) if _evaluate(f, x) != y)
+    return f if 2 * errors <= m - threshold else None

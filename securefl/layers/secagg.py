@@ -10,18 +10,28 @@ graph as in Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmi
                 Ed25519 identity key in active mode;
 ``share``       each party Shamir-shares its mask private key and a fresh self-mask seed among its
                 neighbours, each share sealed with AES-GCM under the pair's channel key;
-``masked``      each party sends ``x + PRG(b) + Σ ±PRG(s_ij)`` modulo 2^k;
+``masked``      each party sends ``x + PRG(b) + Σ ±PRG(s_ij)`` modulo 2^k, masking with at least
+                t neighbours, and names any neighbour whose sealed share did not open;
 ``consistency`` (active mode) each party signs the list of parties whose masked input arrived;
 ``unmask``      for each neighbour, a party reveals the share of its self-mask seed if it survived,
-                or of its mask private key if it dropped — never both for the same party.
+                or of its mask private key if it dropped — never both for the same party — and
+                only if the list keeps at least t of that neighbour's own neighbours.
+
+Against a lying aggregator the safety argument needs t > k/2 (enforced): a party masks with at
+least t of its k neighbours and its seed is revealed only when at least t of them are listed as
+survivors, so the two sets meet in a survivor whose mask stays on the party's input. In active
+mode the list must carry ⌈(n + 2t − k)/2⌉ signatures, so no two lists can both gather enough
+(see ``protocols/secagg.md``, "What each mode guarantees").
 
 The aggregator side holds only public keys, sealed shares it cannot open, masked vectors and the
-shares parties choose to reveal; it removes exactly the masks it must and returns the sum of the
-surviving parties' quantized vectors.
+shares parties choose to reveal; it checks every revealed share against the others (a wrong one is
+corrected and its sender named), resolves accusations about unopenable shares, removes exactly the
+masks it must and returns the sum of the surviving parties' quantized vectors.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import struct
@@ -46,8 +56,11 @@ from securefl.wire import decode_record, encode_record, pack_array, unpack_array
 
 ADVERTISE, SHARE, MASKED, CONSISTENCY, UNMASK = "advertise", "share", "masked", "consistency", "unmask"
 _SHARE_PLAINTEXT = 2 * shamir.SHARE_BYTES  # self-mask seed share ‖ mask private key share
-_SEALED_SHARE = channel.sealed_size(_SHARE_PLAINTEXT)
+# A sealed share: the sender's one-time X25519 key ‖ nonce ‖ AES-GCM(shares) ‖ tag. The one-time
+# key lets the sender prove, if the recipient claims it cannot open it, what it sealed (below).
+_SEALED_SHARE = channel.KEY_BYTES + channel.sealed_size(_SHARE_PLAINTEXT)
 _KEYS = 2 * channel.KEY_BYTES
+_DIGEST = 32
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -57,9 +70,11 @@ class SecAgg(SecureSum):
     """Secure aggregation over the complete graph: every party masks with every other.
 
     ``threshold``: how many of a party's neighbours must reveal shares to unmask it — a fraction of
-    its neighbours (default 2/3, rounded up) or an absolute count. ``modulus_bits``: 32 (upload is
-    the size of float32) or 64. ``identities`` turns on active-adversary mode: signed key
-    advertisements and the consistency round.
+    its neighbours (default 2/3, rounded up) or an absolute count; it must exceed half the
+    neighbours, or a lying aggregator could unmask a party (more dropout tolerance comes from more
+    neighbours, not a lower threshold). ``modulus_bits``: 32 (upload is the size of float32) or 64.
+    ``identities`` turns on active-adversary mode: signed key advertisements, signed sealed shares
+    and accusations, and the signed consistency round.
     """
 
     name = "secagg"
@@ -80,6 +95,11 @@ class SecAgg(SecureSum):
             )
         if isinstance(threshold, float) and threshold > 1:
             raise ConfigError(f"a fractional secagg threshold must be at most 1, got {threshold}")
+        if isinstance(threshold, float) and threshold <= 0.5:
+            raise ConfigError(
+                f"a secagg threshold of {threshold} of the neighbours lets a lying aggregator unmask a party "
+                "(it needs more than half); for more dropout tolerance raise the degree instead"
+            )
         if isinstance(threshold, int) and threshold < 2:
             raise ConfigError("a secagg threshold of one share would let any single party unmask another")
         if rng_for is not None:
@@ -111,6 +131,23 @@ class SecAgg(SecureSum):
             return max(2, math.ceil(self.threshold * degree - 1e-9))
         return self.threshold
 
+    def signatures_needed(self, parties: int) -> int:
+        """Active mode: signatures of listed parties a survivor list needs, s = ⌈(n + 2t − k)/2⌉.
+        Two lists signed by s parties each share 2s − n ≥ 2t − k signers, more than the colluding
+        parties tolerated (:meth:`collusion_bound`): an honest party signed both, and it signs one
+        list per round. So every honest party reveals shares for the same list."""
+        k = self.degree(parties)
+        return -(-(parties + 2 * self.shares_needed(k) - k) // 2)
+
+    def collusion_bound(self, parties: int) -> int:
+        """How many parties may collude with a lying (active-mode) aggregator without any honest
+        party's update being exposed: 2t − k − 1. A party's input is masked with at least t of its k
+        neighbours and its seed revealed only if t of them are listed, so at least 2t − k of its
+        maskers are listed survivors, whose masks the aggregator cannot remove unless all of them
+        collude. (Against an honest-but-curious aggregator the bound is t − 1.)"""
+        k = self.degree(parties)
+        return 2 * self.shares_needed(k) - k - 1
+
     def min_contributors(self, selected: int, min_parties: int) -> int:
         """Unmasking needs t shares of every summed party's self-mask seed from surviving neighbours,
         who sent masked inputs themselves: a successful round sums at least t parties (t + 1 when the
@@ -120,9 +157,16 @@ class SecAgg(SecureSum):
     def failure_bound(self, parties: int, dropout: float) -> float:
         """An upper bound on the probability that a round of ``parties`` fails when each party
         drops independently with probability ``dropout`` after sharing keys. On the complete graph
-        every neighbourhood is everyone else: the round fails when more than n − 1 − t drop."""
+        every neighbourhood is everyone else: the round fails when more than n − 1 − t drop (in
+        active mode the list needs s = t + 1 signers: the same condition)."""
         k = self.degree(parties)
         return _binomial_tail(parties, dropout, parties - 1 - self.shares_needed(k))
+
+    def _signers_failure(self, parties: int, dropout: float) -> float:
+        """Active mode: the probability that fewer than s parties are left to sign the list."""
+        if not self.active:
+            return 0.0
+        return _binomial_tail(parties, dropout, parties - self.signatures_needed(parties))
 
     def validate(self, ctx: StackContext, transforms: Sequence[Transform]) -> None:
         if ctx.max_parties < 3:
@@ -131,10 +175,17 @@ class SecAgg(SecureSum):
                 f"{ctx.max_parties}); with 2, the sum reveals each input to the other party anyway"
             )
         degree = self.degree(ctx.max_parties)
-        if self.shares_needed(degree) > degree:
+        needed = self.shares_needed(degree)
+        if needed > degree:
             raise ConfigError(
-                f"{self.name} threshold {self.threshold} needs {self.shares_needed(degree)} shares, but a "
+                f"{self.name} threshold {self.threshold} needs {needed} shares, but a "
                 f"party has only {degree} neighbours with {ctx.max_parties} parties"
+            )
+        if 2 * needed <= degree:
+            raise ConfigError(
+                f"{self.name} threshold {self.threshold} is {needed} shares of {degree} neighbours (with "
+                f"{ctx.max_parties} parties): at most half, so a lying aggregator could unmask a party; "
+                f"use a threshold above {degree // 2}, and a larger degree for dropout tolerance"
             )
 
     def neighbours(self, parties: Sequence[str], graph_seed: bytes) -> dict[str, frozenset[str]]:
@@ -163,31 +214,34 @@ class SecAgg(SecureSum):
 class SecAggPlus(SecAgg):
     """SecAgg over a random k-regular (Harary) graph: cost grows with log n instead of n.
 
-    ``degree`` (even) defaults to ``2·⌈1.5·log2 n⌉``, capped at n − 1 (then the graph is complete).
+    ``degree`` (even) defaults to ``2·⌈2·log2 n⌉``, capped at n − 1 (then the graph is complete).
     The graph is the Harary graph H(k, n) on the parties in an order drawn from a fresh 256-bit seed
-    the aggregator picks each round. ``threshold`` defaults to half the neighbours: a random
-    neighbourhood's losses fluctuate, and t = k/2 balances dropout tolerance (k − t lost) against
-    collusion (t colluding neighbours); see :meth:`failure_bound`.
+    the aggregator picks each round. ``threshold`` defaults to 60% of the neighbours: above half, as
+    safety against a lying aggregator requires, with dropout tolerance from the degree (k = 28,
+    t = 17 for n = 100: a round fails with probability < 10⁻³ at 10% dropouts, and up to 5 parties
+    may collude with a lying aggregator); see :meth:`failure_bound` and :meth:`collusion_bound`.
     """
 
     name = "secagg+"
 
-    def __init__(self, degree: int | None = None, threshold: float | int = 0.5, **kwargs) -> None:
+    def __init__(self, degree: int | None = None, threshold: float | int = 0.6, **kwargs) -> None:
         super().__init__(threshold=threshold, **kwargs)
         if degree is not None and (not isinstance(degree, int) or degree < 2 or degree % 2):
             raise ConfigError(f"secagg+ degree must be an even integer >= 2, got {degree!r}")
         self.k = degree
 
     def degree(self, n: int) -> int:
-        k = self.k if self.k is not None else 2 * math.ceil(1.5 * math.log2(max(n, 2)))
+        k = self.k if self.k is not None else 2 * math.ceil(2 * math.log2(max(n, 2)))
         return min(n - 1, k)
 
     def failure_bound(self, parties: int, dropout: float) -> float:
-        """Union bound over parties: some party keeps fewer than t of its k neighbours."""
+        """Union bound over parties: some party keeps fewer than t of its k neighbours, or (active
+        mode) fewer than s = ⌈(n + 2t − k)/2⌉ parties are left to sign the survivor list."""
         k = self.degree(parties)
         if k >= parties - 1:
             return super().failure_bound(parties, dropout)
-        return min(1.0, parties * _binomial_tail(k, dropout, k - self.shares_needed(k)))
+        neighbourhoods = parties * _binomial_tail(k, dropout, k - self.shares_needed(k))
+        return min(1.0, neighbourhoods + self._signers_failure(parties, dropout))
 
     def neighbours(self, parties: Sequence[str], graph_seed: bytes) -> dict[str, frozenset[str]]:
         n = len(parties)
@@ -223,7 +277,7 @@ def _permutation(items: list[str], seed: bytes) -> list[str]:
 
 def _context(label: str, ctx: RoundContext, *names: str) -> bytes:
     """Domain-separated, length-prefixed context for KDFs, AAD and signatures."""
-    fields = [b"securefl/secagg/v1", label.encode(), bytes.fromhex(ctx.session), struct.pack(">I", ctx.round)]
+    fields = [b"securefl/secagg/v2", label.encode(), bytes.fromhex(ctx.session), struct.pack(">I", ctx.round)]
     fields += [n.encode() for n in names]
     return b"".join(struct.pack(">H", len(f)) + f for f in fields)
 
@@ -255,12 +309,51 @@ def _chunks(data: bytes, size: int, count: int, what: str) -> list[bytes]:
     return [data[i * size : (i + 1) * size] for i in range(count)]
 
 
-def _advertised(ctx: RoundContext, party: str, keys: bytes) -> bytes:
-    return _context("advertise", ctx, party) + keys
+def _advertised(ctx: RoundContext, party: str, graph_seed: bytes, keys: bytes) -> bytes:
+    # The graph seed is signed too: a party and every neighbour it exchanges shares with provably
+    # used the same graph, which the unmask rule's neighbourhood count relies on.
+    return _context("advertise", ctx, party) + graph_seed + keys
+
+
+def _sealed_statement(ctx: RoundContext, sender: str, recipient: str, sealed: bytes) -> bytes:
+    return _context("sealed-share", ctx, sender, recipient) + sealed
+
+
+def _accusation(ctx: RoundContext, accuser: str, accused: str, digest: bytes) -> bytes:
+    """What a party signs when a sealed share addressed to it does not open: the digest of exactly
+    the bytes it received, so the sender reveals its one-time key only for its own ciphertext."""
+    return _context("accuse", ctx, accuser, accused) + digest
+
+
+def _share_key(ctx: RoundContext, one_time: bytes, peer_channel: bytes, sender: str, recipient: str) -> bytes:
+    return channel.agree(one_time, peer_channel, _context("share-key", ctx, sender, recipient))
+
+
+def _open_share(ctx: RoundContext, key: bytes, sealed: bytes, sender: str, recipient: str) -> bytes:
+    return channel.open_sealed(key, sealed[channel.KEY_BYTES :], _context("share", ctx, sender, recipient))
+
+
+def _require_valid_key(public: bytes, what: str) -> None:
+    """Refuse an X25519 public key that gives no shared secret (a low-order point): checked by the
+    aggregator on arrival, so a party advertising one is dropped before any neighbour uses it."""
+    try:
+        channel.agree(_CHECK_KEY, public, b"securefl/secagg/key-check")
+    except ProtocolError:
+        raise ProtocolError(f"the advertised {what} key is not a usable X25519 public key") from None
+
+
+_CHECK_KEY = bytes(range(1, 33))  # a public constant: checking a key needs no secret
 
 
 def _survivor_statement(ctx: RoundContext, survivors: Sequence[str]) -> bytes:
     return _context("consistency", ctx, *sorted(survivors))
+
+
+def _reveal_rule_holds(graph: dict[str, frozenset[str]], owner: str, alive: set[str], t: int) -> bool:
+    """A survivor's seed share may be revealed only if at least t of its neighbours are listed: the
+    owner masked with at least t of its k neighbours (it checks), so with t > k/2 at least 2t − k of
+    its maskers are listed survivors whose masks stay on its input."""
+    return len(graph[owner] & alive) >= t
 
 
 # --- the aggregator's side ---------------------------------------------------------------------
@@ -283,20 +376,31 @@ class _Aggregator(SumAggregator):
         self.graph_seed = os.urandom(prg.SEED_BYTES)
         self.graph = self.layer.neighbours(ctx.parties, self.graph_seed)
         self.t = self.layer.shares_needed(self.layer.degree(len(ctx.parties)))
+        self.s = self.layer.signatures_needed(len(ctx.parties)) if self.identities else 0
         self.keys: dict[str, bytes] = {}  # party -> c_pk ‖ s_pk
         self.signatures: dict[str, bytes] = {}
-        self.sealed: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> sealed shares
+        self.sealed: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> sealed share (‖ signature)
         self.total = np.zeros(ctx.vector_size, dtype=self.layer.dtype)
         self.u1 = self.u2 = self.u3 = frozenset()
         self.statements: dict[str, bytes] = {}
         self.self_shares: dict[str, dict[int, bytes]] = {}
         self.key_shares: dict[str, dict[int, bytes]] = {}
+        # accused -> accuser -> signature (b"" in passive mode): "your sealed share did not open"
+        self.accusations: dict[str, dict[str, bytes]] = {}
+        self.one_time: dict[str, dict[str, bytes]] = {}  # accused -> accuser -> revealed one-time key
+        self.answered_unmask: set[str] = set()
+        self._culprits: dict[str, str] = {}
 
     def max_reply_bytes(self, phase: str) -> int:
         n = len(self.ctx.parties)
         if phase == MASKED:
-            return self.ctx.vector_size * self.layer.dtype.itemsize + 64
-        per_party = {SHARE: _SEALED_SHARE, UNMASK: shamir.SHARE_BYTES}.get(phase, 0)
+            return (
+                self.ctx.vector_size * self.layer.dtype.itemsize + 4096 + n * (70 + signing.SIGNATURE_BYTES)
+            )
+        per_party = {
+            SHARE: _SEALED_SHARE + signing.SIGNATURE_BYTES,
+            UNMASK: shamir.SHARE_BYTES + channel.KEY_BYTES,
+        }.get(phase, 0)
         return 4096 + n * (per_party + 70) + _KEYS + signing.SIGNATURE_BYTES
 
     def request(self, phase: str, party: str) -> bytes:
@@ -313,9 +417,15 @@ class _Aggregator(SumAggregator):
         if phase == CONSISTENCY:
             return encode_record(b"SACq", {"survivors": sorted(self.u3)}, {})
         signers = sorted(self.statements)
-        blob = b"".join(self.statements[s] for s in signers)
+        accusers = sorted(self.accusations.get(party, {}))
+        disputes = [[a, hashlib.sha256(self.sealed[party][a][:_SEALED_SHARE]).hexdigest()] for a in accusers]
         return encode_record(
-            b"SAUq", {"survivors": sorted(self.u3), "signers": signers}, {"signatures": blob}
+            b"SAUq",
+            {"survivors": sorted(self.u3), "signers": signers, "disputes": disputes},
+            {
+                "signatures": b"".join(self.statements[s] for s in signers),
+                "accusations": b"".join(self.accusations[party][a] for a in accusers),
+            },
         )
 
     def receive(self, phase: str, party: str, payload: bytes) -> None:
@@ -327,9 +437,12 @@ class _Aggregator(SumAggregator):
         keys = parts["keys"]
         if len(keys) != _KEYS:
             raise WireError(f"advertised keys are {len(keys)} bytes, expected {_KEYS}")
+        _require_valid_key(keys[: channel.KEY_BYTES], "channel")
+        _require_valid_key(keys[channel.KEY_BYTES :], "mask")
         if self.identities:
             # Checked here to drop impostors early; every party checks again itself.
-            self.identities.verify(party, parts["signature"], _advertised(self.ctx, party, keys))
+            statement = _advertised(self.ctx, party, self.graph_seed, keys)
+            self.identities.verify(party, parts["signature"], statement)
             self.signatures[party] = parts["signature"]
         self.keys[party] = keys
 
@@ -339,11 +452,27 @@ class _Aggregator(SumAggregator):
         recipients = _ids(header["recipients"], "share recipients", expected)
         if set(recipients) != expected:
             raise ProtocolError(f"{party} shared with {sorted(recipients)}, not with all its live neighbours")
-        sealed = _chunks(parts["shares"], _SEALED_SHARE, len(recipients), "sealed shares")
+        width = _SEALED_SHARE + (signing.SIGNATURE_BYTES if self.identities else 0)
+        sealed = _chunks(parts["shares"], width, len(recipients), "sealed shares")
         self.sealed[party] = dict(zip(recipients, sealed, strict=True))
 
     def _receive_masked(self, party: str, payload: bytes) -> None:
-        masked = unpack_array(payload, self.layer.dtype, (self.ctx.vector_size,))
+        senders = {s for s in self.u2 if party in self.sealed.get(s, {})}
+        header, parts = decode_record(payload, b"SAMr", {"unopened": list}, ("masked", "accusations"))
+        unopened = _ids(header["unopened"], "unopened shares", senders)
+        signatures = _chunks(
+            parts["accusations"],
+            signing.SIGNATURE_BYTES if self.identities else 0,
+            len(unopened),
+            "accusations",
+        )
+        masked = unpack_array(parts["masked"], self.layer.dtype, (self.ctx.vector_size,))
+        for accused, signature in zip(unopened, signatures, strict=True):
+            if self.identities:
+                digest = hashlib.sha256(self.sealed[accused][party][:_SEALED_SHARE]).digest()
+                self.identities.verify(party, signature, _accusation(self.ctx, party, accused, digest))
+        for accused, signature in zip(unopened, signatures, strict=True):
+            self.accusations.setdefault(accused, {})[party] = signature
         self.total += masked  # wraps modulo 2^k; summed on arrival so memory stays flat
 
     def _receive_consistency(self, party: str, payload: bytes) -> None:
@@ -353,20 +482,27 @@ class _Aggregator(SumAggregator):
         self.statements[party] = parts["signature"]
 
     def _receive_unmask(self, party: str, payload: bytes) -> None:
-        header, parts = decode_record(payload, b"SAUr", {"self": list, "secret": list}, ("shares",))
+        header, parts = decode_record(
+            payload, b"SAUr", {"self": list, "secret": list, "disputed": list}, ("shares", "one_time")
+        )
         holders_of = {s for s in self.u2 if party in self.sealed.get(s, {})}
+        holders_of -= {accused for accused, accusers in self.accusations.items() if party in accusers}
         want_self, want_secret = holders_of & self.u3, holders_of - self.u3
         got_self = _ids(header["self"], "self-mask shares", want_self)
         got_secret = _ids(header["secret"], "key shares", want_secret)
         if set(got_self) != want_self or set(got_secret) != want_secret:
             raise ProtocolError(f"{party} did not reveal exactly the shares the survivor list calls for")
+        disputed = _ids(header["disputed"], "disputed shares", self.accusations.get(party, {}))
         shares = _chunks(
             parts["shares"], shamir.SHARE_BYTES, len(got_self) + len(got_secret), "revealed shares"
         )
+        keys = _chunks(parts["one_time"], channel.KEY_BYTES, len(disputed), "one-time keys")
         x = _x(self.ctx, party)
         for owner, share in zip(got_self + got_secret, shares, strict=True):
             target = self.self_shares if owner in want_self else self.key_shares
             target.setdefault(owner, {})[x] = share
+        self.one_time[party] = dict(zip(disputed, keys, strict=True))
+        self.answered_unmask.add(party)
 
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         if phase == ADVERTISE:
@@ -379,34 +515,103 @@ class _Aggregator(SumAggregator):
                 self.sealed[sender] = {r: c for r, c in self.sealed[sender].items() if r in survivors}
         elif phase == MASKED:
             self.u3 = survivors
+            # Accusations from parties whose masked input never arrived are not acted upon.
+            for accused in list(self.accusations):
+                self.accusations[accused] = {
+                    a: s for a, s in self.accusations[accused].items() if a in survivors
+                }
             self._require(len(survivors) >= self.t, f"only {len(survivors)} masked inputs arrived")
         elif phase == CONSISTENCY:
             self._require(
-                len(survivors) >= self.t,
-                f"only {len(survivors)} parties confirmed the survivor list, {self.t} needed",
+                len(survivors) >= self.s,
+                f"only {len(survivors)} parties confirmed the survivor list, {self.s} needed",
             )
         else:
             self._unmask()
+
+    def culprits(self) -> dict[str, str]:
+        return dict(self._culprits)
+
+    def _blame(self, party: str, reason: str) -> None:
+        self._culprits.setdefault(party, reason)
 
     def _require(self, condition: bool, message: str) -> None:
         if not condition:
             raise RoundFailed(f"{self.layer.name}: {message}; the threshold is {self.t}, nothing is revealed")
 
+    def _resolve_accusations(self) -> None:
+        """Decide each "your share did not open" between accuser and accused, from the one-time key
+        the accused revealed for exactly that ciphertext: if the ciphertext opens under it (and, in
+        active mode, carries the sender's valid signature), the accuser lied; otherwise the sender
+        sealed garbage. An accused party that did not answer at all is not judged (it may simply
+        have dropped); it is still unmasked from the shares of its other neighbours."""
+        for accused, accusers in sorted(self.accusations.items()):
+            if accused not in self.answered_unmask:
+                continue
+            for accuser in sorted(accusers):
+                key = self.one_time.get(accused, {}).get(accuser)
+                if key is not None and self._opens(accused, accuser, key):
+                    self._blame(accuser, f"claimed that {accused}'s sealed share did not open, but it does")
+                else:
+                    self._blame(accused, f"sent {accuser} a sealed share that does not open")
+
+    def _opens(self, sender: str, recipient: str, one_time: bytes) -> bool:
+        blob = self.sealed[sender][recipient]
+        sealed, signature = blob[:_SEALED_SHARE], blob[_SEALED_SHARE:]
+        try:
+            if self.identities:
+                self.identities.verify(
+                    sender, signature, _sealed_statement(self.ctx, sender, recipient, sealed)
+                )
+            if channel.public_of(one_time) != sealed[: channel.KEY_BYTES]:
+                return False
+            channel_key = self.keys[recipient][: channel.KEY_BYTES]
+            _open_share(
+                self.ctx,
+                _share_key(self.ctx, one_time, channel_key, sender, recipient),
+                sealed,
+                sender,
+                recipient,
+            )
+        except (ProtocolError, ValueError):
+            return False
+        return True
+
+    def _reconstruct(
+        self, owner: str, shares: dict[int, bytes], length: int, what: str, accept=None
+    ) -> bytes:
+        """The owner's secret from every revealed share; senders of wrong shares are culprits."""
+        self._require(len(shares) >= self.t, f"{len(shares)} shares of {what} arrived")
+        outcome = shamir.reconstruct(shares, self.t, length, accept)
+        by_x = {_x(self.ctx, p): p for p in self.ctx.parties}
+        for x in outcome.wrong:
+            self._blame(by_x[x], f"revealed a share of {what} that does not fit the others")
+        if outcome.secret is None:
+            holders = ", ".join(by_x[x] for x in sorted(shares))
+            raise RoundFailed(
+                f"{self.layer.name}: the {len(shares)} shares of {what} (from {holders}) are inconsistent "
+                f"beyond correction (at most {(len(shares) - self.t) // 2} wrong shares can be corrected); "
+                "round aborted, nothing is revealed"
+            )
+        return outcome.secret
+
     def _unmask(self) -> None:
         ctx, layer = self.ctx, self.layer
+        self._resolve_accusations()
         masks = prg.MaskAccumulator(ctx.vector_size, layer.dtype)
         for owner in sorted(self.u3):
             shares = self.self_shares.get(owner, {})
-            self._require(len(shares) >= self.t, f"{len(shares)} shares of {owner}'s self mask arrived")
-            masks.add(shamir.combine(shares, self.t, prg.SEED_BYTES))
+            masks.add(self._reconstruct(owner, shares, prg.SEED_BYTES, f"{owner}'s self mask"))
         for dropped in sorted(self.u2 - self.u3):
             shares = self.key_shares.get(dropped, {})
-            self._require(len(shares) >= self.t, f"{len(shares)} shares of dropped {dropped}'s key arrived")
-            secret = shamir.combine(shares, self.t, channel.KEY_BYTES)
-            if channel.public_of(secret) != self.keys[dropped][channel.KEY_BYTES :]:
-                raise RoundFailed(
-                    f"{layer.name}: the shares of {dropped}'s key are inconsistent; round aborted"
-                )
+            public = self.keys[dropped][channel.KEY_BYTES :]
+            secret = self._reconstruct(
+                dropped,
+                shares,
+                channel.KEY_BYTES,
+                f"dropped {dropped}'s key",
+                accept=lambda candidate, public=public: channel.public_of(candidate) == public,
+            )
             for survivor in sorted(self.u3 & self.graph[dropped]):
                 if dropped not in self.sealed or survivor not in self.sealed[dropped]:
                     continue  # the survivor never received the dropped party's shares: no mask between them
@@ -443,10 +648,12 @@ class _Party(SumParty):
         self.rng = self.layer.rng(self.me, ctx.round)
         self.provide = provide
         self.t = self.layer.shares_needed(self.layer.degree(len(ctx.parties)))
+        self.s = self.layer.signatures_needed(len(ctx.parties))
         self.expected = self.layer.phases()
         self.step = 0
         self.peers: dict[str, bytes] = {}
         self.held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (self-mask share, key share)
+        self.sent: dict[str, tuple[bytes, bytes]] = {}  # recipient -> (one-time key, sealed share)
         self.signed_survivors: list[str] | None = None
 
     def respond(self, phase: str, request: bytes) -> bytes:
@@ -461,14 +668,16 @@ class _Party(SumParty):
         _, parts = decode_record(request, b"SAAq", {}, ("graph_seed",))
         if len(parts["graph_seed"]) != prg.SEED_BYTES:
             raise WireError("graph seed must be 32 bytes")
-        self.graph = self.layer.neighbours(self.ctx.parties, parts["graph_seed"])
+        self.graph_seed = parts["graph_seed"]
+        self.graph = self.layer.neighbours(self.ctx.parties, self.graph_seed)
         self.c_sk, c_pk = channel.generate_keypair(self.rng)
         self.s_sk, s_pk = channel.generate_keypair(self.rng)
         self.self_seed = self.rng.bytes(prg.SEED_BYTES)
         keys = c_pk + s_pk
         parts_out = {"keys": keys}
         if self.identity is not None:
-            parts_out["signature"] = signing.sign(self.identity, _advertised(self.ctx, self.me, keys))
+            statement = _advertised(self.ctx, self.me, self.graph_seed, keys)
+            parts_out["signature"] = signing.sign(self.identity, statement)
         return encode_record(b"SAAr", {}, parts_out)
 
     def _share(self, request: bytes) -> bytes:
@@ -480,7 +689,10 @@ class _Party(SumParty):
         ):
             keys = blob[:_KEYS]
             if self.identities is not None:
-                self.identities.verify(peer, blob[_KEYS:], _advertised(self.ctx, peer, keys))
+                statement = _advertised(self.ctx, peer, self.graph_seed, keys)
+                self.identities.verify(peer, blob[_KEYS:], statement)
+            _require_valid_key(keys[: channel.KEY_BYTES], f"{peer}'s channel")
+            _require_valid_key(keys[channel.KEY_BYTES :], f"{peer}'s mask")
             self.peers[peer] = keys
         if len(peers) < self.t:
             raise ProtocolError(f"only {len(peers)} neighbours advertised keys; {self.t} are needed to share")
@@ -490,22 +702,49 @@ class _Party(SumParty):
         sealed = []
         for peer in peers:
             x = _x(self.ctx, peer)
-            key = self._share_key(peer)
-            sealed.append(
-                channel.seal(
-                    key, seed_shares[x] + key_shares[x], _context("share", self.ctx, self.me, peer), self.rng
-                )
+            one_time, one_time_public = channel.generate_keypair(self.rng)
+            key = _share_key(self.ctx, one_time, self.peers[peer][: channel.KEY_BYTES], self.me, peer)
+            blob = one_time_public + channel.seal(
+                key, seed_shares[x] + key_shares[x], _context("share", self.ctx, self.me, peer), self.rng
             )
+            self.sent[peer] = (one_time, blob)
+            if self.identity is not None:
+                blob += signing.sign(self.identity, _sealed_statement(self.ctx, self.me, peer, blob))
+            sealed.append(blob)
         return encode_record(b"SASr", {"recipients": peers}, {"shares": b"".join(sealed)})
 
     def _masked(self, request: bytes) -> bytes:
         header, parts = decode_record(request, b"SAMq", {"senders": list}, ("shares",))
         senders = _ids(header["senders"], "share senders", self.peers)
+        if len(senders) < self.t:
+            # Masking with fewer than t neighbours would let the aggregator strip this party's
+            # pairwise masks by declaring them all dropped while t others reveal its seed.
+            raise ProtocolError(
+                f"the aggregator says only {len(senders)} neighbours sent shares; at least {self.t} are "
+                "needed to mask this party's input safely"
+            )
+        width = _SEALED_SHARE + (signing.SIGNATURE_BYTES if self.identity else 0)
+        unopened, accusations = [], []
         for sender, blob in zip(
-            senders, _chunks(parts["shares"], _SEALED_SHARE, len(senders), "sealed shares"), strict=True
+            senders, _chunks(parts["shares"], width, len(senders), "sealed shares"), strict=True
         ):
-            key = self._share_key(sender)
-            plain = channel.open_sealed(key, blob, _context("share", self.ctx, sender, self.me))
+            sealed = blob[:_SEALED_SHARE]
+            try:
+                if self.identities is not None:
+                    statement = _sealed_statement(self.ctx, sender, self.me, sealed)
+                    self.identities.verify(sender, blob[_SEALED_SHARE:], statement)
+                key = _share_key(self.ctx, self.c_sk, sealed[: channel.KEY_BYTES], sender, self.me)
+                plain = _open_share(self.ctx, key, sealed, sender, self.me)
+            except ProtocolError:
+                # Not this party's fault: name the sender (signed, bound to exactly these bytes) and
+                # go on. It still masks with the sender, whose mask key is valid, so the sum holds.
+                unopened.append(sender)
+                if self.identity is not None:
+                    digest = hashlib.sha256(sealed).digest()
+                    accusations.append(
+                        signing.sign(self.identity, _accusation(self.ctx, self.me, sender, digest))
+                    )
+                continue
             self.held[sender] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
         masks = prg.MaskAccumulator(self.ctx.vector_size, self.layer.dtype)
         masks.add(self.self_seed)
@@ -515,7 +754,11 @@ class _Party(SumParty):
             )
             (masks.add if self.me < peer else masks.subtract)(seed)
         vector = np.asarray(self.provide(), dtype=np.uint64).astype(self.layer.dtype)
-        return pack_array(vector + masks.total)
+        return encode_record(
+            b"SAMr",
+            {"unopened": unopened},
+            {"masked": pack_array(vector + masks.total), "accusations": b"".join(accusations)},
+        )
 
     def _consistency(self, request: bytes) -> bytes:
         header, _ = decode_record(request, b"SACq", {"survivors": list}, ())
@@ -526,7 +769,12 @@ class _Party(SumParty):
         )
 
     def _unmask(self, request: bytes) -> bytes:
-        header, parts = decode_record(request, b"SAUq", {"survivors": list, "signers": list}, ("signatures",))
+        header, parts = decode_record(
+            request,
+            b"SAUq",
+            {"survivors": list, "signers": list, "disputes": list},
+            ("signatures", "accusations"),
+        )
         survivors = self._check_survivors(header["survivors"])
         if self.identity is not None:
             if survivors != self.signed_survivors:
@@ -534,9 +782,9 @@ class _Party(SumParty):
                     "the aggregator changed the survivor list after it was signed; round aborted"
                 )
             signers = _ids(header["signers"], "signers", survivors)
-            if len(signers) < self.t:
+            if len(signers) < self.s:
                 raise ProtocolError(
-                    f"only {len(signers)} parties confirmed the survivor list; {self.t} needed"
+                    f"only {len(signers)} parties confirmed the survivor list; {self.s} needed"
                 )
             statement = _survivor_statement(self.ctx, survivors)
             for signer, sig in zip(
@@ -546,6 +794,13 @@ class _Party(SumParty):
             ):
                 self.identities.verify(signer, sig, statement)
         alive = set(survivors)
+        for owner in self.held:
+            if owner in alive and not _reveal_rule_holds(self.graph, owner, alive, self.t):
+                raise ProtocolError(
+                    f"the survivor list keeps fewer than {self.t} of {owner}'s neighbours; revealing its "
+                    "seed could expose its update"
+                )
+        disputed, one_time = self._answer_disputes(header["disputes"], parts["accusations"])
         # The security-critical rule: for each party, reveal either its self-mask share (it
         # survived) or its key share (it dropped), never both, and only once per round.
         owners_self = sorted(o for o in self.held if o in alive)
@@ -553,15 +808,41 @@ class _Party(SumParty):
         shares = [self.held[o][0] for o in owners_self] + [self.held[o][1] for o in owners_secret]
         self.held = {}
         return encode_record(
-            b"SAUr", {"self": owners_self, "secret": owners_secret}, {"shares": b"".join(shares)}
+            b"SAUr",
+            {"self": owners_self, "secret": owners_secret, "disputed": disputed},
+            {"shares": b"".join(shares), "one_time": b"".join(one_time)},
         )
 
-    def _share_key(self, peer: str) -> bytes:
-        """The AES-GCM key this party and ``peer`` seal their shares with (symmetric in the pair)."""
-        peer_channel_key = self.peers[peer][: channel.KEY_BYTES]
-        return channel.agree(
-            self.c_sk, peer_channel_key, _context("share-key", self.ctx, *_pair(self.me, peer))
-        )
+    def _answer_disputes(self, disputes: object, signatures: bytes) -> tuple[list[str], list[bytes]]:
+        """Reveal the one-time key of each sealed share a recipient says it could not open — only if
+        the accusation names exactly the bytes this party sent (and, in active mode, the recipient
+        signed it). Then the key opens nothing but that recipient's own share of this party's
+        secrets, which an honest recipient would have opened (so the accuser is lying, and already
+        knows it); a ciphertext the aggregator altered does not match and is not disclosed."""
+        if not isinstance(disputes, list) or not all(
+            isinstance(d, list) and len(d) == 2 and all(isinstance(v, str) for v in d) for d in disputes
+        ):
+            raise WireError("disputes must be a list of [accuser, digest] pairs")
+        accusers = _ids([d[0] for d in disputes], "accusers", self.sent)
+        width = signing.SIGNATURE_BYTES if self.identities is not None else 0
+        sigs = _chunks(signatures, width, len(accusers), "accusations")
+        disputed, keys = [], []
+        for (accuser, digest_hex), signature in zip(disputes, sigs, strict=True):
+            one_time, sealed = self.sent[accuser]
+            digest = hashlib.sha256(sealed).digest()
+            if digest.hex() != digest_hex:
+                continue  # not the ciphertext this party sent
+            if self.identities is not None:
+                try:
+                    self.identities.verify(
+                        accuser, signature, _accusation(self.ctx, accuser, self.me, digest)
+                    )
+                except ProtocolError:
+                    continue
+            disputed.append(accuser)
+            keys.append(one_time)
+        del accusers
+        return disputed, keys
 
     def _check_survivors(self, value: object) -> list[str]:
         survivors = sorted(_ids(value, "survivors", self.ctx.parties))
