@@ -31,7 +31,7 @@ from securefl.codec import ArraySpec, FusedSum, VectorLayout, check_finite
 from securefl.errors import BudgetExhausted, ProtocolError, RoundFailed, SecureFLError, UpdateError, WireError
 from securefl.fusion import Strategy
 from securefl.layers.base import PrivacyStack, RoundContext, SealedModel
-from securefl.party import withdraw_reason
+from securefl.party import REFUSED_SUM, withdraw_reason
 from securefl.roundinfo import RoundInfo
 from securefl.selection import Selection
 from securefl.transcript import Transcript
@@ -114,8 +114,13 @@ class Aggregator:
         self.guard = guard
         self.secure_sum = stack.secure_sum.aggregator()
         self.sealed: SealedModel | None = None
+        self._phase = ""  # where the current round is, for the error of a round that fails
+        self._culprits: set[str] = set()
 
     def run_round(self, round: int) -> RoundReport:
+        """Run one round and report it. Never raises because of what a party sent: a bad message
+        drops its sender; anything else that goes wrong fails the round (status ``"failed"``, the
+        error says what happened and names the parties the layer blamed), the global model unchanged."""
         started = time.perf_counter()
         before = self.transport.traffic.snapshot()
         if self.guard is not None:
@@ -126,10 +131,12 @@ class Aggregator:
                 return RoundReport(round, "refused", [], error=str(exc))
         selected = self.selection.select(self.parties, round)
         report = RoundReport(round, "failed", list(selected))
+        self._phase = "selection"
+        self._culprits = set()
         try:
             self._secure_sum_round(round, selected, report)
-            fused = self._fuse(round, report)
-            report.status = "ok"
+            self._phase = "fusion"
+            fused = self._fuse(round, report, len(selected))
             report.survivors = sorted(self.secure_sum.contributors())
             if fused is None:
                 report.sealed = True
@@ -137,13 +144,31 @@ class Aggregator:
                 report.total_weight = fused.total_weight
                 report.train_metrics, report.eval_metrics = fused.train_metrics, fused.eval_metrics
                 report.eval_count = fused.eval_count
+            report.status = "ok"
         except (RoundFailed, UpdateError) as exc:
-            report.error = str(exc)
-            log.warning("round %d failed: %s", round, exc)
+            report.error = str(exc) + self._blame(report)
+            log.warning("round %d failed: %s", round, report.error)
+        except Exception as exc:  # a layer or strategy bug: never out of run_round (invariant 7)
+            report.error = (
+                f"{self._phase}: {type(exc).__name__}: {exc}; the round is abandoned and the global model "
+                f"is unchanged" + self._blame(report)
+            )
+            log.error("round %d failed unexpectedly: %s", round, report.error, exc_info=True)
+        if report.status != "ok":
+            report.survivors = []
+            report.total_weight, report.train_metrics, report.eval_metrics = 0.0, {}, {}
+            report.eval_count, report.sealed = 0.0, False
         traffic = self.transport.traffic.since(before)
         report.bytes_up, report.bytes_down = traffic.bytes_up, traffic.bytes_down
         report.seconds = time.perf_counter() - started
         return report
+
+    def _blame(self, report: RoundReport) -> str:
+        """The parties the layer found misbehaving this round, for a failed round's error."""
+        if not self._culprits:
+            return ""
+        named = "; ".join(f"{p}: {report.dropouts.get(p, '')}" for p in sorted(self._culprits))
+        return f" (the layer found misbehaving: {named})"
 
     def _secure_sum_round(self, round: int, selected: list[str], report: RoundReport) -> None:
         self._require_enough(len(selected), "selection", len(selected))
@@ -155,6 +180,7 @@ class Aggregator:
         live = set(selected)
         phases = self.secure_sum.phases(ctx)
         for index, phase in enumerate(phases):
+            self._phase = phase
             extra = self._model_parts(info) if index == 0 else {}
             requests = {}
             for party in sorted(live):
@@ -162,40 +188,64 @@ class Aggregator:
                 requests[party] = Envelope(REQUEST, self.session, round, phase, party, parts).encode()
                 self._record(round, phase, "out", party, requests[party])
             replies = self.transport.exchange(requests, self.phase_timeout)
-            valid = self._accept(round, phase, live, replies, report)
-            for party in sorted(live - set(valid)):
+            refusals: dict[str, str] = {}
+            valid = self._accept(round, phase, live, replies, report, refusals, index == len(phases) - 1)
+            for party in sorted(live - set(valid) - set(refusals)):
                 report.dropouts.setdefault(party, f"{phase}: no reply before the deadline")
             live = set(valid)
-            self._require_enough(len(live), phase, len(selected))
-            for party in sorted(valid):
-                try:
-                    self.secure_sum.receive(phase, party, valid[party])
-                except Exception as exc:
-                    if not isinstance(exc, (SecureFLError, ValueError)):
-                        log.warning(
-                            "round %d: layer raised %s on %s's payload", round, type(exc).__name__, party
-                        )
-                    report.dropouts[party] = f"{phase}: {type(exc).__name__}: {exc}"
-                    live.discard(party)
-            self._require_enough(len(live), phase, len(selected))
             try:
-                self.secure_sum.close_phase(phase, frozenset(live))
-            finally:
-                for party, reason in sorted(self.secure_sum.culprits().items()):
-                    report.dropouts.setdefault(party, f"{phase}: {reason}")
-                    live.discard(party)
+                self._require_enough(len(live), phase, len(selected))
+                for party in sorted(valid):
+                    try:
+                        self.secure_sum.receive(phase, party, valid[party])
+                    except Exception as exc:
+                        if not isinstance(exc, (SecureFLError, ValueError)):
+                            log.warning(
+                                "round %d: layer raised %s on %s's payload", round, type(exc).__name__, party
+                            )
+                        report.dropouts[party] = f"{phase}: {type(exc).__name__}: {exc}"
+                        live.discard(party)
+                self._require_enough(len(live), phase, len(selected))
+                try:
+                    self.secure_sum.close_phase(phase, frozenset(live))
+                finally:
+                    for party, reason in sorted(self.secure_sum.culprits().items()):
+                        report.dropouts.setdefault(party, f"{phase}: {reason}")
+                        self._culprits.add(party)
+                        live.discard(party)
+            except RoundFailed as exc:
+                if refusals:
+                    # The round ends because these parties refused what they were shown: they are
+                    # named in the error, not blamed as dropouts.
+                    said = "; ".join(
+                        f"{p} refused the revealed sum: {r}" for p, r in sorted(refusals.items())
+                    )
+                    raise RoundFailed(f"{exc}; {said}") from exc
+                raise
+            for party, reason in sorted(refusals.items()):
+                # The round went on without them: their refusal did not decide anything.
+                report.dropouts.setdefault(party, f"{phase}: withdrew: {reason}")
 
     def _accept(
-        self, round: int, phase: str, live: set[str], replies: list[Reply], report: RoundReport
+        self,
+        round: int,
+        phase: str,
+        live: set[str],
+        replies: list[Reply],
+        report: RoundReport,
+        refusals: dict[str, str] | None = None,
+        last_phase: bool = False,
     ) -> dict[str, bytes]:
-        """Check each reply's envelope; duplicates and impostors drop the party."""
+        """Check each reply's envelope; duplicates and impostors drop the party. In the last phase, a
+        party that withdraws because it refused the sum revealed to it goes to ``refusals``."""
         max_bytes = self.secure_sum.max_reply_bytes(phase) + _ENVELOPE_OVERHEAD
         valid: dict[str, bytes] = {}
         seen: set[str] = set()
+        refusals = {} if refusals is None else refusals
         for reply in replies:
-            self._record(round, phase, "in", reply.sender, reply.data)
             party = reply.sender
             try:
+                self._record(round, phase, "in", party, reply.data)
                 if party not in live:
                     raise ProtocolError(f"party {party!r} is not live in this phase")
                 if party in seen:
@@ -205,16 +255,23 @@ class Aggregator:
                     kind=REPLY, session=self.session, round=round, phase=phase, party=party
                 )
                 if envelope.kind == WITHDRAW:
+                    if last_phase and REFUSED_SUM in envelope.parts:
+                        refusals[party] = withdraw_reason(envelope)
+                        continue
                     raise ProtocolError(f"withdrew: {withdraw_reason(envelope)}")
                 if set(envelope.parts) != {"layer"}:
                     raise WireError(f"reply parts {sorted(envelope.parts)} should be ['layer']")
                 valid[party] = envelope.parts["layer"]
-            except (WireError, ProtocolError) as exc:
+            except Exception as exc:
+                if not isinstance(exc, (WireError, ProtocolError)):
+                    log.warning("round %d: %s checking %s's reply", round, type(exc).__name__, party)
                 valid.pop(party, None)
+                refusals.pop(party, None)
                 report.dropouts.setdefault(party, f"{phase}: {exc}")
                 log.info("round %d: dropping %s: %s", round, party, exc)
         for party in report.dropouts:
             valid.pop(party, None)
+            refusals.pop(party, None)
         return valid
 
     def _require_enough(self, count: int, phase: str, selected: int) -> None:
@@ -230,18 +287,34 @@ class Aggregator:
             return {"sealed_model": self.sealed.data, "round": info.encode()}
         return {"model": pack_array(self.weights.astype(self.spec.wire_dtype)), "round": info.encode()}
 
-    def _fuse(self, round: int, report: RoundReport) -> FusedSum | None:
+    def _fuse(self, round: int, report: RoundReport, selected: int) -> FusedSum | None:
+        """Store the round's result: the sealed model, or the revealed sum decoded, checked against
+        what its contributors can have produced, averaged and stepped. Nothing changes on failure."""
         outcome = self.secure_sum.result()
+        contributors = len(self.secure_sum.contributors())
         if self.guard is not None:
-            # Written and fsynced before the result is stored: it leaves only after this.
-            report.epsilon = self.guard.record_release(round, len(self.secure_sum.contributors()))
+            # Written and fsynced before the result is stored: it leaves only after this. A sum
+            # refused below was still seen by the aggregator, so it is recorded all the same.
+            report.epsilon = self.guard.record_release(round, contributors)
         if isinstance(outcome, SealedModel):
+            if not isinstance(outcome.data, bytes) or not outcome.data:
+                raise RoundFailed(f"{self.stack.secure_sum.name}: no sealed model came back")
             self.sealed = outcome
             return None
-        total = self.stack.decode_sum(outcome)
+        if not isinstance(outcome, np.ndarray) or outcome.shape != (self.layout.size,):
+            raise RoundFailed(
+                f"{self.stack.secure_sum.name} revealed a sum of shape "
+                f"{getattr(outcome, 'shape', type(outcome).__name__)}, expected ({self.layout.size},)"
+            )
+        total = self.stack.decode_sum(outcome, contributors, selected)
         fused = self.layout.unpack_sum(total)
-        new_weights = self.strategy.step(self.weights, fused.mean_delta)
-        check_finite(new_weights, "fused model")
+        state = self.strategy.state_dict()
+        try:
+            new_weights = self.strategy.step(self.weights, fused.mean_delta)
+            check_finite(new_weights, "fused model")
+        except BaseException:
+            self.strategy.load_state_dict(state)  # an optimizer's moments stay as they were
+            raise
         self.weights = new_weights
         return fused
 

@@ -20,12 +20,14 @@ import numpy as np
 from securefl.codec import ArraySpec, FusedSum, NamedArrays, VectorLayout, check_finite
 from securefl.errors import ProtocolError, UpdateError, WireError
 from securefl.fusion import FedAvg, Strategy
-from securefl.layers.base import PrivacyStack, RoundContext
+from securefl.layers.base import ImpossibleSum, PrivacyStack, RoundContext
 from securefl.roundinfo import RoundInfo
 from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, unpack_array
 
 log = logging.getLogger(__name__)
 _KEPT_LOCAL = "details stay in its log: they may describe its data"
+# A withdraw part: this party refuses the sum it was shown (no honest parties can have made it).
+REFUSED_SUM = "refused_sum"
 
 
 @dataclass
@@ -116,6 +118,7 @@ class PartyNode:
         # Used only when the layer fuses on the parties (the aggregator cannot read the sum).
         self.strategy = strategy or FedAvg()
         self.round_global: np.ndarray | None = None
+        self.round_parties: tuple[str, ...] = ()
         self.last_fused: FusedSum | None = None
         if stack.secure_sum.fuses_on_parties:
             self.secure_sum.attach_fuser(self._fuse_revealed)
@@ -123,6 +126,20 @@ class PartyNode:
     # -- the state machine -------------------------------------------------------------------
 
     def handle(self, data: bytes) -> bytes:
+        """Answer one request. Whatever bytes arrive, the answer is a reply or a withdraw envelope;
+        nothing the aggregator sends makes this raise."""
+        try:
+            return self._handle(data)
+        except Exception as exc:  # a bug on the way to a withdraw: still withdraw, never raise
+            log.error("party %s failed to answer a request", self.party_id, exc_info=True)
+            return self._withdraw(
+                self.round or 0,
+                "invalid",
+                f"{type(exc).__name__}: {exc}",
+                f"{type(exc).__name__} on the party",
+            )
+
+    def _handle(self, data: bytes) -> bytes:
         try:
             request = Envelope.decode(data, max_bytes=self.max_request_bytes)
             if request.kind != REQUEST or request.party != self.party_id or request.session != self.session:
@@ -145,21 +162,27 @@ class PartyNode:
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
             shared = detail if _shareable(exc) else f"{type(exc).__name__} on the party ({_KEPT_LOCAL})"
-            return self._withdraw(request.round, request.phase, detail, shared)
+            return self._withdraw(
+                request.round, request.phase, detail, shared, refused=isinstance(exc, ImpossibleSum)
+            )
         return Envelope(
             REPLY, self.session, request.round, request.phase, self.party_id, {"layer": payload}
         ).encode()
 
-    def _withdraw(self, round: int, phase: str, reason: str, shared: str | None = None) -> bytes:
+    def _withdraw(
+        self, round: int, phase: str, reason: str, shared: str | None = None, refused: bool = False
+    ) -> bytes:
         """Tell the aggregator this party stops for the round. The full ``reason`` stays here; the
         aggregator gets ``shared``, which must not describe the party's data (an out-of-range
-        coordinate, a user exception's message)."""
+        coordinate, a user exception's message). ``refused``: the party refuses a revealed sum that
+        honest parties cannot have made (the aggregator then fails the round rather than blame it)."""
         self.last_error = reason
         log.warning("party %s withdraws from round %s: %s", self.party_id, round, reason)
         shared = reason if shared is None else shared
-        return Envelope(
-            WITHDRAW, self.session, round, phase, self.party_id, {"reason": shared.encode()[:4096]}
-        ).encode()
+        parts = {"reason": shared.encode()[:4096]}
+        if refused:
+            parts[REFUSED_SUM] = b""
+        return Envelope(WITHDRAW, self.session, round, phase, self.party_id, parts).encode()
 
     def _start_round(self, request: Envelope) -> bytes:
         if self.round is not None and request.round <= self.round:
@@ -174,6 +197,7 @@ class PartyNode:
             raise ProtocolError(f"party {self.party_id!r} is not in round {info.round}'s party list")
         self.round = request.round
         self.round_global = None
+        self.round_parties = info.parties
         provided: list[np.ndarray] = []
 
         def provide() -> np.ndarray:
@@ -204,11 +228,29 @@ class PartyNode:
         check_finite(vector, "sealed global model")
         return vector
 
-    def _fuse_revealed(self, total: np.ndarray) -> np.ndarray:
-        """Decode a sum revealed to this party, average it and step: the next global vector."""
+    def _fuse_revealed(self, total: np.ndarray, contributors: int | None = None) -> np.ndarray:
+        """Decode a sum revealed to this party, average it and step: the next global vector.
+
+        The sum is first checked against what ``contributors`` honest parties can produce (the count
+        the decrypt request states, capped at the round's invited parties: an aggregator claiming
+        more cannot widen the bound; without a count, the invited parties) and refused with
+        :class:`ImpossibleSum` if it cannot be theirs."""
         if self.round_global is None:
             raise ProtocolError("a sum was revealed before this party started a round")
-        fused = self.layout.unpack_sum(self.stack.decode_sum(total))
+        invited = len(self.round_parties)
+        if contributors is None:
+            contributors = invited
+        if (
+            isinstance(contributors, bool)
+            or not isinstance(contributors, (int, np.integer))
+            or contributors < 1
+        ):
+            raise ProtocolError(f"the decrypt request names {contributors!r} contributors")
+        total = np.asarray(total)
+        if total.shape != (self.layout.size,):
+            raise ProtocolError(f"the revealed sum has shape {total.shape}, expected ({self.layout.size},)")
+        decoded = self.stack.decode_sum(total, min(int(contributors), invited), invited)
+        fused = self.layout.unpack_sum(decoded)
         new_global = self.strategy.step(self.round_global, fused.mean_delta)
         check_finite(new_global, "fused model")
         self.last_fused = fused
@@ -238,12 +280,21 @@ class PartyNode:
 
 
 def _shareable(exc: Exception) -> bool:
-    """Errors about the messages the aggregator sent can be told to it; others may leak data."""
-    return isinstance(exc, (WireError, ProtocolError))
+    """Errors about the messages the aggregator sent can be told to it; others may leak data. An
+    :class:`ImpossibleSum` names a coordinate group and a bound, never a value."""
+    return isinstance(exc, (WireError, ProtocolError, ImpossibleSum))
 
 
 def withdraw_reason(envelope: Envelope) -> str:
     return envelope.parts.get("reason", b"").decode("utf-8", "replace") or "no reason given"
 
 
-__all__ = ["Client", "EvalResult", "PartyNode", "TrainResult", "as_train_result", "withdraw_reason"]
+__all__ = [
+    "REFUSED_SUM",
+    "Client",
+    "EvalResult",
+    "PartyNode",
+    "TrainResult",
+    "as_train_result",
+    "withdraw_reason",
+]

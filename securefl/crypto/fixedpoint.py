@@ -49,12 +49,28 @@ def reduce(values: np.ndarray, modulus_bits: int) -> np.ndarray:
     return values & np.uint64((1 << modulus_bits) - 1)
 
 
-def decode(total: np.ndarray, scale: np.ndarray | float, modulus_bits: int) -> np.ndarray:
-    """Read a (summed) encoding back as signed integers and divide by the scale."""
+def signed(total: np.ndarray, modulus_bits: int) -> np.ndarray:
+    """A (summed) encoding read back as signed integers (int64, two's complement modulo 2**k)."""
     total = reduce(np.asarray(total, dtype=np.uint64), modulus_bits)
     if modulus_bits == 64:
-        signed = total.view(np.int64)
-    else:
-        half = np.uint64(1 << (modulus_bits - 1))
-        signed = total.astype(np.int64) - np.where(total >= half, np.int64(1 << modulus_bits), 0)
-    return signed.astype(np.float64) / scale
+        return total.view(np.int64)
+    half = np.uint64(1 << (modulus_bits - 1))
+    return total.astype(np.int64) - np.where(total >= half, np.int64(1 << modulus_bits), 0)
+
+
+def sum_limit(bits: int, parties: int) -> int:
+    """The largest magnitude the sum of ``parties`` honest encodings can take. Stochastic rounding of a
+    value accepted at its bound (with the bound check's 1e-12 relative tolerance) can round one level
+    past :func:`max_level`, so each party is allowed ``max_level(bits) + 1``."""
+    return parties * (max_level(bits) + 1)
+
+
+def out_of_range(total: np.ndarray, modulus_bits: int, limit: np.ndarray | float) -> np.ndarray:
+    """Where the signed reading of ``total`` exceeds ``limit`` in magnitude (a boolean mask)."""
+    values = signed(total, modulus_bits).astype(np.float64)  # float: |−2^63| does not overflow
+    return np.abs(values) > limit
+
+
+def decode(total: np.ndarray, scale: np.ndarray | float, modulus_bits: int) -> np.ndarray:
+    """Read a (summed) encoding back as signed integers and divide by the scale."""
+    return signed(total, modulus_bits).astype(np.float64) / scale

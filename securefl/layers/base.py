@@ -30,7 +30,14 @@ from typing import ClassVar
 import numpy as np
 
 from securefl.codec import VectorLayout
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, RoundFailed
+
+
+class ImpossibleSum(RoundFailed):
+    """A revealed sum that honest parties cannot have produced: some coordinate exceeds the number
+    of contributors times the per-party bound (plus the DP noise headroom). The round fails and the
+    global model is unchanged. Its message names the coordinate group and the bound, never a value
+    (a party that refuses a sum only it could read tells the aggregator why without revealing it)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,18 @@ class Transform(ABC):
         """Undo on the revealed sum (identity unless the transform changes representation)."""
         return total
 
+    def sum_headroom(self, selected: int, contributors: int) -> float | np.ndarray:
+        """How far beyond the per-party bounds a sum of ``contributors`` encodings (from a round of
+        ``selected``) can legitimately reach, in the units of this transform's output (a number, or
+        one per coordinate), because of what this transform adds (e.g. DP noise on the parties).
+        Zero by default."""
+        return 0.0
+
+    def check_sum(self, total: np.ndarray, contributors: int, headroom: float | np.ndarray) -> None:
+        """Raise :class:`ImpossibleSum` if ``total`` (in this transform's output units, before its
+        ``decode_sum``) cannot be the sum of ``contributors`` honest encodings, allowing ``headroom``
+        for what later transforms add. Transforms that know no bound accept every sum."""
+
 
 @dataclass(frozen=True)
 class SealedModel:
@@ -97,7 +116,9 @@ class SealedModel:
     data: bytes
 
 
-Fuser = Callable[[np.ndarray], np.ndarray]
+# fuse(total, contributors=None): revealed sum -> next global vector. The layer passes the number
+# of parties summed when it knows it; the fuser refuses a sum they cannot have produced.
+Fuser = Callable[..., np.ndarray]
 # Trains and returns this round's protected (transformed) vector; cached after the first call.
 Provider = Callable[[], np.ndarray]
 
@@ -161,7 +182,9 @@ class SumParty(ABC):
         """Answer the aggregator's request for ``phase``."""
 
     def attach_fuser(self, fuse: Fuser) -> None:
-        """(``fuses_on_parties`` layers) Keep ``fuse``: revealed sum -> next global vector."""
+        """(``fuses_on_parties`` layers) Keep ``fuse``: revealed sum -> next global vector. Call it as
+        ``fuse(total, contributors=count)`` with the number of parties summed (as the decrypt request
+        states it): the fuser then refuses, with :class:`ImpossibleSum`, a sum they cannot have made."""
 
     def open_model(self, sealed: bytes) -> np.ndarray:
         """(``fuses_on_parties`` layers) The global vector inside a :class:`SealedModel`."""
@@ -249,8 +272,34 @@ class PrivacyStack:
             vector = transform.encode(vector)
         return vector
 
-    def decode_sum(self, total: np.ndarray) -> np.ndarray:
+    def decode_sum(
+        self, total: np.ndarray, contributors: int | None = None, selected: int | None = None
+    ) -> np.ndarray:
+        """Undo the transforms on a revealed sum.
+
+        Given the number of ``contributors`` (and of parties ``selected`` in the round, which sizes
+        distributed DP noise; by default the contributors), each transform first checks the sum
+        against what that many honest parties can produce — its bound times the contributors, plus
+        the headroom that transforms after it add (DP noise) — and :class:`ImpossibleSum`, naming
+        the coordinate group and the bound, refuses a sum that cannot be. This is the free part of
+        input integrity: a party can still send any in-range vector.
+        """
+        if contributors is not None:
+            if (
+                isinstance(contributors, bool)
+                or not isinstance(contributors, (int, np.integer))
+                or contributors < 0
+            ):
+                raise ImpossibleSum(
+                    f"the number of contributors must be a non-negative integer, got {contributors!r}"
+                )
+            contributors = int(contributors)
+            selected = max(contributors, int(selected or 0))
+        headroom: float | np.ndarray = 0.0
         for transform in reversed(self.transforms):
+            if contributors is not None:
+                transform.check_sum(total, contributors, headroom)
+                headroom = headroom + transform.sum_headroom(selected, contributors)
             total = transform.decode_sum(total)
         return np.asarray(total, dtype=np.float64)
 

@@ -82,6 +82,7 @@ class DPNoise(Transform):
         self._rng = SecureRandom()
         self._mechanism: Mechanism | None = None
         self._update: slice | None = None
+        self._size = 0  # the protected vector's length
         self._sum_layer: SecureSum | None = None
         self._min_parties = 1
         self._integer_scale: float | None = None  # quantize's scale of the update, integer mode only
@@ -132,6 +133,7 @@ class DPNoise(Transform):
             )
         clip = min(c.norm for c in clips)
         self._update = ctx.layout.update_slice
+        self._size = ctx.layout.size
         self._sum_layer = sum_layer
         self._min_parties = ctx.min_parties
         z = self.noise_multiplier
@@ -157,14 +159,32 @@ class DPNoise(Transform):
         largest = float(fixedpoint.max_level(quantize.bits))  # every coordinate's bound, in levels
         worst = 0.0
         for n in range(1, ctx.max_parties + 1):
-            t = self.parties_sharing(n)
-            worst = max(worst, n * largest + TAIL * math.sqrt(self.mechanism.variance * n / t))
+            worst = max(worst, n * largest + self.noise_bound(n, n))
         if worst > 2 ** (self._modulus_bits - 1) - 1:
             raise ConfigError(
                 f"dp noise (z={self.noise_multiplier}) on top of quantize(bits={quantize.bits}) for "
                 f"{ctx.max_parties} parties can overflow the 2^{self._modulus_bits} sum: lower quantize "
                 "bits, the noise multiplier or the party count"
             )
+
+    def noise_bound(self, selected: int, summed: int) -> float:
+        """The most noise (integer levels, per update coordinate) a sum of ``summed`` parties from a
+        round of ``selected`` carries, but for a ~1e-15 tail: TAIL std of the summed shares."""
+        if self._integer_scale is None or not self.noise_on_party:
+            return 0.0
+        return TAIL * math.sqrt(self.mechanism.variance * summed / self.parties_sharing(selected))
+
+    def sum_headroom(self, selected: int, contributors: int) -> np.ndarray | float:
+        """Integer noise added on the parties lets a sum exceed the parties' bounds on the update
+        coordinates by up to :meth:`noise_bound` (zero elsewhere, and for real-valued noise). TAIL more
+        levels cover a Skellam sum of tiny variance, whose tail is heavier than the Gaussian's."""
+        bound = self.noise_bound(selected, contributors)
+        if not bound:
+            return 0.0
+        bound += TAIL
+        headroom = np.zeros(self._size, dtype=np.float64)
+        headroom[self._update] = bound
+        return headroom
 
     def parties_sharing(self, selected: int) -> int:
         """Over how many parties the noise is split in a round of ``selected``."""

@@ -4,7 +4,9 @@ Each group of coordinates gets its own scale from its bound: the update from the
 ``clip`` (``norm * weight_bound``) or an explicit ``update_bound``; the weight and the evaluation
 count from ``weight_bound``; each metric from its declared bound times ``weight_bound``. Values
 outside their bound are refused (never wrapped), and the stack is refused when the sum of
-``max_parties`` parties could overflow the modulus (design invariant 3).
+``max_parties`` parties could overflow the modulus (design invariant 3). A revealed sum is checked
+the other way round: each coordinate must be within ``contributors × 2^(bits-1)`` levels (plus the
+headroom of DP noise added after quantize), or no honest parties produced it and it is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from securefl.crypto import fixedpoint
 from securefl.errors import ConfigError
-from securefl.layers.base import SecureSum, StackContext, Transform
+from securefl.layers.base import ImpossibleSum, SecureSum, StackContext, Transform
 from securefl.layers.bounds import CoordinateBounds, coordinate_bounds
 from securefl.randomness import SecureRandom
 
@@ -70,6 +72,31 @@ class Quantize(Transform):
 
     def _check_range(self, vector: np.ndarray) -> None:
         self._limits.check(vector)
+
+    def check_sum(self, total: np.ndarray, contributors: int, headroom: float | np.ndarray) -> None:
+        """Refuse a revealed sum outside ``contributors`` × the per-party range (+ ``headroom`` levels)."""
+        if self._limits is None or self._scale is None:
+            raise ConfigError("quantize was used before its stack was validated")
+        total = np.asarray(total)
+        if total.shape != self._limits.bounds.shape:
+            raise ImpossibleSum(
+                f"the revealed sum has shape {total.shape}, the protected vector {self._limits.bounds.shape}"
+            )
+        headroom = np.broadcast_to(np.asarray(headroom, dtype=np.float64), total.shape)
+        limit = float(fixedpoint.sum_limit(self.bits, contributors)) + headroom
+        excess = fixedpoint.out_of_range(total, self.modulus_bits, limit)
+        if not excess.any():
+            return
+        index = int(np.flatnonzero(excess)[0])
+        group = next(name for name, s in self._limits.groups if s.start <= index < s.stop)
+        noise = headroom[index] / self._scale[index]
+        allowance = f" plus {noise:.6g} of DP noise headroom" if noise else ""
+        raise ImpossibleSum(
+            f"the revealed sum cannot come from {contributors} honest parties: {group} coordinate {index} "
+            f"is outside ±{contributors} × {self._limits.bounds[index]:.6g} (the quantize bound of one "
+            f"party){allowance}; some party sent a value outside its bound or corrupted a protocol "
+            "message, so the sum is refused and the global model is unchanged"
+        )
 
     def decode_sum(self, total: np.ndarray) -> np.ndarray:
         return fixedpoint.decode(total, self.scale, self.modulus_bits)
