@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -347,11 +348,65 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     return 0 if result.valid else 1
 
 
+class _Stopped(BaseException):
+    """Raised by SIGTERM or SIGINT in a long-lived process: it ends after closing its streams. A
+    BaseException, so that no ``except Exception`` (a round's guard) mistakes it for a failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: Any) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    raise _Stopped(signum)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    """The long-lived processes: their log (rounds, parties, dropouts, ε) goes to stderr."""
+    """The long-lived processes. They end by their own decision only: at the end of the rounds
+    (0), on SIGTERM or SIGINT (128 + the signal), on a configuration error or a refusal (2, with
+    the message), or on a bug outside the rounds (1, with the message; the traceback with
+    --verbose). Their log (rounds, parties, dropouts, ε) goes to stderr, one escaped line per
+    record: nothing a party or the aggregator sends can forge a log line."""
+    from securefl.network.frames import OneLineFormatter, printable
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    if args.verbose:  # tracebacks of what failed, logged at debug level
+        logging.getLogger("securefl").setLevel(logging.DEBUG)
+    for handler in root.handlers:
+        handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
+    try:
+        summary = _serve_command(args)
+    except _Stopped as stop:
+        print(f"stopped by {stop}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": f"stopped by {stop}", "type": "Stopped"}))
+        return 128 + stop.signum
+    except SecureFLError as exc:
+        print(f"error: {printable(exc, 4000)}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        return 2
+    except Exception as exc:
+        logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
+        print(
+            f"error: the {args.command} failed: {type(exc).__name__}: {printable(exc, 4000)}"
+            + ("" if args.verbose else " (--verbose shows where)"),
+            file=sys.stderr,
+        )
+        if args.json:
+            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        return 1
+    print(json.dumps(summary) if args.json else f"finished: {summary}")
+    return 0
+
+
+def _serve_command(args: argparse.Namespace) -> dict[str, Any]:
     from securefl import deploy
 
-    logging.getLogger().setLevel(logging.INFO)
     if args.command == "aggregator":
         summary = deploy.run_aggregator(args.config)
         weights = summary.pop("weights", None)
@@ -364,10 +419,8 @@ def _serve(args: argparse.Namespace) -> int:
             else:
                 np.savez(args.save_model, *weights)
             summary["model"] = args.save_model
-    else:
-        summary = deploy.run_party_process(args.config, args.train)
-    print(json.dumps(summary) if args.json else f"finished: {summary}")
-    return 0
+        return summary
+    return deploy.run_party_process(args.config, args.train)
 
 
 def main(argv: list[str] | None = None) -> int:

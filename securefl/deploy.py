@@ -55,17 +55,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securefl.aggregator import Aggregator
+from securefl.aggregator import Aggregator, RoundReport
 from securefl.codec import ArraySpec, VectorLayout
 from securefl.config import budget_settings, no_unknown, read_toml
 from securefl.crypto.certificates import load_identity, verify_party_certificate
 from securefl.crypto.signing import Identities
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, SecureFLError
 from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
 from securefl.fusion import build_strategy
 from securefl.layers import DPNoise, PrivacyStack
 from securefl.layers.secagg import SecAgg
 from securefl.layers.shared_key import SharedKeySum
+from securefl.network.frames import printable
 from securefl.network.server import TLSFiles
 from securefl.party import Client, PartyNode
 from securefl.selection import build_selection
@@ -282,7 +283,7 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
     fed = load_federation(config)
     if not isinstance(fed.model, str):
         raise ConfigError(f"{fed.source}: model = 'module:function' (the initial global model) is required")
-    model = load_callable(fed.model, "model")()
+    model = _call(load_callable(fed.model, "model"), f"model {fed.model!r}")
     spec = ArraySpec.of(model)
     identities, pins = fed.identities()
     stack, layout = fed.stack_for(spec.size, identities.public_only() if identities else None)
@@ -331,7 +332,7 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
         log.info("parties connected before round 0: %s", ", ".join(present) or "none")
         reports = []
         for round in range(fed.rounds):
-            report = aggregator.run_round(round)
+            report = _guarded_round(aggregator, round)
             reports.append(report)
             _log_round(report)
             if on_round is not None:
@@ -344,6 +345,7 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
         "rounds": fed.rounds,
         "rounds_ok": sum(r.ok for r in reports),
         "rounds_failed": sum(r.status == "failed" for r in reports),
+        "failures": {r.round: r.error for r in reports if r.status == "failed"},
         "refused": next((r.error for r in reports if r.status == "refused"), None),
         "parties_seen": sorted(transport.seen),
         "dropouts": {r.round: r.dropouts for r in reports if r.dropouts},
@@ -355,12 +357,40 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
     }
 
 
+def _call(function: Callable, what: str, *args: Any) -> Any:
+    """A user function the deployment names (the model, the train factory): its failure is a
+    configuration error with a clear message, not a traceback."""
+    try:
+        return function(*args)
+    except SecureFLError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _guarded_round(aggregator: Aggregator, round: int) -> RoundReport:
+    """One round; whatever escapes it (a layer's error on a party's bytes, a bug) becomes a failed
+    round in the log, never the end of the process: the other parties go on to the next round."""
+    try:
+        return aggregator.run_round(round)
+    except Exception as exc:
+        log.debug("round %d raised", round, exc_info=True)
+        return RoundReport(
+            round,
+            "failed",
+            [],
+            error=f"{type(exc).__name__} escaped the round: {exc}; its result is discarded and the "
+            "global model is unchanged",
+        )
+
+
 def _log_round(report) -> None:
+    # Reasons and errors may quote what a party sent: escaped, one line each (printable).
     if report.status == "refused":
-        log.warning("round %d refused by the privacy budget: %s", report.round, report.error)
+        log.warning("round %d refused by the privacy budget: %s", report.round, printable(report.error))
         return
     epsilon = f", ε {report.epsilon:.4g}" if report.epsilon is not None else ""
-    dropouts = "; ".join(f"{p} ({why})" for p, why in report.dropouts.items()) or "none"
+    dropouts = "; ".join(f"{p} ({printable(why)})" for p, why in report.dropouts.items()) or "none"
     log.info(
         "round %d %s: %d selected, %d summed, dropouts: %s%s (%.2fs, %d B up)",
         report.round,
@@ -373,7 +403,7 @@ def _log_round(report) -> None:
         report.bytes_up,
     )
     if report.error:
-        log.warning("round %d failed: %s", report.round, report.error)
+        log.warning("round %d failed: %s", report.round, printable(report.error))
 
 
 # -- a party -----------------------------------------------------------------------------------
@@ -423,7 +453,24 @@ def run_party_process(config: str | Path, train: str) -> dict[str, Any]:
 
     cfg = load_party(config)
     fed = cfg.federation
-    produced = load_callable(train, "--train")(cfg.train)
+    summary = run_party(
+        cfg.party,
+        cfg.aggregator,
+        cfg.tls,
+        fed.agreement,
+        party_node_factory(cfg, train),
+        max_message_bytes=fed.max_message_bytes,
+        connect_timeout=float(fed.network.get("connect_timeout", 60.0)),
+        server_name=cfg.server_name,
+    )
+    return {"party": cfg.party, "requests": summary.requests, "reconnects": summary.reconnects}
+
+
+def party_node_factory(cfg: PartyConfig, train: str) -> Callable[[str, ArraySpec], PartyNode]:
+    """Checks this party's certificate and identity key, loads the train factory ``train``, and
+    returns what builds its :class:`PartyNode` once the aggregator's welcome names the session."""
+    fed = cfg.federation
+    produced = _call(load_callable(train, "--train"), f"--train {train!r}", cfg.train)
     client = produced if isinstance(produced, Client) else Client(train=produced)
     if not callable(client.train):
         raise ConfigError(f"--train {train!r} must return a securefl.Client or a train function")
@@ -461,14 +508,4 @@ def run_party_process(config: str | Path, train: str) -> dict[str, Any]:
             strategy=party_strategy(stack, strategy),
         )
 
-    summary = run_party(
-        cfg.party,
-        cfg.aggregator,
-        cfg.tls,
-        fed.agreement,
-        node,
-        max_message_bytes=fed.max_message_bytes,
-        connect_timeout=float(fed.network.get("connect_timeout", 60.0)),
-        server_name=cfg.server_name,
-    )
-    return {"party": cfg.party, "requests": summary.requests, "reconnects": summary.reconnects}
+    return node

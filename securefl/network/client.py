@@ -46,7 +46,13 @@ class _Answerer:
 
     def welcome(self, welcome: Welcome) -> None:
         if welcome.session != self.session:  # a new federation (or a restarted aggregator)
-            self.node = self.factory(welcome.session, ArraySpec.from_json(welcome.spec))
+            try:
+                spec = ArraySpec.from_json(welcome.spec)
+            except Exception as exc:
+                raise ProtocolError(
+                    f"the aggregator's welcome holds no valid model layout: {type(exc).__name__}: {exc}"
+                ) from None
+            self.node = self.factory(welcome.session, spec)
             self.session = welcome.session
             self._last = None
 

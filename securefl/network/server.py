@@ -12,6 +12,13 @@ Deadlines and reconnects: :meth:`exchange` sends each request down its party's s
 to the phase deadline; a party whose stream has broken is waited for ``reconnect_grace`` seconds
 (if it reconnects within the round its pending request is sent again — the party answers a repeated
 request with its cached reply), then counted as a dropout.
+
+One member cannot hurt the others through its stream: replies are matched to requests in order, per
+stream, so a late reply never answers a later request; a frame no request asked for (a duplicate, a
+flood) is handed on once as a second reply — the aggregator drops the party for the phase — and
+ends that party's stream; at most one stream per party is open and one more may be opening, and a
+stream that sends no hello within ``hello_timeout`` is cancelled. Nothing a party sends raises out
+of this module: the reader thread turns every failure into a closed stream (a dropout).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,11 +36,19 @@ import grpc
 
 from securefl.crypto.certificates import PartyCertificate, verify_party_certificate
 from securefl.errors import ConfigError, WireError
-from securefl.network.frames import METHOD, Hello, Welcome
+from securefl.network.frames import METHOD, Hello, Welcome, printable
 from securefl.transport import Reply, Traffic, Transport
 
 log = logging.getLogger(__name__)
 _CLOSE = None  # sentinel in a connection's outbox: end the stream
+
+
+@dataclass(frozen=True)
+class _Abort:
+    """In a connection's outbox: end the stream with this status (the party broke the protocol)."""
+
+    code: grpc.StatusCode
+    details: str
 
 
 @dataclass(frozen=True)
@@ -44,19 +60,27 @@ class TLSFiles:
     key: bytes
 
 
-@dataclass
+@dataclass(eq=False)
+class _Pending:
+    data: bytes
+    sent: float
+    replies: list[Reply] = field(default_factory=list)
+
+
+@dataclass(eq=False)
 class _Connection:
     party: str
     outbox: queue.Queue = field(default_factory=queue.Queue)
     open: bool = True
     closed_at: float = 0.0
+    # The requests sent down this stream and not yet answered, oldest first: the party answers
+    # them in order, so each frame up answers the oldest (or nothing: a protocol violation).
+    outstanding: deque[_Pending] = field(default_factory=deque)
+    ignored: int = 0  # frames that arrived after the stream was closed
 
-
-@dataclass
-class _Pending:
-    data: bytes
-    sent: float
-    replies: list[Reply] = field(default_factory=list)
+    def send(self, pending: _Pending) -> None:
+        self.outstanding.append(pending)
+        self.outbox.put(pending.data)
 
 
 class GrpcServerTransport(Transport):
@@ -73,25 +97,30 @@ class GrpcServerTransport(Transport):
         *,
         max_message_bytes: int = 256 << 20,
         reconnect_grace: float = 5.0,
+        hello_timeout: float = 30.0,
     ) -> None:
         """``allowlist`` maps each admitted party id to the SHA-256 fingerprint its certificate must
-        have (or None: any certificate of the CA naming it)."""
+        have (or None: any certificate of the CA naming it). A stream that sends no hello within
+        ``hello_timeout`` seconds is cancelled."""
         self.allowlist = dict(allowlist)
         self.welcome = Welcome(session, spec, agreement).encode()
         self.agreement = agreement
         self.ca = tls.ca
         self.max_message_bytes = max_message_bytes
         self.reconnect_grace = reconnect_grace
+        self.hello_timeout = hello_timeout
         self.traffic = Traffic()
         self._lock = threading.Condition()
         self._connections: dict[str, _Connection] = {}
         self._pending: dict[str, _Pending] = {}
+        self._opening: set[str] = set()  # parties with a stream between handshake and hello
         self.seen: set[str] = set()
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        # One thread per open stream plus headroom; more streams than that wait, they are not lost.
+        # One thread per open stream, one per opening stream, plus headroom; more streams than that
+        # wait, they are not lost. No party can hold more than two (see _connect).
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=2 * len(self.allowlist) + 8), options=options
         )
@@ -135,22 +164,23 @@ class GrpcServerTransport(Transport):
     def _connect(self, frames: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         cert = self._authenticate(context)
         party = cert.party
+        with self._lock:
+            if party in self._opening:
+                log.warning("refused a second opening stream of %s", party)
+                busy = True
+            else:
+                self._opening.add(party)
+                busy = False
+        if busy:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"party {party!r} already has a stream waiting for its hello: one at a time",
+            )
         try:
-            hello = Hello.decode(next(frames))
-        except (StopIteration, WireError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected a hello first: {exc}")
-        if hello.party != party:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the certificate names {party!r}, the hello {hello.party!r}: identity comes from the "
-                "certificate",
-            )
-        if hello.agreement != self.agreement:
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"party {party!r} holds federation settings {hello.agreement[:12]}…, the aggregator "
-                f"{self.agreement[:12]}…: both must use the same federation file",
-            )
+            self._hello(party, frames, context)
+        finally:
+            with self._lock:
+                self._opening.discard(party)
         connection = self._register(party)
         threading.Thread(
             target=self._read, args=(connection, frames), daemon=True, name=f"read-{party}"
@@ -161,7 +191,47 @@ class GrpcServerTransport(Transport):
             item = connection.outbox.get()
             if item is _CLOSE:
                 return
+            if isinstance(item, _Abort):
+                context.abort(item.code, item.details)
             yield item
+
+    def _hello(self, party: str, frames: Iterator[bytes], context: grpc.ServicerContext) -> Hello:
+        """The stream's first frame, within ``hello_timeout``; any problem aborts the stream."""
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            context.cancel()
+
+        timer = threading.Timer(self.hello_timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            hello = Hello.decode(next(frames))
+        except (StopIteration, WireError, grpc.RpcError) as exc:
+            if expired.is_set():
+                log.info("refused %s: no hello within %gs", party, self.hello_timeout)
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {self.hello_timeout:g}s")
+            why = printable(exc) if isinstance(exc, WireError) else "the stream ended"
+            log.info("refused %s: no valid hello: %s", party, why)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected a hello first: {why}")
+        finally:
+            timer.cancel()
+        if hello.party != party:
+            log.warning("refused %s: its hello names %s", party, printable(repr(hello.party), 80))
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate names {party!r}, the hello {hello.party!r}: identity comes from the "
+                "certificate",
+            )
+        if hello.agreement != self.agreement:
+            log.warning("refused %s: it holds other federation settings", party)
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"party {party!r} holds federation settings {hello.agreement[:12]}…, the aggregator "
+                f"{self.agreement[:12]}…: both must use the same federation file",
+            )
+        return hello
 
     def _register(self, party: str) -> _Connection:
         with self._lock:
@@ -169,25 +239,31 @@ class GrpcServerTransport(Transport):
             if old is not None and old.open:
                 old.open = False
                 old.outbox.put(_CLOSE)
+                log.info("party %s opened a new stream: its previous one is closed", party)
             connection = _Connection(party)
             self._connections[party] = connection
             first = party not in self.seen
             self.seen.add(party)
             pending = self._pending.get(party)
             if pending is not None and not pending.replies:
-                connection.outbox.put(pending.data)  # the retry of a request lost with the old stream
+                connection.send(pending)  # the retry of a request lost with the old stream
             self._lock.notify_all()
         log.info("party %s %s", party, "connected" if first else "reconnected")
         return connection
 
     def _read(self, connection: _Connection, frames: Iterator[bytes]) -> None:
+        """The frames a party sends up its stream, until it ends; never raises."""
         try:
             for frame in frames:
-                self._deliver(connection, frame)
+                if not self._deliver(connection, frame):
+                    break
         except grpc.RpcError as exc:
-            log.info("stream of %s ended: %s", connection.party, exc.code() if hasattr(exc, "code") else exc)
+            code = exc.code() if hasattr(exc, "code") else None
+            log.info("stream of %s ended: %s", connection.party, getattr(code, "name", printable(exc)))
         except Exception as exc:  # a broken stream is a dropout, never a crashed aggregator
-            log.warning("stream of %s failed: %s: %s", connection.party, type(exc).__name__, exc)
+            log.warning(
+                "stream of %s failed: %s: %s", connection.party, type(exc).__name__, printable(exc)
+            )
         self._closed(connection)
 
     def _closed(self, connection: _Connection) -> None:
@@ -199,14 +275,46 @@ class GrpcServerTransport(Transport):
                 log.info("party %s disconnected", connection.party)
             self._lock.notify_all()
 
-    def _deliver(self, connection: _Connection, frame: bytes) -> None:
+    def _deliver(self, connection: _Connection, frame: bytes) -> bool:
+        """Hand one frame to the request it answers; False when the stream must end."""
+        party = connection.party
         with self._lock:
-            pending = self._pending.get(connection.party)
-            if pending is None or not connection.open:
-                log.info("unsolicited frame from %s dropped", connection.party)
-                return
-            pending.replies.append(Reply(connection.party, bytes(frame), time.monotonic() - pending.sent))
+            if not connection.open:
+                # Frames still in flight on a stream this server closed (a newer stream replaced
+                # it, or the party broke the protocol): nobody asked for them.
+                connection.ignored += 1
+                if connection.ignored == 1:
+                    log.info("frames of %s after its stream closed are ignored", party)
+                return False
+            pending = self._pending.get(party)
+            if not connection.outstanding:
+                # One reply per request: this frame answers nothing (a duplicate, a flood, a reply
+                # before any request). Handed on once as a second reply, so that the aggregator
+                # drops the party for the phase; then the stream ends — nothing it sends is read.
+                if pending is not None and len(pending.replies) == 1:
+                    pending.replies.append(Reply(party, bytes(frame), time.monotonic() - pending.sent))
+                connection.open = False
+                connection.closed_at = time.monotonic()
+                connection.outbox.put(
+                    _Abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "a frame that answers no request (one reply per request): stream closed",
+                    )
+                )
+                self._lock.notify_all()
+                log.warning(
+                    "party %s sent a frame that answers no request (%d bytes): its stream is closed",
+                    party,
+                    len(frame),
+                )
+                return False
+            answered = connection.outstanding.popleft()
+            if answered is not pending:
+                log.info("late reply of %s to an earlier request dropped (%d bytes)", party, len(frame))
+                return True
+            pending.replies.append(Reply(party, bytes(frame), time.monotonic() - pending.sent))
             self._lock.notify_all()
+            return True
 
     # -- the Transport interface ---------------------------------------------------------------
 
@@ -233,12 +341,12 @@ class GrpcServerTransport(Transport):
         with self._lock:
             now = time.monotonic()
             for party, data in requests.items():
-                self._pending[party] = _Pending(data, now)
+                pending = self._pending[party] = _Pending(data, now)
                 self.traffic.bytes_down += len(data)
                 self.traffic.messages += 1
                 connection = self._connections.get(party)
                 if connection is not None and connection.open:
-                    connection.outbox.put(data)
+                    connection.send(pending)
             while not self._settled(requests, deadline):
                 self._lock.wait(
                     max(0.0, min(deadline, self._next_grace_end(requests)) - time.monotonic()) + 0.01
