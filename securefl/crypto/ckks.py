@@ -74,6 +74,23 @@ class CkksParams:
     def max_ciphertext_bytes(self) -> int:
         return 2 * self.poly_modulus_degree * len(self.coeff_mod_bit_sizes) * 8 + 4096
 
+    @property
+    def scale(self) -> float:
+        return float(2**self.scale_bits)
+
+    @property
+    def chain_bits(self) -> tuple[int, ...]:
+        """Total coefficient-modulus bits at each level of the modulus chain, key level first
+        (what a SEAL context reports): e.g. (90, 45) for [45, 45]."""
+        bits = self.coeff_mod_bit_sizes
+        return tuple(sum(bits[: len(bits) - i]) for i in range(len(bits)))
+
+    def precision(self, contributors: int) -> float:
+        """The error the decrypted sum of ``contributors`` ciphertexts is allowed per coordinate in the
+        bound check: contributors × 2^(20 − scale_bits) (9.8e-4 per party for add-only, whose
+        measured error is ~1e-6 for 10 parties: a margin of three orders of magnitude)."""
+        return max(1, contributors) * 2.0 ** (20 - self.scale_bits)
+
 
 # Presets: the add-only default; a wider one for large sums and precision; NVIDIA FLARE's default
 # parameters (public-key encryption, a multiplication-ready chain), kept as the baseline to beat.
@@ -110,8 +127,37 @@ def load_context(blob: bytes, params: CkksParams, secret: bool) -> ts.Context:
     if context.is_private() != secret:
         what = "holds a secret key: refusing to keep it" if context.is_private() else "lacks the secret key"
         raise ProtocolError(f"the CKKS context {what}")
+    check_context(context, params)
     context.global_scale = 2**params.scale_bits
     return context
+
+
+def check_context(context: ts.Context, params: CkksParams) -> None:
+    """Refuse a context whose scheme, N or modulus chain differ from the agreed parameters.
+
+    Security argument: the parameters are agreed in configuration, never taken from a payload. A
+    key holder that handed out a context at N = 1024, or with other primes, would have newcomers
+    encrypt below 128-bit security, or make every honest ciphertext unusable at the aggregator.
+    """
+    try:
+        data = context.seal_context().data
+        level = data.key_context_data()
+        n, chain = level.parms().poly_modulus_degree(), []
+        scheme = level.parms().scheme()
+        while level is not None:
+            chain.append(level.total_coeff_modulus_bit_count())
+            level = level.next_context_data()
+    except Exception as exc:  # TenSEAL raises its own types on a broken context
+        raise WireError(f"unusable TenSEAL context ({type(exc).__name__})") from None
+    if (
+        scheme != ts.SCHEME_TYPE.CKKS.value
+        or n != params.poly_modulus_degree
+        or tuple(chain) != params.chain_bits
+    ):
+        raise ProtocolError(
+            f"the CKKS context is not the agreed one (N={params.poly_modulus_degree}, moduli "
+            f"{list(params.coeff_mod_bit_sizes)}): it has N={n}, modulus chain bits {chain}"
+        )
 
 
 def fingerprint(public_blob: bytes) -> str:
@@ -127,13 +173,44 @@ def encrypt(context: ts.Context, vector: np.ndarray, params: CkksParams) -> list
     ]
 
 
-def _load_vector(context: ts.Context, blob: bytes, expected_size: int) -> ts.CKKSVector:
+def load_ciphertext(
+    context: ts.Context, blob: bytes, expected_size: int, params: CkksParams
+) -> ts.CKKSVector:
+    """Parse one chunk and check it against the agreed parameters, never against another payload.
+
+    Refused (WireError/ProtocolError): bytes TenSEAL cannot parse; a vector of another length; or a
+    ciphertext that is not one fresh, two-polynomial, NTT-form ciphertext at the data level of this
+    context (same parameters id, hence same N and primes) at exactly the agreed scale 2^scale_bits.
+    Any of those would either fail when added to honest ciphertexts — so the first contributor
+    would decide what everyone else must match — or decrypt to garbage.
+    """
     try:
         vector = ts.ckks_vector_from(context, blob)
+        size = vector.size()
+        ciphertexts = vector.ciphertext()
+    except Exception as exc:  # TenSEAL raises RuntimeError, ValueError, TypeError on bad input
+        raise WireError(f"corrupted CKKS ciphertext ({type(exc).__name__})") from None
+    if size != expected_size:
+        raise WireError(f"a CKKS ciphertext holds {size} values, expected {expected_size}")
+    if len(ciphertexts) != 1:
+        raise WireError(f"a CKKS chunk must hold one ciphertext, got {len(ciphertexts)}")
+    c = ciphertexts[0]
+    try:
+        first = context.seal_context().data.first_parms_id()
+        fields = (c.size(), c.parms_id(), c.is_ntt_form(), c.is_transparent(), c.scale)
     except Exception as exc:
         raise WireError(f"corrupted CKKS ciphertext ({type(exc).__name__})") from None
-    if vector.size() != expected_size:
-        raise WireError(f"a CKKS ciphertext holds {vector.size()} values, expected {expected_size}")
+    polys, parms_id, ntt, transparent, scale = fields
+    if polys != 2 or parms_id != first or not ntt or transparent:
+        raise ProtocolError(
+            "a CKKS ciphertext is not a fresh ciphertext under the agreed parameters (N="
+            f"{params.poly_modulus_degree}, moduli {list(params.coeff_mod_bit_sizes)}): "
+            f"{polys} polynomials, {'matching' if parms_id == first else 'other'} parameters"
+        )
+    if scale != params.scale:
+        raise ProtocolError(
+            f"a CKKS ciphertext is at scale {scale:.6g}, but the agreed scale is 2^{params.scale_bits}"
+        )
     return vector
 
 
@@ -146,14 +223,22 @@ class CiphertextSum:
         self.total: list[ts.CKKSVector] | None = None
 
     def add(self, blobs: list[bytes]) -> None:
+        """Add one party's chunks — all or nothing. Every chunk is parsed and checked against the
+        agreed parameters first; the sums are then built as new vectors and swapped in with one
+        assignment, so a payload that fails anywhere leaves the running total untouched."""
         if len(blobs) != len(self.sizes):
             raise WireError(f"expected {len(self.sizes)} CKKS ciphertexts, got {len(blobs)}")
-        vectors = [_load_vector(self.context, b, s) for b, s in zip(blobs, self.sizes, strict=True)]
+        vectors = [
+            load_ciphertext(self.context, b, s, self.params) for b, s in zip(blobs, self.sizes, strict=True)
+        ]
         if self.total is None:
             self.total = vectors
-        else:
-            for acc, v in zip(self.total, vectors, strict=True):
-                acc += v
+            return
+        try:
+            summed = [acc + v for acc, v in zip(self.total, vectors, strict=True)]
+        except Exception as exc:  # unreachable once the chunks are checked; never half-added
+            raise ProtocolError(f"CKKS ciphertexts could not be added ({type(exc).__name__})") from None
+        self.total = summed
 
     def blobs(self) -> list[bytes]:
         return [v.serialize() for v in self.total]
@@ -163,6 +248,8 @@ def decrypt(context: ts.Context, blobs: list[bytes], length: int, params: CkksPa
     sizes = [min(params.slots, length - i) for i in range(0, length, params.slots)]
     if len(blobs) != len(sizes):
         raise WireError(f"expected {len(sizes)} CKKS ciphertexts, got {len(blobs)}")
-    return np.concatenate(
-        [np.asarray(_load_vector(context, b, s).decrypt()) for b, s in zip(blobs, sizes, strict=True)]
-    )
+    vectors = [load_ciphertext(context, b, s, params) for b, s in zip(blobs, sizes, strict=True)]
+    try:
+        return np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vectors])
+    except Exception as exc:
+        raise ProtocolError(f"the CKKS sum does not decrypt ({type(exc).__name__})") from None

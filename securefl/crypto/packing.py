@@ -61,12 +61,35 @@ class Packing:
         return self._to_ints(shifted.reshape(rows, self.slots))
 
     def unpack(self, plaintexts: list[int], count: int, summands: int) -> np.ndarray:
-        """The slot sums of ``count`` values, minus the offsets of ``summands`` contributions."""
+        """The slot sums of ``count`` values, minus the offsets of ``summands`` contributions.
+
+        Refuses (ProtocolError) a sum that honest parties cannot produce: each honest slot holds
+        u ∈ [0, 2^b − 2], so a sum of ``summands`` slots lies in [0, summands·(2^b − 2)], i.e. the
+        value is within ±summands·(2^(b−1) − 1); padding slots are 0 in every honest plaintext.
+        A slot outside that range means a tampered or foreign ciphertext, or a wrong summand count.
+        """
         if len(plaintexts) != self.plaintexts_for(count):
             raise ProtocolError(f"{len(plaintexts)} plaintexts cannot hold exactly {count} values")
-        if not 0 < summands <= self.max_summands:
-            raise ProtocolError(f"{summands} summands is outside 1..{self.max_summands}")
-        slots = self._from_ints(plaintexts).reshape(-1)[:count]
+        if (
+            isinstance(summands, bool)
+            or not isinstance(summands, int)
+            or not 0 < summands <= self.max_summands
+        ):
+            raise ProtocolError(f"{summands!r} summands is outside 1..{self.max_summands}")
+        slots = self._from_ints(plaintexts).reshape(-1)
+        if slots[count:].any():
+            raise ProtocolError(
+                "a padding slot of the decrypted sum is not zero: no honest party packs anything there "
+                "(tampered or foreign ciphertext)"
+            )
+        slots = slots[:count]
+        limit = summands * ((1 << self.value_bits) - 2)
+        if slots.size and int(slots.max()) > limit:
+            raise ProtocolError(
+                f"the decrypted sum leaves the packing bound: a slot exceeds {summands} contributions × "
+                f"(2^{self.value_bits} − 2) = {limit}, i.e. a value beyond ±{summands} × {self.offset}; "
+                "it cannot come from honest parties (tampered or foreign ciphertext, or a wrong count)"
+            )
         return slots.astype(np.int64) - summands * self.offset
 
     def _to_ints(self, rows: np.ndarray) -> list[int]:

@@ -96,6 +96,33 @@ class PublicKey:
             raise ProtocolError("not a valid ciphertext for this Paillier key (tampered or corrupted)")
         return c
 
+    def check_ciphertexts(self, values: list[int]) -> None:
+        """Refuse a batch unless every value is in Z*_{n²}: 0 < c < n² and gcd(c, n) = 1.
+
+        Security argument: only elements of Z*_{n²} are Paillier ciphertexts; anything else (0, n,
+        a multiple of p, a value ≥ n²) makes the product of every party's ciphertexts leave the
+        group, so the decryptor would refuse the whole sum and every honest party would lose the
+        round. The aggregator can tell with the public key alone, so it must, on arrival, and drop
+        only the sender. One gcd suffices for the batch: n = p·q with p, q prime, and p divides
+        ∏ c_i mod n iff p divides some c_i (likewise q), so gcd(∏ c_i mod n, n) = 1 iff every
+        gcd(c_i, n) = 1. The product mod n costs one small multiplication per ciphertext.
+        """
+        nsq, n = self.nsquare, mpz(self.n)
+        product = mpz(1)
+        for index, c in enumerate(values):
+            if not 0 < c < nsq:
+                raise ProtocolError(
+                    f"ciphertext {index} is out of range for the public key: it must satisfy 0 < c < n² "
+                    "(tampered or corrupted)"
+                )
+            product = product * c % n
+        if gmpy2.gcd(product, n) != 1:
+            bad = next(i for i, c in enumerate(values) if gmpy2.gcd(c, n) != 1)
+            raise ProtocolError(
+                f"ciphertext {bad} shares a factor with n, so it is not in Z*_{{n²}} and cannot be a "
+                "Paillier ciphertext (tampered or corrupted)"
+            )
+
     def add(self, c1: int, c2: int) -> int:
         return int(mpz(c1) * c2 % self.nsquare)
 
@@ -126,6 +153,36 @@ class PrivateKey:
         mp = (gmpy2.powmod(c, k["p"] - 1, k["psq"]) - 1) // k["p"] * k["hp"] % k["p"]
         mq = (gmpy2.powmod(c, k["q"] - 1, k["qsq"]) - 1) // k["q"] * k["hq"] % k["q"]
         return int(mp + (mq - mp) * k["pinv"] % k["q"] * k["p"])
+
+
+def check_private_key(key: PrivateKey, bits: int) -> None:
+    """Refuse key material received from another party unless it is a well-formed securefl key of
+    exactly ``bits`` bits: n = p·q with p ≠ q safe primes of bits/2 bits, g_p and g_q generators of
+    Z_p^* and Z_q^*, and h_s an n-th residue in Z*_{n²}.
+
+    Security argument: a malicious key holder that hands a newcomer a short n, a composite "prime",
+    or a g_p of small order would make that newcomer's ciphertexts easy to open (by anyone who
+    factors n) or its CRT randomizers low-entropy. Every check here is cheap next to one round's
+    encryption, and is made once, when the keys are installed.
+    """
+    n, p, q = mpz(key.public.n), mpz(key.p), mpz(key.q)
+    if n.bit_length() != bits or p * q != n or p == q:
+        raise ProtocolError(f"received Paillier key material is not a {bits}-bit n = p·q with p ≠ q")
+    for name, prime, g in (("p", p, key.gp), ("q", q, key.gq)):
+        half = (prime - 1) // 2
+        if prime.bit_length() != bits // 2 or not gmpy2.is_prime(prime, 30) or not gmpy2.is_prime(half, 30):
+            raise ProtocolError(f"received Paillier key material: {name} is not a {bits // 2}-bit safe prime")
+        if (
+            g is None
+            or not 1 < g < prime
+            or gmpy2.powmod(g, 2, prime) == 1
+            or gmpy2.powmod(g, half, prime) == 1
+        ):
+            raise ProtocolError(f"received Paillier key material: g_{name} does not generate Z_{name}^*")
+    nsq, hs = n * n, mpz(key.public.hs)
+    lam = gmpy2.lcm(p - 1, q - 1)
+    if not 0 < hs < nsq or gmpy2.gcd(hs, n) != 1 or gmpy2.powmod(hs, lam, nsq) != 1:
+        raise ProtocolError("received Paillier key material: h_s is not an n-th residue modulo n²")
 
 
 def _safe_prime(bits: int) -> mpz:

@@ -21,7 +21,7 @@ import tenseal as ts
 
 from securefl.crypto import ckks
 from securefl.crypto.signing import Identities
-from securefl.errors import ConfigError, WireError
+from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.layers.base import RoundContext, StackContext, Transform
 from securefl.layers.bounds import CoordinateBounds, coordinate_bounds
 from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum
@@ -52,7 +52,7 @@ def _unpack_blobs(magic: bytes, payload: bytes, count: int, max_each: int) -> li
     sizes, data = header["sizes"], parts["ciphertexts"]
     if len(sizes) != count:
         raise WireError(f"expected {count} CKKS ciphertexts, got {len(sizes)}")
-    if any(not isinstance(s, int) or not 0 < s <= max_each for s in sizes) or sum(sizes) != len(data):
+    if any(type(s) is not int or not 0 < s <= max_each for s in sizes) or sum(sizes) != len(data):
         raise WireError("CKKS ciphertext sizes are invalid or do not add up")
     offsets = np.cumsum([0, *sizes])
     return [data[offsets[i] : offsets[i + 1]] for i in range(count)]
@@ -89,23 +89,58 @@ class CkksScheme(Scheme):
     def fingerprint(self, material: CkksKeys) -> str:
         return ckks.fingerprint(material.public_blob)
 
+    # Every party encrypts its vector followed by one counter slot holding 1.0: the decrypted slot
+    # is the number of contributions, which the decryptor checks against the aggregator's count.
+
     def max_encrypt_bytes(self, ctx: RoundContext) -> int:
-        return self.params.ciphertexts_for(ctx.vector_size) * self.params.max_ciphertext_bytes() + 65536
+        return self.params.ciphertexts_for(ctx.vector_size + 1) * self.params.max_ciphertext_bytes() + 65536
 
     def encrypt(self, material: CkksKeys, vector: np.ndarray, ctx: RoundContext) -> bytes:
         vector = np.asarray(vector, dtype=np.float64)
+        if vector.shape != (ctx.vector_size,):
+            raise ProtocolError(f"expected a vector of {ctx.vector_size} values, got shape {vector.shape}")
         self.bounds.check(vector)  # a value out of bounds could overflow the sum: refused
-        return _pack_blobs(b"CENr", ckks.encrypt(material.context, vector, self.params))
+        return _pack_blobs(b"CENr", ckks.encrypt(material.context, np.append(vector, 1.0), self.params))
 
     def combiner(self, public: ts.Context, ctx: RoundContext) -> Combiner:
-        return _CkksCombiner(ckks.CiphertextSum(public, self.params, ctx.vector_size), self.params)
+        return _CkksCombiner(ckks.CiphertextSum(public, self.params, ctx.vector_size + 1), self.params)
 
     def decrypt(
         self, material: CkksKeys, combined: bytes, contributors: int, ctx: RoundContext
     ) -> np.ndarray:
-        count = self.params.ciphertexts_for(ctx.vector_size)
+        count = self.params.ciphertexts_for(ctx.vector_size + 1)
         blobs = _unpack_blobs(b"CSUM", combined, count, self.params.max_ciphertext_bytes())
-        return ckks.decrypt(material.context, blobs, ctx.vector_size, self.params)
+        total = ckks.decrypt(material.context, blobs, ctx.vector_size + 1, self.params)
+        self.check_sum(total[:-1], total[-1], contributors)
+        return total[:-1]
+
+    def check_sum(self, total: np.ndarray, counter: float, contributors: int) -> None:
+        """Refuse a decrypted sum that honest parties cannot have produced (ProtocolError).
+
+        Each honest party's coordinate i lies within ±bound_i (CoordinateBounds: the party checks
+        before encrypting) and its counter slot is 1, so the sum of ``contributors`` parties has
+        |sum_i| ≤ contributors × bound_i + precision and a counter within precision of
+        ``contributors``. A sum outside that comes from a ciphertext under another key, one a party
+        or the aggregator shifted, or a count the aggregator misreported. The message names the
+        bound but not the offending value: it goes back to the aggregator, who must not learn the sum.
+        """
+        if self.bounds is None:
+            raise ConfigError("ckks was used before its stack was validated")
+        tolerance = self.params.precision(contributors)
+        if not np.isfinite(counter) or abs(counter - contributors) > 0.25:
+            raise ProtocolError(
+                f"the aggregator says the CKKS sum holds {contributors} contributions, but its counter "
+                "slot disagrees: refusing a sum with a wrong count or a foreign ciphertext"
+            )
+        excess = ~(np.abs(total) <= self.bounds.bounds * contributors + tolerance)  # NaN counts as excess
+        if excess.any():
+            index = int(np.flatnonzero(excess)[0])
+            group = next(name for name, s in self.bounds.groups if s.start <= index < s.stop)
+            raise ProtocolError(
+                f"the decrypted CKKS sum leaves its bound: {group} coordinate {index} exceeds {contributors} "
+                f"contributions × ±{self.bounds.bounds[index]:.6g} (+ CKKS precision {tolerance:.2g}); it "
+                "cannot come from honest parties (a ciphertext under another key, or tampered): refused"
+            )
 
 
 class _CkksCombiner(Combiner):
@@ -161,7 +196,8 @@ class CKKS(SharedKeySum):
             raise ConfigError("ckks encrypts real values: remove 'quantize' from the stack")
         bounds = coordinate_bounds(ctx, transforms, self.update_bound, "ckks")
         self.scheme.bounds = bounds
-        largest = float(bounds.bounds.max()) * ctx.max_parties
+        # max(·, 1): the counter slot (1 per party) must fit too.
+        largest = max(float(bounds.bounds.max()), 1.0) * ctx.max_parties
         if largest > self.params.max_abs_sum:
             raise ConfigError(
                 f"a CKKS sum over {ctx.max_parties} parties could reach {largest:.6g} in one coordinate, but "

@@ -252,8 +252,14 @@ class PaillierScheme(Scheme):
         public = paillier.PublicKey(
             int.from_bytes(blob[:n_bytes], "big"), int.from_bytes(blob[n_bytes:], "big")
         )
-        if public.bits != self.key_bits:
-            raise ProtocolError(f"the key holder published a {public.bits}-bit key, {self.key_bits} expected")
+        if public.bits != self.key_bits or public.n % 2 == 0:
+            raise ProtocolError(
+                f"the key holder published an n that is not an odd {self.key_bits}-bit modulus"
+            )
+        try:
+            public.check_ciphertext(public.hs)  # h_s must lie in Z*_{n²}, as every ciphertext does
+        except ProtocolError:
+            raise ProtocolError("the key holder published an h_s outside Z*_{n²}") from None
         return public
 
     def model_key(self, material: KeyMaterial) -> bytes:
@@ -263,13 +269,19 @@ class PaillierScheme(Scheme):
         return material.fingerprint
 
     def _count(self, ctx: RoundContext) -> int:
-        return self.packing(self.key_bits - 1).plaintexts_for(ctx.vector_size)
+        # One extra slot after the vector: the contribution counter (see ``encrypt``).
+        return self.packing(self.key_bits - 1).plaintexts_for(ctx.vector_size + 1)
 
     def max_encrypt_bytes(self, ctx: RoundContext) -> int:
         return self._count(ctx) * (2 * self.key_bits + 7) // 8 + 4096
 
     def encrypt(self, material: KeyMaterial, vector: np.ndarray, ctx: RoundContext) -> bytes:
         signed = np.asarray(vector, dtype=np.uint64).view(np.int64)  # two's complement → signed
+        if signed.shape != (ctx.vector_size,):
+            raise ProtocolError(f"expected a vector of {ctx.vector_size} values, got shape {signed.shape}")
+        # The counter slot: every party packs 1 after its vector, so the decrypted slot is exactly the
+        # number of contributions in the sum — the decryptor checks the count the aggregator claims.
+        signed = np.append(signed, np.int64(1))
         plaintexts = self.packing(material.public.plaintext_bits).pack(signed)
         mode = "crt" if self.encryption == "crt" and material.private is not None else "public"
         batches = _split(plaintexts, 4 * self.workers)
@@ -285,16 +297,29 @@ class PaillierScheme(Scheme):
         if material.private is None:
             raise ProtocolError("asked to decrypt without holding the private key")
         width = material.public.ciphertext_bytes
-        if len(combined) % width:
-            raise WireError("the encrypted sum is not a whole number of ciphertexts")
-        count = len(combined) // width
+        expected = self._count(ctx)
+        if len(combined) != expected * width:
+            raise WireError(
+                f"the encrypted sum must be {expected} ciphertexts of {width} bytes, "
+                f"got {len(combined)} bytes"
+            )
+        count = expected
         step = width * -(-count // (4 * self.workers))
         batches = [combined[i : i + step] for i in range(0, len(combined), step)]
         plaintexts = [
             m for part in self._run(material, "decrypt", _decrypt_chunk, batches, count) for m in part
         ]
-        total = self.packing(material.public.plaintext_bits).unpack(plaintexts, ctx.vector_size, contributors)
-        return total.view(np.uint64)
+        # unpack refuses a slot beyond `contributors` honest contributions (the packing bound).
+        total = self.packing(material.public.plaintext_bits).unpack(
+            plaintexts, ctx.vector_size + 1, contributors
+        )
+        if int(total[-1]) != contributors:
+            # A wrong count shifts every slot by a multiple of the offset; the counter slot shows it.
+            raise ProtocolError(
+                f"the aggregator says the sum holds {contributors} contributions, but its counter slot "
+                "disagrees: refusing a sum decoded with a wrong count"
+            )
+        return total[:-1].view(np.uint64)
 
     def _run(self, material: KeyMaterial, mode: str, work, batches: list, count: int) -> list:
         """``work`` on each batch, in this key's process pool — or here, when there are fewer than
@@ -313,16 +338,25 @@ class _Product(Combiner):
         self.product: list | None = None
 
     def add(self, payload: bytes) -> None:
+        # The whole payload is parsed and checked before any of it is folded in, and the fold builds
+        # a new list that replaces the product in one assignment: a payload that fails anywhere
+        # leaves no trace in the sum (its sender is dropped, the others' sum is intact).
         header, parts = decode_record(payload, b"PENr", {"count": int}, ("ciphertexts",))
         width, data = self.public.ciphertext_bytes, parts["ciphertexts"]
         if header["count"] != self.count or len(data) != self.count * width:
-            raise WireError(f"expected {self.count} ciphertexts of {width} bytes")
+            raise WireError(
+                f"expected {self.count} ciphertexts of {width} bytes, got a count of {header['count']} "
+                f"and {len(data)} bytes"
+            )
+        values = [
+            paillier.mpz(int.from_bytes(data[i : i + width], "big")) for i in range(0, len(data), width)
+        ]
+        # 0 < c < n² and gcd(c, n) = 1 for every c, with the public key alone (the decryptor would
+        # otherwise refuse the product and the round would be lost for everyone).
+        self.public.check_ciphertexts(values)
         nsq = self.public.nsquare
-        values = [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
-        if any(not 0 < c < nsq for c in values):
-            raise ProtocolError("a ciphertext is out of range for the public key (tampered or corrupted)")
         if self.product is None:
-            self.product = [paillier.mpz(c) for c in values]
+            self.product = values
         else:
             self.product = [a * b % nsq for a, b in zip(self.product, values, strict=True)]
 
@@ -424,4 +458,7 @@ def _parse_material(blob: bytes, key_bits: int) -> KeyMaterial:
     if p * q != n:
         raise ProtocolError("received key material is inconsistent (p·q ≠ n)")
     public = paillier.PublicKey(n, hs)
-    return KeyMaterial(public, model_key, paillier.PrivateKey(public, p, q, gp, gq))
+    private = paillier.PrivateKey(public, p, q, gp, gq)
+    # Full-size n, safe primes, generators, h_s an n-th residue: a granter cannot hand out weak keys.
+    paillier.check_private_key(private, key_bits)
+    return KeyMaterial(public, model_key, private)
