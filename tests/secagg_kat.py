@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from securefl.crypto import channel, prg
+from securefl.crypto import channel, prg, shamir
 from securefl.layers.base import RoundContext
 from securefl.layers.secagg import SecAgg
 from securefl.randomness import SecureRandom
@@ -66,6 +66,22 @@ def primitives() -> dict:
     }
 
 
+def reconstruction() -> dict:
+    """Seven shares of a 32-byte secret at threshold 3, two of them wrong: the decoder corrects
+    both (⌊(7 − 3)/2⌋ = 2) and names their coordinates."""
+    secret = bytes(range(100, 132))
+    shares = shamir.split(secret, list(range(1, 8)), 3, SecureRandom(seed=7))
+    shares[2] = (int.from_bytes(shares[2], "big") ^ 1).to_bytes(shamir.SHARE_BYTES, "big")
+    shares[6] = bytes(shamir.SHARE_BYTES)
+    outcome = shamir.reconstruct(shares, 3, 32)
+    return {
+        "threshold": 3,
+        "shares": {str(x): v.hex() for x, v in sorted(shares.items())},
+        "secret": outcome.secret.hex(),
+        "wrong": list(outcome.wrong),
+    }
+
+
 def vectors() -> dict:
     return {
         "description": "Known-answer vectors for protocols/secagg.md (regenerate: tests/secagg_kat.py)",
@@ -74,6 +90,7 @@ def vectors() -> dict:
         "party_seeds": PARTY_SEEDS,
         "inputs": INPUTS,
         "primitives": primitives(),
+        "reconstruction": reconstruction(),
         "rounds": [run(["alice", "bob", "carol"]), run(["alice", "bob", "carol", "dave"], ("dave",))],
     }
 

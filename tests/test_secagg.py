@@ -1,5 +1,6 @@
 """secagg / secagg+: exact sums under dropouts in every phase, the aggregator's view, attacks."""
 
+import hashlib
 import math
 
 import numpy as np
@@ -9,10 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import securefl
-from securefl.crypto import shamir
+from securefl.crypto import shamir, signing
 from securefl.errors import ConfigError
 from securefl.faults import Faults
 from securefl.layers import Identities, SecAgg, SecAggPlus
+from securefl.layers.secagg import _accusation
 from securefl.transcript import Transcript
 from securefl.wire import Envelope, decode_record, encode_record, unpack_array
 
@@ -421,3 +423,138 @@ def test_failure_bounds_by_hand():
     assert active.failure_bound(10, 0.05) == pytest.approx(10 * short + signers_short)
     # the defaults at n = 100, 10% dropouts: both comfortably reliable
     assert SecAgg().failure_bound(100, 0.1) < 1e-6 and SecAggPlus().failure_bound(100, 0.1) < 1e-3
+
+
+# --- one bad party: wrong shares, false accusations, garbage keys (issue 13 §3–5) -----------------
+
+
+def _rewrite_layer(magic, schema, part_names, change):
+    """A Faults `replace` that edits the layer record inside a party's reply envelope."""
+
+    def replace(reply):
+        env = Envelope.decode(reply)
+        header, parts = decode_record(env.parts["layer"], magic, schema, part_names)
+        header, parts = change(dict(header), dict(parts))
+        layer = encode_record(magic, header, parts)
+        return Envelope(env.kind, env.session, env.round, env.phase, env.party, {"layer": layer}).encode()
+
+    return replace
+
+
+def _corrupt_revealed_share(index, value):
+    """Replace the `index`-th share a party reveals in `unmask` by `value` (66 bytes)."""
+
+    def change(header, parts):
+        shares = bytearray(parts["shares"])
+        shares[index * shamir.SHARE_BYTES : (index + 1) * shamir.SHARE_BYTES] = value
+        return header, {**parts, "shares": bytes(shares)}
+
+    return _rewrite_layer(b"SAUr", UNMASK_REPLY, ("shares", "one_time"), change)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"\xff" * shamir.SHARE_BYTES, (12345).to_bytes(shamir.SHARE_BYTES, "big")],
+    ids=["not-a-field-element", "wrong-field-element"],
+)
+@pytest.mark.parametrize("active", [False, True])
+def test_a_wrong_unmask_share_is_corrected_and_its_sender_named(value, active):
+    """Issue 13 §3–4: p04 reveals a bad share of p00's seed; the aggregator checks every share,
+    corrects it, names p04, and the sum is exact (p04's own input, sent honestly, is in it)."""
+    parties = [f"p{i:02d}" for i in range(8)]
+    layer = SecAgg(identities=Identities.generate(parties) if active else None)
+    faults = Faults().add("replace", "p04", phase="unmask", replace=_corrupt_revealed_share(0, value))
+    fed, deltas, weights = integer_federation(layer, 8, faults)
+    report = fed.run_round()
+    assert report.ok, report.error
+    assert set(report.dropouts) == {"p04"}, report.dropouts
+    assert "does not fit the others" in report.dropouts["p04"]
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
+    assert fed.run_round().ok  # and the federation goes on
+
+
+def test_with_one_spare_share_the_wrong_one_is_found_by_the_seed_commitment():
+    """n = 4, t = 2 (k = 3): three holders per seed, so one wrong share cannot be corrected by
+    decoding (⌊(3 − 2)/2⌋ = 0); the advertised commitment to the seed picks the right pair."""
+    faults = Faults().add("replace", "p01", phase="unmask", replace=_corrupt_revealed_share(0, bytes(66)))
+    fed, deltas, weights = integer_federation(SecAgg(), 4, faults)
+    report = fed.run_round()
+    assert report.ok, report.error
+    assert set(report.dropouts) == {"p01"}, report.dropouts
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, list(deltas)))
+
+
+def test_with_no_spare_share_a_wrong_share_fails_the_round_never_the_sum():
+    """n = 3, t = 2: each seed has exactly two holders, so a wrong share cannot be told from the
+    right one — but the seed commitment refuses the wrong seed: the round fails cleanly, naming
+    the owner and its holders, instead of reporting a wrong sum."""
+    faults = Faults().add("replace", "p01", phase="unmask", replace=_corrupt_revealed_share(0, bytes(66)))
+    fed, *_ = integer_federation(SecAgg(), 3, faults)
+    report = fed.run_round()
+    assert not report.ok
+    assert "inconsistent beyond correction" in report.error and "p01" in report.error, report.error
+    np.testing.assert_array_equal(fed.global_vector, np.zeros(DIM))
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_a_false_accusation_costs_the_accuser(active):
+    """Issue 13 §5: p05 claims p02's sealed share did not open. p02 reveals the one-time key of
+    that one ciphertext, it opens, and p05 is named — not p02."""
+    parties = [f"p{i:02d}" for i in range(8)]
+    ids = Identities.generate(parties) if active else None
+    layer = SecAgg(identities=ids)
+
+    def accuse(header, parts):
+        if active:  # a lying party can sign its lie; the statement binds the ciphertext it got
+            party = fed.nodes["p05"].secure_sum
+            sealed = party_sealed_from["p02"]
+            digest = hashlib.sha256(sealed).digest()
+            parts["accusations"] = signing.sign(
+                ids.private["p05"], _accusation(party.ctx, "p05", "p02", digest)
+            )
+        header["unopened"] = ["p02"]
+        return header, parts
+
+    party_sealed_from = {}
+
+    def capture(party, request, deliver):
+        env = Envelope.decode(request)
+        if party == "p05" and env.phase == "masked":
+            header, parts = decode_record(env.parts["layer"], b"SAMq", {"senders": list}, ("shares",))
+            width = len(parts["shares"]) // len(header["senders"])
+            i = header["senders"].index("p02")
+            party_sealed_from["p02"] = parts["shares"][i * width : i * width + 192]
+            reply = deliver(request)
+            return [
+                (_rewrite_layer(b"SAMr", {"unopened": list}, ("masked", "accusations"), accuse)(reply), 0.0)
+            ]
+        return [(deliver(request), 0.0)]
+
+    fed, deltas, weights = integer_federation(layer, 8, capture)
+    report = fed.run_round()
+    assert report.ok, report.error
+    assert set(report.dropouts) == {"p05"}, report.dropouts
+    # (its unmask reply, revealing the share it said it lacked, is refused too)
+    judged = fed.aggregator.secure_sum.culprits()
+    assert set(judged) == {"p05"} and "claimed that p02's sealed share did not open" in judged["p05"]
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
+
+
+def test_an_unusable_advertised_key_drops_its_sender_at_once():
+    """A low-order X25519 point would make every neighbour's key agreement fail: the aggregator
+    refuses it on arrival, so only the sender is dropped."""
+    low_order = bytes(32)  # the identity point: X25519 gives an all-zero secret
+
+    def change(header, parts):
+        return header, {**parts, "keys": low_order + parts["keys"][32:]}
+
+    faults = Faults().add(
+        "replace", "p02", phase="advertise", replace=_rewrite_layer(b"SAAr", {}, ("keys",), change)
+    )
+    fed, deltas, weights = integer_federation(SecAgg(), 6, faults)
+    report = fed.run_round()
+    assert report.ok and set(report.dropouts) == {"p02"}, report.dropouts
+    assert "not a usable X25519 public key" in report.dropouts["p02"]
+    np.testing.assert_array_equal(
+        revealed(fed), expected_sum(deltas, weights, [p for p in deltas if p != "p02"])
+    )

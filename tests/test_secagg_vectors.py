@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import secagg_kat
 
-from securefl.crypto import channel, prg
+from securefl.crypto import channel, prg, shamir
 
 VECTORS = json.loads((Path(__file__).resolve().parent.parent / "protocols/vectors/secagg.json").read_text())
 
@@ -33,3 +33,11 @@ def test_vector_sums_are_the_contributors_inputs():
         expected = sum(np.array(VECTORS["inputs"][p], dtype=np.uint64) for p in record["contributors"])
         assert record["sum"] == (expected & np.uint64(2**32 - 1)).tolist()
         assert set(record["contributors"]) == set(record["parties"]) - set(record["dropped_after_share"])
+
+
+def test_reconstruction_vector_corrects_two_wrong_shares():
+    v = VECTORS["reconstruction"]
+    shares = {int(x): bytes.fromhex(h) for x, h in v["shares"].items()}
+    outcome = shamir.reconstruct(shares, v["threshold"], 32)
+    assert outcome.secret.hex() == v["secret"] == bytes(range(100, 132)).hex()
+    assert list(outcome.wrong) == v["wrong"] == [2, 6]

@@ -120,10 +120,19 @@ def reconstruct(shares: Mapping[int, bytes], threshold: int, length: int, accept
         return Reconstruction(usable(_at_zero(xs[:threshold], ys[:threshold])), malformed)
     polynomial = _gao_decode(xs, ys, threshold) if len(xs) > threshold else None
     secret = usable(polynomial[0] if polynomial else 0) if polynomial is not None else None
-    if secret is None:
-        return Reconstruction(None, malformed)
-    off = (x for x, y in zip(xs, ys, strict=True) if _evaluate(polynomial, x) != y)
-    return Reconstruction(secret, tuple(sorted((*malformed, *off))))
+    if secret is not None:
+        off = (x for x, y in zip(xs, ys, strict=True) if _evaluate(polynomial, x) != y)
+        return Reconstruction(secret, tuple(sorted((*malformed, *off))))
+    if accept is not None and len(xs) > threshold:
+        # Too few shares to correct one error (m = t + 1), but the secret can be checked: the one
+        # share whose removal leaves a consistent, accepted set is the wrong one.
+        for i, x in enumerate(xs):
+            rest_x, rest_y = xs[:i] + xs[i + 1 :], ys[:i] + ys[i + 1 :]
+            if _consistent(rest_x, rest_y, threshold):
+                secret = usable(_at_zero(rest_x[:threshold], rest_y[:threshold]))
+                if secret is not None:
+                    return Reconstruction(secret, tuple(sorted((*malformed, x))))
+    return Reconstruction(None, malformed)
 
 
 def _element(data: bytes) -> int | None:

@@ -32,6 +32,7 @@ masks it must and returns the sum of the surviving parties' quantized vectors.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import os
 import struct
@@ -59,7 +60,8 @@ _SHARE_PLAINTEXT = 2 * shamir.SHARE_BYTES  # self-mask seed share ‖ mask priva
 # A sealed share: the sender's one-time X25519 key ‖ nonce ‖ AES-GCM(shares) ‖ tag. The one-time
 # key lets the sender prove, if the recipient claims it cannot open it, what it sealed (below).
 _SEALED_SHARE = channel.KEY_BYTES + channel.sealed_size(_SHARE_PLAINTEXT)
-_KEYS = 2 * channel.KEY_BYTES
+_COMMITMENT = 32
+_KEYS = 2 * channel.KEY_BYTES + _COMMITMENT  # c_pk ‖ s_pk ‖ commitment to the self-mask seed
 _DIGEST = 32
 
 
@@ -333,6 +335,25 @@ def _open_share(ctx: RoundContext, key: bytes, sealed: bytes, sender: str, recip
     return channel.open_sealed(key, sealed[channel.KEY_BYTES :], _context("share", ctx, sender, recipient))
 
 
+def _channel_public(keys: bytes) -> bytes:
+    return keys[: channel.KEY_BYTES]
+
+
+def _mask_public(keys: bytes) -> bytes:
+    return keys[channel.KEY_BYTES : 2 * channel.KEY_BYTES]
+
+
+def _seed_commitment(keys: bytes) -> bytes:
+    return keys[2 * channel.KEY_BYTES :]
+
+
+def _commit_seed(ctx: RoundContext, party: str, seed: bytes) -> bytes:
+    """A hash commitment to the self-mask seed, advertised with the keys: a seed rebuilt from
+    shares is used only if it matches, so a wrong share can never yield a wrong sum, even when
+    exactly t shares leave nothing to cross-check (the 256-bit seed stays hidden by SHA-256)."""
+    return hashlib.sha256(_context("seed-commitment", ctx, party) + seed).digest()
+
+
 def _require_valid_key(public: bytes, what: str) -> None:
     """Refuse an X25519 public key that gives no shared secret (a low-order point): checked by the
     aggregator on arrival, so a party advertising one is dropped before any neighbour uses it."""
@@ -437,8 +458,8 @@ class _Aggregator(SumAggregator):
         keys = parts["keys"]
         if len(keys) != _KEYS:
             raise WireError(f"advertised keys are {len(keys)} bytes, expected {_KEYS}")
-        _require_valid_key(keys[: channel.KEY_BYTES], "channel")
-        _require_valid_key(keys[channel.KEY_BYTES :], "mask")
+        _require_valid_key(_channel_public(keys), "channel")
+        _require_valid_key(_mask_public(keys), "mask")
         if self.identities:
             # Checked here to drop impostors early; every party checks again itself.
             statement = _advertised(self.ctx, party, self.graph_seed, keys)
@@ -565,7 +586,7 @@ class _Aggregator(SumAggregator):
                 )
             if channel.public_of(one_time) != sealed[: channel.KEY_BYTES]:
                 return False
-            channel_key = self.keys[recipient][: channel.KEY_BYTES]
+            channel_key = _channel_public(self.keys[recipient])
             _open_share(
                 self.ctx,
                 _share_key(self.ctx, one_time, channel_key, sender, recipient),
@@ -601,10 +622,18 @@ class _Aggregator(SumAggregator):
         masks = prg.MaskAccumulator(ctx.vector_size, layer.dtype)
         for owner in sorted(self.u3):
             shares = self.self_shares.get(owner, {})
-            masks.add(self._reconstruct(owner, shares, prg.SEED_BYTES, f"{owner}'s self mask"))
+            commitment = _seed_commitment(self.keys[owner])
+            seed = self._reconstruct(
+                owner,
+                shares,
+                prg.SEED_BYTES,
+                f"{owner}'s self mask",
+                accept=lambda c, o=owner, m=commitment: hmac.compare_digest(_commit_seed(ctx, o, c), m),
+            )
+            masks.add(seed)
         for dropped in sorted(self.u2 - self.u3):
             shares = self.key_shares.get(dropped, {})
-            public = self.keys[dropped][channel.KEY_BYTES :]
+            public = _mask_public(self.keys[dropped])
             secret = self._reconstruct(
                 dropped,
                 shares,
@@ -616,7 +645,7 @@ class _Aggregator(SumAggregator):
                 if dropped not in self.sealed or survivor not in self.sealed[dropped]:
                     continue  # the survivor never received the dropped party's shares: no mask between them
                 seed = channel.agree(
-                    secret, self.keys[survivor][channel.KEY_BYTES :], _mask_context(ctx, survivor, dropped)
+                    secret, _mask_public(self.keys[survivor]), _mask_context(ctx, survivor, dropped)
                 )
                 # The survivor added +mask if its id sorts first, −mask otherwise: undo exactly that.
                 (masks.add if survivor < dropped else masks.subtract)(seed)
@@ -673,7 +702,7 @@ class _Party(SumParty):
         self.c_sk, c_pk = channel.generate_keypair(self.rng)
         self.s_sk, s_pk = channel.generate_keypair(self.rng)
         self.self_seed = self.rng.bytes(prg.SEED_BYTES)
-        keys = c_pk + s_pk
+        keys = c_pk + s_pk + _commit_seed(self.ctx, self.me, self.self_seed)
         parts_out = {"keys": keys}
         if self.identity is not None:
             statement = _advertised(self.ctx, self.me, self.graph_seed, keys)
@@ -691,8 +720,8 @@ class _Party(SumParty):
             if self.identities is not None:
                 statement = _advertised(self.ctx, peer, self.graph_seed, keys)
                 self.identities.verify(peer, blob[_KEYS:], statement)
-            _require_valid_key(keys[: channel.KEY_BYTES], f"{peer}'s channel")
-            _require_valid_key(keys[channel.KEY_BYTES :], f"{peer}'s mask")
+            _require_valid_key(_channel_public(keys), f"{peer}'s channel")
+            _require_valid_key(_mask_public(keys), f"{peer}'s mask")
             self.peers[peer] = keys
         if len(peers) < self.t:
             raise ProtocolError(f"only {len(peers)} neighbours advertised keys; {self.t} are needed to share")
@@ -703,7 +732,7 @@ class _Party(SumParty):
         for peer in peers:
             x = _x(self.ctx, peer)
             one_time, one_time_public = channel.generate_keypair(self.rng)
-            key = _share_key(self.ctx, one_time, self.peers[peer][: channel.KEY_BYTES], self.me, peer)
+            key = _share_key(self.ctx, one_time, _channel_public(self.peers[peer]), self.me, peer)
             blob = one_time_public + channel.seal(
                 key, seed_shares[x] + key_shares[x], _context("share", self.ctx, self.me, peer), self.rng
             )
@@ -750,7 +779,7 @@ class _Party(SumParty):
         masks.add(self.self_seed)
         for peer in senders:
             seed = channel.agree(
-                self.s_sk, self.peers[peer][channel.KEY_BYTES :], _mask_context(self.ctx, self.me, peer)
+                self.s_sk, _mask_public(self.peers[peer]), _mask_context(self.ctx, self.me, peer)
             )
             (masks.add if self.me < peer else masks.subtract)(seed)
         vector = np.asarray(self.provide(), dtype=np.uint64).astype(self.layer.dtype)
