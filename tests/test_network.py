@@ -222,3 +222,85 @@ def test_outsiders_are_refused_and_the_aggregator_goes_on(tmp_path):
     summary, codes, log = _finish(tmp_path, aggregator, _parties(tmp_path))
     assert summary["rounds_ok"] == 1 and codes == [0, 0, 0, 0], log
     assert "refused 'mallory'" in log
+
+
+# -- a malicious member -------------------------------------------------------------------------
+
+BAD = "hospital-4"
+HONEST = [p for p in PARTIES if p != BAD]
+# One attack per round (network_bad_party.ATTACKS names the phase each corrupts), then two honest
+# rounds: the federation must still be whole after all of them.
+PLAN = [
+    "shares",
+    "random_layer",
+    "garbage",
+    "impersonate",
+    "oversized_payload",
+    "oversized_frame",
+    "duplicate",
+    "flood",
+    "wrong_round",
+    "wrong_phase",
+    "forged_log",
+    "twice",
+    "hangup",
+    "-",
+    "-",
+]
+
+
+def _bad_party(tmp_path, plan):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "network_bad_party",
+            "--config",
+            f"{BAD}.toml",
+            "--train",
+            "network_party:make_client",
+            "--plan",
+            ",".join(plan),
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / f"{BAD}.log", "w"),
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_a_malicious_member_costs_only_itself_and_the_aggregator_stays_up(tmp_path):
+    _federation(tmp_path, "secagg", rounds=len(PLAN))
+    aggregator = _aggregator(tmp_path)
+    bad = _bad_party(tmp_path, PLAN)
+    summary, codes, log = _finish(tmp_path, aggregator, [*_parties(tmp_path, HONEST), bad])
+    bad_log = (tmp_path / f"{BAD}.log").read_text()
+    context = f"{log}\n--- {BAD} ---\n{bad_log}"
+    # The aggregator ran every round and exited 0 by its own decision (_finish checks the code).
+    assert summary["rounds_ok"] + summary["rounds_failed"] == len(PLAN), context
+    for round, attack in enumerate(PLAN):
+        dropped = summary["dropouts"].get(str(round), {})
+        # No honest party is ever dropped for the bad party's message.
+        assert not set(dropped) & set(HONEST), (round, attack, context)
+        line = next(x for x in log.splitlines() if f"deploy: round {round} " in x)
+        if attack == "-":
+            assert f"round {round} ok: 4 selected, 4 summed, dropouts: none" in line, context
+        elif str(round) in summary["failures"]:  # failed cleanly, with a reason
+            assert summary["failures"][str(round)], context
+        else:  # ok: the honest three are in the sum
+            assert f"round {round} ok: 4 selected" in line and "summed" in line, context
+    # The attacks that the aggregator can pin on the bad party name it.
+    for attack in ("random_layer", "garbage", "impersonate", "oversized_payload", "wrong_round", "wrong_phase"):
+        round = PLAN.index(attack)
+        assert BAD in summary["dropouts"].get(str(round), {}) or str(round) in summary["failures"], (
+            attack,
+            context,
+        )
+    assert "round 2 advertise: garbage" in bad_log and "round 12 masked: hangup" in bad_log, bad_log
+    # Party-supplied text is escaped: no forged line, no terminal control sequence in the log.
+    assert not any(x.startswith("INFO securefl.deploy: round 99") for x in log.splitlines()), log
+    assert "\x1b" not in log and "\u202e" not in log
+    assert "FORGED" in log  # it is there, inside the escaped withdraw reason
+    assert codes == [0, 0, 0, 0], context

@@ -259,7 +259,8 @@ class GrpcServerTransport(Transport):
                     break
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
-            log.info("stream of %s ended: %s", connection.party, getattr(code, "name", printable(exc)))
+            why = code.name if code is not None else "cancelled by the party, or the connection broke"
+            log.info("stream of %s ended: %s", connection.party, why)
         except Exception as exc:  # a broken stream is a dropout, never a crashed aggregator
             log.warning(
                 "stream of %s failed: %s: %s", connection.party, type(exc).__name__, printable(exc)
