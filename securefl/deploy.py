@@ -387,10 +387,17 @@ def _guarded_round(aggregator: Aggregator, round: int) -> RoundReport:
 def _log_round(report) -> None:
     # Reasons and errors may quote what a party sent: escaped, one line each (printable).
     if report.status == "refused":
-        log.warning("round %d refused by the privacy budget: %s", report.round, printable(report.error, backslashes=False))
+        log.warning(
+            "round %d refused by the privacy budget: %s",
+            report.round,
+            printable(report.error, backslashes=False),
+        )
         return
     epsilon = f", ε {report.epsilon:.4g}" if report.epsilon is not None else ""
-    dropouts = "; ".join(f"{p} ({printable(why, backslashes=False)})" for p, why in report.dropouts.items()) or "none"
+    dropouts = (
+        "; ".join(f"{p} ({printable(why, backslashes=False)})" for p, why in report.dropouts.items())
+        or "none"
+    )
     log.info(
         "round %d %s: %d selected, %d summed, dropouts: %s%s (%.2fs, %d B up)",
         report.round,

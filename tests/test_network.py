@@ -292,7 +292,14 @@ def test_a_malicious_member_costs_only_itself_and_the_aggregator_stays_up(tmp_pa
         else:  # ok: the honest three are in the sum
             assert f"round {round} ok: 4 selected" in line and "summed" in line, context
     # The attacks that the aggregator can pin on the bad party name it.
-    for attack in ("random_layer", "garbage", "impersonate", "oversized_payload", "wrong_round", "wrong_phase"):
+    for attack in (
+        "random_layer",
+        "garbage",
+        "impersonate",
+        "oversized_payload",
+        "wrong_round",
+        "wrong_phase",
+    ):
         round = PLAN.index(attack)
         assert BAD in summary["dropouts"].get(str(round), {}) or str(round) in summary["failures"], (
             attack,

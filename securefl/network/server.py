@@ -262,9 +262,7 @@ class GrpcServerTransport(Transport):
             why = code.name if code is not None else "cancelled by the party, or the connection broke"
             log.info("stream of %s ended: %s", connection.party, why)
         except Exception as exc:  # a broken stream is a dropout, never a crashed aggregator
-            log.warning(
-                "stream of %s failed: %s: %s", connection.party, type(exc).__name__, printable(exc)
-            )
+            log.warning("stream of %s failed: %s: %s", connection.party, type(exc).__name__, printable(exc))
         self._closed(connection)
 
     def _closed(self, connection: _Connection) -> None:
