@@ -180,10 +180,10 @@ def test_masked_inputs_look_uniform():
         assert counts.max() < 2 * expected
 
 
-def revealed_shares(transcript):
+def revealed_shares(transcript, round=None):
     """For each owner: how many self-mask shares and key shares the aggregator received."""
     self_counts, key_counts = {}, {}
-    for entry in transcript.received(phase="unmask"):
+    for entry in transcript.received(round=round, phase="unmask"):
         envelope = Envelope.decode(entry.data)
         if envelope.kind != "reply":
             continue
@@ -558,3 +558,36 @@ def test_an_unusable_advertised_key_drops_its_sender_at_once():
     np.testing.assert_array_equal(
         revealed(fed), expected_sum(deltas, weights, [p for p in deltas if p != "p02"])
     )
+
+
+@pytest.mark.parametrize("phase", ACTIVE)
+def test_requests_replayed_from_an_earlier_round_reveal_nothing_extra(phase):
+    """A malicious aggregator replays, in round 1, the layer part of round 0's requests of one
+    phase to every party (round-0 keys, signatures, sealed shares, survivor lists). Round-bound
+    signatures, AEAD contexts and one-time keys make them useless: no party's seed and key are
+    both revealed, and a round that completes is exact."""
+    parties = [f"p{i:02d}" for i in range(7)]
+    captured = {}
+
+    def replay(party, request, deliver):
+        env = Envelope.decode(request)
+        if env.phase == phase and env.round == 0:
+            captured[party] = env.parts["layer"]
+        if env.phase == phase and env.round == 1:
+            parts = {**env.parts, "layer": captured[party]}
+            request = Envelope(env.kind, env.session, env.round, env.phase, env.party, parts).encode()
+        return [(deliver(request), 0.0)]
+
+    transcript = Transcript()
+    layer = SecAgg(identities=Identities.generate(parties))
+    fed, deltas, weights = integer_federation(layer, 7, replay, transcript)
+    assert fed.run_round().ok
+    report = fed.run_round()
+    self_counts, key_counts = revealed_shares(transcript, round=1)
+    t = layer.shares_needed(layer.degree(7))
+    for owner in parties:
+        assert not (self_counts.get(owner, 0) >= t and key_counts.get(owner, 0) >= t), owner
+    if report.ok:
+        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, report.survivors))
+    else:
+        assert report.error  # a clean failure: nothing summed, the global model unchanged
