@@ -4,6 +4,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -311,3 +312,18 @@ def test_a_malicious_member_costs_only_itself_and_the_aggregator_stays_up(tmp_pa
     assert "\x1b" not in log and "\u202e" not in log
     assert "FORGED" in log  # it is there, inside the escaped withdraw reason
     assert codes == [0, 0, 0, 0], context
+
+
+def test_sigterm_ends_the_aggregator_cleanly_with_a_message(tmp_path):
+    port = _federation(tmp_path, "secagg", rounds=1)
+    aggregator = _aggregator(tmp_path)
+    try:
+        _wait_listening(port)
+        aggregator.send_signal(signal.SIGTERM)
+        out, _ = aggregator.communicate(timeout=60)
+    finally:
+        aggregator.kill()
+    log = (tmp_path / "aggregator.log").read_text()
+    assert aggregator.returncode == 128 + signal.SIGTERM, log
+    assert "stopped by SIGTERM" in log and "Traceback" not in log
+    assert json.loads(out.strip().splitlines()[-1]) == {"error": "stopped by SIGTERM", "type": "Stopped"}

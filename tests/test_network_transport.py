@@ -11,7 +11,7 @@ import threading
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from securefl.crypto.certificates import Issued, create_ca, issue, verify_party_certificate, write_federation
@@ -35,7 +35,7 @@ def pki(tmp_path):
     return tmp_path
 
 
-def _server(pki, port, grace=5.0):
+def _server(pki, port, grace=5.0, hello_timeout=30.0):
     tls = TLSFiles(
         *(p.read_bytes() for p in (pki / "ca.pem", pki / "aggregator.pem", pki / "private/aggregator.key"))
     )
@@ -47,20 +47,21 @@ def _server(pki, port, grace=5.0):
         {"entries": []},
         AGREEMENT,
         reconnect_grace=grace,
+        hello_timeout=hello_timeout,
     )
 
 
 class _RawParty:
-    """A hand-driven party stream: hello, then whatever the test sends."""
+    """A hand-driven party stream: hello (unless ``hello`` is False), then whatever the test sends."""
 
-    def __init__(self, pki, port, party="p1"):
+    def __init__(self, pki, port, party="p1", hello=True):
         credentials = grpc.ssl_channel_credentials(
             (pki / "ca.pem").read_bytes(),
             (pki / f"private/{party}.key").read_bytes(),
             (pki / f"parties/{party}.pem").read_bytes(),
         )
         self.channel = grpc.secure_channel(f"127.0.0.1:{port}", credentials)
-        self.outbox = [Hello(party, AGREEMENT).encode()]
+        self.outbox = [Hello(party, AGREEMENT).encode()] if hello else []
         self.ready = threading.Event()
         self.frames = []
         self.sent = threading.Condition()
@@ -211,3 +212,204 @@ def test_deployment_files_with_mistakes_are_refused_with_the_fix(tmp_path):
     )
     with pytest.raises(ConfigError, match="does not exist"):
         load_party(party)
+
+
+# -- one member's stream cannot hurt the others ---------------------------------------------------
+
+
+def _replies(result, party):
+    return [r.data for r in result["replies"] if r.sender == party]
+
+
+def _status(party):
+    """The gRPC status that ended a raw party's stream (after draining what it was sent)."""
+    with pytest.raises(grpc.RpcError) as ended:
+        while True:
+            party.receive()
+    return ended.value.code()
+
+
+def test_a_flood_is_one_duplicate_and_ends_only_that_stream(pki):
+    port = _port()
+    server = _server(pki, port, grace=0.3)
+    try:
+        bad, honest = _RawParty(pki, port, "p1"), _RawParty(pki, port, "p2")
+        bad.receive(), honest.receive()  # welcomes
+        thread, result = _exchange_in_background(server, {"p1": b"q", "p2": b"q"}, 20)
+        assert bad.receive() == b"q"
+        for _ in range(100):
+            bad.send(b"flood")
+        assert _status(bad) == grpc.StatusCode.INVALID_ARGUMENT  # refused: one reply per request
+        assert honest.receive() == b"q"
+        honest.send(b"honest")
+        thread.join(20)
+        # The first frame answered the request; one more is handed on, so the aggregator sees the
+        # duplicate and drops p1 for the phase; the rest were never read.
+        assert _replies(result, "p1") == [b"flood", b"flood"] and _replies(result, "p2") == [b"honest"]
+        # The server goes on: p1 comes back, both answer the next request.
+        again = _RawParty(pki, port, "p1")
+        again.receive()
+        thread, result = _exchange_in_background(server, {"p1": b"q2", "p2": b"q2"}, 20)
+        assert again.receive() == b"q2" and honest.receive() == b"q2"
+        again.send(b"a1"), honest.send(b"a2")
+        thread.join(20)
+        assert _replies(result, "p1") == [b"a1"] and _replies(result, "p2") == [b"a2"]
+        again.send(None), honest.send(None)
+    finally:
+        server.close(0)
+
+
+def test_a_late_reply_never_answers_a_later_request(pki):
+    port = _port()
+    server = _server(pki, port)
+    try:
+        party = _RawParty(pki, port, "p1")
+        party.receive()
+        assert server.exchange({"p1": b"first"}, 0.3) == []  # no answer before the deadline
+        assert party.receive() == b"first"
+        thread, result = _exchange_in_background(server, {"p1": b"second"}, 20)
+        assert party.receive() == b"second"
+        party.send(b"late answer to first")  # in order: it answers "first", which is over
+        party.send(b"answer to second")
+        thread.join(20)
+        assert _replies(result, "p1") == [b"answer to second"]
+        party.send(None)
+    finally:
+        server.close(0)
+
+
+def test_a_frame_before_any_request_ends_that_stream(pki):
+    port = _port()
+    server = _server(pki, port, grace=0.3)
+    try:
+        party = _RawParty(pki, port, "p1")
+        party.receive()
+        party.send(b"unasked")
+        assert _status(party) == grpc.StatusCode.INVALID_ARGUMENT
+        assert server.exchange({"p1": b"q"}, 20) == []  # a dropout after the grace, nothing else
+    finally:
+        server.close(0)
+
+
+def test_one_opening_stream_per_party_and_a_deadline_for_the_hello(pki):
+    port = _port()
+    server = _server(pki, port, hello_timeout=1.0)
+    try:
+        silent = _RawParty(pki, port, "p1", hello=False)  # holds its stream open, says nothing
+        threading.Event().wait(0.3)  # let the server take it (the order matters for the next check)
+        second = _RawParty(pki, port, "p1", hello=False)
+        assert _status(second) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _status(silent) in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+        # Then the party can open a stream as usual, and the other party never noticed.
+        party = _RawParty(pki, port, "p1")
+        assert Welcome.decode(party.receive()).session == "s" * 32
+        other = _RawParty(pki, port, "p2")
+        other.receive()
+        assert server.connected() == ["p1", "p2"]
+        party.send(None), other.send(None)
+    finally:
+        server.close(0)
+
+
+def test_a_second_stream_replaces_the_first_and_gets_the_pending_request(pki):
+    port = _port()
+    server = _server(pki, port)
+    try:
+        first = _RawParty(pki, port, "p1")
+        first.receive()
+        thread, result = _exchange_in_background(server, {"p1": b"q"}, 20)
+        assert first.receive() == b"q"
+        second = _RawParty(pki, port, "p1")
+        second.receive()
+        assert second.receive() == b"q"  # the repeat: the request was not answered on the first
+        first.send(b"from the replaced stream")  # ignored: that stream is closed
+        second.send(b"from the new stream")
+        thread.join(20)
+        assert _replies(result, "p1") == [b"from the new stream"]
+        second.send(None)
+    finally:
+        server.close(0)
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    pki = tmp_path_factory.mktemp("pki")
+    write_federation(pki, "test", ["p1", "p2"])
+    port = _port()
+    server = _server(pki, port, grace=0.3)
+    yield pki, port, server
+    server.close(0)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    early=st.lists(st.binary(max_size=64), max_size=2),
+    frames=st.lists(st.one_of(st.just(b"REPLY"), st.binary(max_size=2048)), max_size=4),
+    hangup=st.booleans(),
+)
+def test_whatever_one_member_sends_the_other_is_served(shared_server, early, frames, hangup):
+    """p1 sends frames before any request, any frames after it (garbage, duplicates, a flood) and
+    may hang up; p2 behaves. p2's reply always arrives intact and alone, p1 never gets more than
+    two frames into a phase (its reply and one duplicate), and the server serves the next phase."""
+    pki, port, server = shared_server
+    bad, honest = _RawParty(pki, port, "p1"), _RawParty(pki, port, "p2")
+    try:
+        bad.receive(), honest.receive()
+        for frame in early:
+            bad.send(frame)
+        thread, result = _exchange_in_background(server, {"p1": b"q", "p2": b"q"}, 20)
+        try:
+            asked = bad.receive() == b"q"
+        except grpc.RpcError:  # the early frames closed its stream
+            asked = False
+        if asked:
+            for frame in frames:
+                bad.send(frame)
+        if hangup or not frames:  # (silent and connected, it would be waited for until the deadline)
+            bad.drop()
+        assert honest.receive() == b"q"
+        honest.send(b"honest")
+        thread.join(20)
+        assert not thread.is_alive()
+        assert _replies(result, "p2") == [b"honest"]
+        got = _replies(result, "p1")
+        assert len(got) <= 2 and all(data in [*early, *frames] for data in got)
+        if not early and asked and frames and not hangup:  # (a hang-up may lose frames in flight)
+            assert got == frames[: len(got)] and got
+        # The next phase: p2 is still served.
+        thread, result = _exchange_in_background(server, {"p2": b"next"}, 20)
+        assert honest.receive() == b"next"
+        honest.send(b"still here")
+        thread.join(20)
+        assert _replies(result, "p2") == [b"still here"]
+    finally:
+        bad.drop()
+        honest.drop()
+
+
+def test_a_round_that_raises_is_a_failed_round_not_the_end_of_the_aggregator():
+    from securefl.deploy import _guarded_round
+    from securefl.errors import ProtocolError
+
+    class Aggregator:
+        def run_round(self, round):
+            raise ProtocolError("shares of hospital-4 are not field elements")
+
+    report = _guarded_round(Aggregator(), 3)
+    assert report.round == 3 and report.status == "failed"
+    assert "ProtocolError escaped the round: shares of hospital-4" in report.error
+
+
+def test_party_text_reaches_the_log_as_one_escaped_line():
+    import logging
+
+    from securefl.network.frames import OneLineFormatter, printable
+
+    forged = "bye\nINFO securefl.deploy: round 9 ok\x1b[2J\u202e"
+    assert printable(forged) == "bye\\nINFO securefl.deploy: round 9 ok\\x1b[2J\\u202e"
+    assert printable("a\\n") == "a\\\\n" and printable("a\\n", backslashes=False) == "a\\n"
+    assert printable("é" * 500, limit=10) == "é" * 10 + "…(+490 characters)"
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "dropping %s: %s", ("p1", forged), None)
+    line = OneLineFormatter("%(levelname)s %(message)s").format(record)
+    assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
+    assert line.startswith("WARNING dropping p1: bye\\nINFO")
