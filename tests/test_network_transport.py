@@ -413,3 +413,21 @@ def test_party_text_reaches_the_log_as_one_escaped_line():
     line = OneLineFormatter("%(levelname)s %(message)s").format(record)
     assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
     assert line.startswith("WARNING dropping p1: bye\\nINFO")
+
+
+def test_a_party_that_does_not_read_its_stream_is_closed_not_buffered_for(pki):
+    port = _port()
+    server = _server(pki, port, grace=0.1)
+    try:
+        deaf = _RawParty(pki, port, "p1")
+        deaf.receive()  # the welcome; then it reads nothing more
+        closed = []
+        for round in range(40):
+            server.exchange({"p1": bytes([round]) * (1 << 20)}, 0.05)
+            if server.connected() == []:
+                closed.append(round)
+                break
+        assert closed, "the server kept queueing requests for a party that reads none"
+        assert _status(deaf) == grpc.StatusCode.CANCELLED
+    finally:
+        server.close(0)

@@ -23,6 +23,7 @@ of this module: the reader thread turns every failure into a closed stream (a dr
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -41,6 +42,7 @@ from securefl.transport import Reply, Traffic, Transport
 
 log = logging.getLogger(__name__)
 _CLOSE = None  # sentinel in a connection's outbox: end the stream
+_MAX_UNREAD = 4  # requests queued for a stream that has not taken them: more, and it is closed
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,15 @@ class TLSFiles:
     key: bytes
 
 
+_sequence = itertools.count(1)
+
+
 @dataclass(eq=False)
 class _Pending:
     data: bytes
     sent: float
     replies: list[Reply] = field(default_factory=list)
+    seq: int = field(default_factory=lambda: next(_sequence))
 
 
 @dataclass(eq=False)
@@ -73,13 +79,30 @@ class _Connection:
     outbox: queue.Queue = field(default_factory=queue.Queue)
     open: bool = True
     closed_at: float = 0.0
-    # The requests sent down this stream and not yet answered, oldest first: the party answers
-    # them in order, so each frame up answers the oldest (or nothing: a protocol violation).
-    outstanding: deque[_Pending] = field(default_factory=deque)
+    # The requests sent down this stream and not yet answered (their seq), oldest first: the party
+    # answers them in order, so each frame up answers the oldest (or nothing: a protocol violation).
+    outstanding: deque[int] = field(default_factory=deque)
     ignored: int = 0  # frames that arrived after the stream was closed
+    context: grpc.ServicerContext | None = None
 
     def send(self, pending: _Pending) -> None:
-        self.outstanding.append(pending)
+        """Queue a request; a stream that leaves requests unread is closed instead (a party that
+        never reads would otherwise make the aggregator hold every request it was sent)."""
+        if self.outbox.qsize() >= _MAX_UNREAD:
+            log.warning(
+                "party %s does not read its stream: %d requests unread, stream closed",
+                self.party,
+                self.outbox.qsize(),
+            )
+            self.open = False
+            self.closed_at = time.monotonic()
+            while not self.outbox.empty():
+                self.outbox.get_nowait()
+            self.outbox.put(_CLOSE)
+            if self.context is not None:
+                self.context.cancel()
+            return
+        self.outstanding.append(pending.seq)
         self.outbox.put(pending.data)
 
 
@@ -181,7 +204,7 @@ class GrpcServerTransport(Transport):
         finally:
             with self._lock:
                 self._opening.discard(party)
-        connection = self._register(party)
+        connection = self._register(party, context)
         threading.Thread(
             target=self._read, args=(connection, frames), daemon=True, name=f"read-{party}"
         ).start()
@@ -233,14 +256,14 @@ class GrpcServerTransport(Transport):
             )
         return hello
 
-    def _register(self, party: str) -> _Connection:
+    def _register(self, party: str, context: grpc.ServicerContext | None = None) -> _Connection:
         with self._lock:
             old = self._connections.get(party)
             if old is not None and old.open:
                 old.open = False
                 old.outbox.put(_CLOSE)
                 log.info("party %s opened a new stream: its previous one is closed", party)
-            connection = _Connection(party)
+            connection = _Connection(party, context=context)
             self._connections[party] = connection
             first = party not in self.seen
             self.seen.add(party)
@@ -308,7 +331,7 @@ class GrpcServerTransport(Transport):
                 )
                 return False
             answered = connection.outstanding.popleft()
-            if answered is not pending:
+            if pending is None or answered != pending.seq:
                 log.info("late reply of %s to an earlier request dropped (%d bytes)", party, len(frame))
                 return True
             pending.replies.append(Reply(party, bytes(frame), time.monotonic() - pending.sent))
