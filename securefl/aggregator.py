@@ -30,7 +30,7 @@ import numpy as np
 from securefl.codec import ArraySpec, FusedSum, VectorLayout, check_finite
 from securefl.errors import BudgetExhausted, ProtocolError, RoundFailed, SecureFLError, UpdateError, WireError
 from securefl.fusion import Strategy
-from securefl.layers.base import PrivacyStack, RoundContext, SealedModel
+from securefl.layers.base import ImpossibleSum, PrivacyStack, RoundContext, SealedModel
 from securefl.party import REFUSED_SUM, withdraw_reason
 from securefl.roundinfo import RoundInfo
 from securefl.selection import Selection
@@ -307,7 +307,12 @@ class Aggregator:
                 f"{getattr(outcome, 'shape', type(outcome).__name__)}, expected ({self.layout.size},)"
             )
         total = self.stack.decode_sum(outcome, contributors, selected)
-        fused = self.layout.unpack_sum(total)
+        try:
+            fused = self.layout.unpack_sum(total)  # honest parties' weights sum to more than zero
+        except UpdateError as exc:
+            raise ImpossibleSum(
+                f"the revealed sum cannot come from {contributors} honest parties: {exc}"
+            ) from exc
         state = self.strategy.state_dict()
         try:
             new_weights = self.strategy.step(self.weights, fused.mean_delta)

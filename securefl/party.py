@@ -249,10 +249,19 @@ class PartyNode:
         total = np.asarray(total)
         if total.shape != (self.layout.size,):
             raise ProtocolError(f"the revealed sum has shape {total.shape}, expected ({self.layout.size},)")
-        decoded = self.stack.decode_sum(total, min(int(contributors), invited), invited)
-        fused = self.layout.unpack_sum(decoded)
-        new_global = self.strategy.step(self.round_global, fused.mean_delta)
-        check_finite(new_global, "fused model")
+        count = min(int(contributors), invited)
+        decoded = self.stack.decode_sum(total, count, invited)
+        try:
+            fused = self.layout.unpack_sum(decoded)
+            new_global = self.strategy.step(self.round_global, fused.mean_delta)
+            check_finite(new_global, "fused model")
+        except UpdateError:
+            # No positive total weight, or a non-finite model: impossible from honest parties. The
+            # reason goes to the aggregator, which must not learn the sum: no value in it.
+            raise ImpossibleSum(
+                f"the revealed sum cannot come from {count} honest parties: it does not average to a "
+                "finite model with a positive total weight"
+            ) from None
         self.last_fused = fused
         return new_global
 
