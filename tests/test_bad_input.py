@@ -3,12 +3,15 @@
 import numpy as np
 import pytest
 from conftest import fixed_delta_client, weighted_mean
-from phase_layers import CommitOpen
+from phase_layers import CommitOpen, SharedKeySum
+from test_malicious_party import parse_record
 
 import securefl
+from securefl.errors import ProtocolError
 from securefl.faults import Faults
-from securefl.party import PartyNode
-from securefl.wire import REPLY, Envelope, pack_array
+from securefl.layers import SecAgg
+from securefl.party import REFUSED_SUM, PartyNode
+from securefl.wire import REPLY, Envelope, encode_record, pack_array, unpack_array
 
 DIM = 4
 
@@ -294,3 +297,226 @@ def test_layer_bug_on_a_crafted_payload_drops_only_that_party():
 def _with_layer(reply: bytes, payload: bytes) -> bytes:
     e = Envelope.decode(reply)
     return Envelope(e.kind, e.session, e.round, e.phase, e.party, {"layer": payload}).encode()
+
+
+# --- issue 13: nothing one party sends ends the round for the others, nor the process ------------
+
+
+class _Broken(CommitOpen):
+    """A layer with a bug at one place (``where``), triggered by one party's crafted payload."""
+
+    def __init__(self, where, exc, culprit=None):
+        self.where, self.exc, self.culprit = where, exc, culprit
+
+    def aggregator(self):
+        agg = super().aggregator()
+        where, exc, culprit = self.where, self.exc, self.culprit
+        originals = {name: getattr(agg, name) for name in ("request", "close_phase", "result", "culprits")}
+
+        def close_phase(phase, survivors):
+            if where == "close_phase" and phase == "open":
+                raise exc
+            return originals["close_phase"](phase, survivors)
+
+        def request(phase, party):
+            if where == "request" and phase == "open" and party == "p2":
+                raise exc
+            return originals["request"](phase, party)
+
+        def result():
+            if where == "result":
+                raise exc
+            return originals["result"]()
+
+        def culprits():
+            closed = agg.closed[-1][0] if agg.closed else ""
+            return (
+                {culprit: "sent a share that is not a field element"}
+                if culprit and closed == "commit"
+                else {}
+            )
+
+        agg.close_phase, agg.request, agg.result, agg.culprits = close_phase, request, result, culprits
+        return agg
+
+
+@pytest.mark.parametrize(
+    ("where", "exc"),
+    [
+        ("close_phase", ProtocolError("a share is not a field element")),
+        ("close_phase", IndexError("parser bug")),
+        ("request", KeyError("p2")),
+        ("result", ZeroDivisionError("division by zero")),
+    ],
+)
+def test_a_layer_exception_outside_receive_fails_the_round_cleanly(where, exc):
+    fed, *_ = setup(privacy=_Broken(where, exc))
+    report = fed.run_round()  # never raises
+    assert report.status == "failed" and not report.survivors
+    assert f"{type(exc).__name__}: {exc}" in report.error and "global model is unchanged" in report.error
+    np.testing.assert_array_equal(fed.global_weights["w"], np.zeros(DIM))
+    fed.aggregator.secure_sum = CommitOpen().aggregator()  # the bug is fixed: the next round works
+    assert fed.run_round().ok
+
+
+def test_a_failed_round_names_the_party_the_layer_blames():
+    fed, *_ = setup(privacy=_Broken("close_phase", ProtocolError("a share is not a field element"), "p3"))
+    report = fed.run_round()
+    assert not report.ok and "p3" in report.dropouts
+    assert "the layer found misbehaving: p3: commit: sent a share that is not a field element" in report.error
+
+
+def test_strategy_failure_leaves_model_and_optimizer_state_unchanged():
+    class Exploding(securefl.FedAdam):
+        def step(self, weights, mean_delta):
+            super().step(weights, mean_delta)  # moves the moments, then fails
+            return weights * np.nan
+
+    fed, *_ = setup(strategy=Exploding())
+    report = fed.run_round()
+    assert not report.ok and "fused model" in report.error
+    assert fed.aggregator.strategy.m is None and fed.aggregator.strategy.v is None
+    np.testing.assert_array_equal(fed.global_weights["w"], np.zeros(DIM))
+
+
+def test_impossible_sum_from_an_in_range_forgery_fails_the_round():
+    """A party that sends an integer vector outside the quantize range (input integrity without proofs
+    cannot stop it from doing so) is caught when the sum is revealed: no 4 honest parties can make it."""
+
+    def forge(reply: bytes) -> bytes:
+        envelope = Envelope.decode(reply)
+        vector = np.full(DIM + 2, 2**62, dtype="<u8")
+        return Envelope(
+            REPLY,
+            envelope.session,
+            envelope.round,
+            envelope.phase,
+            envelope.party,
+            {"layer": pack_array(vector)},
+        ).encode()
+
+    fed, *_ = setup(
+        Faults().add("replace", "p2", replace=forge),
+        privacy=[securefl.Clip(100.0), securefl.Quantize(24), securefl.Plain()],
+        weight_bound=40,
+    )
+    report = fed.run_round()
+    assert not report.ok
+    assert "cannot come from 4 honest parties: update coordinate 0 is outside ±4 × 4000" in report.error
+    np.testing.assert_array_equal(fed.global_weights["w"], np.zeros(DIM))
+
+
+def test_secagg_unmask_reply_with_shares_outside_the_field_does_not_end_the_round():
+    """Issue 13, defect 3: such a reply used to raise ProtocolError out of run_round."""
+
+    def outside_the_field(reply: bytes) -> bytes:
+        e = Envelope.decode(reply)
+        magic, header, parts = parse_record(e.parts["layer"])  # whatever the header holds
+        assert magic == b"SAUr" and len(parts["shares"]) >= 66
+        layer = encode_record(magic, header, {**parts, "shares": b"\xff" * len(parts["shares"])})
+        return Envelope(e.kind, e.session, e.round, e.phase, e.party, {"layer": layer}).encode()
+
+    deltas = {f"p{i}": np.full(DIM, float(i + 1)) for i in range(5)}
+    clients = {p: fixed_delta_client(deltas[p], 1) for p in deltas}
+    fed = securefl.Federation(
+        {"w": np.zeros(DIM)},
+        clients,
+        [securefl.Clip(100.0), securefl.Quantize(24), SecAgg()],
+        weight_bound=1,
+        faults=Faults().add("replace", "p1", phase="unmask", replace=outside_the_field),
+    )
+    report = fed.run_round()  # returns, whatever happens
+    honest = set(deltas) - {"p1"}
+    assert not honest & set(report.dropouts), report.dropouts
+    if report.ok:
+        assert "p1" in report.dropouts and "no reply" not in report.dropouts["p1"], report.dropouts
+        np.testing.assert_allclose(
+            fed.global_weights["w"], np.mean([deltas[p] for p in deltas], axis=0), atol=1e-4
+        )
+    else:
+        assert "p1" in report.error or "p1" in report.dropouts
+
+
+class _Garbled(CommitOpen):
+    def party(self, party_id):
+        party = super().party(party_id)
+
+        def respond(phase, request):
+            raise RecursionError("maximum recursion depth exceeded")
+
+        party.respond = respond
+        return party
+
+
+def test_party_answers_any_request_with_a_withdraw_never_an_exception():
+    fed, *_ = setup(privacy=_Garbled())
+    node: PartyNode = fed.nodes["p0"]
+    requests = {}
+
+    def spy(party, request, deliver):
+        requests.setdefault(party, request)
+        return [(deliver(request), 0.0)]
+
+    fed.transport.faults = spy
+    report = fed.run_round()
+    assert not report.ok and "RecursionError on the party" in report.dropouts["p0"]
+    original = Envelope.decode(requests["p0"])
+    for parts in ({}, {"layer": b"\xff" * 100}, {"model": b"", "round": b"junk"}, {"model": b"\x00" * 3}):
+        for phase in ("commit", "open", "other"):
+            request = Envelope("request", original.session, original.round + 1, phase, "p0", parts).encode()
+            reply = Envelope.decode(node.handle(request))
+            assert reply.kind == "withdraw"
+    for data in (b"", b"\x00" * 10, requests["p0"][:-1], requests["p0"] + b"\x00"):
+        assert Envelope.decode(node.handle(data)).kind == "withdraw"
+
+
+def test_a_party_that_refuses_the_sum_revealed_to_it_fails_the_round_without_being_blamed():
+    """A layer that fuses on the parties: the decrypting parties check the sum they see. An impossible
+    one (here: p2 pads a forged in-range vector) is refused, the round fails naming the refusal, and
+    the honest refusers are not dropouts."""
+
+    def forge(reply: bytes) -> bytes:
+        envelope = Envelope.decode(reply)
+        words = unpack_array(envelope.parts["layer"], "<u8").copy()
+        words[0] += np.uint64(2**40)
+        return Envelope(
+            REPLY,
+            envelope.session,
+            envelope.round,
+            envelope.phase,
+            envelope.party,
+            {"layer": pack_array(words)},
+        ).encode()
+
+    fed, *_ = setup(
+        Faults().add("replace", "p2", phase="input", replace=forge),
+        privacy=[securefl.Clip(100.0), securefl.Quantize(24), SharedKeySum()],
+        weight_bound=40,
+    )
+    report = fed.run_round()
+    assert not report.ok
+    assert (
+        "refused the revealed sum: ImpossibleSum: the revealed sum cannot come from 4 honest parties"
+        in report.error
+    )
+    assert not report.dropouts, report.dropouts
+    assert "cannot come from 4 honest parties: update coordinate 0" in fed.nodes["p0"].last_error
+
+
+def test_a_false_refusal_only_drops_its_sender_when_the_round_goes_on():
+    def refuse(reply: bytes) -> bytes:
+        e = Envelope.decode(reply)
+        parts = {"reason": b"I refuse", REFUSED_SUM: b""}
+        return Envelope("withdraw", e.session, e.round, e.phase, e.party, parts).encode()
+
+    # in the first phase a refusal is an ordinary withdrawal
+    fed, deltas, examples = setup(Faults().add("replace", "p1", phase="commit", replace=refuse))
+    assert_dropped(fed, deltas, examples, fed.run_round(), "p1", "commit: withdrew: I refuse")
+    # in the last phase, where sums are revealed, the round goes on without it: an ordinary dropout too
+    fed, *_ = setup(
+        Faults().add("replace", "p1", phase="open", replace=refuse),
+        privacy=[securefl.Clip(100.0), securefl.Quantize(24), SharedKeySum()],
+        weight_bound=40,
+    )
+    report = fed.run_round()
+    assert report.ok and report.dropouts == {"p1": "open: withdrew: I refuse"}

@@ -6,8 +6,9 @@ from hypothesis import strategies as st
 from securefl.codec import VectorLayout
 from securefl.crypto import fixedpoint
 from securefl.errors import ConfigError, UpdateError
-from securefl.layers import Clip, Plain, PrivacyStack, Quantize, StackContext, build_layer, preset
-from securefl.layers.base import SecureSum
+from securefl.layers import Clip, DPNoise, Plain, PrivacyStack, Quantize, StackContext, build_layer, preset
+from securefl.layers.base import ImpossibleSum, RoundContext, SecureSum
+from securefl.layers.dp import TAIL
 from securefl.randomness import SecureRandom
 
 
@@ -162,3 +163,107 @@ def test_build_layer_and_presets():
     with pytest.raises(ConfigError, match="unknown privacy preset"):
         preset("tor")
     assert [type(x) for x in preset("plain")] == [Plain]
+
+
+# --- the sum-bound check: a revealed sum that honest parties cannot have produced ----------------
+
+
+def _quantized_stack(parties=4, bits=16, modulus=64):
+    layout = VectorLayout(3)
+    stack = PrivacyStack.of(
+        [Quantize(bits, update_bound=10.0), Plain() if modulus == 64 else IntegerOnlySum()]
+    )
+    stack.validate(StackContext(layout, parties, 1, 10.0))
+    return stack, layout
+
+
+@given(st.integers(1, 4), st.data())
+def test_sum_of_honest_parties_at_their_bounds_passes_the_check(contributors, data):
+    stack, layout = _quantized_stack()
+    signs = data.draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=3, max_size=3))
+    vectors = [layout.pack(np.array(signs), 10, {}, 10) for _ in range(contributors)]
+    total = sum(stack.encode(v) for v in vectors)
+    decoded = stack.decode_sum(total, contributors)
+    np.testing.assert_allclose(decoded[:3], contributors * 10 * np.array(signs), rtol=1e-3)
+
+
+@pytest.mark.parametrize("modulus", [64, 32])
+def test_impossible_sum_is_refused_naming_group_and_bound(modulus):
+    stack, layout = _quantized_stack(modulus=modulus)
+    q = stack.transforms[0]
+    level = fixedpoint.max_level(16)
+    honest = stack.encode(layout.pack(np.zeros(3), 5, {}, 5))
+    for index, group, bound in ((1, "update", 10), (3, "weight", 10), (4, "evaluation count", 10)):
+        total = honest.copy()
+        total[index] = fixedpoint.reduce(
+            np.array([2 * (level + 1) + 1], dtype=np.int64).view(np.uint64), modulus
+        )[0]
+        q_bound = f"±2 × {bound:.6g}"
+        with pytest.raises(
+            ImpossibleSum, match=rf"cannot come from 2 honest parties: {group} coordinate {index} "
+        ):
+            stack.decode_sum(total, 2)
+        with pytest.raises(ImpossibleSum) as refused:
+            stack.decode_sum(total, 2)
+        assert q_bound in str(refused.value) and "global model is unchanged" in str(refused.value)
+        stack.decode_sum(total, 3)  # three parties can reach it
+        stack.decode_sum(total)  # no contributor count: no check (analytics, old callers)
+    # the most negative reading (two's complement −2^(k−1)) is refused too, not wrapped to positive
+    total = honest.copy()
+    total[0] = np.uint64(1 << (modulus - 1))
+    with pytest.raises(ImpossibleSum, match="update coordinate 0"):
+        stack.decode_sum(total, 4)
+    assert q.scale[0] > 0
+
+
+def test_impossible_sum_message_has_no_value():
+    stack, layout = _quantized_stack()
+    total = stack.encode(layout.pack(np.zeros(3), 5, {}, 5))
+    total[2] = np.uint64(123456789)
+    with pytest.raises(ImpossibleSum) as refused:
+        stack.decode_sum(total, 1)
+    assert "123456789" not in str(refused.value) and "1.23457e+08" not in str(refused.value)
+
+
+def test_bad_contributor_counts_are_refused():
+    stack, layout = _quantized_stack()
+    total = stack.encode(layout.pack(np.zeros(3), 5, {}, 5))
+    for count in (-1, True, 1.5):
+        with pytest.raises(ImpossibleSum, match="non-negative integer"):
+            stack.decode_sum(total, count)
+    with pytest.raises(ImpossibleSum, match="shape"):
+        stack.decode_sum(total[:3], 1)
+
+
+def test_dp_noise_headroom_widens_the_bound_on_the_update_only():
+    layout = VectorLayout(3)
+    dp = DPNoise(1.0)
+    stack = PrivacyStack.of([Clip(1.0), Quantize(16), dp, IntegerOnlySum()])
+    stack.validate(StackContext(layout, 4, 4, 1.0))
+    level = fixedpoint.max_level(16)
+    headroom = dp.sum_headroom(4, 4)
+    assert headroom[0] == dp.noise_bound(4, 4) + TAIL > 0 and headroom[3] == 0
+    inside = int(4 * (level + 1) + headroom[0]) - 1
+    total = np.zeros(layout.size, dtype=np.uint64)
+    total[0] = fixedpoint.reduce(np.array([-inside], dtype=np.int64).view(np.uint64), 32)[0]
+    stack.decode_sum(total, 4, 4)  # within the noise headroom
+    total[0] = np.uint64(inside + 2)
+    with pytest.raises(ImpossibleSum, match=r"update coordinate 0 .* plus .* of DP noise headroom"):
+        stack.decode_sum(total, 4, 4)
+    total[0] = 0
+    total[3] = np.uint64(4 * (level + 1) + 1)  # the weight carries no noise
+    with pytest.raises(ImpossibleSum, match="weight coordinate 3"):
+        stack.decode_sum(total, 4, 4)
+
+
+def test_noised_honest_sums_pass_the_check():
+    layout = VectorLayout(200)
+    stack = PrivacyStack.of([Clip(1.0), Quantize(12), DPNoise(2.0), IntegerOnlySum()])
+    stack.validate(StackContext(layout, 5, 3, 1.0))
+    ctx5 = RoundContext("0" * 32, 0, tuple(f"p{i}" for i in range(5)), layout.size, True, 3)
+    stack.start_round(ctx5)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        vectors = [layout.pack(np.clip(rng.normal(0, 1, 200), -1, 1) / 15, 1, {}, 1) for _ in range(5)]
+        total = fixedpoint.reduce(sum(stack.encode(v) for v in vectors), 32)
+        stack.decode_sum(total, 5, 5)
