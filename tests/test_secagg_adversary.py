@@ -17,6 +17,7 @@ is not vacuous: with t ≤ k/2 (which the layer now refuses) the same harness re
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -25,8 +26,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from securefl.crypto import channel, prg, shamir, signing
-from securefl.errors import SecureFLError
-from securefl.layers import Identities, SecAgg, SecAggPlus
+from securefl.errors import ProtocolError, RoundFailed, SecureFLError
+from securefl.layers import Identities, SecAgg, SecAggPlus, secagg
 from securefl.layers.base import RoundContext
 from securefl.layers.secagg import _context, _mask_context, _mask_public
 from securefl.wire import decode_record, encode_record, unpack_array
@@ -41,7 +42,8 @@ class Attack:
     def __init__(self, layer: SecAgg, n: int, colluders: set[str], graph_seed: bytes | None = None) -> None:
         self.layer = layer
         self.parties = [f"p{i:02d}" for i in range(n)]
-        self.ctx = RoundContext(SESSION, 0, tuple(self.parties), DIM, True, 2)
+        # The aggregator computes every context the way the parties do (roster and parameters bound).
+        self.ctx = secagg._bind(layer, RoundContext(SESSION, 0, tuple(self.parties), DIM, True, 2))
         rng = np.random.default_rng(n)
         self.inputs = {p: rng.integers(0, 2**32, DIM, dtype=np.uint64) for p in self.parties}
         self.sides = {p: layer.party(p) for p in self.parties}
@@ -100,16 +102,31 @@ class Attack:
                 r: parts["shares"][i * width : (i + 1) * width] for i, r in enumerate(header["recipients"])
             }
 
-    def mask(self, senders: dict[str, list[str]]) -> None:
+    def forwarded(self, sender: str, recipient: str) -> bytes:
+        """The sealed share as the aggregator forwards it: altered in its last byte (the signature in
+        active mode, the GCM tag otherwise) for senders in ``self.garble``."""
+        blob = self.sealed[sender][recipient]
+        return blob[:-1] + bytes([blob[-1] ^ 1]) if sender in self.garble else blob
+
+    def mask(self, senders: dict[str, list[str]], garble: set[str] = frozenset()) -> None:
+        """Send each party the sealed shares of the senders chosen for it; shares from ``garble`` are
+        altered on the way, so their honest recipients cannot open them and accuse the sender."""
+        self.garble = set(garble)
+        self.accusations: dict[str, dict[str, bytes]] = {}  # accused -> accuser -> signature
         for p in self.parties:
             if p in self.refusals:
                 continue
             chosen = [s for s in senders[p] if p in self.sealed.get(s, {})]
-            blob = b"".join(self.sealed[s][p] for s in chosen)
+            blob = b"".join(self.forwarded(s, p) for s in chosen)
             reply = self.ask(p, "masked", encode_record(b"SAMq", {"senders": chosen}, {"shares": blob}))
             if reply is None:
                 continue
-            _, parts = decode_record(reply, b"SAMr", {"unopened": list}, ("masked", "accusations"))
+            header, parts = decode_record(reply, b"SAMr", {"unopened": list}, ("masked", "accusations"))
+            width = len(parts["accusations"]) // max(1, len(header["unopened"]))
+            for i, accused in enumerate(header["unopened"]):
+                self.accusations.setdefault(accused, {})[p] = parts["accusations"][
+                    i * width : (i + 1) * width
+                ]
             self.senders[p] = chosen
             self.masked[p] = unpack_array(parts["masked"]).astype(np.uint64)
         for c in self.colluders:  # colluders hand over every share they opened
@@ -132,20 +149,39 @@ class Attack:
                 identity = self.layer.identities.private[c]
                 self.list_signatures[survivors][c] = signing.sign(identity, statement)
 
-    def unmask(self, shown: dict[str, tuple[str, ...]]) -> None:
+    def disputes(self, party: str, how: str) -> tuple[list[list[str]], bytes]:
+        """The disputes the aggregator puts to ``party``: none; the accusations it received, relayed
+        with the digest of the bytes it forwarded (honest) or of the bytes the party sent (to make a
+        garbled share look like the party's own); or a claim that every recipient accused it."""
+        if how == "none":
+            return [], b""
+        if how == "all":
+            accusers = sorted(self.sealed.get(party, {}))
+        else:
+            accusers = sorted(self.accusations.get(party, {}))
+        width = signing.SIGNATURE_BYTES if self.layer.active else 0
+        disputes, sigs = [], b""
+        for a in accusers:
+            blob = self.forwarded(party, a) if how == "relay" else self.sealed[party][a]
+            disputes.append([a, hashlib.sha256(blob).hexdigest()])
+            sigs += self.accusations.get(party, {}).get(a, bytes(width))
+        return disputes, sigs
+
+    def unmask(self, shown: dict[str, tuple[str, ...]], disputes: str = "relay") -> None:
         for p, survivors in shown.items():
             if p in self.refusals:
                 continue
             survivors = tuple(sorted(survivors))
             sigs = self.list_signatures.get(survivors, {})
             signers = sorted(s for s in sigs if s in survivors)
+            claimed, accusations = self.disputes(p, disputes)
             reply = self.ask(
                 p,
                 "unmask",
                 encode_record(
                     b"SAUq",
-                    {"survivors": list(survivors), "signers": signers, "disputes": []},
-                    {"signatures": b"".join(sigs[s] for s in signers), "accusations": b""},
+                    {"survivors": list(survivors), "signers": signers, "disputes": claimed},
+                    {"signatures": b"".join(sigs[s] for s in signers), "accusations": accusations},
                 ),
             )
             if reply is None:
@@ -159,6 +195,23 @@ class Attack:
                 share = parts["shares"][i * shamir.SHARE_BYTES : (i + 1) * shamir.SHARE_BYTES]
                 target = self.self_shares if owner in header["self"] else self.key_shares
                 target.setdefault(owner, {})[x] = share
+            for i, recipient in enumerate(header["disputed"]):  # one-time keys: open those shares too
+                one_time = parts["one_time"][i * channel.KEY_BYTES : (i + 1) * channel.KEY_BYTES]
+                self.open_with(p, recipient, one_time)
+
+    def open_with(self, sender: str, recipient: str, one_time: bytes) -> None:
+        """Use a disclosed one-time key as an attacker would: open the sender's original share."""
+        sealed = self.sealed[sender][recipient][: secagg._SEALED_SHARE]
+        key = secagg._share_key(
+            self.ctx, one_time, secagg._channel_public(self.keys[recipient]), sender, recipient
+        )
+        try:
+            plain = secagg._open_share(self.ctx, key, sealed, sender, recipient)
+        except SecureFLError:
+            return
+        x = self.ctx.parties.index(recipient) + 1
+        self.self_shares.setdefault(sender, {})[x] = plain[: shamir.SHARE_BYTES]
+        self.key_shares.setdefault(sender, {})[x] = plain[shamir.SHARE_BYTES :]
 
     # --- what the adversary does with it all -------------------------------------------------------
 
@@ -261,7 +314,8 @@ def _play(attack: Attack, data, active: bool) -> None:
             st.sampled_from(sorted(attack.graph[victim])), label="substituted peer"
         )
     attack.share(substitute)
-    attack.mask({p: _senders(data, attack, p) for p in parties})
+    garble = set(_subset(data, parties, "senders whose shares are garbled on the way"))
+    attack.mask({p: _senders(data, attack, p) for p in parties}, garble)
     arrived = sorted(attack.masked)
     if active:
         lists = [_survivor_list(data, attack, arrived) for _ in range(data.draw(st.integers(1, 3)))]
@@ -270,7 +324,7 @@ def _play(attack: Attack, data, active: bool) -> None:
         shown = {p: data.draw(st.sampled_from(lists), label=f"list shown to {p}") for p in arrived}
     else:
         shown = dict.fromkeys(arrived, _survivor_list(data, attack, arrived))
-    attack.unmask(shown)
+    attack.unmask(shown, data.draw(st.sampled_from(["none", "relay", "original", "all"]), label="disputes"))
     revealed = sum(len(v) for v in attack.self_shares.values()) + sum(
         len(v) for v in attack.key_shares.values()
     )
@@ -337,9 +391,11 @@ def test_split_survivor_lists_cannot_gather_enough_signatures():
     )
 
 
-def test_the_oracle_finds_a_real_break():
-    """The same harness against t = k/2 (refused by validation, built here by hand): the
-    empty-senders attack recovers the target's exact input. The check can fail."""
+def test_the_oracle_finds_a_real_break(monkeypatch):
+    """The same harness against t = k/2 (refused by validation and by both sides at run time;
+    the run-time check is switched off here): the attack recovers the target's exact input. The
+    check can fail."""
+    monkeypatch.setattr(secagg, "_require_safe_threshold", lambda layer, ctx: None)
     n = 8
     layer = SecAggPlus(degree=4, threshold=2)
     attack = Attack(layer, n, set())
@@ -353,3 +409,48 @@ def test_the_oracle_finds_a_real_break():
     survivors = tuple(sorted({target, *listed} | (set(attack.parties) - set(maskers) - set(order))))
     attack.unmask(dict.fromkeys(attack.masked, survivors))
     assert target in attack.recovered()
+
+
+def test_parties_shown_different_rosters_cannot_interoperate():
+    """Found by an independent attacker: show the target and two colluders the true roster of 10
+    and every other party a roster of 4 ({itself, target, colluders}), where t = 2 and s = 3 would
+    let the colluders rebuild its key and co-sign its list. Every context binds the roster and
+    parameters, so a party with another roster cannot verify the others' advertisements: each
+    honest party shown the small roster refuses to share."""
+    ids = [f"p{i:02d}" for i in range(10)]
+    target, colluders = "p03", {"p08", "p09"}
+    layer = SecAgg(identities=Identities.generate(ids))
+    views = {p: (ids if p in colluders | {target} else sorted({p, target, *colluders})) for p in ids}
+    sides = {p: layer.party(p) for p in ids}
+    for p in ids:
+        sides[p].start_round(RoundContext(SESSION, 0, tuple(views[p]), DIM, True, 2), lambda: np.zeros(DIM))
+    seed = bytes(32)
+    adverts = {}
+    for p in ids:
+        _, parts = decode_record(
+            sides[p].respond("advertise", encode_record(b"SAAq", {}, {"graph_seed": seed})),
+            b"SAAr",
+            {},
+            ("keys", "signature"),
+        )
+        adverts[p] = parts["keys"] + parts["signature"]
+    for p in ids:
+        if views[p] is ids:
+            continue
+        peers = [q for q in views[p] if q != p]
+        request = encode_record(b"SASq", {"peers": peers}, {"keys": b"".join(adverts[q] for q in peers)})
+        with pytest.raises(SecureFLError, match="does not verify"):
+            sides[p].respond("share", request)
+
+
+def test_a_round_larger_than_the_threshold_allows_is_refused_by_both_sides():
+    """Found by an independent attacker: SecAgg(threshold=5) validated for 8 parties, then a round
+    of 20 selected (k = 19, so t = 5 ≤ k/2). Both sides check t > k/2 at run time and refuse."""
+    layer = SecAgg(threshold=5)
+    ctx = RoundContext(SESSION, 0, tuple(f"p{i:02d}" for i in range(20)), DIM, True, 2)
+    with pytest.raises(RoundFailed, match="at most half"):
+        layer.aggregator().start_round(ctx)
+    party = layer.party("p00")
+    party.start_round(ctx, lambda: np.zeros(DIM))
+    with pytest.raises(ProtocolError, match="at most half"):
+        party.respond("advertise", encode_record(b"SAAq", {}, {"graph_seed": bytes(32)}))

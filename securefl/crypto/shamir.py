@@ -123,16 +123,29 @@ def reconstruct(shares: Mapping[int, bytes], threshold: int, length: int, accept
     if secret is not None:
         off = (x for x, y in zip(xs, ys, strict=True) if _evaluate(polynomial, x) != y)
         return Reconstruction(secret, tuple(sorted((*malformed, *off))))
-    if accept is not None and len(xs) > threshold:
-        # Too few shares to correct one error (m = t + 1), but the secret can be checked: the one
-        # share whose removal leaves a consistent, accepted set is the wrong one.
-        for i, x in enumerate(xs):
-            rest_x, rest_y = xs[:i] + xs[i + 1 :], ys[:i] + ys[i + 1 :]
-            if _consistent(rest_x, rest_y, threshold):
-                secret = usable(_at_zero(rest_x[:threshold], rest_y[:threshold]))
-                if secret is not None:
-                    return Reconstruction(secret, tuple(sorted((*malformed, x))))
+    if accept is not None and len(xs) == threshold + 1:
+        # One share too few to correct an error by decoding, but the secret can be checked: the
+        # share whose removal gives an accepted secret is the wrong one (more than one such share
+        # would take a second preimage of the check, so the first found is the only one).
+        for x, value in _leave_one_out_at_zero(xs, ys):
+            secret = usable(value)
+            if secret is not None:
+                return Reconstruction(secret, tuple(sorted((*malformed, x))))
     return Reconstruction(None, malformed)
+
+
+def _leave_one_out_at_zero(xs: tuple[int, ...], ys: Sequence[int]):
+    """For each i, (x_i, f_i(0)) where f_i interpolates every point but the i-th: O(m²) in all.
+    With λ_j the Lagrange coefficients at zero of the full set, leaving x_i out turns them into
+    λ_j · (x_i − x_j) / x_i for j ≠ i."""
+    full = lagrange_at_zero(xs)
+    for i, xi in enumerate(xs):
+        inverse = pow(xi, -1, PRIME)
+        total = 0
+        for j, (xj, yj) in enumerate(zip(xs, ys, strict=True)):
+            if j != i:
+                total += full[j] * (xi - xj) % PRIME * yj
+        yield xi, total * inverse % PRIME
 
 
 def _element(data: bytes) -> int | None:

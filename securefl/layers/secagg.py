@@ -37,6 +37,8 @@ import math
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from dataclasses import fields as fields_of
 
 import numpy as np
 
@@ -61,7 +63,8 @@ _SHARE_PLAINTEXT = 2 * shamir.SHARE_BYTES  # self-mask seed share ‖ mask priva
 # key lets the sender prove, if the recipient claims it cannot open it, what it sealed (below).
 _SEALED_SHARE = channel.KEY_BYTES + channel.sealed_size(_SHARE_PLAINTEXT)
 _COMMITMENT = 32
-_KEYS = 2 * channel.KEY_BYTES + _COMMITMENT  # c_pk ‖ s_pk ‖ commitment to the self-mask seed
+# c_pk ‖ s_pk ‖ commitment to the self-mask seed ‖ commitment to the mask private key
+_KEYS = 2 * channel.KEY_BYTES + 2 * _COMMITMENT
 _DIGEST = 32
 
 
@@ -130,7 +133,8 @@ class SecAgg(SecureSum):
 
     def shares_needed(self, degree: int) -> int:
         if isinstance(self.threshold, float):
-            return max(2, math.ceil(self.threshold * degree - 1e-9))
+            # A fraction above 1/2 always yields more than half, whatever the rounding.
+            return max(2, math.ceil(self.threshold * degree - 1e-9), degree // 2 + 1)
         return self.threshold
 
     def signatures_needed(self, parties: int) -> int:
@@ -277,10 +281,47 @@ def _permutation(items: list[str], seed: bytes) -> list[str]:
 # --- shared by both sides ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _BoundRound(RoundContext):
+    """A round as one side of the layer sees it, with ``binding``: the digest of everything the
+    parties must agree on — the sorted roster and (k, t, s, modulus, mode). It enters every KDF
+    context, associated data and signed statement, so parties shown different rosters or
+    parameters cannot open each other's shares or count each other's signatures."""
+
+    binding: bytes = b""
+
+
+def _bind(layer: SecAgg, ctx: RoundContext) -> _BoundRound:
+    n = len(ctx.parties)
+    k = layer.degree(n)
+    params = [str(v) for v in (n, k, layer.shares_needed(k), layer.signatures_needed(n), layer.modulus_bits)]
+    fields = [
+        b"securefl/secagg/v2/round",
+        layer.name.encode(),
+        str(layer.active).encode(),
+        *map(str.encode, params),
+    ]
+    fields += [p.encode() for p in ctx.parties]
+    digest = hashlib.sha256(b"".join(struct.pack(">H", len(f)) + f for f in fields)).digest()
+    return _BoundRound(**{f.name: getattr(ctx, f.name) for f in fields_of(RoundContext)}, binding=digest)
+
+
+def _require_safe_threshold(layer: SecAgg, ctx: RoundContext) -> None:
+    """t > k/2 at this round's size, checked by both sides at run time: the configuration check
+    covers the largest round the federation planned, but the aggregator picks the round's size."""
+    n = len(ctx.parties)
+    k = layer.degree(n)
+    t = layer.shares_needed(k)
+    if not k // 2 < t <= k:
+        problem = "exceeds that" if t > k else "is at most half of them: the aggregator could unmask a party"
+        raise ProtocolError(f"{layer.name}: {n} parties give {k} neighbours each; threshold {t} {problem}")
+
+
 def _context(label: str, ctx: RoundContext, *names: str) -> bytes:
     """Domain-separated, length-prefixed context for KDFs, AAD and signatures."""
+    binding = getattr(ctx, "binding", b"")
     fields = [b"securefl/secagg/v2", label.encode(), bytes.fromhex(ctx.session), struct.pack(">I", ctx.round)]
-    fields += [n.encode() for n in names]
+    fields += [binding, *(n.encode() for n in names)]
     return b"".join(struct.pack(">H", len(f)) + f for f in fields)
 
 
@@ -343,15 +384,18 @@ def _mask_public(keys: bytes) -> bytes:
     return keys[channel.KEY_BYTES : 2 * channel.KEY_BYTES]
 
 
-def _seed_commitment(keys: bytes) -> bytes:
-    return keys[2 * channel.KEY_BYTES :]
+def _commitments(keys: bytes) -> dict[str, bytes]:
+    start = 2 * channel.KEY_BYTES
+    return {"seed": keys[start : start + _COMMITMENT], "key": keys[start + _COMMITMENT :]}
 
 
-def _commit_seed(ctx: RoundContext, party: str, seed: bytes) -> bytes:
-    """A hash commitment to the self-mask seed, advertised with the keys: a seed rebuilt from
-    shares is used only if it matches, so a wrong share can never yield a wrong sum, even when
-    exactly t shares leave nothing to cross-check (the 256-bit seed stays hidden by SHA-256)."""
-    return hashlib.sha256(_context("seed-commitment", ctx, party) + seed).digest()
+def _commit(ctx: RoundContext, what: str, party: str, secret: bytes) -> bytes:
+    """A hash commitment to a shared secret ("seed": the self-mask seed, "key": the mask private
+    key), advertised with the keys: a secret rebuilt from shares is used only if it matches, so a
+    wrong share can never yield a wrong sum or get a wrong holder named, even when exactly t
+    shares leave nothing to cross-check (256-bit secrets stay hidden behind SHA-256). A public-key
+    check alone is not enough for the key: X25519 ignores the clamped bits."""
+    return hashlib.sha256(_context(f"{what}-commitment", ctx, party) + secret).digest()
 
 
 def _require_valid_key(public: bytes, what: str) -> None:
@@ -393,7 +437,11 @@ class _Aggregator(SumAggregator):
             raise RoundFailed(
                 f"{self.layer.name} needs at least 3 parties in a round, {len(ctx.parties)} selected"
             )
-        self.ctx = ctx
+        try:
+            _require_safe_threshold(self.layer, ctx)
+        except ProtocolError as exc:
+            raise RoundFailed(str(exc)) from None
+        self.ctx = ctx = _bind(self.layer, ctx)
         self.graph_seed = os.urandom(prg.SEED_BYTES)
         self.graph = self.layer.neighbours(ctx.parties, self.graph_seed)
         self.t = self.layer.shares_needed(self.layer.degree(len(ctx.parties)))
@@ -439,7 +487,7 @@ class _Aggregator(SumAggregator):
             return encode_record(b"SACq", {"survivors": sorted(self.u3)}, {})
         signers = sorted(self.statements)
         accusers = sorted(self.accusations.get(party, {}))
-        disputes = [[a, hashlib.sha256(self.sealed[party][a][:_SEALED_SHARE]).hexdigest()] for a in accusers]
+        disputes = [[a, hashlib.sha256(self.sealed[party][a]).hexdigest()] for a in accusers]
         return encode_record(
             b"SAUq",
             {"survivors": sorted(self.u3), "signers": signers, "disputes": disputes},
@@ -490,7 +538,7 @@ class _Aggregator(SumAggregator):
         masked = unpack_array(parts["masked"], self.layer.dtype, (self.ctx.vector_size,))
         for accused, signature in zip(unopened, signatures, strict=True):
             if self.identities:
-                digest = hashlib.sha256(self.sealed[accused][party][:_SEALED_SHARE]).digest()
+                digest = hashlib.sha256(self.sealed[accused][party]).digest()
                 self.identities.verify(party, signature, _accusation(self.ctx, party, accused, digest))
         for accused, signature in zip(unopened, signatures, strict=True):
             self.accusations.setdefault(accused, {})[party] = signature
@@ -561,11 +609,15 @@ class _Aggregator(SumAggregator):
             raise RoundFailed(f"{self.layer.name}: {message}; the threshold is {self.t}, nothing is revealed")
 
     def _resolve_accusations(self) -> None:
-        """Decide each "your share did not open" between accuser and accused, from the one-time key
-        the accused revealed for exactly that ciphertext: if the ciphertext opens under it (and, in
-        active mode, carries the sender's valid signature), the accuser lied; otherwise the sender
-        sealed garbage. An accused party that did not answer at all is not judged (it may simply
-        have dropped); it is still unmasked from the shares of its other neighbours."""
+        """Active mode: decide each "your share did not open" between accuser and accused, from the
+        one-time key the accused revealed for exactly that ciphertext: if the ciphertext opens under
+        it and carries the sender's valid signature, the accuser lied; otherwise the sender sealed
+        garbage. An accused party that did not answer at all is not judged (it may simply have
+        dropped); it is still unmasked from the shares of its other neighbours. Passive mode signs
+        nothing, so accusations are not judged: the accused is named only if its secrets cannot be
+        rebuilt without the accusers' shares."""
+        if self.identities is None:
+            return
         for accused, accusers in sorted(self.accusations.items()):
             if accused not in self.answered_unmask:
                 continue
@@ -598,11 +650,25 @@ class _Aggregator(SumAggregator):
             return False
         return True
 
-    def _reconstruct(
-        self, owner: str, shares: dict[int, bytes], length: int, what: str, accept=None
-    ) -> bytes:
-        """The owner's secret from every revealed share; senders of wrong shares are culprits."""
+    def _reconstruct(self, owner: str, kind: str, shares: dict[int, bytes], length: int, what: str) -> bytes:
+        """The owner's ``kind`` secret ("seed" or "key") from every revealed share, accepted only if
+        it matches the owner's advertised commitment; senders of wrong shares are culprits."""
+        unopened = sorted(self.accusations.get(owner, {}))
+        if len(shares) < self.t and unopened:
+            raise RoundFailed(
+                f"{self.layer.name}: {owner}'s sealed shares could not be opened by {', '.join(unopened)}, "
+                f"leaving {len(shares)} shares of {what} where {self.t} are needed; round aborted, nothing "
+                "is revealed"
+            )
         self._require(len(shares) >= self.t, f"{len(shares)} shares of {what} arrived")
+        keys = self.keys[owner]
+        commitment = _commitments(keys)[kind]
+
+        def accept(candidate: bytes) -> bool:
+            if not hmac.compare_digest(_commit(self.ctx, kind, owner, candidate), commitment):
+                return False
+            return kind == "seed" or channel.public_of(candidate) == _mask_public(keys)
+
         outcome = shamir.reconstruct(shares, self.t, length, accept)
         by_x = {_x(self.ctx, p): p for p in self.ctx.parties}
         for x in outcome.wrong:
@@ -622,25 +688,11 @@ class _Aggregator(SumAggregator):
         masks = prg.MaskAccumulator(ctx.vector_size, layer.dtype)
         for owner in sorted(self.u3):
             shares = self.self_shares.get(owner, {})
-            commitment = _seed_commitment(self.keys[owner])
-            seed = self._reconstruct(
-                owner,
-                shares,
-                prg.SEED_BYTES,
-                f"{owner}'s self mask",
-                accept=lambda c, o=owner, m=commitment: hmac.compare_digest(_commit_seed(ctx, o, c), m),
-            )
+            seed = self._reconstruct(owner, "seed", shares, prg.SEED_BYTES, f"{owner}'s self mask")
             masks.add(seed)
         for dropped in sorted(self.u2 - self.u3):
             shares = self.key_shares.get(dropped, {})
-            public = _mask_public(self.keys[dropped])
-            secret = self._reconstruct(
-                dropped,
-                shares,
-                channel.KEY_BYTES,
-                f"dropped {dropped}'s key",
-                accept=lambda candidate, public=public: channel.public_of(candidate) == public,
-            )
+            secret = self._reconstruct(dropped, "key", shares, channel.KEY_BYTES, f"dropped {dropped}'s key")
             for survivor in sorted(self.u3 & self.graph[dropped]):
                 if dropped not in self.sealed or survivor not in self.sealed[dropped]:
                     continue  # the survivor never received the dropped party's shares: no mask between them
@@ -673,7 +725,12 @@ class _Party(SumParty):
         self.identities = layer.identities.public_only() if layer.active else None
 
     def start_round(self, ctx: RoundContext, provide: Provider) -> None:
-        self.ctx = ctx
+        self.unsafe_round = None
+        try:
+            _require_safe_threshold(self.layer, ctx)
+        except ProtocolError as exc:
+            self.unsafe_round = str(exc)  # refused at the first request of the round
+        self.ctx = _bind(self.layer, ctx)
         self.rng = self.layer.rng(self.me, ctx.round)
         self.provide = provide
         self.t = self.layer.shares_needed(self.layer.degree(len(ctx.parties)))
@@ -686,6 +743,8 @@ class _Party(SumParty):
         self.signed_survivors: list[str] | None = None
 
     def respond(self, phase: str, request: bytes) -> bytes:
+        if self.unsafe_round:
+            raise ProtocolError(self.unsafe_round)
         if self.step >= len(self.expected) or phase != self.expected[self.step]:
             raise ProtocolError(
                 f"phase {phase!r} out of order (expected {self.expected[self.step : self.step + 1]})"
@@ -702,7 +761,10 @@ class _Party(SumParty):
         self.c_sk, c_pk = channel.generate_keypair(self.rng)
         self.s_sk, s_pk = channel.generate_keypair(self.rng)
         self.self_seed = self.rng.bytes(prg.SEED_BYTES)
-        keys = c_pk + s_pk + _commit_seed(self.ctx, self.me, self.self_seed)
+        commitments = _commit(self.ctx, "seed", self.me, self.self_seed) + _commit(
+            self.ctx, "key", self.me, self.s_sk
+        )
+        keys = c_pk + s_pk + commitments
         parts_out = {"keys": keys}
         if self.identity is not None:
             statement = _advertised(self.ctx, self.me, self.graph_seed, keys)
@@ -736,9 +798,9 @@ class _Party(SumParty):
             blob = one_time_public + channel.seal(
                 key, seed_shares[x] + key_shares[x], _context("share", self.ctx, self.me, peer), self.rng
             )
-            self.sent[peer] = (one_time, blob)
             if self.identity is not None:
                 blob += signing.sign(self.identity, _sealed_statement(self.ctx, self.me, peer, blob))
+            self.sent[peer] = (one_time, blob)  # exactly the bytes sent, signature included
             sealed.append(blob)
         return encode_record(b"SASr", {"recipients": peers}, {"shares": b"".join(sealed)})
 
@@ -769,7 +831,7 @@ class _Party(SumParty):
                 # go on. It still masks with the sender, whose mask key is valid, so the sum holds.
                 unopened.append(sender)
                 if self.identity is not None:
-                    digest = hashlib.sha256(sealed).digest()
+                    digest = hashlib.sha256(blob).digest()  # all it received, signature included
                     accusations.append(
                         signing.sign(self.identity, _accusation(self.ctx, self.me, sender, digest))
                     )
@@ -848,6 +910,10 @@ class _Party(SumParty):
         signed it). Then the key opens nothing but that recipient's own share of this party's
         secrets, which an honest recipient would have opened (so the accuser is lying, and already
         knows it); a ciphertext the aggregator altered does not match and is not disclosed."""
+        if self.identities is None:
+            # Nothing is signed in passive mode: the aggregator could fabricate every accusation and
+            # collect all of this party's one-time keys. Disputes go unanswered (and unjudged).
+            return [], []
         if not isinstance(disputes, list) or not all(
             isinstance(d, list) and len(d) == 2 and all(isinstance(v, str) for v in d) for d in disputes
         ):
