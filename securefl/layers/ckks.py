@@ -22,7 +22,7 @@ import tenseal as ts
 from securefl.crypto import ckks
 from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, WireError
-from securefl.layers.base import RoundContext, StackContext, Transform
+from securefl.layers.base import ImpossibleSum, RoundContext, StackContext, Transform
 from securefl.layers.bounds import CoordinateBounds, coordinate_bounds
 from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum
 from securefl.wire import decode_record, encode_record
@@ -115,7 +115,7 @@ class CkksScheme(Scheme):
         return total[:-1]
 
     def check_sum(self, total: np.ndarray, counter: float, contributors: int) -> None:
-        """Refuse a decrypted sum that honest parties cannot have produced (ProtocolError).
+        """Refuse a decrypted sum that honest parties cannot have produced (ImpossibleSum).
 
         Each honest party's coordinate i lies within ±bound_i (CoordinateBounds: the party checks
         before encrypting) and its counter slot is 1, so the sum of ``contributors`` parties has
@@ -128,15 +128,15 @@ class CkksScheme(Scheme):
             raise ConfigError("ckks was used before its stack was validated")
         tolerance = self.params.precision(contributors)
         if not np.isfinite(counter) or abs(counter - contributors) > 0.25:
-            raise ProtocolError(
-                f"the aggregator says the CKKS sum holds {contributors} contributions, but its counter "
-                "slot disagrees: refusing a sum with a wrong count or a foreign ciphertext"
+            raise ImpossibleSum(
+                f"the CKKS sum cannot come from {contributors} honest parties: its counter slot (1 per "
+                "party, within the CKKS precision) disagrees — a wrong count or a foreign ciphertext"
             )
         excess = ~(np.abs(total) <= self.bounds.bounds * contributors + tolerance)  # NaN counts as excess
         if excess.any():
             index = int(np.flatnonzero(excess)[0])
             group = next(name for name, s in self.bounds.groups if s.start <= index < s.stop)
-            raise ProtocolError(
+            raise ImpossibleSum(
                 f"the decrypted CKKS sum leaves its bound: {group} coordinate {index} exceeds {contributors} "
                 f"contributions × ±{self.bounds.bounds[index]:.6g} (+ CKKS precision {tolerance:.2g}); it "
                 "cannot come from honest parties (a ciphertext under another key, or tampered): refused"

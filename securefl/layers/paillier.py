@@ -26,7 +26,7 @@ from securefl.crypto.keyfiles import write_private
 from securefl.crypto.packing import Packing
 from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, WireError
-from securefl.layers.base import RoundContext, StackContext, Transform
+from securefl.layers.base import ImpossibleSum, RoundContext, StackContext, Transform
 from securefl.layers.quantize import Quantize
 from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum
 from securefl.wire import decode_record, encode_record
@@ -310,14 +310,19 @@ class PaillierScheme(Scheme):
             m for part in self._run(material, "decrypt", _decrypt_chunk, batches, count) for m in part
         ]
         # unpack refuses a slot beyond `contributors` honest contributions (the packing bound).
-        total = self.packing(material.public.plaintext_bits).unpack(
-            plaintexts, ctx.vector_size + 1, contributors
-        )
+        try:
+            total = self.packing(material.public.plaintext_bits).unpack(
+                plaintexts, ctx.vector_size + 1, contributors
+            )
+        except ProtocolError as exc:
+            raise ImpossibleSum(
+                f"the decrypted Paillier sum cannot come from honest parties: {exc}"
+            ) from None
         if int(total[-1]) != contributors:
             # A wrong count shifts every slot by a multiple of the offset; the counter slot shows it.
-            raise ProtocolError(
-                f"the aggregator says the sum holds {contributors} contributions, but its counter slot "
-                "disagrees: refusing a sum decoded with a wrong count"
+            raise ImpossibleSum(
+                f"the Paillier sum cannot come from {contributors} honest parties: its counter slot (1 per "
+                "party) disagrees — a wrong count, or a tampered or foreign ciphertext"
             )
         return total[:-1].view(np.uint64)
 

@@ -23,11 +23,14 @@ channel a federation member signed. Without them the aggregator is trusted to re
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from securefl.crypto import channel, signing
 from securefl.crypto.signing import Identities
@@ -42,7 +45,7 @@ from securefl.layers.base import (
     SumParty,
 )
 from securefl.randomness import SecureRandom
-from securefl.wire import decode_record, encode_record
+from securefl.wire import MAX_ROUND, decode_record, encode_record
 
 KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT = (
     "key_offer",
@@ -52,6 +55,7 @@ KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT = (
     "decrypt",
 )
 _MAX_KEY_REPLY = 64 << 20
+_ABSTAIN = b"SKAb"  # an encrypt reply from a party without keys: it sits the round out
 
 
 class Combiner(ABC):
@@ -174,12 +178,31 @@ class SharedKeySum(SecureSum):
 
 
 class _Aggregator(SumAggregator):
+    """The aggregator's side: public part, ciphertexts and the sealed model only.
+
+    What it checks, and why (one malicious party must cost only itself, design invariant 7):
+    every reply is parsed and checked whole on arrival, with public material alone, before any of
+    it is combined — a bad payload drops its sender and leaves the running sum untouched; the
+    scheme checks ciphertexts against the agreed parameters (never against another payload); a
+    party whose failure can only be found later (a granter whose keys open for no requester, a
+    decryptor whose sealed model is malformed) is named in the round's report.
+    """
+
     def __init__(self, scheme: Scheme, public_bytes: bytes | None) -> None:
         self.scheme = scheme
         self.public_bytes = public_bytes
         self.public = scheme.public_from_bytes(public_bytes) if public_bytes is not None else None
         self.keys_preloaded = public_bytes is not None  # every party was given the keys out of band
         self.holders: set[str] = set()  # parties known to hold the keys
+        # Parties caught misbehaving as granter or decryptor: never given either role again.
+        self.distrusted: set[str] = set()
+        self._receivers = {
+            KEY_OFFER: self._receive_key_offer,
+            KEY_GRANT: self._receive_key_grant,
+            KEY_INSTALL: self._receive_key_install,
+            ENCRYPT: self._receive_encrypt,
+            DECRYPT: self._receive_decrypt,
+        }
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
         if not self.keys_preloaded and not set(ctx.parties) <= self.holders:
@@ -195,10 +218,15 @@ class _Aggregator(SumAggregator):
         self.granter: str | None = None
         self.grants: dict[str, bytes] = {}
         self.granter_channel = b""
+        self.install_failures: dict[str, str] = {}
         self.combined: Combiner | None = None
         self.contributors_: set[str] = set()
+        self.abstained: dict[str, str] = {}
         self.sealed: bytes | None = None
         self.decryptor: str | None = None
+        self.verifier: str | None = None
+        self.sealed_by: dict[str, bytes] = {}
+        self.culprits_: dict[str, str] = {}
 
     def max_reply_bytes(self, phase: str) -> int:
         if phase == ENCRYPT:
@@ -231,10 +259,13 @@ class _Aggregator(SumAggregator):
                     "granter_channel": self.granter_channel if granted else b"",
                     "sealed": granted,
                     "signature": self.grant_signature if granted else b"",
+                    # The public part this aggregator combines under: the requester checks its keys
+                    # match it, so a granter cannot publish one key and hand out another.
+                    "public": (self.public_bytes or b"") if granted else b"",
                 },
             )
         if phase == DECRYPT:
-            if party != self.decryptor:
+            if party not in (self.decryptor, self.verifier) or self.combined is None:
                 return encode_record(b"SKDq", {"count": 0}, {"sum": b""})
             return encode_record(
                 b"SKDq", {"count": len(self.contributors_)}, {"sum": self.combined.payload()}
@@ -242,11 +273,21 @@ class _Aggregator(SumAggregator):
         return b""
 
     def receive(self, phase: str, party: str, payload: bytes) -> None:
-        getattr(self, f"_receive_{phase}")(party, payload)
+        receiver = self._receivers.get(phase)
+        if receiver is None:
+            raise ProtocolError(f"{self.scheme.name} has no phase {phase!r}")
+        try:
+            receiver(party, payload)
+        except Exception:
+            if phase == DECRYPT and party in (self.decryptor, self.verifier):
+                self.distrusted.add(party)  # a malformed sealed model: not asked to decrypt again
+            raise
 
     def _receive_key_offer(self, party: str, payload: bytes) -> None:
         header, parts = decode_record(payload, b"SKOr", {"fingerprint": str}, ("channel", "signature"))
         if header["fingerprint"]:
+            if parts["channel"] or parts["signature"]:
+                raise WireError("a key holder's offer carries no channel key and no signature")
             self.offered_holders.append(party)
         elif len(parts["channel"]) != channel.KEY_BYTES:
             raise WireError("a key request needs a 32-byte X25519 public key")
@@ -261,40 +302,72 @@ class _Aggregator(SumAggregator):
             payload, b"SKGr", {"granted": list, "sizes": list}, ("channel", "public", "sealed", "signature")
         )
         if party != self.granter:
+            if header["granted"] or header["sizes"] or any(parts.values()):
+                raise ProtocolError("granted keys without being asked to")
             return
         granted, sizes = header["granted"], header["sizes"]
-        if sorted(granted) != sorted(self.requesters) or len(sizes) != len(granted):
+        if any(not isinstance(g, str) for g in granted) or sorted(granted) != sorted(self.requesters):
             raise ProtocolError("the key holder did not grant keys to exactly the requesting parties")
-        if any(not isinstance(s, int) or s <= 0 for s in sizes) or sum(sizes) != len(parts["sealed"]):
+        if len(sizes) != len(granted) or any(type(s) is not int or s <= 0 for s in sizes):
+            raise WireError("sealed key material sizes are not one positive integer per requester")
+        if sum(sizes) != len(parts["sealed"]):
             raise WireError("sealed key material sizes do not add up")
         if self.public_bytes is not None and parts["public"] != self.public_bytes:
             raise ProtocolError("the key holder published a different public key than the federation's")
-        self.public = self.scheme.public_from_bytes(parts["public"])
-        self.public_bytes = parts["public"]
+        if granted and len(parts["channel"]) != channel.KEY_BYTES:
+            raise WireError("the key holder's channel must be a 32-byte X25519 public key")
+        if len(parts["signature"]) not in (0, signing.SIGNATURE_BYTES):
+            raise WireError("the key holder's signature must be empty or 64 bytes")
+        public = self.scheme.public_from_bytes(parts["public"])  # raises before any state changes
+        self.public, self.public_bytes = public, parts["public"]
         self.granter_channel = parts["channel"]
         self.grant_signature = parts["signature"]
         offsets = np.cumsum([0, *sizes])
         self.grants = {g: parts["sealed"][offsets[i] : offsets[i + 1]] for i, g in enumerate(granted)}
 
     def _receive_key_install(self, party: str, payload: bytes) -> None:
-        decode_record(payload, b"SKIr", {"installed": bool}, ())
+        header, _ = decode_record(payload, b"SKIr", {"installed": bool, "problem": str}, ())
+        if party in self.grants and not header["installed"]:
+            # Kept live (not dropped): the fault may be the granter's. Judged at close_phase.
+            self.install_failures[party] = header["problem"][:300] or "no reason given"
 
     def _receive_encrypt(self, party: str, payload: bytes) -> None:
+        if payload[:4] == _ABSTAIN:
+            header, _ = decode_record(payload, _ABSTAIN, {"reason": str}, ())
+            self.abstained[party] = header["reason"][:300]
+            return
         if self.public is None:
             raise ProtocolError("no public key is known yet; the key phases did not complete")
         if self.combined is None:
             self.combined = self.scheme.combiner(self.public, self.ctx)
+        # The combiner checks the whole payload before folding any of it in: on an exception the
+        # running sum is exactly as before and only this party is dropped.
         self.combined.add(payload)  # combined as they arrive: memory does not grow with parties
         self.contributors_.add(party)
 
     def _receive_decrypt(self, party: str, payload: bytes) -> None:
-        if party != self.decryptor:
-            decode_record(payload, b"SKDr", {"sealed": bool}, ())
+        if party not in (self.decryptor, self.verifier):
+            header, parts = decode_record(payload, b"SKDr", {"sealed": bool}, ())
+            if header["sealed"]:
+                raise ProtocolError("returned a sealed model without being asked to decrypt")
             return
         header, parts = decode_record(payload, b"SKDr", {"sealed": bool}, ("model",))
         if not header["sealed"]:
-            raise ProtocolError("the decryptor returned no sealed model")
-        self.sealed = parts["model"]
+            raise ProtocolError("asked to decrypt, it returned no sealed model")
+        # What the aggregator can check without the model key: a sealed-model record for this
+        # session and round, long enough to hold a nonce and a tag. (The contents are AEAD-sealed;
+        # a decryptor that seals a wrong model is a key holder, trusted for the model's integrity.)
+        model, model_parts = decode_record(
+            parts["model"], b"SKMD", {"round": int, "session": str}, ("sealed",)
+        )
+        if model["round"] != self.ctx.round or model["session"] != self.ctx.session:
+            raise ProtocolError(
+                f"the sealed model is labelled round {model['round']} of session {model['session'][:32]!r}, "
+                f"not round {self.ctx.round} of this session"
+            )
+        if len(model_parts["sealed"]) < channel.sealed_size(8):
+            raise WireError("the sealed model is too short to hold a model")
+        self.sealed_by[party] = parts["model"]
 
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         name = self.scheme.name
@@ -306,28 +379,88 @@ class _Aggregator(SumAggregator):
                     f"{name}: parties without keys were invited but no key holder was, so nobody can grant "
                     "them; give every party the key file, or invite a key holder"
                 )
-            candidates = self.offered_holders or sorted(survivors)
-            self.granter = candidates[0] if candidates else None
-            if self.granter in self.requesters:  # the generator of brand-new keys needs no grant itself
-                del self.requesters[self.granter]
+            # Prefer a holder this aggregator saw receive the keys; never one caught misbehaving.
+            trusted = [p for p in self.offered_holders if p not in self.distrusted]
+            known = [p for p in trusted if p in self.holders]
+            candidates = known or trusted
+            if self.public is None:  # no key yet: any survivor may generate it
+                candidates = [p for p in sorted(survivors) if p not in self.distrusted]
+            if not candidates:
+                raise RoundFailed(
+                    f"{name}: the only key holders invited ({', '.join(self.offered_holders)}) misbehaved "
+                    "before and are not trusted to grant keys; invite another key holder"
+                )
+            self.granter = candidates[0]
+            self.requesters.pop(self.granter, None)  # the generator of brand-new keys needs no grant
         elif phase == KEY_GRANT:
             if self.granter not in survivors or self.public is None:
                 raise RoundFailed(
-                    f"{name}: the key holder dropped before granting keys; nothing was encrypted"
+                    f"{name}: the key holder {self.granter} dropped before granting keys; nothing was "
+                    "encrypted and the model is unchanged"
                 )
             self.holders.add(self.granter)
         elif phase == KEY_INSTALL:
-            self.holders |= {p for p in self.grants if p in survivors}
+            failed = {p: why for p, why in self.install_failures.items() if p in survivors}
+            self.holders |= {p for p in self.grants if p in survivors and p not in failed}
+            if failed:
+                # A requester that could not open or check its keys cannot contribute, and one
+                # complaint alone cannot say who lies (a requester can frame an honest granter). So
+                # the round fails naming both sides, and nobody is dropped for it. Two complaints or
+                # more: with at most one malicious party one of them is honest, so the granter is at
+                # fault (or the relay); it is dropped and never asked to grant or decrypt again.
+                reasons = "; ".join(f"{p}: {why}" for p, why in sorted(failed.items()))
+                if len(failed) >= 2:
+                    self._blame(self.granter, f"gave keys that {len(failed)} requesters refused ({reasons})")
+                raise RoundFailed(
+                    f"{name}: keys granted by {self.granter} could not be opened or verified by "
+                    f"{', '.join(sorted(failed))} ({reasons}); the round is abandoned and the model is "
+                    "unchanged"
+                )
         elif phase == ENCRYPT:
             self.contributors_ &= survivors
             if not self.contributors_ or self.combined is None:
                 raise RoundFailed(f"{name}: no ciphertexts arrived")
-            holders = sorted(p for p in survivors if p in self.holders or self.keys_preloaded)
+            # The decryptor contributed, holds the keys, and has not misbehaved before.
+            holders = sorted(
+                p
+                for p in self.contributors_
+                if (p in self.holders or self.keys_preloaded) and p not in self.distrusted
+            )
             if not holders:
                 raise RoundFailed(f"{name}: no key holder is left to decrypt the sum")
+            # Two key holders decrypt the same sum and seal deterministically: the aggregator, which
+            # cannot open a sealed model, can still see that they agree, so one malicious decryptor
+            # cannot pass off a wrong or unopenable model (it would end every later round).
             self.decryptor = holders[0]
-        elif phase == DECRYPT and self.sealed is None:
-            raise RoundFailed(f"{name}: the decryptor {self.decryptor} dropped; the model is unchanged")
+            self.verifier = holders[1] if len(holders) > 1 else None
+        elif phase == DECRYPT:
+            if self.decryptor not in self.sealed_by:
+                raise RoundFailed(
+                    f"{name}: the decryptor {self.decryptor} dropped or returned no valid sealed model; "
+                    "the model is unchanged"
+                )
+            if self.verifier is not None:
+                if self.verifier not in self.sealed_by:
+                    raise RoundFailed(
+                        f"{name}: the verifier {self.verifier} dropped or returned no valid sealed model to "
+                        f"check the decryptor {self.decryptor}'s against; the model is unchanged"
+                    )
+                if not hmac.compare_digest(self.sealed_by[self.decryptor], self.sealed_by[self.verifier]):
+                    raise RoundFailed(
+                        f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} sealed "
+                        "different models from the same sum, so one of them is faulty; the model is unchanged"
+                    )
+            self.sealed = self.sealed_by[self.decryptor]
+
+    def _blame(self, party: str | None, reason: str) -> None:
+        if party is None:
+            return
+        self.culprits_[party] = reason
+        self.distrusted.add(party)
+        self.holders.discard(party)
+
+    def culprits(self) -> dict[str, str]:
+        return dict(self.culprits_)
 
     def contributors(self) -> frozenset[str]:
         return frozenset(self.contributors_)
@@ -337,6 +470,14 @@ class _Aggregator(SumAggregator):
 
 
 class _Party(SumParty):
+    """A party's side. What it refuses from an aggregator that may send anything in any order:
+    phases it does not have (dispatch is by a fixed table, never by name lookup); a second encrypt
+    or decrypt in one round; a decrypt count outside [min_parties, invited parties] or contradicted
+    by the counter slot; a sum beyond the scheme's bound; keys it did not ask for, that do not
+    verify (signed mode), that fail the scheme's checks or do not match the public part the
+    aggregator combines under; and a sealed model of another session, of a round not before this
+    one, or older than one it has already opened (replay / rollback)."""
+
     def __init__(
         self, scheme: Scheme, party_id: str, material: Any | None, identities: Identities | None = None
     ) -> None:
@@ -347,6 +488,16 @@ class _Party(SumParty):
         self.identities = identities.public_only() if identities else None
         self.fuse: Fuser | None = None
         self.rng = SecureRandom()
+        self.ctx: RoundContext | None = None
+        self.latest_model_round = -1  # the newest sealed model this party has trained on
+        self._opening_for_round = False
+        self._handlers = {
+            KEY_OFFER: self._key_offer,
+            KEY_GRANT: self._key_grant,
+            KEY_INSTALL: self._key_install,
+            ENCRYPT: self._encrypt,
+            DECRYPT: self._decrypt,
+        }
 
     def attach_fuser(self, fuse: Fuser) -> None:
         self.fuse = fuse
@@ -355,9 +506,18 @@ class _Party(SumParty):
         self.ctx = ctx
         self.provide = provide
         self.channel_secret: bytes | None = None
+        self.done: set[str] = set()
 
     def respond(self, phase: str, request: bytes) -> bytes:
-        return getattr(self, f"_{phase}")(request)
+        # A fixed table: a phase name is never looked up as an attribute, so an aggregator cannot
+        # call any other method (e.g. ask for an identity signature on bytes of its choice).
+        handler = self._handlers.get(phase)
+        if handler is None:
+            raise ProtocolError(f"{self.scheme.name} has no phase {phase!r}")
+        if phase in (ENCRYPT, DECRYPT) and phase in self.done:
+            raise ProtocolError(f"phase {phase!r} was already answered in this round; replay refused")
+        self.done.add(phase)
+        return handler(request)
 
     # key distribution
 
@@ -383,6 +543,10 @@ class _Party(SumParty):
         empty = {"channel": b"", "public": b"", "sealed": b"", "signature": b""}
         if not requesters and not header["generate"]:
             return encode_record(b"SKGr", {"granted": [], "sizes": []}, empty)
+        if any(not isinstance(r, str) for r in requesters) or len(set(requesters)) != len(requesters):
+            raise ProtocolError("the requester list must name distinct parties")
+        if self.me in requesters or any(r not in self.ctx.parties for r in requesters):
+            raise ProtocolError("keys may be granted only to other parties invited to this round")
         if header["generate"]:
             if self.material is not None:
                 raise ProtocolError("asked to generate keys, but this party already holds them")
@@ -421,31 +585,50 @@ class _Party(SumParty):
 
     def _key_install(self, request: bytes) -> bytes:
         header, parts = decode_record(
-            request, b"SKIq", {"granter": str}, ("granter_channel", "sealed", "signature")
+            request, b"SKIq", {"granter": str}, ("granter_channel", "sealed", "signature", "public")
         )
         if not parts["sealed"]:
-            return encode_record(b"SKIr", {"installed": self.material is not None}, {})
+            return encode_record(b"SKIr", {"installed": self.material is not None, "problem": ""}, {})
         if self.channel_secret is None:
             raise ProtocolError("received keys this party did not ask for")
+        secret, self.channel_secret = self.channel_secret, None  # one use only
+        try:
+            material = self._open_grant(header["granter"], parts, secret)
+        except (ProtocolError, WireError, ConfigError, ValueError) as exc:
+            # Not a withdrawal: the fault may be the granter's, and the aggregator judges that from
+            # every requester's answer. This party sits the round out without keys.
+            return encode_record(b"SKIr", {"installed": False, "problem": f"{type(exc).__name__}: {exc}"}, {})
+        self.material = material
+        return encode_record(b"SKIr", {"installed": True, "problem": ""}, {})
+
+    def _open_grant(self, granter: str, parts: dict[str, bytes], secret: bytes) -> Any:
         if self.identities is not None:
             # Open keys only from a member's signed channel: keys the aggregator made are refused.
-            granter = header["granter"]
             statement = _grant_statement(self.ctx, granter, parts["granter_channel"])
             self.identities.verify(granter, parts["signature"], statement)
-        key = channel.agree(
-            self.channel_secret, parts["granter_channel"], _ctx("key-channel", self.ctx, self.me)
-        )
+        key = channel.agree(secret, parts["granter_channel"], _ctx("key-channel", self.ctx, self.me))
         blob = channel.open_sealed(key, parts["sealed"], _ctx("key-material", self.ctx, self.me))
-        self.material = self.scheme.material_from_bytes(blob)
-        self.channel_secret = None
-        return encode_record(b"SKIr", {"installed": True}, {})
+        material = self.scheme.material_from_bytes(blob)  # the scheme checks the keys are sound
+        if not hmac.compare_digest(self.scheme.public_to_bytes(material), parts["public"]):
+            raise ProtocolError(
+                "the keys received do not match the public key the aggregator combines under: the key "
+                "holder published one key and handed out another"
+            )
+        return material
 
     # the sum
 
     def _encrypt(self, request: bytes) -> bytes:
         if self.material is None:
-            raise ProtocolError(f"this party holds no {self.scheme.name} keys")
-        return self.scheme.encrypt(self.material, self.provide(), self.ctx)
+            # No keys (key distribution failed for this party): sit the round out, visibly, instead
+            # of withdrawing — whoever caused it, this party did nothing wrong.
+            return encode_record(_ABSTAIN, {"reason": f"this party holds no {self.scheme.name} keys"}, {})
+        self._opening_for_round = True  # provide() opens this round's sealed global model
+        try:
+            vector = self.provide()
+        finally:
+            self._opening_for_round = False
+        return self.scheme.encrypt(self.material, vector, self.ctx)
 
     def _decrypt(self, request: bytes) -> bytes:
         header, parts = decode_record(request, b"SKDq", {"count": int}, ("sum",))
@@ -453,13 +636,23 @@ class _Party(SumParty):
             return encode_record(b"SKDr", {"sealed": False}, {})
         if self.material is None or self.fuse is None:
             raise ProtocolError("asked to decrypt without holding the keys")
-        total = self.scheme.decrypt(self.material, parts["sum"], header["count"], self.ctx)
-        model = self.fuse(total)
-        sealed = channel.seal(
+        if ENCRYPT not in self.done:
+            raise ProtocolError("asked to decrypt a sum before contributing to it")
+        count = header["count"]
+        if not max(1, self.ctx.min_parties) <= count <= len(self.ctx.parties):
+            # Fewer than min_parties would reveal (to every key holder, through the next model) a sum
+            # of too few parties — e.g. one party's ciphertext passed off as the sum.
+            raise ProtocolError(
+                f"the sum is said to hold {count} contributions; a round of {len(self.ctx.parties)} invited "
+                f"parties needs between {self.ctx.min_parties} and {len(self.ctx.parties)}"
+            )
+        # The scheme checks the counter slot against `count` and the sum against count × bound.
+        total = self.scheme.decrypt(self.material, parts["sum"], count, self.ctx)
+        model = self.fuse(total, contributors=count)  # the core's sum check (quantized stacks)
+        sealed = _seal_model(
             self.scheme.model_key(self.material),
             np.ascontiguousarray(model, dtype="<f8").tobytes(),
             _model_aad(self.scheme.name, self.ctx.session, self.ctx.round),
-            self.rng,
         )
         record = encode_record(
             b"SKMD", {"round": self.ctx.round, "session": self.ctx.session}, {"sealed": sealed}
@@ -470,6 +663,42 @@ class _Party(SumParty):
         if self.material is None:
             raise ProtocolError("this party holds no model key to open the sealed model")
         header, parts = decode_record(sealed, b"SKMD", {"round": int, "session": str}, ("sealed",))
-        aad = _model_aad(self.scheme.name, header["session"], header["round"])
+        round_, session = header["round"], header["session"]
+        if self.ctx is not None and session != self.ctx.session:
+            raise ProtocolError("the sealed model belongs to another session; replay refused")
+        if not 0 <= round_ <= MAX_ROUND or not _is_session(session):
+            raise WireError("the sealed model's round or session is malformed")
+        if self._opening_for_round:
+            # Training in round r starts from the newest model: sealed before r, and not older than
+            # one this party already trained on (an aggregator replaying an old model is refused).
+            if round_ >= self.ctx.round:
+                raise ProtocolError(
+                    f"the sealed model is from round {round_}, not from before this round ({self.ctx.round})"
+                )
+            if round_ < self.latest_model_round:
+                raise ProtocolError(
+                    f"the sealed model is from round {round_}, older than the round-"
+                    f"{self.latest_model_round} model this party already trained on; rollback refused"
+                )
+        aad = _model_aad(self.scheme.name, session, round_)
         plain = channel.open_sealed(self.scheme.model_key(self.material), parts["sealed"], aad)
+        if len(plain) % 8:
+            raise WireError("the sealed model is not a whole number of float64 values")
+        if self._opening_for_round:
+            self.latest_model_round = round_
         return np.frombuffer(plain, dtype="<f8").copy()
+
+
+def _seal_model(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    """AES-256-GCM with a synthetic nonce (SIV): nonce = HMAC-SHA256(k', associated ‖ plaintext)[:12],
+    k' derived from the model key. Deterministic, so two honest key holders that fuse the same sum
+    seal byte-identical models and the aggregator can compare them; different plaintexts get
+    different nonces (a PRF of the whole input), so GCM's nonce is never reused for two messages and
+    equal ciphertexts reveal only equal (round, session, model). Opened like any channel.seal blob."""
+    siv_key = hashlib.sha256(b"securefl/shared-key/model-siv" + key).digest()
+    nonce = hmac.new(siv_key, associated + plaintext, hashlib.sha256).digest()[: channel.NONCE_BYTES]
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+
+
+def _is_session(session: str) -> bool:
+    return len(session) == 32 and all(c in "0123456789abcdef" for c in session)
