@@ -9,11 +9,14 @@ arithmetic. Phases of a round (the key phases only while an invited party lacks 
                  generates the keys) seals the key material to each requester (AES-256-GCM under
                  X25519 + HKDF) and publishes the scheme's public part for the aggregator;
 ``key_install``  requesters open their sealed keys;
-``encrypt``      parties send ciphertexts; the aggregator combines them as they arrive;
-``decrypt``      one key holder (the decryptor) decrypts the combined sum, fuses, and returns the
-                 next global model sealed under the model key every party holds.
+``encrypt``      parties send ciphertexts (vector + a counter slot of 1); the aggregator checks each
+                 payload whole, then combines it;
+``decrypt``      two key holders (the decryptor and a verifier) each decrypt the combined sum, check
+                 it (count, counter, bounds), fuse, and seal the next global model deterministically
+                 under the model key every party holds; the aggregator keeps it only if both agree.
 
-The aggregator only ever holds the scheme's public part, ciphertexts and the sealed model.
+The aggregator only ever holds the scheme's public part, ciphertexts and the sealed model. What
+each side checks against an active aggregator and one malicious party: ``protocols/paillier.md``.
 
 With ``identities`` (Ed25519 keys known in advance, e.g. bound to the parties' certificates) key
 distribution resists an active aggregator: a requester signs its X25519 key, the key holder seals
