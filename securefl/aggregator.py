@@ -31,6 +31,7 @@ from securefl.codec import ArraySpec, FusedSum, VectorLayout, check_finite
 from securefl.errors import BudgetExhausted, ProtocolError, RoundFailed, SecureFLError, UpdateError, WireError
 from securefl.fusion import Strategy
 from securefl.layers.base import ImpossibleSum, PrivacyStack, RoundContext, SealedModel
+from securefl.logtext import printable
 from securefl.party import REFUSED_SUM, withdraw_reason
 from securefl.roundinfo import RoundInfo
 from securefl.selection import Selection
@@ -147,13 +148,13 @@ class Aggregator:
             report.status = "ok"
         except (RoundFailed, UpdateError) as exc:
             report.error = str(exc) + self._blame(report)
-            log.warning("round %d failed: %s", round, report.error)
+            log.warning("round %d failed: %s", round, printable(report.error))
         except Exception as exc:  # a layer or strategy bug: never out of run_round (invariant 7)
             report.error = (
                 f"{self._phase}: {type(exc).__name__}: {exc}; the round is abandoned and the global model "
                 f"is unchanged" + self._blame(report)
             )
-            log.error("round %d failed unexpectedly: %s", round, report.error, exc_info=True)
+            log.error("round %d failed unexpectedly: %s", round, printable(report.error), exc_info=True)
         if report.status != "ok":
             report.survivors = []
             report.total_weight, report.train_metrics, report.eval_metrics = 0.0, {}, {}
@@ -268,7 +269,7 @@ class Aggregator:
                 valid.pop(party, None)
                 refusals.pop(party, None)
                 report.dropouts.setdefault(party, f"{phase}: {exc}")
-                log.info("round %d: dropping %s: %s", round, party, exc)
+                log.info("round %d: dropping %s: %s", round, party, printable(exc))
         for party in report.dropouts:
             valid.pop(party, None)
             refusals.pop(party, None)

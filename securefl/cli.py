@@ -368,7 +368,7 @@ def _serve(args: argparse.Namespace) -> int:
     the message), or on a bug outside the rounds (1, with the message; the traceback with
     --verbose). Their log (rounds, parties, dropouts, ε) goes to stderr, one escaped line per
     record: nothing a party or the aggregator sends can forge a log line."""
-    from securefl.network.frames import OneLineFormatter, printable
+    from securefl.logtext import OneLineFormatter, printable
 
     root = logging.getLogger()
     root.setLevel(logging.INFO)

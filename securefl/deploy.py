@@ -66,7 +66,7 @@ from securefl.fusion import build_strategy
 from securefl.layers import DPNoise, PrivacyStack
 from securefl.layers.secagg import SecAgg
 from securefl.layers.shared_key import SharedKeySum
-from securefl.network.frames import printable
+from securefl.logtext import printable
 from securefl.network.server import TLSFiles
 from securefl.party import Client, PartyNode
 from securefl.selection import build_selection
@@ -513,6 +513,7 @@ def party_node_factory(cfg: PartyConfig, train: str) -> Callable[[str, ArraySpec
             weight_bound=fed.party_weight_bound,
             max_request_bytes=fed.max_message_bytes,
             strategy=party_strategy(stack, strategy),
+            min_parties=fed.min_parties,
         )
 
     return node

@@ -16,7 +16,7 @@ import numpy as np
 
 from securefl.aggregator import Aggregator, ReleaseGuard, RoundReport
 from securefl.codec import ArraySpec, NamedArrays, VectorLayout
-from securefl.errors import BudgetExhausted, ConfigError
+from securefl.errors import BudgetExhausted, ConfigError, ProtocolError, SecureFLError
 from securefl.fusion import FedAvg, Strategy, build_strategy
 from securefl.layers import Layer, PrivacyStack, StackContext, build_layer, preset
 from securefl.party import Client, PartyNode
@@ -173,6 +173,7 @@ class Federation:
                 weighting=weighting,
                 weight_bound=weight_bound,
                 strategy=parties_strategy,
+                min_parties=min_parties,
             )
             for pid, client in clients.items()
         }
@@ -209,7 +210,13 @@ class Federation:
         sealed = self.aggregator.sealed
         if sealed is None:
             return self.aggregator.weights.copy()
-        return next(iter(self.nodes.values())).open_global(sealed.data)
+        # Any party holding the keys can open it (one that dropped before receiving them cannot).
+        for node in self.nodes.values():
+            try:
+                return node.open_global(sealed.data)
+            except SecureFLError:
+                continue
+        raise ProtocolError("no party of this federation can open the sealed global model")
 
     def run_round(self) -> RoundReport:
         """Run one round; raise BudgetExhausted if the privacy guard refused it (it is in the history

@@ -21,6 +21,7 @@ from securefl.codec import ArraySpec, FusedSum, NamedArrays, VectorLayout, check
 from securefl.errors import ProtocolError, UpdateError, WireError
 from securefl.fusion import FedAvg, Strategy
 from securefl.layers.base import ImpossibleSum, PrivacyStack, RoundContext
+from securefl.logtext import printable
 from securefl.roundinfo import RoundInfo
 from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, unpack_array
 
@@ -102,8 +103,12 @@ class PartyNode:
         weight_bound: float | None = None,
         max_request_bytes: int | None = None,
         strategy: Strategy | None = None,
+        min_parties: int = 1,
     ) -> None:
         self.party_id = party_id
+        # The party's own floor: the aggregator's round info may only raise it (a lying aggregator
+        # must not get a single party's update decrypted, or noise calibrated to fewer parties).
+        self.min_parties = min_parties
         self.client = client
         self.spec = spec
         self.layout = layout
@@ -177,7 +182,7 @@ class PartyNode:
         coordinate, a user exception's message). ``refused``: the party refuses a revealed sum that
         honest parties cannot have made (the aggregator then fails the round rather than blame it)."""
         self.last_error = reason
-        log.warning("party %s withdraws from round %s: %s", self.party_id, round, reason)
+        log.warning("party %s withdraws from round %s: %s", self.party_id, round, printable(reason))
         shared = reason if shared is None else shared
         parts = {"reason": shared.encode()[:4096]}
         if refused:
@@ -195,6 +200,12 @@ class PartyNode:
             raise WireError(f"round info says round {info.round}, envelope says {request.round}")
         if self.party_id not in info.parties:
             raise ProtocolError(f"party {self.party_id!r} is not in round {info.round}'s party list")
+        min_parties = max(self.min_parties, info.min_parties)
+        if len(info.parties) < min_parties:
+            raise ProtocolError(
+                f"round {info.round} selects {len(info.parties)} parties; this party takes part only in "
+                f"rounds of at least {min_parties}"
+            )
         self.round = request.round
         self.round_global = None
         self.round_parties = info.parties
@@ -208,7 +219,7 @@ class PartyNode:
             return provided[0]
 
         ctx = RoundContext(
-            self.session, info.round, info.parties, self.layout.size, self.stack.integer, info.min_parties
+            self.session, info.round, info.parties, self.layout.size, self.stack.integer, min_parties
         )
         self.stack.start_round(ctx)
         self.secure_sum.start_round(ctx, provide)

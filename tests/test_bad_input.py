@@ -11,6 +11,7 @@ from securefl.errors import ProtocolError
 from securefl.faults import Faults
 from securefl.layers import SecAgg
 from securefl.party import REFUSED_SUM, PartyNode
+from securefl.roundinfo import RoundInfo
 from securefl.wire import REPLY, Envelope, encode_record, pack_array, unpack_array
 
 DIM = 4
@@ -520,3 +521,39 @@ def test_a_false_refusal_only_drops_its_sender_when_the_round_goes_on():
     )
     report = fed.run_round()
     assert report.ok and report.dropouts == {"p1": "open: withdrew: I refuse"}
+
+
+def test_a_party_keeps_its_own_min_parties_whatever_the_round_info_says():
+    """A lying aggregator claims min_parties = 1 and selects two parties: a party configured for
+    rounds of at least three refuses (so it never contributes to a sum too small to hide it)."""
+    three = {f"p{i}": fixed_delta_client(np.ones(2), 1) for i in range(3)}
+    fed = securefl.Federation({"w": np.zeros(2)}, three, "plain", min_parties=3)
+
+    def shrink(request):
+        env = Envelope.decode(request)
+        info = RoundInfo.decode(env.parts["round"])
+        small = RoundInfo(info.round, ("p0", "p1"), 1, info.config).encode()
+        return Envelope(
+            env.kind, env.session, env.round, env.phase, env.party, {**env.parts, "round": small}
+        ).encode()
+
+    fed.transport.faults = Faults().add("tamper_request", "p0", replace=shrink)
+    report = fed.run_round()
+    assert "p0" in report.dropouts and "at least 3" in report.dropouts["p0"], report.dropouts
+
+
+def test_party_supplied_text_reaches_the_aggregator_log_as_one_line(caplog):
+    """A withdraw reason carrying a newline and a forged log line is logged escaped, on one line."""
+    forged = "x\nINFO securefl.aggregator: round 99 ok \x1b[31m"
+
+    def withdraw(reply):
+        env = Envelope.decode(reply)
+        return Envelope(
+            "withdraw", env.session, env.round, env.phase, env.party, {"reason": forged.encode()}
+        ).encode()
+
+    fed, *_ = setup(Faults().add("replace", "p1", replace=withdraw))
+    with caplog.at_level("INFO", logger="securefl.aggregator"):
+        fed.run_round()
+    lines = [r.getMessage() for r in caplog.records if "dropping p1" in r.getMessage()]
+    assert lines and all("\n" not in line and "\x1b" not in line for line in lines), lines

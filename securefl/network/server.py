@@ -37,7 +37,8 @@ import grpc
 
 from securefl.crypto.certificates import PartyCertificate, verify_party_certificate
 from securefl.errors import ConfigError, WireError
-from securefl.network.frames import METHOD, Hello, Welcome, printable
+from securefl.logtext import printable
+from securefl.network.frames import METHOD, Hello, Welcome
 from securefl.transport import Reply, Traffic, Transport
 
 log = logging.getLogger(__name__)

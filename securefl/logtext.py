@@ -1,0 +1,37 @@
+"""Text from parties on its way into logs: one printable line, never a forged record.
+
+Anything a party sent (a withdraw reason, an exception about its bytes) may hold newlines, ANSI
+escapes or bidi overrides; it goes through :func:`printable` before reaching a log line, and the
+aggregator and party processes format every record with :class:`OneLineFormatter`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+MAX_LOGGED_CHARS = 400
+
+
+def printable(text: object, limit: int = MAX_LOGGED_CHARS, backslashes: bool = True) -> str:
+    """``text`` as one printable line: backslashes, control and format characters (newlines, ANSI
+    escapes, bidi overrides) escaped, and at most ``limit`` characters kept. Anything a party sent
+    (a withdraw reason, an exception about its bytes) goes through this before reaching a log, so
+    a party can neither forge log lines nor hide text in the operator's terminal. Without
+    ``backslashes`` a backslash stays as it is (for text that may already be escaped)."""
+    text = str(text)
+    more = len(text) - limit
+    if more > 0:
+        text = text[:limit]
+    keep = str.isprintable if not backslashes else lambda c: c.isprintable() and c != "\\"
+    escaped = "".join(c if keep(c) else c.encode("unicode_escape").decode("ascii") for c in text)
+    return escaped + (f"…(+{more} characters)" if more > 0 else "")
+
+
+class OneLineFormatter(logging.Formatter):
+    """Each record's message as one line, control and format characters escaped (:func:`printable`;
+    backslashes kept, as text may be escaped already); a traceback, when a record carries one,
+    follows on its own lines as usual."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message, limit=1 << 16, backslashes=False)
+        return super().formatMessage(record)
