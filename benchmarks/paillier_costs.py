@@ -62,12 +62,14 @@ def measure(params: int, parties: int, bits: int, key_bits: int, repeat: int, wo
         aggregator.receive(ENCRYPT, pid, payload)
         combine_times.append(time.perf_counter() - start)
 
-    party.attach_fuser(lambda total: np.zeros(params))
-    product = b"".join(int(c).to_bytes(material.public.ciphertext_bytes, "big") for c in aggregator.product)
-    request = encode_record(b"SKDq", {"count": len(aggregator.contributors())}, {"sum": product})
+    party.attach_fuser(lambda total, contributors=None: np.zeros(params))
+    request = encode_record(
+        b"SKDq", {"count": len(aggregator.contributors())}, {"sum": aggregator.combined.payload()}
+    )
     decrypt_times = []
     for _ in range(max(1, repeat - 1)):
         party.start_round(ctx, lambda: vector)
+        party.respond(ENCRYPT, b"")  # a decryptor decrypts only a sum it contributed to
         start = time.perf_counter()
         party.respond(DECRYPT, request)
         decrypt_times.append(time.perf_counter() - start)
