@@ -14,6 +14,7 @@ Reed–Solomon Codes", 2002) corrects up to ⌊(m − threshold) / 2⌋ wrong sh
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,15 +57,29 @@ def split(secret: bytes, xs: Sequence[int], threshold: int, rng: SecureRandom) -
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     """The coefficients λ_k with f(0) = Σ λ_k f(x_k); cached, since one set of responders
     reconstructs many secrets."""
-    coefficients = []
+    numerators, denominators = [], []
     for k, xk in enumerate(xs):
         numerator, denominator = 1, 1
         for m, xm in enumerate(xs):
             if m != k:
                 numerator = numerator * xm % PRIME
                 denominator = denominator * (xm - xk) % PRIME
-        coefficients.append(numerator * pow(denominator, -1, PRIME) % PRIME)
-    return tuple(coefficients)
+        numerators.append(numerator)
+        denominators.append(denominator)
+    return tuple(n * d % PRIME for n, d in zip(numerators, _batch_inverse(denominators), strict=True))
+
+
+def _batch_inverse(values: Sequence[int]) -> list[int]:
+    """Inverses modulo PRIME of non-zero values with one exponentiation (Montgomery's trick)."""
+    prefix = [1]
+    for v in values:
+        prefix.append(prefix[-1] * v % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = prefix[i] * inverse % PRIME
+        inverse = inverse * values[i] % PRIME
+    return out
 
 
 def combine(shares: Mapping[int, bytes], threshold: int, length: int) -> bytes:
@@ -172,15 +187,21 @@ def _dual_check(xs: tuple[int, ...], threshold: int, salt: bytes) -> tuple[int, 
     < m − threshold (generalized Reed–Solomon duality). ``salt`` keys the cache to a fresh g per
     caller so that a party cannot craft shares against a known check."""
     m = len(xs)
-    g = [int.from_bytes(salt + i.to_bytes(4, "big"), "big") % PRIME for i in range(m - threshold)]
-    word = []
+    # Independent pseudo-random coefficients (SHAKE-256 of the secret salt): a g with related
+    # coefficients would let crafted wrong shares be orthogonal to every check it can produce.
+    g = [
+        int.from_bytes(hashlib.shake_256(salt + i.to_bytes(4, "big")).digest(SHARE_BYTES + 16), "big") % PRIME
+        for i in range(m - threshold)
+    ]
+    denominators = []
     for i, xi in enumerate(xs):
         denominator = 1
         for j, xj in enumerate(xs):
             if i != j:
                 denominator = denominator * (xi - xj) % PRIME
-        word.append(pow(denominator, -1, PRIME) * _evaluate(g, xi) % PRIME)
-    return tuple(word)
+        denominators.append(denominator)
+    inverses = _batch_inverse(denominators)
+    return tuple(v * _evaluate(g, xi) % PRIME for v, xi in zip(inverses, xs, strict=True))
 
 
 _SALT = os.urandom(32)  # per process; the check's randomness never leaves it

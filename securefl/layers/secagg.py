@@ -782,8 +782,6 @@ class _Party(SumParty):
             if self.identities is not None:
                 statement = _advertised(self.ctx, peer, self.graph_seed, keys)
                 self.identities.verify(peer, blob[_KEYS:], statement)
-            _require_valid_key(_channel_public(keys), f"{peer}'s channel")
-            _require_valid_key(_mask_public(keys), f"{peer}'s mask")
             self.peers[peer] = keys
         if len(peers) < self.t:
             raise ProtocolError(f"only {len(peers)} neighbours advertised keys; {self.t} are needed to share")
