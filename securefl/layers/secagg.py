@@ -446,7 +446,7 @@ class _Aggregator(SumAggregator):
         self.graph = self.layer.neighbours(ctx.parties, self.graph_seed)
         self.t = self.layer.shares_needed(self.layer.degree(len(ctx.parties)))
         self.s = self.layer.signatures_needed(len(ctx.parties)) if self.identities else 0
-        self.keys: dict[str, bytes] = {}  # party -> c_pk ‖ s_pk
+        self.keys: dict[str, bytes] = {}  # party -> c_pk ‖ s_pk ‖ seed commitment ‖ key commitment
         self.signatures: dict[str, bytes] = {}
         self.sealed: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> sealed share (‖ signature)
         self.total = np.zeros(ctx.vector_size, dtype=self.layer.dtype)
@@ -655,8 +655,9 @@ class _Aggregator(SumAggregator):
         it matches the owner's advertised commitment; senders of wrong shares are culprits."""
         unopened = sorted(self.accusations.get(owner, {}))
         if len(shares) < self.t and unopened:
+            # Passive mode cannot tell whether the sender or the accusers lie: name both sides.
             raise RoundFailed(
-                f"{self.layer.name}: {owner}'s sealed shares could not be opened by {', '.join(unopened)}, "
+                f"{self.layer.name}: {', '.join(unopened)} said they could not open {owner}'s sealed share, "
                 f"leaving {len(shares)} shares of {what} where {self.t} are needed; round aborted, nothing "
                 "is revealed"
             )
@@ -916,25 +917,20 @@ class _Party(SumParty):
             isinstance(d, list) and len(d) == 2 and all(isinstance(v, str) for v in d) for d in disputes
         ):
             raise WireError("disputes must be a list of [accuser, digest] pairs")
-        accusers = _ids([d[0] for d in disputes], "accusers", self.sent)
-        width = signing.SIGNATURE_BYTES if self.identities is not None else 0
-        sigs = _chunks(signatures, width, len(accusers), "accusations")
+        _ids([d[0] for d in disputes], "accusers", self.sent)  # known recipients, none twice
+        sigs = _chunks(signatures, signing.SIGNATURE_BYTES, len(disputes), "accusations")
         disputed, keys = [], []
         for (accuser, digest_hex), signature in zip(disputes, sigs, strict=True):
             one_time, sealed = self.sent[accuser]
             digest = hashlib.sha256(sealed).digest()
-            if digest.hex() != digest_hex:
+            if not hmac.compare_digest(digest.hex(), digest_hex):
                 continue  # not the ciphertext this party sent
-            if self.identities is not None:
-                try:
-                    self.identities.verify(
-                        accuser, signature, _accusation(self.ctx, accuser, self.me, digest)
-                    )
-                except ProtocolError:
-                    continue
+            try:
+                self.identities.verify(accuser, signature, _accusation(self.ctx, accuser, self.me, digest))
+            except ProtocolError:
+                continue
             disputed.append(accuser)
             keys.append(one_time)
-        del accusers
         return disputed, keys
 
     def _check_survivors(self, value: object) -> list[str]:
