@@ -16,11 +16,20 @@ Bounds enforced here (design invariant 3):
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import hmac
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import tenseal as ts
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from tenseal import sealapi
 
 from securefl.errors import ConfigError, ProtocolError, WireError
 
@@ -120,6 +129,7 @@ def serialize(context: ts.Context, secret: bool) -> bytes:
 
 def load_context(blob: bytes, params: CkksParams, secret: bool) -> ts.Context:
     """A context from bytes, checked: it must (or, for the aggregator, must not) hold a secret key."""
+    check_context_bytes(blob, params)  # bounded expansion, before TenSEAL parses it
     try:
         context = ts.context_from(blob)
     except Exception as exc:
@@ -184,6 +194,7 @@ def load_ciphertext(
     Any of those would either fail when added to honest ciphertexts — so the first contributor
     would decide what everyone else must match — or decrypt to garbage.
     """
+    check_chunk_bytes(blob, params)  # one ciphertext of bounded expansion, before TenSEAL parses it
     try:
         vector = ts.ckks_vector_from(context, blob)
         size = vector.size()
@@ -253,3 +264,342 @@ def decrypt(context: ts.Context, blobs: list[bytes], length: int, params: CkksPa
         return np.concatenate([np.asarray(v.decrypt(), dtype=np.float64) for v in vectors])
     except Exception as exc:
         raise ProtocolError(f"the CKKS sum does not decrypt ({type(exc).__name__})") from None
+
+
+# --- the wire form of a chunk, checked before TenSEAL sees it (decompression bombs) ----------------
+#
+# A TenSEAL CKKSVector serializes as a protobuf: field 1 the sizes (packed varints), field 2 one
+# entry per SEAL ciphertext, field 3 the scale (double). Each SEAL object starts with a 16-byte
+# header (magic 0xA15E, header size, version, compression mode, total size) followed by its
+# members, zstd-compressed by default. A ciphertext of zeros compresses ~4000-fold, and TenSEAL
+# loads every entry before anyone can count them: 130 KB of protobuf made the aggregator allocate
+# ~1 GB. So the bytes are parsed here first: exactly one entry, a SEAL header of our version and a
+# declared size equal to the bytes, and for zstd a single frame whose declared content size is
+# exactly that of one fresh ciphertext at the agreed parameters and whose blocks cannot expand
+# beyond about twice that. Only then is TenSEAL called.
+
+_SEAL_MAGIC = 0xA15E
+_SEAL_HEADER = 16
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_BLOCK_MAX = 128 * 1024
+_COMPR_NONE, _COMPR_ZSTD = 0, 2
+_MAX_FIELDS = 64
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise WireError("truncated or overlong protobuf varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
+    """Top-level protobuf fields (number, wire type, value); raise WireError if malformed."""
+    out, pos = [], 0
+    while pos < len(data):
+        if len(out) >= _MAX_FIELDS:
+            raise WireError("too many protobuf fields")
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 1:
+            if pos + 8 > len(data):
+                raise WireError("truncated protobuf field")
+            value, pos = data[pos : pos + 8], pos + 8
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise WireError("truncated protobuf field")
+            value, pos = data[pos : pos + length], pos + length
+        elif wire == 5:
+            if pos + 4 > len(data):
+                raise WireError("truncated protobuf field")
+            value, pos = data[pos : pos + 4], pos + 4
+        else:
+            raise WireError(f"unsupported protobuf wire type {wire}")
+        out.append((number, wire, value))
+    return out
+
+
+def split_vector(blob: bytes) -> tuple[int, bytes, float]:
+    """A serialized CKKSVector's (size, the one SEAL ciphertext, scale), refusing anything else: a
+    second ciphertext entry, unknown or repeated fields, several sizes."""
+    fields = _fields(blob)
+    numbers = [n for n, _w, _v in fields]
+    if sorted(numbers) != [1, 2, 3]:
+        raise WireError(
+            "a CKKS chunk must be one TenSEAL vector holding exactly one ciphertext (fields 1, 2, 3 once "
+            f"each), got fields {sorted(numbers)[:10]}"
+        )
+    by = {n: (w, v) for n, w, v in fields}
+    (w1, sizes), (w2, cipher), (w3, scale) = by[1], by[2], by[3]
+    if w1 != 2 or w2 != 2 or w3 != 1:
+        raise WireError("a CKKS chunk's fields have the wrong types")
+    size, end = _varint(sizes, 0)
+    if end != len(sizes):
+        raise WireError("a CKKS chunk must hold exactly one size")
+    return size, cipher, float(np.frombuffer(scale, dtype="<f8")[0])
+
+
+def join_vector(size: int, cipher: bytes, scale: float) -> bytes:
+    """The inverse of :func:`split_vector`."""
+    sizes = _encode_varint(size)
+    return (
+        b"\x0a"
+        + _encode_varint(len(sizes))
+        + sizes
+        + b"\x12"
+        + _encode_varint(len(cipher))
+        + cipher
+        + b"\x19"
+        + np.float64(scale).astype("<f8").tobytes()
+    )
+
+
+def ciphertext_plain_bytes(params: CkksParams) -> int:
+    """Uncompressed size of one fresh ciphertext at the data level: parms_id (32), NTT flag (1),
+    size, N, RNS count, scale, correction factor (8 each), the coefficient array's own SEAL header
+    (16) and count (8), then 2 polynomials × N × data primes × 8 bytes."""
+    data_primes = max(1, len(params.coeff_mod_bit_sizes) - 1)
+    return 97 + 8 * 2 * params.poly_modulus_degree * data_primes
+
+
+def check_seal_object(data: bytes, expected: int | None, limit: int) -> int:
+    """Check a serialized SEAL object before SEAL loads it; return the bytes it can expand to.
+
+    Refused (WireError): a header that is not SEAL's (magic, 16-byte header, major version 4), a
+    declared size other than the bytes given, compression other than none or zstd; for zstd, not
+    exactly one frame, no declared content size, a dictionary, a content size other than
+    ``expected`` (when given) or above ``limit``, or blocks that could expand beyond it (raw and
+    RLE blocks declare their size; a compressed block holds at most 128 KiB)."""
+    if len(data) < _SEAL_HEADER:
+        raise WireError("a SEAL object is shorter than its header")
+    magic, header_size, major, _minor, compression, _reserved, size = struct.unpack(
+        "<HBBBBHQ", data[:_SEAL_HEADER]
+    )
+    if magic != _SEAL_MAGIC or header_size != _SEAL_HEADER or major != 4:
+        raise WireError("not a SEAL 4 object (bad magic, header size or version)")
+    if size != len(data):
+        raise WireError(f"a SEAL object declares {size} bytes but {len(data)} were sent")
+    if compression == _COMPR_NONE:
+        plain = len(data) - _SEAL_HEADER
+        if (expected is not None and plain != expected) or plain > limit:
+            raise WireError(f"an uncompressed SEAL object of {plain} bytes is not the expected size")
+        return plain
+    if compression != _COMPR_ZSTD:
+        raise WireError("a SEAL object must be uncompressed or zstd-compressed")
+    return _check_zstd(data[_SEAL_HEADER:], expected, limit)
+
+
+def _check_zstd(frame: bytes, expected: int | None, limit: int) -> int:
+    if len(frame) < 6 or int.from_bytes(frame[:4], "little") != _ZSTD_MAGIC:
+        raise WireError("a compressed SEAL object is not one zstd frame")
+    descriptor = frame[4]
+    single, checksum, dictionary = (descriptor >> 5) & 1, (descriptor >> 2) & 1, descriptor & 3
+    if descriptor & 0x08 or dictionary:
+        raise WireError("a zstd frame with a dictionary or reserved flags is refused")
+    pos = 5 + (0 if single else 1)
+    fcs_len = {0: 1 if single else 0, 1: 2, 2: 4, 3: 8}[descriptor >> 6]
+    if fcs_len == 0 or pos + fcs_len > len(frame):
+        raise WireError("a zstd frame must declare its content size")
+    content = int.from_bytes(frame[pos : pos + fcs_len], "little") + (256 if fcs_len == 2 else 0)
+    pos += fcs_len
+    if (expected is not None and content != expected) or content > limit:
+        raise WireError(
+            f"a compressed SEAL object declares {content} bytes of content, expected "
+            f"{expected if expected is not None else f'at most {limit}'}"
+        )
+    declared, compressed_blocks = 0, 0
+    while True:
+        if pos + 3 > len(frame):
+            raise WireError("a zstd frame is truncated")
+        header = int.from_bytes(frame[pos : pos + 3], "little")
+        pos += 3
+        last, kind, block = header & 1, (header >> 1) & 3, header >> 3
+        if kind == 3 or block > _ZSTD_BLOCK_MAX:
+            raise WireError("a zstd block is reserved or oversized")
+        if kind == 0:
+            declared, pos = declared + block, pos + block
+        elif kind == 1:
+            declared, pos = declared + block, pos + 1
+        else:
+            compressed_blocks, pos = compressed_blocks + 1, pos + block
+        if declared > content or compressed_blocks > content // _ZSTD_BLOCK_MAX + 1:
+            raise WireError("a zstd frame's blocks expand beyond its declared content size")
+        if last:
+            break
+    if pos + 4 * checksum != len(frame):
+        raise WireError("bytes after the zstd frame (a second frame or trailing data)")
+    return declared + compressed_blocks * _ZSTD_BLOCK_MAX
+
+
+def check_chunk_bytes(blob: bytes, params: CkksParams) -> None:
+    """Everything checkable about a chunk's bytes before TenSEAL parses them (see above)."""
+    _size, cipher, _scale = split_vector(blob)
+    expected = ciphertext_plain_bytes(params)
+    check_seal_object(cipher, expected, expected)
+
+
+def check_context_bytes(blob: bytes, params: CkksParams) -> None:
+    """Bound what a serialized TenSEAL context can expand to before TenSEAL loads it: every SEAL
+    object inside (found by walking the protobuf) passes :func:`check_seal_object`, each at most
+    four key-level polynomials, all together at most eight."""
+    poly = 8 * params.poly_modulus_degree * len(params.coeff_mod_bit_sizes)
+    total = 0
+    for obj in _seal_objects(blob, 0):
+        total += check_seal_object(obj, None, 4 * poly + 4096)
+        if total > 8 * poly + 65536:
+            raise WireError("a CKKS context expands beyond what its keys need (Galois or other keys?)")
+
+
+def _seal_objects(blob: bytes, depth: int) -> list[bytes]:
+    if depth > 4:
+        raise WireError("a CKKS context nests too deeply")
+    if len(blob) >= 2 and int.from_bytes(blob[:2], "little") == _SEAL_MAGIC:
+        return [blob]
+    try:
+        fields = _fields(blob)
+    except WireError:
+        return []  # opaque bytes (a string): TenSEAL reads no SEAL object from it
+    found = []
+    for _number, wire, value in fields:
+        if wire == 2 and value:
+            found += _seal_objects(value, depth + 1)
+    return found
+
+
+# --- contribution pads (shared_key.pad_seed): uniform in Z_q^N, added in the NTT domain -------------
+#
+# TenSEAL's Python API exposes no coefficients, so a pad is added with SEAL itself (tenseal.sealapi):
+# the chunk's SEAL ciphertext and an uncompressed SEAL plaintext holding the pad are loaded from a
+# private temporary file (SEAL loads and saves only through paths here), added or subtracted
+# (add_plain: c0 += pad mod each prime, NTT form), and saved back.
+
+
+class _SealBridge:
+    """A sealapi context equal to a TenSEAL context's (same primes, hence same parms_id)."""
+
+    def __init__(self, context: ts.Context) -> None:
+        data = context.seal_context().data
+        key_level = data.key_context_data().parms()
+        self.n = key_level.poly_modulus_degree()
+        key_primes = [m.value() for m in key_level.coeff_modulus()]
+        self.primes = [m.value() for m in data.first_context_data().parms().coeff_modulus()]
+        parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(self.n)
+        parms.set_coeff_modulus([sealapi.Modulus(q) for q in key_primes])
+        self.context = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.NONE)
+        self.evaluator = sealapi.Evaluator(self.context)
+
+
+_BRIDGES: dict[tuple, _SealBridge] = {}
+_TMP: list[str] = []
+
+
+def _bridge(context: ts.Context) -> _SealBridge:
+    data = context.seal_context().data
+    key = tuple(data.key_parms_id()) + tuple(data.first_parms_id())
+    if key not in _BRIDGES:
+        _BRIDGES[key] = _SealBridge(context)
+    return _BRIDGES[key]
+
+
+def _tmpdir() -> str:
+    if not _TMP:
+        _TMP.append(tempfile.mkdtemp(prefix="securefl-ckks-"))  # mode 0700, removed at exit
+        atexit.register(shutil.rmtree, _TMP[0], True)
+    return _TMP[0]
+
+
+def data_primes(context: ts.Context) -> list[int]:
+    """The primes of a context's data level (where fresh ciphertexts live)."""
+    return list(_bridge(context).primes)
+
+
+def pad_words(seed: bytes, index: int, primes: Sequence[int], n: int) -> np.ndarray:
+    """Chunk ``index``'s pad: for each data-level prime q, n words uniform in [0, q) (rejection
+    sampling of AES-256-CTR output masked to bitlen(q) bits, under a per-chunk seed)."""
+    chunk_seed = hmac.new(seed, b"securefl/ckks/pad" + struct.pack(">I", index), hashlib.sha256).digest()
+    stream = Cipher(algorithms.AES(chunk_seed), modes.CTR(bytes(16))).encryptor()
+    rows = []
+    for q in primes:
+        mask = np.uint64((1 << int(q).bit_length()) - 1)
+        row = np.empty(0, dtype=np.uint64)
+        while row.size < n:
+            words = np.frombuffer(stream.update(bytes(16 * n)), dtype="<u8") & mask
+            row = np.concatenate([row, words[words < np.uint64(q)]])
+        rows.append(row[:n])
+    return np.stack(rows)
+
+
+def pad_sum(pads: list[np.ndarray], primes: Sequence[int]) -> np.ndarray:
+    """The sum of pads, mod each prime."""
+    moduli = np.asarray(primes, dtype=np.uint64)[:, None]
+    total = np.zeros_like(pads[0])
+    for pad in pads:
+        total = (total + pad) % moduli
+    return total
+
+
+def add_pad(context: ts.Context, blob: bytes, pad: np.ndarray, subtract: bool = False) -> bytes:
+    """``blob`` (a checked chunk) with ``pad`` (one row per data-level prime) added to, or
+    subtracted from, its plaintext, mod each prime."""
+    bridge = _bridge(context)
+    size, cipher, scale = split_vector(blob)
+    fd, path = tempfile.mkstemp(dir=_tmpdir())
+    os.close(fd)
+    try:
+        with open(path, "wb") as f:
+            f.write(cipher)
+        ct = sealapi.Ciphertext(bridge.context)
+        ct.load(bridge.context, path)
+        if pad.shape != (len(bridge.primes), bridge.n) or ct.coeff_modulus_size() != len(bridge.primes):
+            raise ProtocolError("a contribution pad does not fit the ciphertext's parameters")
+        with open(path, "wb") as f:
+            f.write(_plaintext_bytes(cipher, ct.parms_id(), ct.scale, pad))
+        plain = sealapi.Plaintext()
+        plain.load(bridge.context, path)
+        if subtract:
+            bridge.evaluator.sub_plain_inplace(ct, plain)
+        else:
+            bridge.evaluator.add_plain_inplace(ct, plain)
+        ct.save(path)
+        with open(path, "rb") as f:
+            out = f.read()
+    except (RuntimeError, ValueError) as exc:
+        raise WireError(f"corrupted CKKS ciphertext ({type(exc).__name__})") from None
+    finally:
+        os.unlink(path)
+    return join_vector(size, out, scale)
+
+
+def _plaintext_bytes(like: bytes, parms_id: Sequence[int], scale: float, pad: np.ndarray) -> bytes:
+    """An uncompressed SEAL Plaintext (NTT form: parms_id set) holding ``pad``, with the version
+    bytes of ``like`` (a SEAL object this build wrote)."""
+
+    def header(size: int) -> bytes:
+        return struct.pack("<HB", _SEAL_MAGIC, _SEAL_HEADER) + like[3:5] + struct.pack("<BHQ", 0, 0, size)
+
+    data = np.ascontiguousarray(pad, dtype="<u8").tobytes()
+    array = struct.pack("<Q", pad.size) + data
+    array = header(_SEAL_HEADER + len(array)) + array
+    body = struct.pack("<4Q", *parms_id) + struct.pack("<Q", pad.size) + struct.pack("<d", scale) + array
+    return header(_SEAL_HEADER + len(body)) + body

@@ -24,7 +24,7 @@ from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.layers.base import ImpossibleSum, RoundContext, StackContext, Transform
 from securefl.layers.bounds import CoordinateBounds, coordinate_bounds
-from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum
+from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum, pad_seed
 from securefl.wire import decode_record, encode_record
 
 _MODEL_KEY_BYTES = 32
@@ -95,23 +95,47 @@ class CkksScheme(Scheme):
     def max_encrypt_bytes(self, ctx: RoundContext) -> int:
         return self.params.ciphertexts_for(ctx.vector_size + 1) * self.params.max_ciphertext_bytes() + 65536
 
-    def encrypt(self, material: CkksKeys, vector: np.ndarray, ctx: RoundContext) -> bytes:
+    def pads(self, material: CkksKeys, ctx: RoundContext, party: str, chunks: int) -> list[np.ndarray]:
+        """``party``'s contribution pads for this round: per chunk, N words uniform mod each prime of
+        the data level (added in the NTT domain, so the padded plaintext is uniform mod q)."""
+        seed = pad_seed(material.model_key, ctx, party)
+        primes = ckks.data_primes(material.context)
+        return [ckks.pad_words(seed, j, primes, self.params.poly_modulus_degree) for j in range(chunks)]
+
+    def encrypt(self, material: CkksKeys, vector: np.ndarray, ctx: RoundContext, party: str) -> bytes:
         vector = np.asarray(vector, dtype=np.float64)
         if vector.shape != (ctx.vector_size,):
             raise ProtocolError(f"expected a vector of {ctx.vector_size} values, got shape {vector.shape}")
         self.bounds.check(vector)  # a value out of bounds could overflow the sum: refused
-        return _pack_blobs(b"CENr", ckks.encrypt(material.context, np.append(vector, 1.0), self.params))
+        blobs = ckks.encrypt(material.context, np.append(vector, 1.0), self.params)
+        pads = self.pads(material, ctx, party, len(blobs))
+        padded = [ckks.add_pad(material.context, b, pad) for b, pad in zip(blobs, pads, strict=True)]
+        return _pack_blobs(b"CENr", padded)
 
     def combiner(self, public: ts.Context, ctx: RoundContext) -> Combiner:
         return _CkksCombiner(ckks.CiphertextSum(public, self.params, ctx.vector_size + 1), self.params)
 
     def decrypt(
-        self, material: CkksKeys, combined: bytes, contributors: int, ctx: RoundContext
+        self, material: CkksKeys, combined: bytes, contributors: tuple[str, ...], ctx: RoundContext
     ) -> np.ndarray:
         count = self.params.ciphertexts_for(ctx.vector_size + 1)
         blobs = _unpack_blobs(b"CSUM", combined, count, self.params.max_ciphertext_bytes())
+        for blob in blobs:
+            ckks.check_chunk_bytes(blob, self.params)  # before SEAL or TenSEAL parses it
+        # Remove the pads of exactly the named contributors: any other combination of ciphertexts
+        # (one party's passed off as several, a party missing or scaled by any ring element, a chunk
+        # moved to another index or round) keeps a uniform pad term mod q and decrypts to noise,
+        # which the counter and bound checks refuse.
+        primes = ckks.data_primes(material.context)
+        padding = [self.pads(material, ctx, p, count) for p in contributors]
+        blobs = [
+            ckks.add_pad(
+                material.context, blob, ckks.pad_sum([pads[j] for pads in padding], primes), subtract=True
+            )
+            for j, blob in enumerate(blobs)
+        ]
         total = ckks.decrypt(material.context, blobs, ctx.vector_size + 1, self.params)
-        self.check_sum(total[:-1], total[-1], contributors)
+        self.check_sum(total[:-1], total[-1], len(contributors))
         return total[:-1]
 
     def check_sum(self, total: np.ndarray, counter: float, contributors: int) -> None:

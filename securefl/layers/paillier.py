@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from securefl.crypto import paillier
+from securefl.crypto import paillier, prg
 from securefl.crypto.keyfiles import write_private
 from securefl.crypto.packing import Packing
 from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.layers.base import ImpossibleSum, RoundContext, StackContext, Transform
 from securefl.layers.quantize import Quantize
-from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum
+from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum, pad_seed
 from securefl.wire import decode_record, encode_record
 
 KEY_FILE_KIND = "securefl-paillier-keys"
@@ -275,7 +275,16 @@ class PaillierScheme(Scheme):
     def max_encrypt_bytes(self, ctx: RoundContext) -> int:
         return self._count(ctx) * (2 * self.key_bits + 7) // 8 + 4096
 
-    def encrypt(self, material: KeyMaterial, vector: np.ndarray, ctx: RoundContext) -> bytes:
+    @staticmethod
+    def pads(material: KeyMaterial, ctx: RoundContext, party: str, count: int) -> list[int]:
+        """``party``'s contribution pads for this round, one per ciphertext index: uniform in Z_n
+        (|n| + 128 bits of AES-256-CTR keystream reduced mod n: statistical distance < 2^-128)."""
+        n = material.public.n
+        width = (material.public.bits + 128 + 7) // 8
+        stream = prg.expand(pad_seed(material.model_key, ctx, party), count * width, np.uint8).tobytes()
+        return [int.from_bytes(stream[i * width : (i + 1) * width], "big") % n for i in range(count)]
+
+    def encrypt(self, material: KeyMaterial, vector: np.ndarray, ctx: RoundContext, party: str) -> bytes:
         signed = np.asarray(vector, dtype=np.uint64).view(np.int64)  # two's complement → signed
         if signed.shape != (ctx.vector_size,):
             raise ProtocolError(f"expected a vector of {ctx.vector_size} values, got shape {signed.shape}")
@@ -283,6 +292,13 @@ class PaillierScheme(Scheme):
         # number of contributions in the sum — the decryptor checks the count the aggregator claims.
         signed = np.append(signed, np.int64(1))
         plaintexts = self.packing(material.public.plaintext_bits).pack(signed)
+        # The contribution pads: each plaintext j becomes m_j + r_j mod n. Only the sum of exactly
+        # the named contributors' ciphertexts j unpads to a packed sum (shared_key.pad_seed).
+        n = material.public.n
+        plaintexts = [
+            (m + r) % n
+            for m, r in zip(plaintexts, self.pads(material, ctx, party, len(plaintexts)), strict=True)
+        ]
         mode = "crt" if self.encryption == "crt" and material.private is not None else "public"
         batches = _split(plaintexts, 4 * self.workers)
         data = b"".join(self._run(material, mode, _encrypt_chunk, batches, len(plaintexts)))
@@ -292,7 +308,7 @@ class PaillierScheme(Scheme):
         return _Product(public, self._count(ctx))
 
     def decrypt(
-        self, material: KeyMaterial, combined: bytes, contributors: int, ctx: RoundContext
+        self, material: KeyMaterial, combined: bytes, contributors: tuple[str, ...], ctx: RoundContext
     ) -> np.ndarray:
         if material.private is None:
             raise ProtocolError("asked to decrypt without holding the private key")
@@ -309,19 +325,27 @@ class PaillierScheme(Scheme):
         plaintexts = [
             m for part in self._run(material, "decrypt", _decrypt_chunk, batches, count) for m in part
         ]
-        # unpack refuses a slot beyond `contributors` honest contributions (the packing bound).
+        # Remove the pads of exactly the named contributors. Any other combination of ciphertexts
+        # (one party's passed off as several, a party missing, scaled, or moved to another index or
+        # round) keeps a uniform pad term mod n: the result is noise that the packing refuses.
+        n, padding = material.public.n, [0] * count
+        for party in contributors:
+            padding = [a + b for a, b in zip(padding, self.pads(material, ctx, party, count), strict=True)]
+        plaintexts = [(m - r) % n for m, r in zip(plaintexts, padding, strict=True)]
+        number = len(contributors)
+        # unpack refuses a slot beyond `number` honest contributions (the packing bound).
         try:
             total = self.packing(material.public.plaintext_bits).unpack(
-                plaintexts, ctx.vector_size + 1, contributors
+                plaintexts, ctx.vector_size + 1, number
             )
         except ProtocolError as exc:
             raise ImpossibleSum(
                 f"the decrypted Paillier sum cannot come from honest parties: {exc}"
             ) from None
-        if int(total[-1]) != contributors:
+        if int(total[-1]) != number:
             # A wrong count shifts every slot by a multiple of the offset; the counter slot shows it.
             raise ImpossibleSum(
-                f"the Paillier sum cannot come from {contributors} honest parties: its counter slot (1 per "
+                f"the Paillier sum cannot come from {number} honest parties: its counter slot (1 per "
                 "party) disagrees — a wrong count, or a tampered or foreign ciphertext"
             )
         return total[:-1].view(np.uint64)

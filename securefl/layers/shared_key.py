@@ -9,11 +9,16 @@ arithmetic. Phases of a round (the key phases only while an invited party lacks 
                  generates the keys) seals the key material to each requester (AES-256-GCM under
                  X25519 + HKDF) and publishes the scheme's public part for the aggregator;
 ``key_install``  requesters open their sealed keys;
-``encrypt``      parties send ciphertexts (vector + a counter slot of 1); the aggregator checks each
-                 payload whole, then combines it;
-``decrypt``      two key holders (the decryptor and a verifier) each decrypt the combined sum, check
-                 it (count, counter, bounds), fuse, and seal the next global model deterministically
-                 under the model key every party holds; the aggregator keeps it only if both agree.
+``encrypt``      parties send ciphertexts (vector + a counter slot of 1), each plaintext padded with a
+                 pseudorandom **contribution pad** only key holders can compute; the aggregator
+                 checks each payload whole, then combines it;
+``decrypt``      two key holders (the decryptor and a verifier) each decrypt the combined sum, remove
+                 the pads of the contributors the request names (so only the sum of exactly those
+                 parties' ciphertexts unpads to anything but noise), check it (count, counter,
+                 bounds), fuse, and seal the next global model deterministically under the model key
+                 every party holds; the aggregator keeps it only if both agree;
+``arbitrate``    only when they disagree (or one is silent): a third key holder decrypts the same sum
+                 and the one it contradicts is named and never given a role again.
 
 The aggregator only ever holds the scheme's public part, ciphertexts and the sealed model. What
 each side checks against an active aggregator and one malicious party: ``protocols/paillier.md``.
@@ -40,6 +45,7 @@ from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, WireError
 from securefl.layers.base import (
     Fuser,
+    ImpossibleSum,
     Provider,
     RoundContext,
     SealedModel,
@@ -50,15 +56,18 @@ from securefl.layers.base import (
 from securefl.randomness import SecureRandom
 from securefl.wire import MAX_ROUND, decode_record, encode_record
 
-KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT = (
+KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT, ARBITRATE = (
     "key_offer",
     "key_grant",
     "key_install",
     "encrypt",
     "decrypt",
+    "arbitrate",
 )
 _MAX_KEY_REPLY = 64 << 20
 _ABSTAIN = b"SKAb"  # an encrypt reply from a party without keys: it sits the round out
+_MAX_COMPLAINTS = 2  # a requester that refused keys this often is no longer invited to key phases
+_CHECK_KEY = bytes(range(1, 33))  # a public X25519 private key: checking a peer key needs no secret
 
 
 class Combiner(ABC):
@@ -107,15 +116,19 @@ class Scheme(ABC):
         """Identifies a key set from public values."""
 
     @abstractmethod
-    def encrypt(self, material: Any, vector: np.ndarray, ctx: RoundContext) -> bytes:
-        """A party's ciphertexts for its protected vector."""
+    def encrypt(self, material: Any, vector: np.ndarray, ctx: RoundContext, party: str) -> bytes:
+        """``party``'s ciphertexts for its protected vector, every plaintext padded with
+        :func:`pad_seed` ``(model key, ctx, party)``'s pads (one per ciphertext index)."""
 
     @abstractmethod
     def combiner(self, public: Any, ctx: RoundContext) -> Combiner: ...
 
     @abstractmethod
-    def decrypt(self, material: Any, combined: bytes, contributors: int, ctx: RoundContext) -> np.ndarray:
-        """The revealed sum of the contributors' vectors (what the fuser decodes)."""
+    def decrypt(
+        self, material: Any, combined: bytes, contributors: tuple[str, ...], ctx: RoundContext
+    ) -> np.ndarray:
+        """The revealed sum of the named contributors' vectors (what the fuser decodes): decrypt,
+        remove the sum of exactly their pads, check; raise ImpossibleSum if it cannot be theirs."""
 
     @abstractmethod
     def max_encrypt_bytes(self, ctx: RoundContext) -> int: ...
@@ -129,6 +142,31 @@ def _ctx(label: str, ctx: RoundContext, *names: str) -> bytes:
         *(n.encode() for n in names),
     ]
     return b"".join(struct.pack(">H", len(f)) + f for f in fields)
+
+
+def pad_seed(model_key: bytes, ctx: RoundContext, party: str) -> bytes:
+    """The 32-byte AES-256-CTR seed of ``party``'s contribution pads in this round.
+
+    HMAC-SHA256 under a key derived from the model key (never the sealing key itself), over
+    ctx("contribution-pad", session, party, round): a PRF only key holders can evaluate. Each
+    scheme expands it into one pad per ciphertext index, uniform in the plaintext space (Z_n for
+    Paillier, Z_q^N in NTT form for CKKS), and adds it to that plaintext. The decryptor subtracts
+    the pads of exactly the contributors the request names: a sum in which a named party's
+    ciphertext of index j is missing, repeated, scaled, shifted to another index or another round,
+    or an unnamed party's is present, keeps a uniformly random pad term and unpads to noise, which
+    the bound checks refuse (see protocols/paillier.md, "Contribution pads")."""
+    pad_key = hmac.new(model_key, b"securefl/shared-key/pad-key", hashlib.sha256).digest()
+    return hmac.new(pad_key, _ctx("contribution-pad", ctx, party, str(ctx.round)), hashlib.sha256).digest()
+
+
+def _x25519_usable(public: bytes) -> bool:
+    """A peer X25519 key gives a non-zero shared secret (not a low-order point): agreement with a
+    fixed public private key fails exactly for low-order points, whatever the private key."""
+    try:
+        channel.agree(_CHECK_KEY, public, b"securefl/shared-key/key-check")
+    except ProtocolError:
+        return False
+    return True
 
 
 def _model_aad(scheme: str, session: str, round: int) -> bytes:
@@ -166,7 +204,9 @@ class SharedKeySum(SecureSum):
 
     def aggregator(self) -> SumAggregator:
         # The aggregator gets the public part only: never the secret key, nor the model key.
-        return _Aggregator(self.scheme, self._public)
+        return _Aggregator(
+            self.scheme, self._public, self.identities.public_only() if self.identities else None
+        )
 
     def party(self, party_id: str) -> SumParty:
         if self._public is not None and self._preloaded is None:
@@ -188,29 +228,46 @@ class _Aggregator(SumAggregator):
     it is combined — a bad payload drops its sender and leaves the running sum untouched; the
     scheme checks ciphertexts against the agreed parameters (never against another payload); a
     party whose failure can only be found later (a granter whose keys open for no requester, a
-    decryptor whose sealed model is malformed) is named in the round's report.
+    decryptor whose sealed model the verifier and an arbiter contradict) is named in the round's
+    report and never given a role again.
+
+    Key-holder bookkeeping (which parties hold the keys) comes only from what this aggregator saw:
+    the generator, requesters that said they installed their keys, and parties offering the
+    federation's fingerprint (learned from a known holder). A claim to hold keys before any key
+    exists is a lie, and its sender is named.
     """
 
-    def __init__(self, scheme: Scheme, public_bytes: bytes | None) -> None:
+    def __init__(
+        self, scheme: Scheme, public_bytes: bytes | None, identities: Identities | None = None
+    ) -> None:
         self.scheme = scheme
         self.public_bytes = public_bytes
         self.public = scheme.public_from_bytes(public_bytes) if public_bytes is not None else None
+        self.identities = identities  # public identity keys only (signed mode)
         self.keys_preloaded = public_bytes is not None  # every party was given the keys out of band
         self.holders: set[str] = set()  # parties known to hold the keys
-        # Parties caught misbehaving as granter or decryptor: never given either role again.
+        self.fingerprint: str | None = None  # the federation's, as a known holder offered it
+        # Parties caught misbehaving as granter, decryptor, verifier or arbiter: never given a role.
         self.distrusted: set[str] = set()
+        # Requester -> granters whose keys it refused; after _MAX_COMPLAINTS refusals it is no
+        # longer invited to key phases (it sits rounds out without keys).
+        self.complaints: dict[str, list[str]] = {}
+        self.excluded: set[str] = set()  # requesters no longer invited to key phases
         self._receivers = {
             KEY_OFFER: self._receive_key_offer,
             KEY_GRANT: self._receive_key_grant,
             KEY_INSTALL: self._receive_key_install,
             ENCRYPT: self._receive_encrypt,
             DECRYPT: self._receive_decrypt,
+            ARBITRATE: self._receive_decrypt,
         }
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
-        if not self.keys_preloaded and not set(ctx.parties) <= self.holders:
-            return (KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT)
-        return (ENCRYPT, DECRYPT)
+        tail = (ENCRYPT, DECRYPT, ARBITRATE) if len(ctx.parties) >= 3 else (ENCRYPT, DECRYPT)
+        waiting = set(ctx.parties) - self.holders - self.excluded
+        if not self.keys_preloaded and waiting:
+            return (KEY_OFFER, KEY_GRANT, KEY_INSTALL, *tail)
+        return tail
 
     def start_round(self, ctx: RoundContext) -> None:
         self.ctx = ctx
@@ -218,7 +275,9 @@ class _Aggregator(SumAggregator):
         self.offer_signatures: dict[str, bytes] = {}
         self.grant_signature = b""
         self.offered_holders: list[str] = []
+        self.offered: dict[str, str] = {}  # party -> fingerprint it offered
         self.granter: str | None = None
+        self.generate = False
         self.grants: dict[str, bytes] = {}
         self.granter_channel = b""
         self.install_failures: dict[str, str] = {}
@@ -228,15 +287,27 @@ class _Aggregator(SumAggregator):
         self.sealed: bytes | None = None
         self.decryptor: str | None = None
         self.verifier: str | None = None
+        self.arbiter: str | None = None
         self.sealed_by: dict[str, bytes] = {}
+        self.refused_by: dict[str, str] = {}
         self.culprits_: dict[str, str] = {}
+        self._phase_now = ""
+        self._spare: list[str] = []
 
     def max_reply_bytes(self, phase: str) -> int:
         if phase == ENCRYPT:
             return self.scheme.max_encrypt_bytes(self.ctx)
-        if phase == DECRYPT:
-            return self.ctx.vector_size * 8 + 4096
+        if phase in (DECRYPT, ARBITRATE):
+            return self.ctx.vector_size * 8 + 8192
         return _MAX_KEY_REPLY
+
+    def _decrypt_request(self, party: str | None) -> bytes:
+        roles = (self.decryptor, self.verifier) if self._phase_now == DECRYPT else (self.arbiter,)
+        if party is None or party not in roles or self.combined is None:
+            return encode_record(b"SKDq", {"contributors": []}, {"sum": b""})
+        return encode_record(
+            b"SKDq", {"contributors": sorted(self.contributors_)}, {"sum": self.combined.payload()}
+        )
 
     def request(self, phase: str, party: str) -> bytes:
         if phase == KEY_GRANT:
@@ -247,10 +318,9 @@ class _Aggregator(SumAggregator):
             requesters = sorted(self.requesters)
             blob = b"".join(self.requesters[r] for r in requesters)
             signatures = b"".join(self.offer_signatures[r] for r in requesters)
-            generate = not self.offered_holders
             return encode_record(
                 b"SKGq",
-                {"requesters": requesters, "generate": generate},
+                {"requesters": requesters, "generate": self.generate},
                 {"channels": blob, "signatures": signatures},
             )
         if phase == KEY_INSTALL:
@@ -267,12 +337,9 @@ class _Aggregator(SumAggregator):
                     "public": (self.public_bytes or b"") if granted else b"",
                 },
             )
-        if phase == DECRYPT:
-            if party not in (self.decryptor, self.verifier) or self.combined is None:
-                return encode_record(b"SKDq", {"count": 0}, {"sum": b""})
-            return encode_record(
-                b"SKDq", {"count": len(self.contributors_)}, {"sum": self.combined.payload()}
-            )
+        if phase in (DECRYPT, ARBITRATE):
+            self._phase_now = phase
+            return self._decrypt_request(party)
         return b""
 
     def receive(self, phase: str, party: str, payload: bytes) -> None:
@@ -280,10 +347,10 @@ class _Aggregator(SumAggregator):
         if receiver is None:
             raise ProtocolError(f"{self.scheme.name} has no phase {phase!r}")
         try:
-            receiver(party, payload)
+            receiver(party, payload) if phase not in (DECRYPT, ARBITRATE) else receiver(phase, party, payload)
         except Exception:
-            if phase == DECRYPT and party in (self.decryptor, self.verifier):
-                self.distrusted.add(party)  # a malformed sealed model: not asked to decrypt again
+            if phase in (DECRYPT, ARBITRATE) and party in (self.decryptor, self.verifier, self.arbiter):
+                self.distrusted.add(party)  # a malformed sealed model: no role again
             raise
 
     def _receive_key_offer(self, party: str, payload: bytes) -> None:
@@ -291,42 +358,92 @@ class _Aggregator(SumAggregator):
         if header["fingerprint"]:
             if parts["channel"] or parts["signature"]:
                 raise WireError("a key holder's offer carries no channel key and no signature")
+            if self.public is None:
+                # Nobody holds keys yet (this aggregator has seen no public key): provably false.
+                raise ProtocolError(
+                    "claimed to hold the keys before any key existed in this federation (no key was "
+                    "ever granted): a false key-holder claim"
+                )
+            if len(header["fingerprint"]) > 128:
+                raise WireError("a key fingerprint is at most 128 characters")
+            self.offered[party] = header["fingerprint"]
             self.offered_holders.append(party)
-        elif len(parts["channel"]) != channel.KEY_BYTES:
+            return
+        if party in self.excluded:
+            return  # refused keys too often: not invited to key phases (it sits rounds out)
+        if len(parts["channel"]) != channel.KEY_BYTES:
             raise WireError("a key request needs a 32-byte X25519 public key")
-        elif len(parts["signature"]) not in (0, signing.SIGNATURE_BYTES):
+        if len(parts["signature"]) not in (0, signing.SIGNATURE_BYTES):
             raise WireError("a key request's signature must be empty or 64 bytes")
-        else:
-            self.requesters[party] = parts["channel"]
-            self.offer_signatures[party] = parts["signature"]
+        if not _x25519_usable(parts["channel"]):
+            raise ProtocolError(
+                "the key request's X25519 key is a low-order point (it gives an all-zero shared "
+                "secret); send a freshly generated key"
+            )
+        if self.identities is not None:
+            # Checked here to drop impostors early; the granter checks again itself.
+            self.identities.verify(
+                party, parts["signature"], _offer_statement(self.ctx, party, parts["channel"])
+            )
+        self.requesters[party] = parts["channel"]
+        self.offer_signatures[party] = parts["signature"]
 
     def _receive_key_grant(self, party: str, payload: bytes) -> None:
         header, parts = decode_record(
-            payload, b"SKGr", {"granted": list, "sizes": list}, ("channel", "public", "sealed", "signature")
+            payload,
+            b"SKGr",
+            {"granted": list, "sizes": list, "refused": list},
+            ("channel", "public", "sealed", "signature"),
         )
         if party != self.granter:
-            if header["granted"] or header["sizes"] or any(parts.values()):
+            if header["granted"] or header["sizes"] or header["refused"] or any(parts.values()):
                 raise ProtocolError("granted keys without being asked to")
             return
-        granted, sizes = header["granted"], header["sizes"]
-        if any(not isinstance(g, str) for g in granted) or sorted(granted) != sorted(self.requesters):
-            raise ProtocolError("the key holder did not grant keys to exactly the requesting parties")
+        granted, sizes, refused = header["granted"], header["sizes"], header["refused"]
+        if any(not isinstance(g, str) for g in (*granted, *refused)) or sorted(
+            [*granted, *refused]
+        ) != sorted(self.requesters):
+            raise ProtocolError("the key holder did not answer exactly the requesting parties")
+        for requester in refused:
+            # An honest granter skips only a requester whose key it cannot use (low-order point, or
+            # in signed mode a bad signature). This aggregator checks the same on arrival, so a
+            # refused key that passes here is the granter's lie.
+            if self._request_usable(requester):
+                raise ProtocolError(f"the key holder refused {requester}'s usable key request")
         if len(sizes) != len(granted) or any(type(s) is not int or s <= 0 for s in sizes):
             raise WireError("sealed key material sizes are not one positive integer per requester")
         if sum(sizes) != len(parts["sealed"]):
             raise WireError("sealed key material sizes do not add up")
-        if self.public_bytes is not None and parts["public"] != self.public_bytes:
-            raise ProtocolError("the key holder published a different public key than the federation's")
-        if granted and len(parts["channel"]) != channel.KEY_BYTES:
-            raise WireError("the key holder's channel must be a 32-byte X25519 public key")
-        if len(parts["signature"]) not in (0, signing.SIGNATURE_BYTES):
-            raise WireError("the key holder's signature must be empty or 64 bytes")
-        public = self.scheme.public_from_bytes(parts["public"])  # raises before any state changes
-        self.public, self.public_bytes = public, parts["public"]
+        if granted or self.generate:
+            if self.public_bytes is not None and parts["public"] != self.public_bytes:
+                raise ProtocolError("the key holder published a different public key than the federation's")
+            if len(parts["signature"]) not in (0, signing.SIGNATURE_BYTES):
+                raise WireError("the key holder's signature must be empty or 64 bytes")
+            if granted and len(parts["channel"]) != channel.KEY_BYTES:
+                raise WireError("the key holder's channel must be a 32-byte X25519 public key")
+            public = self.scheme.public_from_bytes(parts["public"])  # raises before any state changes
+            self.public, self.public_bytes = public, parts["public"]
+        elif any(parts.values()):
+            raise WireError("a grant to nobody carries no keys")
         self.granter_channel = parts["channel"]
         self.grant_signature = parts["signature"]
         offsets = np.cumsum([0, *sizes])
         self.grants = {g: parts["sealed"][offsets[i] : offsets[i + 1]] for i, g in enumerate(granted)}
+        for requester in refused:
+            self.culprits_[requester] = "its key request could not be used by the key holder"
+
+    def _request_usable(self, requester: str) -> bool:
+        key = self.requesters[requester]
+        if not _x25519_usable(key):
+            return False
+        if self.identities is not None:
+            try:
+                self.identities.verify(
+                    requester, self.offer_signatures[requester], _offer_statement(self.ctx, requester, key)
+                )
+            except ProtocolError:
+                return False
+        return True
 
     def _receive_key_install(self, party: str, payload: bytes) -> None:
         header, _ = decode_record(payload, b"SKIr", {"installed": bool, "problem": str}, ())
@@ -339,6 +456,8 @@ class _Aggregator(SumAggregator):
             header, _ = decode_record(payload, _ABSTAIN, {"reason": str}, ())
             self.abstained[party] = header["reason"][:300]
             return
+        if party in self.install_failures:
+            raise ProtocolError("sent ciphertexts after saying it could not install its keys")
         if self.public is None:
             raise ProtocolError("no public key is known yet; the key phases did not complete")
         if self.combined is None:
@@ -348,18 +467,24 @@ class _Aggregator(SumAggregator):
         self.combined.add(payload)  # combined as they arrive: memory does not grow with parties
         self.contributors_.add(party)
 
-    def _receive_decrypt(self, party: str, payload: bytes) -> None:
-        if party not in (self.decryptor, self.verifier):
-            header, parts = decode_record(payload, b"SKDr", {"sealed": bool}, ())
-            if header["sealed"]:
-                raise ProtocolError("returned a sealed model without being asked to decrypt")
+    def _receive_decrypt(self, phase: str, party: str, payload: bytes) -> None:
+        roles = (self.decryptor, self.verifier) if phase == DECRYPT else (self.arbiter,)
+        header, parts = decode_record(payload, b"SKDr", {"sealed": bool, "refused": str}, ("model",))
+        if party not in roles:
+            if header["sealed"] or header["refused"] or parts["model"]:
+                raise ProtocolError("answered a decryption it was not asked for")
             return
-        header, parts = decode_record(payload, b"SKDr", {"sealed": bool}, ("model",))
         if not header["sealed"]:
-            raise ProtocolError("asked to decrypt, it returned no sealed model")
+            if not header["refused"]:
+                raise ProtocolError("asked to decrypt, it returned neither a sealed model nor a refusal")
+            # It found the sum impossible (its reason names a bound, never a value): judged at close.
+            self.refused_by[party] = header["refused"][:500]
+            return
+        if header["refused"]:
+            raise ProtocolError("a reply cannot both seal a model and refuse the sum")
         # What the aggregator can check without the model key: a sealed-model record for this
         # session and round, long enough to hold a nonce and a tag. (The contents are AEAD-sealed;
-        # a decryptor that seals a wrong model is a key holder, trusted for the model's integrity.)
+        # the verifier, and if needed an arbiter, check them by sealing the same bytes.)
         model, model_parts = decode_record(
             parts["model"], b"SKMD", {"round": int, "session": str}, ("sealed",)
         )
@@ -372,30 +497,40 @@ class _Aggregator(SumAggregator):
             raise WireError("the sealed model is too short to hold a model")
         self.sealed_by[party] = parts["model"]
 
+    def _outcome(self, party: str | None) -> tuple[str, Any]:
+        """What a decrypting role returned: ("sealed", bytes), ("refused", reason) or ("missing", None)."""
+        if party in self.sealed_by:
+            return "sealed", self.sealed_by[party]
+        if party in self.refused_by:
+            return "refused", self.refused_by[party]
+        return "missing", None
+
+    @staticmethod
+    def _same(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
+        if a[0] != b[0] or a[0] == "missing":
+            return False
+        return a[0] == "refused" or hmac.compare_digest(a[1], b[1])
+
+    def _eligible_holders(self) -> list[str]:
+        """Contributors that hold the keys and were never caught misbehaving, in a round-dependent
+        rotation: after a failure the roles move on even among equally trusted holders."""
+        holders = sorted(
+            p
+            for p in self.contributors_
+            if (p in self.holders or self.keys_preloaded) and p not in self.distrusted
+        )
+        if not holders:
+            return holders
+        start = self.ctx.round % len(holders)
+        return holders[start:] + holders[:start]
+
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         name = self.scheme.name
         if phase == KEY_OFFER:
-            self.offered_holders = sorted(p for p in self.offered_holders if p in survivors)
-            self.requesters = {p: k for p, k in self.requesters.items() if p in survivors}
-            if not self.offered_holders and self.public is not None:
-                raise RoundFailed(
-                    f"{name}: parties without keys were invited but no key holder was, so nobody can grant "
-                    "them; give every party the key file, or invite a key holder"
-                )
-            # Prefer a holder this aggregator saw receive the keys; never one caught misbehaving.
-            trusted = [p for p in self.offered_holders if p not in self.distrusted]
-            known = [p for p in trusted if p in self.holders]
-            candidates = known or trusted
-            if self.public is None:  # no key yet: any survivor may generate it
-                candidates = [p for p in sorted(survivors) if p not in self.distrusted]
-            if not candidates:
-                raise RoundFailed(
-                    f"{name}: the only key holders invited ({', '.join(self.offered_holders)}) misbehaved "
-                    "before and are not trusted to grant keys; invite another key holder"
-                )
-            self.granter = candidates[0]
-            self.requesters.pop(self.granter, None)  # the generator of brand-new keys needs no grant
+            self._close_key_offer(survivors)
         elif phase == KEY_GRANT:
+            if self.granter is None:
+                return  # nobody needed keys: no grant
             if self.granter not in survivors or self.public is None:
                 raise RoundFailed(
                     f"{name}: the key holder {self.granter} dropped before granting keys; nothing was "
@@ -403,32 +538,13 @@ class _Aggregator(SumAggregator):
                 )
             self.holders.add(self.granter)
         elif phase == KEY_INSTALL:
-            failed = {p: why for p, why in self.install_failures.items() if p in survivors}
-            self.holders |= {p for p in self.grants if p in survivors and p not in failed}
-            if failed:
-                # A requester that could not open or check its keys cannot contribute, and one
-                # complaint alone cannot say who lies (a requester can frame an honest granter). So
-                # the round fails naming both sides, and nobody is dropped for it. Two complaints or
-                # more: with at most one malicious party one of them is honest, so the granter is at
-                # fault (or the relay); it is dropped and never asked to grant or decrypt again.
-                reasons = "; ".join(f"{p}: {why}" for p, why in sorted(failed.items()))
-                if len(failed) >= 2:
-                    self._blame(self.granter, f"gave keys that {len(failed)} requesters refused ({reasons})")
-                raise RoundFailed(
-                    f"{name}: keys granted by {self.granter} could not be opened or verified by "
-                    f"{', '.join(sorted(failed))} ({reasons}); the round is abandoned and the model is "
-                    "unchanged"
-                )
+            self._close_key_install(survivors)
         elif phase == ENCRYPT:
             self.contributors_ &= survivors
             if not self.contributors_ or self.combined is None:
                 raise RoundFailed(f"{name}: no ciphertexts arrived")
             # The decryptor contributed, holds the keys, and has not misbehaved before.
-            holders = sorted(
-                p
-                for p in self.contributors_
-                if (p in self.holders or self.keys_preloaded) and p not in self.distrusted
-            )
+            holders = self._eligible_holders()
             if not holders:
                 raise RoundFailed(f"{name}: no key holder is left to decrypt the sum")
             # Two key holders decrypt the same sum and seal deterministically: the aggregator, which
@@ -436,31 +552,178 @@ class _Aggregator(SumAggregator):
             # cannot pass off a wrong or unopenable model (it would end every later round).
             self.decryptor = holders[0]
             self.verifier = holders[1] if len(holders) > 1 else None
+            self._spare = holders[2:]
         elif phase == DECRYPT:
-            if self.decryptor not in self.sealed_by:
+            self._close_decrypt(survivors)
+        elif phase == ARBITRATE:
+            self._close_arbitrate(survivors)
+
+    def _close_key_offer(self, survivors: frozenset[str]) -> None:
+        name = self.scheme.name
+        self.offered_holders = sorted(p for p in self.offered_holders if p in survivors)
+        self.requesters = {p: k for p, k in self.requesters.items() if p in survivors}
+        # The federation's fingerprint, as a holder this aggregator saw receive the keys offers it;
+        # a party offering the same one holds the keys too (e.g. its install reply was lost).
+        if self.fingerprint is None:
+            known = [self.offered[p] for p in self.offered_holders if p in self.holders]
+            if known:
+                self.fingerprint = known[0]
+        if self.fingerprint is not None:
+            self.holders |= {
+                p for p in self.offered_holders if hmac.compare_digest(self.offered[p], self.fingerprint)
+            }
+        if not self.requesters:
+            self.granter = None  # everyone invited holds the keys, or sits out: no grant this round
+            return
+        if self.public is None:
+            # The federation's first keys: a requester (never a party claiming keys, there are none
+            # yet — those were dropped on arrival) generates them.
+            candidates = [p for p in sorted(self.requesters) if p not in self.distrusted]
+            self.generate = True
+        else:
+            known = [p for p in self.offered_holders if p in self.holders and p not in self.distrusted]
+            if not known:
                 raise RoundFailed(
-                    f"{name}: the decryptor {self.decryptor} dropped or returned no valid sealed model; "
+                    f"{name}: parties without keys were invited but no key holder known to this "
+                    "aggregator was, so nobody can grant them keys; invite a key holder, or give every "
+                    "party the key file"
+                )
+            # A requester that refused a granter's keys before gets them from another one if it can.
+            candidates = sorted(
+                known,
+                key=lambda p: sum(p in self.complaints.get(r, []) for r in self.requesters),
+            )
+        if not candidates:
+            raise RoundFailed(f"{name}: no party is left to generate the keys")
+        self.granter = candidates[0]
+        self.requesters.pop(self.granter, None)  # the generator of brand-new keys needs no grant
+        self.offer_signatures.pop(self.granter, None)
+
+    def _close_key_install(self, survivors: frozenset[str]) -> None:
+        name = self.scheme.name
+        failed = {p: why for p, why in self.install_failures.items() if p in survivors}
+        self.holders |= {p for p in self.grants if p in survivors and p not in failed}
+        if not failed:
+            return
+        for party in failed:
+            self.complaints.setdefault(party, []).append(self.granter)
+            # It sits this round out (an encrypt from it is refused): not dropped, not summed.
+            self.abstained[party] = f"could not install keys from {self.granter}"
+        reasons = "; ".join(f"{p}: {why}" for p, why in sorted(failed.items()))
+        if len(failed) >= 2:
+            # With at most one malicious party, one of two complainers is honest: the granter (or
+            # the relay) is at fault. It is dropped and never granter or decryptor again; the
+            # complainers sit the round out and the round goes on.
+            self._blame(self.granter, f"gave keys that {len(failed)} requesters refused ({reasons})")
+            return
+        (party,) = failed
+        granters = sorted(set(self.complaints[party]))
+        if len(granters) >= 2:
+            # It refused keys from two different holders; at most one party is malicious, so it is.
+            self.excluded.add(party)
+            self._blame(
+                party,
+                f"refused keys from {len(granters)} different key holders ({', '.join(granters)}), at most "
+                "one of which can be faulty",
+            )
+            return
+        if len(self.complaints[party]) >= _MAX_COMPLAINTS:
+            # The same holder again (no other was available): who lies cannot be told. It sits this
+            # and every later round out, no longer invited to key phases; the others go on.
+            self.excluded.add(party)
+            return
+        # One complaint alone cannot say who lies (a requester can frame an honest granter): the
+        # round fails naming both, nobody is dropped, and the complainer's next keys come from
+        # another holder if there is one.
+        raise RoundFailed(
+            f"{name}: keys granted by {self.granter} could not be opened or verified by {party} "
+            f"({reasons}); the round is abandoned and the model is unchanged"
+        )
+
+    def _close_decrypt(self, survivors: frozenset[str]) -> None:
+        name = self.scheme.name
+        first = self._outcome(self.decryptor)
+        for role in (self.decryptor, self.verifier):
+            if role is not None and self._outcome(role)[0] == "missing":
+                self.distrusted.add(role)  # silent or malformed: no role again
+        if self.verifier is None:
+            self.arbiter = None
+            if first[0] == "sealed":
+                self.sealed = first[1]
+                return
+            if first[0] == "refused":
+                raise RoundFailed(f"{name}: the decryptor {self.decryptor} refused the sum: {first[1]}")
+            raise RoundFailed(
+                f"{name}: the decryptor {self.decryptor} dropped or returned no valid sealed model; "
+                "the model is unchanged"
+            )
+        second = self._outcome(self.verifier)
+        if self._same(first, second):
+            self.arbiter = None
+            if first[0] == "sealed":
+                self.sealed = first[1]
+                return
+            raise RoundFailed(
+                f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} both refused the "
+                f"sum: {first[1]}; the model is unchanged"
+            )
+        # They disagree (or one is silent): a third key holder decides, if there is one.
+        spare = [p for p in self._spare if p in survivors and p not in self.distrusted]
+        self.arbiter = spare[0] if spare else None
+        if self.arbiter is None:
+            if first[0] == "missing" or second[0] == "missing":
+                silent = self.decryptor if first[0] == "missing" else self.verifier
+                raise RoundFailed(
+                    f"{name}: the {'decryptor' if silent == self.decryptor else 'verifier'} {silent} dropped "
+                    "or returned no valid sealed model, and no third key holder is left to check the other; "
                     "the model is unchanged"
                 )
-            if self.verifier is not None:
-                if self.verifier not in self.sealed_by:
-                    raise RoundFailed(
-                        f"{name}: the verifier {self.verifier} dropped or returned no valid sealed model to "
-                        f"check the decryptor {self.decryptor}'s against; the model is unchanged"
-                    )
-                if not hmac.compare_digest(self.sealed_by[self.decryptor], self.sealed_by[self.verifier]):
-                    raise RoundFailed(
-                        f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} sealed "
-                        "different models from the same sum, so one of them is faulty; the model is unchanged"
-                    )
-            self.sealed = self.sealed_by[self.decryptor]
+            raise RoundFailed(
+                f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} "
+                f"{'sealed different models from' if first[0] == second[0] else 'disagree on'} the same sum, "
+                "so "
+                "one of them is faulty, and no third key holder is left to tell which; the model is unchanged"
+            )
+
+    def _close_arbitrate(self, survivors: frozenset[str]) -> None:
+        name = self.scheme.name
+        if self.arbiter is None:
+            if self.sealed is None:
+                raise RoundFailed(f"{name}: no sealed model was agreed; the model is unchanged")
+            return
+        judge = self._outcome(self.arbiter)
+        if judge[0] == "missing":
+            self.distrusted.add(self.arbiter)
+            raise RoundFailed(
+                f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} disagree, and the "
+                f"arbiter {self.arbiter} dropped or returned no valid answer; the model is unchanged"
+            )
+        agree = [r for r in (self.decryptor, self.verifier) if self._same(self._outcome(r), judge)]
+        wrong = [
+            r for r in (self.decryptor, self.verifier) if r not in agree and self._outcome(r)[0] != "missing"
+        ]
+        if not agree:
+            for r in (self.decryptor, self.verifier, self.arbiter):
+                self.distrusted.add(r)
+            raise RoundFailed(
+                f"{name}: the decryptor {self.decryptor}, the verifier {self.verifier} and the arbiter "
+                f"{self.arbiter} all disagree; the model is unchanged"
+            )
+        for r in wrong:
+            what = "sealed a model" if self._outcome(r)[0] == "sealed" else "refused the sum"
+            self._blame(r, f"{what} that two other key holders contradicted")
+        if judge[0] == "refused":
+            raise RoundFailed(
+                f"{name}: the sum was refused by {' and '.join([*agree, self.arbiter])}: {judge[1]}; the "
+                "model is unchanged"
+            )
+        self.sealed = judge[1]
 
     def _blame(self, party: str | None, reason: str) -> None:
         if party is None:
             return
         self.culprits_[party] = reason
         self.distrusted.add(party)
-        self.holders.discard(party)
 
     def culprits(self) -> dict[str, str]:
         return dict(self.culprits_)
@@ -500,6 +763,7 @@ class _Party(SumParty):
             KEY_INSTALL: self._key_install,
             ENCRYPT: self._encrypt,
             DECRYPT: self._decrypt,
+            ARBITRATE: self._decrypt,
         }
 
     def attach_fuser(self, fuse: Fuser) -> None:
@@ -510,6 +774,7 @@ class _Party(SumParty):
         self.provide = provide
         self.channel_secret: bytes | None = None
         self.done: set[str] = set()
+        self.decrypted = False  # one decryption per round, whichever phase asks for it
 
     def respond(self, phase: str, request: bytes) -> bytes:
         # A fixed table: a phase name is never looked up as an attribute, so an aggregator cannot
@@ -517,7 +782,7 @@ class _Party(SumParty):
         handler = self._handlers.get(phase)
         if handler is None:
             raise ProtocolError(f"{self.scheme.name} has no phase {phase!r}")
-        if phase in (ENCRYPT, DECRYPT) and phase in self.done:
+        if phase in (ENCRYPT, DECRYPT, ARBITRATE) and phase in self.done:
             raise ProtocolError(f"phase {phase!r} was already answered in this round; replay refused")
         self.done.add(phase)
         return handler(request)
@@ -545,7 +810,7 @@ class _Party(SumParty):
         requesters = header["requesters"]
         empty = {"channel": b"", "public": b"", "sealed": b"", "signature": b""}
         if not requesters and not header["generate"]:
-            return encode_record(b"SKGr", {"granted": [], "sizes": []}, empty)
+            return encode_record(b"SKGr", {"granted": [], "sizes": [], "refused": []}, empty)
         if any(not isinstance(r, str) for r in requesters) or len(set(requesters)) != len(requesters):
             raise ProtocolError("the requester list must name distinct parties")
         if self.me in requesters or any(r not in self.ctx.parties for r in requesters):
@@ -559,6 +824,7 @@ class _Party(SumParty):
         keys = parts["channels"]
         if len(keys) != channel.KEY_BYTES * len(requesters):
             raise WireError("requesters' channel keys have the wrong size")
+        unsigned: set[str] = set()
         if self.identities is not None:
             # Seal only to keys their requesters signed: an aggregator's substituted key is refused.
             signatures = parts["signatures"]
@@ -567,22 +833,30 @@ class _Party(SumParty):
             for i, requester in enumerate(requesters):
                 peer = keys[i * channel.KEY_BYTES : (i + 1) * channel.KEY_BYTES]
                 signature = signatures[i * signing.SIGNATURE_BYTES : (i + 1) * signing.SIGNATURE_BYTES]
-                self.identities.verify(requester, signature, _offer_statement(self.ctx, requester, peer))
+                try:
+                    self.identities.verify(requester, signature, _offer_statement(self.ctx, requester, peer))
+                except ProtocolError:
+                    unsigned.add(requester)
         secret, public = channel.generate_keypair(self.rng)
         plaintext = self.scheme.material_to_bytes(self.material)
-        sealed = []
+        sealed, granted, refused = [], [], []
         for i, requester in enumerate(requesters):
             peer = keys[i * channel.KEY_BYTES : (i + 1) * channel.KEY_BYTES]
+            if requester in unsigned or not _x25519_usable(peer):
+                # Skipped and named, not a withdrawal: one bad key request must not cost the others.
+                refused.append(requester)
+                continue
             key = channel.agree(secret, peer, _ctx("key-channel", self.ctx, requester))
             sealed.append(channel.seal(key, plaintext, _ctx("key-material", self.ctx, requester), self.rng))
+            granted.append(requester)
         return encode_record(
             b"SKGr",
-            {"granted": requesters, "sizes": [len(s) for s in sealed]},
+            {"granted": granted, "sizes": [len(s) for s in sealed], "refused": refused},
             {
-                "channel": public,
+                "channel": public if granted else b"",
                 "public": self.scheme.public_to_bytes(self.material),
                 "sealed": b"".join(sealed),
-                "signature": self._sign(_grant_statement(self.ctx, self.me, public)),
+                "signature": self._sign(_grant_statement(self.ctx, self.me, public)) if granted else b"",
             },
         )
 
@@ -631,27 +905,29 @@ class _Party(SumParty):
             vector = self.provide()
         finally:
             self._opening_for_round = False
-        return self.scheme.encrypt(self.material, vector, self.ctx)
+        return self.scheme.encrypt(self.material, vector, self.ctx, self.me)
 
     def _decrypt(self, request: bytes) -> bytes:
-        header, parts = decode_record(request, b"SKDq", {"count": int}, ("sum",))
+        header, parts = decode_record(request, b"SKDq", {"contributors": list}, ("sum",))
         if not parts["sum"]:
-            return encode_record(b"SKDr", {"sealed": False}, {})
+            return encode_record(b"SKDr", {"sealed": False, "refused": ""}, {"model": b""})
         if self.material is None or self.fuse is None:
             raise ProtocolError("asked to decrypt without holding the keys")
         if ENCRYPT not in self.done:
             raise ProtocolError("asked to decrypt a sum before contributing to it")
-        count = header["count"]
-        if not max(1, self.ctx.min_parties) <= count <= len(self.ctx.parties):
-            # Fewer than min_parties would reveal (to every key holder, through the next model) a sum
-            # of too few parties — e.g. one party's ciphertext passed off as the sum.
-            raise ProtocolError(
-                f"the sum is said to hold {count} contributions; a round of {len(self.ctx.parties)} invited "
-                f"parties needs between {self.ctx.min_parties} and {len(self.ctx.parties)}"
-            )
-        # The scheme checks the counter slot against `count` and the sum against count × bound.
-        total = self.scheme.decrypt(self.material, parts["sum"], count, self.ctx)
-        model = self.fuse(total, contributors=count)  # the core's sum check (quantized stacks)
+        if self.decrypted:
+            raise ProtocolError("already decrypted a sum in this round; replay refused")
+        self.decrypted = True
+        contributors = _contributor_list(header["contributors"], self.ctx, self.me)
+        try:
+            # The scheme removes exactly these contributors' pads, then checks the counter slot
+            # against their number and the sum against number × bound; the fuser checks again.
+            total = self.scheme.decrypt(self.material, parts["sum"], contributors, self.ctx)
+            model = self.fuse(total, contributors=len(contributors))
+        except ImpossibleSum as exc:
+            # Not a withdrawal: the aggregator weighs this refusal against the other key holders'.
+            # The reason names a bound, never a value.
+            return encode_record(b"SKDr", {"sealed": False, "refused": str(exc)[:500]}, {"model": b""})
         sealed = _seal_model(
             self.scheme.model_key(self.material),
             np.ascontiguousarray(model, dtype="<f8").tobytes(),
@@ -660,7 +936,7 @@ class _Party(SumParty):
         record = encode_record(
             b"SKMD", {"round": self.ctx.round, "session": self.ctx.session}, {"sealed": sealed}
         )
-        return encode_record(b"SKDr", {"sealed": True}, {"model": record})
+        return encode_record(b"SKDr", {"sealed": True, "refused": ""}, {"model": record})
 
     def open_model(self, sealed: bytes) -> np.ndarray:
         if self.material is None:
@@ -690,6 +966,25 @@ class _Party(SumParty):
         if self._opening_for_round:
             self.latest_model_round = round_
         return np.frombuffer(plain, dtype="<f8").copy()
+
+
+def _contributor_list(names: Any, ctx: RoundContext, me: str) -> tuple[str, ...]:
+    """The contributor set a decrypt request names, checked: distinct parties invited to this round,
+    this party among them, and at least this party's own min_parties of them (a sum of fewer would
+    reveal too little-mixed a sum — e.g. one party's ciphertext passed off as the sum — to every key
+    holder through the next model). The pads of exactly these parties are removed."""
+    if any(not isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ProtocolError("the decrypt request must name distinct contributors")
+    if any(n not in ctx.parties for n in names):
+        raise ProtocolError("the decrypt request names a contributor not invited to this round")
+    if me not in names:
+        raise ProtocolError("asked to decrypt a sum this party's own ciphertexts are not named in")
+    if not max(1, ctx.min_parties) <= len(names) <= len(ctx.parties):
+        raise ProtocolError(
+            f"the sum is said to hold {len(names)} contributions; a round of {len(ctx.parties)} invited "
+            f"parties needs between {ctx.min_parties} and {len(ctx.parties)}"
+        )
+    return tuple(sorted(names))
 
 
 def _seal_model(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
