@@ -83,7 +83,7 @@ def test_public_context_reaches_the_aggregator_once_per_session():
     fed.run(3)
     grants = [e for e in transcript.received(phase="key_grant")]
     assert {e.round for e in grants} == {0}
-    assert {e.phase for e in transcript.received(round=2)} == {"encrypt", "decrypt"}
+    assert {e.phase for e in transcript.received(round=2)} == {"encrypt", "decrypt", "arbitrate"}
 
 
 def test_a_context_with_a_secret_key_is_refused_by_the_aggregator():

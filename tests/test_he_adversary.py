@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ CKKS_ATOL = 1e-3
 # --- federations -----------------------------------------------------------------------------------
 
 
-def paillier_fed(n=4, faults=None, seed=0, layer=None, dim=P_DIM):
+def paillier_fed(n=4, faults=None, seed=0, layer=None, dim=P_DIM, min_parties=1):
     rng = np.random.default_rng(seed)
     parties = [f"p{i:02d}" for i in range(n)]
     deltas = {p: rng.integers(-200, 200, dim).astype(float) for p in parties}
@@ -52,11 +53,12 @@ def paillier_fed(n=4, faults=None, seed=0, layer=None, dim=P_DIM):
         [securefl.Quantize(bits=16, update_bound=32767.0), layer or Paillier(key_bits=BITS, workers=1)],
         weight_bound=32767.0,
         faults=faults,
+        min_parties=min_parties,
     )
     return fed, deltas, weights
 
 
-def ckks_fed(n=3, faults=None, seed=0, layer=None, dim=C_DIM):
+def ckks_fed(n=3, faults=None, seed=0, layer=None, dim=C_DIM, min_parties=1):
     rng = np.random.default_rng(seed)
     parties = [f"p{i:02d}" for i in range(n)]
     deltas = {p: rng.normal(0, 0.5, dim) for p in parties}
@@ -67,6 +69,7 @@ def ckks_fed(n=3, faults=None, seed=0, layer=None, dim=C_DIM):
         [layer or CKKS(update_bound=100.0)],
         weight_bound=20,
         faults=faults,
+        min_parties=min_parties,
     )
     return fed, deltas, weights
 
@@ -95,6 +98,15 @@ def layer_of(reply: bytes) -> bytes:
 
 def me(fed, party):
     return fed.nodes[party].secure_sum
+
+
+def ckks_padded(fed, party, vector):
+    """``vector`` (with its counter slot) encrypted by ``party`` with its contribution pads, as an
+    honest encrypt would, but without the party's bound check: its own input, out of bounds."""
+    node, scheme = me(fed, party), fed.stack.secure_sum.scheme
+    blobs = ckks.encrypt(node.material.context, vector, scheme.params)
+    pads = scheme.pads(node.material, node.ctx, party, len(blobs))
+    return [ckks.add_pad(node.material.context, b, pad) for b, pad in zip(blobs, pads, strict=True)]
 
 
 # --- crafted encrypt payloads --------------------------------------------------------------------------
@@ -277,7 +289,7 @@ def generic(kind: str, layer: bytes, rng: random.Random) -> bytes:
 
 def run_attack(scheme: str, data) -> None:
     warm = data.draw(st.booleans(), label="after an honest round")  # encrypt/decrypt only, then
-    phases = [sk.ENCRYPT, sk.DECRYPT]
+    phases = [sk.ENCRYPT, sk.DECRYPT, sk.ARBITRATE]
     if not warm:
         phases = [sk.KEY_OFFER, sk.KEY_GRANT, sk.KEY_INSTALL, *phases]
     phase = data.draw(st.sampled_from(phases), label="phase")
@@ -508,19 +520,17 @@ def _serialize_material_as(material, bits):
 
 def test_ckks_sum_beyond_the_bound_is_refused_by_the_decryptor():
     def oversized(reply):  # p01 skips its own bound check: encrypts 1e4 under the shared key
-        context = me(fed, "p01").material.context
-        params = fed.stack.secure_sum.params
         vector = np.zeros(C_DIM + 3)
         vector[0], vector[-1] = 1e4, 1.0
-        return rewrap(reply, ckks_payload(ckks.encrypt(context, vector, params)))
+        return rewrap(reply, ckks_payload(ckks_padded(fed, "p01", vector)))
 
     fed, *_ = ckks_fed(faults=Faults().add("replace", "p01", phase="encrypt", replace=oversized))
     report = fed.run_round()
     assert not report.ok and fed.aggregator.sealed is None
     assert "update coordinate 0 exceeds 3 contributions × ±100" in report.error
-    assert "cannot come from honest parties" in report.error
+    assert "cannot come from honest parties" in report.error and "both refused" in report.error
     assert "1e+04" not in report.error and "10000" not in report.error  # the value stays private
-    assert not report.dropouts  # the refusing decryptor is not blamed
+    assert not report.dropouts  # the refusing decryptor and verifier are not blamed
 
 
 def test_ckks_ciphertext_under_another_key_is_refused_at_decryption():
@@ -580,45 +590,6 @@ def test_a_phase_name_cannot_reach_other_methods_no_signing_oracle():
         assert b"layer" not in reply.parts
 
 
-def test_decrypt_request_with_one_partys_ciphertext_or_a_wrong_count_is_refused():
-    captured = {}
-
-    def capture(reply):
-        captured["p01"] = layer_of(reply)
-        return reply
-
-    def swap(count_of):
-        def tamper(request):
-            env = Envelope.decode(request)
-            header, parts = decode_record(env.parts["layer"], b"SKDq", {"count": int}, ("sum",))
-            if not parts["sum"]:
-                return request
-            _h, enc = decode_record(captured["p01"], b"PENr", {"count": int}, ("ciphertexts",))
-            layer = encode_record(b"SKDq", {"count": count_of(header["count"])}, {"sum": enc["ciphertexts"]})
-            return Envelope(
-                env.kind, env.session, env.round, env.phase, env.party, {**env.parts, "layer": layer}
-            ).encode()
-
-        return tamper
-
-    cases = (
-        (lambda c: c, "counter slot"),
-        (lambda c: c - 1, "counter slot"),
-        (lambda c: c + 1, "between 1 and 4"),
-    )
-    for count_of, expect in cases:
-        faults = (
-            Faults()
-            .add("replace", "p01", phase="encrypt", replace=capture)
-            .add("tamper_request", "p00", phase="decrypt", replace=swap(count_of))
-        )
-        fed, *_ = paillier_fed(faults=faults)
-        report = fed.run_round()
-        # (a count out of range is the aggregator's lie: the decryptor withdraws saying so)
-        assert not report.ok and expect in report.error + str(report.dropouts)
-        assert fed.aggregator.sealed is None
-
-
 def test_a_count_below_min_parties_is_refused(key_material):
     layer = Paillier(key_bits=BITS, workers=1)
     layer.scheme.value_bits, layer.scheme.max_parties = 16, 4
@@ -626,11 +597,21 @@ def test_a_count_below_min_parties_is_refused(key_material):
     party.attach_fuser(lambda total, contributors=None: np.zeros(3))
     party.start_round(_round_ctx(5, min_parties=3), lambda: np.zeros(5, dtype=np.uint64))
     party.respond(sk.ENCRYPT, b"")
-    request = encode_record(b"SKDq", {"count": 1}, {"sum": b"x"})
+    for names, message in (
+        (["p00"], "needs between 3 and 4"),
+        (["p00", "p01", "p01"], "distinct"),
+        (["p00", "p01", "zz"], "not invited"),
+        (["p01", "p02", "p03"], "not named in"),
+    ):
+        request = encode_record(b"SKDq", {"contributors": names}, {"sum": b"x"})
+        with pytest.raises(ProtocolError, match=message):
+            sk._contributor_list(names, party.ctx, "p00")
     with pytest.raises(ProtocolError, match="needs between 3 and 4"):
-        party.respond(sk.DECRYPT, request)
+        party.respond(sk.DECRYPT, encode_record(b"SKDq", {"contributors": ["p00"]}, {"sum": b"x"}))
     with pytest.raises(ProtocolError, match="already answered"):
         party.respond(sk.DECRYPT, request)  # one decryption per round, whatever the first one did
+    with pytest.raises(ProtocolError, match="already decrypted"):
+        party.respond(sk.ARBITRATE, request)  # nor a second one through the arbitration phase
     with pytest.raises(ProtocolError, match="already answered"):
         party.respond(sk.ENCRYPT, b"")
 
@@ -668,26 +649,447 @@ def test_generate_keys_when_keys_exist_is_refused():
     assert party.material is material
 
 
-def test_a_decryptor_sealing_a_corrupt_model_is_caught_by_the_verifier():
-    def flip(reply):
-        header, parts = decode_record(layer_of(reply), b"SKDr", {"sealed": bool}, ("model",))
-        model_header, model_parts = decode_record(
-            parts["model"], b"SKMD", {"round": int, "session": str}, ("sealed",)
-        )
-        sealed = bytearray(model_parts["sealed"])
-        sealed[20] ^= 1
-        inner = encode_record(b"SKMD", model_header, {"sealed": bytes(sealed)})
-        return rewrap(reply, encode_record(b"SKDr", header, {"model": inner}))
+def _flip_sealed(reply):
+    header, parts = decode_record(layer_of(reply), b"SKDr", {"sealed": bool, "refused": str}, ("model",))
+    if not header["sealed"]:
+        return reply
+    model_header, model_parts = decode_record(
+        parts["model"], b"SKMD", {"round": int, "session": str}, ("sealed",)
+    )
+    sealed = bytearray(model_parts["sealed"])
+    sealed[20] ^= 1
+    inner = encode_record(b"SKMD", model_header, {"sealed": bytes(sealed)})
+    return rewrap(reply, encode_record(b"SKDr", header, {"model": inner}))
 
-    fed, *_ = paillier_fed(faults=Faults().add("replace", "p00", phase="decrypt", round=1, replace=flip))
+
+def test_a_decryptor_sealing_a_corrupt_model_is_outvoted_and_named():
+    # Round 1's roles (rotated by round): decryptor p01, verifier p02, arbiter p03.
+    fed, deltas, weights = paillier_fed(
+        faults=Faults().add("replace", "p01", phase="decrypt", round=1, replace=_flip_sealed)
+    )
+    assert fed.run_round().ok
+    before = model(fed)
+    report = fed.run_round()
+    assert report.ok and set(report.dropouts) == {"p01"} and "contradicted" in report.dropouts["p01"], report
+    np.testing.assert_allclose(model(fed) - before, mean(deltas, weights, fed.nodes), atol=1e-9)
+    assert "p01" in fed.aggregator.secure_sum.distrusted
+    assert fed.run_round().ok  # the next round is unaffected
+
+
+# --- A1: a malicious aggregator passes one party's ciphertexts off as the sum of several ----------------
+
+
+class ForgingAggregator:
+    """Wraps the aggregator's layer: records every encrypt payload, and sends the decrypting roles
+    ``forge(payloads, agg)`` -> (contributors, sum bytes) instead of the honest request."""
+
+    def __init__(self, fed, forge):
+        self.agg, self.forge, self.payloads = fed.aggregator.secure_sum, forge, {}
+        self.receive, self.request = self.agg.receive, self.agg.request
+        self.agg.receive, self.agg.request = self._receive, self._request
+
+    def _receive(self, phase, party, payload):
+        if phase == sk.ENCRYPT:
+            self.payloads[party] = payload
+        return self.receive(phase, party, payload)
+
+    def _request(self, phase, party):
+        honest = self.request(phase, party)
+        if phase in (sk.DECRYPT, sk.ARBITRATE) and party in (
+            self.agg.decryptor,
+            self.agg.verifier,
+            self.agg.arbiter,
+        ):
+            names, total = self.forge(self.payloads, self.agg)
+            return encode_record(b"SKDq", {"contributors": names}, {"sum": total})
+        return honest
+
+
+def _paillier_cts(payload):
+    values, _width = paillier_values(payload)
+    return values
+
+
+def _paillier_sum(agg, values):
+    width = agg.public.ciphertext_bytes
+    return b"".join(int(v).to_bytes(width, "big") for v in values)
+
+
+def _lone_paillier(victim, count):
+    """The attack as reported: ``victim``'s ciphertexts times Enc(offsets) so that the value slots
+    read as (count − 1) extra zero contributions and the counter slot as ``count``."""
+
+    def forge(payloads, agg):
+        pub = agg.public
+        packing = agg.scheme.packing(pub.plaintext_bits)
+        size = agg.ctx.vector_size
+        slots = np.zeros(packing.plaintexts_for(size + 1) * packing.slots, dtype=np.uint64)
+        slots[:size] = (count - 1) * packing.offset
+        slots[size] = (count - 1) * (1 + packing.offset)
+        shift = packing._to_ints(slots.reshape(-1, packing.slots))
+        forged = [
+            pub.add(c, pub.encrypt(m)) for c, m in zip(_paillier_cts(payloads[victim]), shift, strict=True)
+        ]
+        names = sorted({agg.decryptor, agg.verifier, victim})
+        assert len(names) == count
+        return names, _paillier_sum(agg, forged)
+
+    return forge
+
+
+def test_a1_one_partys_paillier_ciphertexts_passed_off_as_a_sum_of_three_are_refused():
+    fed, _deltas, _weights = paillier_fed(min_parties=3)
+    assert fed.run_round().ok
+    before, sealed = model(fed), fed.aggregator.sealed
+    ForgingAggregator(fed, _lone_paillier("p00", 3))
+    report = fed.run_round()
+    # Before: ok, and the new model minus the old was p00's own update, opened by every key holder.
+    assert not report.ok and "cannot come from" in report.error and not report.dropouts, report
+    assert fed.aggregator.sealed is sealed
+    np.testing.assert_array_equal(model(fed), before)
+
+
+@pytest.mark.parametrize("combination", ["one_twice_one_missing", "indices_swapped", "squared", "old_round"])
+def test_a1_any_combination_but_each_named_party_once_is_refused(combination):
+    """The counter slot reads the right count in all of these; only the pads tell them apart."""
+    old = {}
+
+    def forge(payloads, agg):
+        pub, parties = agg.public, sorted(payloads)
+        cts = {p: _paillier_cts(payloads[p]) for p in parties}
+        if combination == "one_twice_one_missing":  # p01 counted twice, p03 named but absent
+            terms = [cts["p00"], cts["p01"], cts["p01"], cts["p02"]]
+        elif combination == "indices_swapped":  # every party once, but ciphertexts 0 and 1 swapped
+            terms = [c[::-1] for c in cts.values()]
+        elif combination == "squared":  # the honest sum, squared (every value doubled), twice the count
+            terms = [*cts.values(), *cts.values()]
+        else:  # the honest sum of the previous round's ciphertexts
+            terms = [_paillier_cts(payload) for payload in old.values()]
+        total = [1] * len(terms[0])
+        for term in terms:
+            total = [pub.add(a, b) for a, b in zip(total, term, strict=True)]
+        return parties, _paillier_sum(agg, total)
+
+    fed, *_ = paillier_fed()
+    recorder = ForgingAggregator(fed, lambda payloads, agg: (sorted(payloads), agg.combined.payload()))
+    assert fed.run_round().ok
+    old.update(recorder.payloads)
+    sealed = fed.aggregator.sealed
+    recorder.forge, recorder.payloads = forge, {}
+    report = fed.run_round()
+    assert not report.ok and "cannot come from" in report.error and not report.dropouts, report
+    assert fed.aggregator.sealed is sealed
+
+
+def test_a1_one_partys_ckks_chunks_passed_off_as_a_sum_of_three_are_refused():
+    from securefl.layers.ckks import _pack_blobs, _unpack_blobs
+
+    def forge(payloads, agg):
+        params = agg.scheme.params
+        blobs = _unpack_blobs(b"CENr", payloads["p00"], 2, params.max_ciphertext_bytes())
+        out = []
+        for i, blob in enumerate(blobs):
+            vector = ts.ckks_vector_from(agg.public, blob)
+            plain = np.zeros(vector.size())
+            if i == len(blobs) - 1:
+                plain[-1] = 2.0  # the counter slot reads 3
+            out.append((vector + plain.tolist()).serialize())
+        return sorted(payloads)[:3], _pack_blobs(b"CSUM", out)
+
+    fed, *_ = ckks_fed(n=4, min_parties=3)
     assert fed.run_round().ok
     sealed = fed.aggregator.sealed
+    ForgingAggregator(fed, forge)
     report = fed.run_round()
-    assert (
-        not report.ok
-        and "p00" in report.error
-        and "p01" in report.error
-        and "different models" in report.error
-    )
+    assert not report.ok and "cannot come from" in report.error and not report.dropouts, report
     assert fed.aggregator.sealed is sealed
-    assert fed.run_round().ok  # the next round is unaffected
+
+
+def test_a1_pads_cancel_exactly_for_the_named_contributors(key_material):
+    layer = Paillier(key_bits=BITS, workers=1)
+    ctx = _round_ctx(5)
+    pads = {p: layer.scheme.pads(key_material, ctx, p, 3) for p in ctx.parties}
+    assert len({tuple(v) for v in pads.values()}) == 4  # per party
+    assert len(set(pads["p00"])) == 3  # per ciphertext index
+    other_round = layer.scheme.pads(key_material, _round_ctx(5, round=1), "p00", 3)
+    assert not set(other_round) & set(pads["p00"])  # per round
+    assert all(0 <= r < key_material.public.n for r in pads["p00"])
+
+
+# --- P1: a fake key-holder claim in the federation's first round ------------------------------------------
+
+
+def _fake_holder_offer(reply):
+    return rewrap(
+        reply, encode_record(b"SKOr", {"fingerprint": "ab" * 16}, {"channel": b"", "signature": b""})
+    )
+
+
+def test_p1_a_fake_key_holder_claim_before_any_key_exists_is_named_and_changes_nothing():
+    faults = Faults().add("replace", "p03", phase="key_offer", replace=_fake_holder_offer)
+    fed, deltas, weights = paillier_fed(faults=faults)
+    report = fed.run_round()
+    # Before: p00 was asked to grant keys it never had, withdrew, and was named, every round.
+    assert (
+        report.ok and set(report.dropouts) == {"p03"} and "false key-holder claim" in report.dropouts["p03"]
+    )
+    np.testing.assert_allclose(model(fed), mean(deltas, weights, ["p00", "p01", "p02"]), atol=1e-9)
+    assert fed.run_round().ok
+
+
+# --- P3: a lost key_install reply --------------------------------------------------------------------------
+
+
+def test_p3_a_lost_key_install_reply_costs_one_round_of_that_party_only():
+    fed, _deltas, _weights = paillier_fed(
+        faults=Faults().add("lose_reply", "p03", phase="key_install", round=0)
+    )
+    first = fed.run_round()
+    assert first.ok and set(first.dropouts) == {"p03"}
+    before = model(fed)
+    for _ in range(2):
+        # Before: every later round dropped honest p00 (its empty grant "published a different key").
+        report = fed.run_round()
+        assert report.ok and not report.dropouts and report.survivors == sorted(fed.nodes), report
+    agg = fed.aggregator.secure_sum
+    assert "p03" in agg.holders and agg.phases(agg.ctx)[0] == sk.ENCRYPT  # no key phases any more
+    assert np.all(np.isfinite(model(fed) - before))
+
+
+# --- P2: a requester that always says it could not install its keys -------------------------------
+
+
+def _never_installs(fed, party):
+    """``party`` never opens its keys (it stays keyless) and always says it could not."""
+    honest = fed.nodes[party].handle
+
+    def handle(request):
+        env = Envelope.decode(request)
+        if env.phase != sk.KEY_INSTALL:
+            return honest(request)
+        layer = encode_record(b"SKIr", {"installed": False, "problem": "bad tag"}, {})
+        return Envelope("reply", env.session, env.round, env.phase, party, {"layer": layer}).encode()
+
+    fed.transport.handlers[party] = handle
+
+
+def test_p2_a_requester_refusing_keys_from_two_holders_is_named_and_the_rounds_go_on():
+    fed, deltas, weights = paillier_fed()
+    _never_installs(fed, "p03")
+    first = fed.run_round()
+    # One complaint cannot say who lies: the round fails naming both, nobody dropped.
+    assert not first.ok and "p00" in first.error and "p03" in first.error and not first.dropouts
+    second = fed.run_round()  # its keys now come from another holder: a second refusal is its own lie
+    assert (
+        second.ok and set(second.dropouts) == {"p03"} and "2 different key holders" in second.dropouts["p03"]
+    )
+    np.testing.assert_allclose(model(fed), mean(deltas, weights, ["p00", "p01", "p02"]), atol=1e-9)
+    third = fed.run_round()  # no longer invited to key phases: it sits out, the others sum
+    assert (
+        third.ok and third.survivors == ["p00", "p01", "p02"] and "p03" in fed.aggregator.secure_sum.abstained
+    )
+    assert sk.KEY_OFFER not in fed.aggregator.secure_sum.phases(fed.aggregator.secure_sum.ctx)
+
+
+# --- P5: a low-order X25519 channel key -----------------------------------------------------------
+
+
+def _low_order_offer(reply):
+    return rewrap(
+        reply, encode_record(b"SKOr", {"fingerprint": ""}, {"channel": bytes(32), "signature": b""})
+    )
+
+
+def test_p5_a_low_order_channel_key_drops_its_sender_on_arrival():
+    fed, deltas, weights = paillier_fed(
+        faults=Faults().add("replace", "p02", phase="key_offer", replace=_low_order_offer)
+    )
+    report = fed.run_round()
+    # Before: the granter withdrew from the whole grant and was named, every round.
+    assert report.ok and set(report.dropouts) == {"p02"} and "low-order" in report.dropouts["p02"]
+    np.testing.assert_allclose(model(fed), mean(deltas, weights, ["p00", "p01", "p03"]), atol=1e-9)
+
+
+def test_p5_the_granter_skips_and_names_an_unusable_requester_key(key_material):
+    from securefl.crypto import channel
+    from securefl.randomness import SecureRandom
+
+    layer = Paillier(key_bits=BITS, workers=1)
+    granter = sk._Party(layer.scheme, "p00", key_material)
+    granter.start_round(_round_ctx(5), lambda: None)
+    _secret, good = channel.generate_keypair(SecureRandom())
+    request = encode_record(
+        b"SKGq",
+        {"requesters": ["p01", "p02"], "generate": False},
+        {"channels": good + bytes(32), "signatures": b""},
+    )
+    header, _parts = decode_record(
+        granter.respond(sk.KEY_GRANT, request),
+        b"SKGr",
+        {"granted": list, "sizes": list, "refused": list},
+        ("channel", "public", "sealed", "signature"),
+    )
+    assert header["granted"] == ["p01"] and header["refused"] == ["p02"] and len(header["sizes"]) == 1
+
+
+# --- P4: a malicious decryptor or verifier --------------------------------------------------------
+
+
+def _withdraws(reply):
+    env = Envelope.decode(reply)
+    header, _parts = decode_record(layer_of(reply), b"SKDr", {"sealed": bool, "refused": str}, ("model",))
+    if not header["sealed"]:
+        return reply
+    return Envelope(
+        "withdraw",
+        env.session,
+        env.round,
+        env.phase,
+        env.party,
+        {"reason": b"ImpossibleSum: no", "refused_sum": b""},
+    ).encode()
+
+
+def _silent(reply):
+    return b""
+
+
+def _refuses(reply):
+    return rewrap(
+        reply,
+        encode_record(
+            b"SKDr", {"sealed": False, "refused": "the sum cannot come from honest parties"}, {"model": b""}
+        ),
+    )
+
+
+@pytest.mark.parametrize("scheme", ["paillier", "ckks"])
+@pytest.mark.parametrize("behaviour", ["withdraws", "silent", "refuses", "seals_another_model"])
+@pytest.mark.parametrize("role", ["decryptor", "verifier"])
+def test_p4_a_malicious_decryptor_or_verifier_is_outvoted_in_the_same_round(scheme, behaviour, role):
+    # Round 1's roles: decryptor p01, verifier p02, arbiter p03 (rotation by round number).
+    bad = {"decryptor": "p01", "verifier": "p02"}[role]
+    act = {
+        "withdraws": _withdraws,
+        "silent": _silent,
+        "refuses": _refuses,
+        "seals_another_model": _flip_sealed,
+    }
+    faults = Faults().add("replace", bad, phase="decrypt", replace=act[behaviour])
+    build = paillier_fed if scheme == "paillier" else ckks_fed
+    fed, deltas, weights = build(n=4, faults=faults) if scheme == "ckks" else build(faults=faults)
+    assert fed.run_round().ok  # round 0: decryptor p00 and verifier p01 (p01 bad as verifier if role)
+    for _ in range(3):
+        before = model(fed)
+        report = fed.run_round()
+        # Before: every round failed, forever, naming the same two holders.
+        assert report.ok, report
+        assert not set(report.dropouts) - {bad}, report.dropouts
+        atol = 1e-9 if scheme == "paillier" else CKKS_ATOL
+        np.testing.assert_allclose(model(fed) - before, mean(deltas, weights, report.survivors), atol=atol)
+    assert bad in fed.aggregator.secure_sum.distrusted
+
+
+# --- D1: a CKKS decompression bomb ----------------------------------------------------------------
+
+
+# The SEAL version bytes this build writes (SEAL refuses objects of another version).
+_SEAL_VERSION = ckks.split_vector(
+    ckks.encrypt(ckks.new_context(ckks.PRESETS["add-only"]), np.ones(1), ckks.PRESETS["add-only"])[0]
+)[1][3:5]
+
+
+def _zstd_bomb(prefix: bytes, zeros: int, declared: int) -> bytes:
+    """A SEAL object: zstd frame (declared content size ``declared``) of a raw block ``prefix`` and
+    RLE blocks of ``zeros`` zero bytes: a few bytes that expand ~4000-fold."""
+    frame = struct.pack("<I", 0xFD2FB528) + bytes([0xA0]) + struct.pack("<I", declared)
+    blocks = [struct.pack("<I", (len(prefix) << 3) | 0)[:3] + prefix]
+    while zeros:
+        size = min(zeros, 128 * 1024)
+        zeros -= size
+        blocks.append(struct.pack("<I", (size << 3) | (1 << 1) | (0 if zeros else 1))[:3] + b"\x00")
+    body = frame + b"".join(blocks)
+    return struct.pack("<HB", 0xA15E, 16) + _SEAL_VERSION + struct.pack("<BHQ", 2, 0, 16 + len(body)) + body
+
+
+def _ciphertext_members(parms_id, polys, n, primes, scale):
+    count = polys * n * primes
+    array_header = (
+        struct.pack("<HB", 0xA15E, 16) + _SEAL_VERSION + struct.pack("<BHQ", 0, 0, 16 + 8 + 8 * count)
+    )
+    return (
+        struct.pack("<4Q", *parms_id)
+        + b"\x01"
+        + struct.pack("<QQQdQ", polys, n, primes, scale, 1)
+        + array_header
+        + struct.pack("<Q", count)
+    ), 8 * count
+
+
+def _bomb_vector(context, entries: int, polys: int = 16) -> bytes:
+    data = context.seal_context().data
+    prefix, zeros = _ciphertext_members(list(data.first_parms_id()), polys, 4096, 1, 2.0**30)
+    one = _zstd_bomb(prefix, zeros, len(prefix) + zeros)
+    out = b"\x0a\x02\x80\x10"  # sizes: [2048]
+    for _ in range(entries):
+        out += b"\x12" + ckks._encode_varint(len(one)) + one
+    return out + b"\x19" + struct.pack("<d", 2.0**30)
+
+
+def test_d1_a_many_ciphertext_chunk_is_refused_before_tenseal_allocates(tmp_path):
+    """The reported bomb (130 KB, ~1000 entries of 16 zero polynomials: ~1 GB once loaded), measured
+    in a fresh process: the peak RSS must not grow, and the refusal must name the problem."""
+    script = tmp_path / "bomb.py"
+    script.write_text(
+        "import resource, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import test_he_adversary as t\n"
+        "from securefl.crypto import ckks\n"
+        "params = ckks.PRESETS['add-only']\n"
+        "blob = ckks.serialize(ckks.new_context(params), secret=False)\n"
+        "public = ckks.load_context(blob, params, secret=False)\n"
+        "blob = t._bomb_vector(public, 900)\n"
+        "assert len(blob) <= params.max_ciphertext_bytes(), len(blob)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    ckks.load_ciphertext(public, blob, 2048, params)\n"
+        "    print('ACCEPTED')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+        "print('GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    assert "WireError" in out and "protobuf fields" in out, out
+    growth = int(out.split("GROWTH_KB")[1])
+    assert growth < 64 * 1024, out  # before: ~1,000,000 KB
+
+
+@pytest.mark.parametrize("polys", [16, 3])
+def test_d1_one_oversized_ciphertext_is_refused_from_its_declared_size(polys):
+    params = ckks.PRESETS["add-only"]
+    public = ckks.load_context(ckks.serialize(ckks.new_context(params), secret=False), params, secret=False)
+    blob = _bomb_vector(public, 1, polys=polys)
+    with pytest.raises(WireError, match=r"declares \d+ bytes of content"):
+        ckks.load_ciphertext(public, blob, 2048, params)
+
+
+def test_d1_the_checks_accept_honest_chunks_and_contexts_and_refuse_trailing_frames():
+    params = ckks.PRESETS["add-only"]
+    secret = ckks.new_context(params)
+    blob = ckks.encrypt(secret, np.ones(10), params)[0]
+    ckks.check_chunk_bytes(blob, params)
+    ckks.check_context_bytes(ckks.serialize(secret, secret=True), params)
+    size, cipher, scale = ckks.split_vector(blob)
+    assert ckks.join_vector(size, cipher, scale) == blob
+    grown = cipher[:8] + struct.pack("<Q", len(cipher) + 4) + cipher[16:] + b"\x28\xb5\x2f\xfd"
+    with pytest.raises(WireError, match="after the zstd frame"):
+        ckks.check_chunk_bytes(ckks.join_vector(size, grown, scale), params)
+    bomb = _zstd_bomb(b"\x00" * 8, 64 << 20, 8 + (64 << 20))
+    context = b"\x0a" + ckks._encode_varint(len(bomb)) + bomb
+    with pytest.raises(WireError, match="content"):
+        ckks.check_context_bytes(context, params)
