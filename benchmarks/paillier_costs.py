@@ -3,9 +3,11 @@
     python benchmarks/paillier_costs.py                 # 1M parameters, 2048-bit key, 100 parties
     python benchmarks/paillier_costs.py --params 100000 --repeat 1
 
-It drives the layer's real party and aggregator objects: a party's ``encrypt`` reply (packing and
-encryption on all cores), the aggregator's combine of one party's ciphertexts, and the decryptor's
-``decrypt`` (CRT decryption on all cores, unpacking, sealing the model). phe's per-value
+It drives the layer's real party and aggregator objects: a party's ``encrypt`` reply (packing, its
+contribution pads, and encryption on all cores), the aggregator's combine of one party's
+ciphertexts, and the decryptor's ``decrypt`` of a valid sum of all parties (CRT decryption on all
+cores, removing every contributor's pads, unpacking, sealing the model); the pads are also timed
+alone. phe's per-value
 ``encrypt`` is timed on a sample and extrapolated (marked as such).
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 from phe import paillier as phe
 
 from securefl.codec import VectorLayout
+from securefl.crypto import paillier
 from securefl.layers import Quantize
 from securefl.layers.base import RoundContext, StackContext
 from securefl.layers.paillier import KeyMaterial, Paillier
@@ -62,17 +65,39 @@ def measure(params: int, parties: int, bits: int, key_bits: int, repeat: int, wo
         aggregator.receive(ENCRYPT, pid, payload)
         combine_times.append(time.perf_counter() - start)
 
-    party.attach_fuser(lambda total, contributors=None: np.zeros(params))
-    request = encode_record(
-        b"SKDq", {"count": len(aggregator.contributors())}, {"sum": aggregator.combined.payload()}
+    # The decryptor removes the contribution pads of every named contributor: measured apart, for
+    # one party's own pads and for the whole round's.
+    scheme, count = layer.scheme, layer.packing(material.public.plaintext_bits).plaintexts_for(params + 1)
+    start = time.perf_counter()
+    own = scheme.pads(material, ctx, ids[0], count)
+    pad_one_s = time.perf_counter() - start
+    start = time.perf_counter()
+    padding = [0] * count
+    for pid in ids:
+        padding = [a + b for a, b in zip(padding, scheme.pads(material, ctx, pid, count), strict=True)]
+    unpad_all_s = time.perf_counter() - start
+
+    # A valid encrypted sum of `parties` contributions (the same vector, each with its own pads):
+    # the decryptor's full path, pad removal, unpacking, the counter check, fusing and sealing.
+    n = material.public.n
+    packed = layer.packing(material.public.plaintext_bits).pack(np.append(vector.view(np.int64), np.int64(1)))
+    enc = paillier.CrtEncryptor(material.private)
+    width = material.public.ciphertext_bytes
+    summed = b"".join(
+        enc.encrypt((m * parties + r) % n).to_bytes(width, "big")
+        for m, r in zip(packed, padding, strict=True)
     )
+    del own
+    party.attach_fuser(lambda total, contributors=None: np.zeros(params))
+    request = encode_record(b"SKDq", {"contributors": list(ids)}, {"sum": summed})
     decrypt_times = []
     for _ in range(max(1, repeat - 1)):
         party.start_round(ctx, lambda: vector)
         party.respond(ENCRYPT, b"")  # a decryptor decrypts only a sum it contributed to
         start = time.perf_counter()
-        party.respond(DECRYPT, request)
+        reply = party.respond(DECRYPT, request)
         decrypt_times.append(time.perf_counter() - start)
+        assert b'"sealed":true' in reply.replace(b" ", b""), "the benchmark's sum was refused"
 
     phe_key = phe.PaillierPublicKey(material.public.n)
     sample = 40
@@ -101,6 +126,8 @@ def measure(params: int, parties: int, bits: int, key_bits: int, repeat: int, wo
         "expansion_vs_float32": round(len(payload) / (4 * params), 3),
         "combine_seconds_per_party": round(statistics.median(combine_times), 4),
         "decrypt_seconds": round(statistics.median(decrypt_times), 2),
+        "pad_seconds_per_party": round(pad_one_s, 3),
+        "unpad_seconds_all_parties": round(unpad_all_s, 2),
     }
 
 
