@@ -249,6 +249,9 @@ class _Aggregator(SumAggregator):
         self.fingerprint: str | None = None  # the federation's, as a known holder offered it
         # Parties caught misbehaving as granter, decryptor, verifier or arbiter: never given a role.
         self.distrusted: set[str] = set()
+        # Decrypting roles that did not answer: no role while other holders are available (a lost
+        # reply is not proof of malice, so they come back when the others run out).
+        self.silent: set[str] = set()
         # Requester -> granters whose keys it refused; after _MAX_COMPLAINTS refusals it is no
         # longer invited to key phases (it sits rounds out without keys).
         self.complaints: dict[str, list[str]] = {}
@@ -347,7 +350,10 @@ class _Aggregator(SumAggregator):
         if receiver is None:
             raise ProtocolError(f"{self.scheme.name} has no phase {phase!r}")
         try:
-            receiver(party, payload) if phase not in (DECRYPT, ARBITRATE) else receiver(phase, party, payload)
+            if phase in (DECRYPT, ARBITRATE):
+                receiver(phase, party, payload)
+            else:
+                receiver(party, payload)
         except Exception:
             if phase in (DECRYPT, ARBITRATE) and party in (self.decryptor, self.verifier, self.arbiter):
                 self.distrusted.add(party)  # a malformed sealed model: no role again
@@ -519,6 +525,8 @@ class _Aggregator(SumAggregator):
             for p in self.contributors_
             if (p in self.holders or self.keys_preloaded) and p not in self.distrusted
         )
+        answering = [p for p in holders if p not in self.silent]
+        holders = answering if len(answering) >= min(3, len(holders)) else holders
         if not holders:
             return holders
         start = self.ctx.round % len(holders)
@@ -645,7 +653,7 @@ class _Aggregator(SumAggregator):
         first = self._outcome(self.decryptor)
         for role in (self.decryptor, self.verifier):
             if role is not None and self._outcome(role)[0] == "missing":
-                self.distrusted.add(role)  # silent or malformed: no role again
+                self.silent.add(role)  # no role while other holders answer
         if self.verifier is None:
             self.arbiter = None
             if first[0] == "sealed":
@@ -658,6 +666,13 @@ class _Aggregator(SumAggregator):
                 "the model is unchanged"
             )
         second = self._outcome(self.verifier)
+        if first[0] == second[0] == "missing":
+            # Neither answered: an arbiter's answer alone could not be checked against anyone.
+            self.arbiter = None
+            raise RoundFailed(
+                f"{name}: neither the decryptor {self.decryptor} nor the verifier {self.verifier} returned "
+                "a valid answer; the model is unchanged"
+            )
         if self._same(first, second):
             self.arbiter = None
             if first[0] == "sealed":
@@ -693,7 +708,7 @@ class _Aggregator(SumAggregator):
             return
         judge = self._outcome(self.arbiter)
         if judge[0] == "missing":
-            self.distrusted.add(self.arbiter)
+            self.silent.add(self.arbiter)
             raise RoundFailed(
                 f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} disagree, and the "
                 f"arbiter {self.arbiter} dropped or returned no valid answer; the model is unchanged"
@@ -738,8 +753,10 @@ class _Aggregator(SumAggregator):
 class _Party(SumParty):
     """A party's side. What it refuses from an aggregator that may send anything in any order:
     phases it does not have (dispatch is by a fixed table, never by name lookup); a second encrypt
-    or decrypt in one round; a decrypt count outside [min_parties, invited parties] or contradicted
-    by the counter slot; a sum beyond the scheme's bound; keys it did not ask for, that do not
+    or decryption in one round; a decrypt request naming contributors that are not distinct invited
+    parties including this one, or fewer than its own min_parties; a sum that, once exactly those
+    contributors' pads are removed, fails the counter slot or the scheme's bound (refused in the
+    reply, not by withdrawing); keys it did not ask for, that do not
     verify (signed mode), that fail the scheme's checks or do not match the public part the
     aggregator combines under; and a sealed model of another session, of a round not before this
     one, or older than one it has already opened (replay / rollback)."""
