@@ -632,3 +632,15 @@ def test_a_key_share_shifted_into_the_clamped_bits_still_names_its_sender():
         np.testing.assert_array_equal(
             revealed(fed), expected_sum(deltas, weights, ["p00", "p01", "p02", "p03"])
         )
+
+
+def test_a_survivor_short_of_neighbours_fails_the_round_before_unmasking():
+    """5 parties (k = 4, t = 3), two lose their masked reply: each survivor keeps 2 neighbours,
+    fewer than t, so honest parties would refuse to reveal its seed. The aggregator says so and
+    stops before asking anyone to unmask."""
+    faults = Faults().add("lose_reply", "p03", phase="masked").add("lose_reply", "p04", phase="masked")
+    transcript = Transcript()
+    fed, *_ = integer_federation(SecAgg(), 5, faults, transcript)
+    report = fed.run_round()
+    assert not report.ok and "sent its masked input but only 2 of its neighbours did" in report.error
+    assert not transcript.received(phase="unmask")

@@ -590,6 +590,14 @@ class _Aggregator(SumAggregator):
                     a: s for a, s in self.accusations[accused].items() if a in survivors
                 }
             self._require(len(survivors) >= self.t, f"only {len(survivors)} masked inputs arrived")
+            # Honest parties reveal a survivor's seed only if t of its neighbours survived (the
+            # unmask rule): a survivor short of them cannot be unmasked, so stop before asking.
+            for owner in sorted(survivors):
+                kept = len(self.graph[owner] & survivors)
+                self._require(
+                    _reveal_rule_holds(self.graph, owner, set(survivors), self.t),
+                    f"{owner} sent its masked input but only {kept} of its neighbours did",
+                )
         elif phase == CONSISTENCY:
             self._require(
                 len(survivors) >= self.s,
