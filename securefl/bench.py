@@ -4,7 +4,7 @@ For each layer it runs real federated rounds (the layer's demo stack, a no-op tr
 fixed random update per party) and reports medians over rounds of:
 
 * ``party_seconds`` — time inside one party's side of the secure sum (training and quantization
-  excluded), median over parties; ``keyholder_seconds`` — the decryptor's decrypt phase (HE layers);
+  excluded), median over parties; ``keyholder_seconds`` — the key holders' decrypt and arbitrate phases (HE layers);
   ``aggregator_seconds`` — time inside the aggregator's side of the secure sum;
 * ``bytes_up`` / ``bytes_down`` per party and ``expansion`` (bytes up over the float32 size);
 * ``max_error`` — the largest error of the revealed sum against the plaintext sum;
@@ -126,7 +126,8 @@ def instrument(federation: Federation, on_reply: Callable[[str], None] | None = 
         inner = node.secure_sum
 
         def key(method, args, _pid=pid):
-            return f"keyholder:{_pid}" if method == "respond" and args and args[0] == "decrypt" else _pid
+            keyholder = method == "respond" and args and args[0] in ("decrypt", "arbitrate")
+            return f"keyholder:{_pid}" if keyholder else _pid
 
         timed = _Timed(inner, inst.seconds, key, ("start_round", "respond"))
         original_start = inner.start_round

@@ -406,7 +406,7 @@ def run_attack(name: str, phase: str, data) -> None:
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PASSIVE = ("advertise", "share", "masked", "unmask")
 ACTIVE = ("advertise", "share", "masked", "consistency", "unmask")
-SHARED_KEY = (*KEY_PHASES, "encrypt", "decrypt")
+SHARED_KEY = (*KEY_PHASES, "encrypt", "decrypt", "arbitrate")
 
 # Failures the harness found in layers this file does not own, still open: a (layer, phase) whose
 # examples may fail; the property is not weakened for any other case. None are open.
