@@ -4,7 +4,8 @@ For each layer it runs real federated rounds (the layer's demo stack, a no-op tr
 fixed random update per party) and reports medians over rounds of:
 
 * ``party_seconds`` — time inside one party's side of the secure sum (training and quantization
-  excluded), median over parties; ``keyholder_seconds`` — the key holders' decrypt and arbitrate phases (HE layers);
+  excluded), median over parties; ``keyholder_seconds`` — the key holders' decrypt and arbitrate
+  phases (HE layers);
   ``aggregator_seconds`` — time inside the aggregator's side of the secure sum;
 * ``bytes_up`` / ``bytes_down`` per party and ``expansion`` (bytes up over the float32 size);
 * ``max_error`` — the largest error of the revealed sum against the plaintext sum;
