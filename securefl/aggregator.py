@@ -65,6 +65,9 @@ class RoundReport:
     selected: list[str]
     survivors: list[str] = field(default_factory=list)  # the parties whose updates are in the result
     dropouts: dict[str, str] = field(default_factory=dict)  # party -> phase: reason
+    # Parties the layer left out through no fault of their own (e.g. too few neighbours left after
+    # others dropped): not dropouts, not in the sum.
+    sidelined: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     total_weight: float = 0.0
     train_metrics: dict[str, float] = field(default_factory=dict)
@@ -214,6 +217,10 @@ class Aggregator:
                         report.dropouts.setdefault(party, f"{phase}: {reason}")
                         self._culprits.add(party)
                         live.discard(party)
+                    for party, reason in sorted(self.secure_sum.sidelined().items()):
+                        if party in live and party not in report.dropouts:
+                            report.sidelined.setdefault(party, f"{phase}: {reason}")
+                            live.discard(party)
             except RoundFailed as exc:
                 if refusals:
                     # The round ends because these parties refused what they were shown: they are
@@ -256,7 +263,9 @@ class Aggregator:
                     kind=REPLY, session=self.session, round=round, phase=phase, party=party
                 )
                 if envelope.kind == WITHDRAW:
-                    if last_phase and REFUSED_SUM in envelope.parts:
+                    # Only a layer that reveals the sum to its parties can have it refused by them.
+                    fuses_on_parties = self.stack.secure_sum.fuses_on_parties
+                    if last_phase and fuses_on_parties and REFUSED_SUM in envelope.parts:
                         refusals[party] = withdraw_reason(envelope)
                         continue
                     raise ProtocolError(f"withdrew: {withdraw_reason(envelope)}")

@@ -57,6 +57,12 @@ class Transport(ABC):
         """Send each request to its party; return the replies received within ``timeout`` seconds."""
 
 
+def _as_bytes(data: object) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"a reply must be bytes, got {type(data).__name__}")
+    return bytes(data)
+
+
 class FaultInjector(Protocol):
     """Intercepts one request/response, for fault-injection tests and resilience drills.
 
@@ -113,8 +119,9 @@ class InProcessTransport(Transport):
         start = time.perf_counter()
         try:
             raw = [(handler(request), 0.0)] if self.faults is None else self.faults(party, request, handler)
+            elapsed = time.perf_counter() - start
+            # Inside the try: a handler returning something that is not bytes is a crashed party too.
+            return [Reply(party, _as_bytes(data), elapsed + extra) for data, extra in raw]
         except Exception as exc:  # a crashed party is a dropout, never a crashed federation
-            log.warning("party %s crashed: %s: %s", party, type(exc).__name__, exc)
+            log.warning("party %s crashed: %s", party, type(exc).__name__)
             return []
-        elapsed = time.perf_counter() - start
-        return [Reply(party, bytes(data), elapsed + extra) for data, extra in raw]

@@ -14,7 +14,7 @@ from securefl.crypto import shamir, signing
 from securefl.errors import ConfigError
 from securefl.faults import Faults
 from securefl.layers import Identities, SecAgg, SecAggPlus
-from securefl.layers.secagg import _accusation
+from securefl.layers.secagg import _accusation, _share_width
 from securefl.transcript import Transcript
 from securefl.wire import Envelope, decode_record, encode_record, unpack_array
 
@@ -118,7 +118,7 @@ def test_secagg_plus_exact_sum_or_clean_failure(n, degree, data):
         could_contribute = [p for p in parties if drops.get(p) not in ("advertise", "share", "masked")]
         assert set(report.survivors) <= set(could_contribute)
         for party in set(could_contribute) - set(report.survivors):
-            assert party in report.dropouts, (party, report.dropouts)
+            assert party in report.dropouts or party in report.sidelined, (party, report.dropouts)
         np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, report.survivors))
     else:
         assert "nothing is revealed" in report.error or "parties left" in report.error, report.error
@@ -443,12 +443,14 @@ def _rewrite_layer(magic, schema, part_names, change):
     return replace
 
 
-def _corrupt_revealed_share(index, value):
-    """Replace the `index`-th share a party reveals in `unmask` by `value` (66 bytes)."""
+def _corrupt_revealed_share(index, value, active=False):
+    """Replace the `index`-th share a party reveals in `unmask` by `value` (66 bytes; in active mode
+    each revealed share is followed by its dealer's signature)."""
+    width = _share_width(active)
 
     def change(header, parts):
         shares = bytearray(parts["shares"])
-        shares[index * shamir.SHARE_BYTES : (index + 1) * shamir.SHARE_BYTES] = value
+        shares[index * width : index * width + shamir.SHARE_BYTES] = value
         return header, {**parts, "shares": bytes(shares)}
 
     return _rewrite_layer(b"SAUr", UNMASK_REPLY, ("shares", "one_time"), change)
@@ -465,7 +467,7 @@ def test_a_wrong_unmask_share_is_corrected_and_its_sender_named(value, active):
     corrects it, names p04, and the sum is exact (p04's own input, sent honestly, is in it)."""
     parties = [f"p{i:02d}" for i in range(8)]
     layer = SecAgg(identities=Identities.generate(parties) if active else None)
-    faults = Faults().add("replace", "p04", phase="unmask", replace=_corrupt_revealed_share(0, value))
+    faults = Faults().add("replace", "p04", phase="unmask", replace=_corrupt_revealed_share(0, value, active))
     fed, deltas, weights = integer_federation(layer, 8, faults)
     report = fed.run_round()
     assert report.ok, report.error
@@ -644,3 +646,47 @@ def test_a_survivor_short_of_neighbours_fails_the_round_before_unmasking():
     report = fed.run_round()
     assert not report.ok and "sent its masked input but only 2 of its neighbours did" in report.error
     assert not transcript.received(phase="unmask")
+
+
+@pytest.mark.parametrize("phase", ["advertise", "share"])
+def test_parties_left_short_by_a_bad_party_are_sidelined_not_named(phase):
+    """Found by an independent attacker: one party's garbage in `advertise` (or `share`) left its
+    neighbours with fewer than t peers, so they withdrew and were named as dropouts. Now the
+    aggregator sidelines them — reported apart, not as dropouts — and only the culprit is named."""
+
+    def garbage(reply):
+        env = Envelope.decode(reply)
+        return Envelope(
+            env.kind, env.session, env.round, env.phase, env.party, {"layer": b"garbage"}
+        ).encode()
+
+    fed, *_ = integer_federation(SecAgg(), 3, Faults().add("replace", "p02", phase=phase, replace=garbage))
+    report = fed.run_round()
+    assert set(report.dropouts) == {"p02"}, report.dropouts
+    assert not report.ok and report.error
+    if phase == "advertise":
+        assert set(report.sidelined) == {"p00", "p01"}, report.sidelined
+        assert "neighbours are left to share with" in report.sidelined["p00"]
+
+
+@pytest.mark.parametrize("n", [6, 7])
+def test_a_dealer_signing_a_wrong_share_is_named_not_its_holder(n):
+    """Found by an independent attacker: a party that deals p03 a wrong (but sealed and signed)
+    share of its own seed used to get p03 named when p03 revealed it. In active mode every dealt
+    share carries the dealer's signature, so the wrong share convicts the dealer."""
+    parties = [f"p{i:02d}" for i in range(n)]
+    fed, deltas, weights = integer_federation(SecAgg(identities=Identities.generate(parties)), n)
+    dealer = fed.nodes["p00"].secure_sum
+    honest_dealt = dealer._dealt
+
+    def lying_dealt(kind, holder, share):
+        if kind == "seed" and holder == "p03":
+            share = ((int.from_bytes(share, "big") + 1) % shamir.PRIME).to_bytes(shamir.SHARE_BYTES, "big")
+        return honest_dealt(kind, holder, share)
+
+    dealer._dealt = lying_dealt
+    report = fed.run_round()
+    assert report.ok, report.error
+    assert set(report.dropouts) == {"p00"}, report.dropouts
+    assert "dealt p03 a share of p00's self mask" in report.dropouts["p00"]
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))

@@ -132,8 +132,8 @@ class Attack:
         for c in self.colluders:  # colluders hand over every share they opened
             for owner, (seed_share, key_share) in self.sides[c].held.items():
                 x = self.ctx.parties.index(c) + 1
-                self.self_shares.setdefault(owner, {})[x] = seed_share
-                self.key_shares.setdefault(owner, {})[x] = key_share
+                self.self_shares.setdefault(owner, {})[x] = seed_share[: shamir.SHARE_BYTES]
+                self.key_shares.setdefault(owner, {})[x] = key_share[: shamir.SHARE_BYTES]
 
     def consistency(self, shown: dict[str, tuple[str, ...]]) -> None:
         for p, survivors in shown.items():
@@ -191,8 +191,9 @@ class Attack:
             )
             x = self.ctx.parties.index(p) + 1
             owners = header["self"] + header["secret"]
+            width = secagg._share_width(self.layer.active)  # a share (‖ its dealer's signature)
             for i, owner in enumerate(owners):
-                share = parts["shares"][i * shamir.SHARE_BYTES : (i + 1) * shamir.SHARE_BYTES]
+                share = parts["shares"][i * width : i * width + shamir.SHARE_BYTES]
                 target = self.self_shares if owner in header["self"] else self.key_shares
                 target.setdefault(owner, {})[x] = share
             for i, recipient in enumerate(header["disputed"]):  # one-time keys: open those shares too
@@ -201,7 +202,7 @@ class Attack:
 
     def open_with(self, sender: str, recipient: str, one_time: bytes) -> None:
         """Use a disclosed one-time key as an attacker would: open the sender's original share."""
-        sealed = self.sealed[sender][recipient][: secagg._SEALED_SHARE]
+        sealed = self.sealed[sender][recipient][: secagg._sealed_size(self.layer.active)]
         key = secagg._share_key(
             self.ctx, one_time, secagg._channel_public(self.keys[recipient]), sender, recipient
         )
@@ -210,8 +211,9 @@ class Attack:
         except SecureFLError:
             return
         x = self.ctx.parties.index(recipient) + 1
+        half = secagg._share_width(self.layer.active)
         self.self_shares.setdefault(sender, {})[x] = plain[: shamir.SHARE_BYTES]
-        self.key_shares.setdefault(sender, {})[x] = plain[shamir.SHARE_BYTES :]
+        self.key_shares.setdefault(sender, {})[x] = plain[half : half + shamir.SHARE_BYTES]
 
     # --- what the adversary does with it all -------------------------------------------------------
 

@@ -157,6 +157,13 @@ class SumAggregator(ABC):
         the report, also when the round then fails. A culprit's vector may already be in the sum."""
         return {}
 
+    def sidelined(self) -> dict[str, str]:
+        """Parties this layer leaves out of the rest of the round through no fault of their own,
+        each with the reason (e.g. a SecAgg party with too few live neighbours left to share with,
+        after another party was dropped). The core stops asking them and reports them apart from
+        dropouts, so that one bad party never gets honest ones named."""
+        return {}
+
     @abstractmethod
     def contributors(self) -> frozenset[str]:
         """After the last phase: the parties whose vectors are in the result. Not always those who

@@ -58,14 +58,23 @@ from securefl.randomness import SecureRandom, require_test_seed_permission
 from securefl.wire import decode_record, encode_record, pack_array, unpack_array
 
 ADVERTISE, SHARE, MASKED, CONSISTENCY, UNMASK = "advertise", "share", "masked", "consistency", "unmask"
-_SHARE_PLAINTEXT = 2 * shamir.SHARE_BYTES  # self-mask seed share ‖ mask private key share
 # A sealed share: the sender's one-time X25519 key ‖ nonce ‖ AES-GCM(shares) ‖ tag. The one-time
 # key lets the sender prove, if the recipient claims it cannot open it, what it sealed (below).
-_SEALED_SHARE = channel.KEY_BYTES + channel.sealed_size(_SHARE_PLAINTEXT)
 _COMMITMENT = 32
 # c_pk ‖ s_pk ‖ commitment to the self-mask seed ‖ commitment to the mask private key
 _KEYS = 2 * channel.KEY_BYTES + 2 * _COMMITMENT
 _DIGEST = 32
+
+
+def _share_width(active: bool) -> int:
+    """A dealt share as sealed and revealed: 66 bytes, followed in active mode by the dealer's
+    Ed25519 signature on it (so a wrong share the dealer signed convicts the dealer, not its holder)."""
+    return shamir.SHARE_BYTES + (signing.SIGNATURE_BYTES if active else 0)
+
+
+def _sealed_size(active: bool) -> int:
+    """One sealed share: one-time key ‖ nonce ‖ AES-GCM(seed share ‖ key share) ‖ tag."""
+    return channel.KEY_BYTES + channel.sealed_size(2 * _share_width(active))
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -262,10 +271,17 @@ class SecAggPlus(SecAgg):
 
 
 def _binomial_tail(trials: int, p: float, at_most: int) -> float:
-    """P(Binomial(trials, p) > at_most)."""
-    return sum(
-        math.comb(trials, i) * p**i * (1 - p) ** (trials - i) for i in range(max(at_most + 1, 0), trials + 1)
-    )
+    """P(Binomial(trials, p) > at_most), summed in log space (no overflow for thousands of trials)."""
+    if p <= 0:
+        return 0.0 if at_most >= 0 else 1.0
+    if p >= 1:
+        return 1.0 if at_most < trials else 0.0
+
+    def log_term(i: int) -> float:
+        log_comb = math.lgamma(trials + 1) - math.lgamma(i + 1) - math.lgamma(trials - i + 1)
+        return log_comb + i * math.log(p) + (trials - i) * math.log1p(-p)
+
+    return min(1.0, sum(math.exp(log_term(i)) for i in range(max(at_most + 1, 0), trials + 1)))
 
 
 def _permutation(items: list[str], seed: bytes) -> list[str]:
@@ -368,6 +384,18 @@ def _accusation(ctx: RoundContext, accuser: str, accused: str, digest: bytes) ->
     return _context("accuse", ctx, accuser, accused) + digest
 
 
+def _dealt_statement(ctx: RoundContext, kind: str, dealer: str, holder: str, share: bytes) -> bytes:
+    return _context(f"dealt-{kind}", ctx, dealer, holder) + share
+
+
+def _verify_dealt(identities: Identities, ctx: RoundContext, dealer: str, holder: str, plain: bytes) -> None:
+    """Active mode: both shares in an opened sealed share must carry the dealer's signature."""
+    half = _share_width(True)
+    for kind, dealt in (("seed", plain[:half]), ("key", plain[half:])):
+        share, signature = dealt[: shamir.SHARE_BYTES], dealt[shamir.SHARE_BYTES :]
+        identities.verify(dealer, signature, _dealt_statement(ctx, kind, dealer, holder, share))
+
+
 def _share_key(ctx: RoundContext, one_time: bytes, peer_channel: bytes, sender: str, recipient: str) -> bytes:
     return channel.agree(one_time, peer_channel, _context("share-key", ctx, sender, recipient))
 
@@ -459,6 +487,8 @@ class _Aggregator(SumAggregator):
         self.one_time: dict[str, dict[str, bytes]] = {}  # accused -> accuser -> revealed one-time key
         self.answered_unmask: set[str] = set()
         self._culprits: dict[str, str] = {}
+        self._sidelined: dict[str, str] = {}
+        self.dealer_signatures: dict[tuple[str, int], bytes] = {}  # (owner, holder's x) -> signature
 
     def max_reply_bytes(self, phase: str) -> int:
         n = len(self.ctx.parties)
@@ -467,8 +497,8 @@ class _Aggregator(SumAggregator):
                 self.ctx.vector_size * self.layer.dtype.itemsize + 4096 + n * (70 + signing.SIGNATURE_BYTES)
             )
         per_party = {
-            SHARE: _SEALED_SHARE + signing.SIGNATURE_BYTES,
-            UNMASK: shamir.SHARE_BYTES + channel.KEY_BYTES,
+            SHARE: _sealed_size(True) + signing.SIGNATURE_BYTES,
+            UNMASK: _share_width(True) + channel.KEY_BYTES,
         }.get(phase, 0)
         return 4096 + n * (per_party + 70) + _KEYS + signing.SIGNATURE_BYTES
 
@@ -521,7 +551,8 @@ class _Aggregator(SumAggregator):
         recipients = _ids(header["recipients"], "share recipients", expected)
         if set(recipients) != expected:
             raise ProtocolError(f"{party} shared with {sorted(recipients)}, not with all its live neighbours")
-        width = _SEALED_SHARE + (signing.SIGNATURE_BYTES if self.identities else 0)
+        active = self.identities is not None
+        width = _sealed_size(active) + (signing.SIGNATURE_BYTES if active else 0)
         sealed = _chunks(parts["shares"], width, len(recipients), "sealed shares")
         self.sealed[party] = dict(zip(recipients, sealed, strict=True))
 
@@ -562,26 +593,34 @@ class _Aggregator(SumAggregator):
         if set(got_self) != want_self or set(got_secret) != want_secret:
             raise ProtocolError(f"{party} did not reveal exactly the shares the survivor list calls for")
         disputed = _ids(header["disputed"], "disputed shares", self.accusations.get(party, {}))
-        shares = _chunks(
-            parts["shares"], shamir.SHARE_BYTES, len(got_self) + len(got_secret), "revealed shares"
-        )
+        width = _share_width(self.identities is not None)
+        shares = _chunks(parts["shares"], width, len(got_self) + len(got_secret), "revealed shares")
         keys = _chunks(parts["one_time"], channel.KEY_BYTES, len(disputed), "one-time keys")
         x = _x(self.ctx, party)
-        for owner, share in zip(got_self + got_secret, shares, strict=True):
+        for owner, dealt in zip(got_self + got_secret, shares, strict=True):
             target = self.self_shares if owner in want_self else self.key_shares
-            target.setdefault(owner, {})[x] = share
+            target.setdefault(owner, {})[x] = dealt[: shamir.SHARE_BYTES]
+            self.dealer_signatures[owner, x] = dealt[shamir.SHARE_BYTES :]
         self.one_time[party] = dict(zip(disputed, keys, strict=True))
         self.answered_unmask.add(party)
 
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         if phase == ADVERTISE:
-            self.u1 = survivors
+            self.u1 = self._with_enough_neighbours(survivors)
         elif phase == SHARE:
             self.u2 = survivors
             # A party's shares are useless if a recipient dropped before seeing them: keep only
             # shares addressed to parties still live.
             for sender in self.sealed:
                 self.sealed[sender] = {r: c for r, c in self.sealed[sender].items() if r in survivors}
+            # A party told of fewer than t senders would refuse to mask: leave it out now (it is in
+            # U2, so it is unmasked like a party that dropped after sharing).
+            for party in sorted(survivors):
+                senders = sum(1 for s in survivors if party in self.sealed.get(s, {}))
+                if senders < self.t:
+                    self._sidelined[party] = (
+                        f"only {senders} of its neighbours shared keys after others dropped; {self.t} needed"
+                    )
         elif phase == MASKED:
             self.u3 = survivors
             # Accusations from parties whose masked input never arrived are not acted upon.
@@ -608,6 +647,23 @@ class _Aggregator(SumAggregator):
 
     def culprits(self) -> dict[str, str]:
         return dict(self._culprits)
+
+    def sidelined(self) -> dict[str, str]:
+        return dict(self._sidelined)
+
+    def _with_enough_neighbours(self, live: frozenset[str]) -> frozenset[str]:
+        """The live parties that still have t live neighbours to share with, the others sidelined
+        (repeatedly: leaving one out can leave its neighbours short too). Without this they would
+        refuse to share and be reported as dropouts for another party's failure."""
+        live = set(live)
+        while short := sorted(p for p in live if len(self.graph[p] & live) < self.t):
+            for party in short:
+                kept = len(self.graph[party] & live)
+                self._sidelined[party] = (
+                    f"only {kept} of its neighbours are left to share with; {self.t} needed"
+                )
+            live -= set(short)
+        return frozenset(live)
 
     def _blame(self, party: str, reason: str) -> None:
         self._culprits.setdefault(party, reason)
@@ -638,7 +694,8 @@ class _Aggregator(SumAggregator):
 
     def _opens(self, sender: str, recipient: str, one_time: bytes) -> bool:
         blob = self.sealed[sender][recipient]
-        sealed, signature = blob[:_SEALED_SHARE], blob[_SEALED_SHARE:]
+        size = _sealed_size(self.identities is not None)
+        sealed, signature = blob[:size], blob[size:]
         try:
             if self.identities:
                 self.identities.verify(
@@ -647,13 +704,15 @@ class _Aggregator(SumAggregator):
             if channel.public_of(one_time) != sealed[: channel.KEY_BYTES]:
                 return False
             channel_key = _channel_public(self.keys[recipient])
-            _open_share(
+            plain = _open_share(
                 self.ctx,
                 _share_key(self.ctx, one_time, channel_key, sender, recipient),
                 sealed,
                 sender,
                 recipient,
             )
+            if self.identities:
+                _verify_dealt(self.identities, self.ctx, sender, recipient, plain)
         except (ProtocolError, ValueError):
             return False
         return True
@@ -670,6 +729,12 @@ class _Aggregator(SumAggregator):
                 "is revealed"
             )
         self._require(len(shares) >= self.t, f"{len(shares)} shares of {what} arrived")
+        by_x = {_x(self.ctx, p): p for p in self.ctx.parties}
+        # Shares from a holder already caught lying are left out while enough remain: one liar then
+        # costs one decoding, not one per owner.
+        trusted = {x: v for x, v in shares.items() if by_x[x] not in self._culprits}
+        if len(trusted) >= self.t:
+            shares = trusted
         keys = self.keys[owner]
         commitment = _commitments(keys)[kind]
 
@@ -679,9 +744,11 @@ class _Aggregator(SumAggregator):
             return kind == "seed" or channel.public_of(candidate) == _mask_public(keys)
 
         outcome = shamir.reconstruct(shares, self.t, length, accept)
-        by_x = {_x(self.ctx, p): p for p in self.ctx.parties}
         for x in outcome.wrong:
-            self._blame(by_x[x], f"revealed a share of {what} that does not fit the others")
+            if self.identities and self._dealer_signed(owner, kind, by_x[x], shares[x], x):
+                self._blame(owner, f"dealt {by_x[x]} a share of {what} that does not fit the others")
+            else:
+                self._blame(by_x[x], f"revealed a share of {what} that does not fit the others")
         if outcome.secret is None:
             holders = ", ".join(by_x[x] for x in sorted(shares))
             raise RoundFailed(
@@ -690,6 +757,15 @@ class _Aggregator(SumAggregator):
                 "round aborted, nothing is revealed"
             )
         return outcome.secret
+
+    def _dealer_signed(self, owner: str, kind: str, holder: str, share: bytes, x: int) -> bool:
+        """Whether ``owner`` signed exactly this share for ``holder`` (then a wrong share is its own)."""
+        signature = self.dealer_signatures.get((owner, x), b"")
+        try:
+            self.identities.verify(owner, signature, _dealt_statement(self.ctx, kind, owner, holder, share))
+        except ProtocolError:
+            return False
+        return True
 
     def _unmask(self) -> None:
         ctx, layer = self.ctx, self.layer
@@ -800,16 +876,23 @@ class _Party(SumParty):
         sealed = []
         for peer in peers:
             x = _x(self.ctx, peer)
+            dealt = self._dealt("seed", peer, seed_shares[x]) + self._dealt("key", peer, key_shares[x])
             one_time, one_time_public = channel.generate_keypair(self.rng)
             key = _share_key(self.ctx, one_time, _channel_public(self.peers[peer]), self.me, peer)
             blob = one_time_public + channel.seal(
-                key, seed_shares[x] + key_shares[x], _context("share", self.ctx, self.me, peer), self.rng
+                key, dealt, _context("share", self.ctx, self.me, peer), self.rng
             )
             if self.identity is not None:
                 blob += signing.sign(self.identity, _sealed_statement(self.ctx, self.me, peer, blob))
             self.sent[peer] = (one_time, blob)  # exactly the bytes sent, signature included
             sealed.append(blob)
         return encode_record(b"SASr", {"recipients": peers}, {"shares": b"".join(sealed)})
+
+    def _dealt(self, kind: str, holder: str, share: bytes) -> bytes:
+        """A share as dealt: in active mode followed by this party's signature on it."""
+        if self.identity is None:
+            return share
+        return share + signing.sign(self.identity, _dealt_statement(self.ctx, kind, self.me, holder, share))
 
     def _masked(self, request: bytes) -> bytes:
         header, parts = decode_record(request, b"SAMq", {"senders": list}, ("shares",))
@@ -821,18 +904,22 @@ class _Party(SumParty):
                 f"the aggregator says only {len(senders)} neighbours sent shares; at least {self.t} are "
                 "needed to mask this party's input safely"
             )
-        width = _SEALED_SHARE + (signing.SIGNATURE_BYTES if self.identity else 0)
+        active = self.identity is not None
+        size = _sealed_size(active)
+        width = size + (signing.SIGNATURE_BYTES if active else 0)
         unopened, accusations = [], []
         for sender, blob in zip(
             senders, _chunks(parts["shares"], width, len(senders), "sealed shares"), strict=True
         ):
-            sealed = blob[:_SEALED_SHARE]
+            sealed = blob[:size]
             try:
                 if self.identities is not None:
                     statement = _sealed_statement(self.ctx, sender, self.me, sealed)
-                    self.identities.verify(sender, blob[_SEALED_SHARE:], statement)
+                    self.identities.verify(sender, blob[size:], statement)
                 key = _share_key(self.ctx, self.c_sk, sealed[: channel.KEY_BYTES], sender, self.me)
                 plain = _open_share(self.ctx, key, sealed, sender, self.me)
+                if self.identities is not None:
+                    _verify_dealt(self.identities, self.ctx, sender, self.me, plain)
             except ProtocolError:
                 # Not this party's fault: name the sender (signed, bound to exactly these bytes) and
                 # go on. It still masks with the sender, whose mask key is valid, so the sum holds.
@@ -843,7 +930,8 @@ class _Party(SumParty):
                         signing.sign(self.identity, _accusation(self.ctx, self.me, sender, digest))
                     )
                 continue
-            self.held[sender] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
+            half = _share_width(active)
+            self.held[sender] = (plain[:half], plain[half:])  # each: share (‖ dealer's signature)
         masks = prg.MaskAccumulator(self.ctx.vector_size, self.layer.dtype)
         masks.add(self.self_seed)
         for peer in senders:
