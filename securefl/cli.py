@@ -70,6 +70,8 @@ class ConsoleReporter(Reporter):
                 line += f"  ε {report.epsilon:.3f}"
             if report.dropouts:
                 line += f"  dropouts: {escape(', '.join(sorted(report.dropouts)))}"
+            if report.sidelined:
+                line += f"  sidelined: {escape(', '.join(sorted(report.sidelined)))}"
         else:
             failure = escape(str(report.error))
             line = f"round {report.round + 1:>3}/{self.total_rounds}  [red]failed[/]: {failure}"

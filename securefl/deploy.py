@@ -349,6 +349,7 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
         "refused": next((r.error for r in reports if r.status == "refused"), None),
         "parties_seen": sorted(transport.seen),
         "dropouts": {r.round: r.dropouts for r in reports if r.dropouts},
+        "sidelined": {r.round: r.sidelined for r in reports if r.sidelined},
         "epsilon": next((r.epsilon for r in reversed(reports) if r.epsilon is not None), None),
         "sealed": aggregator.sealed is not None,
         "weights": None if aggregator.sealed is not None else spec.unflatten(aggregator.weights),
