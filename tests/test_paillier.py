@@ -272,10 +272,12 @@ def test_out_of_range_ciphertext_is_rejected_by_the_aggregator():
     assert report.ok and "out of range for the public key" in report.dropouts["p03"]
 
 
-def test_a_sum_beyond_the_packing_is_caught_at_decryption_and_the_round_fails_cleanly():
+def test_a_sum_beyond_the_packing_is_caught_at_decryption_and_the_model_stays():
     """Paillier is malleable: an in-range tampered ciphertext decrypts to some other value, which no
     check can tell from a real one (integrity in transit is the transport's job). What the decryptor
-    does guarantee: a plaintext beyond the packed slots is refused, never decoded."""
+    does guarantee: a plaintext beyond the packed slots is refused, never decoded — with a sealed
+    refusal marker the aggregator cannot tell from a model (F1), which the parties open next round
+    and keep the previous model."""
     holder = {}
 
     def shift(c):
@@ -284,14 +286,21 @@ def test_a_sum_beyond_the_packing_is_caught_at_decryption_and_the_round_fails_cl
         return int(c * (1 + (1 << (public.bits - 2)) * public.n) % public.nsquare)
 
     fed, *_ = integer_federation(
-        4, Faults().add("replace", "p03", phase="encrypt", replace=_tamper_ciphertext(shift))
+        4, Faults().add("replace", "p03", phase="encrypt", round=0, replace=_tamper_ciphertext(shift))
     )
     holder["fed"] = fed
     report = fed.run_round()
-    # Both key holders refuse it (a refusal is a reply, not a withdrawal): nobody is blamed.
-    assert not report.ok and "both refused" in report.error and not report.dropouts
-    assert "does not fit the packing" in report.error
-    np.testing.assert_array_equal(fed.aggregator.weights, np.zeros(7))
+    # To the aggregator this is a round like any other: nobody is blamed, nothing is said.
+    assert report.ok and not report.dropouts and fed.aggregator.sealed is not None
+    refusing = [p for p in fed.nodes if fed.nodes[p].secure_sum.refusals]
+    assert len(refusing) == 2  # the decryptor and the verifier, locally
+    assert all("does not fit the packing" in fed.nodes[p].secure_sum.refusals[0][1] for p in refusing)
+    opened = fed.nodes["p00"].open_global(fed.aggregator.sealed.data)
+    np.testing.assert_array_equal(opened, np.zeros(7))  # the marker keeps the previous model
+    assert fed.run_round().ok  # the parties open the marker, say so, and train from the old model
+    assert all(
+        any("refusal marker" in why for _r, why in fed.nodes[p].secure_sum.refusals) for p in fed.nodes
+    )
 
 
 def test_overflowing_configuration_is_refused():

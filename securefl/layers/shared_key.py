@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import struct
 from abc import ABC, abstractmethod
 from typing import Any
@@ -42,7 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from securefl.crypto import channel, signing
 from securefl.crypto.signing import Identities
-from securefl.errors import ConfigError, ProtocolError, RoundFailed, WireError
+from securefl.errors import ConfigError, ProtocolError, RoundFailed, UpdateError, WireError
 from securefl.layers.base import (
     Fuser,
     ImpossibleSum,
@@ -68,6 +69,13 @@ _MAX_KEY_REPLY = 64 << 20
 _ABSTAIN = b"SKAb"  # an encrypt reply from a party without keys: it sits the round out
 _MAX_COMPLAINTS = 2  # a requester that refused keys this often is no longer invited to key phases
 _CHECK_KEY = bytes(range(1, 33))  # a public X25519 private key: checking a peer key needs no secret
+# A party that encrypted in this many consecutive rounds without a new sealed record arriving (a
+# model or a refusal marker: the aggregator cannot tell which) sits rounds out until one arrives:
+# an unchanged update is not encrypted again and again while rounds fail.
+STALE_LIMIT = 3
+_MODEL, _REFUSED = 0, 1  # status byte of a sealed record's plaintext
+
+log = logging.getLogger(__name__)
 
 
 class Combiner(ABC):
@@ -169,8 +177,46 @@ def _x25519_usable(public: bytes) -> bool:
     return True
 
 
-def _model_aad(scheme: str, session: str, round: int) -> bytes:
-    return b"securefl/shared-key/model" + scheme.encode() + bytes.fromhex(session) + struct.pack(">I", round)
+def _model_aad(scheme: str, session: str, round: int, contributors: list[str], sum_digest: str) -> bytes:
+    """Associated data of a sealed record: the scheme, session and round (its label), the named
+    contributors (so a key holder knows what the model averages) and SHA-256 of the received sum
+    (so replies to different requests never repeat a synthetic nonce, whatever they hold)."""
+    fields = [
+        b"securefl/shared-key/model/v2",
+        scheme.encode(),
+        bytes.fromhex(session),
+        struct.pack(">I", round),
+        struct.pack(">I", len(contributors)),
+        *(c.encode() for c in contributors),
+        bytes.fromhex(sum_digest),
+    ]
+    return b"".join(struct.pack(">I", len(f)) + f for f in fields)
+
+
+def sum_digest(combined: bytes) -> str:
+    """The hex SHA-256 of an encrypted sum as a decrypt request carries it."""
+    return hashlib.sha256(b"securefl/shared-key/sum" + combined).hexdigest()
+
+
+def sealed_record_size(vector_size: int) -> int:
+    """Bytes of every sealed record (model or refusal marker) for a protected vector of
+    ``vector_size`` values: an 8-byte header and ``vector_size`` float64 slots, sealed."""
+    return channel.sealed_size(8 + 8 * vector_size)
+
+
+def _record_plaintext(status: int, model: np.ndarray | None, vector_size: int) -> bytes:
+    """status (1 byte) ‖ 3 zero bytes ‖ number of model values (u32 BE) ‖ the values as float64 LE,
+    zero-padded to ``vector_size`` slots. A model has fewer values than the protected vector (which
+    adds the weight at least), so every record of a round has the same size."""
+    values = b"" if model is None else np.ascontiguousarray(model, dtype="<f8").tobytes()
+    if len(values) > 8 * vector_size:
+        raise ProtocolError("the model is larger than the protected vector; cannot seal it at a fixed size")
+    count = len(values) // 8
+    return struct.pack(">B3xI", status, count) + values + bytes(8 * vector_size - len(values))
+
+
+def _record_header() -> dict[str, type]:
+    return {"round": int, "session": str, "contributors": list, "sum": str}
 
 
 def _offer_statement(ctx: RoundContext, requester: str, channel_key: bytes) -> bytes:
@@ -292,7 +338,9 @@ class _Aggregator(SumAggregator):
         self.verifier: str | None = None
         self.arbiter: str | None = None
         self.sealed_by: dict[str, bytes] = {}
-        self.refused_by: dict[str, str] = {}
+        self._sum_payload: bytes | None = None
+        self._sum_digest = ""  # what the decrypt request carried: a sealed record must name it
+        self._named: list[str] = []
         self.culprits_: dict[str, str] = {}
         self._phase_now = ""
         self._spare: list[str] = []
@@ -301,16 +349,18 @@ class _Aggregator(SumAggregator):
         if phase == ENCRYPT:
             return self.scheme.max_encrypt_bytes(self.ctx)
         if phase in (DECRYPT, ARBITRATE):
-            return self.ctx.vector_size * 8 + 8192
+            return sealed_record_size(self.ctx.vector_size) + 8192 + 256 * len(self.ctx.parties)
         return _MAX_KEY_REPLY
 
     def _decrypt_request(self, party: str | None) -> bytes:
         roles = (self.decryptor, self.verifier) if self._phase_now == DECRYPT else (self.arbiter,)
         if party is None or party not in roles or self.combined is None:
             return encode_record(b"SKDq", {"contributors": []}, {"sum": b""})
-        return encode_record(
-            b"SKDq", {"contributors": sorted(self.contributors_)}, {"sum": self.combined.payload()}
-        )
+        if self._sum_payload is None:
+            self._sum_payload = self.combined.payload()
+            self._sum_digest = sum_digest(self._sum_payload)
+        self._named = sorted(self.contributors_)
+        return encode_record(b"SKDq", {"contributors": self._named}, {"sum": self._sum_payload})
 
     def request(self, phase: str, party: str) -> bytes:
         if phase == KEY_GRANT:
@@ -480,42 +530,37 @@ class _Aggregator(SumAggregator):
             if header["sealed"] or header["refused"] or parts["model"]:
                 raise ProtocolError("answered a decryption it was not asked for")
             return
-        if not header["sealed"]:
-            if not header["refused"]:
-                raise ProtocolError("asked to decrypt, it returned neither a sealed model nor a refusal")
-            # It found the sum impossible (its reason names a bound, never a value): judged at close.
-            self.refused_by[party] = header["refused"][:500]
-            return
-        if header["refused"]:
-            raise ProtocolError("a reply cannot both seal a model and refuse the sum")
-        # What the aggregator can check without the model key: a sealed-model record for this
-        # session and round, long enough to hold a nonce and a tag. (The contents are AEAD-sealed;
-        # the verifier, and if needed an arbiter, check them by sealing the same bytes.)
-        model, model_parts = decode_record(
-            parts["model"], b"SKMD", {"round": int, "session": str}, ("sealed",)
-        )
+        if not header["sealed"] or header["refused"]:
+            # An honest key holder never refuses in the clear: a sum it cannot accept is answered
+            # with a sealed refusal marker, the same size as a model (F1: a clear refusal was a
+            # 1-bit oracle on crafted sums).
+            raise ProtocolError("asked to decrypt, it refused in the clear instead of sealing a record")
+        # What the aggregator can check without the model key: a sealed record for this session and
+        # round, naming the contributors and the sum it was sent, of the one size every sealed record
+        # of this round has. (The contents are AEAD-sealed; the verifier, and if needed an arbiter,
+        # check them by sealing the same bytes.)
+        model, model_parts = decode_record(parts["model"], b"SKMD", _record_header(), ("sealed",))
         if model["round"] != self.ctx.round or model["session"] != self.ctx.session:
             raise ProtocolError(
                 f"the sealed model is labelled round {model['round']} of session {model['session'][:32]!r}, "
                 f"not round {self.ctx.round} of this session"
             )
-        if len(model_parts["sealed"]) < channel.sealed_size(8):
-            raise WireError("the sealed model is too short to hold a model")
+        if model["contributors"] != self._named or model["sum"] != self._sum_digest:
+            raise ProtocolError("the sealed model names other contributors or another sum than it was sent")
+        if len(model_parts["sealed"]) != sealed_record_size(self.ctx.vector_size):
+            raise WireError("the sealed model does not have the size of a sealed record of this round")
         self.sealed_by[party] = parts["model"]
 
     def _outcome(self, party: str | None) -> tuple[str, Any]:
-        """What a decrypting role returned: ("sealed", bytes), ("refused", reason) or ("missing", None)."""
+        """What a decrypting role returned: ("sealed", bytes) or ("missing", None). Whether the
+        sealed record holds a model or a refusal marker is hidden from this aggregator."""
         if party in self.sealed_by:
             return "sealed", self.sealed_by[party]
-        if party in self.refused_by:
-            return "refused", self.refused_by[party]
         return "missing", None
 
     @staticmethod
     def _same(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
-        if a[0] != b[0] or a[0] == "missing":
-            return False
-        return a[0] == "refused" or hmac.compare_digest(a[1], b[1])
+        return a[0] == b[0] == "sealed" and hmac.compare_digest(a[1], b[1])
 
     def _eligible_holders(self) -> list[str]:
         """Contributors that hold the keys and were never caught misbehaving, in a round-dependent
@@ -659,8 +704,6 @@ class _Aggregator(SumAggregator):
             if first[0] == "sealed":
                 self.sealed = first[1]
                 return
-            if first[0] == "refused":
-                raise RoundFailed(f"{name}: the decryptor {self.decryptor} refused the sum: {first[1]}")
             raise RoundFailed(
                 f"{name}: the decryptor {self.decryptor} dropped or returned no valid sealed model; "
                 "the model is unchanged"
@@ -675,13 +718,8 @@ class _Aggregator(SumAggregator):
             )
         if self._same(first, second):
             self.arbiter = None
-            if first[0] == "sealed":
-                self.sealed = first[1]
-                return
-            raise RoundFailed(
-                f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} both refused the "
-                f"sum: {first[1]}; the model is unchanged"
-            )
+            self.sealed = first[1]
+            return
         # They disagree (or one is silent): a third key holder decides, if there is one.
         spare = [p for p in self._spare if p in survivors and p not in self.distrusted]
         self.arbiter = spare[0] if spare else None
@@ -694,10 +732,9 @@ class _Aggregator(SumAggregator):
                     "the model is unchanged"
                 )
             raise RoundFailed(
-                f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} "
-                f"{'sealed different models from' if first[0] == second[0] else 'disagree on'} the same sum, "
-                "so "
-                "one of them is faulty, and no third key holder is left to tell which; the model is unchanged"
+                f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} sealed different "
+                "records for the same sum, so one of them is faulty, and no third key holder is left to tell "
+                "which; the model is unchanged"
             )
 
     def _close_arbitrate(self, survivors: frozenset[str]) -> None:
@@ -713,25 +750,30 @@ class _Aggregator(SumAggregator):
                 f"{name}: the decryptor {self.decryptor} and the verifier {self.verifier} disagree, and the "
                 f"arbiter {self.arbiter} dropped or returned no valid answer; the model is unchanged"
             )
-        agree = [r for r in (self.decryptor, self.verifier) if self._same(self._outcome(r), judge)]
-        wrong = [
-            r for r in (self.decryptor, self.verifier) if r not in agree and self._outcome(r)[0] != "missing"
-        ]
+        roles = (self.decryptor, self.verifier)
+        answered = [r for r in roles if self._outcome(r)[0] != "missing"]
+        agree = [r for r in answered if self._same(self._outcome(r), judge)]
         if not agree:
-            for r in (self.decryptor, self.verifier, self.arbiter):
+            if len(answered) == 1:
+                # One role is silent (only that: never distrusted for a disagreement it did not voice)
+                # and the arbiter contradicts the one that answered: one word against another, with no
+                # third to tell who lies (P6). Nobody is distrusted; the round fails.
+                raise RoundFailed(
+                    f"{name}: {answered[0]} and the arbiter {self.arbiter} sealed different records for the "
+                    f"same sum and the other role was silent, so who is faulty cannot be told; the model is "
+                    "unchanged"
+                )
+            # Three different answers to one sum: honest holders seal identical bytes, so at most one
+            # of the three is honest — beyond the one-malicious-party model; none gets a role again.
+            for r in (*roles, self.arbiter):
                 self.distrusted.add(r)
             raise RoundFailed(
                 f"{name}: the decryptor {self.decryptor}, the verifier {self.verifier} and the arbiter "
                 f"{self.arbiter} all disagree; the model is unchanged"
             )
-        for r in wrong:
-            what = "sealed a model" if self._outcome(r)[0] == "sealed" else "refused the sum"
-            self._blame(r, f"{what} that two other key holders contradicted")
-        if judge[0] == "refused":
-            raise RoundFailed(
-                f"{name}: the sum was refused by {' and '.join([*agree, self.arbiter])}: {judge[1]}; the "
-                "model is unchanged"
-            )
+        for r in answered:
+            if r not in agree:
+                self._blame(r, "sealed a record that two other key holders contradicted")
         self.sealed = judge[1]
 
     def _blame(self, party: str | None, reason: str) -> None:
@@ -772,7 +814,16 @@ class _Party(SumParty):
         self.fuse: Fuser | None = None
         self.rng = SecureRandom()
         self.ctx: RoundContext | None = None
-        self.latest_model_round = -1  # the newest sealed model this party has trained on
+        self.latest_model_round = -1  # the newest sealed record this party has trained on (or sealed)
+        # Label -> SHA-256 of the one sealed record this party accepts under that label: the one it
+        # sealed itself as a decrypting role, or the one it first trained on (F2: one label, one content).
+        self._label_digest: dict[int, bytes] = {}
+        self._base: Any = None  # () -> the global vector this round trained from (for refusal markers)
+        self._last_model: np.ndarray | None = None  # the last global vector a sealed record gave
+        self.refusals: list[tuple[int, str]] = []  # (round, reason): sums this party refused to fuse
+        self._stale = 0  # consecutive rounds encrypted without a new sealed record arriving
+        self._record_at_encrypt = -1  # latest_model_round when this party last encrypted
+        self._last_encrypt_round = -1  # pads are per (session, party, round): never a round twice
         self._opening_for_round = False
         self._handlers = {
             KEY_OFFER: self._key_offer,
@@ -783,8 +834,21 @@ class _Party(SumParty):
             ARBITRATE: self._decrypt,
         }
 
-    def attach_fuser(self, fuse: Fuser) -> None:
+    def attach_fuser(self, fuse: Fuser, base: Any = None) -> None:
+        """Keep ``fuse``; ``base`` (optional) returns the global vector this round trained from,
+        which a refusal marker carries so that parties opening it keep that model. Without it the
+        fuser's owner's ``round_global`` is used when there is one (the core's party)."""
         self.fuse = fuse
+        self._base = base
+
+    def _base_model(self) -> np.ndarray | None:
+        if self._base is not None:
+            base = self._base()
+        else:
+            base = getattr(getattr(self.fuse, "__self__", None), "round_global", None)
+        if base is None:
+            base = self._last_model
+        return None if base is None else np.asarray(base, dtype=np.float64)
 
     def start_round(self, ctx: RoundContext, provide: Provider) -> None:
         self.ctx = ctx
@@ -917,12 +981,37 @@ class _Party(SumParty):
             # No keys (key distribution failed for this party): sit the round out, visibly, instead
             # of withdrawing — whoever caused it, this party did nothing wrong.
             return encode_record(_ABSTAIN, {"reason": f"this party holds no {self.scheme.name} keys"}, {})
+        if self.ctx.round <= self._last_encrypt_round:
+            # The pads derive from (session, party, round): a second encryption in one round would
+            # reuse them, so that the quotient of the two ciphertexts is unpadded.
+            raise ProtocolError(
+                f"asked to encrypt in round {self.ctx.round}, but this party already encrypted in round "
+                f"{self._last_encrypt_round}; its pads are not reused"
+            )
         self._opening_for_round = True  # provide() opens this round's sealed global model
         try:
             vector = self.provide()
         finally:
             self._opening_for_round = False
-        return self.scheme.encrypt(self.material, vector, self.ctx, self.me)
+        if self.latest_model_round > self._record_at_encrypt:
+            self._stale = 0  # a new sealed record (model or refusal marker) arrived since
+        if self._stale >= STALE_LIMIT:
+            # Rounds keep failing and the update has not changed: do not hand out yet another fresh
+            # encryption of it. Decided from what the aggregator did (it served no new sealed record),
+            # never from a record's hidden content, so sitting out tells it nothing.
+            return encode_record(
+                _ABSTAIN,
+                {
+                    "reason": f"encrypted in {self._stale} consecutive rounds without a new sealed model; "
+                    "sits rounds out until one arrives"
+                },
+                {},
+            )
+        ciphertexts = self.scheme.encrypt(self.material, vector, self.ctx, self.me)
+        self._stale += 1
+        self._record_at_encrypt = self.latest_model_round
+        self._last_encrypt_round = self.ctx.round
+        return ciphertexts
 
     def _decrypt(self, request: bytes) -> bytes:
         header, parts = decode_record(request, b"SKDq", {"contributors": list}, ("sum",))
@@ -935,35 +1024,76 @@ class _Party(SumParty):
         if self.decrypted:
             raise ProtocolError("already decrypted a sum in this round; replay refused")
         self.decrypted = True
+        # Checks on what the aggregator sent (public to it) may end in a withdrawal; nothing that
+        # depends on the decrypted sum may (F1).
         contributors = _contributor_list(header["contributors"], self.ctx, self.me)
+        if self.ctx.round in self._label_digest or self.ctx.round < self.latest_model_round:
+            raise ProtocolError(
+                f"already holds a sealed record labelled round {self.ctx.round} or later; not sealing another"
+            )
+        digest = sum_digest(parts["sum"])
         try:
             # The scheme removes exactly these contributors' pads, then checks the counter slot
             # against their number and the sum against number × bound; the fuser checks again.
             total = self.scheme.decrypt(self.material, parts["sum"], contributors, self.ctx)
             model = self.fuse(total, contributors=len(contributors))
-        except ImpossibleSum as exc:
-            # Not a withdrawal: the aggregator weighs this refusal against the other key holders'.
-            # The reason names a bound, never a value.
-            return encode_record(b"SKDr", {"sealed": False, "refused": str(exc)[:500]}, {"model": b""})
+            plaintext = _record_plaintext(_MODEL, model, self.ctx.vector_size)
+        except (ImpossibleSum, UpdateError, ArithmeticError) as exc:
+            # A sealed refusal marker, not a reply in the clear: same size and the same deterministic
+            # sealing as a model, so that the aggregator cannot tell them apart (F1: "refused" vs
+            # "sealed" was a 1-bit oracle on crafted sums, the refused coordinate's index log2(d) more).
+            # It carries the model this round trained from: parties opening it keep that model.
+            reason = f"{type(exc).__name__}: {exc}"
+            self.refusals.append((self.ctx.round, reason))
+            log.warning("%s: refused the round-%d sum (sealed a marker): %s", self.me, self.ctx.round, reason)
+            plaintext = _record_plaintext(_REFUSED, self._base_model(), self.ctx.vector_size)
+        names = list(contributors)
         sealed = _seal_model(
             self.scheme.model_key(self.material),
-            np.ascontiguousarray(model, dtype="<f8").tobytes(),
-            _model_aad(self.scheme.name, self.ctx.session, self.ctx.round),
+            plaintext,
+            _model_aad(self.scheme.name, self.ctx.session, self.ctx.round, names, digest),
         )
         record = encode_record(
-            b"SKMD", {"round": self.ctx.round, "session": self.ctx.session}, {"sealed": sealed}
+            b"SKMD",
+            {"round": self.ctx.round, "session": self.ctx.session, "contributors": names, "sum": digest},
+            {"sealed": sealed},
         )
+        # This party accepts no other content under this label later (F2).
+        self._label_digest[self.ctx.round] = hashlib.sha256(record).digest()
         return encode_record(b"SKDr", {"sealed": True, "refused": ""}, {"model": record})
 
     def open_model(self, sealed: bytes) -> np.ndarray:
         if self.material is None:
             raise ProtocolError("this party holds no model key to open the sealed model")
-        header, parts = decode_record(sealed, b"SKMD", {"round": int, "session": str}, ("sealed",))
+        header, parts = decode_record(sealed, b"SKMD", _record_header(), ("sealed",))
         round_, session = header["round"], header["session"]
+        names, digest = header["contributors"], header["sum"]
         if self.ctx is not None and session != self.ctx.session:
             raise ProtocolError("the sealed model belongs to another session; replay refused")
         if not 0 <= round_ <= MAX_ROUND or not _is_session(session):
             raise WireError("the sealed model's round or session is malformed")
+        if (
+            any(not isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)
+            or not isinstance(digest, str)
+            or len(digest) != 64
+            or any(c not in "0123456789abcdef" for c in digest)
+        ):
+            raise WireError("the sealed model's contributors or sum digest are malformed")
+        floor = self.ctx.min_parties if self.ctx is not None else 1
+        if len(names) < max(1, floor):
+            raise ProtocolError(
+                f"the sealed model averages {len(names)} contributions, below this party's minimum {floor}"
+            )
+        record_digest = hashlib.sha256(sealed).digest()
+        known = self._label_digest.get(round_)
+        if known is not None and not hmac.compare_digest(known, record_digest):
+            # Two different sealed records under one label (F2): e.g. the models of two different
+            # contributor sets of the same round, whose difference would reveal one party's update.
+            raise ProtocolError(
+                f"a second, different sealed model labelled round {round_}: this party already holds one "
+                "for that round; equivocation refused"
+            )
         if self._opening_for_round:
             # Training in round r starts from the newest model: sealed before r, and not older than
             # one this party already trained on (an aggregator replaying an old model is refused).
@@ -976,13 +1106,35 @@ class _Party(SumParty):
                     f"the sealed model is from round {round_}, older than the round-"
                     f"{self.latest_model_round} model this party already trained on; rollback refused"
                 )
-        aad = _model_aad(self.scheme.name, session, round_)
+        aad = _model_aad(self.scheme.name, session, round_, names, digest)
         plain = channel.open_sealed(self.scheme.model_key(self.material), parts["sealed"], aad)
-        if len(plain) % 8:
-            raise WireError("the sealed model is not a whole number of float64 values")
+        if len(plain) < 8 or len(plain) % 8:
+            raise WireError("the sealed record is not a header and whole float64 values")
+        status, count = struct.unpack(">B3xI", plain[:8])
+        if status not in (_MODEL, _REFUSED) or 8 * count > len(plain) - 8:
+            raise WireError("the sealed record's header is malformed")
+        vector = np.frombuffer(plain[8 : 8 + 8 * count], dtype="<f8").copy()
+        if status == _REFUSED:
+            # The key holders refused that round's sum: it could not come from the named contributors.
+            # Said here, locally; the aggregator cannot tell a marker from a model.
+            log.warning(
+                "%s: the round-%d sealed record is a refusal marker: the sum could not come from its %d "
+                "named contributors; keeping the previous model",
+                self.me,
+                round_,
+                len(names),
+            )
+            if self._opening_for_round:
+                self.refusals.append((round_, "opened a refusal marker: the model did not move"))
+            if count == 0:
+                if self._last_model is None:
+                    raise ProtocolError("a refusal marker without the previous model, and none is known here")
+                vector = self._last_model.copy()
         if self._opening_for_round:
             self.latest_model_round = round_
-        return np.frombuffer(plain, dtype="<f8").copy()
+            self._label_digest[round_] = record_digest
+            self._last_model = vector.copy()
+        return vector
 
 
 def _contributor_list(names: Any, ctx: RoundContext, me: str) -> tuple[str, ...]:
