@@ -1108,3 +1108,274 @@ def test_d1_the_checks_accept_honest_chunks_and_contexts_and_refuse_trailing_fra
     context = b"\x0a" + ckks._encode_varint(len(bomb)) + bomb
     with pytest.raises(WireError, match="content"):
         ckks.check_context_bytes(context, params)
+
+
+# --- F1: an active aggregator asks every contributor to decrypt crafted sums (refusal oracle) ----------
+
+
+class OracleAggregator:
+    """The attack as reported: every round, every contributor is asked to decrypt (once each) the
+    honest sum of all four plus a chosen plaintext offset, and the round is failed on purpose so that
+    the model never moves and deterministic clients resend the same update. ``offsets[party]`` is a
+    value added to coordinate 0 (0: an honest sum; huge: beyond every bound)."""
+
+    def __init__(self, fed, offsets):
+        from securefl.errors import RoundFailed
+
+        self.agg, self.offsets, self.payloads, self.replies = fed.aggregator.secure_sum, offsets, {}, {}
+        self.encrypted: dict[int, set] = {}
+        o_receive, o_request, o_close = self.agg.receive, self.agg.request, self.agg.close_phase
+
+        def receive(phase, party, payload):
+            if phase == sk.ENCRYPT and payload[:4] != b"SKAb":
+                self.payloads[party] = payload
+                self.encrypted.setdefault(self.agg.ctx.round, set()).add(party)
+            if phase == sk.DECRYPT:
+                self.replies.setdefault(self.agg.ctx.round, {})[party] = payload
+                return None
+            return o_receive(phase, party, payload)
+
+        def request(phase, party):
+            if phase == sk.DECRYPT and party in self.payloads:
+                return encode_record(
+                    b"SKDq", {"contributors": sorted(self.payloads)}, {"sum": self.crafted(party)}
+                )
+            return o_request(phase, party)
+
+        def close_phase(phase, survivors):
+            if phase == sk.DECRYPT:
+                raise RoundFailed("the aggregator fails the round on purpose")
+            return o_close(phase, survivors)
+
+        self.agg.receive, self.agg.request, self.agg.close_phase = receive, request, close_phase
+
+    def crafted(self, party):
+        offset = self.offsets[party]
+        if isinstance(self.agg.scheme, sk.Scheme) and self.agg.scheme.name == "paillier":
+            pub = self.agg.public
+            total = [1] * len(_paillier_cts(next(iter(self.payloads.values()))))
+            for payload in self.payloads.values():
+                total = [pub.add(a, b) for a, b in zip(total, _paillier_cts(payload), strict=True)]
+            total[0] = pub.add(total[0], pub.encrypt(offset))  # coordinate 0 is the low slot
+            return _paillier_sum(self.agg, total)
+        from securefl.layers.ckks import _pack_blobs, _unpack_blobs
+
+        params = self.agg.scheme.params
+        combined = ckks.CiphertextSum(self.agg.public, params, self.agg.ctx.vector_size + 1)
+        for payload in self.payloads.values():
+            combined.add(_unpack_blobs(b"CENr", payload, len(combined.sizes), params.max_ciphertext_bytes()))
+        blobs = combined.blobs()
+        first = ts.ckks_vector_from(self.agg.public, blobs[0])
+        plain = np.zeros(first.size())
+        plain[0] = offset
+        return _pack_blobs(b"CSUM", [(first + plain.tolist()).serialize(), *blobs[1:]])
+
+
+@pytest.mark.parametrize("scheme", ["paillier", "ckks"])
+def test_f1_a_refusal_is_a_sealed_marker_the_aggregator_cannot_tell_from_a_model(scheme):
+    if scheme == "paillier":
+        fed, *_ = paillier_fed(min_parties=3)
+        huge = 1 << (BITS - 8)  # far beyond the packing
+    else:
+        fed, *_ = ckks_fed(n=4, min_parties=3)
+        huge = 5e5  # beyond count × bound, within the CKKS range
+    assert fed.run_round().ok
+    offsets = {"p00": 0, "p01": huge, "p02": 0, "p03": huge}
+    oracle = OracleAggregator(fed, offsets)
+    reports = [fed.run_round() for _ in range(sk.STALE_LIMIT + 2)]
+    assert not any(r.ok for r in reports)
+    first = min(oracle.replies)
+    replies = oracle.replies[first]
+    assert sorted(replies) == ["p00", "p01", "p02", "p03"]  # every contributor decrypted once
+    # The holders did decide differently (they say so locally) ...
+    for party, offset in offsets.items():
+        assert bool(me(fed, party).refusals) == bool(offset), (party, me(fed, party).refusals)
+    # ... but the aggregator gets the same kind of reply from all: a sealed record, no reason, no index,
+    # of one size; equal only for equal requests (each names its own sum's digest).
+    shapes, by_sum = set(), {}
+    for party, payload in replies.items():
+        header, parts = decode_record(payload, b"SKDr", {"sealed": bool, "refused": str}, ("model",))
+        assert header == {"sealed": True, "refused": ""}, (party, header)
+        record, record_parts = decode_record(parts["model"], b"SKMD", sk._record_header(), ("sealed",))
+        assert b"coordinate" not in payload and b"bound" not in payload and b"packing" not in payload
+        shapes.add((len(payload), len(parts["model"]), len(record_parts["sealed"]), len(record["sum"])))
+        by_sum.setdefault(record["sum"], set()).add(payload)
+    assert len(shapes) == 1, shapes
+    # Equal requests (CKKS: the same offset twice) give equal records, different ones different ones,
+    # whether the holder sealed a model or a marker: equality tells the aggregator only what it sent.
+    assert all(len(records) == 1 for records in by_sum.values())
+    assert len(set(replies.values())) == len(by_sum)
+    # Rounds keep failing with the same update: each party encrypts it STALE_LIMIT times, then sits out.
+    rounds = sorted(oracle.encrypted)
+    assert [len(oracle.encrypted[r]) for r in rounds] == [4] * sk.STALE_LIMIT
+    last = reports[-1]
+    assert "no ciphertexts arrived" in last.error or "parties left" in last.error, last.error
+    assert all(me(fed, p)._stale >= sk.STALE_LIMIT for p in fed.nodes)
+
+
+def test_f1_a_party_opening_a_marker_keeps_its_model_and_encrypts_again():
+    """Sitting out depends only on whether a new sealed record arrived (a model or a marker: the
+    aggregator cannot tell them apart, and neither can it tell from the parties' behaviour)."""
+    holder = {}
+
+    def shift(c):
+        public = holder["fed"].aggregator.secure_sum.public
+        return int(c * (1 + (1 << (public.bits - 2)) * public.n) % public.nsquare)
+
+    from test_paillier import _tamper_ciphertext
+
+    fed, *_ = paillier_fed(
+        faults=Faults().add("replace", "p03", phase="encrypt", round=1, replace=_tamper_ciphertext(shift))
+    )
+    holder["fed"] = fed
+    assert fed.run_round().ok
+    before = model(fed)
+    assert fed.run_round().ok  # a marker: nobody is told, the key holders refused it locally
+    np.testing.assert_array_equal(model(fed), before)
+    for _ in range(sk.STALE_LIMIT + 1):  # markers and models both count as arrivals: no sit-out
+        report = fed.run_round()
+        assert report.ok and sorted(report.survivors) == sorted(fed.nodes), report
+
+
+# --- F2: two sealed models of one round, served one after the other to a curious key holder ------------
+
+
+@pytest.mark.parametrize("scheme", ["paillier", "ckks"])
+def test_f2_one_round_label_one_content(scheme):
+    from securefl.errors import RoundFailed
+    from securefl.layers.base import SealedModel
+
+    fed, *_ = paillier_fed(min_parties=3) if scheme == "paillier" else ckks_fed(n=4, min_parties=3)
+    assert fed.run_round().ok
+    agg = fed.aggregator.secure_sum
+    payloads, sealed = {}, {}
+    o_receive, o_request, o_close = agg.receive, agg.request, agg.close_phase
+
+    def subset_sum(names):
+        if scheme == "paillier":
+            from securefl.layers.paillier import _Product
+
+            total = _Product(agg.public, agg.scheme._count(agg.ctx))
+            for p in names:
+                total.add(payloads[p])
+            return total.payload()
+        from securefl.layers.ckks import _pack_blobs, _unpack_blobs
+
+        params = agg.scheme.params
+        total = ckks.CiphertextSum(agg.public, params, agg.ctx.vector_size + 1)
+        for p in names:
+            total.add(_unpack_blobs(b"CENr", payloads[p], len(total.sizes), params.max_ciphertext_bytes()))
+        return _pack_blobs(b"CSUM", total.blobs())
+
+    plan = {"p01": ["p01", "p02", "p03"], "p02": ["p00", "p01", "p02", "p03"]}
+
+    def receive(phase, party, payload):
+        if phase == sk.ENCRYPT:
+            payloads[party] = payload
+        if phase == sk.DECRYPT:
+            _h, parts = decode_record(payload, b"SKDr", {"sealed": bool, "refused": str}, ("model",))
+            if parts["model"]:
+                sealed[party] = parts["model"]
+            return None
+        return o_receive(phase, party, payload)
+
+    def request(phase, party):
+        if phase == sk.DECRYPT and party in plan:
+            return encode_record(b"SKDq", {"contributors": plan[party]}, {"sum": subset_sum(plan[party])})
+        return o_request(phase, party)
+
+    def close_phase(phase, survivors):
+        if phase == sk.DECRYPT:
+            raise RoundFailed("the aggregator keeps both sealed models")
+        return o_close(phase, survivors)
+
+    agg.receive, agg.request, agg.close_phase = receive, request, close_phase
+    fed.run_round()  # round 1: two sealed models labelled round 1, of 3 and of 4 contributors
+    agg.receive, agg.request, agg.close_phase = o_receive, o_request, o_close
+    assert sorted(sealed) == ["p01", "p02"] and sealed["p01"] != sealed["p02"]
+    # Each record says how many contributions it averages.
+    counts = {
+        p: len(decode_record(r, b"SKMD", sk._record_header(), ("sealed",))[0]["contributors"])
+        for p, r in sealed.items()
+    }
+    assert counts == {"p01": 3, "p02": 4}
+    fed.aggregator.sealed = SealedModel(sealed["p02"])
+    report = fed.run_round()  # round 2: model A; p01 sealed B under that label itself and refuses A
+    assert "equivocation refused" in fed.nodes["p01"].last_error
+    assert sorted(report.dropouts) == ["p01"] or not report.ok
+    fed.aggregator.sealed = SealedModel(sealed["p01"])
+    fed.run_round()  # round 3: model B, same label: whoever trained on A refuses it
+    for p in ("p00", "p03"):
+        assert "equivocation refused" in fed.nodes[p].last_error, fed.nodes[p].last_error
+
+
+# --- P6: a lost reply plus a lying verifier must not get honest holders distrusted -------------------
+
+
+@pytest.mark.parametrize("lie", ["seals_another_model", "refuses_in_the_clear"])
+def test_p6_a_silent_role_and_a_lying_one_never_distrust_honest_holders(lie):
+    # Round 1's roles: decryptor p01 (its reply is lost), verifier p02 (lies), arbiter p03.
+    faults = Faults().add("lose_reply", "p01", phase="decrypt", round=1)
+    faults.add(
+        "replace",
+        "p02",
+        phase="decrypt",
+        round=1,
+        replace=_flip_sealed if lie == "seals_another_model" else _refuses,
+    )
+    fed, *_ = paillier_fed(faults=faults)
+    assert fed.run_round().ok
+    report = fed.run_round()
+    agg = fed.aggregator.secure_sum
+    assert not report.ok, report
+    assert not {"p00", "p01", "p03"} & agg.distrusted, agg.distrusted
+    assert not {"p00", "p03"} & set(report.dropouts), report.dropouts
+    assert "p01" in agg.silent  # only silent: it comes back when other holders run out
+    if lie == "refuses_in_the_clear":
+        assert "p02" in agg.distrusted  # no honest holder refuses in the clear
+    # Later rounds still have a verifier: two of p00, p01, p03 hold the keys untainted.
+    for _ in range(2):
+        assert fed.run_round().ok
+        assert agg.verifier is not None and agg.verifier not in agg.distrusted
+
+
+# --- D2: the CKKS pad needs no directory that a /tmp cleaner can remove -------------------------------
+
+
+@pytest.mark.parametrize("memfd", [True, False])
+def test_d2_ckks_pads_survive_a_removed_temporary_directory(memfd, monkeypatch, tmp_path):
+    import tempfile
+
+    if not memfd:
+        monkeypatch.delattr("os.memfd_create", raising=False)
+    fed, *_ = ckks_fed()
+    assert fed.run_round().ok
+    gone = tmp_path / "cleaned"
+    gone.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(gone))
+    gone.rmdir()  # a /tmp cleaner removes the directory the process was using
+    report = fed.run_round()
+    if memfd:
+        assert report.ok, report  # nothing on disk at all
+    else:
+        # One private directory per operation: a missing parent is a clear error, not a crash...
+        assert not report.ok and "scratch file" in fed.nodes["p00"].last_error
+        gone.mkdir()  # ... and once the directory is back the next round works, nothing cached
+        assert fed.run_round().ok
+
+
+def test_a_party_never_encrypts_twice_in_one_round(key_material):
+    """Pads derive from (session, party, round): a second encryption in a round (e.g. a restarted
+    core asked again) would let the aggregator divide the two ciphertexts and cancel the pads."""
+    layer = Paillier(key_bits=BITS, workers=1)
+    layer.scheme.value_bits, layer.scheme.max_parties = 16, 4
+    party = sk._Party(layer.scheme, "p00", key_material)
+    ctx = _round_ctx(5, round=3)
+    party.start_round(ctx, lambda: np.zeros(5, dtype=np.uint64))
+    party.respond(sk.ENCRYPT, b"")
+    party.start_round(ctx, lambda: np.zeros(5, dtype=np.uint64))
+    with pytest.raises(ProtocolError, match="already encrypted in round 3"):
+        party.respond(sk.ENCRYPT, b"")
+    party.start_round(_round_ctx(5, round=2), lambda: np.zeros(5, dtype=np.uint64))
+    with pytest.raises(ProtocolError, match="pads are not reused"):
+        party.respond(sk.ENCRYPT, b"")

@@ -16,11 +16,9 @@ Bounds enforced here (design invariant 3):
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import hmac
 import os
-import shutil
 import struct
 import tempfile
 from collections.abc import Sequence
@@ -489,8 +487,8 @@ def _seal_objects(blob: bytes, depth: int) -> list[bytes]:
 # --- contribution pads (shared_key.pad_seed): uniform in Z_q^N, added in the NTT domain -------------
 #
 # TenSEAL's Python API exposes no coefficients, so a pad is added with SEAL itself (tenseal.sealapi):
-# the chunk's SEAL ciphertext and an uncompressed SEAL plaintext holding the pad are loaded from a
-# private temporary file (SEAL loads and saves only through paths here), added or subtracted
+# the chunk's SEAL ciphertext and an uncompressed SEAL plaintext holding the pad are loaded from an
+# in-memory file (SEAL loads and saves only through paths here; see _Scratch), added or subtracted
 # (add_plain: c0 += pad mod each prime, NTT form), and saved back.
 
 
@@ -511,7 +509,6 @@ class _SealBridge:
 
 
 _BRIDGES: dict[tuple, _SealBridge] = {}
-_TMP: list[str] = []
 
 
 def _bridge(context: ts.Context) -> _SealBridge:
@@ -520,13 +517,6 @@ def _bridge(context: ts.Context) -> _SealBridge:
     if key not in _BRIDGES:
         _BRIDGES[key] = _SealBridge(context)
     return _BRIDGES[key]
-
-
-def _tmpdir() -> str:
-    if not _TMP:
-        _TMP.append(tempfile.mkdtemp(prefix="securefl-ckks-"))  # mode 0700, removed at exit
-        atexit.register(shutil.rmtree, _TMP[0], True)
-    return _TMP[0]
 
 
 def data_primes(context: ts.Context) -> list[int]:
@@ -559,35 +549,74 @@ def pad_sum(pads: list[np.ndarray], primes: Sequence[int]) -> np.ndarray:
     return total
 
 
+class _Scratch:
+    """Where SEAL (which loads and saves only through paths) reads and writes one chunk.
+
+    An anonymous in-memory file (``memfd_create``, reached as /proc/self/fd/N) where the platform
+    has one: nothing on disk, nothing a /tmp cleaner can remove. Otherwise a private temporary
+    directory (mode 0700) made for this one operation and removed after it (D2: a directory cached
+    per process was removed by a /tmp cleaner and every later pad failed, forever)."""
+
+    def __enter__(self) -> _Scratch:
+        self._dir: tempfile.TemporaryDirectory | None = None
+        self._fd = -1
+        try:
+            if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+                self._fd = os.memfd_create("securefl-ckks", getattr(os, "MFD_CLOEXEC", 0))
+                self.path = f"/proc/self/fd/{self._fd}"
+            else:
+                self._dir = tempfile.TemporaryDirectory(prefix="securefl-ckks-")
+                self.path = os.path.join(self._dir.name, "chunk")
+        except OSError as exc:
+            self.close()
+            raise ProtocolError(f"no scratch file for the CKKS contribution pad: {exc}") from None
+        return self
+
+    def write(self, data: bytes) -> None:
+        with open(self.path, "wb") as f:
+            f.write(data)
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def add_pad(context: ts.Context, blob: bytes, pad: np.ndarray, subtract: bool = False) -> bytes:
     """``blob`` (a checked chunk) with ``pad`` (one row per data-level prime) added to, or
     subtracted from, its plaintext, mod each prime."""
     bridge = _bridge(context)
     size, cipher, scale = split_vector(blob)
-    fd, path = tempfile.mkstemp(dir=_tmpdir())
-    os.close(fd)
     try:
-        with open(path, "wb") as f:
-            f.write(cipher)
-        ct = sealapi.Ciphertext(bridge.context)
-        ct.load(bridge.context, path)
-        if pad.shape != (len(bridge.primes), bridge.n) or ct.coeff_modulus_size() != len(bridge.primes):
-            raise ProtocolError("a contribution pad does not fit the ciphertext's parameters")
-        with open(path, "wb") as f:
-            f.write(_plaintext_bytes(cipher, ct.parms_id(), ct.scale, pad))
-        plain = sealapi.Plaintext()
-        plain.load(bridge.context, path)
-        if subtract:
-            bridge.evaluator.sub_plain_inplace(ct, plain)
-        else:
-            bridge.evaluator.add_plain_inplace(ct, plain)
-        ct.save(path)
-        with open(path, "rb") as f:
-            out = f.read()
+        with _Scratch() as scratch:
+            scratch.write(cipher)
+            ct = sealapi.Ciphertext(bridge.context)
+            ct.load(bridge.context, scratch.path)
+            if pad.shape != (len(bridge.primes), bridge.n) or ct.coeff_modulus_size() != len(bridge.primes):
+                raise ProtocolError("a contribution pad does not fit the ciphertext's parameters")
+            scratch.write(_plaintext_bytes(cipher, ct.parms_id(), ct.scale, pad))
+            plain = sealapi.Plaintext()
+            plain.load(bridge.context, scratch.path)
+            if subtract:
+                bridge.evaluator.sub_plain_inplace(ct, plain)
+            else:
+                bridge.evaluator.add_plain_inplace(ct, plain)
+            ct.save(scratch.path)
+            out = scratch.read()
+    except OSError as exc:
+        raise ProtocolError(f"the CKKS contribution pad could not use its scratch file: {exc}") from None
     except (RuntimeError, ValueError) as exc:
         raise WireError(f"corrupted CKKS ciphertext ({type(exc).__name__})") from None
-    finally:
-        os.unlink(path)
     return join_vector(size, out, scale)
 
 
