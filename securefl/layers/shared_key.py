@@ -797,11 +797,14 @@ class _Party(SumParty):
     phases it does not have (dispatch is by a fixed table, never by name lookup); a second encrypt
     or decryption in one round; a decrypt request naming contributors that are not distinct invited
     parties including this one, or fewer than its own min_parties; a sum that, once exactly those
-    contributors' pads are removed, fails the counter slot or the scheme's bound (refused in the
-    reply, not by withdrawing); keys it did not ask for, that do not
-    verify (signed mode), that fail the scheme's checks or do not match the public part the
-    aggregator combines under; and a sealed model of another session, of a round not before this
-    one, or older than one it has already opened (replay / rollback)."""
+    contributors' pads are removed, fails the counter slot or the scheme's bound (refused inside a
+    sealed refusal marker the aggregator cannot tell from a model, never in the clear); keys it did
+    not ask for, that do not verify (signed mode), that fail the scheme's checks or do not match the
+    public part the aggregator combines under; a sealed record of another session, of a round not
+    before this one, older than one it has already opened (replay / rollback), or different from the
+    one it holds for the same round label (equivocation); an encryption in a round not after the
+    last it encrypted in; and, after STALE_LIMIT consecutive encryptions without a new sealed record,
+    any further encryption until one arrives (it sits the round out)."""
 
     def __init__(
         self, scheme: Scheme, party_id: str, material: Any | None, identities: Identities | None = None
