@@ -126,7 +126,7 @@ class PartyNode:
         self.round_parties: tuple[str, ...] = ()
         self.last_fused: FusedSum | None = None
         if stack.secure_sum.fuses_on_parties:
-            self.secure_sum.attach_fuser(self._fuse_revealed)
+            self.secure_sum.attach_fuser(self._fuse_revealed, base=lambda: self.round_global)
 
     # -- the state machine -------------------------------------------------------------------
 

@@ -188,10 +188,11 @@ class SumParty(ABC):
     def respond(self, phase: str, request: bytes) -> bytes:
         """Answer the aggregator's request for ``phase``."""
 
-    def attach_fuser(self, fuse: Fuser) -> None:
+    def attach_fuser(self, fuse: Fuser, base: Callable[[], np.ndarray | None] | None = None) -> None:
         """(``fuses_on_parties`` layers) Keep ``fuse``: revealed sum -> next global vector. Call it as
         ``fuse(total, contributors=count)`` with the number of parties summed (as the decrypt request
-        states it): the fuser then refuses, with :class:`ImpossibleSum`, a sum they cannot have made."""
+        states it): the fuser then refuses, with :class:`ImpossibleSum`, a sum they cannot have made.
+        ``base()`` returns the global vector this round trained from (None before training)."""
 
     def open_model(self, sealed: bytes) -> np.ndarray:
         """(``fuses_on_parties`` layers) The global vector inside a :class:`SealedModel`."""

@@ -839,16 +839,13 @@ class _Party(SumParty):
 
     def attach_fuser(self, fuse: Fuser, base: Any = None) -> None:
         """Keep ``fuse``; ``base`` (optional) returns the global vector this round trained from,
-        which a refusal marker carries so that parties opening it keep that model. Without it the
-        fuser's owner's ``round_global`` is used when there is one (the core's party)."""
+        which a refusal marker carries so that parties opening it keep that model (the core passes
+        it; without it, the last model this party opened)."""
         self.fuse = fuse
         self._base = base
 
     def _base_model(self) -> np.ndarray | None:
-        if self._base is not None:
-            base = self._base()
-        else:
-            base = getattr(getattr(self.fuse, "__self__", None), "round_global", None)
+        base = self._base() if self._base is not None else None
         if base is None:
             base = self._last_model
         return None if base is None else np.asarray(base, dtype=np.float64)
