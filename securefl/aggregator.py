@@ -101,6 +101,7 @@ class Aggregator:
         round_config: dict | None = None,
         transcript: Transcript | None = None,
         guard: ReleaseGuard | None = None,
+        min_weight: float = 1.0,
     ) -> None:
         self.spec = spec
         self.weights = np.asarray(initial, dtype=np.float64).copy()
@@ -116,7 +117,9 @@ class Aggregator:
         self.round_config = dict(round_config or {})
         self.transcript = transcript
         self.guard = guard
+        self.min_weight = min_weight  # the least weight an honest party sends (see unpack_sum)
         self.secure_sum = stack.secure_sum.aggregator()
+        self.secure_sum.check_input = self._check_input
         self.sealed: SealedModel | None = None
         self._phase = ""  # where the current round is, for the error of a round that fails
         self._culprits: set[str] = set()
@@ -302,9 +305,12 @@ class Aggregator:
         what its contributors can have produced, averaged and stepped. Nothing changes on failure."""
         outcome = self.secure_sum.result()
         contributors = len(self.secure_sum.contributors())
-        if self.guard is not None:
-            # Written and fsynced before the result is stored: it leaves only after this. A sum
-            # refused below was still seen by the aggregator, so it is recorded all the same.
+        # Noise added on the parties (or a sealed result) has been released once the aggregator
+        # holds the result, refused below or not: record it now. Central noise is released only
+        # when the result is stored, so a sum refused below releases nothing and spends nothing.
+        noised_on_parties = any(getattr(t, "noise_on_party", False) for t in self.stack.transforms)
+        if self.guard is not None and (noised_on_parties or isinstance(outcome, SealedModel)):
+            # Written and fsynced before the result is stored: it leaves only after this.
             report.epsilon = self.guard.record_release(round, contributors)
         if isinstance(outcome, SealedModel):
             if not isinstance(outcome.data, bytes) or not outcome.data:
@@ -318,7 +324,7 @@ class Aggregator:
             )
         total = self.stack.decode_sum(outcome, contributors, selected)
         try:
-            fused = self.layout.unpack_sum(total)  # honest parties' weights sum to more than zero
+            fused = self.layout.unpack_sum(total, contributors, self.min_weight)
         except UpdateError as exc:
             raise ImpossibleSum(
                 f"the revealed sum cannot come from {contributors} honest parties: {exc}"
@@ -326,12 +332,25 @@ class Aggregator:
         state = self.strategy.state_dict()
         try:
             new_weights = self.strategy.step(self.weights, fused.mean_delta)
-            check_finite(new_weights, "fused model")
+            # As it will travel (float32 models overflow to inf beyond 3.4e38), and the optimizer's
+            # state too: one round must not poison the rounds after it.
+            check_finite(new_weights.astype(self.spec.wire_dtype), "fused model")
+            _check_finite_state(self.strategy.state_dict())
+            if self.guard is not None and not noised_on_parties:
+                report.epsilon = self.guard.record_release(round, contributors)  # before it is stored
         except BaseException:
             self.strategy.load_state_dict(state)  # an optimizer's moments stay as they were
             raise
         self.weights = new_weights
         return fused
+
+    def _check_input(self, vector: np.ndarray, selected: int) -> None:
+        """One party's protected vector must be what one honest party can send (see check_input)."""
+        try:
+            decoded = self.stack.decode_sum(vector, 1, selected)
+            self.layout.unpack_sum(decoded, 1, self.min_weight)
+        except (ImpossibleSum, UpdateError) as exc:
+            raise UpdateError(f"its input cannot come from an honest party: {exc}") from None
 
     def _record(self, round: int, phase: str, direction: str, party: str, data: bytes) -> None:
         if self.transcript is not None:
@@ -344,3 +363,10 @@ class Aggregator:
                 "parties can open it; the aggregator never sees it"
             )
         return self.spec.unflatten(self.weights)
+
+
+def _check_finite_state(state: dict) -> None:
+    """Refuse an optimizer state holding NaN or infinite values (it would poison later rounds)."""
+    for name, value in state.items():
+        if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            raise ImpossibleSum(f"the fused step left the optimizer's {name!r} state non-finite")

@@ -69,6 +69,11 @@ class ArraySpec:
                     f"array {name!r} has dtype {array.dtype}; only floating-point arrays are "
                     "averaged (keep integer buffers such as counters out of the update)"
                 )
+            if array.dtype.itemsize < 4:
+                raise UpdateError(
+                    f"array {name!r} has dtype {array.dtype}; models travel as float32 or float64: "
+                    "convert it (e.g. model.float()) before building the federation"
+                )
             entries.append(ArrayEntry(name, tuple(int(d) for d in array.shape), array.dtype.str))
         return cls(tuple(entries), as_list=not isinstance(arrays, Mapping))
 
@@ -199,13 +204,37 @@ class VectorLayout:
         check_finite(vector, "update")
         return vector
 
-    def unpack_sum(self, total: np.ndarray) -> FusedSum:
-        """Split a summed vector into the weighted averages it encodes."""
+    def unpack_sum(
+        self, total: np.ndarray, contributors: int | None = None, min_weight: float = 1.0
+    ) -> FusedSum:
+        """Split a summed vector into the weighted averages it encodes.
+
+        With ``contributors``, also refuse what honest parties cannot produce: every honest weight
+        is at least ``min_weight`` (one example, or the weight bound if lower), so the summed
+        weight is at least contributors × min_weight — a party with a tiny or negative weight
+        would otherwise inflate every average; an evaluation count is 0 or at least min_weight per
+        party; and every average must be finite. (0.1% slack covers fixed-point rounding.)"""
         total = np.asarray(total, dtype=np.float64)
+        if not np.isfinite(total).all():
+            raise UpdateError("the sum holds non-finite values")
         weight = float(total[self.weight_index])
         if not weight > 0:
             raise UpdateError(f"the summed weight is {weight}; nothing to average")
         eval_count = float(total[self.eval_count_index])
+        if contributors is not None:
+            floor = contributors * min_weight * (1 - 1e-3)
+            if weight < floor:
+                raise UpdateError(
+                    f"the summed weight {weight:.6g} is below {contributors} × {min_weight:.6g}, the least "
+                    f"{contributors} honest parties can have"
+                )
+            if abs(eval_count) <= 1e-3 * min_weight * contributors:
+                eval_count = 0.0  # nobody evaluated (fixed-point rounding around zero)
+            elif eval_count < min_weight * (1 - 1e-3):
+                raise UpdateError(
+                    f"the summed evaluation count is {eval_count:.6g}: each party counts 0 or at least "
+                    f"{min_weight:.6g}"
+                )
         train = {
             m: float(v)
             for m, v in zip(self.train_metrics, total[self.train_metrics_slice] / weight, strict=True)
@@ -217,7 +246,10 @@ class VectorLayout:
             }
         else:
             evals = {}
-        return FusedSum(total[self.update_slice] / weight, weight, train, eval_count, evals)
+        fused = FusedSum(total[self.update_slice] / weight, weight, train, eval_count, evals)
+        if not all(np.isfinite(v) for v in (*train.values(), *evals.values())):
+            raise UpdateError("a fused metric is not finite")
+        return fused
 
 
 @dataclass(frozen=True)

@@ -323,6 +323,7 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
         min_parties=fed.min_parties,
         phase_timeout=fed.phase_timeout,
         guard=guard,
+        min_weight=min(1.0, fed.party_weight_bound) if fed.party_weight_bound else 1.0,
     )
     log.info(
         "aggregator listening on %s (port %d) for %s", fed.address, transport.port, ", ".join(fed.parties)

@@ -195,6 +195,7 @@ class Federation:
             round_config=dict(round_config or {}),
             transcript=transcript,
             guard=guard,
+            min_weight=min(1.0, weight_bound) if weight_bound else 1.0,
         )
         self.guard = guard
         self.history = History()

@@ -109,6 +109,9 @@ class PartyNode:
         # The party's own floor: the aggregator's round info may only raise it (a lying aggregator
         # must not get a single party's update decrypted, or noise calibrated to fewer parties).
         self.min_parties = min_parties
+        # The least weight an honest party sends (one example, or the cap if lower): a sum whose
+        # total weight is below contributors × this cannot come from honest parties.
+        self.min_weight = min(1.0, weight_bound) if weight_bound else 1.0
         self.client = client
         self.spec = spec
         self.layout = layout
@@ -229,6 +232,10 @@ class PartyNode:
         if "sealed_model" in request.parts:
             return self.open_global(request.parts["sealed_model"])
         model = unpack_array(request.parts["model"], self.spec.wire_dtype, (self.spec.size,))
+        if not np.isfinite(model).all():
+            raise WireError(
+                "the global model in the request holds NaN or infinite values; not training on it"
+            )
         return model.astype(np.float64)
 
     def open_global(self, sealed: bytes) -> np.ndarray:
@@ -263,15 +270,15 @@ class PartyNode:
         count = min(int(contributors), invited)
         decoded = self.stack.decode_sum(total, count, invited)
         try:
-            fused = self.layout.unpack_sum(decoded)
+            fused = self.layout.unpack_sum(decoded, count, self.min_weight)
             new_global = self.strategy.step(self.round_global, fused.mean_delta)
-            check_finite(new_global, "fused model")
+            check_finite(new_global.astype(self.spec.wire_dtype), "fused model")
         except UpdateError:
             # No positive total weight, or a non-finite model: impossible from honest parties. The
             # reason goes to the aggregator, which must not learn the sum: no value in it.
             raise ImpossibleSum(
                 f"the revealed sum cannot come from {count} honest parties: it does not average to a "
-                "finite model with a positive total weight"
+                "finite model, or its total weight or evaluation count is less than they can have"
             ) from None
         self.last_fused = fused
         return new_global

@@ -148,7 +148,7 @@ class _SealedParty(SumParty):
     def __init__(self, key, party_id):
         self.key, self.party_id = key, party_id
 
-    def attach_fuser(self, fuse):
+    def attach_fuser(self, fuse, base=None):
         self.fuse = fuse
 
     def start_round(self, ctx, provide):

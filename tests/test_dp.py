@@ -272,3 +272,41 @@ def test_a_guard_without_a_dp_layer_is_refused():
         Federation({"w": np.zeros(DIM)}, _clients([]), "plain", guard=PrivacyGuard(Budget(1.0)))
     with pytest.raises(ConfigError, match="budget epsilon must be a positive"):
         Budget(float("nan"))
+
+
+def test_a_central_release_that_is_refused_spends_no_budget(tmp_path):
+    """Found by an independent attacker: with central noise the ledger recorded a release before
+    the sum was checked, so a round refused afterwards still spent ε although nothing was released
+    (the aggregator holds the raw sum anyway). Now a refused central round records nothing."""
+    calls = []
+    fed, guard, _key = _federation(tmp_path, [Clip(1.0), DPNoise(1.0, "central"), Plain()], 100.0, calls)
+
+    class Failing(type(fed.aggregator.strategy)):
+        def step(self, weights, mean_delta):
+            raise FloatingPointError("optimizer blew up")
+
+    fed.aggregator.strategy = Failing()
+    report = fed.aggregator.run_round(0)
+    assert not report.ok and guard.spent == 0
+    fed.aggregator.strategy = type(fed.aggregator.strategy).__mro__[1]()
+    assert fed.aggregator.run_round(1).ok and guard.spent > 0
+
+
+def test_one_party_failing_distributed_rounds_is_still_accounted(tmp_path):
+    """With noise on the parties the aggregator has seen the noised sum even when it is refused:
+    that release is recorded (a bad party can spend budget anonymously; protocols/dp.md says so)."""
+    calls = []
+    layers = [Clip(1.0), Quantize(20), DPNoise(0.5), SecAgg()]
+    fed, guard, _key = _federation(tmp_path, layers, 1e6, calls)
+    bad = fed.nodes["p0"]
+    honest_update = bad._local_update
+
+    def forged(global_vector, info):
+        vector = honest_update(global_vector, info)
+        vector[fed.layout.weight_index] = 1e-6  # a weight no honest party has
+        return vector
+
+    bad._local_update = forged
+    report = fed.run_round()
+    assert not report.ok and "below 6 × 1" in report.error
+    assert guard.spent > 0

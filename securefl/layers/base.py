@@ -96,6 +96,9 @@ class Transform(ABC):
         """Undo on the revealed sum (identity unless the transform changes representation)."""
         return total
 
+    def stack_validated(self, stack: PrivacyStack) -> None:
+        """Called once the whole ``stack`` is valid (default: nothing to do)."""
+
     def sum_headroom(self, selected: int, contributors: int) -> float | np.ndarray:
         """How far beyond the per-party bounds a sum of ``contributors`` encodings (from a round of
         ``selected``) can legitimately reach, in the units of this transform's output (a number, or
@@ -125,6 +128,11 @@ Provider = Callable[[], np.ndarray]
 
 class SumAggregator(ABC):
     """The aggregator's side of a secure sum for one federation. Holds no secret key."""
+
+    # Set by the core: check_input(vector, selected) raises UpdateError for one party's protected
+    # vector that no honest party can send (out of the quantize range, a weight below the least
+    # honest weight, non-finite). Only a layer that sees individual inputs (plain) can call it.
+    check_input: Callable[[np.ndarray, int], None] | None = None
 
     @abstractmethod
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
@@ -270,6 +278,8 @@ class PrivacyStack:
                 f"{self.secure_sum.modulus_bits}; put a 'quantize' transform before it"
             )
         self.secure_sum.validate(ctx, self.transforms)
+        for transform in self.transforms:
+            transform.stack_validated(self)
 
     def start_round(self, ctx: RoundContext) -> None:
         for transform in self.transforms:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from securefl.errors import ConfigError
-from securefl.layers.base import SecureSum, StackContext, Transform
+from securefl.layers.base import ImpossibleSum, SecureSum, StackContext, Transform
 
 
 class Clip(Transform):
@@ -24,6 +24,7 @@ class Clip(Transform):
             raise ConfigError(f"clip norm must be a positive finite number, got {norm!r}")
         self.norm = float(norm)
         self._layout = None
+        self._real_sums = False  # set once the stack is validated
 
     def validate(self, ctx: StackContext, before: Sequence[Transform], sum_layer: SecureSum) -> None:
         if any(t.produces_integers for t in before):
@@ -41,6 +42,31 @@ class Clip(Transform):
         out = vector.copy()
         out[self._layout.update_slice] = update * (limit / norm)
         return out
+
+    def stack_validated(self, stack) -> None:
+        # Exact real-valued sums only: quantize bounds integer sums itself, and DP noise (central,
+        # added to the revealed sum, or on the parties) legitimately moves the norm.
+        self._real_sums = not stack.integer and not any(t.name == "dp" for t in stack.transforms)
+
+    def check_sum(self, total: np.ndarray, contributors: int, headroom: float | np.ndarray) -> None:
+        """A sum of clipped updates has L2 norm at most norm × the summed weight (triangle inequality).
+        Checked where sums are real-valued (plain floats, CKKS: tiny slack for float32 and CKKS
+        precision, plus the L2 of any noise headroom); quantized stacks are bounded by quantize."""
+        if self._layout is None or not self._real_sums:
+            return
+        total = np.asarray(total, dtype=np.float64)
+        update = total[self._layout.update_slice]
+        weight = max(float(total[self._layout.weight_index]), 0.0)
+        noise = np.broadcast_to(np.asarray(headroom, dtype=np.float64), total.shape)[
+            self._layout.update_slice
+        ]
+        allowance = float(np.linalg.norm(noise)) + 1e-4 * np.sqrt(update.size) * max(contributors, 1)
+        norm = float(np.linalg.norm(update))
+        if not norm <= self.norm * weight * (1 + 1e-5) + allowance:
+            raise ImpossibleSum(
+                f"the revealed sum cannot come from {contributors} honest parties: its update has L2 norm "
+                f"beyond clip norm {self.norm:g} × the summed weight; some party sent an unclipped update"
+            )
 
     def __repr__(self) -> str:
         return f"Clip(norm={self.norm})"

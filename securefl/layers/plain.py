@@ -68,6 +68,10 @@ class _PlainAggregator(SumAggregator):
         vector = unpack_array(payload, self._layer._wire_dtype(ctx), (ctx.vector_size,))
         if not ctx.integer:
             check_finite(vector, f"input from {party!r}")
+        if self.check_input is not None:
+            # This layer sees each input, so it can name the party whose input is impossible
+            # instead of refusing the whole sum later.
+            self.check_input(vector, len(ctx.parties))
         # Sum as they arrive: memory does not grow with the number of parties.
         self._total += vector.astype(self._total.dtype)
         self._contributors.add(party)
