@@ -30,6 +30,7 @@ from securefl.errors import ProtocolError, WireError
 from securefl.faults import Faults
 from securefl.layers import CKKS, Identities, Paillier
 from securefl.layers import shared_key as sk
+from securefl.layers.ckks import CkksKeys
 from securefl.layers.paillier import KeyMaterial
 from securefl.wire import REQUEST, Envelope, decode_record, encode_record
 
@@ -835,7 +836,8 @@ def test_a1_pads_cancel_exactly_for_the_named_contributors(key_material):
 
 def _fake_holder_offer(reply):
     return rewrap(
-        reply, encode_record(b"SKOr", {"fingerprint": "ab" * 16}, {"channel": b"", "signature": b""})
+        reply,
+        encode_record(b"SKOr", {"fingerprint": "ab" * 16}, {"channel": b"", "signature": b"", "proof": b""}),
     )
 
 
@@ -910,7 +912,8 @@ def test_p2_a_requester_refusing_keys_from_two_holders_is_named_and_the_rounds_g
 
 def _low_order_offer(reply):
     return rewrap(
-        reply, encode_record(b"SKOr", {"fingerprint": ""}, {"channel": bytes(32), "signature": b""})
+        reply,
+        encode_record(b"SKOr", {"fingerprint": ""}, {"channel": bytes(32), "signature": b"", "proof": b""}),
     )
 
 
@@ -1379,3 +1382,154 @@ def test_a_party_never_encrypts_twice_in_one_round(key_material):
     party.start_round(_round_ctx(5, round=2), lambda: np.zeros(5, dtype=np.uint64))
     with pytest.raises(ProtocolError, match="pads are not reused"):
         party.respond(sk.ENCRYPT, b"")
+
+
+# --- N1: a granter substituting keys for one requester ------------------------------------------------
+
+
+def _substituting_grant(fed, granter: str, victim: str, scheme: str):
+    """``granter`` grants honestly (fingerprint, proof key and public part all the federation's) but
+    seals ``victim`` other key material that passes every scheme check: CKKS the right model key and
+    a context with another secret key; Paillier the right p, q, h_s and another model key."""
+    node = me(fed, granter)
+
+    def grant(request: bytes) -> bytes:
+        reply = sk._Party._key_grant(node, request)
+        fields = {"granted": list, "sizes": list, "refused": list, "fingerprint": str}
+        header, parts = decode_record(
+            reply, b"SKGr", fields, ("channel", "public", "sealed", "signature", "holder_key")
+        )
+        if victim not in header["granted"]:
+            return reply
+        req, req_parts = decode_record(
+            request, b"SKGq", {"requesters": list, "generate": bool}, ("channels", "signatures")
+        )
+        good = node.scheme.material_to_bytes(node.material)
+        if scheme == "ckks":
+            other = ckks.new_context(node.scheme.params)
+            bad = node.scheme.model_key(node.material) + ckks.serialize(other, secret=True)
+        else:
+            bad = good[:-32] + bytes(32)
+        secret, public = sk.channel.generate_keypair(node.rng)
+        sealed = []
+        for i, r in enumerate(req["requesters"]):
+            key = sk.channel.agree(
+                secret, req_parts["channels"][32 * i : 32 * (i + 1)], sk._ctx("key-channel", node.ctx, r)
+            )
+            material = bad if r == victim else good
+            sealed.append(sk.channel.seal(key, material, sk._ctx("key-material", node.ctx, r), node.rng))
+        header["sizes"] = [len(b) for b in sealed]
+        parts.update(channel=public, sealed=b"".join(sealed))
+        return encode_record(b"SKGr", header, parts)
+
+    node._handlers[sk.KEY_GRANT] = grant
+
+
+@pytest.mark.parametrize("scheme", ["paillier", "ckks"])
+def test_n1_keys_substituted_for_one_requester_are_refused_at_install_and_regranted(scheme):
+    if scheme == "paillier":
+        fed, *_ = paillier_fed(min_parties=3)
+    else:
+        fed, *_ = ckks_fed(n=4, min_parties=3)
+    _substituting_grant(fed, "p00", "p01", scheme)
+    first = fed.run_round()
+    # Before: p01 installed the other keys silently; CKKS froze the model for ever, Paillier blamed p01.
+    assert me(fed, "p01").material is None
+    assert (
+        not first.ok and "p00" in first.error and "p01" in first.error and "not the federation" in first.error
+    )
+    reports = [fed.run_round() for _ in range(3)]
+    assert all(r.ok for r in reports), [r.error for r in reports]
+    agg = fed.aggregator.secure_sum
+    prints = {p: agg.scheme.fingerprint(me(fed, p).material) for p in fed.nodes}
+    assert set(prints.values()) == {agg.fingerprint} and agg.holders == set(fed.nodes)
+    assert not agg.distrusted and not any(me(fed, p).refusals for p in fed.nodes)
+
+
+# --- N2: a key-holder claim without the keys ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["own_keys", "replayed_fingerprint", "replayed_proof"])
+def test_n2_a_party_without_the_keys_is_never_counted_as_a_holder(how):
+    fed, *_ = ckks_fed(n=4, min_parties=3, faults=Faults().add("offline", "p03", round=0))
+    assert fed.run_round().ok
+    agg = fed.aggregator.secure_sum
+    fake = CkksKeys(ckks.new_context(agg.scheme.params), bytes(32))
+    me(fed, "p03").material = fake  # it makes its own keys instead of asking for the federation's
+    captured = {}
+
+    def offer(request: bytes) -> bytes:
+        if how == "own_keys":
+            return sk._Party._key_offer(me(fed, "p03"), request)
+        honest = sk._Party._key_offer(me(fed, "p00"), request)  # a holder's offer, seen by the aggregator
+        header, parts = decode_record(
+            honest, b"SKOr", {"fingerprint": str}, ("channel", "signature", "proof")
+        )
+        captured.update(header)
+        if how == "replayed_fingerprint":
+            parts["proof"] = bytes(64)
+        return encode_record(b"SKOr", header, parts)
+
+    me(fed, "p03")._handlers[sk.KEY_OFFER] = offer
+    report = fed.run_round()
+    # Before: a self-made CKKS context had the federation's fingerprint and p03 became a key holder.
+    assert "p03" not in agg.holders
+    assert "p03" not in {agg.decryptor, agg.verifier, agg.arbiter, agg.granter}
+    assert report.ok and "p03" not in report.survivors, report
+    if how == "own_keys":
+        assert agg.scheme.fingerprint(fake) != agg.fingerprint
+    else:
+        assert captured["fingerprint"] == agg.fingerprint
+
+
+# --- N3: rollback through a refusal marker ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["paillier", "ckks"])
+def test_n3_a_refusal_marker_carries_no_model_and_the_opener_keeps_its_own(scheme):
+    if scheme == "paillier":
+        fed, *_ = paillier_fed(min_parties=3)
+    else:
+        fed, *_ = ckks_fed(n=4, min_parties=3)
+    assert fed.run_round().ok and fed.run_round().ok
+    sealer, victim = me(fed, "p03"), me(fed, "p01")
+    assert fed.run_round().ok  # everyone trained on the round-1 model M1 in round 2
+    m1 = victim._current.copy()
+    assert not np.allclose(m1, 0)
+    # The old attack: a sealer held back on M0 seals a marker labelled later than the victim's model;
+    # it carried the sealer's base (M0). Now a marker carries no model: one with a model is refused.
+    names = sorted(fed.nodes)
+    digest = "00" * 32
+    round_ = victim.latest_model_round + 1
+    size = victim.ctx.vector_size
+    key = sealer.scheme.model_key(sealer.material)
+    aad = sk._model_aad(sealer.scheme.name, victim.ctx.session, round_, names, digest)
+
+    def record(model):
+        sealed = sk._seal_model(key, sk._record_plaintext(sk._REFUSED, model, size), aad)
+        header = {"round": round_, "session": victim.ctx.session, "contributors": names, "sum": digest}
+        return encode_record(b"SKMD", header, {"sealed": sealed})
+
+    with pytest.raises(WireError, match="carries no model"):
+        victim.open_model(record(np.zeros(fed.spec.size)))
+    np.testing.assert_array_equal(victim.open_model(record(None)), m1)  # its own current model
+    # An honest decrypting role seals markers without a model.
+    assert struct.unpack(">B3xI", sk._record_plaintext(sk._REFUSED, None, size)[:8]) == (sk._REFUSED, 0)
+
+
+# --- N4: STALE_LIMIT must not stall the federation for ever -------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["malicious", "fault"])
+def test_n4_three_failed_decrypts_do_not_stall_the_federation_for_ever(mode):
+    faults = Faults()
+    for r in (1, 2, 3):
+        if mode == "fault":
+            faults.add("offline", "p02", phase="decrypt", round=r)
+        else:
+            faults.add("lose_reply", "p02", phase="decrypt", round=r)  # it decrypts, then says nothing
+    fed, *_ = ckks_fed(n=3, min_parties=3, faults=faults)
+    reports = [fed.run_round() for _ in range(8)]
+    assert reports[0].ok
+    # Before: from round 4 on every round failed ("no ciphertexts arrived") although all were back.
+    assert reports[-1].ok and reports[-2].ok, [r.error for r in reports]

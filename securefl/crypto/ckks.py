@@ -168,8 +168,34 @@ def check_context(context: ts.Context, params: CkksParams) -> None:
         )
 
 
-def fingerprint(public_blob: bytes) -> str:
-    return hashlib.sha256(b"securefl/ckks/v1" + public_blob).hexdigest()[:32]
+def secret_key_commitment(context: ts.Context) -> bytes:
+    """SHA-256 over SEAL's serialization of the context's secret key (deterministic: the same key
+    always serializes to the same bytes with the same SEAL build). Binds a key fingerprint to the
+    secret key itself: the parameter blob alone holds no key, so any context at the agreed
+    parameters would match it (N1/N2). The secret key has ~N·log2(3) bits of entropy, so its hash
+    reveals nothing usable."""
+    if not context.is_private():
+        raise ProtocolError("the CKKS context holds no secret key to commit to")
+    try:
+        with _Scratch() as scratch:
+            context.secret_key().data.save(scratch.path)
+            data = scratch.read()
+    except OSError as exc:
+        raise ProtocolError(f"the CKKS secret key could not be serialized: {exc}") from None
+    return hashlib.sha256(b"securefl/ckks/secret-key" + data).digest()
+
+
+def fingerprint(public_blob: bytes, secret_commitment: bytes, model_key_id: bytes) -> str:
+    """Identifies a full CKKS key set: the parameters, the secret key (its commitment) and the
+    model key (its id). Two key sets with another secret or model key have different fingerprints."""
+    digest = hashlib.sha256(
+        b"securefl/ckks/v2"
+        + len(public_blob).to_bytes(4, "big")
+        + public_blob
+        + secret_commitment
+        + model_key_id
+    )
+    return digest.hexdigest()[:32]
 
 
 def encrypt(context: ts.Context, vector: np.ndarray, params: CkksParams) -> list[bytes]:

@@ -24,7 +24,7 @@ from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.layers.base import ImpossibleSum, RoundContext, StackContext, Transform
 from securefl.layers.bounds import CoordinateBounds, coordinate_bounds
-from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum, pad_seed
+from securefl.layers.shared_key import Combiner, Scheme, SharedKeySum, model_key_id, pad_seed
 from securefl.wire import decode_record, encode_record
 
 _MODEL_KEY_BYTES = 32
@@ -37,10 +37,16 @@ class CkksKeys:
     context: ts.Context
     model_key: bytes
     public_blob: bytes = field(default=b"")
+    key_id: str = field(default="")
 
     def __post_init__(self) -> None:
         if not self.public_blob:
             self.public_blob = ckks.serialize(self.context, secret=False)
+        if not self.key_id:
+            # Binds every key a holder installs: parameters, secret key and model key (N1/N2).
+            self.key_id = ckks.fingerprint(
+                self.public_blob, ckks.secret_key_commitment(self.context), model_key_id(self.model_key)
+            )
 
 
 def _pack_blobs(magic: bytes, blobs: list[bytes]) -> bytes:
@@ -87,7 +93,7 @@ class CkksScheme(Scheme):
         return material.model_key
 
     def fingerprint(self, material: CkksKeys) -> str:
-        return ckks.fingerprint(material.public_blob)
+        return material.key_id
 
     # Every party encrypts its vector followed by one counter slot holding 1.0: the decrypted slot
     # is the number of contributions, which the decryptor checks against the aggregator's count.

@@ -39,6 +39,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from securefl.crypto import channel, signing
@@ -70,8 +71,9 @@ _ABSTAIN = b"SKAb"  # an encrypt reply from a party without keys: it sits the ro
 _MAX_COMPLAINTS = 2  # a requester that refused keys this often is no longer invited to key phases
 _CHECK_KEY = bytes(range(1, 33))  # a public X25519 private key: checking a peer key needs no secret
 # A party that encrypted in this many consecutive rounds without a new sealed record arriving (a
-# model or a refusal marker: the aggregator cannot tell which) sits rounds out until one arrives:
-# an unchanged update is not encrypted again and again while rounds fail.
+# model or a refusal marker: the aggregator cannot tell which) sits ONE round out, then starts
+# counting again (N4: a permanent sit-out turned three short failures into a stall for ever): an
+# unchanged update is fresh-encrypted at most STALE_LIMIT times in every STALE_LIMIT + 1 rounds.
 STALE_LIMIT = 3
 _MODEL, _REFUSED = 0, 1  # status byte of a sealed record's plaintext
 
@@ -167,6 +169,30 @@ def pad_seed(model_key: bytes, ctx: RoundContext, party: str) -> bytes:
     return hmac.new(pad_key, _ctx("contribution-pad", ctx, party, str(ctx.round)), hashlib.sha256).digest()
 
 
+def model_key_id(model_key: bytes) -> bytes:
+    """SHA-256 identifier of a model key: what a key fingerprint binds so that a granter cannot hand
+    one requester another model key unnoticed (N1). The key is 256 uniform bits: its hash hides it."""
+    return hashlib.sha256(b"securefl/shared-key/model-key-id" + model_key).digest()
+
+
+def holder_signing_key(model_key: bytes) -> Ed25519PrivateKey:
+    """The Ed25519 key every key holder derives from the model key: a holder offering its keys signs
+    (session, round, its name, fingerprint) with it, and the aggregator checks the signature with
+    the public half it learnt from the generator's grant (N2: a fingerprint is public; this proves
+    possession of the model key without revealing it, and binds the proof to one party and round)."""
+    seed = hmac.new(model_key, b"securefl/shared-key/holder-proof-key", hashlib.sha256).digest()
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def holder_public_key(model_key: bytes) -> bytes:
+    """The raw 32-byte public half of :func:`holder_signing_key`."""
+    return holder_signing_key(model_key).public_key().public_bytes_raw()
+
+
+def _holder_statement(ctx: RoundContext, party: str, fingerprint: str) -> bytes:
+    return _ctx("holder-proof", ctx, party, str(ctx.round), fingerprint)
+
+
 def _x25519_usable(public: bytes) -> bool:
     """A peer X25519 key gives a non-zero shared secret (not a low-order point): agreement with a
     fixed public private key fails exactly for low-order points, whatever the private key."""
@@ -223,8 +249,10 @@ def _offer_statement(ctx: RoundContext, requester: str, channel_key: bytes) -> b
     return _ctx("key-offer", ctx, requester, str(ctx.round)) + channel_key
 
 
-def _grant_statement(ctx: RoundContext, granter: str, channel_key: bytes) -> bytes:
-    return _ctx("key-grant", ctx, granter, str(ctx.round)) + channel_key
+def _grant_statement(
+    ctx: RoundContext, granter: str, channel_key: bytes, fingerprint: str = "", holder_key: bytes = b""
+) -> bytes:
+    return _ctx("key-grant", ctx, granter, str(ctx.round), fingerprint) + channel_key + holder_key
 
 
 class SharedKeySum(SecureSum):
@@ -292,7 +320,10 @@ class _Aggregator(SumAggregator):
         self.identities = identities  # public identity keys only (signed mode)
         self.keys_preloaded = public_bytes is not None  # every party was given the keys out of band
         self.holders: set[str] = set()  # parties known to hold the keys
-        self.fingerprint: str | None = None  # the federation's, as a known holder offered it
+        # The federation's key fingerprint (binds every key a holder installs) and the public half of
+        # the holders' proof key, as the generator's grant published them (N1/N2).
+        self.fingerprint: str | None = None
+        self.holder_key: bytes | None = None
         # Parties caught misbehaving as granter, decryptor, verifier or arbiter: never given a role.
         self.distrusted: set[str] = set()
         # Decrypting roles that did not answer: no role while other holders are available (a lost
@@ -330,6 +361,7 @@ class _Aggregator(SumAggregator):
         self.grants: dict[str, bytes] = {}
         self.granter_channel = b""
         self.install_failures: dict[str, str] = {}
+        self.grant_fingerprint = ""
         self.combined: Combiner | None = None
         self.contributors_: set[str] = set()
         self.abstained: dict[str, str] = {}
@@ -380,8 +412,12 @@ class _Aggregator(SumAggregator):
             granted = self.grants.get(party, b"")
             return encode_record(
                 b"SKIq",
-                {"granter": self.granter if granted else ""},
                 {
+                    "granter": self.granter if granted else "",
+                    "fingerprint": self.grant_fingerprint if granted else "",
+                },
+                {
+                    "holder_key": (self.holder_key or b"") if granted else b"",
                     "granter_channel": self.granter_channel if granted else b"",
                     "sealed": granted,
                     "signature": self.grant_signature if granted else b"",
@@ -410,11 +446,13 @@ class _Aggregator(SumAggregator):
             raise
 
     def _receive_key_offer(self, party: str, payload: bytes) -> None:
-        header, parts = decode_record(payload, b"SKOr", {"fingerprint": str}, ("channel", "signature"))
+        header, parts = decode_record(
+            payload, b"SKOr", {"fingerprint": str}, ("channel", "signature", "proof")
+        )
         if header["fingerprint"]:
             if parts["channel"] or parts["signature"]:
                 raise WireError("a key holder's offer carries no channel key and no signature")
-            if self.public is None:
+            if self.public is None and self.holder_key is None:
                 # Nobody holds keys yet (this aggregator has seen no public key): provably false.
                 raise ProtocolError(
                     "claimed to hold the keys before any key existed in this federation (no key was "
@@ -423,8 +461,18 @@ class _Aggregator(SumAggregator):
             if len(header["fingerprint"]) > 128:
                 raise WireError("a key fingerprint is at most 128 characters")
             self.offered[party] = header["fingerprint"]
+            problem = self._holder_problem(party, header["fingerprint"], parts["proof"])
+            if problem:
+                # Treated as a failed install, not as a holder (N1/N2): no role, its ciphertexts are
+                # refused, and nobody is blamed for it (an honest party never offers other keys).
+                self.holders.discard(party)
+                self.abstained[party] = problem
+                log.warning("%s: %s is not counted as a key holder: %s", self.scheme.name, party, problem)
+                return
             self.offered_holders.append(party)
             return
+        if party in self.holders:
+            self.holders.discard(party)  # it says it lost its keys: it is a requester again
         if party in self.excluded:
             return  # refused keys too often: not invited to key phases (it sits rounds out)
         if len(parts["channel"]) != channel.KEY_BYTES:
@@ -444,15 +492,35 @@ class _Aggregator(SumAggregator):
         self.requesters[party] = parts["channel"]
         self.offer_signatures[party] = parts["signature"]
 
+    def _holder_problem(self, party: str, fingerprint: str, proof: bytes) -> str:
+        """Why an offer does not prove that ``party`` holds the federation's keys ('' if it does):
+        its fingerprint must be the federation's, and signed for this session, round and party with
+        the holders' proof key (derived from the model key: a fingerprint alone is public)."""
+        if self.fingerprint is None or self.holder_key is None:
+            return "offered keys, but no grant this aggregator saw published the federation's fingerprint"
+        if not hmac.compare_digest(fingerprint.encode(), self.fingerprint.encode()):
+            return "offered a key fingerprint other than the federation's (other keys)"
+        try:
+            signing.verify(self.holder_key, proof, _holder_statement(self.ctx, party, fingerprint), party)
+        except ProtocolError as exc:
+            return f"its key-holder proof failed: {exc}"
+        return ""
+
     def _receive_key_grant(self, party: str, payload: bytes) -> None:
         header, parts = decode_record(
             payload,
             b"SKGr",
-            {"granted": list, "sizes": list, "refused": list},
-            ("channel", "public", "sealed", "signature"),
+            {"granted": list, "sizes": list, "refused": list, "fingerprint": str},
+            ("channel", "public", "sealed", "signature", "holder_key"),
         )
         if party != self.granter:
-            if header["granted"] or header["sizes"] or header["refused"] or any(parts.values()):
+            if (
+                header["granted"]
+                or header["sizes"]
+                or header["refused"]
+                or header["fingerprint"]
+                or any(parts.values())
+            ):
                 raise ProtocolError("granted keys without being asked to")
             return
         granted, sizes, refused = header["granted"], header["sizes"], header["refused"]
@@ -477,8 +545,21 @@ class _Aggregator(SumAggregator):
                 raise WireError("the key holder's signature must be empty or 64 bytes")
             if granted and len(parts["channel"]) != channel.KEY_BYTES:
                 raise WireError("the key holder's channel must be a 32-byte X25519 public key")
+            fingerprint, holder_key = header["fingerprint"], parts["holder_key"]
+            if not 0 < len(fingerprint) <= 128 or len(holder_key) != signing.PUBLIC_BYTES:
+                raise WireError("a grant publishes a key fingerprint and a 32-byte holder proof key")
+            if self.fingerprint is not None and (
+                fingerprint != self.fingerprint or holder_key != self.holder_key
+            ):
+                # The granter would hand out keys other than the federation's (N1): it is named.
+                self._blame(party, "offered to grant keys with another fingerprint than the federation's")
+                raise ProtocolError(
+                    "the key holder published a different key fingerprint than the federation's"
+                )
             public = self.scheme.public_from_bytes(parts["public"])  # raises before any state changes
             self.public, self.public_bytes = public, parts["public"]
+            self.fingerprint, self.holder_key = fingerprint, holder_key
+            self.grant_fingerprint = fingerprint
         elif any(parts.values()):
             raise WireError("a grant to nobody carries no keys")
         self.granter_channel = parts["channel"]
@@ -514,6 +595,10 @@ class _Aggregator(SumAggregator):
             return
         if party in self.install_failures:
             raise ProtocolError("sent ciphertexts after saying it could not install its keys")
+        if not self.keys_preloaded and party not in self.holders:
+            raise ProtocolError(
+                "sent ciphertexts without having been granted the keys or proved it holds them"
+            )
         if self.public is None:
             raise ProtocolError("no public key is known yet; the key phases did not complete")
         if self.combined is None:
@@ -615,16 +700,9 @@ class _Aggregator(SumAggregator):
         name = self.scheme.name
         self.offered_holders = sorted(p for p in self.offered_holders if p in survivors)
         self.requesters = {p: k for p, k in self.requesters.items() if p in survivors}
-        # The federation's fingerprint, as a holder this aggregator saw receive the keys offers it;
-        # a party offering the same one holds the keys too (e.g. its install reply was lost).
-        if self.fingerprint is None:
-            known = [self.offered[p] for p in self.offered_holders if p in self.holders]
-            if known:
-                self.fingerprint = known[0]
-        if self.fingerprint is not None:
-            self.holders |= {
-                p for p in self.offered_holders if hmac.compare_digest(self.offered[p], self.fingerprint)
-            }
+        # Offers were checked on arrival (the federation's fingerprint, signed with the holders' proof
+        # key for this round and party): those parties hold the keys (e.g. an install reply was lost).
+        self.holders |= set(self.offered_holders)
         if not self.requesters:
             self.granter = None  # everyone invited holds the keys, or sits out: no grant this round
             return
@@ -823,6 +901,7 @@ class _Party(SumParty):
         self._label_digest: dict[int, bytes] = {}
         self._base: Any = None  # () -> the global vector this round trained from (for refusal markers)
         self._last_model: np.ndarray | None = None  # the last global vector a sealed record gave
+        self._current: np.ndarray | None = None  # the global vector this party last trained on
         self.refusals: list[tuple[int, str]] = []  # (round, reason): sums this party refused to fuse
         self._stale = 0  # consecutive rounds encrypted without a new sealed record arriving
         self._record_at_encrypt = -1  # latest_model_round when this party last encrypted
@@ -838,17 +917,11 @@ class _Party(SumParty):
         }
 
     def attach_fuser(self, fuse: Fuser, base: Any = None) -> None:
-        """Keep ``fuse``; ``base`` (optional) returns the global vector this round trained from,
-        which a refusal marker carries so that parties opening it keep that model (the core passes
-        it; without it, the last model this party opened)."""
+        """Keep ``fuse``; ``base`` (optional) returns the global vector this round trained from: the
+        party keeps it as its own current model, which it keeps when it opens a refusal marker (a
+        marker carries no model; without ``base``, the last model this party opened)."""
         self.fuse = fuse
         self._base = base
-
-    def _base_model(self) -> np.ndarray | None:
-        base = self._base() if self._base is not None else None
-        if base is None:
-            base = self._last_model
-        return None if base is None else np.asarray(base, dtype=np.float64)
 
     def start_round(self, ctx: RoundContext, provide: Provider) -> None:
         self.ctx = ctx
@@ -872,14 +945,18 @@ class _Party(SumParty):
 
     def _key_offer(self, request: bytes) -> bytes:
         if self.material is not None:
+            fingerprint = self.scheme.fingerprint(self.material)
+            proof = holder_signing_key(self.scheme.model_key(self.material)).sign(
+                _holder_statement(self.ctx, self.me, fingerprint)
+            )
             return encode_record(
-                b"SKOr",
-                {"fingerprint": self.scheme.fingerprint(self.material)},
-                {"channel": b"", "signature": b""},
+                b"SKOr", {"fingerprint": fingerprint}, {"channel": b"", "signature": b"", "proof": proof}
             )
         self.channel_secret, public = channel.generate_keypair(self.rng)
         signature = self._sign(_offer_statement(self.ctx, self.me, public))
-        return encode_record(b"SKOr", {"fingerprint": ""}, {"channel": public, "signature": signature})
+        return encode_record(
+            b"SKOr", {"fingerprint": ""}, {"channel": public, "signature": signature, "proof": b""}
+        )
 
     def _sign(self, statement: bytes) -> bytes:
         return signing.sign(self.identity, statement) if self.identity is not None else b""
@@ -889,9 +966,11 @@ class _Party(SumParty):
             request, b"SKGq", {"requesters": list, "generate": bool}, ("channels", "signatures")
         )
         requesters = header["requesters"]
-        empty = {"channel": b"", "public": b"", "sealed": b"", "signature": b""}
+        empty = {"channel": b"", "public": b"", "sealed": b"", "signature": b"", "holder_key": b""}
         if not requesters and not header["generate"]:
-            return encode_record(b"SKGr", {"granted": [], "sizes": [], "refused": []}, empty)
+            return encode_record(
+                b"SKGr", {"granted": [], "sizes": [], "refused": [], "fingerprint": ""}, empty
+            )
         if any(not isinstance(r, str) for r in requesters) or len(set(requesters)) != len(requesters):
             raise ProtocolError("the requester list must name distinct parties")
         if self.me in requesters or any(r not in self.ctx.parties for r in requesters):
@@ -930,20 +1009,32 @@ class _Party(SumParty):
             key = channel.agree(secret, peer, _ctx("key-channel", self.ctx, requester))
             sealed.append(channel.seal(key, plaintext, _ctx("key-material", self.ctx, requester), self.rng))
             granted.append(requester)
+        fingerprint = self.scheme.fingerprint(self.material)
+        holder_key = holder_public_key(self.scheme.model_key(self.material))
+        statement = _grant_statement(self.ctx, self.me, public, fingerprint, holder_key)
         return encode_record(
             b"SKGr",
-            {"granted": granted, "sizes": [len(s) for s in sealed], "refused": refused},
+            {
+                "granted": granted,
+                "sizes": [len(s) for s in sealed],
+                "refused": refused,
+                "fingerprint": fingerprint,
+            },
             {
                 "channel": public if granted else b"",
                 "public": self.scheme.public_to_bytes(self.material),
                 "sealed": b"".join(sealed),
-                "signature": self._sign(_grant_statement(self.ctx, self.me, public)) if granted else b"",
+                "signature": self._sign(statement) if granted else b"",
+                "holder_key": holder_key,
             },
         )
 
     def _key_install(self, request: bytes) -> bytes:
         header, parts = decode_record(
-            request, b"SKIq", {"granter": str}, ("granter_channel", "sealed", "signature", "public")
+            request,
+            b"SKIq",
+            {"granter": str, "fingerprint": str},
+            ("holder_key", "granter_channel", "sealed", "signature", "public"),
         )
         if not parts["sealed"]:
             return encode_record(b"SKIr", {"installed": self.material is not None, "problem": ""}, {})
@@ -951,7 +1042,7 @@ class _Party(SumParty):
             raise ProtocolError("received keys this party did not ask for")
         secret, self.channel_secret = self.channel_secret, None  # one use only
         try:
-            material = self._open_grant(header["granter"], parts, secret)
+            material = self._open_grant(header["granter"], header["fingerprint"], parts, secret)
         except (ProtocolError, WireError, ConfigError, ValueError) as exc:
             # Not a withdrawal: the fault may be the granter's, and the aggregator judges that from
             # every requester's answer. This party sits the round out without keys.
@@ -959,10 +1050,12 @@ class _Party(SumParty):
         self.material = material
         return encode_record(b"SKIr", {"installed": True, "problem": ""}, {})
 
-    def _open_grant(self, granter: str, parts: dict[str, bytes], secret: bytes) -> Any:
+    def _open_grant(self, granter: str, fingerprint: str, parts: dict[str, bytes], secret: bytes) -> Any:
         if self.identities is not None:
             # Open keys only from a member's signed channel: keys the aggregator made are refused.
-            statement = _grant_statement(self.ctx, granter, parts["granter_channel"])
+            statement = _grant_statement(
+                self.ctx, granter, parts["granter_channel"], fingerprint, parts["holder_key"]
+            )
             self.identities.verify(granter, parts["signature"], statement)
         key = channel.agree(secret, parts["granter_channel"], _ctx("key-channel", self.ctx, self.me))
         blob = channel.open_sealed(key, parts["sealed"], _ctx("key-material", self.ctx, self.me))
@@ -972,6 +1065,17 @@ class _Party(SumParty):
                 "the keys received do not match the public key the aggregator combines under: the key "
                 "holder published one key and handed out another"
             )
+        # Every key installed (a CKKS secret key, a model key) must be the federation's: the
+        # fingerprint binds them all, and the proof key derives from the model key (N1). A granter
+        # that hands this party other keys is refused here, and the complaint accounting re-grants.
+        if not hmac.compare_digest(self.scheme.fingerprint(material).encode(), fingerprint.encode()):
+            raise ProtocolError(
+                "the keys received are not the federation's (their fingerprint, which binds the secret "
+                "and model keys, differs from the one the key holder published)"
+            )
+        holder_key = holder_public_key(self.scheme.model_key(material))
+        if not hmac.compare_digest(holder_key, parts["holder_key"]):
+            raise ProtocolError("the model key received is not the federation's (its proof key differs)")
         return material
 
     # the sum
@@ -993,17 +1097,24 @@ class _Party(SumParty):
             vector = self.provide()
         finally:
             self._opening_for_round = False
+        base = self._base() if self._base is not None else None
+        if base is not None:
+            # The model this party trains on from now: what a refusal marker keeps (N3).
+            self._current = np.asarray(base, dtype=np.float64).copy()
         if self.latest_model_round > self._record_at_encrypt:
             self._stale = 0  # a new sealed record (model or refusal marker) arrived since
         if self._stale >= STALE_LIMIT:
-            # Rounds keep failing and the update has not changed: do not hand out yet another fresh
-            # encryption of it. Decided from what the aggregator did (it served no new sealed record),
-            # never from a record's hidden content, so sitting out tells it nothing.
+            # Rounds keep failing and the update has not changed: sit THIS round out instead of handing
+            # out yet another fresh encryption of it, then count again (bounded and resumable: a
+            # permanent sit-out let three short failures stall the federation for ever, N4). Decided
+            # from what the aggregator did (it served no new sealed record), never from a record's
+            # hidden content, so sitting out tells it nothing.
+            self._stale = 0
             return encode_record(
                 _ABSTAIN,
                 {
-                    "reason": f"encrypted in {self._stale} consecutive rounds without a new sealed model; "
-                    "sits rounds out until one arrives"
+                    "reason": f"encrypted in {STALE_LIMIT} consecutive rounds without a new sealed model; "
+                    "sits this round out"
                 },
                 {},
             )
@@ -1042,11 +1153,12 @@ class _Party(SumParty):
             # A sealed refusal marker, not a reply in the clear: same size and the same deterministic
             # sealing as a model, so that the aggregator cannot tell them apart (F1: "refused" vs
             # "sealed" was a 1-bit oracle on crafted sums, the refused coordinate's index log2(d) more).
-            # It carries the model this round trained from: parties opening it keep that model.
+            # It carries no model (N3: a marker carrying the sealer's base let an aggregator roll a
+            # party back to an older model): a party opening it keeps its own current model.
             reason = f"{type(exc).__name__}: {exc}"
             self.refusals.append((self.ctx.round, reason))
             log.warning("%s: refused the round-%d sum (sealed a marker): %s", self.me, self.ctx.round, reason)
-            plaintext = _record_plaintext(_REFUSED, self._base_model(), self.ctx.vector_size)
+            plaintext = _record_plaintext(_REFUSED, None, self.ctx.vector_size)
         names = list(contributors)
         sealed = _seal_model(
             self.scheme.model_key(self.material),
@@ -1126,10 +1238,15 @@ class _Party(SumParty):
             )
             if self._opening_for_round:
                 self.refusals.append((round_, "opened a refusal marker: the model did not move"))
-            if count == 0:
-                if self._last_model is None:
-                    raise ProtocolError("a refusal marker without the previous model, and none is known here")
-                vector = self._last_model.copy()
+            if count != 0:
+                raise WireError("a refusal marker carries no model")
+            # This party's OWN current model (the one it last trained on), never one from the record.
+            own = self._current if self._current is not None else self._last_model
+            if own is None:
+                raise ProtocolError(
+                    "a refusal marker, and this party has no model of its own yet to keep; it cannot train"
+                )
+            vector = own.copy()
         if self._opening_for_round:
             self.latest_model_round = round_
             self._label_digest[round_] = record_digest
