@@ -406,7 +406,7 @@ def test_keys_from_an_unsigned_channel_are_refused_by_the_requester():
         "tamper_request",
         "p01",
         phase="key_install",
-        replace=_substitute(b"SKIq", {"granter": str}, granter_channel=bytes(32)),
+        replace=_substitute(b"SKIq", {"granter": str, "fingerprint": str}, granter_channel=bytes(32)),
     )
     fed, _deltas, _weights = integer_federation(3, faults, layer=_signed())
     report = fed.run_round()
