@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tenseal as ts
-from conftest import fixed_delta_client
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from test_ckks import federation, mean
+from test_paillier import integer_federation
 
-import securefl
 from securefl.crypto import ckks, paillier
 from securefl.crypto.packing import Packing
 from securefl.errors import ProtocolError, WireError
 from securefl.faults import Faults
-from securefl.layers import CKKS, Identities, Paillier
+from securefl.layers import Identities, Paillier
 from securefl.layers import shared_key as sk
 from securefl.layers.ckks import CkksKeys
 from securefl.layers.paillier import KeyMaterial
@@ -44,39 +44,13 @@ CKKS_ATOL = 1e-3
 
 
 def paillier_fed(n=4, faults=None, seed=0, layer=None, dim=P_DIM, min_parties=1):
-    rng = np.random.default_rng(seed)
-    parties = [f"p{i:02d}" for i in range(n)]
-    deltas = {p: rng.integers(-200, 200, dim).astype(float) for p in parties}
-    weights = {p: int(rng.integers(1, 9)) for p in parties}
-    fed = securefl.Federation(
-        {"w": np.zeros(dim)},
-        {p: fixed_delta_client(deltas[p], weights[p]) for p in parties},
-        [securefl.Quantize(bits=16, update_bound=32767.0), layer or Paillier(key_bits=BITS, workers=1)],
-        weight_bound=32767.0,
-        faults=faults,
-        min_parties=min_parties,
-    )
-    return fed, deltas, weights
+    """Exact Paillier sums (integer deltas, quantize scale 1): test_paillier's federation."""
+    return integer_federation(n, faults=faults, layer=layer, dim=dim, seed=seed, min_parties=min_parties)
 
 
 def ckks_fed(n=3, faults=None, seed=0, layer=None, dim=C_DIM, min_parties=1):
-    rng = np.random.default_rng(seed)
-    parties = [f"p{i:02d}" for i in range(n)]
-    deltas = {p: rng.normal(0, 0.5, dim) for p in parties}
-    weights = {p: int(rng.integers(1, 20)) for p in parties}
-    fed = securefl.Federation(
-        {"w": np.zeros(dim)},
-        {p: fixed_delta_client(deltas[p], weights[p]) for p in parties},
-        [layer or CKKS(update_bound=100.0)],
-        weight_bound=20,
-        faults=faults,
-        min_parties=min_parties,
-    )
-    return fed, deltas, weights
-
-
-def mean(deltas, weights, parties):
-    return sum(weights[p] * deltas[p] for p in parties) / sum(weights[p] for p in parties)
+    """Two CKKS chunks per party: test_ckks's federation at this file's size."""
+    return federation(n, dim=dim, faults=faults, layer=layer, seed=seed, min_parties=min_parties)
 
 
 def model(fed):
