@@ -17,6 +17,14 @@ from securefl.wire import REPLY, Envelope, encode_record, pack_array, unpack_arr
 DIM = 4
 
 
+def _with_layer(reply: bytes, layer: bytes) -> bytes:
+    """The same reply envelope with another layer payload (what a party could send instead)."""
+    envelope = Envelope.decode(reply)
+    return Envelope(
+        REPLY, envelope.session, envelope.round, envelope.phase, envelope.party, {"layer": layer}
+    ).encode()
+
+
 def setup(faults=None, privacy=None, clients_override=None, min_parties=1, **kw):
     deltas = {f"p{i}": np.full(DIM, float(i + 1)) for i in range(4)}
     examples = {p: 10 * (i + 1) for i, p in enumerate(deltas)}
@@ -385,16 +393,7 @@ def test_an_impossible_input_to_plain_drops_its_sender_and_the_round_goes_on():
     it names and drops that party before summing (secure layers can only refuse the sum)."""
 
     def forge(reply: bytes) -> bytes:
-        envelope = Envelope.decode(reply)
-        vector = np.full(DIM + 2, 2**62, dtype="<u8")
-        return Envelope(
-            REPLY,
-            envelope.session,
-            envelope.round,
-            envelope.phase,
-            envelope.party,
-            {"layer": pack_array(vector)},
-        ).encode()
+        return _with_layer(reply, pack_array(np.full(DIM + 2, 2**62, dtype="<u8")))
 
     fed, deltas, examples = setup(
         Faults().add("replace", "p2", replace=forge),
@@ -479,17 +478,9 @@ def test_a_party_that_refuses_the_sum_revealed_to_it_fails_the_round_without_bei
     the honest refusers are not dropouts."""
 
     def forge(reply: bytes) -> bytes:
-        envelope = Envelope.decode(reply)
-        words = unpack_array(envelope.parts["layer"], "<u8").copy()
+        words = unpack_array(Envelope.decode(reply).parts["layer"], "<u8").copy()
         words[0] += np.uint64(2**40)
-        return Envelope(
-            REPLY,
-            envelope.session,
-            envelope.round,
-            envelope.phase,
-            envelope.party,
-            {"layer": pack_array(words)},
-        ).encode()
+        return _with_layer(reply, pack_array(words))
 
     fed, *_ = setup(
         Faults().add("replace", "p2", phase="input", replace=forge),
@@ -568,12 +559,9 @@ def _vector_reply(change):
     """A Faults `replace` that edits the float vector inside a plain reply."""
 
     def replace(reply):
-        env = Envelope.decode(reply)
-        vector = unpack_array(env.parts["layer"]).copy()
+        vector = unpack_array(Envelope.decode(reply).parts["layer"]).copy()
         change(vector)
-        return Envelope(
-            env.kind, env.session, env.round, env.phase, env.party, {"layer": pack_array(vector)}
-        ).encode()
+        return _with_layer(reply, pack_array(vector))
 
     return replace
 
