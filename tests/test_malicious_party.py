@@ -178,10 +178,13 @@ class Attack:
         envelope = Envelope.decode(reply)
         layer = envelope.parts.get("layer", b"")
 
-        def wrap(payload: bytes) -> bytes:
+        def envelope_of(kind: str, parts: dict) -> bytes:
             return Envelope(
-                REPLY, envelope.session, envelope.round, envelope.phase, envelope.party, {"layer": payload}
+                kind, envelope.session, envelope.round, envelope.phase, envelope.party, parts
             ).encode()
+
+        def wrap(payload: bytes) -> bytes:
+            return envelope_of(REPLY, {"layer": payload})
 
         kind = self.kind
         if kind == "random_bytes":
@@ -209,16 +212,7 @@ class Attack:
                 other = Envelope.decode(same_phase[victim])
                 self.done.append(f"{victim}'s {other.kind}")
                 if other.kind == WITHDRAW:
-                    return [
-                        Envelope(
-                            WITHDRAW,
-                            envelope.session,
-                            envelope.round,
-                            envelope.phase,
-                            envelope.party,
-                            other.parts,
-                        ).encode()
-                    ]
+                    return [envelope_of(WITHDRAW, dict(other.parts))]
                 return [wrap(other.parts.get("layer", b""))]
             return [wrap(self._raw(layer))]
         if kind == "old_round_payload":
@@ -234,16 +228,7 @@ class Attack:
         if kind == "reply_then_garbage":
             return [reply, wrap(self.blob)]
         if kind == "false_refusal":
-            return [
-                Envelope(
-                    WITHDRAW,
-                    envelope.session,
-                    envelope.round,
-                    envelope.phase,
-                    envelope.party,
-                    {"reason": b"the revealed sum is impossible", REFUSED_SUM: b""},
-                ).encode()
-            ]
+            return [envelope_of(WITHDRAW, {"reason": b"the revealed sum is impossible", REFUSED_SUM: b""})]
         return [wrap(self._raw(layer))]
 
     def _raw(self, layer: bytes) -> bytes:
