@@ -63,7 +63,6 @@ ADVERTISE, SHARE, MASKED, CONSISTENCY, UNMASK = "advertise", "share", "masked", 
 _COMMITMENT = 32
 # c_pk ‖ s_pk ‖ commitment to the self-mask seed ‖ commitment to the mask private key
 _KEYS = 2 * channel.KEY_BYTES + 2 * _COMMITMENT
-_DIGEST = 32
 
 
 def _share_width(active: bool) -> int:
