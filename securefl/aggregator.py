@@ -27,7 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-from securefl.codec import ArraySpec, FusedSum, VectorLayout, check_finite
+from securefl.codec import ArraySpec, FusedSum, HonestBounds, VectorLayout, check_finite
 from securefl.errors import BudgetExhausted, ProtocolError, RoundFailed, SecureFLError, UpdateError, WireError
 from securefl.fusion import Strategy
 from securefl.layers.base import ImpossibleSum, PrivacyStack, RoundContext, SealedModel
@@ -101,7 +101,7 @@ class Aggregator:
         round_config: dict | None = None,
         transcript: Transcript | None = None,
         guard: ReleaseGuard | None = None,
-        min_weight: float = 1.0,
+        honest: HonestBounds | None = None,
     ) -> None:
         self.spec = spec
         self.weights = np.asarray(initial, dtype=np.float64).copy()
@@ -117,7 +117,7 @@ class Aggregator:
         self.round_config = dict(round_config or {})
         self.transcript = transcript
         self.guard = guard
-        self.min_weight = min_weight  # the least weight an honest party sends (see unpack_sum)
+        self.honest = honest or HonestBounds()  # what one honest party can send (see unpack_sum)
         self.secure_sum = stack.secure_sum.aggregator()
         self.secure_sum.check_input = self._check_input
         self.sealed: SealedModel | None = None
@@ -324,7 +324,7 @@ class Aggregator:
             )
         total = self.stack.decode_sum(outcome, contributors, selected)
         try:
-            fused = self.layout.unpack_sum(total, contributors, self.min_weight)
+            fused = self.layout.unpack_sum(total, contributors, self.honest, self.stack.resolution())
         except UpdateError as exc:
             raise ImpossibleSum(
                 f"the revealed sum cannot come from {contributors} honest parties: {exc}"
@@ -348,7 +348,7 @@ class Aggregator:
         """One party's protected vector must be what one honest party can send (see check_input)."""
         try:
             decoded = self.stack.decode_sum(vector, 1, selected)
-            self.layout.unpack_sum(decoded, 1, self.min_weight)
+            self.layout.unpack_sum(decoded, 1, self.honest, self.stack.resolution())
         except (ImpossibleSum, UpdateError) as exc:
             raise UpdateError(f"its input cannot come from an honest party: {exc}") from None
 

@@ -7,8 +7,9 @@ misaligned sum.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -205,15 +206,22 @@ class VectorLayout:
         return vector
 
     def unpack_sum(
-        self, total: np.ndarray, contributors: int | None = None, min_weight: float = 1.0
+        self,
+        total: np.ndarray,
+        contributors: int | None = None,
+        honest: HonestBounds | None = None,
+        resolution: float | np.ndarray = 0.0,
     ) -> FusedSum:
         """Split a summed vector into the weighted averages it encodes.
 
-        With ``contributors``, also refuse what honest parties cannot produce: every honest weight
-        is at least ``min_weight`` (one example, or the weight bound if lower), so the summed
-        weight is at least contributors × min_weight — a party with a tiny or negative weight
-        would otherwise inflate every average; an evaluation count is 0 or at least min_weight per
-        party; and every average must be finite. (0.1% slack covers fixed-point rounding.)"""
+        With ``contributors``, also refuse what that many honest parties cannot produce (``honest``
+        says what one can send): a summed weight outside contributors × [min_weight, max_weight] —
+        a tiny, negative or huge weight would otherwise rescale every average; an evaluation count
+        that is neither 0 nor within [min_weight, contributors × max_eval]; an average metric beyond
+        its declared bound (a weighted average of bounded values stays within the bound); anything
+        non-finite. ``resolution`` is the decoded value of one fixed-point step per coordinate
+        (``PrivacyStack.resolution``): each party's rounding moves a coordinate by less than one
+        step, so every check allows contributors steps."""
         total = np.asarray(total, dtype=np.float64)
         if not np.isfinite(total).all():
             raise UpdateError("the sum holds non-finite values")
@@ -221,20 +229,10 @@ class VectorLayout:
         if not weight > 0:
             raise UpdateError(f"the summed weight is {weight}; nothing to average")
         eval_count = float(total[self.eval_count_index])
+        step = np.broadcast_to(np.asarray(resolution, dtype=np.float64), total.shape)
         if contributors is not None:
-            floor = contributors * min_weight * (1 - 1e-3)
-            if weight < floor:
-                raise UpdateError(
-                    f"the summed weight {weight:.6g} is below {contributors} × {min_weight:.6g}, the least "
-                    f"{contributors} honest parties can have"
-                )
-            if abs(eval_count) <= 1e-3 * min_weight * contributors:
-                eval_count = 0.0  # nobody evaluated (fixed-point rounding around zero)
-            elif eval_count < min_weight * (1 - 1e-3):
-                raise UpdateError(
-                    f"the summed evaluation count is {eval_count:.6g}: each party counts 0 or at least "
-                    f"{min_weight:.6g}"
-                )
+            honest = honest or HonestBounds()
+            eval_count = honest.check_counts(self, total, contributors, step)
         train = {
             m: float(v)
             for m, v in zip(self.train_metrics, total[self.train_metrics_slice] / weight, strict=True)
@@ -249,7 +247,66 @@ class VectorLayout:
         fused = FusedSum(total[self.update_slice] / weight, weight, train, eval_count, evals)
         if not all(np.isfinite(v) for v in (*train.values(), *evals.values())):
             raise UpdateError("a fused metric is not finite")
+        if contributors is not None:
+            honest.check_metrics(self, fused, total, contributors, step)
         return fused
+
+
+@dataclass(frozen=True)
+class HonestBounds:
+    """What one honest party's protected vector can carry: its weight is one example or more,
+    capped by the weight bound (min(1, bound) .. bound; exactly 1 under uniform weighting); its
+    evaluation count 0 or min_weight .. max_eval; each metric within its declared bound."""
+
+    min_weight: float = 1.0
+    max_weight: float = math.inf
+    max_eval: float = math.inf
+    metric_bounds: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, weighting: str, weight_bound: float | None, metric_bounds: Mapping[str, float] | None = None
+    ) -> HonestBounds:
+        low = min(1.0, weight_bound) if weight_bound else 1.0
+        cap = weight_bound if weight_bound else math.inf
+        high = low if weighting == "uniform" else cap
+        return cls(low, high, cap, dict(metric_bounds or {}))
+
+    def check_counts(self, layout: VectorLayout, total: np.ndarray, n: int, step: np.ndarray) -> float:
+        """Check the summed weight and evaluation count; return the count (0 if only rounding)."""
+        weight, count = float(total[layout.weight_index]), float(total[layout.eval_count_index])
+        slack_w = n * float(step[layout.weight_index]) + 1e-9 * n * self.min_weight
+        slack_e = n * float(step[layout.eval_count_index]) + 1e-9 * n * self.min_weight
+        if not n * self.min_weight - slack_w <= weight <= n * self.max_weight + slack_w:
+            raise UpdateError(
+                f"the summed weight {weight:.6g} is outside {n} × [{self.min_weight:.6g}, "
+                f"{self.max_weight:.6g}], what {n} honest parties can have"
+            )
+        if abs(count) <= slack_e:
+            return 0.0  # nobody evaluated (fixed-point rounding around zero)
+        if not self.min_weight - slack_e <= count <= n * self.max_eval + slack_e:
+            raise UpdateError(
+                f"the summed evaluation count is {count:.6g}: each party counts 0 or between "
+                f"{self.min_weight:.6g} and {self.max_eval:.6g}"
+            )
+        return count
+
+    def check_metrics(
+        self, layout: VectorLayout, fused: FusedSum, total: np.ndarray, n: int, step: np.ndarray
+    ) -> None:
+        """A declared metric's average must lie within its bound (up to rounding)."""
+        groups = (
+            (fused.train_metrics, layout.train_metrics, layout.train_metrics_slice, fused.total_weight),
+            (fused.eval_metrics, layout.eval_metrics, layout.eval_metrics_slice, fused.eval_count),
+        )
+        for averages, names, where, divisor in groups:
+            steps = step[where]
+            for name, value_step in zip(names, steps, strict=True):
+                bound = self.metric_bounds.get(name)
+                if bound is None or name not in averages or divisor <= 0:
+                    continue
+                if abs(averages[name]) > bound * (1 + 1e-9) + n * float(value_step) / divisor:
+                    raise UpdateError(f"the average {name!r} lies beyond its declared bound ±{bound:g}")
 
 
 @dataclass(frozen=True)

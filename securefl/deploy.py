@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from securefl.aggregator import Aggregator, RoundReport
-from securefl.codec import ArraySpec, VectorLayout
+from securefl.codec import ArraySpec, HonestBounds, VectorLayout
 from securefl.config import budget_settings, no_unknown, read_toml
 from securefl.crypto.certificates import load_identity, verify_party_certificate
 from securefl.crypto.signing import Identities
@@ -323,7 +323,7 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
         min_parties=fed.min_parties,
         phase_timeout=fed.phase_timeout,
         guard=guard,
-        min_weight=min(1.0, fed.party_weight_bound) if fed.party_weight_bound else 1.0,
+        honest=HonestBounds.of(fed.weighting, fed.party_weight_bound, fed.metric_bounds),
     )
     log.info(
         "aggregator listening on %s (port %d) for %s", fed.address, transport.port, ", ".join(fed.parties)
@@ -516,6 +516,7 @@ def party_node_factory(cfg: PartyConfig, train: str) -> Callable[[str, ArraySpec
             max_request_bytes=fed.max_message_bytes,
             strategy=party_strategy(stack, strategy),
             min_parties=fed.min_parties,
+            honest=HonestBounds.of(fed.weighting, fed.party_weight_bound, fed.metric_bounds),
         )
 
     return node

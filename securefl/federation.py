@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from securefl.aggregator import Aggregator, ReleaseGuard, RoundReport
-from securefl.codec import ArraySpec, NamedArrays, VectorLayout
+from securefl.codec import ArraySpec, HonestBounds, NamedArrays, VectorLayout
 from securefl.errors import BudgetExhausted, ConfigError, ProtocolError, SecureFLError
 from securefl.fusion import FedAvg, Strategy, build_strategy
 from securefl.layers import Layer, PrivacyStack, StackContext, build_layer, preset
@@ -158,6 +158,7 @@ class Federation:
         )
         strategy = build_strategy(strategy)
         parties_strategy = party_strategy(self.stack, strategy)
+        honest = HonestBounds.of(weighting, weight_bound, metric_bounds)
         if guard is not None:
             guard.bind(self.stack, self.selection, len(party_ids))
         self.session = secrets.token_hex(16)
@@ -174,6 +175,7 @@ class Federation:
                 weight_bound=weight_bound,
                 strategy=parties_strategy,
                 min_parties=min_parties,
+                honest=honest,
             )
             for pid, client in clients.items()
         }
@@ -195,7 +197,7 @@ class Federation:
             round_config=dict(round_config or {}),
             transcript=transcript,
             guard=guard,
-            min_weight=min(1.0, weight_bound) if weight_bound else 1.0,
+            honest=honest,
         )
         self.guard = guard
         self.history = History()

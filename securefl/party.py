@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from securefl.codec import ArraySpec, FusedSum, NamedArrays, VectorLayout, check_finite
+from securefl.codec import ArraySpec, FusedSum, HonestBounds, NamedArrays, VectorLayout, check_finite
 from securefl.errors import ProtocolError, UpdateError, WireError
 from securefl.fusion import FedAvg, Strategy
 from securefl.layers.base import ImpossibleSum, PrivacyStack, RoundContext
@@ -104,14 +104,14 @@ class PartyNode:
         max_request_bytes: int | None = None,
         strategy: Strategy | None = None,
         min_parties: int = 1,
+        honest: HonestBounds | None = None,
     ) -> None:
         self.party_id = party_id
         # The party's own floor: the aggregator's round info may only raise it (a lying aggregator
         # must not get a single party's update decrypted, or noise calibrated to fewer parties).
         self.min_parties = min_parties
-        # The least weight an honest party sends (one example, or the cap if lower): a sum whose
-        # total weight is below contributors × this cannot come from honest parties.
-        self.min_weight = min(1.0, weight_bound) if weight_bound else 1.0
+        # What one honest party can send: a revealed sum no set of them can make is refused.
+        self.honest = honest or HonestBounds.of(weighting, weight_bound)
         self.client = client
         self.spec = spec
         self.layout = layout
@@ -270,7 +270,7 @@ class PartyNode:
         count = min(int(contributors), invited)
         decoded = self.stack.decode_sum(total, count, invited)
         try:
-            fused = self.layout.unpack_sum(decoded, count, self.min_weight)
+            fused = self.layout.unpack_sum(decoded, count, self.honest, self.stack.resolution())
             new_global = self.strategy.step(self.round_global, fused.mean_delta)
             check_finite(new_global.astype(self.spec.wire_dtype), "fused model")
         except UpdateError:

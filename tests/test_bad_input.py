@@ -643,7 +643,7 @@ def test_a_half_precision_model_is_refused_at_set_up():
 def test_the_fused_result_must_be_what_honest_parties_can_send():
     """unpack_sum with a contributor count: total weight at least contributors × the least honest
     weight, an evaluation count of 0 or at least that, finite everything."""
-    from securefl.codec import VectorLayout
+    from securefl.codec import HonestBounds, VectorLayout
     from securefl.errors import UpdateError
 
     layout = VectorLayout(2, ("loss",), ("acc",))
@@ -651,7 +651,7 @@ def test_the_fused_result_must_be_what_honest_parties_can_send():
     ok[layout.weight_index] = 3.0
     layout.unpack_sum(ok, 3)
     for index, value, message in [
-        (layout.weight_index, 2.0, "below 3 × 1"),
+        (layout.weight_index, 2.0, "outside 3 × \\[1, inf\\]"),
         (layout.eval_count_index, 0.5, "evaluation count"),
         (0, np.inf, "non-finite"),
     ]:
@@ -660,6 +660,75 @@ def test_the_fused_result_must_be_what_honest_parties_can_send():
         with pytest.raises(UpdateError, match=message):
             layout.unpack_sum(bad, 3)
     tiny = ok.copy()
-    tiny[layout.eval_count_index] = 1e-6  # rounding around zero: nobody evaluated, no metric amplified
+    tiny[layout.eval_count_index] = 1e-6
     tiny[layout.eval_metrics_slice] = 1.0
-    assert layout.unpack_sum(tiny, 3).eval_metrics == {}
+    with pytest.raises(UpdateError, match="evaluation count"):
+        layout.unpack_sum(tiny, 3)  # exact sums: no honest party counts 1e-6
+    # within fixed-point rounding (three steps of 1e-5): nobody evaluated, no metric amplified
+    assert layout.unpack_sum(tiny, 3, resolution=1e-5).eval_metrics == {}
+    # the upper bounds and metric bounds of what honest parties send
+    honest = HonestBounds.of("uniform", 10.0, {"loss": 2.0})
+    for index, value, message in [
+        (layout.weight_index, 4.0, "outside 3 × \\[1, 1\\]"),
+        (layout.train_metrics_slice.start, 3 * 2.5, "'loss' lies beyond its declared bound"),
+    ]:
+        bad = ok.copy()
+        bad[index] = value
+        with pytest.raises(UpdateError, match=message):
+            layout.unpack_sum(bad, 3, honest)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_fixed_point_rounding_never_refuses_honest_weights(secure):
+    """Found by an independent attacker of an earlier draft: with Quantize(16) and weight_bound 300
+    one step of the weight is 0.009, so stochastic rounding took honest sums below a 0.1% slack
+    and refused 7 rounds in 10. The checks allow one step per contributor."""
+    clients = {f"p{i}": fixed_delta_client(np.full(DIM, 0.01 * (i + 1)), 7) for i in range(4)}
+    layer = SecAgg() if secure else securefl.Plain()
+    fed = securefl.Federation(
+        {"w": np.zeros(DIM)},
+        clients,
+        [securefl.Clip(1.0), securefl.Quantize(16), layer],
+        weighting="uniform",
+        weight_bound=300,
+    )
+    for _ in range(10):
+        report = fed.run_round()
+        assert report.ok and not report.dropouts, report
+
+
+def test_a_weight_no_honest_party_has_is_refused_in_and_out_of_a_secure_sum():
+    """Plain (uniform weighting: every honest weight is 1) drops a party claiming 1e9; under secagg a
+    negative weight hidden in the sum makes its update too long for its weight: refused."""
+
+    def huge(vector):
+        vector[DIM] = 1e9
+        vector[:DIM] = -0.5e9
+
+    fed = securefl.Federation(
+        {"w": np.zeros(DIM)},
+        {f"p{i}": fixed_delta_client(np.full(DIM, 0.1), 1) for i in range(4)},
+        [securefl.Clip(1.0), securefl.Plain()],
+        weighting="uniform",
+        faults=Faults().add("replace", "p3", replace=_vector_reply(huge)),
+    )
+    report = fed.run_round()
+    assert report.ok and set(report.dropouts) == {"p3"} and "outside 1 × [1, 1]" in report.dropouts["p3"]
+
+    fed = securefl.Federation(
+        {"w": np.zeros(DIM)},
+        {f"p{i}": fixed_delta_client(np.full(DIM, 0.45), 35) for i in range(4)},
+        [securefl.Clip(1.0), securefl.Quantize(24), SecAgg()],
+        weight_bound=100,
+    )
+    bad = fed.nodes["p3"]
+    honest_update = bad._local_update
+
+    def negative_weight(global_vector, info):
+        vector = honest_update(global_vector, info)
+        vector[fed.layout.weight_index] = -100.0
+        return vector
+
+    bad._local_update = negative_weight
+    report = fed.run_round()
+    assert not report.ok and "L2 norm beyond clip norm" in report.error, report

@@ -308,5 +308,5 @@ def test_one_party_failing_distributed_rounds_is_still_accounted(tmp_path):
 
     bad._local_update = forged
     report = fed.run_round()
-    assert not report.ok and "below 6 × 1" in report.error
+    assert not report.ok and "outside 6 × [1, 1]" in report.error
     assert guard.spent > 0

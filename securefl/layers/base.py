@@ -96,6 +96,11 @@ class Transform(ABC):
         """Undo on the revealed sum (identity unless the transform changes representation)."""
         return total
 
+    def resolution(self) -> float | np.ndarray:
+        """The value of one step of this transform's encoding on a decoded sum, per coordinate
+        (fixed point: 1/scale); zero for exact transforms."""
+        return 0.0
+
     def stack_validated(self, stack: PrivacyStack) -> None:
         """Called once the whole ``stack`` is valid (default: nothing to do)."""
 
@@ -221,6 +226,11 @@ class SecureSum(ABC):
     def validate(self, ctx: StackContext, transforms: Sequence[Transform]) -> None:
         """Raise ConfigError if the layer cannot sum this federation safely."""
 
+    def resolution(self) -> float:
+        """How far one party's contribution to the revealed sum may be off per coordinate (CKKS:
+        its stated precision); zero for exact sums."""
+        return 0.0
+
     def min_contributors(self, selected: int, min_parties: int) -> int:
         """The fewest parties whose vectors a successful round of ``selected`` parties can sum — even
         with a dishonest aggregator. Distributed DP noise is calibrated to it."""
@@ -280,6 +290,10 @@ class PrivacyStack:
         self.secure_sum.validate(ctx, self.transforms)
         for transform in self.transforms:
             transform.stack_validated(self)
+
+    def resolution(self) -> float | np.ndarray:
+        """One encoding step per coordinate, in decoded units: what one party's rounding can move."""
+        return sum((t.resolution() for t in self.transforms), self.secure_sum.resolution())
 
     def start_round(self, ctx: RoundContext) -> None:
         for transform in self.transforms:

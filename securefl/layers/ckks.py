@@ -236,6 +236,9 @@ class CKKS(SharedKeySum):
                 "weight_bound, the clip norm or metric_bounds, lower scale_bits, or use preset='wide'"
             )
 
+    def resolution(self) -> float:
+        return self.scheme.params.precision(1)
+
     def __repr__(self) -> str:
         p = self.params
         return (

@@ -24,7 +24,8 @@ class Clip(Transform):
             raise ConfigError(f"clip norm must be a positive finite number, got {norm!r}")
         self.norm = float(norm)
         self._layout = None
-        self._real_sums = False  # set once the stack is validated
+        self._checked = False  # set once the stack is validated
+        self._step: float | np.ndarray = 0.0
 
     def validate(self, ctx: StackContext, before: Sequence[Transform], sum_layer: SecureSum) -> None:
         if any(t.produces_integers for t in before):
@@ -44,15 +45,17 @@ class Clip(Transform):
         return out
 
     def stack_validated(self, stack) -> None:
-        # Exact real-valued sums only: quantize bounds integer sums itself, and DP noise (central,
-        # added to the revealed sum, or on the parties) legitimately moves the norm.
-        self._real_sums = not stack.integer and not any(t.name == "dp" for t in stack.transforms)
+        # Not with DP noise (central, added to the revealed sum, or on the parties): it legitimately
+        # moves the norm. Fixed-point and CKKS rounding is allowed for, one step per party.
+        self._checked = not any(t.name == "dp" for t in stack.transforms)
+        self._step = stack.resolution()
 
     def check_sum(self, total: np.ndarray, contributors: int, headroom: float | np.ndarray) -> None:
-        """A sum of clipped updates has L2 norm at most norm × the summed weight (triangle inequality).
-        Checked where sums are real-valued (plain floats, CKKS: tiny slack for float32 and CKKS
-        precision, plus the L2 of any noise headroom); quantized stacks are bounded by quantize."""
-        if self._layout is None or not self._real_sums:
+        """A sum of clipped updates has L2 norm at most norm × the summed weight (triangle inequality),
+        up to each party's rounding (one fixed-point or CKKS step per coordinate, in L2) and float32
+        slack. A negative or inflated weight hidden in a secure sum shows up here as an update too
+        long for its weight."""
+        if self._layout is None or not self._checked:
             return
         total = np.asarray(total, dtype=np.float64)
         update = total[self._layout.update_slice]
@@ -60,7 +63,11 @@ class Clip(Transform):
         noise = np.broadcast_to(np.asarray(headroom, dtype=np.float64), total.shape)[
             self._layout.update_slice
         ]
-        allowance = float(np.linalg.norm(noise)) + 1e-4 * np.sqrt(update.size) * max(contributors, 1)
+        step = np.broadcast_to(np.asarray(self._step, dtype=np.float64), total.shape)[
+            self._layout.update_slice
+        ]
+        rounding = max(contributors, 1) * (float(np.linalg.norm(step)) + 1e-4 * np.sqrt(update.size))
+        allowance = float(np.linalg.norm(noise)) + rounding
         norm = float(np.linalg.norm(update))
         if not norm <= self.norm * weight * (1 + 1e-5) + allowance:
             raise ImpossibleSum(

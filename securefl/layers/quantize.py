@@ -101,5 +101,8 @@ class Quantize(Transform):
     def decode_sum(self, total: np.ndarray) -> np.ndarray:
         return fixedpoint.decode(total, self.scale, self.modulus_bits)
 
+    def resolution(self) -> np.ndarray:
+        return 1.0 / self.scale
+
     def __repr__(self) -> str:
         return f"Quantize(bits={self.bits}, update_bound={self.update_bound})"
