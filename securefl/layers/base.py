@@ -135,8 +135,9 @@ class SumAggregator(ABC):
     """The aggregator's side of a secure sum for one federation. Holds no secret key."""
 
     # Set by the core: check_input(vector, selected) raises UpdateError for one party's protected
-    # vector that no honest party can send (out of the quantize range, a weight below the least
-    # honest weight, non-finite). Only a layer that sees individual inputs (plain) can call it.
+    # vector that no honest party can send (out of the quantize range or the clip norm, a weight,
+    # count or metric outside codec.HonestBounds, non-finite). Only a layer that sees individual
+    # inputs (plain) can call it.
     check_input: Callable[[np.ndarray, int], None] | None = None
 
     @abstractmethod

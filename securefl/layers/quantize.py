@@ -58,6 +58,7 @@ class Quantize(Transform):
                 f"{sum_layer.name!r} sums modulo 2^{self.modulus_bits}: lower bits or the party count"
             )
         self._scale = fixedpoint.max_level(self.bits) / self._limits.bounds
+        self._resolution = 1.0 / self._scale  # computed once: every revealed sum and plain input uses it
 
     @property
     def scale(self) -> np.ndarray:
@@ -102,7 +103,9 @@ class Quantize(Transform):
         return fixedpoint.decode(total, self.scale, self.modulus_bits)
 
     def resolution(self) -> np.ndarray:
-        return 1.0 / self.scale
+        if self._scale is None:
+            raise ConfigError("quantize was used before its stack was validated")
+        return self._resolution
 
     def __repr__(self) -> str:
         return f"Quantize(bits={self.bits}, update_bound={self.update_bound})"
