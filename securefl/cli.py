@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-epsilon", type=float, help="flag spending above this ε (default: as recorded)"
     )
     audit.add_argument("--report", help="write an HTML report for compliance officers here")
+    audit.add_argument(
+        "--repair",
+        action="store_true",
+        help="complete an append a crash interrupted; re-sign a damaged ledger keeping every release it "
+        "records (the damaged files are kept beside it), so that its spent budget is never lost",
+    )
     _add_common(audit)
     keys = sub.add_parser("keys", help="create key material")
     keys_sub = keys.add_subparsers(dest="kind", required=True)
@@ -286,10 +292,10 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def _keys_paillier(args: argparse.Namespace) -> dict[str, Any]:
+    from securefl.crypto.keyfiles import private_directory
     from securefl.layers.paillier import KeyMaterial, save_public
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = private_directory(args.out)
     private_path, public_path = out / "paillier.keys.json", out / "paillier.public.json"
     if private_path.exists():
         raise ConfigError(f"{private_path} exists; remove it first (keys are never overwritten)")
@@ -326,11 +332,16 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     from securefl.privacy.ledger import read_public_key
 
     public_key = read_public_key(args.public_key) if args.public_key else None
+    if args.repair:
+        _repair_ledger(args.ledger, console)
     result = audit(args.ledger, public_key, args.budget_epsilon)
     if args.report:
         write_report(result, args.report)
     table = Table(title=f"audit of {escape(args.ledger)}", show_header=False)
-    table.add_row("valid", "[green]yes[/]" if result.valid else "[red]NO[/]")
+    validity = "[green]yes[/]" if result.valid else "[red]NO[/]"
+    if result.valid and result.interrupted:
+        validity += " (last append interrupted by a crash; recoverable: the next writer completes it)"
+    table.add_row("valid", validity)
     table.add_row("records", f"{result.releases} released, {result.refusals} refused")
     table.add_row("unit", escape(result.unit or "—"))
     for name, value in result.epsilon.items():
@@ -341,6 +352,8 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     for problem in result.problems:
         console.print(f"[red]problem:[/] {escape(problem)}")
+    for what in result.interrupted:
+        console.print(f"interrupted: {escape(what)}")
     for note in result.notes:
         console.print(f"note: {escape(note)}")
     if args.report:
@@ -348,6 +361,29 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     return 0 if result.valid else 1
+
+
+def _repair_ledger(path: str, console: Console) -> None:
+    from securefl.privacy.ledger import repair
+
+    done = repair(path)
+    if not done.damage and not done.recovered:
+        console.print(f"repair: {escape(path)} needed none")
+    for what in done.recovered:
+        console.print(f"repair: recovered an interrupted append: {escape(what)}")
+    if done.damage:
+        console.print(f"repair: {escape(path)} was damaged ({escape(done.damage[0])})")
+        console.print(
+            f"repair: carried {done.carried} records into a re-signed ledger; damaged files kept as "
+            + ", ".join(escape(str(p)) for p in done.kept)
+        )
+    for line in done.unreadable:
+        console.print(f"repair: {escape(line)} could not be read")
+    if done.placeholders:
+        console.print(
+            f"repair: {done.placeholders} records the damage hid are counted as releases with the last "
+            "readable release's mechanism (an assumption: check it against your own records)"
+        )
 
 
 class _Stopped(BaseException):

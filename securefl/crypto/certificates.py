@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securefl.crypto.keyfiles import write_private
+from securefl.crypto.keyfiles import private_directory, write_private
 from securefl.errors import ConfigError
 
 # A UUID-derived OID (ITU-T X.667 arc 2.25), minted for this extension: the party's Ed25519 key.
@@ -210,8 +210,9 @@ def write_federation(
         raise ConfigError("keys tls needs distinct party ids")
     ca = create_ca(federation, days)
     (out / "parties").mkdir(parents=True, exist_ok=True)
+    private_directory(private, tighten=True)
+    write_private(private / "ca.key", ca.key_pem, overwrite=False)
     (out / "ca.pem").write_bytes(ca.cert_pem)
-    write_private(private / "ca.key", ca.key_pem)
     server = issue(ca, "aggregator", server_names=server_names, days=days)
     (out / "aggregator.pem").write_bytes(server.cert_pem)
     write_private(private / "aggregator.key", server.key_pem)

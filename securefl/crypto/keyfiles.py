@@ -1,17 +1,82 @@
-"""Secret files: written readable by their owner only (0600 from creation, never wider)."""
+"""Secret files: readable by their owner only from the moment they exist, never through a symlink.
+
+A secret is never written into a file that someone else could have prepared. :func:`write_private`
+creates a fresh file with ``O_CREAT | O_EXCL | O_NOFOLLOW`` and mode 0600 next to the target, writes
+and fsyncs it there, and only then moves it into place with ``rename`` (which replaces a planted
+symlink or a looser-permission file *itself*, never following or reusing it) — or, when the caller
+must not overwrite, with ``link`` (which fails on anything already at the path, a dangling symlink
+included). Directories created on the way are 0700 (:func:`private_directory`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import stat
 from pathlib import Path
 
+from securefl.errors import ConfigError
 
-def write_private(path: str | Path, data: bytes) -> Path:
-    """Create or replace ``path`` with ``data``, mode 0600 (also when it existed with wider mode)."""
+
+def private_directory(path: str | Path, *, tighten: bool = False) -> Path:
+    """Create ``path`` and its missing parents with mode 0700 (an existing directory is kept as is,
+    or set to 0700 when ``tighten``). Refuses a symlink where a private directory should be."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
+    missing = []
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            break
+        missing.append(candidate)
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # created meanwhile by someone else: checked below
+            os.mkdir(directory, 0o700)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path} should be a directory for private keys but is not (a symlink or a file)")
+    if tighten and stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
     return path
+
+
+def write_private(path: str | Path, data: bytes, *, overwrite: bool = True) -> Path:
+    """Write ``data`` to ``path``, mode 0600 before the first byte of it exists on disk, fsynced.
+
+    ``overwrite=False`` refuses (:class:`ConfigError`) when anything is already at ``path``: for
+    keys whose loss or replacement would break what was signed or issued with them."""
+    path = Path(path)
+    private_directory(path.parent)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # the umask can only narrow 0600; say it anyway
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path, follow_symlinks=False)
+            except FileExistsError:
+                raise ConfigError(
+                    f"{path} already exists: refusing to overwrite a key (move it away first)"
+                ) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    sync_directory(path.parent)
+    return path
+
+
+def sync_directory(path: str | Path) -> None:
+    """fsync a directory, so that a file created or renamed in it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

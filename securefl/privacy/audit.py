@@ -71,6 +71,8 @@ class AuditResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     signer: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # the first record's mechanism fields
+    interrupted: list[str] = field(default_factory=list)  # a cut append the next writer completes
+    carried: int = 0  # records carried from a damaged ledger by a repair
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +89,8 @@ class AuditResult:
             "budget_epsilon": self.budget_epsilon,
             "signer": self.signer,
             "problems": self.problems,
+            "interrupted": self.interrupted,
+            "carried": self.carried,
             "notes": self.notes,
             "rounds": self.rows,
         }
@@ -108,6 +112,21 @@ def audit(
     result.problems = [p for p in check.problems if not p.startswith("note:")]
     result.notes = [p.removeprefix("note: ") for p in check.problems if p.startswith("note:")]
     result.records = len(check.records)
+    result.interrupted = check.interrupted
+    if check.interrupted:
+        result.notes.append(
+            "the last append was interrupted by a crash (not tampering); the next writer completes it, "
+            "or run `securefl audit LEDGER --repair`"
+        )
+    carried = [r["carried"] for r in check.records if isinstance(r.get("carried"), dict)]
+    result.carried = len(carried)
+    if carried:
+        placeholders = sum(1 for c in carried if c.get("missing"))
+        result.notes.append(
+            f"{len(carried)} records were carried from a damaged ledger by a repair "
+            f"({', '.join(sorted({str(c.get('from')) for c in carried}))}), {placeholders} of them "
+            "placeholders for records the damage hid (counted with the last readable release's mechanism)"
+        )
     if check.records:
         result.parameters = {k: check.records[0].get(k) for k in PARAMETERS}
     accountants: dict[str, Accountant] = {name: create(name) for name in ACCOUNTANTS}

@@ -17,8 +17,10 @@ older signed state is not (anchor the head elsewhere for that).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +31,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from securefl.crypto.keyfiles import private_directory, sync_directory, write_private
 from securefl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _RESERVED = {"seq", "prev", "signer", "sig", "time"}
@@ -59,124 +64,246 @@ def _signature_ok(record: dict[str, Any], public_hex: str) -> bool:
         return False
 
 
-def _write_synced(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` (owner-only file) and fsync it before returning."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _open_synced(path: Path, flags: int) -> int:
+    """A ledger file descriptor, owner-only when created, never through a planted symlink."""
+    return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | flags, 0o600)
 
 
-def _fsync_append(path: Path, data: bytes) -> None:
-    _write_synced(path, data, os.O_APPEND)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_replace(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically: a crash leaves the old content or the new, never a mix."""
     tmp = path.with_name(path.name + ".tmp")
-    _write_synced(tmp, data, os.O_TRUNC)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    fd = _open_synced(tmp, os.O_CREAT | os.O_TRUNC)
     try:
-        os.fsync(directory)
+        _write_all(fd, data)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
+    os.replace(tmp, path)
+    sync_directory(path.parent)
+
+
+def head_path(path: str | Path) -> Path:
+    return Path(str(path) + ".head")
+
+
+def _split(raw: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines (each ended by a newline) and the bytes after the last newline."""
+    cut = raw.rfind(b"\n") + 1
+    return raw[:cut].split(b"\n")[:-1], raw[cut:]
 
 
 @dataclass
 class Verification:
-    """What an audit of the ledger's integrity found."""
+    """What an audit of the ledger's integrity found.
+
+    ``interrupted`` describes an append that a crash cut short (see ``protocols/ledger.md`` §
+    Crashes): such a ledger is valid — the damage is exactly what the writing order can leave —
+    and the next writer (or ``securefl audit --repair``) completes it; ``valid`` is False only for
+    damage no crash can cause. ``readable`` is the byte length of the complete records kept."""
 
     valid: bool
     records: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     signer: str | None = None
+    interrupted: list[str] = field(default_factory=list)
+    head_count: int | None = None
+    readable: int = 0
+    # What a writer does to complete an interrupted append: "newline", "truncate", "head", "tmp".
+    repairs: list[str] = field(default_factory=list)
 
 
 def verify(path: str | Path, public_key: str | None = None) -> Verification:
-    """Check lines, chain, sequence, signatures and the head; ``public_key`` (hex) pins the signer."""
+    """Check lines, chain, sequence, signatures and the head; ``public_key`` (hex) pins the signer.
+
+    A crash can leave three things, none of which is tampering (protocols/ledger.md § Crashes): a
+    torn last line (the append's write was cut: the record never counted and is dropped), a last
+    record written and signed but not yet covered by the head (the head's replacement was cut: the
+    record counts, the head is completed), and a stray ``.head.tmp``."""
     path = Path(path)
     problems: list[str] = []
     records: list[dict[str, Any]] = []
+    result = Verification(False, records, problems)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return Verification(False, problems=[f"ledger {path} does not exist"])
-    if raw and not raw.endswith(b"\n"):
-        problems.append("the last line is incomplete: the ledger was truncated mid-record")
-    prev, signer = GENESIS, public_key
-    for number, line in enumerate(raw.split(b"\n")[:-1] if raw.endswith(b"\n") else raw.split(b"\n")):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            problems.append(f"line {number + 1} is not a JSON object ({exc})")
-            break
-        if record.get("seq") != number:
+        head = head_path(path)
+        if head.exists():
             problems.append(
-                f"line {number + 1} has seq {record.get('seq')!r}, expected {number} (reordered or removed)"
+                f"ledger {path} is missing but its head {head.name} exists: the records were removed; "
+                "restore the ledger from a backup (its budget must not restart at zero)"
             )
-        if record.get("prev") != prev:
-            problems.append(f"record {number}: chain broken (prev does not match the previous line's hash)")
+        else:
+            problems.append(f"ledger {path} does not exist")
+        return result
+    lines, tail = _split(raw)
+    prev, signer = GENESIS, public_key
+    hashes = [GENESIS]
+    for number, line in enumerate(lines):
+        record = _parse(line)
+        if record is None:
+            problems.append(
+                f"line {number + 1} (record {number}) is not a JSON object: the ledger was altered"
+            )
+            break
+        problem = _check_record(record, number, prev, signer or record.get("signer"))
         if signer is None:
             signer = record.get("signer")
-        if record.get("signer") != signer:
-            problems.append(
-                f"record {number}: signed by {record.get('signer')!r}, not the ledger's key {signer}"
-            )
-        elif not _signature_ok(record, signer or ""):
-            problems.append(f"record {number}: signature does not verify (tampered)")
+        if problem:
+            problems.extend(problem)
         records.append(record)
         prev = line_hash(line)
-    head_problem = _check_head(path, len(records), prev, signer)
-    if head_problem:
-        problems.append(head_problem)
+        hashes.append(prev)
+    result.signer = signer
+    result.readable = len(raw) - len(tail)
+    if tail and not problems:
+        # A cut append: a complete record missing only its newline is kept, anything else dropped.
+        record = _parse(tail)
+        if record is not None and not _check_record(
+            record, len(records), prev, signer or record.get("signer")
+        ):
+            signer = signer or record.get("signer")
+            result.signer = signer
+            records.append(record)
+            prev = line_hash(tail)
+            hashes.append(prev)
+            result.readable = len(raw)
+            result.repairs.append("newline")
+            result.interrupted.append(
+                f"record {len(records) - 1} was written without its final newline (the append was cut); "
+                "it counts and its newline is restored"
+            )
+        else:
+            result.repairs.append("truncate")
+            result.interrupted.append(
+                f"{len(tail)} bytes after record {len(records) - 1} are a torn record (the append was cut "
+                "before it completed, so nothing it would describe was released); they are dropped"
+            )
+    elif tail:
+        problems.append("the last line is incomplete: the ledger was truncated mid-record")
+    if not problems:
+        _check_head(path, records, hashes, signer, result)
+    if head_path(path).with_name(head_path(path).name + ".tmp").exists():
+        result.repairs.append("tmp")
+        result.interrupted.append("a temporary head file was left by a cut head replacement; it is removed")
+    if problems:
+        result.repairs.clear()
     if public_key is None and signer is not None:
-        problems_note = "signer not pinned: give the ledger's public key to rule out a re-signed ledger"
-        return Verification(not problems, records, [*problems, f"note: {problems_note}"], signer)
-    return Verification(not problems, records, problems, signer)
-
-
-def _check_head(path: Path, count: int, last_hash: str, signer: str | None) -> str | None:
-    head_path = path.with_name(path.name + ".head")
-    if not head_path.exists():
-        return (
-            "the head file is missing: records removed from the end could not be detected" if count else None
+        problems.append(
+            "note: signer not pinned: give the ledger's public key to rule out a re-signed ledger"
         )
+    result.valid = not [p for p in problems if not p.startswith("note:")]
+    return result
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
     try:
-        head = json.loads(head_path.read_bytes())
-    except ValueError:
-        return "the head file is not JSON"
-    if not _signature_ok(head, signer or ""):
-        return "the head file's signature does not verify"
-    if head.get("count") != count or head.get("last") != last_hash:
-        return (
-            f"the head says {head.get('count')} records ending in {str(head.get('last'))[:12]}…, the ledger "
-            f"has {count}: records were removed or altered"
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _check_record(record: dict[str, Any], number: int, prev: str, signer: Any) -> list[str]:
+    problems = []
+    if record.get("seq") != number:
+        problems.append(
+            f"line {number + 1} has seq {record.get('seq')!r}, expected {number} (reordered or removed)"
         )
-    return None
+    if record.get("prev") != prev:
+        problems.append(f"record {number}: chain broken (prev does not match the previous line's hash)")
+    if record.get("signer") != signer:
+        problems.append(f"record {number}: signed by {record.get('signer')!r}, not the ledger's key {signer}")
+    elif not _signature_ok(record, signer if isinstance(signer, str) else ""):
+        problems.append(f"record {number}: signature does not verify (tampered)")
+    return problems
+
+
+def _check_head(
+    path: Path, records: list[dict[str, Any]], hashes: list[str], signer: str | None, result: Verification
+) -> None:
+    """The head must cover every record, or every record but the last (its replacement was cut)."""
+    count = len(records)
+    head_file = head_path(path)
+    if not head_file.exists():
+        if count == 0:
+            return
+        if count == 1:  # the very first append: the record was written, the head not yet
+            result.head_count = 0
+            result.repairs.append("head")
+            result.interrupted.append(
+                "record 0 was written but the head file not yet (the first append was cut); it counts and "
+                "the head is written"
+            )
+            return
+        result.problems.append(
+            f"the head file {head_file.name} is missing with {count} records: records removed from the end "
+            "could not be detected"
+        )
+        return
+    head = _parse(head_file.read_bytes())
+    if head is None:
+        result.problems.append("the head file is not a JSON object")
+        return
+    if not _signature_ok(head, signer or ""):
+        result.problems.append("the head file's signature does not verify")
+        return
+    result.head_count = head.get("count")
+    if result.head_count == count and head.get("last") == hashes[count]:
+        return
+    if count and result.head_count == count - 1 and head.get("last") == hashes[count - 1]:
+        result.repairs.append("head")
+        result.interrupted.append(
+            f"record {count - 1} was written and signed but the head not yet updated (the append was cut "
+            "after the record was made durable); it counts — a crash only ever over-reports — and the "
+            "head is completed"
+        )
+        return
+    if "truncate" in result.repairs and result.head_count == count + 1:
+        result.problems.append(
+            f"the last line is incomplete but the head covers it: record {count} was truncated mid-record"
+        )
+        return
+    result.problems.append(
+        f"the head says {head.get('count')} records ending in {str(head.get('last'))[:12]}…, the ledger "
+        f"has {count}: records were removed or altered"
+    )
 
 
 def load_or_create_key(ledger_path: str | Path) -> Ed25519PrivateKey:
     """The ledger's signing key, ``<ledger>.key`` (PEM, 0600); created with ``<ledger>.pub`` (the
-    public key in hex, for auditors) if missing."""
+    public key in hex, for auditors) if missing — but never for a ledger that already has records:
+    a new key would sign a second chain and the spent budget would look like someone else's."""
     key_path = Path(str(ledger_path) + ".key")
-    if key_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    public_path = Path(str(ledger_path) + ".pub")
+    if os.path.lexists(key_path):
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot read the ledger's signing key {key_path}: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(f"{key_path} is not an Ed25519 private key")
+        if not public_path.exists():  # a crash between the two files: the key is the truth
+            public_path.write_text(key.public_key().public_bytes_raw().hex() + "\n", encoding="ascii")
         return key
+    ledger = Path(ledger_path)
+    if ledger.exists() and ledger.stat().st_size:
+        raise ConfigError(
+            f"the ledger {ledger} has records but its signing key {key_path} is missing: restore the key "
+            "(a new key would start a second chain, and the budget spent so far would be lost)"
+        )
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_synced(key_path, pem, os.O_EXCL)
-    public = key.public_key().public_bytes_raw().hex()
-    Path(str(ledger_path) + ".pub").write_text(public + "\n", encoding="ascii")
+    private_directory(key_path.parent)
+    write_private(key_path, pem, overwrite=False)
+    public_path.write_text(key.public_key().public_bytes_raw().hex() + "\n", encoding="ascii")
     return key
 
 
@@ -202,26 +329,79 @@ def open_ledger(path: str | Path) -> Ledger:
     return Ledger(path, load_or_create_key(path))
 
 
+def _repair_command(path: Path) -> str:
+    return f"securefl audit {path} --repair"
+
+
 class Ledger:
-    """Appends signed, chained records; verifies the existing file before the first append."""
+    """Appends signed, chained records; verifies the existing file before the first append and
+    completes an append that a crash cut short (:func:`verify`'s ``interrupted``)."""
 
     def __init__(self, path: str | Path, signing_key: Ed25519PrivateKey) -> None:
         self.path = Path(path)
         self.key = signing_key
         self.signer = signing_key.public_key().public_bytes_raw().hex()
-        state = verify(self.path, self.signer) if self.path.exists() else Verification(True)
+        self.recovered: list[str] = []  # what opening completed, for the caller to report
+        self._open()
+
+    def _open(self) -> None:
+        missing = not os.path.lexists(self.path) and not head_path(self.path).exists()
+        state = Verification(True) if missing else verify(self.path, self.signer)
         real_problems = [p for p in state.problems if not p.startswith("note:")]
         if real_problems:
             raise ConfigError(
-                f"refusing to append to ledger {self.path}: it does not verify ({real_problems[0]}); keep it "
-                "for the auditor and start a new ledger"
+                f"refusing to append to ledger {self.path}: it does not verify ({real_problems[0]}). The "
+                f"budget it records must not be lost: run `{_repair_command(self.path)}` to keep every "
+                "record it still holds in a re-signed ledger (the damaged files are kept beside it for "
+                "the auditor), or restore it from a backup"
             )
+        if state.repairs:
+            self._complete(state)
+            state = verify(self.path, self.signer)
+            if state.repairs or not state.valid:  # cannot happen: the repairs are exactly the damage
+                raise ConfigError(
+                    f"ledger {self.path} could not be recovered: {state.problems or state.repairs}"
+                )
         self.records = state.records  # what the ledger held when opened (a guard replays them)
         self.count = len(state.records)
         self.last = line_hash(canonical(state.records[-1])) if state.records else GENESIS
+        self.size = state.readable
+
+    def _complete(self, state: Verification) -> None:
+        """Finish what a crash interrupted, in the writing order's own steps (protocols/ledger.md)."""
+        if "truncate" in state.repairs:
+            fd = _open_synced(self.path, 0)
+            try:
+                os.ftruncate(fd, state.readable)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if "newline" in state.repairs:
+            fd = _open_synced(self.path, os.O_APPEND)
+            try:
+                _write_all(fd, b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if "head" in state.repairs:
+            last = line_hash(canonical(state.records[-1]))
+            self._write_head(len(state.records), last)
+        stray = head_path(self.path).with_name(head_path(self.path).name + ".tmp")
+        if "tmp" in state.repairs and os.path.lexists(stray):
+            os.unlink(stray)
+        self.recovered = list(state.interrupted)
+        for what in state.interrupted:
+            log.warning("ledger %s: last append interrupted and recovered: %s", self.path, what)
+
+    def _write_head(self, count: int, last: str) -> None:
+        head = _sign(self.key, {"count": count, "last": last, "signer": self.signer})
+        _fsync_replace(head_path(self.path), canonical(head))
 
     def append(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Sign, write and fsync one record (and the head) before returning it."""
+        """Sign, write and fsync one record, then replace and fsync the head, before returning it.
+
+        The file is locked for the append and must be exactly as this writer left it: a second
+        writer on the same ledger (which would fork the chain) is refused, not interleaved."""
         clash = _RESERVED & set(fields)
         if clash:
             raise ConfigError(f"ledger fields {sorted(clash)} are reserved")
@@ -236,9 +416,125 @@ class Ledger:
             },
         )
         line = canonical(record)
-        _fsync_append(self.path, line + b"\n")
-        self.count += 1
-        self.last = line_hash(line)
-        head = _sign(self.key, {"count": self.count, "last": self.last, "signer": self.signer})
-        _fsync_replace(self.path.with_name(self.path.name + ".head"), canonical(head))
+        fd = _open_synced(self.path, os.O_CREAT | os.O_APPEND)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size != self.size:
+                raise ConfigError(
+                    f"ledger {self.path} changed since this writer opened it ({size} bytes, expected "
+                    f"{self.size}): another process is writing it; one writer per ledger"
+                )
+            _write_all(fd, line + b"\n")
+            os.fsync(fd)
+            self.count += 1
+            self.last = line_hash(line)
+            self.size += len(line) + 1
+            self._write_head(self.count, self.last)
+        finally:
+            os.close(fd)  # releases the lock
         return record
+
+
+@dataclass
+class Repair:
+    """What :func:`repair` did: ``recovered`` (an interrupted append completed) or ``carried``
+    (a damaged ledger re-signed record by record; the damaged files kept at ``kept``)."""
+
+    path: Path
+    recovered: list[str] = field(default_factory=list)
+    carried: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    placeholders: int = 0
+    kept: list[Path] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)
+
+
+def repair(path: str | Path) -> Repair:
+    """Make the ledger at ``path`` writable again without losing a release it records.
+
+    An interrupted append is completed (as any writer does on open). A damaged ledger — one no
+    crash explains — is copied aside (``NAME.damaged-TIME`` and its head, for the auditor) and
+    replaced by a ledger, signed with the same key, that carries every record still readable, each
+    marked ``carried`` (the damaged file's SHA-256, the record's original ``seq`` and ``time``,
+    whether its signature still verified). Records the damage hid — lines that no longer parse, or
+    the records the head counts beyond what remains — are carried as placeholders that repeat the
+    last readable release's mechanism, so the spent budget is never lower than before (the
+    assumption is printed and recorded). The replacement is built aside and renamed into place: a
+    crash during repair leaves either ledger, each of which a second repair carries again."""
+    path = Path(path)
+    key = load_or_create_key(path)
+    signer = key.public_key().public_bytes_raw().hex()
+    state = verify(path, signer)
+    report = Repair(path, damage=[p for p in state.problems if not p.startswith("note:")])
+    if not report.damage:
+        report.recovered = Ledger(path, key).recovered
+        return report
+    raw = path.read_bytes() if path.exists() else b""
+    digest = hashlib.sha256(raw).hexdigest()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    kept = path.with_name(f"{path.name}.damaged-{stamp}")
+    lines, tail = _split(raw)
+    readable: list[dict[str, Any]] = []
+    for number, line in enumerate([*lines, tail] if tail else lines):
+        record = _parse(line)
+        if record is None:
+            report.unreadable.append(f"line {number + 1}")
+            continue
+        verified = _signature_ok(record, signer) and record.get("signer") == signer
+        carried = {
+            "from": kept.name,
+            "sha256": digest,
+            "seq": record.get("seq"),
+            "time": record.get("time"),
+            "verified": verified,
+        }
+        if "carried" in record:  # repaired before: keep the whole chain of custody
+            carried["earlier"] = record["carried"]
+        record["carried"] = carried
+        readable.append(record)
+    head = _parse(head_path(path).read_bytes()) if head_path(path).exists() else None
+    claimed = head.get("count") if head and _signature_ok(head, signer) else None
+    missing = len(report.unreadable)
+    if isinstance(claimed, int) and claimed > len(readable):
+        missing = max(missing, claimed - len(readable))
+    releases = [r for r in readable if r.get("decision") == "released"]
+    if missing and not releases:
+        raise ConfigError(
+            f"ledger {path}: {missing} records are unreadable or missing and no readable release shows "
+            "their mechanism; restore the ledger from a backup"
+        )
+    for _ in range(missing):
+        placeholder = dict(releases[-1])
+        placeholder["carried"] = {"from": kept.name, "sha256": digest, "missing": True}
+        readable.append(placeholder)
+    report.placeholders = missing
+    building = path.with_name(f".{path.name}.repairing-{stamp}")
+    fresh = Ledger(building, key)
+    for record in readable:
+        fresh.append({k: v for k, v in record.items() if k not in _RESERVED})
+    for source, target in ((path, kept), (head_path(path), head_path(kept))):
+        if source.exists():
+            _copy_synced(source, target)
+            report.kept.append(target)
+    os.replace(building, path)  # a crash between these two renames: new records, old head —
+    os.replace(head_path(building), head_path(path))  # damage that a second repair carries again
+    sync_directory(path.parent)
+    report.carried = len(readable) - missing
+    log.warning(
+        "ledger %s repaired: %d records carried, %d placeholders; damaged copy %s",
+        path,
+        report.carried,
+        missing,
+        kept,
+    )
+    return report
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    fd = _open_synced(target, os.O_CREAT | os.O_EXCL)
+    try:
+        _write_all(fd, source.read_bytes())
+        os.fsync(fd)
+    finally:
+        os.close(fd)

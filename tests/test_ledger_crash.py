@@ -1,0 +1,170 @@
+"""A ledger that survives any crash: SIGKILL a real writer process at every point between its writes
+(injected deterministically) and at random moments, then audit and resume. Every trial must end
+valid and resumable, with ε never below what the ledger had reported before the crash.
+
+The writer is a forked child of the test process (fork is cheap: the libraries are imported once).
+In the child, the file-system calls the ledger and key files use are wrapped: the k-th call kills the
+child with SIGKILL before it runs — or, for a write, after writing half its bytes (a torn write)."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from securefl.codec import VectorLayout
+from securefl.layers import Clip, DPNoise, Plain, PrivacyStack, StackContext
+from securefl.privacy.audit import audit
+from securefl.privacy.guard import guard_for
+from securefl.privacy.ledger import head_path, verify
+from securefl.runner import BudgetSettings
+from securefl.selection import build_selection
+
+OPERATIONS = ("open", "write", "fsync", "replace", "link", "unlink", "ftruncate", "mkdir", "rename")
+BUDGET = 1e6  # never refuses: every kill lands in the middle of releases
+
+
+def _guard(ledger: Path):
+    guard = guard_for(BudgetSettings(BUDGET, 1e-5, str(ledger), "rdp"))
+    stack = PrivacyStack.of([Clip(1.0), DPNoise(1.0, "central"), Plain()])
+    stack.validate(StackContext(VectorLayout(4), 3, 1, 1.0, {}))
+    guard.bind(stack, build_selection("all"), 3)
+    return guard
+
+
+def _writer(ledger: Path, rounds: int, report: int) -> None:
+    """The child's job: ``rounds`` accounted releases; after each returns, its ε goes to ``report``."""
+    write = _ORIGINAL["write"]
+    guard = _guard(ledger)
+    for round in range(rounds):
+        guard.admit(round)
+        epsilon = guard.record_release(round, 3)
+        write(report, f"{epsilon!r}\n".encode())
+
+
+_ORIGINAL = {name: getattr(os, name) for name in OPERATIONS}
+
+
+def _arm(kill_at: int, torn: bool) -> None:
+    """In the child: SIGKILL at the ``kill_at``-th file-system call (0-based)."""
+    calls = [0]
+
+    def wrap(name):
+        original = _ORIGINAL[name]
+
+        def call(*args, **kwargs):
+            if calls[0] == kill_at:
+                if torn and name == "write" and len(args[1]) > 1:
+                    original(args[0], bytes(args[1])[: len(args[1]) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+            calls[0] += 1
+            return original(*args, **kwargs)
+
+        return call
+
+    for name in OPERATIONS:
+        setattr(os, name, wrap(name))
+
+
+def _run_child(ledger: Path, rounds: int, kill_at: int | None = None, torn: bool = False, kill_after=None):
+    """Fork a writer; return (its exit signal or code, the ε values it reported, calls it made)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        code = 0
+        try:
+            os.close(read_end)
+            if kill_at is not None:
+                _arm(kill_at, torn)
+            _writer(ledger, rounds, write_end)
+        except BaseException:  # a refusal or a bug: the exit code says so
+            code = 3
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    if kill_after is not None:
+        time.sleep(kill_after)
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        reported = [float(line) for line in pipe.read().split()]
+    return status, reported
+
+
+def _check_recovered(ledger: Path, reported: list[float], full_audit: bool) -> float:
+    """The ledger after a crash: valid (an interruption is not tampering), resumable, ε not lower."""
+    public = ledger.with_name(ledger.name + ".pub")
+    signer = public.read_text().strip() if public.exists() else None
+    check = verify(ledger, signer) if ledger.exists() else None
+    if check is not None:
+        assert check.valid, check.problems
+        if full_audit:
+            result = audit(ledger, signer)
+            assert result.valid, result.problems
+            assert result.interrupted == check.interrupted
+    before = reported[-1] if reported else 0.0
+    guard = _guard(ledger)  # resume: completes an interrupted append, replays the releases
+    spent = guard.spent
+    assert spent >= before - 1e-12, f"ε fell from {before} to {spent} across the crash"
+    guard.admit(0)
+    after = guard.record_release(0, 3)
+    assert after > spent
+    final = verify(ledger, guard.ledger.signer)
+    assert final.valid and not final.interrupted and not final.problems
+    assert not head_path(ledger).with_name(head_path(ledger).name + ".tmp").exists()
+    return spent
+
+
+def _calls_of_a_full_run(tmp_path: Path, rounds: int) -> int:
+    """How many wrapped calls a clean run makes (a kill point past the last never fires)."""
+    for k in range(0, 500, 25):
+        status, reported = _run_child(tmp_path / f"probe{k}.jsonl", rounds, kill_at=k)
+        if os.WIFEXITED(status):
+            assert os.WEXITSTATUS(status) == 0 and len(reported) == rounds
+            low = k - 25
+            break
+    else:
+        raise AssertionError("a clean run made over 500 calls")
+    for k in range(max(0, low), low + 26):
+        status, _ = _run_child(tmp_path / f"fine{k}.jsonl", rounds, kill_at=k)
+        if os.WIFEXITED(status):
+            return k
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["kill-before-call", "torn-write"])
+def test_a_kill_between_any_two_writes_leaves_a_valid_resumable_ledger(tmp_path, torn):
+    rounds = 3
+    total = _calls_of_a_full_run(tmp_path, rounds)
+    assert total > 9 * rounds  # key creation + record, fsync, head tmp, fsync, rename, dir fsync…
+    interrupted = 0
+    for kill_at in range(total):
+        ledger = tmp_path / f"k{kill_at}" / "privacy.jsonl"
+        status, reported = _run_child(ledger, rounds, kill_at=kill_at, torn=torn)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        if ledger.exists():
+            interrupted += bool(verify(ledger).interrupted)
+        _check_recovered(ledger, reported, full_audit=kill_at % 7 == 0)
+    assert interrupted > 0  # the harness did hit the states recovery is for
+    print(
+        f"{total} kill points ({'torn writes' if torn else 'before the call'}) survived, {interrupted} "
+        "left an interrupted append"
+    )
+
+
+@pytest.mark.slow
+def test_random_kills_of_a_busy_writer(tmp_path):
+    chooser = random.Random(20261130)
+    trials, recovered = 24, 0
+    for trial in range(trials):
+        ledger = tmp_path / f"t{trial}" / "privacy.jsonl"
+        _status, reported = _run_child(ledger, 10_000, kill_after=chooser.uniform(0.0, 0.15))
+        recovered += bool(ledger.exists() and verify(ledger).interrupted)
+        spent = _check_recovered(ledger, reported, full_audit=trial % 12 == 0)
+        assert math.isfinite(spent)
+    print(f"{trials} random kills survived, {recovered} left an interrupted append")
