@@ -288,8 +288,7 @@ def load_or_create_key(ledger_path: str | Path) -> Ed25519PrivateKey:
             raise ConfigError(f"cannot read the ledger's signing key {key_path}: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(f"{key_path} is not an Ed25519 private key")
-        if not public_path.exists():  # a crash between the two files: the key is the truth
-            public_path.write_text(key.public_key().public_bytes_raw().hex() + "\n", encoding="ascii")
+        _write_public(public_path, key)  # a crash between the two files, or a torn .pub: the key rules
         return key
     ledger = Path(ledger_path)
     if ledger.exists() and ledger.stat().st_size:
@@ -303,8 +302,19 @@ def load_or_create_key(ledger_path: str | Path) -> Ed25519PrivateKey:
     )
     private_directory(key_path.parent)
     write_private(key_path, pem, overwrite=False)
-    public_path.write_text(key.public_key().public_bytes_raw().hex() + "\n", encoding="ascii")
+    _write_public(public_path, key)
     return key
+
+
+def _write_public(path: Path, key: Ed25519PrivateKey) -> None:
+    """``<ledger>.pub``, the hex public key for auditors: (re)written atomically unless it is right."""
+    text = (key.public_key().public_bytes_raw().hex() + "\n").encode("ascii")
+    try:
+        if path.read_bytes() == text:
+            return
+    except FileNotFoundError:
+        pass
+    _fsync_replace(path, text)
 
 
 def read_public_key(value: str) -> str:
