@@ -1,0 +1,714 @@
+"""``paillier-threshold``: a Paillier secure sum whose secret key exists only as t-of-l shares.
+
+Parties pack and encrypt their quantized vectors under a standard Paillier public key (g = n + 1,
+public-key encryption: no party knows p or q), with the contribution pads and counter slot of
+``paillier``; the aggregator multiplies the ciphertexts. No party can decrypt alone: t key-share
+holders each compute decryption shares of the sum, prove them correct, and seal them under a key
+only the parties hold; a combiner party checks the proofs, combines t valid shares, decrypts,
+fuses and seals the next global model; a second party verifies the combiner's decryption with a
+cheap batch check and seals the same record. The aggregator sees ciphertexts and sealed bytes only.
+
+Phases: ``encrypt`` → ``share`` (holders among the contributors) → ``combine`` (the decryptor) →
+``verify`` (the verifier). Keys come from a ceremony (``securefl keys paillier-threshold``): one
+share file per party, a public file for the aggregator. Specification:
+``protocols/paillier-threshold.md``; arithmetic: ``securefl/crypto/threshold_paillier.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from securefl.crypto import channel, paillier
+from securefl.crypto import threshold_paillier as tp
+from securefl.crypto.keyfiles import write_private
+from securefl.crypto.packing import Packing
+from securefl.errors import ConfigError, ProtocolError, RoundFailed, UpdateError, WireError
+from securefl.layers.base import (
+    ImpossibleSum,
+    RoundContext,
+    SealedModel,
+    SecureSum,
+    StackContext,
+    SumAggregator,
+    SumParty,
+    Transform,
+)
+from securefl.layers.paillier import KeyMaterial, PaillierScheme
+from securefl.layers.quantize import Quantize
+from securefl.layers.shared_key import (
+    _ABSTAIN,
+    _MODEL,
+    _REFUSED,
+    ENCRYPT,
+    _contributor_list,
+    _model_aad,
+    _Party,
+    _record_header,
+    _record_plaintext,
+    _seal_model,
+    sealed_record_size,
+    sum_digest,
+)
+from securefl.wire import decode_record, encode_record
+
+SHARE, COMBINE, VERIFY = "share", "combine", "verify"
+PUBLIC_FILE = "public.json"
+_PARALLEL_MIN = 64
+_HOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+log = logging.getLogger(__name__)
+
+
+def share_file_name(holder: str) -> str:
+    return f"share-{holder}.json"
+
+
+# --- key ceremony and files ------------------------------------------------------------------------
+
+
+def key_ceremony(
+    out: str | Path, parties: list[str], threshold: int, bits: int = paillier.MIN_KEY_BITS
+) -> dict:
+    """The dealer outside the federation: generates, writes DIR/public.json and one 0600
+    DIR/share-<party>.json per party (write_private creates it 0600 before any byte is written),
+    and drops p, q, d and the polynomial when this function returns (nothing else references them;
+    Python cannot scrub memory: run it on an offline machine, see the spec's ceremony)."""
+    for name in parties:
+        if not isinstance(name, str) or not _HOLDER_NAME.match(name):
+            raise ConfigError(f"party name {name!r} cannot name a share file (letters, digits, _.:-)")
+    out = Path(out)
+    dealt = tp.deal(bits, parties, threshold)
+    public_path = out / PUBLIC_FILE
+    out.mkdir(parents=True, exist_ok=True)
+    public_path.write_text(json.dumps(dealt.public.to_json(), indent=1))
+    files = []
+    for name in parties:
+        path = write_private(
+            out / share_file_name(name), json.dumps(dealt.shares[name].to_json(), indent=1).encode()
+        )
+        files.append(str(path))
+    fingerprint = dealt.public.fingerprint()
+    del dealt
+    return {"public": str(public_path), "shares": files, "threshold": threshold, "fingerprint": fingerprint}
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{what} {str(path)!r} does not exist; create it with 'securefl keys paillier-threshold'"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not readable JSON: {exc}") from None
+
+
+def load_public(path: str | Path) -> tp.ThresholdPublicKey:
+    """The public key from a public file or from any share file."""
+    data = _read_json(Path(path), "threshold Paillier key file")
+    if isinstance(data, dict) and data.get("kind") == tp.SHARE_KIND:
+        data = data.get("public")
+    return tp.ThresholdPublicKey.from_json(data)
+
+
+def load_share(path: str | Path) -> tp.KeyShare:
+    return tp.KeyShare.from_json(_read_json(Path(path), "threshold Paillier share file"))
+
+
+# --- parallel work -----------------------------------------------------------------------------------
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    if workers not in _POOLS:
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    return _POOLS[workers]
+
+
+def _chunks(items: list, parts: int) -> list[list]:
+    size = max(1, -(-len(items) // parts))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def compute_shares(key: tp.KeyShare, ciphertexts: list[int], workers: int) -> list[int]:
+    """This holder's decryption shares of every ciphertext, on ``workers`` processes."""
+    if workers <= 1 or len(ciphertexts) < _PARALLEL_MIN:
+        return tp.share_exponentiation(key.public.n, key.exponent, ciphertexts)
+    chunks = _chunks(ciphertexts, 4 * workers)
+    pool = _pool(workers)
+    results = pool.map(
+        tp.share_exponentiation, [key.public.n] * len(chunks), [key.exponent] * len(chunks), chunks
+    )
+    return [y for part in results for y in part]
+
+
+def lift_all(
+    public: tp.ThresholdPublicKey, ciphertexts: list[int], roots: list[int], workers: int
+) -> list[int]:
+    if workers <= 1 or len(ciphertexts) < _PARALLEL_MIN:
+        return tp.lift_decrypt(public.n, public.delta, ciphertexts, roots)
+    cs, ws = _chunks(ciphertexts, 4 * workers), _chunks(roots, 4 * workers)
+    results = _pool(workers).map(tp.lift_decrypt, [public.n] * len(cs), [public.delta] * len(cs), cs, ws)
+    return [m for part in results for m in part]
+
+
+# --- the scheme: paillier's packing, pads and product, with a threshold key ------------------------
+
+
+class ThresholdScheme(PaillierScheme):
+    """Encryption, pads and combination of ``paillier`` (public-key encryption: nobody holds p, q);
+    decryption is the threshold protocol below, never this class's."""
+
+    name = "paillier-threshold"
+
+    def __init__(self, key_bits: int, workers: int) -> None:
+        super().__init__(key_bits, "public", workers)
+
+    @staticmethod
+    def base(material: tp.KeyShare) -> KeyMaterial:
+        return KeyMaterial(material.public.paillier, material.model_key, None)
+
+    def encrypt(self, material: Any, vector: np.ndarray, ctx: RoundContext, party: str) -> bytes:
+        return super().encrypt(self.base(material), vector, ctx, party)
+
+    def model_key(self, material: Any) -> bytes:
+        return material.model_key
+
+    def fingerprint(self, material: Any) -> str:
+        return material.public.fingerprint()
+
+    def decrypt(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise ProtocolError("threshold Paillier has no single-key decryption")
+
+    def unpad_and_unpack(
+        self, material: tp.KeyShare, plaintexts: list[int], contributors: tuple[str, ...], ctx: RoundContext
+    ) -> np.ndarray:
+        """Remove exactly the named contributors' pads, unpack, check the counter (as ``paillier``)."""
+        base = self.base(material)
+        n, count = base.public.n, len(plaintexts)
+        padding = [0] * count
+        for party in contributors:
+            padding = [a + b for a, b in zip(padding, self.pads(base, ctx, party, count), strict=True)]
+        plaintexts = [(m - r) % n for m, r in zip(plaintexts, padding, strict=True)]
+        number = len(contributors)
+        try:
+            total = self.packing(base.public.plaintext_bits).unpack(plaintexts, ctx.vector_size + 1, number)
+        except ProtocolError as exc:
+            raise ImpossibleSum(
+                f"the decrypted Paillier sum cannot come from honest parties: {exc}"
+            ) from None
+        if int(total[-1]) != number:
+            raise ImpossibleSum(
+                f"the Paillier sum cannot come from {number} honest parties: its counter slot disagrees"
+            )
+        return total[:-1].view(np.uint64)
+
+
+def _split_ciphertexts(blob: bytes, public: tp.ThresholdPublicKey, count: int) -> list[int]:
+    width = public.paillier.ciphertext_bytes
+    if len(blob) != count * width:
+        raise WireError(
+            f"the encrypted sum must be {count} ciphertexts of {width} bytes, got {len(blob)} bytes"
+        )
+    values = [int.from_bytes(blob[i : i + width], "big") for i in range(0, len(blob), width)]
+    public.paillier.check_ciphertexts(values)
+    return values
+
+
+def _share_key(model_key: bytes) -> bytes:
+    return hmac.new(model_key, b"securefl/paillier-threshold/share-key", hashlib.sha256).digest()
+
+
+def _share_aad(ctx: RoundContext, holder: str, contributors: list[str], digest: str, label: bytes) -> bytes:
+    return (
+        tp.DOMAIN
+        + tp.field(label)
+        + tp.context(ctx.session, ctx.round, holder, digest)
+        + b"".join(tp.field(c.encode()) for c in contributors)
+    )
+
+
+def _claim_size(public: tp.ThresholdPublicKey, count: int) -> int:
+    return channel.sealed_size(2 * count * public.n_bytes)
+
+
+def _share_size(public: tp.ThresholdPublicKey, count: int) -> int:
+    return channel.sealed_size(count * public.n_bytes + public.proof_bytes)
+
+
+# --- the layer ---------------------------------------------------------------------------------------
+
+
+class PaillierThreshold(SecureSum):
+    """Secure sum under a threshold Paillier key: any ``threshold`` of the key's holders decrypt.
+
+    ``key_dir``: the ceremony's output (public.json and share-<party>.json; in-process federations);
+    ``key_file``: one party's share file, or the public file for an aggregator (deployments).
+    ``workers``: processes for encryption, shares and decryption (default: all cores).
+    ``share_holders``: how many contributing holders are asked for decryption shares (default: all;
+    ``threshold`` gives the least work, more tolerate dropouts and bad shares within the round).
+    """
+
+    name = "paillier-threshold"
+    accepts_floats = False
+    modulus_bits = 64
+    fuses_on_parties = True
+
+    def __init__(
+        self,
+        key_dir: str | None = None,
+        key_file: str | None = None,
+        workers: int | None = None,
+        share_holders: int | None = None,
+    ) -> None:
+        if (key_dir is None) == (key_file is None):
+            raise ConfigError(
+                "paillier-threshold needs key_dir (the ceremony's directory) or key_file (a share or public "
+                "file): create them with 'securefl keys paillier-threshold'"
+            )
+        self.key_dir = Path(key_dir) if key_dir is not None else None
+        self.key_file = Path(key_file) if key_file is not None else None
+        self.public = load_public(self.key_dir / PUBLIC_FILE if self.key_dir is not None else self.key_file)
+        paillier.check_key_bits(self.public.bits)
+        self.workers = workers or os.cpu_count() or 1
+        if share_holders is not None and (
+            isinstance(share_holders, bool)
+            or not isinstance(share_holders, int)
+            or not self.public.threshold <= share_holders
+        ):
+            raise ConfigError(f"share_holders must be at least the threshold {self.public.threshold}")
+        self.share_holders = share_holders
+        self.scheme = ThresholdScheme(self.public.bits, self.workers)
+
+    @property
+    def threshold(self) -> int:
+        return self.public.threshold
+
+    def validate(self, ctx: StackContext, transforms: list[Transform]) -> None:
+        quantizers = [t for t in transforms if isinstance(t, Quantize)]
+        if not quantizers:
+            return
+        self.scheme.value_bits = quantizers[0].bits
+        self.scheme.max_parties = ctx.max_parties
+        self.packing(self.public.bits - 1)
+
+    def packing(self, plaintext_bits: int) -> Packing:
+        return self.scheme.packing(plaintext_bits)
+
+    def aggregator(self) -> SumAggregator:
+        return _Aggregator(self.scheme, self.public, self.share_holders)
+
+    def party(self, party_id: str) -> SumParty:
+        path = self.key_dir / share_file_name(party_id) if self.key_dir is not None else self.key_file
+        share = load_share(path)
+        if share.holder != party_id:
+            raise ConfigError(
+                f"the share file {str(path)!r} belongs to {share.holder!r}, not to {party_id!r}"
+            )
+        if share.public != self.public:
+            raise ConfigError(f"the share file {str(path)!r} is for another threshold key")
+        return _ThresholdParty(self.scheme, party_id, share, self.workers)
+
+    def __repr__(self) -> str:
+        return (
+            f"PaillierThreshold(bits={self.public.bits}, threshold={self.threshold}, "
+            f"holders={len(self.public.holders)}, workers={self.workers})"
+        )
+
+
+class _Aggregator(SumAggregator):
+    """Public key, ciphertexts and sealed bytes only. Checks each payload's form and size on arrival;
+    the shares' proofs are checked by the combining parties (the shares are sealed to them)."""
+
+    def __init__(
+        self, scheme: ThresholdScheme, public: tp.ThresholdPublicKey, share_holders: int | None
+    ) -> None:
+        self.scheme = scheme
+        self.public = public
+        self.share_holders = share_holders
+        self.distrusted: set[str] = set()  # holders whose shares two combiners found wrong
+        self.avoid: set[str] = set()  # combiners that were silent or disagreed: no role while others can
+
+    def phases(self, ctx: RoundContext) -> tuple[str, ...]:
+        return (ENCRYPT, SHARE, COMBINE, VERIFY)
+
+    def start_round(self, ctx: RoundContext) -> None:
+        self.ctx = ctx
+        self.count = self.scheme._count(ctx)
+        self.combined = None
+        self.contributors_: set[str] = set()
+        self.asked: list[str] = []
+        self.sealed_shares: dict[str, bytes] = {}
+        self.decryptor: str | None = None
+        self.verifier: str | None = None
+        self.replies: dict[str, tuple[str, list[str], bytes, bytes]] = {}
+        self._sum: bytes | None = None
+        self._digest = ""
+        self._named: list[str] = []
+        self.sealed: bytes | None = None
+        self.culprits_: dict[str, str] = {}
+        self.abstained: dict[str, str] = {}
+
+    def max_reply_bytes(self, phase: str) -> int:
+        if phase == ENCRYPT:
+            return self.scheme.max_encrypt_bytes(self.ctx)
+        if phase == SHARE:
+            return _share_size(self.public, self.count) + 4096
+        return sealed_record_size(self.ctx.vector_size) + _claim_size(self.public, self.count) + 8192
+
+    def _sum_bytes(self) -> bytes:
+        if self._sum is None:
+            self._sum = self.combined.payload()
+            self._digest = sum_digest(self._sum)
+            self._named = sorted(self.contributors_)
+        return self._sum
+
+    def request(self, phase: str, party: str) -> bytes:
+        if phase == SHARE:
+            if party not in self.asked:
+                return encode_record(b"TSHq", {"contributors": []}, {"sum": b""})
+            return encode_record(b"TSHq", {"contributors": self._named}, {"sum": self._sum_bytes()})
+        if phase in (COMBINE, VERIFY):
+            role = self.decryptor if phase == COMBINE else self.verifier
+            if party != role:
+                return encode_record(
+                    b"TCBq",
+                    {"contributors": [], "holders": []},
+                    {"sum": b"", "shares": b"", "claim": b""},
+                )
+            holders = sorted(self.sealed_shares)
+            claim = b""
+            if phase == VERIFY:
+                claim = self.replies[self.decryptor][3]
+            return encode_record(
+                b"TCBq",
+                {"contributors": self._named, "holders": holders},
+                {
+                    "sum": self._sum_bytes(),
+                    "shares": b"".join(self.sealed_shares[h] for h in holders),
+                    "claim": claim,
+                },
+            )
+        return b""
+
+    def receive(self, phase: str, party: str, payload: bytes) -> None:
+        if phase == ENCRYPT:
+            if payload[:4] == _ABSTAIN:
+                header, _ = decode_record(payload, _ABSTAIN, {"reason": str}, ())
+                self.abstained[party] = header["reason"][:300]
+                return
+            if party not in self.public.holders:
+                raise ProtocolError(f"{party} holds no share of this federation's key")
+            if self.combined is None:
+                self.combined = self.scheme.combiner(self.public.paillier, self.ctx)
+            self.combined.add(payload)  # checked whole (count, sizes, Z*_{n²}) before it is folded in
+            self.contributors_.add(party)
+        elif phase == SHARE:
+            _, parts = decode_record(payload, b"TSHr", {}, ("sealed",))
+            if party not in self.asked:
+                if parts["sealed"]:
+                    raise ProtocolError("sent decryption shares it was not asked for")
+                return
+            if len(parts["sealed"]) != _share_size(self.public, self.count):
+                raise WireError("sealed decryption shares of the wrong size")
+            self.sealed_shares[party] = parts["sealed"]
+        elif phase in (COMBINE, VERIFY):
+            header, parts = decode_record(payload, b"TCBr", {"status": str, "bad": list}, ("model", "claim"))
+            role = self.decryptor if phase == COMBINE else self.verifier
+            if party != role:
+                if header["status"] != "none" or header["bad"] or any(parts.values()):
+                    raise ProtocolError("answered a combination it was not asked for")
+                return
+            status, bad = header["status"], header["bad"]
+            if status not in ("sealed", "short", "disputed"):
+                raise ProtocolError(f"a combiner answered {status!r}")
+            if any(not isinstance(b, str) or b not in self.sealed_shares for b in bad) or len(
+                set(bad)
+            ) != len(bad):
+                raise ProtocolError("a combiner named holders that sent no shares")
+            if status == "sealed":
+                self._check_record(parts["model"])
+                if phase == COMBINE and self.verifier is not None:
+                    if len(parts["claim"]) != _claim_size(self.public, self.count):
+                        raise WireError("the decryptor's sealed claim has the wrong size")
+                elif parts["claim"]:
+                    raise WireError("only the decryptor sends a claim")
+            elif parts["model"] or parts["claim"]:
+                raise WireError("an answer without a record carries nothing")
+            self.replies[party] = (status, sorted(bad), parts["model"], parts["claim"])
+        else:
+            raise ProtocolError(f"paillier-threshold has no phase {phase!r}")
+
+    def _check_record(self, record: bytes) -> None:
+        model, parts = decode_record(record, b"SKMD", _record_header(), ("sealed",))
+        if model["round"] != self.ctx.round or model["session"] != self.ctx.session:
+            raise ProtocolError("the sealed model is labelled with another round or session")
+        if model["contributors"] != self._named or model["sum"] != self._digest:
+            raise ProtocolError("the sealed model names other contributors or another sum than it was sent")
+        if len(parts["sealed"]) != sealed_record_size(self.ctx.vector_size):
+            raise WireError("the sealed model does not have the size of a sealed record of this round")
+
+    def _rotation(self, candidates: list[str]) -> list[str]:
+        """Sorted, rotated by the round number (roles move on), parties to avoid last."""
+        preferred = sorted(p for p in candidates if p not in self.avoid)
+        if preferred:
+            start = self.ctx.round % len(preferred)
+            preferred = preferred[start:] + preferred[:start]
+        return preferred + sorted(p for p in candidates if p in self.avoid)
+
+    def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
+        t = self.public.threshold
+        if phase == ENCRYPT:
+            self.contributors_ &= survivors
+            if not self.contributors_ or self.combined is None:
+                raise RoundFailed("paillier-threshold: no ciphertexts arrived")
+            holders = [p for p in self.contributors_ if p in self.public.holders and p not in self.distrusted]
+            if len(holders) < t:
+                raise RoundFailed(
+                    f"paillier-threshold: only {len(holders)} trusted key-share holders contributed, {t} are "
+                    "needed to decrypt; nothing was decrypted and the model is unchanged"
+                )
+            ordered = self._rotation(holders)
+            self.asked = sorted(ordered[: self.share_holders] if self.share_holders else ordered)
+            self._sum_bytes()
+        elif phase == SHARE:
+            self.sealed_shares = {p: s for p, s in self.sealed_shares.items() if p in survivors}
+            if len(self.sealed_shares) < t:
+                raise RoundFailed(
+                    f"paillier-threshold: {len(self.sealed_shares)} holders sent decryption shares, {t} are "
+                    "needed; nothing was revealed and the model is unchanged"
+                )
+            roles = self._rotation(list(self.sealed_shares))
+            self.decryptor = roles[0]
+            self.verifier = roles[1] if len(roles) > 1 else None
+        elif phase == COMBINE:
+            reply = self.replies.get(self.decryptor)
+            if reply is None:
+                self.avoid.add(self.decryptor)
+                raise RoundFailed(
+                    f"paillier-threshold: the decryptor {self.decryptor} dropped or answered nothing valid; "
+                    "nothing was revealed and the model is unchanged"
+                )
+            if reply[0] == "disputed":
+                self.avoid.add(self.decryptor)
+                raise RoundFailed(f"paillier-threshold: the decryptor {self.decryptor} disputed its own role")
+            if reply[0] == "short":
+                self.verifier = None  # nothing to verify
+                raise RoundFailed(
+                    f"paillier-threshold: fewer than {t} valid decryption shares (the decryptor "
+                    f"{self.decryptor} found {', '.join(reply[1]) or 'none'} wrong); nothing was revealed "
+                    "and the model is unchanged"
+                )
+            if self.verifier is None:
+                self._accept(reply, [self.decryptor])
+        elif phase == VERIFY:
+            if self.verifier is None:
+                return
+            first, second = self.replies[self.decryptor], self.replies.get(self.verifier)
+            if second is None:
+                self.avoid.add(self.verifier)
+                raise RoundFailed(
+                    f"paillier-threshold: the verifier {self.verifier} dropped or answered nothing valid, so "
+                    "the decryptor's record is unchecked and not used; the model is unchanged"
+                )
+            if second[0] != "sealed" or first[1] != second[1] or not hmac.compare_digest(first[2], second[2]):
+                self.avoid |= {self.decryptor, self.verifier}
+                raise RoundFailed(
+                    f"paillier-threshold: the verifier {self.verifier} contradicts the decryptor "
+                    f"{self.decryptor} ({second[0]}); one of them is faulty, which cannot be told without a "
+                    "third; the model is unchanged and the roles move to other holders"
+                )
+            self._accept(first, [self.decryptor, self.verifier])
+
+    def _accept(self, reply: tuple, combiners: list[str]) -> None:
+        self.sealed = reply[2]
+        for holder in reply[1]:
+            self.culprits_[holder] = (
+                f"sent decryption shares whose proof failed (found by {' and '.join(combiners)})"
+            )
+            self.distrusted.add(holder)
+        self.avoid -= set(combiners)
+
+    def culprits(self) -> dict[str, str]:
+        return dict(self.culprits_)
+
+    def contributors(self) -> frozenset[str]:
+        return frozenset(self.contributors_)
+
+    def result(self) -> SealedModel:
+        if self.sealed is None:
+            raise RoundFailed("paillier-threshold: no sealed model was agreed")
+        return SealedModel(self.sealed)
+
+
+class _ThresholdParty(_Party):
+    """A party: encrypts (as ``paillier``), computes and proves its decryption shares, and as
+    decryptor or verifier combines them. Refuses what a shared-key party refuses, plus a second
+    share request in a round (one set of decryption shares per party per round)."""
+
+    def __init__(self, scheme: ThresholdScheme, party_id: str, share: tp.KeyShare, workers: int) -> None:
+        super().__init__(scheme, party_id, share, None)
+        self.workers = workers
+        self._handlers = {
+            ENCRYPT: self._encrypt,
+            SHARE: self._share,
+            COMBINE: self._combine,
+            VERIFY: self._combine,
+        }
+        self.bad_shares: list[tuple[int, str]] = []  # (round, holder) whose proofs failed here
+
+    def respond(self, phase: str, request: bytes) -> bytes:
+        handler = self._handlers.get(phase)
+        if handler is None:
+            raise ProtocolError(f"paillier-threshold has no phase {phase!r}")
+        if phase in self.done:
+            raise ProtocolError(f"phase {phase!r} was already answered in this round; replay refused")
+        self.done.add(phase)
+        return handler(request)
+
+    def _checked_request(self, names: list, blob: bytes) -> tuple[tuple[str, ...], list[int], str]:
+        if ENCRYPT not in self.done:
+            raise ProtocolError("asked about a sum before contributing to it")
+        contributors = _contributor_list(names, self.ctx, self.me)
+        ciphertexts = _split_ciphertexts(blob, self.material.public, self.scheme._count(self.ctx))
+        return contributors, ciphertexts, sum_digest(blob)
+
+    def _share(self, request: bytes) -> bytes:
+        header, parts = decode_record(request, b"TSHq", {"contributors": list}, ("sum",))
+        if not parts["sum"]:
+            return encode_record(b"TSHr", {}, {"sealed": b""})
+        contributors, ciphertexts, digest = self._checked_request(header["contributors"], parts["sum"])
+        key: tp.KeyShare = self.material
+        ys = compute_shares(key, ciphertexts, self.workers)
+        proof = tp.prove(key, ciphertexts, ys, tp.context(self.ctx.session, self.ctx.round, self.me, digest))
+        blob = tp.encode_shares(key.public, ys, proof)
+        aad = _share_aad(self.ctx, self.me, list(contributors), digest, b"share")
+        sealed = channel.seal(_share_key(key.model_key), blob, aad, self.rng)
+        return encode_record(b"TSHr", {}, {"sealed": sealed})
+
+    def _open_shares(
+        self, holders: list, blob: bytes, ciphertexts: list[int], contributors: tuple[str, ...], digest: str
+    ) -> tuple[dict[int, list[int]], list[str]]:
+        key: tp.KeyShare = self.material
+        public = key.public
+        size = _share_size(public, len(ciphertexts))
+        if (
+            any(not isinstance(h, str) for h in holders)
+            or len(set(holders)) != len(holders)
+            or len(blob) != size * len(holders)
+        ):
+            raise ProtocolError("the combine request's holders and shares do not match")
+        valid: dict[int, list[int]] = {}
+        bad: list[str] = []
+        for k, holder in enumerate(holders):
+            index = public.index(holder)  # a name that holds no share: the request is invalid
+            sealed = blob[k * size : (k + 1) * size]
+            try:
+                plain = channel.open_sealed(
+                    _share_key(key.model_key),
+                    sealed,
+                    _share_aad(self.ctx, holder, list(contributors), digest, b"share"),
+                )
+                ys, proof = tp.parse_shares(plain, public, len(ciphertexts))
+                ok = tp.verify(
+                    public,
+                    index,
+                    ciphertexts,
+                    ys,
+                    proof,
+                    tp.context(self.ctx.session, self.ctx.round, holder, digest),
+                )
+            except (ProtocolError, WireError):
+                ok = False
+            if ok:
+                valid[index] = ys
+            else:
+                bad.append(holder)
+                self.bad_shares.append((self.ctx.round, holder))
+                log.warning("%s: the decryption shares of %s failed their proof", self.me, holder)
+        return valid, sorted(bad)
+
+    def _combine(self, request: bytes) -> bytes:
+        header, parts = decode_record(
+            request, b"TCBq", {"contributors": list, "holders": list}, ("sum", "shares", "claim")
+        )
+        if not parts["sum"]:
+            return encode_record(b"TCBr", {"status": "none", "bad": []}, {"model": b"", "claim": b""})
+        if self.fuse is None:
+            raise ProtocolError("asked to combine without a fuser")
+        if self.decrypted:
+            raise ProtocolError("already combined a sum in this round; replay refused")
+        self.decrypted = True
+        contributors, ciphertexts, digest = self._checked_request(header["contributors"], parts["sum"])
+        if self.ctx.round in self._label_digest or self.ctx.round < self.latest_model_round:
+            raise ProtocolError(f"already holds a sealed record labelled round {self.ctx.round} or later")
+        key: tp.KeyShare = self.material
+        public = key.public
+        valid, bad = self._open_shares(header["holders"], parts["shares"], ciphertexts, contributors, digest)
+        if len(valid) < public.threshold:
+            return encode_record(b"TCBr", {"status": "short", "bad": bad}, {"model": b"", "claim": b""})
+        claim_aad = _share_aad(self.ctx, "", list(contributors), digest, b"claim")
+        claim_key = _share_key(key.model_key)
+        width = public.n_bytes
+        claim_out = b""
+        if parts["claim"]:
+            # The verifier: check the decryptor's plaintexts with one batch equation (spec, "Verifier").
+            try:
+                plain = channel.open_sealed(claim_key, parts["claim"], claim_aad)
+            except ProtocolError:
+                plain = b""
+            count = len(ciphertexts)
+            if len(plain) != 2 * count * width:
+                return encode_record(
+                    b"TCBr", {"status": "disputed", "bad": bad}, {"model": b"", "claim": b""}
+                )
+            values = [int.from_bytes(plain[i : i + width], "big") for i in range(0, len(plain), width)]
+            plaintexts, roots = values[:count], values[count:]
+            if not tp.check_decryption(public.n, public.delta, ciphertexts, roots, plaintexts):
+                log.warning("%s: the decryptor's plaintexts fail the batch check", self.me)
+                return encode_record(
+                    b"TCBr", {"status": "disputed", "bad": bad}, {"model": b"", "claim": b""}
+                )
+        else:
+            chosen = dict(sorted(valid.items())[: public.threshold])
+            roots = tp.combine_roots(public, chosen)
+            plaintexts = lift_all(public, ciphertexts, roots, self.workers)
+            blob = b"".join(tp.int_bytes(v, width) for v in (*plaintexts, *roots))
+            claim_out = channel.seal(claim_key, blob, claim_aad, self.rng)
+        try:
+            total = self.scheme.unpad_and_unpack(key, plaintexts, contributors, self.ctx)
+            model = self.fuse(total, contributors=len(contributors))
+            record_plain = _record_plaintext(_MODEL, model, self.ctx.vector_size)
+        except (ImpossibleSum, UpdateError, ArithmeticError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.refusals.append((self.ctx.round, reason))
+            log.warning("%s: refused the round-%d sum (sealed a marker): %s", self.me, self.ctx.round, reason)
+            record_plain = _record_plaintext(_REFUSED, None, self.ctx.vector_size)
+        names = list(contributors)
+        sealed = _seal_model(
+            key.model_key,
+            record_plain,
+            _model_aad(self.scheme.name, self.ctx.session, self.ctx.round, names, digest),
+        )
+        record = encode_record(
+            b"SKMD",
+            {"round": self.ctx.round, "session": self.ctx.session, "contributors": names, "sum": digest},
+            {"sealed": sealed},
+        )
+        self._label_digest[self.ctx.round] = hashlib.sha256(record).digest()
+        return encode_record(b"TCBr", {"status": "sealed", "bad": bad}, {"model": record, "claim": claim_out})
+
+
+__all__ = ["PaillierThreshold", "ThresholdScheme", "key_ceremony", "load_public", "load_share"]
