@@ -196,7 +196,8 @@ class KeyShare:
     model_key: bytes
 
     def __post_init__(self) -> None:
-        self.public.index(self.holder)
+        if not isinstance(self.holder, str) or self.holder not in self.public.holders:
+            raise ConfigError(f"{self.holder!r} is not a holder of this threshold key")
         if not 0 <= self.share < self.public.n or len(self.model_key) != 32:
             raise ConfigError("a key share is below n and comes with a 32-byte model key")
         if pow(self.public.v, self.public.delta * self.share, self.public.n) != self.verification_key:
