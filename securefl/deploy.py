@@ -17,6 +17,8 @@ FED.toml is the federation's agreement, a copy held by the aggregator and by eve
     connect_timeout = 60.0             # how long round 0 waits for min_parties to connect
     reconnect_grace = 5.0              # how long a phase waits for a broken stream to come back
     max_message_mb = 256
+    hello_timeout = 30.0               # TLS handshake, then the hello, each within this
+    max_connections = 76               # at once; default 64 + 4 per party (protocols/network.md)
 
     [tls]                              # the aggregator's files (securefl keys tls writes them)
     ca = "certs/ca.pem"
@@ -90,7 +92,15 @@ _FED = {
     "network",
     "tls",
 }
-_NETWORK = {"address", "parties", "connect_timeout", "reconnect_grace", "max_message_mb"}
+_NETWORK = {
+    "address",
+    "parties",
+    "connect_timeout",
+    "reconnect_grace",
+    "max_message_mb",
+    "hello_timeout",
+    "max_connections",
+}
 _TLS_AGG = {"ca", "cert", "key", "party_certs"}
 _PARTY = {"federation", "party", "aggregator", "tls", "train"}
 _TLS_PARTY = {"ca", "cert", "key", "identity", "server_name"}
@@ -304,6 +314,8 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
         fed.agreement,
         max_message_bytes=fed.max_message_bytes,
         reconnect_grace=float(fed.network.get("reconnect_grace", 5.0)),
+        hello_timeout=float(fed.network.get("hello_timeout", 30.0)),
+        max_connections=fed.network.get("max_connections"),
     )
     selection = build_selection(fed.selection)
     strategy = build_strategy(fed.strategy)

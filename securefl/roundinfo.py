@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from securefl.errors import WireError
-from securefl.wire import check_name, decode_record, encode_record
+from securefl.wire import MAX_ROUND, check_name, decode_record, encode_record
 
 _MAGIC = b"SFLR"
 _SCHEMA = {"round": int, "parties": list, "min_parties": int, "config": dict}
@@ -32,10 +32,16 @@ class RoundInfo:
 
     @classmethod
     def decode(cls, data: bytes) -> RoundInfo:
+        """Parse and check a round info record (``protocols/wire.md``); any bytes that are not one
+        raise :class:`WireError`. ``config`` holds only finite numbers, at most 32 levels deep."""
         header, _ = decode_record(data, _MAGIC, _SCHEMA, part_names=())
+        if not 0 <= header["round"] <= MAX_ROUND:
+            raise WireError(f"round info round {header['round']} out of range 0..{MAX_ROUND}")
         parties = tuple(check_name(p, "party id") for p in header["parties"])
         if len(set(parties)) != len(parties):
             raise WireError("round info lists a party twice")
+        if list(parties) != sorted(parties):
+            raise WireError("round info must list its parties sorted")
         if not 1 <= header["min_parties"] <= max(len(parties), 1):
             raise WireError(f"round info min_parties {header['min_parties']} is impossible")
         return cls(header["round"], parties, header["min_parties"], header["config"])

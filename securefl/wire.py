@@ -16,6 +16,7 @@ Any deviation raises :class:`~securefl.errors.WireError` naming the problem.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from collections.abc import Mapping
@@ -30,9 +31,13 @@ WIRE_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
 ENVELOPE_MAGIC = b"SFLE"
 _PREFIX = struct.Struct(">4sHI")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_SESSION = re.compile(r"^[0-9a-f]{32}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # always fullmatch: "$" lets a final "\n" in
+_SESSION = re.compile(r"[0-9a-f]{32}")
 MAX_ROUND = 2**31 - 1
+# JSON from another process (record headers, the opening frames): limits that hold before and while
+# it is parsed, so that no bytes can make the parser recurse, spin or build huge integers.
+MAX_JSON_DEPTH = 32  # nesting of arrays and objects
+MAX_JSON_INT_DIGITS = 100  # digits of one integer (2**256 has 78)
 
 # Envelope kinds: the aggregator asks, a party replies, or a party withdraws with a reason.
 REQUEST, REPLY, WITHDRAW = "request", "reply", "withdraw"
@@ -41,11 +46,93 @@ _KINDS = (REQUEST, REPLY, WITHDRAW)
 
 def check_name(value: object, what: str) -> str:
     """A party id, phase or part name: 1-64 characters of [A-Za-z0-9_.:-]."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise WireError(
             f"{what} {value!r} is not a valid name: use 1-64 characters of letters, digits, "
             "'_', '.', ':' or '-', starting with a letter or digit"
         )
+    return value
+
+
+# A JSON string token (escapes included), or a backslash pair outside one: removing these leaves
+# only the structure. The pair alternative keeps the scan linear on an unterminated string full of
+# escaped quotes. Linear: each alternative is possessive and they never overlap.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"|\\.', re.DOTALL)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = np.zeros(256, dtype=np.int8)
+_DEPTH_STEP[list(b"[{")] = 1
+_DEPTH_STEP[list(b"]}")] = -1
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """Parse JSON that another process sent, raising only :class:`WireError` whatever ``data`` is.
+
+    Stricter than :func:`json.loads`, as the wire format requires: UTF-8 only; no duplicate object
+    keys (the last would silently win); no ``NaN``/``Infinity``, and no number that overflows to an
+    infinity (``1e999``); integers of at most :data:`MAX_JSON_INT_DIGITS` digits; nesting at most
+    :data:`MAX_JSON_DEPTH` deep, checked before parsing (so the parser never recurses deeper); no
+    lone UTF-16 surrogate (``"\\ud800"``: not text, it could not be encoded again). ``what`` names
+    the thing in the error ("header", "hello").
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"{what} must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError(f"{what} is not UTF-8: {exc}") from None
+    structure = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+    if structure:
+        depth = int(np.cumsum(_DEPTH_STEP[np.frombuffer(structure, dtype=np.uint8)], dtype=np.int64).max())
+        if depth > MAX_JSON_DEPTH:
+            raise WireError(f"{what} JSON is nested {depth} deep, more than the {MAX_JSON_DEPTH} allowed")
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_refuse_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate cannot be encoded
+    except _JSONRefused as exc:
+        raise WireError(f"{what} JSON refused: {exc}") from None
+    except UnicodeEncodeError:
+        raise WireError(f"{what} JSON holds a lone UTF-16 surrogate escape, which is not text") from None
+    except RecursionError:  # not reached after the depth check; kept so that no bytes can crash us
+        raise WireError(f"{what} JSON is nested too deeply") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise WireError(f"{what} is not valid JSON: {exc}") from None
+    return value
+
+
+class _JSONRefused(Exception):
+    """Raised by the parsing hooks of :func:`load_json` (not a ValueError, so never confused with one)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _JSONRefused(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _refuse_constant(name: str) -> None:
+    raise _JSONRefused(f"{name} is not a JSON number")
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise _JSONRefused(f"an integer of {len(digits)} digits (at most {MAX_JSON_INT_DIGITS})")
+    return int(digits)
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _JSONRefused(f"the number {literal[:40]!r} is out of a float's range")
     return value
 
 
@@ -91,22 +178,13 @@ def decode_record(
     end = _PREFIX.size + hlen
     if len(data) < end:
         raise WireError("message truncated inside its header")
-    try:
-        header = json.loads(data[_PREFIX.size : end].decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise WireError(f"header is not valid UTF-8 JSON: {exc}") from None
-    except RecursionError:
-        raise WireError("header JSON is nested too deeply") from None
+    header = load_json(data[_PREFIX.size : end], "header")
     if not isinstance(header, dict):
         raise WireError("header must be a JSON object")
     raw_parts = header.pop("parts", None)
     _check_schema(header, schema)
     parts = _split_parts(data, end, raw_parts, part_names)
     return header, parts
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed in a header")
 
 
 def _check_schema(header: dict, schema: Mapping[str, type | tuple[type, ...]]) -> None:
@@ -264,7 +342,7 @@ class Envelope:
 def _check_envelope_fields(kind: str, session: str, round: int, phase: str, party: str) -> None:
     if kind not in _KINDS:
         raise WireError(f"unknown message kind {kind!r}; expected one of {_KINDS}")
-    if not isinstance(session, str) or not _SESSION.match(session):
+    if not isinstance(session, str) or not _SESSION.fullmatch(session):
         raise WireError("session id must be 32 lowercase hex characters")
     if not isinstance(round, int) or isinstance(round, bool) or not 0 <= round <= MAX_ROUND:
         raise WireError(f"round {round!r} out of range 0..{MAX_ROUND}")

@@ -106,9 +106,12 @@ def run_party(
                     grpc.StatusCode.UNAUTHENTICATED,
                     grpc.StatusCode.FAILED_PRECONDITION,
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
                 ):
                     raise ProtocolError(f"the aggregator refused {party!r}: {exc.details()}") from None
+                # RESOURCE_EXHAUSTED is retried too: the aggregator was busy (its stream or
+                # connection limits, perhaps held by another member) or this party's previous
+                # stream was still waiting for its hello. A frame over the size bound fails the
+                # same way every time and ends after max_reconnects, naming the bound.
                 error = f"stream to {target} broke: {code.name}: {exc.details()}"
         failures += 1
         if failures > max_reconnects:

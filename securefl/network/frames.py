@@ -1,6 +1,8 @@
 """The two frames that open a stream: the party's hello and the aggregator's welcome (JSON).
 
-After them every frame is a wire envelope (``protocols/wire.md``): requests down, replies up.
+After them every frame is a wire envelope (``protocols/wire.md``): requests down, replies up. Both
+are parsed with :func:`securefl.wire.load_json` (no duplicate keys, no NaN or infinities, bounded
+integers and nesting), so any bytes give a :class:`~securefl.errors.WireError`, nothing else.
 """
 
 from __future__ import annotations
@@ -10,25 +12,38 @@ from dataclasses import dataclass
 from typing import Any
 
 from securefl.errors import WireError
+from securefl.wire import load_json
 
 METHOD = "/securefl.Federation/Connect"
 VERSION = 1
-MAX_OPENING_BYTES = 1 << 20
+MAX_HELLO_BYTES = 4096  # a party id (≤ 64 characters) and a 64-hex agreement fit many times over
+MAX_WELCOME_BYTES = 1 << 20  # the model's array layout: names and shapes of every array
 
 
-def _decode(data: bytes, what: str, fields: dict[str, type]) -> dict[str, Any]:
-    if len(data) > MAX_OPENING_BYTES:
-        raise WireError(f"{what} of {len(data)} bytes is over {MAX_OPENING_BYTES}")
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"{what} is not JSON: {exc}") from None
-    if not isinstance(value, dict) or value.get("version") != VERSION:
+def _decode(data: bytes, what: str, limit: int, fields: dict[str, type]) -> dict[str, Any]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"{what} must be bytes, got {type(data).__name__}")
+    if len(data) > limit:
+        raise WireError(f"{what} of {len(data)} bytes is over {limit}")
+    value = load_json(data, what)
+    if not isinstance(value, dict):
         raise WireError(f"{what} must be a JSON object of version {VERSION}")
+    version = value.get("version")
+    if type(version) is not int or version != VERSION:  # not true, not 1.0
+        raise WireError(f"{what} has version {_short(version)}; this is version {VERSION}")
+    unknown = sorted(set(value) - set(fields) - {"version"})
+    if unknown:
+        raise WireError(f"{what} has unknown fields {_short(unknown)}")
     for name, kind in fields.items():
         if not isinstance(value.get(name), kind):
             raise WireError(f"{what} lacks {name!r} ({kind.__name__})")
     return value
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """A short repr for an error message about a peer's value (the log escapes it again)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass(frozen=True)
@@ -44,7 +59,7 @@ class Hello:
 
     @classmethod
     def decode(cls, data: bytes) -> Hello:
-        value = _decode(data, "hello", {"party": str, "agreement": str})
+        value = _decode(data, "hello", MAX_HELLO_BYTES, {"party": str, "agreement": str})
         return cls(value["party"], value["agreement"])
 
 
@@ -63,5 +78,5 @@ class Welcome:
 
     @classmethod
     def decode(cls, data: bytes) -> Welcome:
-        value = _decode(data, "welcome", {"session": str, "spec": dict, "agreement": str})
+        value = _decode(data, "welcome", MAX_WELCOME_BYTES, {"session": str, "spec": dict, "agreement": str})
         return cls(value["session"], value["spec"], value["agreement"])

@@ -16,20 +16,31 @@ request with its cached reply), then counted as a dropout.
 One member cannot hurt the others through its stream: replies are matched to requests in order, per
 stream, so a late reply never answers a later request; a frame no request asked for (a duplicate, a
 flood) is handed on once as a second reply — the aggregator drops the party for the phase — and
-ends that party's stream; at most one stream per party is open and one more may be opening, and a
-stream that sends no hello within ``hello_timeout`` is cancelled. Nothing a party sends raises out
-of this module: the reader thread turns every failure into a closed stream (a dropout).
+ends that party's stream, so at most two of its frames are held (its reply and that one).
+
+Resources are bounded by configuration, never by a client (``protocols/network.md``, "Bounds"):
+per party at most one open stream and one waiting for its hello; a stream that sends no hello within
+``hello_timeout`` is cancelled, and so is every stream this server has closed or replaced and that
+has not ended within ``_LINGER`` seconds (a stream whose party does not read would otherwise hold a
+worker thread in a blocked send). gRPC itself bounds the rest: ``maximum_concurrent_rpcs`` streams in
+all (more are refused with ``RESOURCE_EXHAUSTED``), ``max_concurrent_streams`` per connection,
+``max_connections`` connections (more are closed on accept), the TLS handshake within
+``hello_timeout``, and connections without a stream closed after ``_IDLE_SECONDS``. Nothing a party
+sends raises out of this module: the reader thread turns every failure into a closed stream (a
+dropout), and every decoding error of the hello into a status code.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import queue
+import resource
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -44,6 +55,86 @@ from securefl.transport import Reply, Traffic, Transport
 log = logging.getLogger(__name__)
 _CLOSE = None  # sentinel in a connection's outbox: end the stream
 _MAX_UNREAD = 4  # requests queued for a stream that has not taken them: more, and it is closed
+_LINGER = 5.0  # seconds a stream this server closed may take to end before it is cancelled
+_IDLE_SECONDS = 60.0  # a connection without any stream for this long is closed (GOAWAY)
+_STREAMS_PER_CONNECTION = 4  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a party needs one
+_KEEPALIVE_SECONDS = 30.0  # the server pings each connection this often; no answer in 20 s: closed
+_LOG_EVERY = 10.0  # seconds between two log lines of one kind about one party (the rest are counted)
+
+
+def default_max_connections(parties: int) -> int:
+    """64 + 4 per party, never more than half this process's file-descriptor limit (the ledger and
+    the log must always be able to open files, whoever holds connections)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 64 + 4 * parties
+    return wanted if soft == resource.RLIM_INFINITY else max(8, min(wanted, soft // 2))
+
+
+class _Watchdog:
+    """One thread that runs callbacks at their times: the hello deadlines and the cancelling of
+    streams that linger after being closed. One thread for all streams, not one timer each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._count = itertools.count()
+        self._stopped = False
+        threading.Thread(target=self._run, daemon=True, name="securefl-watchdog").start()
+
+    def after(self, seconds: float, callback: Callable[[], None]) -> threading.Event:
+        """Run ``callback`` in ``seconds`` unless the returned event is set first."""
+        done = threading.Event()
+
+        def guarded() -> None:
+            if not done.is_set():
+                done.set()
+                callback()
+
+        with self._lock:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._count), guarded))
+            self._lock.notify()
+        return done
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._lock.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._stopped:
+                    return
+                _, _, callback = heapq.heappop(self._heap)
+            try:
+                callback()
+            except Exception:  # a cancel on a finished stream, or the like: never ends the watchdog
+                log.debug("watchdog callback failed", exc_info=True)
+
+
+class _RateLimitedLog:
+    """At most one line per ``_LOG_EVERY`` seconds per (party, kind); the next line says how many
+    were left out, so a member churning streams cannot flood the operator's log."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def __call__(self, level: int, party: str, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, skipped = self._last.get((party, kind), (-_LOG_EVERY, 0))
+            if now - last < _LOG_EVERY:
+                self._last[(party, kind)] = (last, skipped + 1)
+                return
+            if len(self._last) > 4096:  # bounded: forget the oldest half
+                for key in sorted(self._last, key=lambda k: self._last[k][0])[:2048]:
+                    del self._last[key]
+            self._last[(party, kind)] = (now, 0)
+        suffix = f" ({skipped} more like it in the last {now - last:.0f}s not logged)" if skipped else ""
+        log.log(level, message + "%s", *args, suffix)
 
 
 @dataclass(frozen=True)
@@ -85,6 +176,18 @@ class _Connection:
     outstanding: deque[int] = field(default_factory=deque)
     ignored: int = 0  # frames that arrived after the stream was closed
     context: grpc.ServicerContext | None = None
+    reaper: threading.Event | None = None  # set once the linger cancel is scheduled
+
+    def close(self, watchdog: _Watchdog | None, item: object = _CLOSE) -> None:
+        """Mark closed and end the stream with ``item`` (``_CLOSE`` or an ``_Abort``); a stream that
+        has not ended ``_LINGER`` seconds later (its handler blocked sending to a party that does not
+        read) is cancelled, so that it frees its worker thread. Call with the server's lock held."""
+        if self.open:
+            self.open = False
+            self.closed_at = time.monotonic()
+        self.outbox.put(item)
+        if watchdog is not None and self.context is not None and self.reaper is None:
+            self.reaper = watchdog.after(_LINGER, self.context.cancel)
 
     def send(self, pending: _Pending) -> None:
         """Queue a request; a stream that leaves requests unread is closed instead (a party that
@@ -95,11 +198,9 @@ class _Connection:
                 self.party,
                 self.outbox.qsize(),
             )
-            self.open = False
-            self.closed_at = time.monotonic()
             while not self.outbox.empty():
                 self.outbox.get_nowait()
-            self.outbox.put(_CLOSE)
+            self.close(None)
             if self.context is not None:
                 self.context.cancel()
             return
@@ -122,10 +223,15 @@ class GrpcServerTransport(Transport):
         max_message_bytes: int = 256 << 20,
         reconnect_grace: float = 5.0,
         hello_timeout: float = 30.0,
+        max_connections: int | None = None,
     ) -> None:
         """``allowlist`` maps each admitted party id to the SHA-256 fingerprint its certificate must
-        have (or None: any certificate of the CA naming it). A stream that sends no hello within
-        ``hello_timeout`` seconds is cancelled."""
+        have (or None: any certificate of the CA naming it). A connection must finish its TLS
+        handshake, and then a stream must send its hello, each within ``hello_timeout`` seconds.
+        At most ``max_connections`` connections at once (default :func:`default_max_connections`);
+        more are closed as they are accepted."""
+        if not hello_timeout > 0:
+            raise ConfigError(f"hello_timeout must be positive, got {hello_timeout!r}")
         self.allowlist = dict(allowlist)
         self.welcome = Welcome(session, spec, agreement).encode()
         self.agreement = agreement
@@ -139,14 +245,38 @@ class GrpcServerTransport(Transport):
         self._pending: dict[str, _Pending] = {}
         self._opening: set[str] = set()  # parties with a stream between handshake and hello
         self.seen: set[str] = set()
+        self._watchdog = _Watchdog()
+        self._log_limited = _RateLimitedLog()
+        self.max_connections = (
+            default_max_connections(len(self.allowlist)) if max_connections is None else max_connections
+        )
+        if isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int):
+            raise ConfigError(f"max_connections must be an integer, got {self.max_connections!r}")
+        if self.max_connections < len(self.allowlist):
+            raise ConfigError(
+                f"max_connections {self.max_connections} is below the {len(self.allowlist)} parties: "
+                "each party needs one connection"
+            )
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_concurrent_streams", _STREAMS_PER_CONNECTION),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.server_handshake_timeout_ms", int(hello_timeout * 1000)),
+            ("grpc.max_connection_idle_ms", int(_IDLE_SECONDS * 1000)),
+            ("grpc.keepalive_time_ms", int(_KEEPALIVE_SECONDS * 1000)),
+            ("grpc.keepalive_timeout_ms", 20_000),
         ]
-        # One thread per open stream, one per opening stream, plus headroom; more streams than that
-        # wait, they are not lost. No party can hold more than two (see _connect).
+        # Worker threads: a party holds at most two for long (its open stream, or the last one this
+        # server closed until it ends, and one waiting for its hello); 8 more serve refusals.
+        # Streams beyond the workers wait in a queue as long again; beyond that gRPC refuses them
+        # (RESOURCE_EXHAUSTED, the party retries), so nothing a client does grows the queue.
+        self.workers = 2 * len(self.allowlist) + 8
+        self.max_streams = 2 * self.workers
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=2 * len(self.allowlist) + 8), options=options
+            ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="securefl-stream"),
+            options=options,
+            maximum_concurrent_rpcs=self.max_streams,
         )
         handler = grpc.stream_stream_rpc_method_handler(self._connect)
         service, method = METHOD.strip("/").split("/")
@@ -190,7 +320,9 @@ class GrpcServerTransport(Transport):
         party = cert.party
         with self._lock:
             if party in self._opening:
-                log.warning("refused a second opening stream of %s", party)
+                self._log_limited(
+                    logging.WARNING, party, "opening", "refused a second opening stream of %s", party
+                )
                 busy = True
             else:
                 self._opening.add(party)
@@ -220,27 +352,33 @@ class GrpcServerTransport(Transport):
             yield item
 
     def _hello(self, party: str, frames: Iterator[bytes], context: grpc.ServicerContext) -> Hello:
-        """The stream's first frame, within ``hello_timeout``; any problem aborts the stream."""
+        """The stream's first frame, within ``hello_timeout``; any problem aborts the stream with a
+        status code (never an exception out of the handler, whatever the bytes)."""
         expired = threading.Event()
 
         def expire() -> None:
             expired.set()
             context.cancel()
 
-        timer = threading.Timer(self.hello_timeout, expire)
-        timer.daemon = True
-        timer.start()
+        deadline = self._watchdog.after(self.hello_timeout, expire)
         try:
             hello = Hello.decode(next(frames))
-        except (StopIteration, WireError, grpc.RpcError) as exc:
+        except Exception as exc:  # StopIteration, WireError, grpc.RpcError (cancelled) or a bug
             if expired.is_set():
-                log.info("refused %s: no hello within %gs", party, self.hello_timeout)
+                self._log_limited(
+                    logging.INFO, party, "hello", "refused %s: no hello within %gs", party, self.hello_timeout
+                )
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {self.hello_timeout:g}s")
-            why = printable(exc) if isinstance(exc, WireError) else "the stream ended"
-            log.info("refused %s: no valid hello: %s", party, why)
+            if isinstance(exc, WireError):
+                why = printable(exc)
+            elif isinstance(exc, (StopIteration, grpc.RpcError)):
+                why = "the stream ended"
+            else:
+                why = f"unreadable ({type(exc).__name__})"
+            self._log_limited(logging.INFO, party, "hello", "refused %s: no valid hello: %s", party, why)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected a hello first: {why}")
         finally:
-            timer.cancel()
+            deadline.set()
         if hello.party != party:
             log.warning("refused %s: its hello names %s", party, printable(repr(hello.party), 80))
             context.abort(
@@ -260,10 +398,13 @@ class GrpcServerTransport(Transport):
     def _register(self, party: str, context: grpc.ServicerContext | None = None) -> _Connection:
         with self._lock:
             old = self._connections.get(party)
-            if old is not None and old.open:
-                old.open = False
-                old.outbox.put(_CLOSE)
-                log.info("party %s opened a new stream: its previous one is closed", party)
+            if old is not None:
+                if old.open:
+                    log.info("party %s opened a new stream: its previous one is closed", party)
+                # Replaced: whatever it still holds (a send its party never reads) ends now.
+                old.close(None)
+                if old.context is not None:
+                    old.context.cancel()
             connection = _Connection(party, context=context)
             self._connections[party] = connection
             first = party not in self.seen
@@ -292,10 +433,8 @@ class GrpcServerTransport(Transport):
     def _closed(self, connection: _Connection) -> None:
         with self._lock:
             if connection.open:
-                connection.open = False
-                connection.closed_at = time.monotonic()
-                connection.outbox.put(_CLOSE)
                 log.info("party %s disconnected", connection.party)
+                connection.close(self._watchdog)
             self._lock.notify_all()
 
     def _deliver(self, connection: _Connection, frame: bytes) -> bool:
@@ -316,13 +455,12 @@ class GrpcServerTransport(Transport):
                 # drops the party for the phase; then the stream ends — nothing it sends is read.
                 if pending is not None and len(pending.replies) == 1:
                     pending.replies.append(Reply(party, bytes(frame), time.monotonic() - pending.sent))
-                connection.open = False
-                connection.closed_at = time.monotonic()
-                connection.outbox.put(
+                connection.close(
+                    self._watchdog,
                     _Abort(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "a frame that answers no request (one reply per request): stream closed",
-                    )
+                    ),
                 )
                 self._lock.notify_all()
                 log.warning(
@@ -414,3 +552,4 @@ class GrpcServerTransport(Transport):
                     connection.outbox.put(_CLOSE)
         time.sleep(min(grace, 0.2))
         self._server.stop(grace).wait()
+        self._watchdog.stop()
