@@ -220,6 +220,7 @@ def test_json_and_html_outputs():
     assert len(data["scores"]) == 100 and data["inserted"] == int(result.inserted.sum())
     assert data["mechanism"][0]["placement"] == "central" and data["mechanism"][0]["secure_sum"] == "plain"
     assert data["assumptions"][-1] == "<script>alert(1)</script>"
+    assert result.to_json(scores=False)["scores"] is None
     page = result.html_section()
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert f"{result.epsilon_lower:.3f}" in page and f"{result.epsilon_accounted:.3f}" in page

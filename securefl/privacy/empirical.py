@@ -11,7 +11,7 @@ layer that adds less noise than it claims.
 Method
 ------
 *The bound* is Steinke, Nasr and Jagielski's one-run audit ("Privacy auditing with one (1) training
-run", NeurIPS 2023, Theorem 5.2 and its δ > 0 extension): m canaries are each included
+run", NeurIPS 2023: their main theorem, in its (ε, δ) form): m canaries are each included
 independently with probability 1/2; the attacker guesses "in" for the k/2 highest scores and "out"
 for the k/2 lowest, abstaining on the rest; if the mechanism were (ε, δ)-DP for each canary, the
 number W of correct guesses among the r = k guesses would satisfy
@@ -26,11 +26,12 @@ It is chosen over a Gaussian fit because it is a *bound*: a claim of the form "a
 95% confidence" needs no assumption about how the scores are distributed, and one training run
 (here: one set of canary federations) suffices. It is loose for Gaussian noise by design — even an
 exactly accounted mechanism yields a bound well below its ε (at m = 1000 canaries, a single
-Gaussian release with z = 1, accounted ε ≈ 4.4 at δ = 10⁻⁵, gives about 2) — so a bound *below* the
-accounted ε is no proof of correctness; a bound *above* it is evidence of a violation.
+Gaussian release with z = 1, accounted ε ≈ 4.4 at δ = 10⁻⁵, gives 1.3 to 2.2), and m caps it
+(every guess right among 1000 gives 5.2) — so a bound *below* the accounted ε is no proof of
+correctness; a bound *above* it is evidence of a violation.
 
 *The estimate* beside it is Andrew et al.'s ("One-shot empirical privacy estimation for federated
-learning", ICLR 2024): the canaries' scores are fitted by Gaussians of one variance, and ε is that
+learning", 2023; ICLR 2024): the canaries' scores are fitted by Gaussians of one variance, and ε is that
 of the Gaussian mechanism with the fitted separation μ = (mean in − mean out) / std. It is an
 estimate, not a bound (no confidence, it assumes Gaussian scores) and, when the accounting is tight,
 lands on either side of the accounted ε; it tells how much of the gap the bound's looseness explains.
@@ -214,7 +215,8 @@ class EmpiricalAudit:
             f"canaries) vs accounted ε {self.epsilon_accounted:.3f} at δ={self.delta:g}: {verdict}"
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, scores: bool = True) -> dict[str, Any]:
+        """JSON-ready; ``scores=False`` leaves out the per-canary scores (``m`` entries)."""
         best = self.best
         return {
             "method": METHOD,
@@ -257,7 +259,9 @@ class EmpiricalAudit:
             "scores": [
                 {"score": round(float(s), 6), "inserted": bool(i)}
                 for s, i in zip(self.scores, self.inserted, strict=True)
-            ],
+            ]
+            if scores
+            else None,
         }
 
     def html_section(self) -> str:
