@@ -29,7 +29,7 @@ import numpy as np
 from securefl.errors import ConfigError
 from securefl.faults import Faults
 from securefl.federation import Federation
-from securefl.layers import PRESETS, Quantize, preset
+from securefl.layers import PRESETS, Clip, Quantize, preset
 
 # The phase in which a layer's input leaves the party: dropouts are injected there (for SecAgg,
 # after keys were shared: the costly case).
@@ -38,12 +38,33 @@ INPUT_PHASE = {
     "secagg": "masked",
     "secagg+": "masked",
     "paillier": "encrypt",
+    "paillier-threshold": "encrypt",
     "ckks": "encrypt",
 }
 # Bytes per parameter a party holds while a round is in flight, and wire expansion, per layer.
-_EXPANSION = {"plain": 1.0, "secagg": 1.0, "secagg+": 1.0, "paillier": 1.5, "ckks": 8.0}
+_EXPANSION = {
+    "plain": 1.0,
+    "secagg": 1.0,
+    "secagg+": 1.0,
+    "paillier": 1.5,
+    "paillier-threshold": 1.5,
+    "ckks": 8.0,
+}
 # Rough single-core seconds per parameter per party, measured on this project's machines.
-_SECONDS_PER_PARAM = {"plain": 2e-8, "secagg": 1.5e-7, "secagg+": 5e-8, "paillier": 7e-6, "ckks": 5e-7}
+_SECONDS_PER_PARAM = {
+    "plain": 2e-8,
+    "secagg": 1.5e-7,
+    "secagg+": 5e-8,
+    "paillier": 7e-6,
+    "paillier-threshold": 1.2e-5,
+    "ckks": 5e-7,
+}
+# Threshold Paillier has no preset (its keys come from a ceremony): the bench deals a fresh 2048-bit
+# key to its parties (t = 2 of all, every holder asked) in a temporary directory.
+THRESHOLD = "paillier-threshold"
+# Phases in which key holders decrypt (counted apart from a party's own encryption): the holder that
+# spends the most in a round is reported.
+_KEYHOLDER_PHASES = ("decrypt", "arbitrate", "share", "combine", "verify")
 MIN_PARAMS, MAX_PARAMS = 10, 10_000_000
 MIN_PARTIES, MAX_PARTIES = 2, 1000
 
@@ -127,7 +148,7 @@ def instrument(federation: Federation, on_reply: Callable[[str], None] | None = 
         inner = node.secure_sum
 
         def key(method, args, _pid=pid):
-            keyholder = method == "respond" and args and args[0] in ("decrypt", "arbitrate")
+            keyholder = method == "respond" and args and args[0] in _KEYHOLDER_PHASES
             return f"keyholder:{_pid}" if keyholder else _pid
 
         timed = _Timed(inner, inst.seconds, key, ("start_round", "respond"))
@@ -161,7 +182,7 @@ def instrument(federation: Federation, on_reply: Callable[[str], None] | None = 
 
 def check_fits(privacy: str, params: int, parties: int) -> dict[str, float]:
     """Refuse, before starting, a configuration that cannot run here; else return estimates."""
-    if privacy not in PRESETS:
+    if privacy not in PRESETS and privacy != THRESHOLD:
         raise ConfigError(f"unknown privacy layer {privacy!r}; available: {', '.join(sorted(PRESETS))}")
     if not MIN_PARAMS <= params <= MAX_PARAMS:
         raise ConfigError(f"--params must be between {MIN_PARAMS} and {MAX_PARAMS:,}, got {params:,}")
@@ -178,7 +199,7 @@ def check_fits(privacy: str, params: int, parties: int) -> dict[str, float]:
             f"{privacy} with {parties} parties × {params:,} parameters needs about {need / 2**30:.1f} GiB "
             f"in one process; {available / 2**30:.1f} GiB are available. Use fewer parties or parameters"
         )
-    workers = (os.cpu_count() or 1) if privacy == "paillier" else 1
+    workers = (os.cpu_count() or 1) if privacy in ("paillier", THRESHOLD) else 1
     return {
         "memory_gib": need / 2**30,
         "seconds_per_round": parties * params * _SECONDS_PER_PARAM[privacy] / workers,
@@ -192,9 +213,21 @@ def _available_memory() -> float:
         return 8 * 2**30
 
 
+def _ids(parties: int) -> list[str]:
+    return [f"p{i:04d}" for i in range(parties)]
+
+
 def bench_stack(privacy: str, parties: int) -> list:
     """The demo stack of ``privacy``; SecAgg quantizes to fewer bits when many parties must fit
     the 32-bit modulus (24 bits fit 256 parties; 21 bits fit 1,000)."""
+    if privacy == THRESHOLD:
+        import tempfile
+
+        from securefl.layers.paillier_threshold import PaillierThreshold, key_ceremony
+
+        keys = tempfile.mkdtemp(prefix="securefl-threshold-keys-")
+        key_ceremony(keys, _ids(parties), min(2, parties))
+        return [Clip(10.0), Quantize(16), PaillierThreshold(key_dir=keys)]
     layers = preset(privacy)
     if privacy in ("secagg", "secagg+"):
         bits = min(24, 31 - (parties - 1).bit_length())
@@ -204,7 +237,7 @@ def bench_stack(privacy: str, parties: int) -> list:
 
 def _federation(privacy: str, params: int, parties: int, dropout: float, seed: int):
     rng = np.random.default_rng(seed)
-    ids = [f"p{i:04d}" for i in range(parties)]
+    ids = _ids(parties)
     # Updates of L2 norm about 5: half the stacks' clip norm of 10, so the quantization range is
     # used as in training, and clipping never changes them.
     deltas = {p: rng.normal(0, 5 / np.sqrt(params), params).astype(np.float32) for p in ids}
@@ -299,7 +332,7 @@ def measure(
 
 def _naive_baseline(result: BenchResult, federation: Federation) -> None:
     """Paillier: phe per value (sampled, extrapolated). CKKS: TenSEAL with FLARE's parameters."""
-    if result.privacy == "paillier":
+    if result.privacy in ("paillier", THRESHOLD):
         from phe import paillier as phe
 
         key = phe.PaillierPublicKey(federation.aggregator.secure_sum.public.n)

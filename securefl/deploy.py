@@ -66,6 +66,7 @@ from securefl.errors import ConfigError, SecureFLError
 from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
 from securefl.fusion import build_strategy
 from securefl.layers import DPNoise, PrivacyStack
+from securefl.layers.paillier_threshold import PaillierThreshold
 from securefl.layers.secagg import SecAgg
 from securefl.layers.shared_key import SharedKeySum
 from securefl.logtext import printable
@@ -208,6 +209,10 @@ class FederationConfig:
             # Active mode: SecAgg's key advertisements and the HE layers' key distribution signed
             # with the identities the party certificates carry.
             stack.secure_sum.identities = identities
+        if isinstance(stack.secure_sum, PaillierThreshold):
+            # Key shares are bound to the certificates' party ids: each allowlisted party holds the
+            # share named after it (a party refuses a share file naming anyone else).
+            stack.secure_sum.require_holders(self.parties)
         validate_stack(
             stack,
             layout,

@@ -23,6 +23,7 @@ from securefl.layers.ckks import CKKS
 from securefl.layers.clip import Clip
 from securefl.layers.dp import DPNoise
 from securefl.layers.paillier import Paillier
+from securefl.layers.paillier_threshold import PaillierThreshold
 from securefl.layers.plain import Plain
 from securefl.layers.quantize import Quantize
 from securefl.layers.secagg import Identities, SecAgg, SecAggPlus
@@ -38,6 +39,7 @@ LAYERS: dict[str, Callable[..., Layer]] = {
     "secagg": SecAgg,
     "secagg+": SecAggPlus,
     "paillier": Paillier,
+    "paillier-threshold": PaillierThreshold,
     "ckks": CKKS,
 }
 
@@ -92,6 +94,7 @@ __all__ = [
     "DPNoise",
     "Identities",
     "Paillier",
+    "PaillierThreshold",
     "Plain",
     "PrivacyStack",
     "Quantize",

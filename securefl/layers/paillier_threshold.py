@@ -296,6 +296,16 @@ class PaillierThreshold(SecureSum):
     def threshold(self) -> int:
         return self.public.threshold
 
+    def require_holders(self, parties: list[str]) -> None:
+        """Deployments: every allowlisted party (a certificate's party id) must hold the share named
+        after it; a party process refuses a share file that names anyone else (``party``)."""
+        missing = sorted(set(parties) - set(self.public.holders))
+        if missing:
+            raise ConfigError(
+                f"paillier-threshold: {', '.join(missing)} hold no share of this key (its holders: "
+                f"{', '.join(self.public.holders)}); run the key ceremony for the federation's parties"
+            )
+
     def validate(self, ctx: StackContext, transforms: list[Transform]) -> None:
         quantizers = [t for t in transforms if isinstance(t, Quantize)]
         if not quantizers:
