@@ -29,7 +29,7 @@ import numpy as np
 from securefl.errors import ConfigError
 from securefl.faults import Faults
 from securefl.federation import Federation
-from securefl.layers import PRESETS, Clip, Quantize, preset
+from securefl.layers import PRESETS, Quantize, preset
 
 # The phase in which a layer's input leaves the party: dropouts are injected there (for SecAgg,
 # after keys were shared: the costly case).
@@ -221,13 +221,9 @@ def bench_stack(privacy: str, parties: int) -> list:
     """The demo stack of ``privacy``; SecAgg quantizes to fewer bits when many parties must fit
     the 32-bit modulus (24 bits fit 256 parties; 21 bits fit 1,000)."""
     if privacy == THRESHOLD:
-        import tempfile
+        from securefl.layers.paillier_threshold import demo_stack
 
-        from securefl.layers.paillier_threshold import PaillierThreshold, key_ceremony
-
-        keys = tempfile.mkdtemp(prefix="securefl-threshold-keys-")
-        key_ceremony(keys, _ids(parties), min(2, parties))
-        return [Clip(10.0), Quantize(16), PaillierThreshold(key_dir=keys)]
+        return demo_stack(_ids(parties))
     layers = preset(privacy)
     if privacy in ("secagg", "secagg+"):
         bits = min(24, 31 - (parties - 1).bit_length())
