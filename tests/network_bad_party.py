@@ -5,19 +5,27 @@ real party node but, in each round, corrupts what it sends in one phase.
         --plan shares,garbage,-,...
 
 The i-th entry of ``--plan`` is round i's attack (``-``: behave). Each attack hits the phase named in
-:data:`ATTACKS`, once (a request the aggregator repeats after a reconnect is answered honestly).
-After the aggregator closes or refuses its stream it reconnects, as a real party would; it exits 0
-when the aggregator ends the federation. What it did goes to stderr, one line per attack.
+:data:`ATTACKS` (``*``: the round's first request, whatever the layer), once (a request the
+aggregator repeats after a reconnect is answered honestly). After the aggregator closes or refuses
+its stream it reconnects, as a real party would; it exits 0 when the aggregator ends the
+federation. What it did goes to stderr, one line per attack.
+
+``--background ATTACK`` runs one of :data:`BACKGROUND` beside that honest stream, with the same
+certificate, from the first welcome on; each is bounded in count and time. Its findings are the
+last line of stdout, as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import queue
+import socket
 import struct
 import sys
+import threading
 import time
 
 import grpc
@@ -45,7 +53,10 @@ ATTACKS = {
     "forged_log": "advertise",  # a withdraw whose reason tries to forge a log line and clear the screen
     "twice": "share",  # a second stream while the first is open; answers on the second
     "hangup": "masked",  # cancels its stream instead of answering, then reconnects
+    "flood_big": "*",  # the reply, then FLOOD_FRAMES frames of FLOOD_BYTES (issue 14: 200 × 4 MiB)
+    "bomb_reply": "*",  # a reply whose header is JSON nested 4,000 deep
 }
+FLOOD_FRAMES, FLOOD_BYTES = 200, 4 << 20
 
 
 def _relabel(reply: Envelope, **changes) -> bytes:
@@ -90,10 +101,211 @@ def corrupt(attack: str, reply_bytes: bytes, others: list[str], max_message_byte
         return [_relabel(reply, round=reply.round + 1)]
     if attack == "wrong_phase":
         return [_relabel(reply, phase="advertise")]
+    if attack == "flood_big":
+        junk = os.urandom(FLOOD_BYTES)
+        return [reply_bytes] + [junk] * FLOOD_FRAMES
+    if attack == "bomb_reply":
+        return [_record_bytes(b"SFLE", b"[" * 4000)]  # nested 4,000 deep, under the phase size bound
     if attack == "forged_log":
         reason = f"leaving\n{FORGED}\n\x1b[2J\x1b[31m\u202eevil".encode()
         return [_relabel(reply, kind=WITHDRAW, parts={"reason": reason})]
     raise ValueError(f"unknown attack {attack!r}")
+
+
+def _record_bytes(magic: bytes, header: bytes) -> bytes:
+    return struct.pack(">4sHI", magic, 1, len(header)) + header
+
+
+# -- attacks beside the honest stream (--background) ---------------------------------------------
+
+# Hellos no decoder may answer with a traceback: each must be refused with INVALID_ARGUMENT.
+BOMBS = {
+    "deep nesting": b"[" * 100_000 + b"]" * 100_000,
+    "5000-digit integer": b'{"version": 1, "party": "x", "agreement": ' + b"9" * 5000 + b"}",
+    "duplicate keys": b'{"version": 1, "party": "PARTY", "agreement": "AGREEMENT", "version": 2}',
+    "infinity": b'{"version": 1e999, "party": "PARTY", "agreement": "AGREEMENT"}',
+    "NaN": b'{"version": NaN, "party": "PARTY", "agreement": "AGREEMENT"}',
+    "lone surrogate": b'{"version": 1, "party": "\\ud800", "agreement": "AGREEMENT"}',
+    "version true": b'{"version": true, "party": "PARTY", "agreement": "AGREEMENT"}',
+    "unknown field": b'{"version": 1, "party": "PARTY", "agreement": "AGREEMENT", "x": 1}',
+    "not UTF-8": b"\xff\xfe" * 100,
+    "6 MiB of spaces": b" " * (6 << 20),
+}
+
+
+class _Background:
+    """The attacks beside the honest stream; each method returns what it saw (JSON-able)."""
+
+    def __init__(self, cfg, count: int, options: list) -> None:
+        self.cfg = cfg
+        self.count = count
+        # Every attack stream on its own TCP connection: gRPC would otherwise share one.
+        self.options = [*options, ("grpc.use_local_subchannel_pool", 1)]
+        self.credentials = grpc.ssl_channel_credentials(cfg.tls.ca, cfg.tls.key, cfg.tls.cert)
+        host, _, port = cfg.aggregator.rpartition(":")
+        self.address = (host, int(port))
+
+    def _open(self, first: bytes | None):
+        """A new connection and a stream on it; the stream sends ``first`` (if any), then waits."""
+        channel = grpc.secure_channel(self.cfg.aggregator, self.credentials, options=self.options)
+        outbox: queue.Queue = queue.Queue()
+        if first is not None:
+            outbox.put(first)
+        call = channel.stream_stream(METHOD)(iter(outbox.get, None), timeout=60)
+        return channel, outbox, call
+
+    @staticmethod
+    def _status(call) -> str:
+        try:
+            for _ in call:
+                pass
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+    def idle(self) -> dict:
+        """``count`` connections, each with a stream that never says hello; how each ends, and when."""
+        started = time.monotonic()
+        ended: list[tuple[str, float]] = []
+        held = [self._open(None) for _ in range(self.count)]
+
+        def watch(call):
+            code = self._status(call)
+            ended.append((code, round(time.monotonic() - started, 2)))
+
+        threads = [threading.Thread(target=watch, args=(call,), daemon=True) for _, _, call in held]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for channel, outbox, _ in held:
+            outbox.put(None)
+            channel.close()
+        return {
+            "streams": self.count,
+            "codes": dict(collections.Counter(code for code, _ in ended)),
+            "last_ended_after": max((t for _, t in ended), default=None),
+            "unfinished": sum(t.is_alive() for t in threads),
+        }
+
+    def churn(self) -> dict:
+        """``count`` connections opened and closed, 8 at a time, each with one bad opening."""
+        fed = self.cfg.federation
+        other = next(p for p in fed.parties if p != self.cfg.party)
+        openings = [
+            None,  # no hello: half-close at once
+            b"not json",
+            BOMBS["deep nesting"],
+            Hello(other, fed.agreement).encode(),  # another party's name
+            Hello(self.cfg.party, "0" * 64).encode(),  # other settings
+        ]
+        codes: collections.Counter = collections.Counter()
+        lock = threading.Lock()
+        jobs = iter(range(self.count))
+
+        def worker():
+            while True:
+                with lock:
+                    index = next(jobs, None)
+                if index is None:
+                    return
+                first = openings[index % len(openings)]
+                channel, outbox, call = self._open(first)
+                outbox.put(None)
+                code = self._status(call)
+                channel.close()
+                with lock:
+                    codes[code] += 1
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        return {
+            "connections": self.count,
+            "codes": dict(codes),
+            "seconds": round(time.monotonic() - started, 2),
+        }
+
+    def slowloris(self) -> dict:
+        """``count`` raw TCP connections that trickle a TLS ClientHello, one byte every half second,
+        held until the aggregator closes them (at most 20 s); then a new stream must get through."""
+        hello = bytes.fromhex("160301020001") + os.urandom(64)
+        started = time.monotonic()
+        sockets, refused = {}, 0
+        for index in range(self.count):
+            try:
+                sock = socket.create_connection(self.address, timeout=5)
+            except OSError:
+                refused += 1
+                continue
+            sock.setblocking(False)
+            sockets[index] = (sock, time.monotonic())
+        connected = len(sockets)
+        closed_after: list[float] = []
+        during = None
+        sent = 0
+        while sockets and time.monotonic() - started < 20:
+            for index, (sock, opened) in list(sockets.items()):
+                try:
+                    if sock.recv(4096) == b"":
+                        raise ConnectionResetError
+                except BlockingIOError:
+                    try:
+                        sock.send(hello[sent % len(hello) : sent % len(hello) + 1])
+                        continue
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        pass
+                except OSError:
+                    pass
+                closed_after.append(time.monotonic() - opened)
+                sock.close()
+                del sockets[index]
+            sent += 1
+            if during is None and time.monotonic() - started > 0.5:
+                # A member's new stream while the trickling connections are held.
+                channel, _, call = self._open(Hello(self.cfg.party, "0" * 64).encode())
+                during = self._status(call)
+                channel.close()
+            time.sleep(0.5)
+        for sock, _ in sockets.values():
+            sock.close()
+        channel, _, call = self._open(Hello(self.cfg.party, "0" * 64).encode())
+        after = self._status(call)
+        channel.close()
+        closed_after.sort()
+        return {
+            "sockets": self.count,
+            "connected": connected,
+            "refused_on_connect": refused,
+            "closed_by_server": len(closed_after),
+            "closed_within_1s": sum(t < 1 for t in closed_after),
+            "longest_held": round(closed_after[-1], 2) if closed_after else None,
+            "still_open_at_20s": len(sockets),
+            "member_stream_during": during,
+            "member_stream_after": after,
+        }
+
+    def bombs(self) -> dict:
+        """Each of :data:`BOMBS` as a hello on its own connection: the status it got."""
+        fed = self.cfg.federation
+        codes = {}
+        for name, body in BOMBS.items():
+            body = body.replace(b"PARTY", self.cfg.party.encode()).replace(
+                b"AGREEMENT", fed.agreement.encode()
+            )
+            channel, outbox, call = self._open(body)
+            codes[name] = self._status(call)
+            outbox.put(None)
+            channel.close()
+        return {"codes": codes}
+
+
+BACKGROUND = ("idle", "churn", "slowloris", "bombs")
 
 
 class _Stream:
@@ -119,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--train", required=True)
     parser.add_argument("--plan", required=True, help="comma-separated attack per round, '-' to behave")
+    parser.add_argument("--background", choices=BACKGROUND, help="an attack beside the honest stream")
+    parser.add_argument("--count", type=int, default=20, help="streams, connections or sockets it uses")
     args = parser.parse_args(argv)
     plan = [a.strip() for a in args.plan.split(",")]
     unknown = sorted({a for a in plan if a != "-"} - set(ATTACKS))
@@ -130,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     answerer = _Answerer(party_node_factory(cfg, args.train))
     credentials = grpc.ssl_channel_credentials(cfg.tls.ca, cfg.tls.key, cfg.tls.cert)
     limit = fed.max_message_bytes
-    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", max(4 * limit, 2 * FLOOD_BYTES)),
+    ]
     channels: list[grpc.Channel] = []
     done: set[int] = set()  # rounds whose attack was carried out
 
@@ -148,11 +365,20 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the aggregator is gone")
 
     stream = connect()
+    found: dict = {}
+    background = None
+    if args.background:
+        attack = getattr(_Background(cfg, args.count, options), args.background)
+        background = threading.Thread(target=lambda: found.update(attack()), daemon=True)
+        background.start()
     while True:
         try:
             request = bytes(next(stream.frames))
         except StopIteration:
             print("the aggregator ended the federation", file=sys.stderr, flush=True)
+            if background is not None:
+                background.join(60)
+                print(json.dumps({"background": args.background, **found}), flush=True)
             return 0
         except grpc.RpcError as exc:
             print(f"stream ended: {exc.code().name}: {exc.details()}"[:300], file=sys.stderr, flush=True)
@@ -162,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         envelope = Envelope.decode(request)
         reply = answerer.answer(request)
         attack = plan[envelope.round] if envelope.round < len(plan) else "-"
-        if attack == "-" or ATTACKS[attack] != envelope.phase or envelope.round in done:
+        target = ATTACKS.get(attack, "-")
+        if attack == "-" or target not in ("*", envelope.phase) or envelope.round in done:
             stream.send(reply)
             continue
         done.add(envelope.round)

@@ -431,3 +431,45 @@ def test_a_party_that_does_not_read_its_stream_is_closed_not_buffered_for(pki):
         assert _status(deaf) == grpc.StatusCode.CANCELLED
     finally:
         server.close(0)
+
+
+def test_streams_a_party_replaced_without_reading_free_their_workers(pki):
+    """Issue 14: a member that opens stream after stream, each left unread with a large request
+    blocked in its send, held one worker thread per replaced stream (11 of 12 here) until the
+    honest parties were locked out. A replaced stream is cancelled: it holds nothing."""
+    port = _port()
+    server = _server(pki, port, grace=0.3)
+    deaf = []
+    try:
+        for _ in range(server.workers + 2):
+            party = _RawParty(pki, port, "p1")
+            party.receive()  # the welcome; then it reads nothing
+            deaf.append(party)
+            server.exchange({"p1": b"x" * (8 << 20)}, 0.2)  # blocks in the send: over the window
+        assert server._server._state.active_rpc_count <= 2
+        honest = _RawParty(pki, port, "p2")
+        assert Welcome.decode(honest.receive()).session == "s" * 32
+        honest.send(None)
+    finally:
+        for party in deaf:
+            party.drop()
+        server.close(0)
+
+
+def test_the_server_bounds_what_clients_can_open(pki):
+    server = _server(pki, _port())
+    try:
+        assert server.workers == 2 * 2 + 8 and server.max_streams == 2 * server.workers
+        assert server.max_connections == 64 + 4 * 2
+    finally:
+        server.close(0)
+    with pytest.raises(ConfigError, match="below the 2 parties"):
+        GrpcServerTransport(
+            f"127.0.0.1:{_port()}",
+            TLSFiles(b"", b"", b""),
+            {"p1": None, "p2": None},
+            "s" * 32,
+            {},
+            AGREEMENT,
+            max_connections=1,
+        )

@@ -1,0 +1,278 @@
+"""Tracker issue 14: an aggregator that one abusive member cannot exhaust. Real processes on
+127.0.0.1: the aggregator, three honest parties, and hospital-4, a member with a valid certificate
+that takes part honestly on one stream while it attacks beside it (``network_bad_party
+--background``) or floods its own stream. Each attack is bounded in count and time; each test
+checks that the aggregator stays up, the honest parties' rounds complete, and the aggregator's
+memory, threads and file descriptors stay within the bounds protocols/network.md states.
+"""
+
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from securefl.crypto.certificates import write_federation
+from securefl.network.server import default_max_connections
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_network import RUN, _cli, _env
+
+PARTIES = [f"hospital-{i}" for i in range(1, 5)]
+BAD, HONEST = PARTIES[-1], PARTIES[:-1]
+HELLO_TIMEOUT = 2.0
+MAX_MESSAGE_MB = 8
+MiB = 1 << 20
+# protocols/network.md, "Bounds": frames of party bytes held at once, per party, in units of
+# max_message_mb; and what the process needs beside them.
+FRAMES_PER_PARTY = 5
+OVERHEAD_MB = 64
+
+
+@dataclass
+class Sample:
+    seconds: float
+    rss: int  # bytes
+    threads: int
+    fds: int
+    rounds_logged: int
+    ready: bool  # every party connected, round 0 about to start
+
+
+@dataclass
+class Watch:
+    """The aggregator process as the operator's tools see it, every 20 ms."""
+
+    pid: int
+    log: Path
+    samples: list[Sample] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                status = Path(f"/proc/{self.pid}/status").read_text()
+                fds = len(list(Path(f"/proc/{self.pid}/fd").iterdir()))
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            if "VmRSS:" not in status:  # exited (a zombie has no memory)
+                return
+            rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+            threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
+            text = self.log.read_text()
+            rounds = len(re.findall(r"deploy: round \d+ ", text))
+            ready = "parties connected before round 0" in text
+            self.samples.append(Sample(time.monotonic() - started, rss, threads, fds, rounds, ready))
+            time.sleep(0.02)
+
+    @property
+    def start(self) -> Sample:
+        """The first sample once every party is connected (imports done, listening)."""
+        return next(s for s in self.samples if s.ready)
+
+    def at_round(self, done: int) -> Sample:
+        """The first sample taken once ``done`` rounds were logged."""
+        return next(s for s in self.samples if s.rounds_logged >= done)
+
+    def peak(self, attr: str, after: int = 0) -> int:
+        return max(getattr(s, attr) for s in self.samples if s.rounds_logged >= after)
+
+
+def _federation(tmp_path, rounds, train_seconds, **network):
+    write_federation(tmp_path / "certs", "test", PARTIES)
+    port = RUN.free_port()
+    RUN.write_federation(
+        tmp_path,
+        "plain",
+        rounds,
+        port,
+        parties=PARTIES,
+        module="network_tiny",
+        max_message_mb=MAX_MESSAGE_MB,
+        metrics=False,
+    )
+    fed = tmp_path / "fed.toml"
+    extra = {"hello_timeout": HELLO_TIMEOUT, **network}
+    lines = "".join(f"{k} = {v}\n" for k, v in extra.items())
+    fed.write_text(fed.read_text().replace("[tls]\n", lines + "\n[tls]\n", 1))
+    for party in PARTIES:
+        with open(tmp_path / f"{party}.toml", "a") as handle:
+            handle.write(f"\n[train]\ntrain_seconds = {train_seconds}\n")
+    return port
+
+
+def _run(tmp_path, plan, background=None, count=20):
+    """Aggregator, honest parties and the bad one; the aggregator watched until it exits."""
+    with contextlib.ExitStack() as files:
+        return _run_logged(tmp_path, plan, background, count, lambda p: files.enter_context(open(p, "w")))
+
+
+def _run_logged(tmp_path, plan, background, count, log_file):
+    log = tmp_path / "aggregator.log"
+    aggregator = subprocess.Popen(
+        [*_cli("aggregator", "--config", "fed.toml", "--json")],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=log_file(log),
+        text=True,
+    )
+    watch = Watch(aggregator.pid, log)
+    watcher = threading.Thread(target=watch.run, daemon=True)
+    watcher.start()
+    honest = [
+        subprocess.Popen(
+            [*_cli("party", "--config", f"{p}.toml", "--train", "network_tiny:make_client")],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=log_file(tmp_path / f"{p}.log"),
+        )
+        for p in HONEST
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "network_bad_party",
+        "--config",
+        f"{BAD}.toml",
+        "--train",
+        "network_tiny:make_client",
+        "--plan=" + ",".join(plan),  # (with "=": a plan may start with "-")
+    ]
+    if background:
+        command += ["--background", background, "--count", str(count)]
+    bad = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=log_file(tmp_path / f"{BAD}.log"),
+        text=True,
+    )
+    try:
+        out, _ = aggregator.communicate(timeout=120)  # a generous bound that proves "did not hang"
+        codes = [p.wait(timeout=60) for p in honest]
+        bad_out, _ = bad.communicate(timeout=90)
+    finally:
+        watch.stop.set()
+        for process in [aggregator, *honest, bad]:
+            process.kill()
+    watcher.join(5)
+    text = log.read_text()
+    context = f"{text}\n--- {BAD} ---\n{(tmp_path / f'{BAD}.log').read_text()}"
+    assert aggregator.returncode == 0, context
+    assert "Traceback" not in text, context
+    summary = json.loads(out.strip().splitlines()[-1])
+    found = json.loads(bad_out.strip().splitlines()[-1]) if background else {}
+    return summary, codes, found, watch, context
+
+
+def _honest_rounds_complete(summary, codes, rounds, context):
+    assert codes == [0, 0, 0], context
+    assert summary["rounds_ok"] == rounds, context
+    for dropped in summary["dropouts"].values():
+        assert not set(dropped) & set(HONEST), context
+
+
+def _within_bounds(watch, context, parties=len(PARTIES)):
+    """Memory, threads and descriptors within what protocols/network.md states."""
+    start = watch.start
+    rss_bound = start.rss + (parties * FRAMES_PER_PARTY * MAX_MESSAGE_MB + OVERHEAD_MB) * MiB
+    assert watch.peak("rss") <= rss_bound, (watch.peak("rss") / MiB, rss_bound / MiB, context)
+    # Threads: the main one, gRPC's own, the watchdog, 2 × parties + 8 workers, a reader per party.
+    workers = 2 * parties + 8
+    assert watch.peak("threads") <= start.threads + workers + parties + 4, context
+    assert watch.peak("fds") <= start.fds + default_max_connections(parties) + 16, context
+
+
+def _figures(name, watch, **extra):
+    """What the test measured, for the report (pytest -s shows it)."""
+    first = watch.start
+    print(
+        f"\n[{name}] rss start {first.rss / MiB:.0f} MiB, peak {watch.peak('rss') / MiB:.0f} MiB, "
+        f"end {watch.samples[-1].rss / MiB:.0f} MiB; threads start {first.threads}, peak "
+        f"{watch.peak('threads')}; fds start {first.fds}, peak {watch.peak('fds')}; {extra}"
+    )
+
+
+def test_idle_member_streams_are_refused_or_cut_at_the_hello_deadline(tmp_path):
+    """20 connections of one member, each with a stream that never says hello (the issue: 20 such
+    kept the honest parties out): one waits its hello_timeout, the others are refused at once."""
+    _federation(tmp_path, rounds=6, train_seconds=0.5)
+    summary, codes, found, watch, context = _run(tmp_path, ["-"] * 6, "idle", 20)
+    _honest_rounds_complete(summary, codes, 6, context)
+    assert summary["dropouts"] == {}, context  # its own honest stream was never disturbed
+    assert sum(found["codes"].values()) == 20 and found["unfinished"] == 0, found
+    cut = found["codes"].get("DEADLINE_EXCEEDED", 0) + found["codes"].get("CANCELLED", 0)
+    assert found["codes"].get("RESOURCE_EXHAUSTED", 0) >= 19 - cut and cut >= 1, found
+    assert set(found["codes"]) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED"}, found
+    assert found["last_ended_after"] < 3 * HELLO_TIMEOUT + 5, found
+    _within_bounds(watch, context)
+    _figures("idle", watch, **found)
+
+
+def test_a_frame_flood_is_bounded_by_configuration_not_by_the_client(tmp_path):
+    """Round 1: hospital-4's reply, then 200 frames of 4 MiB (the issue's flood, 800 MiB in all).
+    It is dropped for one round; the aggregator's memory stays within the stated bound."""
+    _federation(tmp_path, rounds=4, train_seconds=0.3)
+    summary, codes, _, watch, context = _run(tmp_path, ["-", "flood_big", "-", "-"])
+    _honest_rounds_complete(summary, codes, 4, context)
+    # Dropped once: in round 1 — or in round 2, when a junk frame still in flight as round 2's
+    # request goes out is taken as its answer (frames answer requests in order).
+    assert len(summary["dropouts"]) == 1 and set(summary["dropouts"]) <= {"1", "2"}, context
+    assert {p for dropped in summary["dropouts"].values() for p in dropped} == {BAD}, context
+    assert "round 3 ok: 4 selected, 4 summed" in context  # it came back and was summed again
+    _within_bounds(watch, context)
+    before, after = watch.at_round(1), watch.samples[-1]
+    _figures("flood", watch, rss_before_flood_mib=before.rss // MiB, rss_after_mib=after.rss // MiB)
+
+
+def test_connection_churn_of_300_connections(tmp_path):
+    """300 connections opened and closed, 8 at a time, each with a bad opening (none, garbage, a
+    JSON bomb, another party's name, other settings): every one ends with a status code, and the
+    aggregator's descriptors and threads come back down."""
+    _federation(tmp_path, rounds=8, train_seconds=0.5)
+    summary, codes, found, watch, context = _run(tmp_path, ["-"] * 8, "churn", 300)
+    _honest_rounds_complete(summary, codes, 8, context)
+    assert sum(found["codes"].values()) == 300, found
+    assert set(found["codes"]) <= {
+        "INVALID_ARGUMENT",
+        "PERMISSION_DENIED",
+        "FAILED_PRECONDITION",
+        "RESOURCE_EXHAUSTED",
+    }, found
+    _within_bounds(watch, context)
+    _figures("churn", watch, **found)
+
+
+def test_a_raw_tcp_slowloris_is_cut_at_the_handshake_deadline(tmp_path):
+    """200 raw TCP connections trickling a TLS ClientHello (no certificate needed for that): those
+    over max_connections are closed on accept, the rest at the handshake deadline; established
+    streams go on, and once they are gone a new stream gets in."""
+    _federation(tmp_path, rounds=8, train_seconds=0.6, max_connections=64)
+    summary, codes, found, watch, context = _run(tmp_path, ["-"] * 8, "slowloris", 200)
+    _honest_rounds_complete(summary, codes, 8, context)
+    assert found["still_open_at_20s"] == 0, found
+    assert found["closed_by_server"] == found["connected"], found
+    assert found["longest_held"] < HELLO_TIMEOUT + 3, found
+    assert found["member_stream_after"] == "FAILED_PRECONDITION", found  # it reached the handler
+    _within_bounds(watch, context)
+    _figures("slowloris", watch, **found)
+
+
+def test_json_bombs_in_hellos_and_replies_get_status_codes_not_tracebacks(tmp_path):
+    """Hellos of every malformed kind wire.md forbids, each refused with INVALID_ARGUMENT; and in
+    round 1 a reply whose header is nested 4,000 deep, which drops hospital-4 for that round."""
+    _federation(tmp_path, rounds=4, train_seconds=0.5)
+    summary, codes, found, watch, context = _run(tmp_path, ["-", "bomb_reply", "-", "-"], "bombs")
+    _honest_rounds_complete(summary, codes, 4, context)
+    assert set(found["codes"].values()) == {"INVALID_ARGUMENT"}, found
+    assert "nested 4000 deep" in summary["dropouts"]["1"][BAD], context
+    _within_bounds(watch, context)
+    _figures("bombs", watch, **found)
