@@ -205,7 +205,7 @@ class FederationConfig:
         """The validated stack for a model of ``size`` values, SecAgg identities bound if given."""
         layout = VectorLayout(size, self.train_metrics, self.eval_metrics)
         stack = build_stack(self.privacy)
-        if isinstance(stack.secure_sum, (SecAgg, SharedKeySum, PaillierThreshold)) and identities is not None:
+        if isinstance(stack.secure_sum, (SecAgg, SharedKeySum)) and identities is not None:
             # Active mode: SecAgg's key advertisements and the HE layers' key distribution signed
             # with the identities the party certificates carry.
             stack.secure_sum.identities = identities

@@ -408,68 +408,6 @@ def test_2048_bit_ceremony_and_round(tmp_path):
     np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(3)), atol=1e-9)
 
 
-# --- signed mode: attestations against a forged sum (an active aggregator with a colluding party) ---
-
-
-def _signed(directory, n):
-    from securefl.crypto.signing import Identities
-
-    return {"identities": Identities.generate(_parties(n))}
-
-
-def test_signed_mode_attests_and_sums_exactly(keys):
-    fed, deltas, weights = federation(keys[(4, 2)], 4, **_signed(keys[(4, 2)], 4))
-    fed.run(2)
-    assert all(r.ok for r in fed.history.rounds)
-    np.testing.assert_allclose(fed.global_vector, 2 * mean(deltas, weights, deltas), atol=1e-9)
-
-
-def test_a_forged_sum_gets_no_share_in_signed_mode(keys):
-    """The aggregator, colluding with p03 (it knows the model key, so every party's pads), forms the
-    "sum" of all four from p01's ciphertexts alone, re-padded with the others' pads so that it would
-    unpad to p01's update, before the attest phase (so every digest is consistent). Every party
-    attests its own ciphertexts; no honest holder shares the forged sum."""
-    from securefl.layers.shared_key import sum_digest
-
-    fed, _deltas, _weights = federation(keys[(4, 2)], 4, **_signed(keys[(4, 2)], 4))
-    aggregator = fed.aggregator.secure_sum
-    honest_close = aggregator.close_phase
-
-    def forging_close(phase, survivors):
-        honest_close(phase, survivors)
-        if phase != "encrypt":
-            return
-        colluder = fed.nodes["p03"].secure_sum
-        scheme, ctx = colluder.scheme, colluder.ctx
-        material = scheme.base(colluder.material)
-        public = material.public
-        victim = fed.nodes["p01"].secure_sum._own
-        count = len(victim)
-        extra = [0] * count
-        for party in ("p00", "p02", "p03"):
-            extra = [a + b for a, b in zip(extra, scheme.pads(material, ctx, party, count), strict=True)]
-        forged = [
-            c * (1 + e % public.n * public.n) % public.nsquare for c, e in zip(victim, extra, strict=True)
-        ]
-        aggregator._sum = b"".join(int(c).to_bytes(public.ciphertext_bytes, "big") for c in forged)
-        aggregator._digest = sum_digest(aggregator._sum)
-
-    aggregator.close_phase = forging_close
-    report = fed.run_round()
-    assert not report.ok
-    for p in ("p00", "p01", "p02"):  # the honest holders refuse to share it
-        assert "not the product of the named contributors' attested ciphertexts" in str(
-            fed.nodes[p].last_error
-        )
-
-
-def test_a_contributor_that_does_not_attest_fails_the_round_cleanly(keys):
-    faults = Faults().add("offline", "p02", phase="attest")
-    fed, _deltas, _weights = federation(keys[(4, 2)], 4, faults, **_signed(keys[(4, 2)], 4))
-    report = fed.run_round()
-    assert not report.ok and "did not attest" in report.error and "nothing was revealed" in report.error
-
-
 def test_require_holders(keys):
     layer = PaillierThreshold(key_dir=str(keys[(3, 2)]))
     layer.require_holders(_parties(3))

@@ -33,7 +33,6 @@ from securefl.crypto import channel, paillier
 from securefl.crypto import threshold_paillier as tp
 from securefl.crypto.keyfiles import write_private
 from securefl.crypto.packing import Packing
-from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, UpdateError, WireError
 from securefl.layers.base import (
     ImpossibleSum,
@@ -63,7 +62,7 @@ from securefl.layers.shared_key import (
 )
 from securefl.wire import decode_record, encode_record
 
-ATTEST, SHARE, COMBINE, VERIFY = "attest", "share", "combine", "verify"
+SHARE, COMBINE, VERIFY = "share", "combine", "verify"
 PUBLIC_FILE = "public.json"
 _PARALLEL_MIN = 64
 _HOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -254,24 +253,6 @@ def _share_aad(ctx: RoundContext, holder: str, contributors: list[str], digest: 
     )
 
 
-def _attest_coefficients(ctx: RoundContext, digest: str, contributors: list[str], count: int) -> list[int]:
-    """γ for the attestations of this round's sum: SHAKE-256 of a seed that binds the sum's digest
-    (fixed by the aggregator before any party answers) and the named contributors."""
-    seed = hashlib.sha256(
-        tp.DOMAIN
-        + b"/attest"
-        + tp.field(tp.context(ctx.session, ctx.round, "", digest))
-        + b"".join(tp.field(c.encode()) for c in contributors)
-    ).digest()
-    return tp.batch_coefficients(seed, count)
-
-
-def _attest_statement(ctx: RoundContext, party: str, digest: str, value: bytes) -> bytes:
-    return (
-        tp.DOMAIN + tp.field(b"attest") + tp.context(ctx.session, ctx.round, party, digest) + tp.field(value)
-    )
-
-
 def _claim_size(public: tp.ThresholdPublicKey, count: int) -> int:
     return channel.sealed_size(2 * count * public.n_bytes)
 
@@ -304,9 +285,7 @@ class PaillierThreshold(SecureSum):
         key_file: str | None = None,
         workers: int | None = None,
         share_holders: int | None = None,
-        identities: Identities | None = None,
     ) -> None:
-        self.identities = identities  # with them: the attest phase (see the spec's threat model)
         if (key_dir is None) == (key_file is None):
             raise ConfigError(
                 "paillier-threshold needs key_dir (the ceremony's directory) or key_file (a share or public "
@@ -352,8 +331,7 @@ class PaillierThreshold(SecureSum):
         return self.scheme.packing(plaintext_bits)
 
     def aggregator(self) -> SumAggregator:
-        identities = self.identities.public_only() if self.identities is not None else None
-        return _Aggregator(self.scheme, self.public, self.share_holders, identities)
+        return _Aggregator(self.scheme, self.public, self.share_holders)
 
     def party(self, party_id: str) -> SumParty:
         path = self.key_dir / share_file_name(party_id) if self.key_dir is not None else self.key_file
@@ -364,9 +342,7 @@ class PaillierThreshold(SecureSum):
             )
         if share.public != self.public:
             raise ConfigError(f"the share file {str(path)!r} is for another threshold key")
-        if self.identities is not None and party_id not in self.identities.private:
-            raise ConfigError(f"paillier-threshold: no identity key for party {party_id!r} (signed mode)")
-        return _ThresholdParty(self.scheme, party_id, share, self.workers, self.identities)
+        return _ThresholdParty(self.scheme, party_id, share, self.workers)
 
     def __repr__(self) -> str:
         return (
@@ -380,13 +356,8 @@ class _Aggregator(SumAggregator):
     the shares' proofs are checked by the combining parties (the shares are sealed to them)."""
 
     def __init__(
-        self,
-        scheme: ThresholdScheme,
-        public: tp.ThresholdPublicKey,
-        share_holders: int | None,
-        identities: Identities | None = None,
+        self, scheme: ThresholdScheme, public: tp.ThresholdPublicKey, share_holders: int | None
     ) -> None:
-        self.identities = identities  # public keys only
         self.scheme = scheme
         self.public = public
         self.share_holders = share_holders
@@ -394,8 +365,6 @@ class _Aggregator(SumAggregator):
         self.avoid: set[str] = set()  # combiners that were silent or disagreed: no role while others can
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
-        if self.identities is not None:
-            return (ENCRYPT, ATTEST, SHARE, COMBINE, VERIFY)
         return (ENCRYPT, SHARE, COMBINE, VERIFY)
 
     def start_round(self, ctx: RoundContext) -> None:
@@ -405,7 +374,6 @@ class _Aggregator(SumAggregator):
         self.contributors_: set[str] = set()
         self.asked: list[str] = []
         self.sealed_shares: dict[str, bytes] = {}
-        self.attested: dict[str, tuple[bytes, bytes]] = {}  # contributor -> (D_p, signature)
         self.decryptor: str | None = None
         self.verifier: str | None = None
         self.replies: dict[str, tuple[str, list[str], bytes, bytes]] = {}
@@ -419,8 +387,6 @@ class _Aggregator(SumAggregator):
     def max_reply_bytes(self, phase: str) -> int:
         if phase == ENCRYPT:
             return self.scheme.max_encrypt_bytes(self.ctx)
-        if phase == ATTEST:
-            return 4096 + 2 * self.public.n_bytes
         if phase == SHARE:
             return _share_size(self.public, self.count) + 4096
         return sealed_record_size(self.ctx.vector_size) + _claim_size(self.public, self.count) + 8192
@@ -433,25 +399,10 @@ class _Aggregator(SumAggregator):
         return self._sum
 
     def request(self, phase: str, party: str) -> bytes:
-        if phase == ATTEST:
-            if party not in self.contributors_:
-                return encode_record(b"TATq", {"contributors": [], "sum": ""}, {})
-            return encode_record(b"TATq", {"contributors": self._named, "sum": self._digest}, {})
         if phase == SHARE:
             if party not in self.asked:
-                return encode_record(
-                    b"TSHq", {"contributors": []}, {"sum": b"", "attest": b"", "signatures": b""}
-                )
-            attested = [self.attested[p] for p in self._named] if self.identities is not None else []
-            return encode_record(
-                b"TSHq",
-                {"contributors": self._named},
-                {
-                    "sum": self._sum_bytes(),
-                    "attest": b"".join(a for a, _ in attested),
-                    "signatures": b"".join(sig for _, sig in attested),
-                },
-            )
+                return encode_record(b"TSHq", {"contributors": []}, {"sum": b""})
+            return encode_record(b"TSHq", {"contributors": self._named}, {"sum": self._sum_bytes()})
         if phase in (COMBINE, VERIFY):
             role = self.decryptor if phase == COMBINE else self.verifier
             if party != role:
@@ -487,20 +438,6 @@ class _Aggregator(SumAggregator):
                 self.combined = self.scheme.combiner(self.public.paillier, self.ctx)
             self.combined.add(payload)  # checked whole (count, sizes, Z*_{n²}) before it is folded in
             self.contributors_.add(party)
-        elif phase == ATTEST:
-            _, parts = decode_record(payload, b"TATr", {}, ("value", "signature"))
-            if party not in self.contributors_ or self.identities is None:
-                if any(parts.values()):
-                    raise ProtocolError("attested a sum it did not contribute to")
-                return
-            value = parts["value"]
-            if len(value) != 2 * self.public.n_bytes:
-                raise WireError("an attestation is one element of Z*_{n²}")
-            self.public.paillier.check_ciphertext(int.from_bytes(value, "big"))
-            self.identities.verify(
-                party, parts["signature"], _attest_statement(self.ctx, party, self._digest, value)
-            )
-            self.attested[party] = (value, parts["signature"])
         elif phase == SHARE:
             _, parts = decode_record(payload, b"TSHr", {}, ("sealed",))
             if party not in self.asked:
@@ -569,13 +506,6 @@ class _Aggregator(SumAggregator):
             ordered = self._rotation(holders)
             self.asked = sorted(ordered[: self.share_holders] if self.share_holders else ordered)
             self._sum_bytes()
-        elif phase == ATTEST:
-            missing = sorted(p for p in self.contributors_ if p not in self.attested or p not in survivors)
-            if missing:
-                raise RoundFailed(
-                    f"paillier-threshold: {', '.join(missing)} did not attest the sum (their ciphertexts are "
-                    "in it, so no holder may decrypt it); nothing was revealed and the model is unchanged"
-                )
         elif phase == SHARE:
             self.sealed_shares = {p: s for p, s in self.sealed_shares.items() if p in survivors}
             if len(self.sealed_shares) < t:
@@ -651,20 +581,11 @@ class _ThresholdParty(_Party):
     decryptor or verifier combines them. Refuses what a shared-key party refuses, plus a second
     share request in a round (one set of decryption shares per party per round)."""
 
-    def __init__(
-        self,
-        scheme: ThresholdScheme,
-        party_id: str,
-        share: tp.KeyShare,
-        workers: int,
-        identities: Identities | None = None,
-    ) -> None:
-        super().__init__(scheme, party_id, share, identities)
+    def __init__(self, scheme: ThresholdScheme, party_id: str, share: tp.KeyShare, workers: int) -> None:
+        super().__init__(scheme, party_id, share, None)
         self.workers = workers
-        self._own: list[int] | None = None  # this round's own ciphertexts (for the attestation)
         self._handlers = {
-            ENCRYPT: self._encrypt_and_keep,
-            ATTEST: self._attest,
+            ENCRYPT: self._encrypt,
             SHARE: self._share,
             COMBINE: self._combine,
             VERIFY: self._combine,
@@ -687,75 +608,11 @@ class _ThresholdParty(_Party):
         ciphertexts = _split_ciphertexts(blob, self.material.public, self.scheme._count(self.ctx))
         return contributors, ciphertexts, sum_digest(blob)
 
-    def _encrypt_and_keep(self, request: bytes) -> bytes:
-        reply = self._encrypt(request)
-        self._own = None
-        if reply[:4] == b"PENr":
-            _, parts = decode_record(reply, b"PENr", {"count": int}, ("ciphertexts",))
-            width = self.material.public.paillier.ciphertext_bytes
-            blob = parts["ciphertexts"]
-            self._own = [int.from_bytes(blob[i : i + width], "big") for i in range(0, len(blob), width)]
-        return reply
-
-    def _attest(self, request: bytes) -> bytes:
-        """D_p = ∏ c_{p,j}^γ_j mod n² over this party's own ciphertexts, signed: holders decrypt only
-        a sum S with ∏ S_j^γ_j = ∏ D_p over the named contributors (spec, "Attestations")."""
-        header, _ = decode_record(request, b"TATq", {"contributors": list, "sum": str}, ())
-        if not header["contributors"]:
-            return encode_record(b"TATr", {}, {"value": b"", "signature": b""})
-        if self.identity is None:
-            raise ProtocolError("asked to attest a sum, but this federation has no identity keys")
-        if self._own is None or ENCRYPT not in self.done:
-            raise ProtocolError("asked to attest a sum this party sent no ciphertexts to")
-        digest = header["sum"]
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise WireError("the sum's digest is 64 hex digits")
-        contributors = list(_contributor_list(header["contributors"], self.ctx, self.me))
-        gammas = _attest_coefficients(self.ctx, digest, contributors, len(self._own))
-        public = self.material.public
-        value = tp.multi_power(self._own, gammas, public.n * public.n)
-        blob = tp.int_bytes(value, 2 * public.n_bytes)
-        signature = self._sign(_attest_statement(self.ctx, self.me, digest, blob))
-        return encode_record(b"TATr", {}, {"value": blob, "signature": signature})
-
-    def _check_attestations(
-        self,
-        contributors: tuple[str, ...],
-        ciphertexts: list[int],
-        digest: str,
-        values: bytes,
-        signatures: bytes,
-    ) -> None:
-        """The sum must be the product of exactly the named contributors' attested ciphertexts."""
-        public = self.material.public
-        width = 2 * public.n_bytes
-        if len(values) != width * len(contributors) or len(signatures) != 64 * len(contributors):
-            raise ProtocolError(
-                "a share request in signed mode carries every contributor's signed attestation"
-            )
-        nsq = public.n * public.n
-        product = 1
-        for k, party in enumerate(contributors):
-            value = values[k * width : (k + 1) * width]
-            statement = _attest_statement(self.ctx, party, digest, value)
-            self.identities.verify(party, signatures[k * 64 : (k + 1) * 64], statement)
-            product = product * int.from_bytes(value, "big") % nsq
-        gammas = _attest_coefficients(self.ctx, digest, list(contributors), len(ciphertexts))
-        if tp.multi_power(ciphertexts, gammas, nsq) != product:
-            raise ProtocolError(
-                "the sum to decrypt is not the product of the named contributors' attested ciphertexts "
-                "(a forged sum: no share is given)"
-            )
-
     def _share(self, request: bytes) -> bytes:
-        header, parts = decode_record(
-            request, b"TSHq", {"contributors": list}, ("sum", "attest", "signatures")
-        )
+        header, parts = decode_record(request, b"TSHq", {"contributors": list}, ("sum",))
         if not parts["sum"]:
             return encode_record(b"TSHr", {}, {"sealed": b""})
         contributors, ciphertexts, digest = self._checked_request(header["contributors"], parts["sum"])
-        if self.identities is not None:
-            self._check_attestations(contributors, ciphertexts, digest, parts["attest"], parts["signatures"])
         key: tp.KeyShare = self.material
         ys = compute_shares(key, ciphertexts, self.workers)
         proof = tp.prove(key, ciphertexts, ys, tp.context(self.ctx.session, self.ctx.round, self.me, digest))
