@@ -413,3 +413,11 @@ def test_require_holders(keys):
     layer.require_holders(_parties(3))
     with pytest.raises(ConfigError, match="p09 hold no share"):
         layer.require_holders([*_parties(3), "p09"])
+
+
+def test_the_ceremony_never_overwrites(keys):
+    directory = keys[(3, 2)]
+    before = (directory / "share-p00.json").read_bytes()
+    with pytest.raises(ConfigError, match="never overwritten"):
+        key_ceremony(directory, _parties(3), 2, bits=BITS)
+    assert (directory / "share-p00.json").read_bytes() == before

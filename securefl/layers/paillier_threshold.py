@@ -31,7 +31,7 @@ import numpy as np
 
 from securefl.crypto import channel, paillier
 from securefl.crypto import threshold_paillier as tp
-from securefl.crypto.keyfiles import write_private
+from securefl.crypto.keyfiles import private_directory, write_private
 from securefl.crypto.packing import Packing
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, UpdateError, WireError
 from securefl.layers.base import (
@@ -87,17 +87,19 @@ def key_ceremony(
     for name in parties:
         if not isinstance(name, str) or not _HOLDER_NAME.match(name):
             raise ConfigError(f"party name {name!r} cannot name a share file (letters, digits, _.:-)")
-    out = Path(out)
+    out = private_directory(out)  # 0700, created before anything secret exists
+    paths = [out / PUBLIC_FILE, *(out / share_file_name(name) for name in parties)]
+    taken = [str(path) for path in paths if os.path.lexists(path)]
+    if taken:
+        raise ConfigError(f"{', '.join(taken)} exist: key files are never overwritten (move them away first)")
     dealt = tp.deal(bits, parties, threshold)
-    public_path = out / PUBLIC_FILE
-    out.mkdir(parents=True, exist_ok=True)
-    public_path.write_text(json.dumps(dealt.public.to_json(), indent=1))
+    public_path = paths[0]
+    with open(public_path, "x") as handle:  # exclusive: never into a file or symlink already there
+        handle.write(json.dumps(dealt.public.to_json(), indent=1))
     files = []
     for name in parties:
-        path = write_private(
-            out / share_file_name(name), json.dumps(dealt.shares[name].to_json(), indent=1).encode()
-        )
-        files.append(str(path))
+        document = json.dumps(dealt.shares[name].to_json(), indent=1).encode()
+        files.append(str(write_private(out / share_file_name(name), document, overwrite=False)))
     fingerprint = dealt.public.fingerprint()
     del dealt
     return {"public": str(public_path), "shares": files, "threshold": threshold, "fingerprint": fingerprint}
