@@ -15,6 +15,7 @@ from securefl.transport import InProcessTransport
 
 PAYLOAD = b"\1" * 4_000_000
 AGREEMENT = "ab" * 32
+SESSION = "5e" * 16
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def tls_echo(tmp_path_factory):
         port = s.getsockname()[1]
     files = (pki / "ca.pem", pki / "aggregator.pem", pki / "private/aggregator.key")
     server = GrpcServerTransport(
-        f"127.0.0.1:{port}", TLSFiles(*(p.read_bytes() for p in files)), {"p1": None}, "s" * 32, {}, AGREEMENT
+        f"127.0.0.1:{port}", TLSFiles(*(p.read_bytes() for p in files)), {"p1": None}, SESSION, {}, AGREEMENT
     )
     credentials = grpc.ssl_channel_credentials(
         (pki / "ca.pem").read_bytes(),

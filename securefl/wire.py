@@ -54,6 +54,13 @@ def check_name(value: object, what: str) -> str:
     return value
 
 
+def check_session(value: object) -> str:
+    """A session id: exactly 32 lowercase hex characters."""
+    if not isinstance(value, str) or not _SESSION.fullmatch(value):
+        raise WireError("session id must be 32 lowercase hex characters")
+    return value
+
+
 # A JSON string token (escapes included), or a backslash pair outside one: removing these leaves
 # only the structure. The pair alternative keeps the scan linear on an unterminated string full of
 # escaped quotes. Linear: each alternative is possessive and they never overlap.
@@ -342,8 +349,7 @@ class Envelope:
 def _check_envelope_fields(kind: str, session: str, round: int, phase: str, party: str) -> None:
     if kind not in _KINDS:
         raise WireError(f"unknown message kind {kind!r}; expected one of {_KINDS}")
-    if not isinstance(session, str) or not _SESSION.fullmatch(session):
-        raise WireError("session id must be 32 lowercase hex characters")
+    check_session(session)
     if not isinstance(round, int) or isinstance(round, bool) or not 0 <= round <= MAX_ROUND:
         raise WireError(f"round {round!r} out of range 0..{MAX_ROUND}")
     check_name(phase, "phase")

@@ -21,6 +21,7 @@ from securefl.network.frames import METHOD, Hello, Welcome
 from securefl.network.server import GrpcServerTransport, TLSFiles
 
 AGREEMENT = "ab" * 32
+SESSION = "5e" * 16
 
 
 def _port():
@@ -43,7 +44,7 @@ def _server(pki, port, grace=5.0, hello_timeout=30.0):
         f"127.0.0.1:{port}",
         tls,
         {"p1": None, "p2": None},
-        "s" * 32,
+        SESSION,
         {"entries": []},
         AGREEMENT,
         reconnect_grace=grace,
@@ -104,7 +105,7 @@ def test_a_late_party_gets_its_pending_request_and_a_broken_stream_gets_it_again
     try:
         thread, result = _exchange_in_background(server, {"p1": b"request-1"}, 20)
         first = _RawParty(pki, port)
-        assert Welcome.decode(first.receive()).session == "s" * 32
+        assert Welcome.decode(first.receive()).session == SESSION
         assert first.receive() == b"request-1"  # sent on connection: it joined after the exchange began
         first.drop()  # the stream breaks before the reply
         second = _RawParty(pki, port)
@@ -144,7 +145,7 @@ def test_the_party_answers_a_repeated_request_from_its_cache():
             return b"reply to " + data
 
     answerer = _Answerer(lambda session, spec: Node())
-    answerer.welcome(Welcome("s" * 32, {"as_list": False, "entries": []}, AGREEMENT))
+    answerer.welcome(Welcome(SESSION, {"as_list": False, "entries": []}, AGREEMENT))
     assert answerer.answer(b"x") == answerer.answer(b"x") == b"reply to x"
     assert answerer.answer(b"y") == b"reply to y" and calls == [b"x", b"y"]
 
@@ -302,7 +303,7 @@ def test_one_opening_stream_per_party_and_a_deadline_for_the_hello(pki):
         assert _status(silent) in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
         # Then the party can open a stream as usual, and the other party never noticed.
         party = _RawParty(pki, port, "p1")
-        assert Welcome.decode(party.receive()).session == "s" * 32
+        assert Welcome.decode(party.receive()).session == SESSION
         other = _RawParty(pki, port, "p2")
         other.receive()
         assert server.connected() == ["p1", "p2"]
@@ -448,7 +449,7 @@ def test_streams_a_party_replaced_without_reading_free_their_workers(pki):
             server.exchange({"p1": b"x" * (8 << 20)}, 0.2)  # blocks in the send: over the window
         assert server._server._state.active_rpc_count <= 2
         honest = _RawParty(pki, port, "p2")
-        assert Welcome.decode(honest.receive()).session == "s" * 32
+        assert Welcome.decode(honest.receive()).session == SESSION
         honest.send(None)
     finally:
         for party in deaf:
@@ -468,7 +469,7 @@ def test_the_server_bounds_what_clients_can_open(pki):
             f"127.0.0.1:{_port()}",
             TLSFiles(b"", b"", b""),
             {"p1": None, "p2": None},
-            "s" * 32,
+            SESSION,
             {},
             AGREEMENT,
             max_connections=1,

@@ -199,3 +199,164 @@ def test_record_part_names_enforced():
         decode_record(data, b"TEST", {"a": int}, part_names=("y",))
     header, parts = decode_record(data, b"TEST", {"a": int}, part_names=("x",))
     assert header == {"a": 1} and parts == {"x": b"1"}
+
+
+# -- issue 14: every decoder of a party's bytes raises WireError and nothing else ----------------
+
+from securefl.network.frames import Hello, Welcome  # noqa: E402
+from securefl.wire import MAX_JSON_DEPTH, check_name, load_json  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+# JSON-ish text built to hit the parser's edges: deep or unbalanced brackets, long integers, huge
+# exponents, the constants, escapes and lone surrogates, repeated keys, stray quotes and bytes.
+nasty_tokens = st.sampled_from(
+    [
+        "[", "]", "{", "}", ",", ":", '"', '"a"', '"a":1', "-", "0", "9" * 120, "1e999", "-1e999",
+        "NaN", "Infinity", "-Infinity", "true", "null", '"\\ud800"', '"\\ud83d\\ude00"', '"\\"',
+        "\\", '"\\u00"', "\n", " ", "é", '"version"', "1", '"party"', '"parts"', "[]",
+    ]
+)  # fmt: skip
+nasty_json = st.one_of(
+    st.lists(nasty_tokens, max_size=60).map(lambda t: "".join(t).encode()),
+    st.builds(lambda n, inner: (b"[" * n) + inner + (b"]" * n), st.integers(0, 3000), st.binary(max_size=8)),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=200),
+)
+
+
+def _record(header: bytes, magic: bytes = ENVELOPE_MAGIC, body: bytes = b"") -> bytes:
+    return struct.pack(">4sHI", magic, WIRE_VERSION, len(header)) + header + body
+
+
+def _every_decoder(data: bytes) -> None:
+    """Feed ``data`` to every decoder a party's (or the aggregator's) bytes reach; only WireError
+    may come out."""
+    for decode in (
+        lambda: load_json(data, "test"),
+        lambda: Hello.decode(data),
+        lambda: Welcome.decode(data),
+        lambda: Envelope.decode(data),
+        lambda: Envelope.decode(_record(data)),
+        lambda: RoundInfo.decode(_record(data, b"SFLR")),
+        lambda: decode_record(_record(data, b"TEST"), b"TEST", {"a": int}),
+        lambda: unpack_array(data),
+    ):
+        with contextlib.suppress(WireError):
+            decode()
+
+
+@given(nasty_json)
+@settings(max_examples=400, deadline=None)
+def test_every_decoder_turns_any_bytes_into_a_wire_error(data):
+    _every_decoder(data)
+
+
+@given(json_values)
+@settings(max_examples=200, deadline=None)
+def test_load_json_reads_what_json_writes(value):
+    text = json.dumps(value).encode()
+    nested = text.count(b"[") + text.count(b"{")  # (a bound: brackets inside strings count too)
+    if nested <= MAX_JSON_DEPTH:
+        assert load_json(text, "test") == value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"[" * 33 + b"]" * 33, "nested 33 deep, more than the 32"),
+        (b"[" * 100_000, "nested 100000 deep"),
+        (b'{"a": 1, "a": 2}', "key 'a' appears twice"),
+        (b"[1e999]", "out of a float's range"),
+        (b"[-1e400]", "out of a float's range"),
+        (b"[Infinity]", "Infinity is not a JSON number"),
+        (b"[NaN]", "NaN is not a JSON number"),
+        (b"[" + b"9" * 5000 + b"]", "an integer of 5000 digits"),
+        (b'["\\udc00"]', "lone UTF-16 surrogate"),
+        (b"\xff", "not UTF-8"),
+        (b"[1,]", "not valid JSON"),
+    ],
+    ids=lambda v: v[:30].decode("latin-1") if isinstance(v, bytes) else None,
+)
+def test_load_json_refuses_what_wire_md_forbids(text, message):
+    with pytest.raises(WireError, match=message):
+        load_json(text, "test")
+
+
+def test_load_json_keeps_strings_with_brackets_and_escaped_quotes():
+    text = b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"{{{{", "b": [-12, 2.5, "\\ud83d\\ude00"]}'
+    assert load_json(text, "test") == {"a": "[" * 38 + '"{{{{', "b": [-12, 2.5, "😀"]}
+
+
+@pytest.mark.parametrize("name", ["p1\n", "p1\r\n", "\np1", "p 1", "", "a" * 65, "é"])
+def test_names_are_matched_whole(name):
+    with pytest.raises(WireError, match="not a valid name"):
+        check_name(name, "party id")
+    with pytest.raises(WireError):
+        Envelope.decode(_raw({**GOOD, "party": name}))
+
+
+def test_a_session_with_a_trailing_newline_is_refused():
+    with pytest.raises(WireError, match="32 lowercase hex"):
+        Envelope.decode(_raw({**GOOD, "session": SESSION + "\n"}))
+
+
+def test_duplicate_header_keys_are_refused_not_last_wins():
+    text = json.dumps(GOOD)[:-1] + ', "party": "p2"}'
+    with pytest.raises(WireError, match="'party' appears twice"):
+        Envelope.decode(struct.pack(">4sHI", ENVELOPE_MAGIC, WIRE_VERSION, len(text)) + text.encode())
+
+
+def _round_info(**change) -> bytes:
+    header = {"round": 1, "parties": ["a", "b"], "min_parties": 1, "config": {}, "parts": [], **change}
+    return _record(json.dumps(header).encode(), b"SFLR")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"config": {"lr": float("inf")}}, "Infinity is not a JSON number"),
+        ({"round": -1}, "out of range"),
+        ({"round": 2**31}, "out of range"),
+        ({"parties": ["b", "a"]}, "sorted"),
+        ({"parties": ["a", "a"]}, "twice"),
+        ({"parties": ["a\n"]}, "not a valid name"),
+        ({"min_parties": True}, "got a boolean"),
+        ({"config": {"x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}, "nested"),
+    ],
+)
+def test_round_info_refuses_what_wire_md_forbids(change, message):
+    with pytest.raises(WireError, match=message):
+        RoundInfo.decode(_round_info(**change))
+
+
+def test_round_info_refuses_an_overflowing_number_and_a_repeated_key():
+    with pytest.raises(WireError, match="float's range"):
+        RoundInfo.decode(
+            _record(b'{"round":1,"parties":["a"],"min_parties":1,"config":{"x":1e999},"parts":[]}', b"SFLR")
+        )
+    with pytest.raises(WireError, match="appears twice"):
+        RoundInfo.decode(
+            _record(b'{"round":1,"round":2,"parties":["a"],"min_parties":1,"config":{},"parts":[]}', b"SFLR")
+        )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b'{"version": true, "party": "p", "agreement": "a"}', "version True"),
+        (b'{"version": 1.0, "party": "p", "agreement": "a"}', "version 1.0"),
+        (b'{"version": 1, "party": "p", "agreement": "a", "extra": 1}', "unknown fields"),
+        (b'{"version": 1, "party": "p", "agreement": "a", "party": "q"}', "appears twice"),
+        (b'{"version": 1, "party": "p", "agreement": ' + b"1" * 3000 + b"}", "3000 digits"),
+        (b"[" * 4000, "nested 4000 deep"),
+        (b" " * 5000, "5000 bytes is over 4096"),
+    ],
+    ids=lambda v: v[:40].decode() if isinstance(v, bytes) else None,
+)
+def test_hello_refuses_what_network_md_forbids(data, message):
+    with pytest.raises(WireError, match=message):
+        Hello.decode(data)

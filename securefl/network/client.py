@@ -20,6 +20,7 @@ import grpc
 
 from securefl.codec import ArraySpec
 from securefl.errors import ProtocolError, WireError
+from securefl.logtext import printable
 from securefl.network.frames import METHOD, Hello, Welcome
 from securefl.network.server import TLSFiles
 from securefl.party import PartyNode
@@ -118,7 +119,7 @@ def run_party(
             raise ProtocolError(f"{error}; gave up after {max_reconnects} reconnects")
         summary.reconnects += 1
         wait = min(30.0, 0.5 * 2**failures)
-        log.warning("%s; reconnecting in %.1fs", error, wait)
+        log.warning("%s; reconnecting in %.1fs", printable(error), wait)  # it quotes the aggregator
         time.sleep(wait)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from securefl.errors import WireError
-from securefl.wire import load_json
+from securefl.wire import check_session, load_json
 
 METHOD = "/securefl.Federation/Connect"
 VERSION = 1
@@ -79,4 +79,4 @@ class Welcome:
     @classmethod
     def decode(cls, data: bytes) -> Welcome:
         value = _decode(data, "welcome", MAX_WELCOME_BYTES, {"session": str, "spec": dict, "agreement": str})
-        return cls(value["session"], value["spec"], value["agreement"])
+        return cls(check_session(value["session"]), value["spec"], value["agreement"])
