@@ -421,3 +421,11 @@ def test_the_ceremony_never_overwrites(keys):
     with pytest.raises(ConfigError, match="never overwritten"):
         key_ceremony(directory, _parties(3), 2, bits=BITS)
     assert (directory / "share-p00.json").read_bytes() == before
+
+
+def test_fixed_dealer_randomness_is_for_tests_only(monkeypatch):
+    from securefl.errors import SeedRefused
+
+    monkeypatch.delenv("SECUREFL_ALLOW_TEST_SEEDS")
+    with pytest.raises(SeedRefused):
+        tp.deal(2048, ["a", "b"], 2, primes=(23, 47), randbelow=lambda bound: 1)

@@ -44,6 +44,7 @@ from gmpy2 import mpz
 
 from securefl.crypto import paillier
 from securefl.errors import ConfigError, ProtocolError, WireError
+from securefl.randomness import require_test_seed_permission
 
 DOMAIN = b"securefl/paillier-threshold/v1"
 HASH_BYTES = 32  # Fiat–Shamir challenge e: 256 bits
@@ -266,6 +267,8 @@ def deal(
     for tests and known-answer vectors; by default everything comes from ``secrets``. The caller
     writes the shares out and drops this object: nothing else keeps p, q or d."""
     paillier.check_key_bits(bits)
+    if randbelow is not secrets.randbelow:
+        require_test_seed_permission("the threshold Paillier dealer's randomness")  # invariant 5
     holders = tuple(holders)
     if primes is None:
         while True:
