@@ -62,9 +62,9 @@ _SECONDS_PER_PARAM = {
 # Threshold Paillier has no preset (its keys come from a ceremony): the bench deals a fresh 2048-bit
 # key to its parties (t = 2 of all, every holder asked) in a temporary directory.
 THRESHOLD = "paillier-threshold"
-# Phases in which key holders decrypt (counted apart from a party's own encryption): the holder that
-# spends the most in a round is reported.
-_KEYHOLDER_PHASES = ("decrypt", "arbitrate", "share", "combine", "verify")
+# Phases in which key holders decrypt (counted apart from a party's own encryption), per layer: the
+# holder that spends the most in a round is reported. (SecAgg also has a phase named "share".)
+_KEYHOLDER_PHASES = {THRESHOLD: ("share", "combine", "verify")}
 MIN_PARAMS, MAX_PARAMS = 10, 10_000_000
 MIN_PARTIES, MAX_PARTIES = 2, 1000
 
@@ -138,6 +138,7 @@ def instrument(federation: Federation, on_reply: Callable[[str], None] | None = 
     counted apart as the key holder's time.
     """
     inst = Instruments()
+    keyholder_phases = _KEYHOLDER_PHASES.get(federation.stack.secure_sum.name, ("decrypt", "arbitrate"))
     federation.aggregator.secure_sum = _Timed(
         federation.aggregator.secure_sum,
         inst.seconds,
@@ -148,7 +149,7 @@ def instrument(federation: Federation, on_reply: Callable[[str], None] | None = 
         inner = node.secure_sum
 
         def key(method, args, _pid=pid):
-            keyholder = method == "respond" and args and args[0] in _KEYHOLDER_PHASES
+            keyholder = method == "respond" and args and args[0] in keyholder_phases
             return f"keyholder:{_pid}" if keyholder else _pid
 
         timed = _Timed(inner, inst.seconds, key, ("start_round", "respond"))
