@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,7 +53,16 @@ class ReleaseGuard(Protocol):
     def admit(self, round: int) -> None:
         """Raise BudgetExhausted if the round would overspend (after recording the refusal)."""
 
-    def record_release(self, round: int, parties_summed: int) -> float:
+    def admit_selection(self, round: int, selected: Sequence[str]) -> None:
+        """The same, once the round's parties are chosen and before any is contacted."""
+
+    def record_release(
+        self,
+        round: int,
+        parties_summed: int,
+        selected: Sequence[str] | None = None,
+        contributors: Sequence[str] | None = None,
+    ) -> float:
         """Record the round's release durably; return the cumulative ε."""
 
 
@@ -137,6 +147,12 @@ class Aggregator:
                 log.warning("round %d refused: %s", round, exc)
                 return RoundReport(round, "refused", [], error=str(exc))
         selected = self.selection.select(self.parties, round)
+        if self.guard is not None:
+            try:
+                self.guard.admit_selection(round, selected)
+            except BudgetExhausted as exc:
+                log.warning("round %d refused: %s", round, exc)
+                return RoundReport(round, "refused", [], error=str(exc))
         report = RoundReport(round, "failed", list(selected))
         self._phase = "selection"
         self._culprits = set()
@@ -304,14 +320,15 @@ class Aggregator:
         """Store the round's result: the sealed model, or the revealed sum decoded, checked against
         what its contributors can have produced, averaged and stepped. Nothing changes on failure."""
         outcome = self.secure_sum.result()
-        contributors = len(self.secure_sum.contributors())
+        summed = sorted(self.secure_sum.contributors())
+        contributors = len(summed)
         # Noise added on the parties (or a sealed result) has been released once the aggregator
         # holds the result, refused below or not: record it now. Central noise is released only
         # when the result is stored, so a sum refused below releases nothing and spends nothing.
         noised_on_parties = any(getattr(t, "noise_on_party", False) for t in self.stack.transforms)
         if self.guard is not None and (noised_on_parties or isinstance(outcome, SealedModel)):
             # Written and fsynced before the result is stored: it leaves only after this.
-            report.epsilon = self.guard.record_release(round, contributors)
+            report.epsilon = self.guard.record_release(round, contributors, report.selected, summed)
         if isinstance(outcome, SealedModel):
             if not isinstance(outcome.data, bytes) or not outcome.data:
                 raise RoundFailed(f"{self.stack.secure_sum.name}: no sealed model came back")
@@ -337,7 +354,8 @@ class Aggregator:
             check_finite(new_weights.astype(self.spec.wire_dtype), "fused model")
             _check_finite_state(self.strategy.state_dict())
             if self.guard is not None and not noised_on_parties:
-                report.epsilon = self.guard.record_release(round, contributors)  # before it is stored
+                # Before it is stored:
+                report.epsilon = self.guard.record_release(round, contributors, report.selected, summed)
         except BaseException:
             self.strategy.load_state_dict(state)  # an optimizer's moments stay as they were
             raise

@@ -23,6 +23,7 @@ from securefl.aggregator import RoundReport
 from securefl.config import load_config
 from securefl.errors import ConfigError, SecureFLError
 from securefl.layers import PRESETS
+from securefl.privacy.observers import OBSERVERS
 from securefl.runner import BudgetSettings, DPSettings, Reporter, RunSettings, run
 from securefl.tasks import Task
 
@@ -151,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--delta", type=float, default=1e-5, help="δ of the (ε, δ) guarantee (default 1e-5)")
     dp.add_argument("--ledger", help="append each release to this signed JSON Lines ledger")
     dp.add_argument("--accountant", default="prv", help="prv (default) or rdp; Skellam noise uses rdp")
+    dp.add_argument(
+        "--budget-observer",
+        choices=OBSERVERS,
+        help="whom the budget holds against (default: the strictest the deployment exposes — the parties, "
+        "who are told each round's selection; also the aggregator when noise is added on the parties)",
+    )
     _add_common(demo)
     run_cmd = sub.add_parser("run", help="run a federation described in a TOML file")
     run_cmd.add_argument("config", help="path to the TOML file")
@@ -176,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-epsilon", type=float, help="flag spending above this ε (default: as recorded)"
     )
     audit.add_argument("--report", help="write an HTML report for compliance officers here")
+    audit.add_argument(
+        "--empirical",
+        action="store_true",
+        help="also run a one-run canary audit of the ledger's mechanism through securefl's own noise "
+        "layers and secure sums, and report an empirical ε lower bound beside the accounted ε",
+    )
+    audit.add_argument(
+        "--canaries", type=int, default=1000, help="canary parties of --empirical (default 1000)"
+    )
+    audit.add_argument(
+        "--empirical-rounds",
+        type=int,
+        default=10,
+        help="releases of the ledger --empirical replays (default 10; more only adds leakage)",
+    )
     audit.add_argument(
         "--repair",
         action="store_true",
@@ -324,7 +346,7 @@ def _dp_settings(args: argparse.Namespace) -> DPSettings | None:
 def _budget_settings(args: argparse.Namespace) -> BudgetSettings | None:
     if args.dp is None:
         return None
-    return BudgetSettings(args.budget_epsilon, args.delta, args.ledger, args.accountant)
+    return BudgetSettings(args.budget_epsilon, args.delta, args.ledger, args.accountant, args.budget_observer)
 
 
 def _audit(args: argparse.Namespace, console: Console) -> int:
@@ -335,6 +357,8 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     if args.repair:
         _repair_ledger(args.ledger, console)
     result = audit(args.ledger, public_key, args.budget_epsilon)
+    if args.empirical:
+        _empirical(args, result)
     if args.report:
         write_report(result, args.report)
     table = Table(title=f"audit of {escape(args.ledger)}", show_header=False)
@@ -345,8 +369,17 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     table.add_row("records", f"{result.releases} released, {result.refusals} refused")
     table.add_row("unit", escape(result.unit or "—"))
     for name, value in result.epsilon.items():
-        table.add_row(f"ε ({name})", "n/a" if value is None else f"{value:.4f}")
+        table.add_row(f"ε ({name}, released model)", "n/a" if value is None else f"{value:.4f}")
     table.add_row("ε reported", "—" if result.reported is None else f"{result.reported:.4f}")
+    for observer, figure in result.observers.items():
+        value = figure["epsilon"]
+        shown = "not protected" if value is None else f"{value:.4f}"
+        enforced = " [bold](the budget's)[/]" if figure["enforced"] else ""
+        table.add_row(
+            f"ε against {escape(observer)}", f"{shown}{enforced}: {escape(figure['protects_against'])}"
+        )
+    if result.empirical is not None:
+        table.add_row("empirical ε lower bound", escape(result.empirical.summary()))
     table.add_row("δ", "—" if result.delta is None else f"{result.delta:g}")
     table.add_row("budget ε", "—" if result.budget_epsilon is None else f"{result.budget_epsilon:g}")
     console.print(table)
@@ -361,6 +394,24 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     return 0 if result.valid else 1
+
+
+def _empirical(args: argparse.Namespace, result: Any) -> None:
+    """``securefl audit --empirical``: canaries through the ledger's mechanism (progress on stderr,
+    so that --json keeps stdout to its one line)."""
+    from securefl.privacy.empirical import rich_progress, run_for_ledger
+
+    if not result.valid:
+        result.notes.append("no empirical audit: the ledger does not verify")
+        return
+    if args.canaries < 10 or args.empirical_rounds < 1:
+        raise ConfigError("--canaries must be at least 10 and --empirical-rounds at least 1")
+    with rich_progress(Console(stderr=True)) as progress:
+        result.empirical = run_for_ledger(
+            result, max_rounds=args.empirical_rounds, canaries=args.canaries, progress=progress
+        )
+    result.problems.extend(result.empirical.problems)
+    result.valid = not result.problems
 
 
 def _repair_ledger(path: str, console: Console) -> None:

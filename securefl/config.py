@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from securefl.errors import ConfigError
+from securefl.privacy.observers import check_observer
 from securefl.runner import BudgetSettings, RunSettings
 
 _TOP = {"task", "rounds", "seed", "federation", "privacy", "strategy", "budget", "plot"}
 _FEDERATION = {"parties", "min_parties", "selection", "phase_timeout", "weight_bound"}
 # Layers that release DP noise; a budget means nothing without one.
 DP_LAYERS = {"dp"}
-_BUDGET = {"epsilon", "delta", "ledger", "accountant"}
+_BUDGET = {"epsilon", "delta", "ledger", "accountant", "observer"}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -103,6 +104,9 @@ def budget_settings(budget: Any, privacy: Any, source: str) -> BudgetSettings:
         delta=float(_typed(budget, "delta", (int, float), 1e-5, source)),
         ledger=_typed(budget, "ledger", str, None, source) if "ledger" in budget else None,
         accountant=_typed(budget, "accountant", str, "prv", source),
+        observer=check_observer(_typed(budget, "observer", str, None, source))
+        if "observer" in budget
+        else None,
     )
 
 

@@ -33,6 +33,7 @@ class BudgetSettings:
     delta: float = 1e-5
     ledger: str | None = None
     accountant: str = "prv"
+    observer: str | None = None  # the observer class the budget holds against; None: the strictest
 
 
 @dataclass

@@ -111,7 +111,7 @@ def test_prv_refuses_a_history_too_small_in_noise_to_compute_and_rdp_still_bound
     prv, rdp = PRV(), RDP()
     prv.step(0.1, 1.0, 100)
     rdp.step(0.1, 1.0, 100)
-    with pytest.raises(BeyondAccountant, match="with 'rdp'"):
+    with pytest.raises(BeyondAccountant, match="account it with 'pld'"):
         prv.epsilon(1e-5)
     assert 100 < rdp.epsilon(1e-5) < float("inf")
 

@@ -263,7 +263,9 @@ def test_central_noise_with_poisson_selection_claims_amplification(tmp_path):
         selection={"kind": "poisson", "rate": 0.5},
         guard=distributed,
     )
-    assert distributed.sample_rate == 1.0  # the aggregator knows who took part
+    # Those who see only the model get the amplification; the aggregator knows who took part.
+    assert distributed.sample_rate == 0.5 and distributed.observer == "aggregator"
+    assert guard.observer == "participants"  # central: the aggregator is trusted, the parties are not
     assert fed is not None
 
 

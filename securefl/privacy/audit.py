@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from securefl.errors import ConfigError
-from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create
+from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create, entry_of
 from securefl.privacy.accountants.base import BeyondAccountant
+from securefl.privacy.accounts import costliest
 from securefl.privacy.ledger import verify
+from securefl.privacy.observers import AGGREGATOR, COUNT, DESCRIPTIONS, MODEL, OBSERVERS, PARTICIPANTS
 
 # PRV's default error bound in ε; PLD's discretisation error is smaller at the default interval.
 TOLERANCE = 0.01
@@ -72,6 +74,10 @@ class AuditResult:
     signer: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # the first record's mechanism fields
     interrupted: list[str] = field(default_factory=list)  # a cut append the next writer completes
+    # Per observer class: the last reported ε, its recomputation, whom it protects against.
+    observers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    observer: str | None = None  # the class the budget held against
+    empirical: Any = None  # an EmpiricalAudit, when asked for (securefl audit --empirical)
     carried: int = 0  # records carried from a damaged ledger by a repair
 
     def to_json(self) -> dict[str, Any]:
@@ -90,6 +96,9 @@ class AuditResult:
             "signer": self.signer,
             "problems": self.problems,
             "interrupted": self.interrupted,
+            "observer": self.observer,
+            "observers": self.observers,
+            "empirical": self.empirical.to_json(scores=False) if self.empirical is not None else None,
             "carried": self.carried,
             "notes": self.notes,
             "rounds": self.rows,
@@ -143,6 +152,7 @@ def audit(
         index = result.releases
         tight = index % every == every - 1 or index == releases - 1
         _replay(record, accountants, unsupported, result, budget_epsilon, tight)
+    _observers(check.records, result, every)
     if any(r.get("mechanism") == SKELLAM and r.get("decision") == "released" for r in check.records):
         result.notes.append(
             "prv/pld of Skellam releases: the Gaussian of the same variance and L2 sensitivity, a lower "
@@ -222,8 +232,11 @@ def _replay(
     except ConfigError as exc:
         result.problems.append(f"{where}: {exc}")
         return
-    reported = float(record["epsilon"])
-    result.reported = reported
+    result.reported = float(record["epsilon"])
+    # The figure these accountants recompute (the record's sample_rate) is the released-model one;
+    # the other observers' figures are checked by _observers.
+    model = _observer_figure(record, MODEL)
+    reported = float(record["epsilon"]) if model is None else model
     own = _accountant_name(record)
     recomputed = row["recomputed"]
     if own in recomputed and reported < recomputed[own] * (1 - 1e-9) - 1e-12:
@@ -237,6 +250,155 @@ def _replay(
                 f"{where} reports ε={reported:.6g}, below the independent {name} recomputation "
                 f"{recomputed[name]:.6g} by more than {TOLERANCE}: under-reported"
             )
+
+
+def _observer_figure(record: dict[str, Any], observer: str) -> float | None:
+    entry = record.get("observers", {}).get(observer) if isinstance(record.get("observers"), dict) else None
+    value = entry.get("epsilon") if isinstance(entry, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -> None:
+    """Check each release's per-observer figures (protocols/dp.md § Observers): the rules that tie
+    them to placement and sampling, and their values, recomputed at checkpoints from the records
+    alone — the count class at k/n, the participants and aggregator at the m costliest releases
+    unsampled (PLD for Gaussian noise, RDP for Skellam). Records written before the observer classes
+    existed carry none and are skipped with a note."""
+    released = [r for r in records if r.get("decision") == "released"]
+    if not released:
+        return
+    if not all(isinstance(r.get("observers"), dict) for r in released):
+        result.notes.append("some releases carry no per-observer ε (written before securefl recorded them)")
+        return
+    count_history: dict[tuple, int] = {}
+    full: dict[tuple, int] = {}
+    previous_m, participations = 0, 0
+    for index, record in enumerate(released):
+        where = f"record {record.get('seq')} (round {record.get('round')})"
+        try:
+            participations += int(record.get("parties_summed") or 0)
+            problems = _observer_rules(record, previous_m, participations)
+            count_entry = entry_of({**record, "sample_rate": record["observers"][COUNT]["sample_rate"]})
+            unsampled = entry_of({**record, "sample_rate": 1.0})
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            result.problems.append(f"{where}: its per-observer figures are malformed ({exc})")
+            return
+        result.problems.extend(f"{where}: {p}" for p in problems)
+        steps = int(record.get("steps", 1))
+        count_history[count_entry] = count_history.get(count_entry, 0) + steps
+        full[unsampled] = full.get(unsampled, 0) + steps
+        previous_m = record["observers"][PARTICIPANTS]["releases"]
+        if index % every != every - 1 and index != len(released) - 1:
+            continue
+        recomputed = _recompute_observers(count_history, full, previous_m, float(record["delta"]))
+        for observer, (value, name) in recomputed.items():
+            reported = _observer_figure(record, observer)
+            if reported is None or value is None:
+                continue
+            slack = TOLERANCE if name in TIGHT else value * 1e-9
+            if reported < value - slack:
+                result.problems.append(
+                    f"{where} reports ε={reported:.6g} against {observer}, below the {name} "
+                    f"recomputation {value:.6g}: under-reported"
+                )
+        last = recomputed
+    final = released[-1]
+    result.observer = final.get("observer")
+    for observer in OBSERVERS:
+        value, name = last.get(observer, (None, None))
+        result.observers[observer] = {
+            "epsilon": final["epsilon"]
+            if observer == MODEL and _observer_figure(final, MODEL) is None
+            else _observer_figure(final, observer),
+            "recomputed": value,
+            "accountant": name,
+            "protects_against": DESCRIPTIONS[observer],
+            "enforced": observer == result.observer,
+        }
+    if final["observers"].get(AGGREGATOR, {}).get("epsilon") is None:
+        result.observers[AGGREGATOR]["note"] = (
+            "not protected: with central noise the aggregator adds the noise to a sum it reads"
+        )
+
+
+def _observer_rules(record: dict[str, Any], previous_m: int, participations: int) -> list[str]:
+    """The rules of dp.md § Observers that one release's figures must follow. ``participations``:
+    the parties summed by every release so far — some party was in at least their average."""
+    problems = []
+    figures = record["observers"]
+    observer = record.get("observer")
+    if observer not in OBSERVERS:
+        problems.append(f"names no valid observer class ({observer!r})")
+    elif figures[observer]["epsilon"] != record["epsilon"]:
+        problems.append(f"its ε {record['epsilon']} is not the {observer} figure it enforces")
+    poisson = record.get("sampling") == "poisson" and record.get("mechanism") == GAUSSIAN
+    rate = float(record["sample_rate"])
+    if not poisson and rate != 1.0:
+        problems.append(
+            f"claims amplification by sampling (q={rate:g}) with sampling {record.get('sampling')!r} and "
+            f"{record.get('mechanism')} noise; dp.md allows it only for Poisson selection and Gaussian noise"
+        )
+    if figures[MODEL]["sample_rate"] != rate:
+        problems.append("its released-model rate differs from its sample_rate")
+    count_rate = float(figures[COUNT]["sample_rate"])
+    selected, population = record.get("parties_selected"), record.get("population")
+    expected = min(1.0, selected / population) if poisson and selected and population else 1.0
+    if abs(count_rate - expected) > 1e-12:
+        problems.append(f"accounts the count class at {count_rate:g}, not k/n = {expected:g}")
+    for observer in (PARTICIPANTS, AGGREGATOR):
+        if float(figures[observer].get("sample_rate", 1.0)) != 1.0:
+            problems.append(f"claims amplification against {observer}, who know the selection")
+    m = figures[PARTICIPANTS]["releases"]
+    if (
+        not isinstance(m, int)
+        or isinstance(m, bool)
+        or not previous_m <= m <= previous_m + int(record.get("steps", 1))
+    ):
+        problems.append(f"its worst party's release count {m!r} does not follow the previous {previous_m}")
+    population = record.get("population")
+    if isinstance(m, int) and isinstance(population, int) and population > 0:
+        floor = max(1, -(-participations // population))
+        if m < floor:
+            problems.append(
+                f"its worst party's release count {m} is below {floor}: {participations} participations "
+                f"among {population} parties put some party in at least that many"
+            )
+    central = record.get("placement") == "central"
+    if central != (figures[AGGREGATOR]["epsilon"] is None):
+        problems.append(
+            "claims protection against the aggregator with central noise"
+            if central
+            else "gives no figure against the aggregator although the noise is added on the parties"
+        )
+    if not central and figures[AGGREGATOR]["epsilon"] != figures[PARTICIPANTS]["epsilon"]:
+        problems.append("its aggregator and participants figures differ (both know the selection)")
+    return problems
+
+
+def _recompute_observers(
+    count_history: dict[tuple, int], full: dict[tuple, int], most: int, delta: float
+) -> dict[str, tuple[float | None, str]]:
+    skellam = any(entry[0] == SKELLAM for entry in full)
+    name = "rdp" if skellam or "pld" not in ACCOUNTANTS else "pld"
+    count = create("rdp")  # as the guard accounts it (many distinct rates: PLD would take seconds)
+    for entry, steps in count_history.items():
+        count._add(entry, steps)
+    chosen = costliest(full, most, delta)
+    try:
+        worst = create(name)
+        for entry, steps in chosen:
+            worst._add(entry, steps)
+        selection = worst.epsilon(delta)
+    except BeyondAccountant:  # too little noise for PLD's grid: RDP's bound, as the guard does
+        name, worst = "rdp", create("rdp")
+        for entry, steps in chosen:
+            worst._add(entry, steps)
+        selection = worst.epsilon(delta)
+    return {
+        COUNT: (count.epsilon(delta), "rdp"),
+        PARTICIPANTS: (selection, name),
+        AGGREGATOR: (selection, name),
+    }
 
 
 def _gaussian_reference(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -260,6 +422,17 @@ def write_report(result: AuditResult, path: str | Path) -> Path:
     param_rows = "".join(
         f"<tr><th>{e(label)}</th><td>{e(str(result.parameters.get(key, '—')))}</td></tr>"
         for key, label in PARAMETERS.items()
+    )
+    observer_rows = (
+        "".join(
+            f"<tr><th>{e(name)}{' (budget)' if f['enforced'] else ''}</th>"
+            f"<td>{'not protected' if f['epsilon'] is None else format(f['epsilon'], '.4f')}</td>"
+            f"<td>{'—' if f['recomputed'] is None else format(f['recomputed'], '.4f')}</td>"
+            f"<td>{e(f['protects_against'])}{'. ' + e(f['note']) if 'note' in f else ''}</td></tr>"
+            for name, f in result.observers.items()
+        )
+        or "<tr><td colspan=4>not recorded (an older ledger): the figures below are the released "
+        "model's</td></tr>"
     )
     names = sorted({n for r in result.rows for n in r["recomputed"]})
     header = "".join(f"<th>ε {e(n)}</th>" for n in names)
@@ -288,10 +461,15 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
 Anyone who sees the released models learns at most what an (ε, δ)-differentially private
 algorithm reveals about one {e(str(result.unit))}: ε = {totals} at δ = {e(str(result.delta))}
 (budget ε = {e(str(result.budget_epsilon))}). This holds only if the recorded assumptions hold.</p>
+<h2>Who each ε protects against</h2>
+<table><tr><th>observer</th><th>ε</th><th>recomputed</th><th>who that is</th></tr>{observer_rows}</table>
+<p>The budget holds against <b>{e(str(result.observer or "the released model"))}</b>. Amplification by
+sampling protects only against those who do not know who took part in each round.</p>
 <h2>Parameters</h2><table>{param_rows}</table>
 <h2>ε per round</h2><img alt="epsilon per round" src="data:image/png;base64,{_plot(result, names)}">
 <table><tr><th>round</th><th>decision</th><th>parties summed</th><th>ε reported</th>{header}</tr>
 {body}</table>
+{result.empirical.html_section() if result.empirical is not None else ""}
 <h2>Problems</h2><ul>{problems}</ul>
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 <p>ε recomputed from the recorded mechanisms by each accountant independently of the reported values.</p>

@@ -2,30 +2,41 @@
 
 The aggregator calls :meth:`PrivacyGuard.admit` before it selects any party (design invariant 6):
 the ε the round would reach is computed, and a round that would exceed the budget is refused — the
-refusal is written to the ledger and nobody trains. After the secure sum is revealed and before the
-result is stored or sent anywhere, :meth:`PrivacyGuard.record_release` steps the accountant and
-writes (and fsyncs) the release record, so a crash can over-report a release, never under-report it.
+refusal is written to the ledger and nobody trains. Once the parties are chosen, and before any is
+contacted, :meth:`PrivacyGuard.admit_selection` checks again with the real selection (the count and
+the parties it holds are known then). After the secure sum is revealed and before the result is
+stored or sent anywhere, :meth:`PrivacyGuard.record_release` steps the accountants and writes (and
+fsyncs) the release record, so a crash can over-report a release, never under-report it.
 
-Sampling: amplification by subsampling is claimed only for ``central`` noise with Poisson selection,
-where those who see the released model do not know who was sampled. With ``distributed`` or
-``local`` noise the aggregator, who sees the noised sum, knows who took part: those releases are
-accounted at sampling rate 1.
+Observers: the ε of a release depends on who looks (:mod:`securefl.privacy.observers`): those who
+see only the released models, those who also see each round's count, the parties (who are handed
+each round's selection), the aggregator. Every record carries the ε of each; the budget holds
+against one — the strictest the deployment exposes unless the user chooses another.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from securefl.errors import BudgetExhausted, ConfigError
 from securefl.layers.base import PrivacyStack
 from securefl.layers.dp import NEIGHBOURING, DPNoise, Mechanism
-from securefl.privacy.accountants import DEFAULT, RDP, Accountant, for_mechanism
-from securefl.privacy.accountants.base import BeyondAccountant, check_delta
+from securefl.privacy.accountants import DEFAULT, GAUSSIAN, Accountant
+from securefl.privacy.accountants.base import check_delta
+from securefl.privacy.accounts import ObserverAccounts
 from securefl.privacy.ledger import Ledger, open_ledger
+from securefl.privacy.observers import (
+    AGGREGATOR,
+    COUNT,
+    MODEL,
+    PARTICIPANTS,
+    check_observer,
+    default_observer,
+)
 from securefl.runner import BudgetSettings
 from securefl.selection import Selection
 
@@ -35,15 +46,19 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Budget:
     """(ε, δ) per privacy unit (one party) for the whole life of a federation. ``epsilon=math.inf``
-    accounts and records every release but refuses none."""
+    accounts and records every release but refuses none. ``observer`` is the observer class the
+    budget holds against (:data:`securefl.privacy.observers.OBSERVERS`); None: the strictest the
+    deployment exposes (:func:`~securefl.privacy.observers.default_observer`)."""
 
     epsilon: float
     delta: float = 1e-5
+    observer: str | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0):  # NaN fails this too
             raise ConfigError(f"budget epsilon must be a positive number, got {self.epsilon!r}")
         check_delta(self.delta)
+        check_observer(self.observer)
 
     @property
     def limited(self) -> bool:
@@ -51,21 +66,31 @@ class Budget:
 
 
 class PrivacyGuard:
-    """Budget, accountant and ledger of one federation; bound to its stack by the federation."""
+    """Budget, accountants and ledger of one federation; bound to its stack by the federation."""
 
     def __init__(self, budget: Budget, ledger: Ledger | None = None, accountant: str = DEFAULT) -> None:
         self.budget = budget
         self.ledger = ledger
         self.preferred = accountant
-        self.accountant: Accountant | None = None
+        self.accounts: ObserverAccounts | None = None
+        self.layer: DPNoise | None = None
         self.mechanism: Mechanism | None = None
+        self.observer = budget.observer or PARTICIPANTS
         self.sampling = "none"
         self.sample_rate = 1.0
+        self.population = 0
         # Ledger rounds continue across federations bound to this guard (a resumed run, successive
         # analytics queries): a federation's round r is ledger round first_round + r.
         self.first_round = 0
         self.next_round = 0
         self.tags: dict[str, Any] = {}  # extra fields for the records of the current binding
+
+    @property
+    def accountant(self) -> Accountant | None:
+        """The accountant of the enforced observer class (its name goes in the records)."""
+        if self.accounts is None:
+            return None
+        return self.accounts.count.accountant if self.observer == COUNT else self.accounts.model.accountant
 
     def bind(self, stack: PrivacyStack, selection: Selection, population: int) -> None:
         """Learn the mechanism from the stack's ``dp`` layer and the sampling from the selection.
@@ -78,85 +103,128 @@ class PrivacyGuard:
                 f"a privacy budget needs exactly one 'dp' layer in the stack, found {len(layers)}; add "
                 "DPNoise(noise_multiplier=...) after the clip"
             )
-        self.mechanism = layers[0].mechanism
-        previous = self.accountant
-        if previous is not None and self.mechanism.mechanism in previous.mechanisms:
-            self.accountant = previous
-        else:
-            self.accountant = for_mechanism(self.mechanism.mechanism, self.preferred)
-            if previous is not None:  # e.g. Skellam after Gaussian: RDP takes over the history
-                self._take_over(previous)
-        if self.mechanism.placement == "central" and selection.name == "poisson":
-            self.sampling, self.sample_rate = "poisson", selection.sample_rate(population)
-        else:
-            self.sampling = (
-                "none: the aggregator knows who took part"
-                if self.mechanism.placement != "central"
-                else f"{selection.name}: not Poisson, no amplification claimed"
+        self.layer = layers[0]
+        self.mechanism = self.layer.mechanism
+        self.population = population
+        self.observer = self.budget.observer or default_observer(self.mechanism.placement)
+        if self.observer == AGGREGATOR and self.mechanism.placement == "central":
+            raise ConfigError(
+                "a budget against the aggregator needs noise the aggregator cannot remove: with central "
+                "noise it adds the noise itself to a sum it reads. Use placement 'distributed' or "
+                "'local', or hold the budget against 'participants'"
             )
-            self.sample_rate = 1.0
+        amplified = selection.name == "poisson" and self.mechanism.mechanism == GAUSSIAN
+        self.sample_rate = selection.sample_rate(population) if amplified else 1.0
+        self.sampling = "poisson" if amplified else f"{selection.name}: no amplification by sampling claimed"
+        previous = self.accounts
+        accounts = ObserverAccounts(
+            self.preferred,
+            self.mechanism.mechanism,
+            self.mechanism.placement,
+            population,
+            self.sample_rate if amplified else None,
+        )
+        if previous is not None:  # the next query of an analytics session: keep composing
+            accounts.take_over(previous)
+        self.accounts = accounts
         if previous is None and self.ledger is not None:
             for record in self.ledger.records:
                 if isinstance(record.get("round"), int):
                     self.next_round = max(self.next_round, record["round"] + 1)
                 if record.get("decision") == "released" and record.get("unit") == "party":
-                    self.accountant.step_release(record, int(record.get("steps", 1)))
+                    self.accounts.replay(record)
         self.first_round = self.next_round
 
-    def _release_fields(self) -> dict[str, Any]:
+    def _fields(self) -> dict[str, Any]:
         return {**self.mechanism.fields(), "sample_rate": self.sample_rate}
 
-    def _take_over(self, previous: Accountant) -> None:
-        for entry, steps in previous.history.items():
-            self.accountant._add(entry, steps)
-
-    def _computed(self, compute: Callable[[], float]) -> float:
-        """``compute()``; when the accountant cannot (PRV with very little noise), RDP takes over the
-        history from then on — an upper bound, so never an under-report; the records name it."""
-        try:
-            return compute()
-        except BeyondAccountant as exc:
-            previous, self.accountant = self.accountant, RDP()
-            self._take_over(previous)
-            log.warning("%s; accounting with %s from here on", exc, self.accountant.version)
-            return compute()
+    def epsilons(self) -> dict[str, float | None]:
+        """ε spent so far against each observer class."""
+        return self.accounts.epsilons(self.budget.delta)
 
     @property
     def spent(self) -> float:
-        return self._computed(lambda: self.accountant.epsilon(self.budget.delta))
+        """ε spent so far against the observer class the budget holds against."""
+        return self.accounts.epsilons(self.budget.delta, [self.observer])[self.observer]
 
     def admit(self, round: int) -> None:
-        """Raise :class:`BudgetExhausted` (after recording the refusal) if ``round`` would overspend."""
-        projected = self._computed(
-            lambda: self.accountant.would_spend_release(self._release_fields(), 1, self.budget.delta)
+        """Raise :class:`BudgetExhausted` (after recording the refusal) if ``round`` would overspend.
+        Before the selection, the round is projected with the expected count and the worst party in."""
+        expected = max(1, round_half(self.sample_rate * self.population)) if self.population else 1
+        self._check(
+            round,
+            self.accounts.projected(self._fields(), self.budget.delta, expected, None, [self.observer]),
         )
-        if projected <= self.budget.epsilon:
+
+    def admit_selection(self, round: int, selected: Sequence[str]) -> None:
+        """The same check once the round's parties are chosen (nobody contacted yet): the count and the
+        parties are known, so the count and participants classes are projected exactly."""
+        self._check(
+            round,
+            self.accounts.projected(
+                self._fields(), self.budget.delta, len(selected), list(selected), [self.observer]
+            ),
+        )
+
+    def _check(self, round: int, projected: dict[str, float | None]) -> None:
+        value = projected[self.observer]
+        if value is not None and value <= self.budget.epsilon:
             return
         spent = self.spent
-        self._write(round, "refused", epsilon=spent, parties_summed=0, projected=projected)
+        self._write(round, "refused", epsilon=spent, parties_summed=0, projected=value)
         raise BudgetExhausted(
             f"round {self.first_round + round} (the ledger's count, from 0) refused before any party "
-            f"trained: it would bring ε to {projected:.4g}, over the budget ε={self.budget.epsilon:g} "
-            f"(δ={self.budget.delta:g}); spent {spent:.4g}, "
+            f"trained: it would bring ε against {self.observer} to {value:.4g}, over the budget "
+            f"ε={self.budget.epsilon:g} (δ={self.budget.delta:g}); spent {spent:.4g}, "
             f"remaining {max(0.0, self.budget.epsilon - spent):.4g}. Raise the noise multiplier or the "
             "budget, or stop training here"
         )
 
-    def record_release(self, round: int, parties_summed: int) -> float:
-        """Account one release and write its record (fsynced); return the cumulative ε."""
-        self.accountant.step_release(self._release_fields())
-        epsilon = self.spent
-        self._write(round, "released", epsilon=epsilon, parties_summed=parties_summed)
-        return epsilon
+    def record_release(
+        self,
+        round: int,
+        parties_summed: int,
+        selected: Sequence[str] | None = None,
+        contributors: Sequence[str] | None = None,
+    ) -> float:
+        """Account one release and write its record (fsynced); return the cumulative ε against the
+        enforced observer. ``selected`` and ``contributors`` (party ids) make the count and
+        participants classes exact; without them the worst party is assumed in every release."""
+        count = len(selected) if selected is not None else parties_summed
+        self.accounts.record(self._fields(), count, contributors)
+        figures = self.epsilons()
+        extra: dict[str, Any] = {"parties_summed": parties_summed, "parties_selected": count}
+        if self.layer is not None and self.mechanism.placement != "central":
+            # What the sum actually carries: each summed party's share is sized for the fewest (t).
+            extra["noise_threshold"] = self.layer.parties_sharing(count)
+            extra["noise_std_in_sum"] = self.layer.sum_noise_std(count, parties_summed)
+            if self.mechanism.variance is not None:
+                extra["variance_in_sum"] = self.mechanism.variance * parties_summed / extra["noise_threshold"]
+        self._write(round, "released", epsilon=figures[self.observer], figures=figures, **extra)
+        return figures[self.observer]
 
-    def _write(self, round: int, decision: str, **extra: Any) -> None:
+    def _observers_field(self, figures: dict[str, float | None], count: int) -> dict[str, Any]:
+        rates = self.accounts.rates(count)
+        releases = self.accounts.most_selected
+        return {
+            MODEL: {"epsilon": figures[MODEL], "sample_rate": rates[MODEL]},
+            COUNT: {"epsilon": figures[COUNT], "sample_rate": rates[COUNT]},
+            PARTICIPANTS: {"epsilon": figures[PARTICIPANTS], "releases": releases, "sample_rate": 1.0},
+            AGGREGATOR: {"epsilon": figures[AGGREGATOR], "releases": releases, "sample_rate": 1.0},
+        }
+
+    def _write(
+        self, round: int, decision: str, figures: dict[str, float | None] | None = None, **extra: Any
+    ) -> None:
         self.next_round = max(self.next_round, self.first_round + round + 1)
         if self.ledger is None:
             return
         m = self.mechanism
+        figures = figures or self.epsilons()
+        count = extra.get("parties_selected", 1)
         self.ledger.append(
             {
-                **self._release_fields(),
+                **self._fields(),
                 **self.tags,
                 **extra,
                 "round": self.first_round + round,
@@ -167,15 +235,26 @@ class PrivacyGuard:
                 "steps": 1,
                 "delta": self.budget.delta,
                 "budget_epsilon": self.budget.epsilon if self.budget.limited else None,
+                "observer": self.observer,
+                "observers": self._observers_field(figures, count),
+                "population": self.population,
                 "accountant": self.accountant.version,
                 "noise": f"{m.mechanism} ({m.placement})",
             }
         )
 
 
+def round_half(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
 def guard_for(settings: BudgetSettings) -> PrivacyGuard:
     """The guard of a run's budget settings: the budget (unlimited if none), accountant and ledger
     (its signing key kept next to it, created on first use)."""
-    budget = Budget(math.inf if settings.epsilon is None else settings.epsilon, settings.delta)
+    budget = Budget(
+        math.inf if settings.epsilon is None else settings.epsilon,
+        settings.delta,
+        settings.observer,
+    )
     ledger = open_ledger(settings.ledger) if settings.ledger else None
     return PrivacyGuard(budget, ledger, settings.accountant)

@@ -426,6 +426,8 @@ class Ledger:
             },
         )
         line = canonical(record)
+        if not self.size:
+            private_directory(self.path.parent)  # a ledger in a directory not yet made: 0700
         fd = _open_synced(self.path, os.O_CREAT | os.O_APPEND)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -3,7 +3,12 @@ opacus, which ``securefl audit`` adds to its recomputation when the package is i
 
 from __future__ import annotations
 
-from securefl.privacy.accountants.base import Accountant, Entry
+from securefl.privacy.accountants.base import Accountant, BeyondAccountant, Entry
+
+# PLD's support grows with the privacy loss: σ = 10⁻⁶ asked numpy for 71 PiB, σ = 0.1 at q = 1 for
+# 100 releases filled 4 GB. Histories whose RDP upper bound stays below this keep it within ~10⁶
+# points; beyond it, ε means no privacy anyway and RDP's bound costs nothing.
+MAX_EPSILON = 100.0
 
 
 class PLD(Accountant):
@@ -12,6 +17,15 @@ class PLD(Accountant):
     def _epsilon(self, grouped: list[tuple[Entry, int]], delta: float) -> float:
         from dp_accounting import dp_event
         from dp_accounting.pld import pld_privacy_accountant
+
+        from securefl.privacy.accountants.rdp import RDP
+
+        bound = RDP()._epsilon(grouped, delta)
+        if not bound <= MAX_EPSILON:
+            raise BeyondAccountant(
+                f"PLD accounting of this history would need a vast grid (its RDP bound is ε = {bound:.3g}, "
+                f"over {MAX_EPSILON:g}): account it with 'rdp'"
+            )
 
         accountant = pld_privacy_accountant.PLDAccountant()
         for (_, sigma, q), steps in grouped:

@@ -1,0 +1,52 @@
+"""Who sees what, and the ε that holds against each: the observer classes of a DP federation.
+
+One federation's releases give a different guarantee to different observers, because amplification
+by sampling holds only against those who do not know who was sampled (protocols/dp.md § Observers):
+
+* ``released-model`` — sees only the released models. With Poisson selection and Gaussian noise,
+  each release is the Poisson-subsampled Gaussian at rate q.
+* ``count`` — also sees how many parties each round selected (the ledger's ``parties_selected``, a
+  round report, the operator's logs). Given the count k of n, a party was in the round with
+  probability k/n, not q: each release is accounted at k/n. (Under the zero-out relation the count
+  does not depend on any party's data, so knowing it costs nothing else.)
+* ``participants`` — the federation's parties, alone or colluding: the selected parties are handed
+  the round's selection, so they may know whether the target took part. A party's data is used only
+  in the rounds it is selected in, so against them the target's ε is the composition of *its* rounds
+  without amplification; the guarantee is the worst party's: the ``m`` rounds of the party selected
+  most often (with mixed mechanisms, the ``m`` costliest releases — an upper bound).
+* ``aggregator`` — chooses the parties and hears from them, so it knows the selection too: the same
+  account as ``participants`` for ``distributed`` and ``local`` noise. With ``central`` noise it
+  adds the noise itself to a sum it reads: nothing protects against it (``None``).
+
+The classes are named here (a light module: the CLI and the config check names without loading
+an accountant); :mod:`securefl.privacy.accounts` computes each class's ε.
+"""
+
+from __future__ import annotations
+
+from securefl.errors import ConfigError
+
+MODEL, COUNT, PARTICIPANTS, AGGREGATOR = "released-model", "count", "participants", "aggregator"
+OBSERVERS = (MODEL, COUNT, PARTICIPANTS, AGGREGATOR)
+# In the words of the HTML report and `securefl audit`: whom each figure protects against.
+DESCRIPTIONS = {
+    MODEL: "anyone who sees only the released models (their users, the public)",
+    COUNT: "anyone who also sees how many parties took part in each round (readers of this ledger, "
+    "round reports, the operator's logs)",
+    PARTICIPANTS: "the other parties of the federation, alone or colluding: they are told who takes part "
+    "in the rounds they are in",
+    AGGREGATOR: "the aggregator, which chooses the parties of each round and receives their updates",
+}
+
+
+def default_observer(placement: str) -> str:
+    """The strictest observer a deployment exposes and a budget can hold against: every party is
+    handed its round's selection, so ``participants`` at least; with noise added on the parties, the
+    aggregator too (the same figure). With ``central`` noise the aggregator sees the un-noised sum."""
+    return PARTICIPANTS if placement == "central" else AGGREGATOR
+
+
+def check_observer(observer: str | None) -> str | None:
+    if observer is not None and observer not in OBSERVERS:
+        raise ConfigError(f"unknown observer class {observer!r}; choose one of {', '.join(OBSERVERS)}")
+    return observer
