@@ -21,6 +21,7 @@ from securefl.fusion import FedAvg, Strategy, build_strategy
 from securefl.layers import Layer, PrivacyStack, StackContext, build_layer, preset
 from securefl.party import Client, PartyNode
 from securefl.selection import Selection, build_selection
+from securefl.simulation import RayBackend, backend_options, simulated_parties
 from securefl.transcript import Transcript
 from securefl.transport import FaultInjector, InProcessTransport
 from securefl.wire import check_name
@@ -117,7 +118,8 @@ class Federation:
 
     ``model`` gives the initial global weights (named arrays); ``clients`` maps party ids to a
     :class:`~securefl.party.Client` or a bare train function. Metric names are declared up front
-    because every party's vector must have the same layout.
+    because every party's vector must have the same layout. ``backend="ray"`` (or a
+    :class:`~securefl.simulation.RayBackend`) hosts the parties on Ray actors instead of this process.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class Federation:
         faults: FaultInjector | None = None,
         workers: int = 1,
         guard: ReleaseGuard | None = None,
+        backend: str | Mapping[str, Any] | RayBackend | None = None,
     ) -> None:
         if not clients:
             raise ConfigError("a federation needs at least one party")
@@ -163,25 +166,28 @@ class Federation:
             guard.bind(self.stack, self.selection, len(party_ids))
         self.session = secrets.token_hex(16)
         self.transcript = transcript
-        self.nodes = {
-            pid: PartyNode(
-                pid,
-                client if isinstance(client, Client) else Client(train=client),
-                self.spec,
-                self.layout,
-                self.stack,
-                self.session,
-                weighting=weighting,
-                weight_bound=weight_bound,
-                strategy=parties_strategy,
-                min_parties=min_parties,
-                honest=honest,
-            )
-            for pid, client in clients.items()
+        node_options = {
+            "spec": self.spec,
+            "layout": self.layout,
+            "stack": self.stack,
+            "session": self.session,
+            "weighting": weighting,
+            "weight_bound": weight_bound,
+            "strategy": parties_strategy,
+            "min_parties": min_parties,
+            "honest": honest,
         }
-        self.transport = InProcessTransport(
-            {pid: node.handle for pid, node in self.nodes.items()}, faults=faults, workers=workers
-        )
+        simulation = backend_options(backend)
+        if simulation is None:
+            self.nodes = {
+                pid: PartyNode(pid, c if isinstance(c, Client) else Client(train=c), **node_options)
+                for pid, c in clients.items()
+            }
+            self.transport = InProcessTransport(
+                {pid: node.handle for pid, node in self.nodes.items()}, faults=faults, workers=workers
+            )
+        else:  # the parties live on Ray actors; self.nodes are handles on them
+            self.transport, self.nodes = simulated_parties(simulation, clients, node_options, faults)
         self.aggregator = Aggregator(
             self.spec,
             self.spec.flatten(model),
@@ -220,6 +226,12 @@ class Federation:
             except SecureFLError:
                 continue
         raise ProtocolError("no party of this federation can open the sealed global model")
+
+    def close(self) -> None:
+        """Stop the parties this federation hosts elsewhere (Ray actors); in-process, nothing to do."""
+        shutdown = getattr(self.transport, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
 
     def run_round(self) -> RoundReport:
         """Run one round; raise BudgetExhausted if the privacy guard refused it (it is in the history

@@ -1,0 +1,348 @@
+"""The Ray transport: parties on long-lived Ray actors, many virtual parties per actor.
+
+Each :class:`PartyHost` actor builds the :class:`~securefl.party.PartyNode` of each of its parties
+once (on first use: an unselected party stays dormant) and keeps it for the federation's life, as a
+party process would. :meth:`RayTransport.exchange` sends each actor its parties' requests in
+batches, collects the replies as the batches complete (``ray.wait``) and applies the deadline to
+each party's own time, as the in-process transport does. A party that raises, or whose actor
+dies, does not reply: the aggregator counts it as a dropout. Messages stay bytes end to end; the
+part every request of a phase shares (the global model of a round's first phase) is put in the
+object store once and joined back into each party's bytes on its actor.
+
+Ray moves the party objects (train functions, the stack, fault injectors) to the actors with its
+own cloudpickle, inside the cluster; securefl's messages never go through pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from securefl.errors import ConfigError, ProtocolError, SecureFLError
+from securefl.party import Client, PartyNode
+from securefl.randomness import SecureRandom
+from securefl.simulation import RayBackend
+from securefl.transport import Reply, Traffic, Transport
+from securefl.wire import ENVELOPE_MAGIC
+
+log = logging.getLogger(__name__)
+
+_PREFIX = struct.Struct(">4sHI")  # the record prefix of securefl.wire: magic, version, header length
+SHARED_MIN_BYTES = 1 << 16  # a part at least this large, identical in every request, travels once
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise ConfigError(
+            "the ray backend needs Ray: pip install 'securefl[simulation]' (ray==2.55.1)"
+        ) from None
+    return ray
+
+
+# -- moving the stack to the actors ------------------------------------------------------------
+# A SecureRandom over the OS CSPRNG has no state to copy: on the actor it is a fresh one over the
+# actor's OS CSPRNG (design invariant 5). A seeded one (known-answer tests only) keeps its state.
+
+
+def _random_state(rng: SecureRandom) -> dict | None:
+    return dict(vars(rng)) if rng.seeded else None
+
+
+def _random_from(state: dict | None) -> SecureRandom:
+    if state is None:
+        return SecureRandom()
+    rng = SecureRandom.__new__(SecureRandom)
+    vars(rng).update(state)
+    return rng
+
+
+def _as_client(client: Any) -> Client:
+    return client if isinstance(client, Client) else Client(train=client)
+
+
+class PartyHost:
+    """A Ray actor holding some parties' nodes (built once, on first use)."""
+
+    def __init__(
+        self,
+        clients: Mapping[str, Any],
+        factory: Any,
+        node_options: Mapping[str, Any],
+        faults: Any,
+        log_level: int,
+    ) -> None:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("securefl").setLevel(log_level)
+        self.clients = dict(clients)
+        self.factory = factory
+        self.node_options = dict(node_options)
+        self.faults = faults
+        self.nodes: dict[str, PartyNode] = {}
+
+    def ready(self) -> int:
+        return len(self.clients)
+
+    def _node(self, party: str) -> PartyNode:
+        node = self.nodes.get(party)
+        if node is None:
+            if party not in self.clients:
+                raise KeyError(f"party {party!r} is not hosted here")
+            client = self.clients[party]
+            if self.factory is not None:
+                client = self.factory(party)
+            node = PartyNode(party, _as_client(client), **self.node_options)
+            self.nodes[party] = node
+            if self.factory is not None:
+                self.clients[party] = None  # the node holds the client now
+        return node
+
+    def handle(
+        self, items: list[tuple[str, bytes, bytes | None]], shared: bytes | None
+    ) -> list[tuple[str, list[tuple[bytes, float]], float]]:
+        """Answer each party's request, one after another: ``(party, [(reply, extra s)], seconds)``."""
+        out = []
+        for party, head, tail in items:
+            request = head if tail is None else b"".join((head, shared or b"", tail))
+            start = time.perf_counter()
+            try:
+                node = self._node(party)
+                if self.faults is None:
+                    raw = [(node.handle(request), 0.0)]
+                else:
+                    raw = self.faults(party, request, node.handle)
+                raw = [(_as_bytes(data), float(extra)) for data, extra in raw]
+            except Exception as exc:  # a crashed party is a dropout, never a crashed actor
+                log.warning("party %s crashed: %s", party, type(exc).__name__)
+                raw = []
+            out.append((party, raw, time.perf_counter() - start))
+        return out
+
+    def open_global(self, party: str, data: bytes) -> tuple[bool, Any]:
+        try:
+            return True, self._node(party).open_global(data)
+        except SecureFLError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+
+    def state(self, party: str, name: str) -> Any:
+        """An attribute of one party's node (for tests and reports): e.g. ``last_fused``."""
+        return getattr(self.nodes[party], name, None) if party in self.nodes else None
+
+
+def _as_bytes(data: object) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"a reply must be bytes, got {type(data).__name__}")
+    return bytes(data)
+
+
+def split_shared(requests: Mapping[str, bytes]) -> tuple[bytes | None, dict[str, tuple[bytes, bytes | None]]]:
+    """Find the largest part of the first request that every request carries byte for byte (the
+    global model); return it and each request as (bytes before, bytes after) it. Requests that
+    do not carry it travel whole, as ``(request, None)``."""
+    whole = {party: (data, None) for party, data in requests.items()}
+    if len(requests) < 2:
+        return None, whole
+    offsets = {}
+    for party, data in requests.items():
+        located = _parts(data)
+        if located is None:
+            return None, whole
+        offsets[party] = located
+    first = next(iter(requests))
+    name, (start, length) = max(offsets[first].items(), key=lambda kv: kv[1][1], default=("", (0, 0)))
+    if length < SHARED_MIN_BYTES:
+        return None, whole
+    shared = requests[first][start : start + length]
+    pieces: dict[str, tuple[bytes, bytes | None]] = {}
+    for party, data in requests.items():
+        at = offsets[party].get(name)
+        if at is not None and at[1] == length and data.startswith(shared, at[0]):
+            pieces[party] = (data[: at[0]], data[at[0] + length :])
+        else:
+            pieces[party] = (data, None)
+    return shared, pieces
+
+
+def _parts(data: bytes) -> dict[str, tuple[int, int]] | None:
+    """Offsets and lengths of an envelope's parts (our own outgoing requests), or None."""
+    try:
+        magic, _version, hlen = _PREFIX.unpack_from(data)
+        if magic != ENVELOPE_MAGIC:
+            return None
+        header = json.loads(data[_PREFIX.size : _PREFIX.size + hlen])
+        offset, parts = _PREFIX.size + hlen, {}
+        for name, length in header["parts"]:
+            parts[name] = (offset, length)
+            offset += length
+        return parts if offset == len(data) else None
+    except (struct.error, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class RayTransport(Transport):
+    """Requests to parties hosted on Ray actors; see the module's documentation."""
+
+    actors: list[Any]
+    placement: dict[str, int]  # party -> index of its actor
+    batch: int = 16
+    traffic: Traffic = field(default_factory=Traffic)
+    dead: set[int] = field(default_factory=set)  # actors found dead
+
+    def exchange(self, requests: Mapping[str, bytes], timeout: float) -> list[Reply]:
+        ray = _ray()
+        unknown = sorted(set(requests) - set(self.placement))
+        if unknown:
+            raise KeyError(f"no route to parties {unknown}")
+        for data in requests.values():
+            self.traffic.bytes_down += len(data)
+            self.traffic.messages += 1
+        shared, pieces = split_shared(requests)
+        shared_ref = ray.put(shared) if shared is not None else None
+        per_actor: dict[int, list[str]] = {}
+        for party in requests:
+            per_actor.setdefault(self.placement[party], []).append(party)
+        calls: dict[Any, tuple[int, list[str]]] = {}
+        longest = 0
+        for index, parties in per_actor.items():
+            longest = max(longest, len(parties))
+            for i in range(0, len(parties), self.batch):
+                chunk = parties[i : i + self.batch]
+                items = [(p, *pieces[p]) for p in chunk]
+                calls[self.actors[index].handle.remote(items, shared_ref)] = (index, chunk)
+        # Each party may use the whole deadline of its own time; an actor answers its parties one
+        # after another. Beyond that, an actor that has not answered is hung: its parties drop.
+        wall = time.monotonic() + timeout * max(longest, 1) + 5.0
+        pending = list(calls)
+        replies: list[Reply] = []
+        while pending:
+            left = wall - time.monotonic()
+            if left <= 0:
+                break
+            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+            for ref in ready:
+                index, chunk = calls[ref]
+                try:
+                    batch = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    if isinstance(exc, ray.exceptions.RayActorError):
+                        self.dead.add(index)
+                    log.warning(
+                        "actor %d failed (%s): its %d parties of this call drop",
+                        index,
+                        type(exc).__name__,
+                        len(chunk),
+                    )
+                    continue
+                replies.extend(self._accept(batch, timeout))
+        for ref in pending:
+            index, chunk = calls[ref]
+            log.warning("actor %d did not answer in time: %d parties drop", index, len(chunk))
+            ray.cancel(ref)
+        return replies
+
+    def _accept(self, batch: list, timeout: float) -> list[Reply]:
+        replies = []
+        for party, raw, elapsed in batch:
+            for data, extra in raw:
+                seconds = elapsed + extra
+                if seconds > timeout:
+                    log.info("reply from %s after %.3fs missed the %.3fs deadline", party, seconds, timeout)
+                    continue
+                self.traffic.bytes_up += len(data)
+                self.traffic.messages += 1
+                replies.append(Reply(party, data, seconds))
+        return replies
+
+    def shutdown(self) -> None:
+        """Stop the actors (their parties' state is gone)."""
+        ray = _ray()
+        for actor in self.actors:
+            ray.kill(actor)
+        self.dead.update(range(len(self.actors)))
+
+
+class RemoteParty:
+    """This process's handle on a party hosted on an actor: what Federation asks of its nodes."""
+
+    def __init__(self, party_id: str, actor: Any) -> None:
+        self.party_id = party_id
+        self._actor = actor
+
+    def open_global(self, data: bytes) -> np.ndarray:
+        ray = _ray()
+        try:
+            ok, value = ray.get(self._actor.open_global.remote(self.party_id, data))
+        except ray.exceptions.RayError as exc:
+            raise ProtocolError(f"party {self.party_id}'s actor is gone: {type(exc).__name__}") from None
+        if not ok:
+            raise ProtocolError(value)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _ray().get(self._actor.state.remote(self.party_id, name))
+
+
+def _connect(options: RayBackend) -> None:
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    # "local": a private Ray of this process, never someone else's cluster found on this machine.
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    kwargs.update(options.init)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs are used: keep Ray quiet
+    ray.init(address=options.address or "local", **kwargs)
+
+
+def start(
+    options: RayBackend,
+    clients: Mapping[str, Any] | Iterable[str],
+    node_options: Mapping[str, Any],
+    faults: Any = None,
+) -> tuple[RayTransport, dict[str, RemoteParty]]:
+    """Start the actors, deal the parties to them, and wait until every actor is up."""
+    ray = _ray()
+    _connect(options)
+    ray.util.register_serializer(SecureRandom, serializer=_random_state, deserializer=_random_from)
+    ids = list(clients)
+    if options.client_factory is None and not isinstance(clients, Mapping):
+        raise ConfigError("clients must map party ids to clients, unless RayBackend.client_factory is given")
+    if options.actors is not None:
+        count = options.actors
+    else:
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        count = max(1, math.floor(cpus / options.cpus_per_actor))
+    count = min(count, len(ids))
+    host = ray.remote(PartyHost).options(
+        num_cpus=options.cpus_per_actor,
+        max_restarts=0,
+        scheduling_strategy="SPREAD" if count > 1 else "DEFAULT",
+    )
+    placement = {party: i % count for i, party in enumerate(ids)}
+    level = logging.getLogger("securefl").getEffectiveLevel()
+    actors = []
+    for index in range(count):
+        mine = [p for p in ids if placement[p] == index]
+        hosted = {p: (None if options.client_factory else clients[p]) for p in mine}
+        actors.append(host.remote(hosted, options.client_factory, dict(node_options), faults, level))
+    try:
+        ray.get([actor.ready.remote() for actor in actors])
+    except ray.exceptions.RayError as exc:
+        for actor in actors:
+            ray.kill(actor)
+        raise ConfigError(f"the ray backend could not start its actors: {exc}") from None
+    transport = RayTransport(actors, placement, batch=options.batch)
+    nodes = {party: RemoteParty(party, actors[placement[party]]) for party in ids}
+    return transport, nodes

@@ -1,0 +1,300 @@
+"""The Ray backend (issue 16): a real local Ray, started and stopped here.
+
+The same federations as in-process give the same results; dropouts injected on the actors, an
+actor killed mid-round and a cluster joined by address cost only the parties concerned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fixed_delta_client
+
+import securefl
+from securefl.errors import ConfigError
+from securefl.faults import Faults
+from securefl.layers import SecAggPlus
+from securefl.simulation import RayBackend, backend_options
+from securefl.simulation.ray_transport import SHARED_MIN_BYTES, split_shared
+from securefl.tasks import load_task
+from securefl.wire import Envelope
+
+ray = pytest.importorskip("ray")
+
+BOUND = 2**23 - 1  # quantize(bits=24) with this bound has scale exactly 1: integers encode exactly
+DIM = 6
+PASSIVE = ("advertise", "share", "masked", "unmask")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # Functions defined in the tests travel to the actors by value (the actors cannot import them).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.cloudpickle.register_pickle_by_value(sys.modules["conftest"])
+    # "local": a private Ray for this module, never a cluster someone else started on this machine.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def integer_federation(layer, n, backend, faults=None, min_parties=1, dim=DIM, seed=0):
+    """Integer deltas and weights, so the revealed integer sum is known exactly."""
+    rng = np.random.default_rng(seed)
+    parties = [f"p{i:02d}" for i in range(n)]
+    deltas = {p: rng.integers(-50, 50, dim).astype(float) for p in parties}
+    weights = {p: int(rng.integers(1, 9)) for p in parties}
+    clients = {p: fixed_delta_client(deltas[p], weights[p]) for p in parties}
+    fed = securefl.Federation(
+        {"w": np.zeros(dim)},
+        clients,
+        [securefl.Quantize(bits=24, update_bound=float(BOUND)), layer],
+        weight_bound=float(BOUND),
+        faults=faults,
+        min_parties=min_parties,
+        backend=backend,
+    )
+    return fed, deltas, weights
+
+
+def expected_sum(deltas, weights, parties, dim=DIM):
+    """The plaintext sum of the survivors' protected vectors [w·Δ, w, n_eval], modulo 2^32."""
+    total = np.zeros(dim + 2, dtype=np.int64)
+    for p in parties:
+        total[:dim] += (weights[p] * deltas[p]).astype(np.int64)
+        total[dim] += weights[p]
+    return total.astype(np.uint64) & np.uint64(2**32 - 1)
+
+
+def demo_federation(privacy, backend, parties=4):
+    task = load_task("breast-cancer", parties, 0)
+    fed = securefl.Federation(
+        task.model,
+        task.clients,
+        privacy,
+        train_metrics=task.train_metrics,
+        eval_metrics=task.eval_metrics,
+        metric_bounds=task.metric_bounds,
+        weight_bound=task.weight_bound,
+        backend=backend,
+    )
+    return fed, task
+
+
+# -- without Ray running -------------------------------------------------------------------------
+
+
+def test_backend_options():
+    assert backend_options(None) is None and backend_options("inprocess") is None
+    assert backend_options("ray") == RayBackend()
+    options = backend_options({"backend": "ray", "actors": 3, "address": "127.0.0.1:6379"})
+    assert options.actors == 3 and options.address == "127.0.0.1:6379"
+    with pytest.raises(ConfigError, match="unknown backend"):
+        backend_options("dask")
+    with pytest.raises(ConfigError, match="unknown ray backend option"):
+        backend_options({"backend": "ray", "gpus": 1})
+    with pytest.raises(ConfigError, match="actors"):
+        RayBackend(actors=0)
+
+
+def test_shared_part_travels_once_and_requests_are_rebuilt_byte_for_byte():
+    model = os.urandom(SHARED_MIN_BYTES + 10)
+    requests = {
+        p: Envelope(
+            "request", "ab" * 16, 0, "input", p, {"layer": p.encode(), "model": model, "round": b"{}"}
+        ).encode()
+        for p in ("a", "bb", "ccc")
+    }
+    shared, pieces = split_shared(requests)
+    assert shared == model
+    for party, data in requests.items():
+        head, tail = pieces[party]
+        assert tail is not None and head + shared + tail == data
+        assert len(head) + len(tail) < 1000
+    small = {p: Envelope("request", "ab" * 16, 0, "x", p, {"layer": b"1"}).encode() for p in ("a", "b")}
+    assert split_shared(small) == (None, {p: (d, None) for p, d in small.items()})
+    # A request that does not carry the same part travels whole.
+    requests["bb"] = requests["bb"][:-20] + bytes(20)
+    shared, pieces = split_shared({**requests, "d": b"not an envelope"})
+    assert shared is None
+
+
+# -- on a real local Ray ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("privacy", ["plain", "secagg+", pytest.param("paillier", marks=pytest.mark.slow)])
+def test_demo_gives_the_same_result_as_in_process(local_ray, privacy):
+    results = {}
+    for backend in ("inprocess", RayBackend(actors=2)):
+        fed, task = demo_federation(privacy, backend)
+        try:
+            reports = [fed.run_round() for _ in range(2)]
+            assert all(r.ok for r in reports), [r.error for r in reports]
+            results[getattr(backend, "name", backend)] = (
+                task.evaluate(fed.global_weights),
+                fed.global_vector,
+            )
+        finally:
+            fed.close()
+    (scores, vector), (ray_scores, ray_vector) = results["inprocess"], results["ray"]
+    assert ray_scores["accuracy"] == scores["accuracy"]
+    if privacy == "plain":  # the same float sums, bit for bit
+        np.testing.assert_array_equal(ray_vector, vector)
+    else:  # the quantizers' stochastic rounding differs (paillier quantizes to fewer bits)
+        np.testing.assert_allclose(ray_vector, vector, atol={"secagg+": 1e-4, "paillier": 5e-3}[privacy])
+
+
+def test_exact_sum_with_a_dropout_in_every_phase_injected_on_the_actors(local_ray):
+    n = 12
+    faults = Faults()
+    dropped = {round: (f"p{3 + round:02d}", phase) for round, phase in enumerate(PASSIVE)}
+    for round, (party, phase) in dropped.items():
+        faults.add("offline", party, phase=phase, round=round)
+    fed, deltas, weights = integer_federation(SecAggPlus(degree=4), n, RayBackend(actors=2), faults, 6)
+    try:
+        for round, (party, phase) in dropped.items():
+            report = fed.run_round()
+            assert report.ok, report.error
+            assert list(report.dropouts) == [party] and report.dropouts[party].startswith(phase)
+            survivors = [p for p in deltas if p != party or phase == "unmask"]
+            assert report.survivors == survivors
+            np.testing.assert_array_equal(
+                fed.aggregator.secure_sum.result(), expected_sum(deltas, weights, survivors)
+            )
+    finally:
+        fed.close()
+
+
+def test_a_party_that_raises_on_its_actor_is_a_dropout(local_ray):
+    def crash(weights, info):
+        raise RuntimeError("out of memory")
+
+    clients = {"a": fixed_delta_client(np.ones(2), 1), "b": crash, "c": fixed_delta_client(np.ones(2), 3)}
+    fed = securefl.Federation({"w": np.zeros(2)}, clients, "plain", backend=RayBackend(actors=2))
+    try:
+        report = fed.run_round()
+        assert report.ok and report.survivors == ["a", "c"] and list(report.dropouts) == ["b"]
+        np.testing.assert_allclose(fed.global_weights["w"], np.ones(2))
+    finally:
+        fed.close()
+
+
+def test_an_actor_killed_mid_round_costs_only_its_parties(local_ray):
+    """p00, p02, p04 live on actor 0; it is killed while p00 trains in round 1."""
+    rng = np.random.default_rng(1)
+    deltas = {f"p{i:02d}": rng.integers(-9, 9, 3).astype(float) for i in range(6)}
+
+    def client(delta, slow):
+        def train(weights, info):
+            if slow and info.round == 1:
+                time.sleep(3)
+            return {"w": weights["w"] + delta}, 1, {}
+
+        return train
+
+    clients = {p: client(d, p == "p00") for p, d in deltas.items()}
+    fed = securefl.Federation(
+        {"w": np.zeros(3)}, clients, "plain", weighting="uniform", min_parties=2, backend=RayBackend(actors=2)
+    )
+    try:
+        first = fed.run_round()
+        assert first.ok and len(first.survivors) == 6
+        before = fed.global_vector
+        threading.Timer(1.0, ray.kill, args=(fed.transport.actors[0],)).start()
+        report = fed.run_round()
+        assert report.ok, report.error
+        lost = ["p00", "p02", "p04"]
+        assert sorted(report.dropouts) == lost and report.survivors == ["p01", "p03", "p05"]
+        expected = np.mean([deltas[p] for p in report.survivors], axis=0)
+        np.testing.assert_allclose(fed.global_vector - before, expected, atol=1e-9)
+        # The next round goes on without them; with too few left it fails cleanly.
+        assert fed.run_round().survivors == ["p01", "p03", "p05"]
+        ray.kill(fed.transport.actors[1])
+        failed = fed.run_round()
+        assert failed.status == "failed" and "only 0 of 6 parties" in failed.error
+    finally:
+        fed.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_DRIVER = """
+import json, sys
+import numpy as np
+import securefl
+from securefl.simulation import RayBackend
+
+deltas = {f"p{i}": np.full(3, float(i)) for i in range(4)}
+def client(delta):
+    return lambda weights, info: ({"w": weights["w"] + delta}, 1, {})
+fed = securefl.Federation({"w": np.zeros(3)}, {p: client(d) for p, d in deltas.items()}, "plain",
+                          weighting="uniform", backend=RayBackend(address=sys.argv[1], actors=1))
+report = fed.run_round()
+import ray
+print(json.dumps({"ok": report.ok, "w": fed.global_weights["w"].tolist(),
+                  "nodes": len(ray.nodes()), "address": ray.get_runtime_context().gcs_address}))
+"""
+
+
+def test_join_a_running_cluster_by_address():
+    """A head started with `ray start --head` on 127.0.0.1; a separate driver joins it by address."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    temp = tempfile.mkdtemp(prefix="sflray", dir="/tmp")  # short: Ray's socket paths must stay short
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [
+            str(bin_dir / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+            "--block",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(120):  # the head takes a few seconds to come up
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert head.poll() is None, "ray start --head exited"
+            time.sleep(0.5)
+        driver = subprocess.run(
+            [sys.executable, "-c", _DRIVER, address], env=env, capture_output=True, text=True, timeout=180
+        )
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        result = json.loads(driver.stdout.strip().splitlines()[-1])
+        # Ray names the head by this machine's address; it is the head started here (same port).
+        assert result["ok"] and result["address"].endswith(f":{port}") and result["nodes"] == 1
+        assert result["w"] == [1.5, 1.5, 1.5]  # the mean of 0, 1, 2, 3
+    finally:
+        os.killpg(head.pid, 15)  # the head and everything it started, and nothing else
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, 9)
+            head.wait()
