@@ -4,6 +4,7 @@ long-lived ``aggregator`` and ``party`` processes."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -126,6 +127,35 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group("where the parties run")
+    where.add_argument(
+        "--backend",
+        choices=("inprocess", "ray"),
+        help="inprocess (default) or ray: the parties on Ray actors (pip install 'securefl[simulation]')",
+    )
+    where.add_argument("--ray-address", help="join the Ray cluster at HOST:PORT (implies --backend ray)")
+    where.add_argument("--ray-actors", type=int, help="Ray actors hosting the parties (default: one per CPU)")
+
+
+def _backend(args: argparse.Namespace, configured: Any) -> Any:
+    """The backend of a run: the command line's over the configuration's."""
+    from securefl.simulation import RayBackend
+
+    if args.backend is None and args.ray_address is None and args.ray_actors is None:
+        return configured
+    if args.backend == "inprocess":
+        if args.ray_address is not None or args.ray_actors is not None:
+            raise ConfigError("--ray-address and --ray-actors need --backend ray")
+        return None
+    base = configured if isinstance(configured, RayBackend) else RayBackend()
+    return dataclasses.replace(
+        base,
+        address=args.ray_address if args.ray_address is not None else base.address,
+        actors=args.ray_actors if args.ray_actors is not None else base.actors,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="securefl", description="Privacy-preserving federated learning with secure aggregation."
@@ -158,9 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="whom the budget holds against (default: the strictest the deployment exposes — the parties, "
         "who are told each round's selection; also the aggregator when noise is added on the parties)",
     )
+    _add_backend(demo)
     _add_common(demo)
     run_cmd = sub.add_parser("run", help="run a federation described in a TOML file")
     run_cmd.add_argument("config", help="path to the TOML file")
+    _add_backend(run_cmd)
     _add_common(run_cmd)
     bench = sub.add_parser("bench", help="measure what each privacy layer costs, side by side")
     bench.add_argument(
@@ -562,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             settings = load_config(args.config)
+        settings.backend = _backend(args, settings.backend)
         guard = None
         if any(t.name == "dp" for t in settings.stack().transforms):
             from securefl.privacy.guard import guard_for

@@ -24,6 +24,11 @@ Example::
 
     [strategy]
     name = "fedavg"               # fedadam, fedyogi, fedadagrad take lr, beta1, beta2, tau
+
+    [simulation]                  # where the parties run (default: this process)
+    backend = "ray"               # "inprocess" or "ray" (pip install 'securefl[simulation]')
+    actors = 8                    # Ray actors hosting the parties (default: the cluster's CPUs)
+    address = "10.0.0.5:6379"     # join a running Ray cluster (default: a private local Ray)
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from securefl.errors import ConfigError
 from securefl.privacy.observers import check_observer
 from securefl.runner import BudgetSettings, RunSettings
 
-_TOP = {"task", "rounds", "seed", "federation", "privacy", "strategy", "budget", "plot"}
+_TOP = {"task", "rounds", "seed", "federation", "privacy", "strategy", "budget", "plot", "simulation"}
 _FEDERATION = {"parties", "min_parties", "selection", "phase_timeout", "weight_bound"}
 # Layers that release DP noise; a budget means nothing without one.
 DP_LAYERS = {"dp"}
 _BUDGET = {"epsilon", "delta", "ledger", "accountant", "observer"}
+_SIMULATION = {"backend", "actors", "address", "cpus_per_actor", "batch"}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -82,6 +88,7 @@ def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSetti
         strategy=data.get("strategy", "fedavg"),
         plot=data.get("plot"),
         budget=budget_settings(data["budget"], privacy, source) if "budget" in data else None,
+        backend=simulation_backend(data.get("simulation", {}), source),
     )
     if settings.parties < 1 or settings.rounds < 1:
         raise ConfigError(f"{source}: parties and rounds must be at least 1")
@@ -108,6 +115,22 @@ def budget_settings(budget: Any, privacy: Any, source: str) -> BudgetSettings:
         if "observer" in budget
         else None,
     )
+
+
+def simulation_backend(table: Any, source: str) -> Any:
+    """A ``[simulation]`` table (backend = "inprocess" | "ray", actors, address, cpus_per_actor,
+    batch): None for the in-process default, else the Ray backend's options."""
+    from securefl.simulation import backend_options
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [simulation] must be a table")
+    no_unknown(table, _SIMULATION, f"{source} [simulation]")
+    if not table:
+        return None
+    try:
+        return backend_options(dict(table))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source} [simulation]: {exc}") from None
 
 
 def no_unknown(table: dict, known: set[str], where: str) -> None:

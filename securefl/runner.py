@@ -53,6 +53,9 @@ class RunSettings:
     plot: str | None = None
     dp: DPSettings | None = None
     budget: BudgetSettings | None = None
+    # Where the parties run: None/"inprocess", "ray", or ray options ({"backend": "ray", "actors": 8,
+    # "address": "HOST:PORT"} or a securefl.simulation.RayBackend).
+    backend: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stack(self) -> PrivacyStack:
@@ -103,6 +106,7 @@ def build_federation(settings: RunSettings, task: Task, guard: ReleaseGuard | No
         strategy=settings.strategy,
         phase_timeout=settings.phase_timeout,
         guard=guard,
+        backend=settings.backend,
     )
 
 
@@ -133,17 +137,20 @@ def run(
     accuracy: list[float | None] = []
     losses: list[float | None] = []
     stopped = None
-    for _ in range(settings.rounds):
-        try:
-            report = federation.run_round()
-        except BudgetExhausted as exc:
-            stopped = str(exc)
-            reporter.round(federation.history.rounds[-1], None, None)
-            break
-        scores = task.evaluate(federation.global_weights) if task.evaluate else {}
-        accuracy.append(scores.get("accuracy"))
-        losses.append(scores.get("loss"))
-        reporter.round(report, accuracy[-1], losses[-1])
+    try:
+        for _ in range(settings.rounds):
+            try:
+                report = federation.run_round()
+            except BudgetExhausted as exc:
+                stopped = str(exc)
+                reporter.round(federation.history.rounds[-1], None, None)
+                break
+            scores = task.evaluate(federation.global_weights) if task.evaluate else {}
+            accuracy.append(scores.get("accuracy"))
+            losses.append(scores.get("loss"))
+            reporter.round(report, accuracy[-1], losses[-1])
+    finally:
+        federation.close()  # parties hosted elsewhere (Ray actors) stop here
     history = federation.history
     summary: dict[str, Any] = {
         "task": task.name,

@@ -298,3 +298,53 @@ def test_join_a_running_cluster_by_address():
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, 9)
             head.wait()
+
+
+# -- the command line and TOML ---------------------------------------------------------------------
+
+
+def test_simulation_table_and_flags(tmp_path):
+    from securefl.cli import _backend, build_parser
+    from securefl.config import settings_from_dict
+
+    settings = settings_from_dict({"simulation": {"backend": "ray", "actors": 2, "address": "10.0.0.5:6379"}})
+    assert settings.backend == RayBackend(actors=2, address="10.0.0.5:6379")
+    assert settings_from_dict({}).backend is None
+    assert settings_from_dict({"simulation": {"backend": "inprocess"}}).backend is None
+    for bad, message in (
+        ({"nodes": 3}, "unknown key"),
+        ({"actors": 0}, "actors"),
+        ({"backend": "x"}, "backend"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            settings_from_dict({"simulation": bad})
+    parser = build_parser()
+
+    def backend(argv, configured=None):
+        return _backend(parser.parse_args(argv), configured)
+
+    assert backend(["demo"]) is None and backend(["demo", "--backend", "ray"]) == RayBackend()
+    assert backend(["demo", "--ray-address", "h:1"]) == RayBackend(address="h:1")
+    assert backend(["run", "f.toml", "--ray-actors", "3"], RayBackend(address="h:1")) == RayBackend(3, "h:1")
+    assert backend(["run", "f.toml", "--backend", "inprocess"], RayBackend()) is None
+    with pytest.raises(ConfigError, match="need --backend ray"):
+        backend(["demo", "--backend", "inprocess", "--ray-actors", "2"])
+
+
+@pytest.mark.slow
+def test_demo_and_run_on_ray_from_the_command_line(local_ray, tmp_path, capsys):
+    from securefl.cli import main
+
+    def summary(argv):
+        assert main(argv) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    common = ["--parties", "3", "--rounds", "2", "--privacy", "secagg+", "--plot", "", "--json"]
+    inprocess = summary(["demo", *common])
+    on_ray = summary(["demo", *common, "--backend", "ray", "--ray-actors", "2"])
+    assert on_ray["final_accuracy"] == inprocess["final_accuracy"] and on_ray["rounds_failed"] == 0
+    config = tmp_path / "fed.toml"
+    config.write_text(
+        'rounds = 1\nprivacy = "plain"\n[federation]\nparties = 3\n[simulation]\nbackend = "ray"\n'
+    )
+    assert summary(["run", str(config), "--json"])["rounds_failed"] == 0
