@@ -16,6 +16,7 @@ fixed random update per party) and reports medians over rounds of:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -71,6 +72,7 @@ MIN_PARTIES, MAX_PARTIES = 2, 1000
 
 @dataclass
 class BenchResult:
+    backend: str  # where the parties ran: inprocess or ray
     privacy: str
     params: int
     parties: int
@@ -145,28 +147,11 @@ def instrument(federation: Federation, on_reply: Callable[[str], None] | None = 
         lambda m, a: "aggregator",
         ("request", "receive", "close_phase", "result", "contributors"),
     )
+    if not hasattr(federation.transport, "handlers"):  # parties on Ray actors: timed there
+        federation.transport.apply(_instrument_host, keyholder_phases)
+        return inst
     for pid, node in federation.nodes.items():
-        inner = node.secure_sum
-
-        def key(method, args, _pid=pid):
-            keyholder = method == "respond" and args and args[0] in keyholder_phases
-            return f"keyholder:{_pid}" if keyholder else _pid
-
-        timed = _Timed(inner, inst.seconds, key, ("start_round", "respond"))
-        original_start = inner.start_round
-
-        def start_round(ctx, provide, _pid=pid, _original=original_start):
-            def untimed_provide():
-                start = time.perf_counter()
-                try:
-                    return provide()
-                finally:
-                    inst.seconds[_pid] -= time.perf_counter() - start  # training is not the layer's cost
-
-            return _original(ctx, untimed_provide)
-
-        inner.start_round = start_round
-        node.secure_sum = timed
+        _instrument_node(pid, node, inst, keyholder_phases)
         handler = federation.transport.handlers[pid]
 
         def counted(data, _pid=pid, _handler=handler):
@@ -179,6 +164,67 @@ def instrument(federation: Federation, on_reply: Callable[[str], None] | None = 
 
         federation.transport.handlers[pid] = counted
     return inst
+
+
+def _instrument_node(pid: str, node: Any, inst: Instruments, keyholder_phases: tuple[str, ...]) -> None:
+    """Time one party's side of the secure sum, training and transforms excluded."""
+    inner = node.secure_sum
+
+    def key(method, args):
+        keyholder = method == "respond" and args and args[0] in keyholder_phases
+        return f"keyholder:{pid}" if keyholder else pid
+
+    timed = _Timed(inner, inst.seconds, key, ("start_round", "respond"))
+    original_start = inner.start_round
+
+    def start_round(ctx, provide):
+        def untimed_provide():
+            start = time.perf_counter()
+            try:
+                return provide()
+            finally:
+                inst.seconds[pid] -= time.perf_counter() - start  # training is not the layer's cost
+
+        return original_start(ctx, untimed_provide)
+
+    inner.start_round = start_round
+    node.secure_sum = timed
+
+
+def _instrument_host(host: Any, keyholder_phases: tuple[str, ...]) -> int:
+    """On a Ray actor (securefl.simulation): build and time every party it hosts, count its bytes."""
+    host.bench = Instruments()
+    for pid in list(host.clients):
+        node = host._node(pid)
+        _instrument_node(pid, node, host.bench, keyholder_phases)
+        handle = node.handle
+
+        def counted(data, _pid=pid, _handle=handle):
+            host.bench.down[_pid] += len(data)
+            reply = _handle(data)
+            host.bench.up[_pid] += len(reply)
+            return reply
+
+        node.handle = counted
+    return len(host.clients)
+
+
+def _collect_host(host: Any) -> tuple[dict, dict, dict]:
+    """On a Ray actor: the round's timings and bytes per party, then reset."""
+    inst = host.bench
+    out = (dict(inst.seconds), dict(inst.up), dict(inst.down))
+    inst.reset()
+    return out
+
+
+def _collect(federation: Federation, inst: Instruments) -> None:
+    """Bring the actors' timings into ``inst`` (parties on Ray actors only)."""
+    if hasattr(federation.transport, "handlers"):
+        return
+    for seconds, up, down in federation.transport.apply(_collect_host):
+        inst.seconds.update(seconds)
+        inst.up.update(up)
+        inst.down.update(down)
 
 
 def check_fits(privacy: str, params: int, parties: int) -> dict[str, float]:
@@ -232,31 +278,51 @@ def bench_stack(privacy: str, parties: int) -> list:
     return layers
 
 
-def _federation(privacy: str, params: int, parties: int, dropout: float, seed: int):
-    rng = np.random.default_rng(seed)
-    ids = _ids(parties)
-    # Updates of L2 norm about 5: half the stacks' clip norm of 10, so the quantization range is
-    # used as in training, and clipping never changes them.
-    deltas = {p: rng.normal(0, 5 / np.sqrt(params), params).astype(np.float32) for p in ids}
+def bench_delta(seed: int, party: str, params: int) -> np.ndarray:
+    """A party's fixed update, of L2 norm about 5: half the stacks' clip norm of 10, so the
+    quantization range is used as in training, and clipping never changes them."""
+    rng = np.random.default_rng([seed, int(party[1:])])
+    return rng.normal(0, 5 / np.sqrt(params), params).astype(np.float32)
 
-    def make(p):
+
+@dataclass(frozen=True)
+class BenchClients:
+    """Builds a party's client where it runs (on a Ray actor, its update is made there)."""
+
+    seed: int
+    params: int
+
+    def __call__(self, party: str):
+        delta = bench_delta(self.seed, party, self.params)
+
         def train(weights, info):
-            return {"w": weights["w"] + deltas[p]}, 1, {}
+            return {"w": weights["w"] + delta}, 1, {}
 
         return train
+
+
+def _federation(privacy: str, params: int, parties: int, dropout: float, seed: int, backend: Any = None):
+    from securefl.simulation import backend_options
+
+    ids = _ids(parties)
+    factory = BenchClients(seed, params)
+    options = backend_options(backend)
 
     dropped = ids[1 : 1 + round(dropout * parties)]  # never the first party: it holds HE keys
     faults = Faults()
     for party in dropped:
         faults.add("offline", party, phase=INPUT_PHASE[privacy])
+    if options is not None:
+        options = dataclasses.replace(options, client_factory=factory)
     federation = Federation(
         {"w": np.zeros(params, dtype=np.float32)},
-        {p: make(p) for p in ids},
+        ids if options is not None else {p: factory(p) for p in ids},
         bench_stack(privacy, parties),
         weighting="uniform",
         faults=faults,
+        backend=options,
     )
-    return federation, deltas
+    return federation, lambda p: bench_delta(seed, p, params)
 
 
 def measure(
@@ -267,12 +333,14 @@ def measure(
     repeat: int = 3,
     on_reply: Callable[[str], None] | None = None,
     seed: int = 0,
+    backend: Any = None,
 ) -> tuple[BenchResult, Federation]:
-    """One layer: a warm-up round (HE key set-up), then ``repeat`` measured rounds."""
+    """One layer: a warm-up round (HE key set-up), then ``repeat`` measured rounds. ``backend``:
+    where the parties run (None: this process; "ray" or a RayBackend: Ray actors)."""
     if not 0 <= dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {dropout}")
     check_fits(privacy, params, parties)
-    federation, deltas = _federation(privacy, params, parties, dropout, seed)
+    federation, delta_of = _federation(privacy, params, parties, dropout, seed, backend)
     inst = instrument(federation, on_reply)
     rows: list[dict] = []
     for r in range(repeat + 1):
@@ -283,10 +351,13 @@ def measure(
         wall = time.perf_counter() - start
         if not report.ok:
             raise ConfigError(f"{privacy}: round failed: {report.error}")
+        _collect(federation, inst)
         if r == 0:
             continue
         survivors = report.survivors
-        expected_sum = np.sum([deltas[p].astype(np.float64) for p in survivors], axis=0)
+        expected_sum = np.zeros(params)
+        for p in survivors:
+            expected_sum += delta_of(p)
         revealed_sum = (federation.global_vector - before) * len(survivors)
         party_times = [inst.seconds[p] for p in survivors]
         keyholder = [v for k, v in inst.seconds.items() if k.startswith("keyholder:")]
@@ -308,6 +379,7 @@ def measure(
         return statistics.median(values) if values else None
 
     result = BenchResult(
+        backend=getattr(backend, "name", backend) or "inprocess",
         privacy=privacy,
         params=params,
         parties=parties,
@@ -355,11 +427,21 @@ def _naive_baseline(result: BenchResult, federation: Federation) -> None:
         )
 
 
+def backend_ratios(results: list[BenchResult]) -> dict[str, float]:
+    """Per layer measured on both backends: the Ray round's wall time over the in-process one."""
+    rounds = {(r.privacy, r.backend): r.round_seconds for r in results}
+    return {
+        name: rounds[(name, "ray")] / rounds[(name, "inprocess")]
+        for name, where in rounds
+        if where == "ray" and rounds.get((name, "inprocess"))
+    }
+
+
 def add_plain_ratios(results: list[BenchResult]) -> None:
-    plain = next((r for r in results if r.privacy == "plain"), None)
-    if plain is None:
-        return
     for r in results:
+        plain = next((p for p in results if p.privacy == "plain" and p.backend == r.backend), None)
+        if plain is None:
+            continue
         r.vs_plain = {
             "party_seconds": r.party_seconds / plain.party_seconds if plain.party_seconds else None,
             "aggregator_seconds": r.aggregator_seconds / plain.aggregator_seconds

@@ -207,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat", type=int, default=3, help="measured rounds per layer; medians are reported"
     )
     bench.add_argument("--plot", default=None, help="write a PNG bar chart here")
+    bench.add_argument(
+        "--backend",
+        default="inprocess",
+        help="comma-separated: where the parties run, e.g. inprocess,ray to compare side by side",
+    )
+    bench.add_argument("--ray-address", help="join the Ray cluster at HOST:PORT (with --backend ray)")
+    bench.add_argument("--ray-actors", type=int, help="Ray actors hosting the parties (default: one per CPU)")
     _add_common(bench)
     audit = sub.add_parser("audit", help="verify a privacy ledger and recompute the ε it records")
     audit.add_argument("ledger", help="path to the ledger (.jsonl)")
@@ -275,6 +282,13 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         layers.insert(0, "plain")
     if args.repeat < 1:
         raise ConfigError(f"--repeat must be at least 1, got {args.repeat}")
+    backends = [name.strip() for name in args.backend.split(",") if name.strip()]
+    unknown = sorted(set(backends) - {"inprocess", "ray"})
+    if unknown or not backends:
+        raise ConfigError(f"--backend takes inprocess and/or ray, got {args.backend!r}")
+    ray_backend = _backend(
+        argparse.Namespace(backend="ray", ray_address=args.ray_address, ray_actors=args.ray_actors), None
+    )
     estimates = {name: bench.check_fits(name, args.params, args.parties) for name in layers}
     for name, est in estimates.items():
         rounds = args.repeat + 1
@@ -292,27 +306,33 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         console=console,
     ) as progress:
         for name in layers:
-            total = args.parties * (
-                phases[name] * (args.repeat + 1) + (3 if name in ("paillier", "ckks") else 0)
-            )
-            task = progress.add_task(f"{name:>9}", total=total)
-            result, federation = bench.measure(
-                name,
-                args.params,
-                args.parties,
-                args.dropout,
-                args.repeat,
-                on_reply=lambda _p, t=task: progress.advance(t),
-            )
-            progress.update(task, completed=total)
-            results.append(result)
-            del federation  # one layer's simulated parties at a time
-            gc.collect()
+            for where in backends:
+                total = args.parties * (
+                    phases[name] * (args.repeat + 1) + (3 if name in ("paillier", "ckks") else 0)
+                )
+                label = name if len(backends) == 1 else f"{name} ({where})"
+                task = progress.add_task(f"{label:>9}", total=total)
+                result, federation = bench.measure(
+                    name,
+                    args.params,
+                    args.parties,
+                    args.dropout,
+                    args.repeat,
+                    on_reply=lambda _p, t=task: progress.advance(t),
+                    backend=ray_backend if where == "ray" else None,
+                )
+                progress.update(task, completed=total)
+                results.append(result)
+                federation.close()
+                del federation  # one layer's simulated parties at a time
+                gc.collect()
     bench.add_plain_ratios(results)
     title = f"{args.parties} parties × {args.params:,} parameters, dropout {args.dropout:.0%}"
     table = Table(title=f"{title}, medians of {args.repeat} rounds")
     for column in (
         "layer",
+        "backend",
+        "round s",
         "party s",
         "aggregator s",
         "key holder s",
@@ -325,6 +345,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     for r in results:
         table.add_row(
             r.privacy,
+            r.backend,
+            f"{r.round_seconds:.3f}",
             f"{r.party_seconds:.4f}",
             f"{r.aggregator_seconds:.4f}",
             "—" if r.keyholder_seconds is None else f"{r.keyholder_seconds:.3f}",
@@ -336,12 +358,24 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             else f"{r.speedup_vs_naive:,.1f}×" + ("*" if r.naive_extrapolated else ""),
         )
     console.print(table)
+    ratios = bench.backend_ratios(results)
+    for name, ratio in ratios.items():
+        console.print(f"{name}: ray round wall time / in-process = {ratio:.2f}")
     if any(r.naive_extrapolated for r in results):
         console.print("* naive baseline timed on a sample and extrapolated")
     if args.plot:
         console.print(f"plot: {bench.plot(results, args.plot)}")
     if args.json:
-        print(json.dumps({"results": [r.to_json() for r in results], "cpus": os.cpu_count()}))
+        print(
+            json.dumps(
+                {
+                    "results": [r.to_json() for r in results],
+                    "cpus": os.cpu_count(),
+                    "ray_over_inprocess": ratios,
+                    "load_average": os.getloadavg(),
+                }
+            )
+        )
     return 0
 
 

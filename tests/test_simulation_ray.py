@@ -348,3 +348,18 @@ def test_demo_and_run_on_ray_from_the_command_line(local_ray, tmp_path, capsys):
         'rounds = 1\nprivacy = "plain"\n[federation]\nparties = 3\n[simulation]\nbackend = "ray"\n'
     )
     assert summary(["run", str(config), "--json"])["rounds_failed"] == 0
+
+
+def test_bench_measures_the_ray_backend_side_by_side(local_ray):
+    from securefl import bench
+
+    results = []
+    for backend in (None, RayBackend(actors=2)):
+        result, federation = bench.measure("secagg+", 500, 4, repeat=1, backend=backend)
+        federation.close()
+        results.append(result)
+    inprocess, on_ray = results
+    assert (inprocess.backend, on_ray.backend) == ("inprocess", "ray")
+    assert on_ray.party_seconds > 0 and on_ray.aggregator_seconds > 0 and on_ray.max_error < 1e-3
+    assert on_ray.bytes_up == inprocess.bytes_up
+    assert bench.backend_ratios(results) == {"secagg+": on_ray.round_seconds / inprocess.round_seconds}

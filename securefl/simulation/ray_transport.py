@@ -134,6 +134,10 @@ class PartyHost:
         except SecureFLError as exc:
             return False, f"{type(exc).__name__}: {exc}"
 
+    def apply(self, fn: Any, *args: Any) -> Any:
+        """``fn(self, *args)`` on the actor: instrumentation (``securefl bench``) and tests."""
+        return fn(self, *args)
+
     def state(self, party: str, name: str) -> Any:
         """An attribute of one party's node (for tests and reports): e.g. ``last_fused``."""
         return getattr(self.nodes[party], name, None) if party in self.nodes else None
@@ -263,6 +267,12 @@ class RayTransport(Transport):
                 self.traffic.messages += 1
                 replies.append(Reply(party, data, seconds))
         return replies
+
+    def apply(self, fn: Any, *args: Any) -> list[Any]:
+        """``fn(host, *args)`` on every live actor; the results in actor order."""
+        ray = _ray()
+        live = [actor for index, actor in enumerate(self.actors) if index not in self.dead]
+        return ray.get([actor.apply.remote(fn, *args) for actor in live])
 
     def shutdown(self) -> None:
         """Stop the actors (their parties' state is gone)."""
