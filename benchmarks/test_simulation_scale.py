@@ -1,0 +1,27 @@
+"""Scale runs of the Ray backend (issue 16): one round at 1,000 and 10,000 parties.
+
+They take minutes and several GiB, so ``make test`` skips them; run them with
+``SECUREFL_SCALE=1 .venv/bin/python -m pytest -q -s benchmarks/test_simulation_scale.py``. Each prints
+one JSON line: wall, per-party and aggregator seconds, peak RSS of the aggregator and the actors.
+"""
+
+import json
+import os
+
+import pytest
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.skipif(os.environ.get("SECUREFL_SCALE") != "1", reason="set SECUREFL_SCALE=1")
+
+
+@pytest.mark.parametrize(
+    ("privacy", "parties", "params"),
+    [("secagg+", 1000, 100_000), ("plain", 10_000, 10_000), ("secagg+", 10_000, 10_000)],
+)
+def test_one_round_at_scale(privacy, parties, params):
+    from securefl.simulation.scale import scale_round
+
+    result = scale_round(privacy, parties, params)
+    print(json.dumps(result))
+    assert result["ok"], result["error"]
+    assert result["max_error"] < 1e-2
