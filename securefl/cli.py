@@ -361,6 +361,9 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     ratios = bench.backend_ratios(results)
     for name, ratio in ratios.items():
         console.print(f"{name}: ray round wall time / in-process = {ratio:.2f}")
+    if len(backends) > 1:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        console.print(f"load average {load} on {os.cpu_count()} CPUs (others' work skews the ratio)")
     if any(r.naive_extrapolated for r in results):
         console.print("* naive baseline timed on a sample and extrapolated")
     if args.plot:
