@@ -363,3 +363,31 @@ def test_bench_measures_the_ray_backend_side_by_side(local_ray):
     assert on_ray.party_seconds > 0 and on_ray.aggregator_seconds > 0 and on_ray.max_error < 1e-3
     assert on_ray.bytes_up == inprocess.bytes_up
     assert bench.backend_ratios(results) == {"secagg+": on_ray.round_seconds / inprocess.round_seconds}
+
+
+def test_a_reply_after_the_deadline_is_a_dropout_as_in_process(local_ray):
+    def slow(weights, info):
+        time.sleep(3.0)
+        return {"w": weights["w"] + 5.0}, 1, {}
+
+    clients = {"a": fixed_delta_client(np.ones(2), 1), "b": slow, "c": fixed_delta_client(np.ones(2), 1)}
+    for backend in (None, RayBackend(actors=2)):
+        fed = securefl.Federation({"w": np.zeros(2)}, clients, "plain", phase_timeout=1.0, backend=backend)
+        try:
+            report = fed.run_round()
+            assert report.ok and report.survivors == ["a", "c"], backend
+            assert "no reply before the deadline" in report.dropouts["b"]
+        finally:
+            fed.close()
+
+
+def test_complete_graph_secagg_at_ten_thousand_parties_is_refused_with_an_estimate():
+    from securefl.simulation.scale import check_scale
+
+    machine = 24 * 2**30
+    refused = r"secagg with 10,000 parties .* GiB .* secagg\+ masks with O\(log n\)"
+    with pytest.raises(ConfigError, match=refused):
+        check_scale("secagg", 10_000, 10_000, available=machine)
+    assert check_scale("secagg+", 10_000, 10_000, available=machine)["neighbours"] < 60
+    assert check_scale("plain", 10_000, 10_000, available=machine)["memory_gib"] < 10
+    assert check_scale("secagg", 1000, 100_000, available=machine)["neighbours"] == 999

@@ -114,9 +114,14 @@ class PartyHost:
         out = []
         for party, head, tail in items:
             request = head if tail is None else b"".join((head, shared or b"", tail))
+            try:  # building a party (on its first request) is not part of its answer's time
+                node = self._node(party)
+            except Exception as exc:  # its client could not be built: a dropout
+                log.warning("party %s could not be built: %s", party, type(exc).__name__)
+                out.append((party, [], 0.0))
+                continue
             start = time.perf_counter()
             try:
-                node = self._node(party)
                 if self.faults is None:
                     raw = [(node.handle(request), 0.0)]
                 else:
@@ -252,7 +257,10 @@ class RayTransport(Transport):
         for ref in pending:
             index, chunk = calls[ref]
             log.warning("actor %d did not answer in time: %d parties drop", index, len(chunk))
-            ray.cancel(ref)
+            try:  # a queued call is dropped; Ray cannot interrupt one running on a synchronous actor
+                ray.cancel(ref)
+            except Exception as exc:  # best effort: the parties are dropped either way
+                log.info("could not cancel a call to actor %d: %s", index, type(exc).__name__)
         return replies
 
     def _accept(self, batch: list, timeout: float) -> list[Reply]:
