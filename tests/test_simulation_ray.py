@@ -25,7 +25,7 @@ from securefl.errors import ConfigError
 from securefl.faults import Faults
 from securefl.layers import SecAggPlus
 from securefl.simulation import RayBackend, backend_options
-from securefl.simulation.ray_transport import SHARED_MIN_BYTES, split_shared
+from securefl.simulation.ray_transport import SHARED_MIN_BYTES, join_segments, split_shared
 from securefl.tasks import load_task
 from securefl.wire import Envelope
 
@@ -107,26 +107,27 @@ def test_backend_options():
         RayBackend(actors=0)
 
 
-def test_shared_part_travels_once_and_requests_are_rebuilt_byte_for_byte():
-    model = os.urandom(SHARED_MIN_BYTES + 10)
+def test_shared_parts_travel_once_and_requests_are_rebuilt_byte_for_byte():
+    model, info = os.urandom(SHARED_MIN_BYTES + 10), os.urandom(SHARED_MIN_BYTES)
     requests = {
         p: Envelope(
-            "request", "ab" * 16, 0, "input", p, {"layer": p.encode(), "model": model, "round": b"{}"}
+            "request", "ab" * 16, 0, "in", p, {"layer": p.encode(), "model": model, "x": info}
         ).encode()
         for p in ("a", "bb", "ccc")
     }
     shared, pieces = split_shared(requests)
-    assert shared == model
+    assert shared == [model, info]
     for party, data in requests.items():
-        head, tail = pieces[party]
-        assert tail is not None and head + shared + tail == data
-        assert len(head) + len(tail) < 1000
+        assert join_segments(pieces[party], shared) == data
+        assert sum(len(s) for s in pieces[party] if isinstance(s, bytes)) < 1000
     small = {p: Envelope("request", "ab" * 16, 0, "x", p, {"layer": b"1"}).encode() for p in ("a", "b")}
-    assert split_shared(small) == (None, {p: (d, None) for p, d in small.items()})
-    # A request that does not carry the same part travels whole.
+    assert split_shared(small) == ([], {p: [d] for p, d in small.items()})
+    # A part one request carries differently travels in each request; bytes that are no envelope
+    # make every request travel whole.
     requests["bb"] = requests["bb"][:-20] + bytes(20)
-    shared, pieces = split_shared({**requests, "d": b"not an envelope"})
-    assert shared is None
+    shared, pieces = split_shared(requests)
+    assert shared == [model] and all(join_segments(pieces[p], shared) == d for p, d in requests.items())
+    assert split_shared({**requests, "d": b"not an envelope"})[0] == []
 
 
 # -- on a real local Ray ---------------------------------------------------------------------------

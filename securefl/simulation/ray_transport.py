@@ -6,8 +6,8 @@ party process would. :meth:`RayTransport.exchange` sends each actor its parties'
 batches, collects the replies as the batches complete (``ray.wait``) and applies the deadline to
 each party's own time, as the in-process transport does. A party that raises, or whose actor
 dies, does not reply: the aggregator counts it as a dropout. Messages stay bytes end to end; the
-part every request of a phase shares (the global model of a round's first phase) is put in the
-object store once and joined back into each party's bytes on its actor.
+large parts every request of a phase shares (the global model and the round's info of a round's
+first phase) are put in the object store once and joined back into each party's bytes on its actor.
 
 Ray moves the party objects (train functions, the stack, fault injectors) to the actors with its
 own cloudpickle, inside the cluster; securefl's messages never go through pickle.
@@ -37,7 +37,8 @@ from securefl.wire import ENVELOPE_MAGIC
 log = logging.getLogger(__name__)
 
 _PREFIX = struct.Struct(">4sHI")  # the record prefix of securefl.wire: magic, version, header length
-SHARED_MIN_BYTES = 1 << 16  # a part at least this large, identical in every request, travels once
+SHARED_MIN_BYTES = 1 << 14  # a part at least this large, identical in every request, travels once
+Segments = list  # of bytes (a request's own) and ints (indices into the parts all requests share)
 
 
 def _ray():
@@ -108,12 +109,12 @@ class PartyHost:
         return node
 
     def handle(
-        self, items: list[tuple[str, bytes, bytes | None]], shared: bytes | None
+        self, items: list[tuple[str, Segments]], shared: list[bytes]
     ) -> list[tuple[str, list[tuple[bytes, float]], float]]:
         """Answer each party's request, one after another: ``(party, [(reply, extra s)], seconds)``."""
         out = []
-        for party, head, tail in items:
-            request = head if tail is None else b"".join((head, shared or b"", tail))
+        for party, segments in items:
+            request = join_segments(segments, shared)
             try:  # building a party (on its first request) is not part of its answer's time
                 node = self._node(party)
             except Exception as exc:  # its client could not be built: a dropout
@@ -154,32 +155,52 @@ def _as_bytes(data: object) -> bytes:
     return bytes(data)
 
 
-def split_shared(requests: Mapping[str, bytes]) -> tuple[bytes | None, dict[str, tuple[bytes, bytes | None]]]:
-    """Find the largest part of the first request that every request carries byte for byte (the
-    global model); return it and each request as (bytes before, bytes after) it. Requests that
-    do not carry it travel whole, as ``(request, None)``."""
-    whole = {party: (data, None) for party, data in requests.items()}
+def split_shared(requests: Mapping[str, bytes]) -> tuple[list[bytes], dict[str, Segments]]:
+    """Find the large parts of the first request that every request carries byte for byte (the
+    global model, the round's info listing its parties); return them and each request as segments:
+    its own bytes, and indices into the shared parts. A request that does not carry them travels
+    whole, as ``[request]``."""
+    whole: dict[str, Segments] = {party: [data] for party, data in requests.items()}
     if len(requests) < 2:
-        return None, whole
+        return [], whole
     offsets = {}
     for party, data in requests.items():
         located = _parts(data)
         if located is None:
-            return None, whole
+            return [], whole
         offsets[party] = located
     first = next(iter(requests))
-    name, (start, length) = max(offsets[first].items(), key=lambda kv: kv[1][1], default=("", (0, 0)))
-    if length < SHARED_MIN_BYTES:
-        return None, whole
-    shared = requests[first][start : start + length]
-    pieces: dict[str, tuple[bytes, bytes | None]] = {}
+    candidates = [(name, at) for name, at in offsets[first].items() if at[1] >= SHARED_MIN_BYTES]
+    shared_parts = {name: requests[first][start : start + length] for name, (start, length) in candidates}
+    in_all = [
+        name
+        for name in shared_parts
+        if all(
+            (at := offsets[p].get(name)) is not None
+            and at[1] == len(shared_parts[name])
+            and data.startswith(shared_parts[name], at[0])
+            for p, data in requests.items()
+        )
+    ]
+    if not in_all:
+        return [], whole
+    shared = [shared_parts[name] for name in in_all]
+    pieces: dict[str, Segments] = {}
     for party, data in requests.items():
-        at = offsets[party].get(name)
-        if at is not None and at[1] == length and data.startswith(shared, at[0]):
-            pieces[party] = (data[: at[0]], data[at[0] + length :])
-        else:
-            pieces[party] = (data, None)
+        cuts = sorted((offsets[party][name][0], offsets[party][name][1], i) for i, name in enumerate(in_all))
+        segments: Segments = []
+        position = 0
+        for start, length, index in cuts:
+            segments.extend([data[position:start], index])
+            position = start + length
+        segments.append(data[position:])
+        pieces[party] = segments
     return shared, pieces
+
+
+def join_segments(segments: Segments, shared: list[bytes]) -> bytes:
+    """A request rebuilt from its segments, byte for byte."""
+    return b"".join(shared[s] if isinstance(s, int) else s for s in segments)
 
 
 def _parts(data: bytes) -> dict[str, tuple[int, int]] | None:
@@ -217,7 +238,7 @@ class RayTransport(Transport):
             self.traffic.bytes_down += len(data)
             self.traffic.messages += 1
         shared, pieces = split_shared(requests)
-        shared_ref = ray.put(shared) if shared is not None else None
+        shared_ref = ray.put(shared)  # once per phase, whatever the number of actors and calls
         per_actor: dict[int, list[str]] = {}
         for party in requests:
             per_actor.setdefault(self.placement[party], []).append(party)
@@ -227,7 +248,7 @@ class RayTransport(Transport):
             longest = max(longest, len(parties))
             for i in range(0, len(parties), self.batch):
                 chunk = parties[i : i + self.batch]
-                items = [(p, *pieces[p]) for p in chunk]
+                items = [(p, pieces[p]) for p in chunk]
                 calls[self.actors[index].handle.remote(items, shared_ref)] = (index, chunk)
         # Each party may use the whole deadline of its own time; an actor answers its parties one
         # after another. Beyond that, an actor that has not answered is hung: its parties drop.
