@@ -409,14 +409,11 @@ def _log_round(report) -> None:
         log.warning(
             "round %d refused by the privacy budget: %s",
             report.round,
-            printable(report.error, backslashes=False),
+            printable(report.error),
         )
         return
     epsilon = f", ε {report.epsilon:.4g}" if report.epsilon is not None else ""
-    dropouts = (
-        "; ".join(f"{p} ({printable(why, backslashes=False)})" for p, why in report.dropouts.items())
-        or "none"
-    )
+    dropouts = "; ".join(f"{p} ({printable(why)})" for p, why in report.dropouts.items()) or "none"
     log.info(
         "round %d %s: %d selected, %d summed, dropouts: %s%s (%.2fs, %d B up)",
         report.round,
@@ -429,7 +426,7 @@ def _log_round(report) -> None:
         report.bytes_up,
     )
     if report.error:
-        log.warning("round %d failed: %s", report.round, printable(report.error, backslashes=False))
+        log.warning("round %d failed: %s", report.round, printable(report.error))
 
 
 # -- a party -----------------------------------------------------------------------------------

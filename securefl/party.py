@@ -187,7 +187,8 @@ class PartyNode:
         self.last_error = reason
         log.warning("party %s withdraws from round %s: %s", self.party_id, round, printable(reason))
         shared = reason if shared is None else shared
-        parts = {"reason": shared.encode()[:4096]}
+        # At most MAX_REASON_BYTES, cut on a character boundary: the reason stays valid UTF-8.
+        parts = {"reason": shared.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode()}
         if refused:
             parts[REFUSED_SUM] = b""
         return Envelope(WITHDRAW, self.session, round, phase, self.party_id, parts).encode()
@@ -312,8 +313,18 @@ def _shareable(exc: Exception) -> bool:
     return isinstance(exc, (WireError, ProtocolError, ImpossibleSum))
 
 
+MAX_REASON_BYTES = 4096  # a withdraw reason (wire.md)
+
+
 def withdraw_reason(envelope: Envelope) -> str:
-    return envelope.parts.get("reason", b"").decode("utf-8", "replace") or "no reason given"
+    """The withdraw's reason; WireError (the sender is dropped) if over 4,096 bytes or not UTF-8."""
+    reason = envelope.parts.get("reason", b"")
+    if len(reason) > MAX_REASON_BYTES:
+        raise WireError(f"withdraw reason of {len(reason)} bytes, over the {MAX_REASON_BYTES} allowed")
+    try:
+        return reason.decode("utf-8") or "no reason given"
+    except UnicodeDecodeError as exc:
+        raise WireError(f"withdraw reason is not UTF-8 (byte {exc.start})") from None
 
 
 __all__ = [

@@ -298,14 +298,99 @@ class _Background:
             body = body.replace(b"PARTY", self.cfg.party.encode()).replace(
                 b"AGREEMENT", fed.agreement.encode()
             )
-            channel, outbox, call = self._open(body)
-            codes[name] = self._status(call)
-            outbox.put(None)
-            channel.close()
+            for _ in range(10):  # paced: the aggregator takes one stream per 2 s of a party
+                channel, outbox, call = self._open(body)
+                codes[name] = self._status(call)
+                outbox.put(None)
+                channel.close()
+                if codes[name] not in ("RESOURCE_EXHAUSTED", "UNAVAILABLE"):  # throttled, or its
+                    # connection closed by the guard while a 6 MiB hello was still in flight
+                    break
+                time.sleep(1.0)
         return {"codes": codes}
 
+    def connhold(self) -> dict:
+        """Issue 14's slot holding: ``count`` connections, each opening a stream (no hello, so
+        refused or cut) every 2 s to keep its connection busy, redialled when closed, for 30 s.
+        Samples how many are connected at once, and counts the connections the server closed."""
+        stop = threading.Event()
+        ready = [False] * self.count
+        closed = [0]
+        samples: list[int] = []
 
-BACKGROUND = ("idle", "churn", "slowloris", "bombs")
+        def keeper(index: int) -> None:
+            while not stop.is_set():
+                channel = grpc.secure_channel(self.cfg.aggregator, self.credentials, options=self.options)
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=5)
+                except grpc.FutureTimeoutError:
+                    channel.close()
+                    continue
+                ready[index] = True
+                while not stop.is_set():
+                    outbox: queue.Queue = queue.Queue()
+                    call = channel.stream_stream(METHOD)(iter(outbox.get, None), timeout=10)
+                    self._status(call)
+                    outbox.put(None)
+                    if stop.wait(2.0):
+                        break
+                    if channel._channel.check_connectivity_state(False) != 2:  # not READY: closed
+                        closed[0] += 1
+                        break
+                ready[index] = False
+                channel.close()
+
+        threads = [threading.Thread(target=keeper, args=(i,), daemon=True) for i in range(self.count)]
+        for thread in threads:
+            thread.start()
+        started = time.monotonic()
+        while time.monotonic() - started < 30:
+            samples.append(sum(ready))
+            time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        late = samples[len(samples) // 3 :]  # once the guard has had its say
+        return {
+            "connections": self.count,
+            "peak_ready": max(samples),
+            "mean_ready_after_10s": round(sum(late) / len(late), 1),
+            "closed_by_server": closed[0],
+        }
+
+    def storm(self) -> dict:
+        """Issue 14's reconnect storm: 6 threads, each a new connection, a valid hello, cancel, in a
+        loop for 20 s. Counts what each stream got."""
+        codes: collections.Counter = collections.Counter()
+        lock = threading.Lock()
+        stop = threading.Event()
+        fed = self.cfg.federation
+
+        def loop() -> None:
+            while not stop.is_set():
+                channel, outbox, call = self._open(Hello(self.cfg.party, fed.agreement).encode())
+                try:
+                    next(call)
+                    code = "WELCOME"
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                outbox.put(None)
+                call.cancel()
+                channel.close()
+                with lock:
+                    codes[code] += 1
+
+        threads = [threading.Thread(target=loop, daemon=True) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        time.sleep(20)
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        return {"codes": dict(codes)}
+
+
+BACKGROUND = ("idle", "churn", "slowloris", "bombs", "connhold", "storm")
 
 
 class _Stream:
@@ -352,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     done: set[int] = set()  # rounds whose attack was carried out
 
     def connect() -> _Stream:
-        for attempt in range(20):
+        # Patient (40 s): the aggregator may still be starting on a loaded machine, or be throttling
+        # this party's streams after an attack (1 per 2 s).
+        for attempt in range(80):
             channel = grpc.secure_channel(cfg.aggregator, credentials, options=options)
             channels.append(channel)
             try:
@@ -361,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                 return stream
             except (grpc.RpcError, StopIteration) as exc:
                 print(f"connect attempt {attempt}: {exc!r}"[:300], file=sys.stderr, flush=True)
-                time.sleep(0.25)
+                time.sleep(0.5)
         raise SystemExit("the aggregator is gone")
 
     stream = connect()

@@ -106,13 +106,16 @@ def _federation(tmp_path, rounds, train_seconds, **network):
     return port
 
 
-def _run(tmp_path, plan, background=None, count=20):
-    """Aggregator, honest parties and the bad one; the aggregator watched until it exits."""
+def _run(tmp_path, plan, background=None, count=20, during=None):
+    """Aggregator, honest parties and the bad one; the aggregator watched until it exits.
+    ``during(honest, watch, start_party)``, if given, runs beside them (it may restart a party)."""
     with contextlib.ExitStack() as files:
-        return _run_logged(tmp_path, plan, background, count, lambda p: files.enter_context(open(p, "w")))
+        return _run_logged(
+            tmp_path, plan, background, count, lambda p: files.enter_context(open(p, "w")), during
+        )
 
 
-def _run_logged(tmp_path, plan, background, count, log_file):
+def _run_logged(tmp_path, plan, background, count, log_file, during=None):
     log = tmp_path / "aggregator.log"
     aggregator = subprocess.Popen(
         [*_cli("aggregator", "--config", "fed.toml", "--json")],
@@ -125,16 +128,17 @@ def _run_logged(tmp_path, plan, background, count, log_file):
     watch = Watch(aggregator.pid, log)
     watcher = threading.Thread(target=watch.run, daemon=True)
     watcher.start()
-    honest = [
-        subprocess.Popen(
+
+    def start_party(p, log_name=None):
+        return subprocess.Popen(
             [*_cli("party", "--config", f"{p}.toml", "--train", "network_tiny:make_client")],
             cwd=tmp_path,
             env=_env(),
             stdout=subprocess.DEVNULL,
-            stderr=log_file(tmp_path / f"{p}.log"),
+            stderr=log_file(tmp_path / (log_name or f"{p}.log")),
         )
-        for p in HONEST
-    ]
+
+    honest = [start_party(p) for p in HONEST]
     command = [
         sys.executable,
         "-m",
@@ -155,8 +159,14 @@ def _run_logged(tmp_path, plan, background, count, log_file):
         stderr=log_file(tmp_path / f"{BAD}.log"),
         text=True,
     )
+    beside = None
+    if during is not None:
+        beside = threading.Thread(target=during, args=(honest, watch, start_party), daemon=True)
+        beside.start()
     try:
         out, _ = aggregator.communicate(timeout=120)  # a generous bound that proves "did not hang"
+        if beside is not None:
+            beside.join(30)
         codes = [p.wait(timeout=60) for p in honest]
         bad_out, _ = bad.communicate(timeout=90)
     finally:
@@ -276,3 +286,58 @@ def test_json_bombs_in_hellos_and_replies_get_status_codes_not_tracebacks(tmp_pa
     assert "nested 4000 deep" in summary["dropouts"]["1"][BAD], context
     _within_bounds(watch, context)
     _figures("bombs", watch, **found)
+
+
+def test_a_member_cannot_hold_the_connection_slots_against_a_restarting_party(tmp_path):
+    """Issue 14, the slot holder: hospital-4 keeps 40 connections busy with a refused stream every
+    2 s (a refused stream kept gRPC's idle timer from closing them) and redials those closed, with
+    max_connections 24. Its connections beyond 2 are closed within about a second, so hospital-3,
+    killed and restarted in the middle of it, gets a slot and is summed again within two rounds."""
+    rejoined = {}
+
+    def restart(honest, watch, start_party):
+        while not watch.samples or watch.samples[-1].rounds_logged < 3:  # the attack is under way
+            time.sleep(0.05)
+        honest[2].kill()
+        honest[2].wait()
+        killed = time.monotonic()
+        rounds_at_kill = watch.samples[-1].rounds_logged
+        honest[2] = start_party(HONEST[2], f"{HONEST[2]}-restarted.log")
+        while time.monotonic() - killed < 60:
+            if f"party {HONEST[2]} reconnected" in watch.log.read_text():
+                rejoined.update(seconds=round(time.monotonic() - killed, 1), rounds_at_kill=rounds_at_kill)
+                return
+            time.sleep(0.1)
+
+    _federation(tmp_path, rounds=14, train_seconds=1.5, max_connections=24)
+    summary, codes, found, watch, context = _run(tmp_path, ["-"] * 14, "connhold", 40, during=restart)
+    assert codes == [0, 0, 0], context
+    assert summary["rounds_ok"] == 14, context
+    assert rejoined and rejoined["seconds"] < 10, (rejoined, context)
+    # hospital-3 misses at most the rounds running while it was down, then is summed again.
+    missed = sorted(int(r) for r, dropped in summary["dropouts"].items() if HONEST[2] in dropped)
+    assert len(missed) <= 2, (missed, context)
+    assert not any(set(d) & set(HONEST[:2]) for d in summary["dropouts"].values()), context
+    assert found["peak_ready"] >= 20, found  # the attack did fill the slots at first
+    assert found["mean_ready_after_10s"] <= 6, found  # 2 per member, plus those being closed
+    _within_bounds(watch, context)
+    _figures("connhold", watch, rejoined=rejoined, missed=missed, **found)
+
+
+def test_a_reconnect_storm_is_throttled_and_its_log_lines_bounded(tmp_path):
+    """Issue 14, the reconnect storm: 6 threads looping new connection, valid hello, cancel for 20 s
+    (the issue: about 380 log lines a second). Streams of one party are accepted at most 4 at once,
+    then one per 2 s, the rest refused (RESOURCE_EXHAUSTED); each kind of log line about the party
+    appears at most once per 10 s; the honest parties' rounds go on."""
+    _federation(tmp_path, rounds=10, train_seconds=1.0)
+    summary, codes, found, watch, context = _run(tmp_path, ["-"] * 10, "storm")
+    _honest_rounds_complete(summary, codes, 10, context)
+    welcomed = found["codes"].get("WELCOME", 0)
+    assert found["codes"].get("RESOURCE_EXHAUSTED", 0) > 10 * welcomed, found
+    assert welcomed <= 4 + 20 / 2 + 2, found
+    lines = [line for line in context.split("\n---")[0].splitlines() if BAD in line]
+    seconds = watch.samples[-1].seconds
+    kinds = 10  # the kinds of line a party can trigger: each at most once per 10 s (+ the first)
+    assert len(lines) <= kinds * (seconds / 10 + 1), (len(lines), seconds, lines[:40])
+    _within_bounds(watch, context)
+    _figures("storm", watch, log_lines_about_it=len(lines), **found)

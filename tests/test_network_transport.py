@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import threading
+import time
 
 import grpc
 import pytest
@@ -36,7 +37,7 @@ def pki(tmp_path):
     return tmp_path
 
 
-def _server(pki, port, grace=5.0, hello_timeout=30.0):
+def _server(pki, port, grace=5.0, hello_timeout=30.0, stream_rate=(4, 2.0)):
     tls = TLSFiles(
         *(p.read_bytes() for p in (pki / "ca.pem", pki / "aggregator.pem", pki / "private/aggregator.key"))
     )
@@ -49,6 +50,7 @@ def _server(pki, port, grace=5.0, hello_timeout=30.0):
         AGREEMENT,
         reconnect_grace=grace,
         hello_timeout=hello_timeout,
+        stream_rate=stream_rate,
     )
 
 
@@ -337,7 +339,8 @@ def shared_server(tmp_path_factory):
     pki = tmp_path_factory.mktemp("pki")
     write_federation(pki, "test", ["p1", "p2"])
     port = _port()
-    server = _server(pki, port, grace=0.3)
+    # p1 reconnects in every case: a stream rate that does not get in the way (tested on its own)
+    server = _server(pki, port, grace=0.3, stream_rate=(1000, 0.001))
     yield pki, port, server
     server.close(0)
 
@@ -439,7 +442,9 @@ def test_streams_a_party_replaced_without_reading_free_their_workers(pki):
     blocked in its send, held one worker thread per replaced stream (11 of 12 here) until the
     honest parties were locked out. A replaced stream is cancelled: it holds nothing."""
     port = _port()
-    server = _server(pki, port, grace=0.3)
+    # Streams as fast as it can: the stream rate would refuse most of them (the worker bound is
+    # what this checks)
+    server = _server(pki, port, grace=0.3, stream_rate=(1000, 0.001))
     deaf = []
     try:
         for _ in range(server.workers + 2):
@@ -474,3 +479,30 @@ def test_the_server_bounds_what_clients_can_open(pki):
             AGREEMENT,
             max_connections=1,
         )
+
+
+def test_a_party_opening_streams_too_fast_is_refused_then_let_in_again(pki):
+    """Issue 14's reconnect storm: 4 streams at once, then one per 2 s; the rest RESOURCE_EXHAUSTED
+    at once, and a stream of another party is never affected."""
+    port = _port()
+    server = _server(pki, port, stream_rate=(4, 0.5))
+    try:
+        codes = []
+        for _ in range(7):
+            party = _RawParty(pki, port, "p1")
+            try:
+                party.receive()
+                codes.append("WELCOME")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+            party.drop()
+        assert codes[:4] == ["WELCOME"] * 4 and "RESOURCE_EXHAUSTED" in codes[4:], codes
+        honest = _RawParty(pki, port, "p2")
+        assert Welcome.decode(honest.receive()).session == SESSION
+        honest.drop()
+        time.sleep(0.6)
+        again = _RawParty(pki, port, "p1")
+        assert Welcome.decode(again.receive()).session == SESSION
+        again.drop()
+    finally:
+        server.close(0)

@@ -109,6 +109,8 @@ def run_party(
                     grpc.StatusCode.INVALID_ARGUMENT,
                 ):
                     raise ProtocolError(f"the aggregator refused {party!r}: {exc.details()}") from None
+                if code == grpc.StatusCode.ABORTED:  # another process opened a stream as this party
+                    raise ProtocolError(f"the aggregator ended {party!r}'s stream: {exc.details()}") from None
                 # RESOURCE_EXHAUSTED is retried too: the aggregator was busy (its stream or
                 # connection limits, perhaps held by another member) or this party's previous
                 # stream was still waiting for its hello. A frame over the size bound fails the

@@ -25,18 +25,28 @@ has not ended within ``_LINGER`` seconds (a stream whose party does not read wou
 worker thread in a blocked send). gRPC itself bounds the rest: ``maximum_concurrent_rpcs`` streams in
 all (more are refused with ``RESOURCE_EXHAUSTED``), ``max_concurrent_streams`` per connection,
 ``max_connections`` connections (more are closed on accept), the TLS handshake within
-``hello_timeout``, and connections without a stream closed after ``_IDLE_SECONDS``. Nothing a party
+``hello_timeout``, and connections without a stream closed after ``_IDLE_SECONDS``. What gRPC cannot
+bound per member is done here: a party's new streams pass a token bucket (:class:`_StreamBucket`),
+its connections that carry no stream the handler holds are closed (:class:`_ConnectionGuard`, which
+a refused stream does not satisfy), and every log line a party can trigger goes through one
+per-party, per-kind rate limiter (:class:`_RateLimitedLog`). Nothing a party
 sends raises out of this module: the reader thread turns every failure into a closed stream (a
 dropout), and every decoding error of the hello into a status code.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import heapq
+import ipaddress
 import itertools
+import json
 import logging
+import os
 import queue
 import resource
+import socket
 import threading
 import time
 from collections import deque
@@ -60,6 +70,13 @@ _IDLE_SECONDS = 60.0  # a connection without any stream for this long is closed 
 _STREAMS_PER_CONNECTION = 4  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a party needs one
 _KEEPALIVE_SECONDS = 30.0  # the server pings each connection this often; no answer in 20 s: closed
 _LOG_EVERY = 10.0  # seconds between two log lines of one kind about one party (the rest are counted)
+_STREAM_BURST = 4  # streams one party may open at once (a token bucket)...
+_STREAM_EVERY = 2.0  # ...then one per this many seconds; faster ones are refused, RESOURCE_EXHAUSTED
+_CONNECTIONS_PER_PARTY = 2  # a party's connections carrying no stream the handler holds, at most
+_UNUSED_GRACE = 3.0  # seconds a connection may carry no stream the handler holds before it is closed
+_OVER_SHARE_GRACE = 1.0  # seconds a connection beyond a party's share lives (its refusal gets out)
+_SWEEP_EVERY = 0.5  # seconds between two passes of the connection guard
+_REPLACED = "replaced by a newer stream of the same party"
 
 
 def default_max_connections(parties: int) -> int:
@@ -137,6 +154,204 @@ class _RateLimitedLog:
         log.log(level, message + "%s", *args, suffix)
 
 
+class _StreamBucket:
+    """Per party, a token bucket of accepted streams: ``_STREAM_BURST`` at once, then one per
+    ``_STREAM_EVERY`` seconds. A member churning connections (new connection, hello, cancel, again)
+    costs the aggregator a handshake and a refusal, never a registered stream and its log lines."""
+
+    def __init__(self, burst: int = _STREAM_BURST, every: float = _STREAM_EVERY) -> None:
+        self.burst, self.every = burst, every
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[float, float]] = {}  # party -> (tokens, when counted)
+
+    def take(self, party: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, then = self._state.get(party, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - then) / self.every)
+            if tokens < 1.0:
+                self._state[party] = (tokens, now)
+                return False
+            self._state[party] = (tokens - 1.0, now)
+            return True
+
+
+def _address(ip: str | bytes, port: int) -> tuple[str, int]:
+    """An endpoint, IPv4-mapped IPv6 addresses as IPv4: one spelling for channelz and the kernel."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address), int(port)
+
+
+def _peer_address(peer: str) -> tuple[str, int] | None:
+    """``ipv4:1.2.3.4:5`` or ``ipv6:[::1]:5`` (``context.peer()``) as an endpoint."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    host, _, port = rest.rpartition(":")
+    try:
+        return _address(host.strip("[]"), int(port))
+    except ValueError:
+        return None
+
+
+def _channelz_servers() -> set[int]:
+    """The channelz ids of this process's gRPC servers (empty without channelz)."""
+    try:
+        from grpc._cython import cygrpc
+
+        servers = json.loads(cygrpc.channelz_get_servers(0)).get("server", [])
+        return {int(server["ref"]["serverId"]) for server in servers}
+    except Exception:
+        log.debug("channelz unavailable", exc_info=True)
+        return set()
+
+
+class _ConnectionGuard:
+    """Bounds the connections of each certificate, which gRPC alone cannot: it counts connections
+    only in all (``max_allowed_incoming_connections``) and keeps one alive for as long as streams,
+    even refused ones, keep arriving on it. Every ``_SWEEP_EVERY`` seconds the guard lists this
+    server's connections through gRPC's channelz (each with its peer's certificate, once the TLS
+    handshake is done) and closes — ``shutdown()`` on the socket, which gRPC sees as the peer
+    hanging up — every connection that carries no stream the handler holds (``protected``: an open
+    stream, one waiting for its hello, one closed and lingering) once it has been so for
+    ``_UNUSED_GRACE`` seconds, and at once (after ``_OVER_SHARE_GRACE``) those of a certificate
+    holding more than ``_CONNECTIONS_PER_PARTY``, oldest first: the newest connection is the one a
+    restarted party comes back on. Connections still in their TLS handshake are not listed; gRPC's
+    handshake timeout bounds them. Without channelz or ``/proc/self/fd`` (not Linux) the guard
+    stays off and gRPC's idle timeout is the only bound."""
+
+    def __init__(self, server: GrpcServerTransport, before: set[int]) -> None:
+        from grpc._cython import cygrpc
+
+        self._cygrpc = cygrpc
+        self._server = server
+        self._before = before
+        self._first_seen: dict[str, float] = {}  # channelz socket id -> first seen unprotected
+        self._identities: dict[str, str] = {}  # base64 PEM -> identity (party, or the certificate)
+        self.closed = 0
+        self._stop = threading.Event()
+        self._server_id = self._find_server()
+        self.active = self._server_id is not None and os.path.isdir("/proc/self/fd")
+        if not self.active:
+            log.warning("connection guard off (no channelz or /proc): only gRPC's idle timeout applies")
+            return
+        threading.Thread(target=self._run, daemon=True, name="securefl-connections").start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _find_server(self) -> int | None:
+        """This server's channelz id: the one server created since ``before`` (channelz lists a
+        listener's requested port, 0, not the one bound)."""
+        new = _channelz_servers() - self._before
+        return new.pop() if len(new) == 1 else None
+
+    def _sockets(self) -> list[dict]:
+        found, start = [], 0
+        while True:
+            page = json.loads(self._cygrpc.channelz_get_server_sockets(self._server_id, start, 500))
+            refs = page.get("socketRef", [])
+            for ref in refs:
+                try:
+                    found.append(json.loads(self._cygrpc.channelz_get_socket(int(ref["socketId"])))["socket"])
+                except (KeyError, ValueError):  # closed in between (channelz answers an error)
+                    log.debug("socket %s gone", ref.get("socketId"))
+            if page.get("end", True) or not refs:
+                return found
+            start = max(int(r["socketId"]) for r in refs) + 1
+
+    def _identity(self, pem64: str) -> str:
+        identity = self._identities.get(pem64)
+        if identity is None:
+            pem = base64.b64decode(pem64)
+            try:
+                cert = verify_party_certificate(pem, self._server.ca)
+                pinned = self._server.allowlist.get(cert.party, "")
+                allowed = cert.party in self._server.allowlist and pinned in (None, cert.fingerprint)
+                identity = cert.party if allowed else f"certificate {cert.fingerprint[:16]}"
+            except Exception:
+                identity = f"certificate {hashlib.sha256(pem).hexdigest()[:16]}"
+            if len(self._identities) > 1024:
+                self._identities.clear()
+            self._identities[pem64] = identity
+        return identity
+
+    def _run(self) -> None:
+        while not self._stop.wait(_SWEEP_EVERY):
+            try:
+                self.sweep()
+            except Exception:  # never ends the guard
+                log.debug("connection guard pass failed", exc_info=True)
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        protected = self._server.protected_peers()
+        by_identity: dict[str, list[tuple[float, str, tuple[str, int]]]] = {}
+        alive = set()
+        for sock in self._sockets():
+            sid = sock["ref"]["socketId"]
+            remote = sock.get("remote", {}).get("tcpipAddress")
+            pem64 = sock.get("security", {}).get("tls", {}).get("remoteCertificate")
+            if not remote or not pem64:
+                continue
+            address = _address(base64.b64decode(remote.get("ipAddress", "")), remote.get("port", 0))
+            alive.add(sid)
+            if address in protected:
+                self._first_seen.pop(sid, None)
+                continue
+            first = self._first_seen.setdefault(sid, now)
+            by_identity.setdefault(self._identity(pem64), []).append((first, sid, address))
+        for sid in set(self._first_seen) - alive:
+            del self._first_seen[sid]
+        doomed: dict[tuple[str, int], str] = {}
+        for identity, unprotected in by_identity.items():
+            unprotected.sort()  # oldest first
+            held = sum(1 for p in protected.values() if p == identity)
+            over = len(unprotected) + held - _CONNECTIONS_PER_PARTY
+            for index, (first, _, address) in enumerate(unprotected):
+                if now - first >= _UNUSED_GRACE or (index < over and now - first >= _OVER_SHARE_GRACE):
+                    doomed[address] = identity
+        if doomed:
+            self._shutdown(doomed)
+
+    def _shutdown(self, doomed: dict[tuple[str, int], str]) -> None:
+        """``shutdown()`` the sockets of this server connected to ``doomed``; gRPC then closes them.
+        A duplicate of each descriptor is checked before use, so a number reused meanwhile is safe."""
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                    continue
+                copy = os.dup(int(name))
+            except OSError:
+                continue
+            try:
+                sock = socket.socket(fileno=copy)
+            except OSError:
+                os.close(copy)
+                continue
+            try:
+                if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != self._server.port:
+                    continue
+                peer = sock.getpeername()
+                identity = doomed.get(_address(peer[0], peer[1]))
+                if identity is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    self.closed += 1
+                    self._server._say(
+                        logging.INFO,
+                        identity,
+                        "connection",
+                        "closed a connection of %s that carried no accepted stream",
+                        identity,
+                    )
+            except (OSError, ValueError):
+                pass
+            finally:
+                sock.close()
+
+
 @dataclass(frozen=True)
 class _Abort:
     """In a connection's outbox: end the stream with this status (the party broke the protocol)."""
@@ -177,6 +392,7 @@ class _Connection:
     ignored: int = 0  # frames that arrived after the stream was closed
     context: grpc.ServicerContext | None = None
     reaper: threading.Event | None = None  # set once the linger cancel is scheduled
+    say: Callable[..., None] | None = None  # the server's rate-limited log
 
     def close(self, watchdog: _Watchdog | None, item: object = _CLOSE) -> None:
         """Mark closed and end the stream with ``item`` (``_CLOSE`` or an ``_Abort``); a stream that
@@ -193,7 +409,10 @@ class _Connection:
         """Queue a request; a stream that leaves requests unread is closed instead (a party that
         never reads would otherwise make the aggregator hold every request it was sent)."""
         if self.outbox.qsize() >= _MAX_UNREAD:
-            log.warning(
+            (self.say or _unlimited)(
+                logging.WARNING,
+                self.party,
+                "unread",
                 "party %s does not read its stream: %d requests unread, stream closed",
                 self.party,
                 self.outbox.qsize(),
@@ -206,6 +425,10 @@ class _Connection:
             return
         self.outstanding.append(pending.seq)
         self.outbox.put(pending.data)
+
+
+def _unlimited(level: int, party: str, kind: str, message: str, *args: object) -> None:
+    log.log(level, message, *args)
 
 
 class GrpcServerTransport(Transport):
@@ -224,6 +447,7 @@ class GrpcServerTransport(Transport):
         reconnect_grace: float = 5.0,
         hello_timeout: float = 30.0,
         max_connections: int | None = None,
+        stream_rate: tuple[int, float] = (_STREAM_BURST, _STREAM_EVERY),
     ) -> None:
         """``allowlist`` maps each admitted party id to the SHA-256 fingerprint its certificate must
         have (or None: any certificate of the CA naming it). A connection must finish its TLS
@@ -246,7 +470,10 @@ class GrpcServerTransport(Transport):
         self._opening: set[str] = set()  # parties with a stream between handshake and hello
         self.seen: set[str] = set()
         self._watchdog = _Watchdog()
-        self._log_limited = _RateLimitedLog()
+        # Every log line a party can trigger goes through this: once per 10 s per party and kind.
+        self._say = _RateLimitedLog()
+        self._buckets = _StreamBucket(*stream_rate)  # (burst, seconds per stream after it)
+        self._handling: dict[tuple[str, int], list] = {}  # peer -> [identity, streams in the handler]
         self.max_connections = (
             default_max_connections(len(self.allowlist)) if max_connections is None else max_connections
         )
@@ -273,6 +500,7 @@ class GrpcServerTransport(Transport):
         # (RESOURCE_EXHAUSTED, the party retries), so nothing a client does grows the queue.
         self.workers = 2 * len(self.allowlist) + 8
         self.max_streams = 2 * self.workers
+        servers_before = _channelz_servers()
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="securefl-stream"),
             options=options,
@@ -293,6 +521,7 @@ class GrpcServerTransport(Transport):
         if self.port == 0:
             raise ConfigError(f"cannot listen on {address}: address in use or invalid")
         self._server.start()
+        self._guard = _ConnectionGuard(self, servers_before)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -305,24 +534,77 @@ class GrpcServerTransport(Transport):
         except ConfigError as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         if cert.party not in self.allowlist:
-            log.warning("refused %r: not in the federation's allowlist", cert.party)
+            self._say(
+                logging.WARNING,
+                f"certificate {cert.fingerprint[:16]}",
+                "allowlist",
+                "refused %r: not in the federation's allowlist",
+                cert.party,
+            )
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"party {cert.party!r} is not in this federation"
             )
         expected = self.allowlist[cert.party]
         if expected is not None and expected != cert.fingerprint:
-            log.warning("refused %r: not the certificate the federation pinned for it", cert.party)
+            self._say(
+                logging.WARNING,
+                cert.party,
+                "pinned",
+                "refused %r: not the certificate the federation pinned for it",
+                cert.party,
+            )
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"not the certificate pinned for {cert.party!r}")
         return cert
 
+    def protected_peers(self) -> dict[tuple[str, int], str]:
+        """The connections carrying a stream the handler holds (being authenticated, waiting for
+        its hello, open, or closed and lingering), each with its party: the guard keeps these."""
+        with self._lock:
+            return {peer: identity for peer, (identity, count) in self._handling.items() if count > 0}
+
     def _connect(self, frames: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        peer = _peer_address(context.peer())
+        if peer is not None:
+            with self._lock:
+                self._handling.setdefault(peer, ["", 0])[1] += 1
+        try:
+            yield from self._stream(frames, context, peer)
+        finally:
+            if peer is not None:
+                with self._lock:
+                    entry = self._handling[peer]
+                    entry[1] -= 1
+                    if entry[1] <= 0:
+                        del self._handling[peer]
+
+    def _stream(
+        self, frames: Iterator[bytes], context: grpc.ServicerContext, peer: tuple[str, int] | None
+    ) -> Iterator[bytes]:
         cert = self._authenticate(context)
         party = cert.party
         with self._lock:
-            if party in self._opening:
-                self._log_limited(
-                    logging.WARNING, party, "opening", "refused a second opening stream of %s", party
+            if peer is not None:
+                self._handling[peer][0] = party
+            throttled = not self._buckets.take(party)
+            if throttled:
+                self._say(
+                    logging.WARNING,
+                    party,
+                    "throttled",
+                    "refused a stream of %s: more than %d streams, then 1 per %gs",
+                    party,
+                    self._buckets.burst,
+                    self._buckets.every,
                 )
+        if throttled:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"party {party!r} opens streams too often: at most {self._buckets.burst}, then one per "
+                f"{self._buckets.every:g}s",
+            )
+        with self._lock:
+            if party in self._opening:
+                self._say(logging.WARNING, party, "opening", "refused a second opening stream of %s", party)
                 busy = True
             else:
                 self._opening.add(party)
@@ -365,7 +647,7 @@ class GrpcServerTransport(Transport):
             hello = Hello.decode(next(frames))
         except Exception as exc:  # StopIteration, WireError, grpc.RpcError (cancelled) or a bug
             if expired.is_set():
-                self._log_limited(
+                self._say(
                     logging.INFO, party, "hello", "refused %s: no hello within %gs", party, self.hello_timeout
                 )
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {self.hello_timeout:g}s")
@@ -375,19 +657,28 @@ class GrpcServerTransport(Transport):
                 why = "the stream ended"
             else:
                 why = f"unreadable ({type(exc).__name__})"
-            self._log_limited(logging.INFO, party, "hello", "refused %s: no valid hello: %s", party, why)
+            self._say(logging.INFO, party, "hello", "refused %s: no valid hello: %s", party, why)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected a hello first: {why}")
         finally:
             deadline.set()
         if hello.party != party:
-            log.warning("refused %s: its hello names %s", party, printable(repr(hello.party), 80))
+            self._say(
+                logging.WARNING,
+                party,
+                "hello",
+                "refused %s: its hello names %s",
+                party,
+                printable(repr(hello.party), 80),
+            )
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the certificate names {party!r}, the hello {hello.party!r}: identity comes from the "
                 "certificate",
             )
         if hello.agreement != self.agreement:
-            log.warning("refused %s: it holds other federation settings", party)
+            self._say(
+                logging.WARNING, party, "agreement", "refused %s: it holds other federation settings", party
+            )
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"party {party!r} holds federation settings {hello.agreement[:12]}…, the aggregator "
@@ -400,12 +691,19 @@ class GrpcServerTransport(Transport):
             old = self._connections.get(party)
             if old is not None:
                 if old.open:
-                    log.info("party %s opened a new stream: its previous one is closed", party)
-                # Replaced: whatever it still holds (a send its party never reads) ends now.
-                old.close(None)
-                if old.context is not None:
-                    old.context.cancel()
-            connection = _Connection(party, context=context)
+                    self._say(
+                        logging.INFO,
+                        party,
+                        "replaced",
+                        "party %s opened a new stream: its previous one is closed",
+                        party,
+                    )
+                # Replaced: whatever it still holds (a send its party never reads) ends now, with
+                # ABORTED, never the OK that means "federation finished".
+                old.close(None, _Abort(grpc.StatusCode.ABORTED, _REPLACED))
+                if old.context is not None:  # cancelled shortly after, should it be blocked in a send
+                    self._watchdog.after(0.2, old.context.cancel)
+            connection = _Connection(party, context=context, say=self._say)
             self._connections[party] = connection
             first = party not in self.seen
             self.seen.add(party)
@@ -413,7 +711,8 @@ class GrpcServerTransport(Transport):
             if pending is not None and not pending.replies:
                 connection.send(pending)  # the retry of a request lost with the old stream
             self._lock.notify_all()
-        log.info("party %s %s", party, "connected" if first else "reconnected")
+        event = "connected" if first else "reconnected"  # two kinds: a reconnect always shows once
+        self._say(logging.INFO, party, event, "party %s %s", party, event)
         return connection
 
     def _read(self, connection: _Connection, frames: Iterator[bytes]) -> None:
@@ -425,15 +724,27 @@ class GrpcServerTransport(Transport):
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             why = code.name if code is not None else "cancelled by the party, or the connection broke"
-            log.info("stream of %s ended: %s", connection.party, why)
+            self._say(
+                logging.INFO, connection.party, "ended", "stream of %s ended: %s", connection.party, why
+            )
         except Exception as exc:  # a broken stream is a dropout, never a crashed aggregator
-            log.warning("stream of %s failed: %s: %s", connection.party, type(exc).__name__, printable(exc))
+            self._say(
+                logging.WARNING,
+                connection.party,
+                "failed",
+                "stream of %s failed: %s: %s",
+                connection.party,
+                type(exc).__name__,
+                printable(exc),
+            )
         self._closed(connection)
 
     def _closed(self, connection: _Connection) -> None:
         with self._lock:
             if connection.open:
-                log.info("party %s disconnected", connection.party)
+                self._say(
+                    logging.INFO, connection.party, "disconnected", "party %s disconnected", connection.party
+                )
                 connection.close(self._watchdog)
             self._lock.notify_all()
 
@@ -446,7 +757,13 @@ class GrpcServerTransport(Transport):
                 # it, or the party broke the protocol): nobody asked for them.
                 connection.ignored += 1
                 if connection.ignored == 1:
-                    log.info("frames of %s after its stream closed are ignored", party)
+                    self._say(
+                        logging.INFO,
+                        party,
+                        "ignored",
+                        "frames of %s after its stream closed are ignored",
+                        party,
+                    )
                 return False
             pending = self._pending.get(party)
             if not connection.outstanding:
@@ -463,7 +780,10 @@ class GrpcServerTransport(Transport):
                     ),
                 )
                 self._lock.notify_all()
-                log.warning(
+                self._say(
+                    logging.WARNING,
+                    party,
+                    "unasked",
                     "party %s sent a frame that answers no request (%d bytes): its stream is closed",
                     party,
                     len(frame),
@@ -471,7 +791,14 @@ class GrpcServerTransport(Transport):
                 return False
             answered = connection.outstanding.popleft()
             if pending is None or answered != pending.seq:
-                log.info("late reply of %s to an earlier request dropped (%d bytes)", party, len(frame))
+                self._say(
+                    logging.INFO,
+                    party,
+                    "late",
+                    "late reply of %s to an earlier request dropped (%d bytes)",
+                    party,
+                    len(frame),
+                )
                 return True
             pending.replies.append(Reply(party, bytes(frame), time.monotonic() - pending.sent))
             self._lock.notify_all()
@@ -552,4 +879,5 @@ class GrpcServerTransport(Transport):
                     connection.outbox.put(_CLOSE)
         time.sleep(min(grace, 0.2))
         self._server.stop(grace).wait()
+        self._guard.stop()
         self._watchdog.stop()
