@@ -212,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="inprocess",
         help="comma-separated: where the parties run, e.g. inprocess,ray to compare side by side",
     )
+    bench.add_argument(
+        "--scale",
+        help="parties=10,100,1000: each layer at each count, with per-party, aggregator and round cost "
+        "against n on a log-log plot (--plot, default securefl-scaling.png) and the fitted growth",
+    )
     bench.add_argument("--ray-address", help="join the Ray cluster at HOST:PORT (with --backend ray)")
     bench.add_argument("--ray-actors", type=int, help="Ray actors hosting the parties (default: one per CPU)")
     _add_common(bench)
@@ -289,6 +294,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     ray_backend = _backend(
         argparse.Namespace(backend="ray", ray_address=args.ray_address, ray_actors=args.ray_actors), None
     )
+    if args.scale:
+        return _bench_scale(args, console, layers, backends, ray_backend)
     estimates = {name: bench.check_fits(name, args.params, args.parties) for name in layers}
     for name, est in estimates.items():
         rounds = args.repeat + 1
@@ -375,6 +382,71 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
                     "results": [r.to_json() for r in results],
                     "cpus": os.cpu_count(),
                     "ray_over_inprocess": ratios,
+                    "load_average": os.getloadavg(),
+                }
+            )
+        )
+    return 0
+
+
+def _bench_scale(
+    args: argparse.Namespace, console: Console, layers: list[str], backends: list[str], ray_backend: Any
+) -> int:
+    """``securefl bench --scale parties=10,100,1000``: how each layer's cost grows with n."""
+    from securefl import bench
+    from securefl.simulation import scale
+
+    key, _, values = args.scale.partition("=")
+    try:
+        counts = sorted({int(v) for v in values.split(",") if v.strip()})
+    except ValueError:
+        counts = []
+    if key.strip() != "parties" or len(counts) < 2:
+        raise ConfigError(f"--scale takes parties=N1,N2[,...] (at least two counts), got {args.scale!r}")
+    if len(backends) != 1:
+        raise ConfigError("--scale measures one backend at a time: --backend inprocess or --backend ray")
+    for name in layers:
+        for n in counts:
+            bench.check_fits(name, args.params, n)
+    console.print(f"{', '.join(layers)} at {counts} parties × {args.params:,} parameters on {backends[0]}")
+    report = scale.scaling(
+        layers,
+        counts,
+        args.params,
+        args.repeat,
+        ray_backend if backends[0] == "ray" else None,
+        on_done=lambda r: console.print(f"  {r.privacy:>9} n={r.parties:<6} round {r.round_seconds:.3f} s"),
+    )
+    table = Table(title=f"cost against n, {args.params:,} parameters, medians of {args.repeat} rounds")
+    for column in ("layer", "parties", "party s", "aggregator s", "round s", "bytes up"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(
+            r.privacy,
+            str(r.parties),
+            f"{r.party_seconds:.4f}",
+            f"{r.aggregator_seconds:.4f}",
+            f"{r.round_seconds:.3f}",
+            _size(r.bytes_up_total),
+        )
+    console.print(table)
+    for name, fits in report["fits"].items():
+        console.print(
+            f"{name}: "
+            + "; ".join(
+                f"{key.replace('_seconds', '')} {fit['growth']} (log-log slope {fit['slope']:.2f})"
+                for key, fit in fits.items()
+            )
+        )
+    path = scale.plot_scaling(report, args.plot or "securefl-scaling.png")
+    console.print(f"plot: {path}")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "results": [r.to_json() for r in report["results"]],
+                    "fits": report["fits"],
+                    "plot": path,
                     "load_average": os.getloadavg(),
                 }
             )

@@ -392,3 +392,30 @@ def test_complete_graph_secagg_at_ten_thousand_parties_is_refused_with_an_estima
     assert check_scale("secagg+", 10_000, 10_000, available=machine)["neighbours"] < 60
     assert check_scale("plain", 10_000, 10_000, available=machine)["memory_gib"] < 10
     assert check_scale("secagg", 1000, 100_000, available=machine)["neighbours"] == 999
+
+
+def test_fitted_growth():
+    from securefl.simulation.scale import PER_PARTY_MODELS, TOTAL_MODELS, fit_growth
+
+    ns = [10, 100, 1000]
+    assert fit_growth(ns, [2e-3 * n * n for n in ns], TOTAL_MODELS) == ("O(n²)", pytest.approx(2.0))
+    assert fit_growth(ns, [0.5 * n for n in ns], TOTAL_MODELS)[0] == "O(n)"
+    assert fit_growth(ns, [n * np.log(n) for n in ns], TOTAL_MODELS)[0] == "O(n log n)"
+    assert fit_growth(ns, [0.01, 0.011, 0.0099], PER_PARTY_MODELS)[0] == "O(1)"
+
+
+def test_bench_scale_prints_and_plots_cost_against_n(tmp_path, capsys):
+    from securefl.cli import main
+
+    plot = tmp_path / "scaling.png"
+    argv = ["bench", "--privacy", "secagg+", "--params", "50", "--repeat", "1", "--scale", "parties=3,6,12"]
+    assert main([*argv, "--plot", str(plot), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["privacy"], r["parties"]) for r in out["results"]] == [
+        (layer, n) for layer in ("plain", "secagg+") for n in (3, 6, 12)
+    ]
+    assert set(out["fits"]["secagg+"]) == {"party_seconds", "aggregator_seconds", "round_seconds"}
+    assert plot.stat().st_size > 0
+    with pytest.raises(SystemExit):
+        main(["bench", "--scale"])
+    assert main([*argv[:-1], "parties=3", "--plot", str(plot)]) == 2

@@ -151,3 +151,92 @@ def scale_round(
         return result
     finally:
         federation.close()
+
+
+# -- how cost grows with the number of parties (securefl bench --scale parties=10,100,1000) --------
+
+PER_PARTY_MODELS = {"O(1)": lambda n: 1.0, "O(log n)": lambda n: np.log(n), "O(n)": lambda n: float(n)}
+TOTAL_MODELS = {
+    "O(n)": lambda n: float(n),
+    "O(n log n)": lambda n: n * np.log(n),
+    "O(n²)": lambda n: float(n) ** 2,
+}
+
+
+def fit_growth(ns: list[int], values: list[float], models: dict) -> tuple[str, float]:
+    """The model c·f(n) closest to the measurements in log space, and the log-log slope."""
+    x = np.log(np.asarray(ns, dtype=float))
+    y = np.log(np.maximum(np.asarray(values, dtype=float), 1e-9))
+    slope = float(np.polyfit(x, y, 1)[0]) if len(ns) > 1 else float("nan")
+    best, best_error = "", float("inf")
+    for name, f in models.items():
+        fx = np.log([f(n) for n in ns])
+        c = float(np.mean(y - fx))
+        error = float(np.sum((y - fx - c) ** 2))
+        if error < best_error:
+            best, best_error = name, error
+    return best, slope
+
+
+def scaling(
+    layers: list[str],
+    counts: list[int],
+    params: int,
+    repeat: int = 1,
+    backend: Any = None,
+    on_done: Any = None,
+) -> dict[str, Any]:
+    """Each layer at each party count (bench rounds): per-party, aggregator and round seconds, and
+    the fitted growth of each against n."""
+    rows = []
+    for name in layers:
+        for n in counts:
+            result, federation = bench.measure(name, params, n, repeat=repeat, backend=backend)
+            federation.close()
+            rows.append(result)
+            if on_done is not None:
+                on_done(result)
+    fits: dict[str, dict[str, Any]] = {}
+    for name in layers:
+        mine = [r for r in rows if r.privacy == name]
+        ns = [r.parties for r in mine]
+        fits[name] = {}
+        for key, models in (
+            ("party_seconds", PER_PARTY_MODELS),
+            ("aggregator_seconds", TOTAL_MODELS),
+            ("round_seconds", TOTAL_MODELS),
+        ):
+            growth, slope = fit_growth(ns, [getattr(r, key) for r in mine], models)
+            fits[name][key] = {"growth": growth, "slope": slope}
+    return {"results": rows, "fits": fits}
+
+
+def plot_scaling(report: dict[str, Any], path: str) -> str:
+    """A log-log PNG: per-party, aggregator and round seconds against n, one line per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = (("party_seconds", "per party"), ("aggregator_seconds", "aggregator"), ("round_seconds", "round"))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
+    layers = list(report["fits"])
+    for ax, (key, title) in zip(axes, keys, strict=True):
+        for name in layers:
+            mine = [r for r in report["results"] if r.privacy == name]
+            fit = report["fits"][name][key]
+            ax.loglog(
+                [r.parties for r in mine],
+                [max(getattr(r, key), 1e-6) for r in mine],
+                "o-",
+                label=f"{name}: {fit['growth']} (slope {fit['slope']:.2f})",
+            )
+        ax.set_xlabel("parties (n)")
+        ax.set_ylabel("seconds")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
