@@ -298,7 +298,8 @@ class _Background:
             body = body.replace(b"PARTY", self.cfg.party.encode()).replace(
                 b"AGREEMENT", fed.agreement.encode()
             )
-            for _ in range(10):  # paced: the aggregator takes one stream per 2 s of a party
+            time.sleep(2.1)  # paced: the aggregator takes a party's streams at one per 2 s
+            for _ in range(10):
                 channel, outbox, call = self._open(body)
                 codes[name] = self._status(call)
                 outbox.put(None)

@@ -279,7 +279,8 @@ def test_a_raw_tcp_slowloris_is_cut_at_the_handshake_deadline(tmp_path):
 def test_json_bombs_in_hellos_and_replies_get_status_codes_not_tracebacks(tmp_path):
     """Hellos of every malformed kind wire.md forbids, each refused with INVALID_ARGUMENT; and in
     round 1 a reply whose header is nested 4,000 deep, which drops hospital-4 for that round."""
-    _federation(tmp_path, rounds=4, train_seconds=0.5)
+    # Rounds long enough (about 32 s) for the 9 hellos, paced at the stream rate of one per 2 s.
+    _federation(tmp_path, rounds=4, train_seconds=8.0)
     summary, codes, found, watch, context = _run(tmp_path, ["-", "bomb_reply", "-", "-"], "bombs")
     _honest_rounds_complete(summary, codes, 4, context)
     assert set(found["codes"].values()) == {"INVALID_ARGUMENT"}, found
@@ -319,7 +320,12 @@ def test_a_member_cannot_hold_the_connection_slots_against_a_restarting_party(tm
     assert len(missed) <= 2, (missed, context)
     assert not any(set(d) & set(HONEST[:2]) for d in summary["dropouts"].values()), context
     assert found["peak_ready"] >= 20, found  # the attack did fill the slots at first
-    assert found["mean_ready_after_10s"] <= 6, found  # 2 per member, plus those being closed
+    assert found["closed_by_server"] >= found["connections"], found
+    # What the aggregator holds (its descriptors) once the guard has had its say: 2 connections of
+    # hospital-4's beside its stream, plus those redialled and not yet closed — not the 40.
+    start = watch.start
+    held = sorted(s.fds for s in watch.samples if start.seconds + 10 <= s.seconds <= start.seconds + 30)
+    assert held and held[len(held) // 2] <= start.fds + 12, (held, start.fds)
     _within_bounds(watch, context)
     _figures("connhold", watch, rejoined=rejoined, missed=missed, **found)
 
