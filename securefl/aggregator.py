@@ -133,6 +133,7 @@ class Aggregator:
         self.sealed: SealedModel | None = None
         self._phase = ""  # where the current round is, for the error of a round that fails
         self._culprits: set[str] = set()
+        self._seen: set[str] = set()  # parties whose replies this round the aggregator has read
 
     def run_round(self, round: int) -> RoundReport:
         """Run one round and report it. Never raises because of what a party sent: a bad message
@@ -156,6 +157,7 @@ class Aggregator:
         report = RoundReport(round, "failed", list(selected))
         self._phase = "selection"
         self._culprits = set()
+        self._seen = set()
         try:
             self._secure_sum_round(round, selected, report)
             self._phase = "fusion"
@@ -178,6 +180,7 @@ class Aggregator:
             )
             log.error("round %d failed unexpectedly: %s", round, printable(report.error), exc_info=True)
         if report.status != "ok":
+            self._record_seen_inputs(round, report)
             report.survivors = []
             report.total_weight, report.train_metrics, report.eval_metrics = 0.0, {}, {}
             report.eval_count, report.sealed = 0.0, False
@@ -185,6 +188,20 @@ class Aggregator:
         report.bytes_up, report.bytes_down = traffic.bytes_up, traffic.bytes_down
         report.seconds = time.perf_counter() - started
         return report
+
+    def _record_seen_inputs(self, round: int, report: RoundReport) -> None:
+        """A failed round whose sum showed the aggregator each input (``plain``), noised on the
+        parties, has released those inputs to it: record them — a faulty party must not let the
+        aggregator learn round after round while the budget stands still. (A hiding sum that fails
+        reveals nothing; central noise is added only to a stored result.)"""
+        noised_on_parties = any(getattr(t, "noise_on_party", False) for t in self.stack.transforms)
+        if self.guard is None or not noised_on_parties or report.epsilon is not None:
+            return
+        if self.stack.secure_sum.name in ("secagg", "secagg+"):
+            return
+        seen = sorted(self._seen)  # replies read, summed or not (a round can fail before the sum)
+        if seen:
+            report.epsilon = self.guard.record_release(round, len(seen), report.selected, seen)
 
     def _blame(self, report: RoundReport) -> str:
         """The parties the layer found misbehaving this round, for a failed round's error."""
@@ -213,6 +230,7 @@ class Aggregator:
             replies = self.transport.exchange(requests, self.phase_timeout)
             refusals: dict[str, str] = {}
             valid = self._accept(round, phase, live, replies, report, refusals, index == len(phases) - 1)
+            self._seen.update(valid)  # whatever happens next, the aggregator has read these replies
             for party in sorted(live - set(valid) - set(refusals)):
                 report.dropouts.setdefault(party, f"{phase}: no reply before the deadline")
             live = set(valid)

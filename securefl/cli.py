@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument(
         "--budget-observer",
         choices=OBSERVERS,
-        help="whom the budget holds against (default: the strictest the deployment exposes — the parties, "
-        "who are told each round's selection; also the aggregator when noise is added on the parties)",
+        help="whom the budget holds against (default: participants — the parties, who are told each "
+        "round's selection; where the aggregator is protected, its figure is the same)",
     )
     _add_backend(demo)
     _add_common(demo)
@@ -510,7 +510,7 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     table.add_row("records", f"{result.releases} released, {result.refusals} refused")
     table.add_row("unit", escape(result.unit or "—"))
     for name, value in result.epsilon.items():
-        table.add_row(f"ε ({name}, released model)", "n/a" if value is None else f"{value:.4f}")
+        table.add_row(f"ε ({name}, at the sampling rate q)", "n/a" if value is None else f"{value:.4f}")
     table.add_row("ε reported", "—" if result.reported is None else f"{result.reported:.4f}")
     for observer, figure in result.observers.items():
         value = figure["epsilon"]

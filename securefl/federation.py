@@ -163,7 +163,8 @@ class Federation:
         parties_strategy = party_strategy(self.stack, strategy)
         honest = HonestBounds.of(weighting, weight_bound, metric_bounds)
         if guard is not None:
-            guard.bind(self.stack, self.selection, len(party_ids))
+            # A PrivacyGuard hands back its binding to this federation (retired if bound elsewhere).
+            guard = guard.bind(self.stack, self.selection, len(party_ids)) or guard
         self.session = secrets.token_hex(16)
         self.transcript = transcript
         node_options = {

@@ -121,8 +121,9 @@ def test_a_guard_hands_over_to_rdp_when_prv_cannot_compute():
     stack = PrivacyStack.of([Clip(1.0), DPNoise(0.1, "central"), Plain()])
     stack.validate(StackContext(VectorLayout(4), 3, 1, 1.0, {}))
     guard.bind(stack, build_selection("all"), 3)
-    assert guard.accountant.name == "prv"
+    assert guard.accounts.worst_accountant == "prv"  # the parties' figure, enforced by default
     for round in range(100):
         guard.admit(round)
         guard.record_release(round, 3)
-    assert guard.accountant.name == "rdp" and sum(guard.accountant.history.values()) == 100
+    # PLD refuses too (its RDP bound is far over 100): RDP, an upper bound, took over.
+    assert guard.accounts.worst_accountant == "rdp" and sum(guard.accountant.history.values()) == 100

@@ -263,8 +263,8 @@ def test_central_noise_with_poisson_selection_claims_amplification(tmp_path):
         selection={"kind": "poisson", "rate": 0.5},
         guard=distributed,
     )
-    # Those who see only the model get the amplification; the aggregator knows who took part.
-    assert distributed.sample_rate == 0.5 and distributed.observer == "aggregator"
+    # With plain the aggregator reads each input, with only its share of the noise: not protected.
+    assert distributed.sample_rate == 0.5 and distributed.observer == "participants"
     assert guard.observer == "participants"  # central: the aggregator is trusted, the parties are not
     assert fed is not None
 

@@ -161,12 +161,75 @@ def test_a_torn_last_line_is_dropped_and_a_whole_one_kept(ledger):
 def test_the_first_append_cut_before_its_head_and_a_stray_temporary_file(tmp_path):
     key = Ed25519PrivateKey.generate()
     path = tmp_path / "l.jsonl"
-    Ledger(path, key).append({**RELEASE, "round": 0, "epsilon": 0.5})
-    head_path(path).rename(head_path(path).with_name(head_path(path).name + ".tmp"))
+    book = Ledger(path, key)  # a new ledger's empty head is written first
+    empty_head = head_path(path).read_bytes()
+    assert json.loads(empty_head)["count"] == 0
+    book.append({**RELEASE, "round": 0, "epsilon": 0.5})
+    head_path(path).write_bytes(empty_head)  # the kill fell between the record and its head
+    head_path(path).with_name(head_path(path).name + ".tmp").write_bytes(b"{")
     result = verify(path, key.public_key().public_bytes_raw().hex())
     assert result.valid and set(result.repairs) == {"head", "tmp"}
     assert Ledger(path, key).count == 1
     assert not head_path(path).with_name(head_path(path).name + ".tmp").exists()
+
+
+def test_a_deleted_head_is_damage_not_an_interrupted_first_append(ledger):
+    """An attacker who deletes the head and cuts the ledger to one record does not get a valid
+    one-record ledger: a writer creates the head before any record."""
+    path, key, signer = ledger
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"\n") + 1] + data[data.index(b"\n") + 1 :][:40])
+    head_path(path).unlink()
+    assert not verify(path, signer).valid
+    with pytest.raises(ConfigError, match=r"head file .* is missing"):
+        Ledger(path, key)
+
+
+def test_a_deleted_ledger_and_head_with_the_key_left_are_refused(tmp_path):
+    path = tmp_path / "l.jsonl"
+    open_ledger(path).append({**RELEASE, "round": 0, "epsilon": 0.5})
+    path.unlink()
+    head_path(path).unlink()
+    with pytest.raises(ConfigError, match="its signing key exists: the records were removed"):
+        open_ledger(path)
+
+
+def test_a_resumed_guard_never_reports_less_than_the_ledger_recorded(tmp_path):
+    """Resuming with another accountant (or from records a repair carried) keeps the recorded
+    figures as floors."""
+    from securefl.codec import VectorLayout
+    from securefl.layers import Clip, DPNoise, Plain, PrivacyStack, StackContext
+    from securefl.privacy.guard import Budget, PrivacyGuard
+    from securefl.selection import build_selection
+
+    def guard(accountant):
+        g = PrivacyGuard(Budget(1e6), open_ledger(tmp_path / "g.jsonl"), accountant)
+        stack = PrivacyStack.of([Clip(1.0), DPNoise(1.0, "central"), Plain()])
+        stack.validate(StackContext(VectorLayout(4), 3, 1, 1.0, {}))
+        g.bind(stack, build_selection("all"), 3)
+        return g
+
+    first = guard("rdp")
+    for round in range(5):
+        first.admit(round)
+        first.record_release(round, 3)
+    recorded = first.spent
+    assert guard("prv").spent >= recorded  # PRV alone would say less
+
+
+def test_a_planted_or_loose_ledger_key_is_refused_or_tightened(tmp_path):
+    path = tmp_path / "l.jsonl"
+    open_ledger(path).append({**RELEASE, "round": 0, "epsilon": 0.5})
+    key = Path(str(path) + ".key")
+    key.chmod(0o644)
+    open_ledger(path)
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    planted = tmp_path / "attacker.key"
+    planted.write_bytes(key.read_bytes())
+    key.unlink()
+    key.symlink_to(planted)
+    with pytest.raises(ConfigError, match="symlink is refused"):
+        open_ledger(path)
 
 
 def test_a_missing_ledger_whose_head_remains_is_refused_not_restarted(ledger):

@@ -102,34 +102,45 @@ class ObserverAccounts:
     (Poisson selection and Gaussian noise), else None: every class is then accounted at rate 1."""
 
     def __init__(
-        self, preferred: str, mechanism: str, placement: str, population: int, amplified: float | None
+        self,
+        preferred: str,
+        mechanism: str,
+        placement: str,
+        population: int,
+        amplified: float | None,
+        aggregator_protected: bool = True,
     ) -> None:
         self.preferred, self.placement, self.population = preferred, placement, population
+        # False when the aggregator sees what the recorded mechanism does not cover: the un-noised
+        # sum (central noise), or each update with only its share of distributed noise (a sum that
+        # does not hide inputs, e.g. plain).
+        self.aggregator_protected = aggregator_protected
         self.amplified = amplified
-        self.model = Tally(preferred, mechanism)
         # The count class composes a different rate k/n nearly every round: PRV and PLD cost seconds
         # per evaluation for a few dozen distinct rates, RDP (one cached curve per rate) milliseconds.
         # RDP is an upper bound (8-15% over the tight figure): honest, if not tight.
         self.count = Tally("rdp", mechanism)
         self.full: dict[Entry, int] = {}  # every release, unsampled: the participants' histories
-        self._worst_accountant = preferred
+        self.worst_accountant = preferred
         self.most_selected = 0  # m: the most releases any one party has been in
+        self.floors: dict[str, float] = {}  # figures a resumed ledger already recorded (floor())
         self._floor = 0  # each party's count before this process saw it (a resumed ledger's m)
         self._times: dict[str, int] = {}
 
     def take_over(self, previous: ObserverAccounts) -> None:
         """Keep composing onto what ``previous`` accounted (successive analytics queries)."""
-        self.model.take_over(previous.model)
         self.count.take_over(previous.count)
         for entry, steps in previous.full.items():
             self.full[entry] = self.full.get(entry, 0) + steps
         self.most_selected, self._floor = previous.most_selected, previous._floor
+        self.floors = dict(previous.floors)
         self._times = dict(previous._times)
 
     def rates(self, selected: int) -> dict[str, float]:
         if self.amplified is None:
             return {MODEL: 1.0, COUNT: 1.0}
-        return {MODEL: self.amplified, COUNT: min(1.0, max(1, selected) / self.population)}
+        rate = min(1.0, max(1, selected) / self.population)
+        return {MODEL: rate, COUNT: rate}
 
     def _selected_most(self, contributors: Sequence[str] | None) -> int:
         """m after a release summing ``contributors`` (None: unknown, so the worst party is assumed in)."""
@@ -142,7 +153,6 @@ class ObserverAccounts:
         """Account one release of ``fields`` from a round that selected ``selected`` parties and summed
         ``contributors``."""
         rates = self.rates(selected)
-        self.model.add(_with_rate(fields, rates[MODEL]))
         self.count.add(_with_rate(fields, rates[COUNT]))
         entry = _with_rate(fields, 1.0)
         self.full[entry] = self.full.get(entry, 0) + 1
@@ -158,7 +168,6 @@ class ObserverAccounts:
         steps = int(record.get("steps", 1))
         model_rate = float(record.get("sample_rate", 1.0))
         count_rate = _number(observers.get(COUNT, {}), "sample_rate", model_rate)
-        self.model.add(_with_rate(record, model_rate), steps)
         self.count.add(_with_rate(record, count_rate), steps)
         entry = _with_rate(record, 1.0)
         self.full[entry] = self.full.get(entry, 0) + steps
@@ -170,6 +179,18 @@ class ObserverAccounts:
         # A resumed process does not know who was selected before: every party starts at the worst.
         self._floor = self.most_selected
         self._times.clear()
+
+    def floor(self, record: Mapping[str, Any]) -> None:
+        """A resumed ledger's recorded figures are floors: recomputing with another accountant, or
+        from records a repair carried, never reports less than was already recorded."""
+        observers = record.get("observers") if isinstance(record.get("observers"), Mapping) else {}
+        figures = {name: _number(observers.get(name, {}), "epsilon", 0.0) for name in OBSERVERS}
+        enforced = record.get("observer") if record.get("observer") in OBSERVERS else None
+        recorded = _number(record, "epsilon", 0.0)
+        for name in [enforced] if enforced else [MODEL, COUNT]:  # an older record: the model's
+            figures[name] = max(figures[name], recorded)
+        for name, value in figures.items():
+            self.floors[name] = max(self.floors.get(name, 0.0), value)
 
     def epsilons(self, delta: float, observers: Sequence[str] = OBSERVERS) -> dict[str, float | None]:
         """ε spent so far against each of ``observers``."""
@@ -204,15 +225,19 @@ class ObserverAccounts:
         observers: Sequence[str],
     ) -> dict[str, float | None]:
         figures: dict[str, float | None] = {}
-        if MODEL in observers:
-            figures[MODEL] = self.model.epsilon(delta, extra.get(MODEL, ()))
-        if COUNT in observers:
-            figures[COUNT] = self.count.epsilon(delta, extra.get(COUNT, ()))
+        if MODEL in observers or COUNT in observers:
+            # The released average divides by the realized count, whose noise scale gives the count
+            # away (an attacker read k off the model in 200 rounds of 200): those who see the models
+            # see the count, so the two classes have one figure.
+            figures[COUNT] = figures[MODEL] = self.count.epsilon(delta, extra.get(COUNT, ()))
         if PARTICIPANTS in observers or AGGREGATOR in observers:
             selection = self._worst_party(delta, most, full)
             figures[PARTICIPANTS] = selection
-            figures[AGGREGATOR] = None if self.placement == "central" else selection
-        return figures
+            figures[AGGREGATOR] = selection if self.aggregator_protected else None
+        return {
+            name: None if value is None else max(value, self.floors.get(name, 0.0))
+            for name, value in figures.items()
+        }
 
     def _worst_party(self, delta: float, most: int, full: dict[Entry, int]) -> float:
         """ε of the ``most`` costliest releases, unsampled: the party selected most often."""
@@ -221,15 +246,15 @@ class ObserverAccounts:
             return 0.0
         # The history is rebuilt each time (m changes), but the accountant that could last take it
         # is kept: a PRV that failed once is not retried every round.
-        tally = Tally(self._worst_accountant, chosen[0][0][0])
+        tally = Tally(self.worst_accountant, chosen[0][0][0])
         for entry, steps in chosen:
             tally.add(entry, steps)
         value = tally.epsilon(delta)
-        self._worst_accountant = tally.accountant.name
+        self.worst_accountant = tally.accountant.name
         return value
 
     def versions(self) -> dict[str, str]:
-        return {MODEL: self.model.version, COUNT: self.count.version}
+        return {MODEL: self.count.version, COUNT: self.count.version}
 
 
 def costliest(full: Mapping[Entry, int], most: int, delta: float) -> list[tuple[Entry, int]]:

@@ -38,6 +38,7 @@ from securefl.privacy.accounts import costliest
 from securefl.privacy.ledger import verify
 from securefl.privacy.observers import AGGREGATOR, COUNT, DESCRIPTIONS, MODEL, OBSERVERS, PARTICIPANTS
 
+HIDING = ("secagg", "secagg+")  # sums that hide each input from the aggregator (guard.HIDING_SUMS)
 # PRV's default error bound in ε; PLD's discretisation error is smaller at the default interval.
 TOLERANCE = 0.01
 TIGHT = ("prv", "pld")
@@ -129,6 +130,13 @@ def audit(
         )
     carried = [r["carried"] for r in check.records if isinstance(r.get("carried"), dict)]
     result.carried = len(carried)
+    unverified = [c for c in carried if not c.get("verified") and not c.get("missing")]
+    if unverified:
+        result.problems.append(
+            f"{len(unverified)} records were carried by a repair from a damaged ledger whose signatures no "
+            "longer verified: their figures may have been altered (compare the damaged copy "
+            f"{unverified[0].get('from')} with your own records)"
+        )
     if carried:
         placeholders = sum(1 for c in carried if c.get("missing"))
         result.notes.append(
@@ -235,8 +243,9 @@ def _replay(
     result.reported = float(record["epsilon"])
     # The figure these accountants recompute (the record's sample_rate) is the released-model one;
     # the other observers' figures are checked by _observers.
-    model = _observer_figure(record, MODEL)
-    reported = float(record["epsilon"]) if model is None else model
+    if isinstance(record.get("observers"), dict):
+        return  # the per-observer figures are checked by _observers (the model's viewers see k)
+    reported = float(record["epsilon"])
     own = _accountant_name(record)
     recomputed = row["recomputed"]
     if own in recomputed and reported < recomputed[own] * (1 - 1e-9) - 1e-12:
@@ -267,9 +276,27 @@ def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -
     released = [r for r in records if r.get("decision") == "released"]
     if not released:
         return
-    if not all(isinstance(r.get("observers"), dict) for r in released):
-        result.notes.append("some releases carry no per-observer ε (written before securefl recorded them)")
+    carrying = [isinstance(r.get("observers"), dict) for r in released]
+    if not any(carrying):
+        result.notes.append(
+            "no release carries per-observer ε (a ledger written before securefl recorded them, or one "
+            "they were stripped from): its ε holds only against observers who know neither the selection "
+            "nor the count of any round"
+        )
         return
+    if not all(carrying):
+        result.problems.append(
+            f"{carrying.count(False)} of {len(released)} releases carry no per-observer ε while the others "
+            "do: figures were removed"
+        )
+        return
+    if len({r.get("observer") for r in released}) > 1:
+        result.problems.append("the observer class the budget holds against changes between releases")
+    budgets = {r.get("budget_epsilon") for r in records}
+    if len(budgets) > 1:
+        result.problems.append(f"the budget changes between records ({sorted(map(str, budgets))})")
+    result.problems.extend(_poisson_plausibility(released))
+    highest: dict[str, float] = {}
     count_history: dict[tuple, int] = {}
     full: dict[tuple, int] = {}
     previous_m, participations = 0, 0
@@ -288,9 +315,23 @@ def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -
         count_history[count_entry] = count_history.get(count_entry, 0) + steps
         full[unsampled] = full.get(unsampled, 0) + steps
         previous_m = record["observers"][PARTICIPANTS]["releases"]
-        if index % every != every - 1 and index != len(released) - 1:
-            continue
-        recomputed = _recompute_observers(count_history, full, previous_m, float(record["delta"]))
+        for observer in OBSERVERS:
+            value = _observer_figure(record, observer)
+            if value is not None and value < highest.get(observer, 0.0):
+                result.problems.append(
+                    f"{where}: its ε against {observer} ({value:.6g}) is below an earlier record's "
+                    f"({highest[observer]:.6g}): ε never decreases"
+                )
+            if value is not None:
+                highest[observer] = max(highest.get(observer, 0.0), value)
+        budget = record.get("budget_epsilon")
+        if isinstance(budget, (int, float)) and float(record["epsilon"]) > budget:
+            result.problems.append(
+                f"{where}: released at ε {float(record['epsilon']):.6g} against {record.get('observer')}, "
+                f"over its budget {budget:g}"
+            )
+        tight = index % every == every - 1 or index == len(released) - 1
+        recomputed = _recompute_observers(count_history, full, previous_m, float(record["delta"]), tight)
         for observer, (value, name) in recomputed.items():
             reported = _observer_figure(record, observer)
             if reported is None or value is None:
@@ -301,7 +342,8 @@ def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -
                     f"{where} reports ε={reported:.6g} against {observer}, below the {name} "
                     f"recomputation {value:.6g}: under-reported"
                 )
-        last = recomputed
+        if tight:
+            last = recomputed
     final = released[-1]
     result.observer = final.get("observer")
     for observer in OBSERVERS:
@@ -317,7 +359,8 @@ def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -
         }
     if final["observers"].get(AGGREGATOR, {}).get("epsilon") is None:
         result.observers[AGGREGATOR]["note"] = (
-            "not protected: with central noise the aggregator adds the noise to a sum it reads"
+            "not protected: with central noise it reads the sum before noising it; with distributed "
+            "noise and a sum that shows it each input, it sees each with only a share of the noise"
         )
 
 
@@ -338,13 +381,33 @@ def _observer_rules(record: dict[str, Any], previous_m: int, participations: int
             f"claims amplification by sampling (q={rate:g}) with sampling {record.get('sampling')!r} and "
             f"{record.get('mechanism')} noise; dp.md allows it only for Poisson selection and Gaussian noise"
         )
-    if figures[MODEL]["sample_rate"] != rate:
-        problems.append("its released-model rate differs from its sample_rate")
-    count_rate = float(figures[COUNT]["sample_rate"])
     selected, population = record.get("parties_selected"), record.get("population")
+    summed = record.get("parties_summed")
+    if not (
+        all(isinstance(v, int) and not isinstance(v, bool) for v in (selected, population, summed))
+        and 1 <= summed <= selected <= population
+    ):
+        problems.append(
+            f"its counts are impossible (summed {summed!r}, selected {selected!r}, population "
+            f"{population!r}): 1 ≤ summed ≤ selected ≤ population"
+        )
+        selected = population = None
     expected = min(1.0, selected / population) if poisson and selected and population else 1.0
-    if abs(count_rate - expected) > 1e-12:
-        problems.append(f"accounts the count class at {count_rate:g}, not k/n = {expected:g}")
+    for observer in (MODEL, COUNT):  # the model's viewers see the count (the average divides by it)
+        rate_used = float(figures[observer]["sample_rate"])
+        if abs(rate_used - expected) > 1e-12:
+            problems.append(f"accounts {observer} at {rate_used:g}, not k/n = {expected:g}")
+    if figures[MODEL]["epsilon"] != figures[COUNT]["epsilon"]:
+        problems.append("its released-model and count figures differ (the released average shows the count)")
+    threshold, in_sum = record.get("noise_threshold"), record.get("noise_std_in_sum")
+    calibrated = float(record.get("noise_std", 0) or 0)
+    short = not (isinstance(in_sum, (int, float)) and in_sum >= calibrated * (1 - 1e-9))
+    on_parties = record.get("placement") != "central" and isinstance(threshold, int)
+    if on_parties and isinstance(summed, int) and (summed < threshold or short):
+        problems.append(
+            f"its sum carried less than the accounted noise ({summed} parties summed, shares sized for "
+            f"{threshold}; std in the sum {in_sum!r} below {calibrated!r})"
+        )
     for observer in (PARTICIPANTS, AGGREGATOR):
         if float(figures[observer].get("sample_rate", 1.0)) != 1.0:
             problems.append(f"claims amplification against {observer}, who know the selection")
@@ -363,26 +426,64 @@ def _observer_rules(record: dict[str, Any], previous_m: int, participations: int
                 f"its worst party's release count {m} is below {floor}: {participations} participations "
                 f"among {population} parties put some party in at least that many"
             )
-    central = record.get("placement") == "central"
-    if central != (figures[AGGREGATOR]["epsilon"] is None):
+    placement = record.get("placement")
+    protected = placement == "local" or (placement == "distributed" and record.get("secure_sum") in HIDING)
+    if protected == (figures[AGGREGATOR]["epsilon"] is None):
         problems.append(
-            "claims protection against the aggregator with central noise"
-            if central
-            else "gives no figure against the aggregator although the noise is added on the parties"
+            "gives no figure against the aggregator although it cannot see around the noise"
+            if protected
+            else f"claims protection against the aggregator with {placement} noise and the "
+            f"{record.get('secure_sum')!r} sum, where it sees the sum or the inputs with less noise"
         )
-    if not central and figures[AGGREGATOR]["epsilon"] != figures[PARTICIPANTS]["epsilon"]:
+    if protected and figures[AGGREGATOR]["epsilon"] != figures[PARTICIPANTS]["epsilon"]:
         problems.append("its aggregator and participants figures differ (both know the selection)")
     return problems
 
 
+def _poisson_plausibility(released: list[dict[str, Any]]) -> list[str]:
+    """A claimed Poisson rate q must fit the counts: over R releases (rounds with k ≥ 1), Σk is a sum
+    of binomials B(n, q) conditioned on k ≥ 1; a total more than 5 standard deviations above its mean
+    means q was understated (a smaller q claims more amplification)."""
+    poisson = [r for r in released if r.get("sampling") == "poisson" and r.get("mechanism") == GAUSSIAN]
+    try:
+        groups: dict[tuple[float, int], list[int]] = {}
+        for r in poisson:
+            groups.setdefault((float(r["sample_rate"]), int(r["population"])), []).append(
+                int(r["parties_selected"])
+            )
+    except (KeyError, TypeError, ValueError):
+        return ["Poisson releases lack sample_rate, population or parties_selected"]
+    problems = []
+    for (q, n), counts in groups.items():
+        if not (0 < q < 1 and n > 0):
+            continue
+        nonzero = 1 - (1 - q) ** n
+        mean = n * q / nonzero
+        variance = (n * q * (1 - q) + (n * q) ** 2) / nonzero - mean**2
+        spread = math.sqrt(max(variance, 1e-12) * len(counts))
+        excess = (sum(counts) - mean * len(counts)) / spread
+        if excess > 5:
+            problems.append(
+                f"{len(counts)} releases claim Poisson rate q={q:g} of {n} parties, but selected "
+                f"{sum(counts)} in all where about {mean * len(counts):.0f} were expected "
+                f"({excess:.1f} standard deviations above): the rate was understated"
+            )
+    return problems
+
+
 def _recompute_observers(
-    count_history: dict[tuple, int], full: dict[tuple, int], most: int, delta: float
+    count_history: dict[tuple, int], full: dict[tuple, int], most: int, delta: float, tight: bool = True
 ) -> dict[str, tuple[float | None, str]]:
+    """The count (and released-model) figure by RDP at every release — cheap, as the guard computes
+    it; the participants' at checkpoints (``tight``) by PLD."""
     skellam = any(entry[0] == SKELLAM for entry in full)
     name = "rdp" if skellam or "pld" not in ACCOUNTANTS else "pld"
     count = create("rdp")  # as the guard accounts it (many distinct rates: PLD would take seconds)
     for entry, steps in count_history.items():
         count._add(entry, steps)
+    counted = count.epsilon(delta)
+    if not tight:
+        return {MODEL: (counted, "rdp"), COUNT: (counted, "rdp")}
     chosen = costliest(full, most, delta)
     try:
         worst = create(name)
@@ -395,7 +496,8 @@ def _recompute_observers(
             worst._add(entry, steps)
         selection = worst.epsilon(delta)
     return {
-        COUNT: (count.epsilon(delta), "rdp"),
+        MODEL: (counted, "rdp"),
+        COUNT: (counted, "rdp"),
         PARTICIPANTS: (selection, name),
         AGGREGATOR: (selection, name),
     }

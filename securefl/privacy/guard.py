@@ -25,7 +25,7 @@ from typing import Any
 from securefl.errors import BudgetExhausted, ConfigError
 from securefl.layers.base import PrivacyStack
 from securefl.layers.dp import NEIGHBOURING, DPNoise, Mechanism
-from securefl.privacy.accountants import DEFAULT, GAUSSIAN, Accountant
+from securefl.privacy.accountants import DEFAULT, GAUSSIAN, Accountant, create
 from securefl.privacy.accountants.base import check_delta
 from securefl.privacy.accounts import ObserverAccounts
 from securefl.privacy.ledger import Ledger, open_ledger
@@ -35,12 +35,14 @@ from securefl.privacy.observers import (
     MODEL,
     PARTICIPANTS,
     check_observer,
-    default_observer,
 )
 from securefl.runner import BudgetSettings
 from securefl.selection import Selection
 
 log = logging.getLogger(__name__)
+
+# Sums that hide each input from the aggregator (distributed noise then holds against it).
+HIDING_SUMS = frozenset({"secagg", "secagg+"})
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class PrivacyGuard:
         self.sampling = "none"
         self.sample_rate = 1.0
         self.population = 0
+        self.secure_sum = "plain"
+        self.aggregator_protected = False
+        self.binding: GuardBinding | None = None
         # Ledger rounds continue across federations bound to this guard (a resumed run, successive
         # analytics queries): a federation's round r is ledger round first_round + r.
         self.first_round = 0
@@ -87,12 +92,18 @@ class PrivacyGuard:
 
     @property
     def accountant(self) -> Accountant | None:
-        """The accountant of the enforced observer class (its name goes in the records)."""
+        """The accountant holding every release of this guard (the count and released-model classes,
+        at k/n); the records name the one behind the enforced figure (:meth:`_accountant_version`)."""
         if self.accounts is None:
             return None
-        return self.accounts.count.accountant if self.observer == COUNT else self.accounts.model.accountant
+        return self.accounts.count.accountant
 
-    def bind(self, stack: PrivacyStack, selection: Selection, population: int) -> None:
+    def _accountant_version(self) -> str:
+        if self.observer in (MODEL, COUNT):
+            return self.accounts.count.version
+        return create(self.accounts.worst_accountant).version
+
+    def bind(self, stack: PrivacyStack, selection: Selection, population: int) -> GuardBinding:
         """Learn the mechanism from the stack's ``dp`` layer and the sampling from the selection.
         The first binding replays the releases already in the ledger, so a resumed federation keeps
         spending from where it stopped; a later binding (the next analytics query) keeps composing
@@ -106,12 +117,23 @@ class PrivacyGuard:
         self.layer = layers[0]
         self.mechanism = self.layer.mechanism
         self.population = population
-        self.observer = self.budget.observer or default_observer(self.mechanism.placement)
-        if self.observer == AGGREGATOR and self.mechanism.placement == "central":
+        placement = self.mechanism.placement
+        # Against the aggregator the recorded noise holds only if it cannot see less-noised data:
+        # not with central noise (it reads the sum before noising it), nor with distributed noise
+        # and a sum that shows it each input (each carries only a 1/t share of the noise).
+        self.secure_sum = stack.secure_sum.name
+        hides_inputs = self.secure_sum in HIDING_SUMS
+        self.aggregator_protected = placement == "local" or (placement == "distributed" and hides_inputs)
+        # Default: the parties, who are all handed their rounds' selection. Where the aggregator is
+        # protected its figure is the same, so the default does not change between bindings.
+        self.observer = self.budget.observer or PARTICIPANTS
+        if self.observer == AGGREGATOR and not self.aggregator_protected:
             raise ConfigError(
-                "a budget against the aggregator needs noise the aggregator cannot remove: with central "
-                "noise it adds the noise itself to a sum it reads. Use placement 'distributed' or "
-                "'local', or hold the budget against 'participants'"
+                "a budget against the aggregator needs noise the aggregator cannot see around: with "
+                f"{placement} noise and the {stack.secure_sum.name!r} sum it reads "
+                + ("the sum before noising it" if placement == "central" else "each noised share")
+                + ". Use 'distributed' noise with secagg/secagg+, or 'local' noise, or hold the budget "
+                "against 'participants'"
             )
         amplified = selection.name == "poisson" and self.mechanism.mechanism == GAUSSIAN
         self.sample_rate = selection.sample_rate(population) if amplified else 1.0
@@ -123,6 +145,7 @@ class PrivacyGuard:
             self.mechanism.placement,
             population,
             self.sample_rate if amplified else None,
+            self.aggregator_protected,
         )
         if previous is not None:  # the next query of an analytics session: keep composing
             accounts.take_over(previous)
@@ -131,9 +154,19 @@ class PrivacyGuard:
             for record in self.ledger.records:
                 if isinstance(record.get("round"), int):
                     self.next_round = max(self.next_round, record["round"] + 1)
-                if record.get("decision") == "released" and record.get("unit") == "party":
+                if record.get("unit") != "party":
+                    continue
+                if record.get("delta") not in (None, self.budget.delta):
+                    raise ConfigError(
+                        f"the ledger {self.ledger.path} accounts δ={record.get('delta')}, this budget "
+                        f"δ={self.budget.delta}: resume with the same δ (ε at another δ is another figure)"
+                    )
+                if record.get("decision") == "released":
                     self.accounts.replay(record)
+                self.accounts.floor(record)
         self.first_round = self.next_round
+        self.binding = GuardBinding(self)
+        return self.binding
 
     def _fields(self) -> dict[str, Any]:
         return {**self.mechanism.fields(), "sample_rate": self.sample_rate}
@@ -238,10 +271,49 @@ class PrivacyGuard:
                 "observer": self.observer,
                 "observers": self._observers_field(figures, count),
                 "population": self.population,
-                "accountant": self.accountant.version,
+                "secure_sum": self.secure_sum,
+                "accountant": self._accountant_version(),
                 "noise": f"{m.mechanism} ({m.placement})",
             }
         )
+
+
+class GuardBinding:
+    """A guard as one federation sees it (what :meth:`PrivacyGuard.bind` returns). Binding the guard
+    to another federation retires this one: a federation that goes on releasing through a retired
+    binding would be accounted with the other federation's mechanism, so it is refused."""
+
+    def __init__(self, guard: PrivacyGuard) -> None:
+        self.guard = guard
+
+    def _current(self) -> PrivacyGuard:
+        if self.guard.binding is not self:
+            raise ConfigError(
+                "this privacy guard has since been bound to another federation: one federation at a time "
+                "(its releases would be accounted with the other's mechanism); give each its own guard"
+            )
+        return self.guard
+
+    def bind(self, stack: PrivacyStack, selection: Selection, population: int) -> GuardBinding:
+        return self.guard.bind(stack, selection, population)
+
+    def admit(self, round: int) -> None:
+        self._current().admit(round)
+
+    def admit_selection(self, round: int, selected: Sequence[str]) -> None:
+        self._current().admit_selection(round, selected)
+
+    def record_release(
+        self,
+        round: int,
+        parties_summed: int,
+        selected: Sequence[str] | None = None,
+        contributors: Sequence[str] | None = None,
+    ) -> float:
+        return self._current().record_release(round, parties_summed, selected, contributors)
+
+    def __getattr__(self, name: str) -> Any:  # budget, ledger, spent, epsilons(), …: the guard's
+        return getattr(self.guard, name)
 
 
 def round_half(value: float) -> int:

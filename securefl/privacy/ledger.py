@@ -17,11 +17,14 @@ older signed state is not (anchor the head elsewhere for that).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,6 +115,7 @@ class Verification:
     problems: list[str] = field(default_factory=list)
     signer: str | None = None
     interrupted: list[str] = field(default_factory=list)
+    last_hash: str = GENESIS  # SHA-256 of the last record's line as written (not re-serialized)
     head_count: int | None = None
     readable: int = 0
     # What a writer does to complete an interrupted append: "newline", "truncate", "head", "tmp".
@@ -133,6 +137,9 @@ def verify(path: str | Path, public_key: str | None = None) -> Verification:
         raw = path.read_bytes()
     except FileNotFoundError:
         head = head_path(path)
+        empty_head = head.exists() and (_parse(head.read_bytes()) or {}).get("count") == 0
+        if empty_head:  # created, nothing recorded yet
+            return Verification(True, records, problems)
         if head.exists():
             problems.append(
                 f"ledger {path} is missing but its head {head.name} exists: the records were removed; "
@@ -186,6 +193,7 @@ def verify(path: str | Path, public_key: str | None = None) -> Verification:
             )
     elif tail:
         problems.append("the last line is incomplete: the ledger was truncated mid-record")
+    result.last_hash = hashes[-1]
     if not problems:
         _check_head(path, records, hashes, signer, result)
     if head_path(path).with_name(head_path(path).name + ".tmp").exists():
@@ -201,9 +209,15 @@ def verify(path: str | Path, public_key: str | None = None) -> Verification:
     return result
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed in a ledger")
+
+
 def _parse(line: bytes) -> dict[str, Any] | None:
+    """A record, or None: not JSON, not an object, or holding NaN/Infinity (which no writer emits and
+    no canonical form has)."""
     try:
-        record = json.loads(line)
+        record = json.loads(line, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
@@ -233,17 +247,9 @@ def _check_head(
     if not head_file.exists():
         if count == 0:
             return
-        if count == 1:  # the very first append: the record was written, the head not yet
-            result.head_count = 0
-            result.repairs.append("head")
-            result.interrupted.append(
-                "record 0 was written but the head file not yet (the first append was cut); it counts and "
-                "the head is written"
-            )
-            return
         result.problems.append(
-            f"the head file {head_file.name} is missing with {count} records: records removed from the end "
-            "could not be detected"
+            f"the head file {head_file.name} is missing with {count} records (a writer creates it before the "
+            "first record): records removed from the end could not be detected"
         )
         return
     head = _parse(head_file.read_bytes())
@@ -279,31 +285,51 @@ def load_or_create_key(ledger_path: str | Path) -> Ed25519PrivateKey:
     """The ledger's signing key, ``<ledger>.key`` (PEM, 0600); created with ``<ledger>.pub`` (the
     public key in hex, for auditors) if missing — but never for a ledger that already has records:
     a new key would sign a second chain and the spent budget would look like someone else's."""
+    key, fresh = _read_or_generate_key(ledger_path)
+    if fresh:
+        _persist_key(ledger_path, key)
+    return key
+
+
+def _read_or_generate_key(ledger_path: str | Path) -> tuple[Ed25519PrivateKey, bool]:
     key_path = Path(str(ledger_path) + ".key")
-    public_path = Path(str(ledger_path) + ".pub")
     if os.path.lexists(key_path):
+        try:  # never through a planted symlink; a key left readable by others is tightened
+            fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the ledger's signing key {key_path} ({exc.strerror}; a symlink is refused)"
+            ) from None
+        with os.fdopen(fd, "rb") as handle:
+            if os.fstat(fd).st_mode & 0o077:
+                log.warning("ledger key %s was readable by others: set to 0600", key_path)
+                os.fchmod(fd, 0o600)
+            data = handle.read()
         try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as exc:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"cannot read the ledger's signing key {key_path}: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(f"{key_path} is not an Ed25519 private key")
-        _write_public(public_path, key)  # a crash between the two files, or a torn .pub: the key rules
-        return key
+        _write_public(Path(str(ledger_path) + ".pub"), key)  # a crash between the files, a torn .pub
+        return key, False
     ledger = Path(ledger_path)
     if ledger.exists() and ledger.stat().st_size:
         raise ConfigError(
             f"the ledger {ledger} has records but its signing key {key_path} is missing: restore the key "
             "(a new key would start a second chain, and the budget spent so far would be lost)"
         )
-    key = Ed25519PrivateKey.generate()
+    return Ed25519PrivateKey.generate(), True
+
+
+def _persist_key(ledger_path: str | Path, key: Ed25519PrivateKey) -> None:
+    key_path = Path(str(ledger_path) + ".key")
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     private_directory(key_path.parent)
     write_private(key_path, pem, overwrite=False)
-    _write_public(public_path, key)
-    return key
+    _write_public(Path(str(ledger_path) + ".pub"), key)
 
 
 def _write_public(path: Path, key: Ed25519PrivateKey) -> None:
@@ -335,8 +361,30 @@ def read_public_key(value: str) -> str:
 
 
 def open_ledger(path: str | Path) -> Ledger:
-    """A ledger at ``path`` signed with the key kept next to it (see :func:`load_or_create_key`)."""
-    return Ledger(path, load_or_create_key(path))
+    """A ledger at ``path`` signed with the key kept next to it (see :func:`load_or_create_key`).
+
+    A new ledger's signed empty head is written *before* its key: a key without ledger and head can
+    then only mean both were removed, which is refused instead of restarting the budget at zero."""
+    key, fresh = _read_or_generate_key(path)
+    ledger = Ledger(path, key)
+    if fresh:
+        _persist_key(path, key)
+    return ledger
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the ledger's append lock (flock on the ledger file) while opening it, if it exists."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _repair_command(path: Path) -> str:
@@ -355,7 +403,18 @@ class Ledger:
         self._open()
 
     def _open(self) -> None:
+        with _locked(self.path):  # a writer mid-append is not mistaken for a crash, nor "repaired"
+            self._open_locked()
+
+    def _open_locked(self) -> None:
         missing = not os.path.lexists(self.path) and not head_path(self.path).exists()
+        if missing and os.path.lexists(Path(str(self.path) + ".key")):
+            # A writer creates the head before the key (open_ledger): a key with neither file
+            # means both were removed, not a ledger never written.
+            raise ConfigError(
+                f"ledger {self.path} and its head are missing but its signing key exists: the records were "
+                "removed; restore them from a backup (starting again would reset the spent budget)"
+            )
         state = Verification(True) if missing else verify(self.path, self.signer)
         real_problems = [p for p in state.problems if not p.startswith("note:")]
         if real_problems:
@@ -374,8 +433,11 @@ class Ledger:
                 )
         self.records = state.records  # what the ledger held when opened (a guard replays them)
         self.count = len(state.records)
-        self.last = line_hash(canonical(state.records[-1])) if state.records else GENESIS
+        self.last = state.last_hash
         self.size = state.readable
+        if not state.records and not head_path(self.path).exists():
+            private_directory(self.path.parent)  # a ledger in a directory not yet made: 0700
+            self._write_head(0, GENESIS)  # before any record: a missing head is then always damage
 
     def _complete(self, state: Verification) -> None:
         """Finish what a crash interrupted, in the writing order's own steps (protocols/ledger.md)."""
@@ -394,8 +456,7 @@ class Ledger:
             finally:
                 os.close(fd)
         if "head" in state.repairs:
-            last = line_hash(canonical(state.records[-1]))
-            self._write_head(len(state.records), last)
+            self._write_head(len(state.records), state.last_hash)
         stray = head_path(self.path).with_name(head_path(self.path).name + ".tmp")
         if "tmp" in state.repairs and os.path.lexists(stray):
             os.unlink(stray)
@@ -471,7 +532,7 @@ def repair(path: str | Path) -> Repair:
     marked ``carried`` (the damaged file's SHA-256, the record's original ``seq`` and ``time``,
     whether its signature still verified). Records the damage hid — lines that no longer parse, or
     the records the head counts beyond what remains — are carried as placeholders that repeat the
-    last readable release's mechanism, so the spent budget is never lower than before (the
+    most costly readable release's mechanism, so the spent budget is never lower than before (the
     assumption is printed and recorded). The replacement is built aside and renamed into place: a
     crash during repair leaves either ledger, each of which a second repair carries again."""
     path = Path(path)
@@ -516,8 +577,11 @@ def repair(path: str | Path) -> Repair:
             f"ledger {path}: {missing} records are unreadable or missing and no readable release shows "
             "their mechanism; restore the ledger from a backup"
         )
+    # The noisiest-for-the-target (smallest noise multiplier) readable release: never the last one,
+    # which an attacker who deleted records could have forged weaker.
+    costliest = min(releases, key=lambda r: _number_or(r.get("noise_multiplier"), math.inf))
     for _ in range(missing):
-        placeholder = dict(releases[-1])
+        placeholder = dict(costliest)
         placeholder["carried"] = {"from": kept.name, "sha256": digest, "missing": True}
         readable.append(placeholder)
     report.placeholders = missing
@@ -541,6 +605,10 @@ def repair(path: str | Path) -> Repair:
         kept,
     )
     return report
+
+
+def _number_or(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 def _copy_synced(source: Path, target: Path) -> None:

@@ -3,20 +3,24 @@
 One federation's releases give a different guarantee to different observers, because amplification
 by sampling holds only against those who do not know who was sampled (protocols/dp.md § Observers):
 
-* ``released-model`` — sees only the released models. With Poisson selection and Gaussian noise,
-  each release is the Poisson-subsampled Gaussian at rate q.
-* ``count`` — also sees how many parties each round selected (the ledger's ``parties_selected``, a
-  round report, the operator's logs). Given the count k of n, a party was in the round with
-  probability k/n, not q: each release is accounted at k/n. (Under the zero-out relation the count
-  does not depend on any party's data, so knowing it costs nothing else.)
+* ``released-model`` — sees only the released models. The released average divides by the
+  realized count, whose noise scale gives it away, so this observer knows the count: each release
+  is accounted at k/n (below), like ``count``.
+* ``count`` — sees how many parties each round selected (the ledger's ``parties_selected``, a
+  round report, the operator's logs, the released model itself). Given the count k of n, a party
+  was in the round with probability k/n, not q: each release is accounted at k/n (Poisson selection
+  and Gaussian noise; otherwise at 1). Under the zero-out relation the count does not depend on any
+  party's data, so knowing it costs nothing else.
 * ``participants`` — the federation's parties, alone or colluding: the selected parties are handed
   the round's selection, so they may know whether the target took part. A party's data is used only
   in the rounds it is selected in, so against them the target's ε is the composition of *its* rounds
   without amplification; the guarantee is the worst party's: the ``m`` rounds of the party selected
   most often (with mixed mechanisms, the ``m`` costliest releases — an upper bound).
 * ``aggregator`` — chooses the parties and hears from them, so it knows the selection too: the same
-  account as ``participants`` for ``distributed`` and ``local`` noise. With ``central`` noise it
-  adds the noise itself to a sum it reads: nothing protects against it (``None``).
+  account as ``participants`` for ``local`` noise, and for ``distributed`` noise under a sum that
+  hides each input (secagg, secagg+). With ``central`` noise it reads the sum before noising it, and
+  with ``distributed`` noise under ``plain`` it reads each input with only its share of the noise:
+  the recorded mechanism does not protect against it (``None``).
 
 The classes are named here (a light module: the CLI and the config check names without loading
 an accountant); :mod:`securefl.privacy.accounts` computes each class's ε.
@@ -37,13 +41,6 @@ DESCRIPTIONS = {
     "in the rounds they are in",
     AGGREGATOR: "the aggregator, which chooses the parties of each round and receives their updates",
 }
-
-
-def default_observer(placement: str) -> str:
-    """The strictest observer a deployment exposes and a budget can hold against: every party is
-    handed its round's selection, so ``participants`` at least; with noise added on the parties, the
-    aggregator too (the same figure). With ``central`` noise the aggregator sees the un-noised sum."""
-    return PARTICIPANTS if placement == "central" else AGGREGATOR
 
 
 def check_observer(observer: str | None) -> str | None:
