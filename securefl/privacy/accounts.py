@@ -166,8 +166,8 @@ class ObserverAccounts:
         and the worst party is assumed in the release."""
         observers = record.get("observers") if isinstance(record.get("observers"), Mapping) else {}
         steps = int(record.get("steps", 1))
-        model_rate = float(record.get("sample_rate", 1.0))
-        count_rate = _number(observers.get(COUNT, {}), "sample_rate", model_rate)
+        # An older record has no count rate: its sample_rate is the best there is.
+        count_rate = _number(observers.get(COUNT, {}), "sample_rate", float(record.get("sample_rate", 1.0)))
         self.count.add(_with_rate(record, count_rate), steps)
         entry = _with_rate(record, 1.0)
         self.full[entry] = self.full.get(entry, 0) + steps
@@ -252,9 +252,6 @@ class ObserverAccounts:
         value = tally.epsilon(delta)
         self.worst_accountant = tally.accountant.name
         return value
-
-    def versions(self) -> dict[str, str]:
-        return {MODEL: self.count.version, COUNT: self.count.version}
 
 
 def costliest(full: Mapping[Entry, int], most: int, delta: float) -> list[tuple[Entry, int]]:
