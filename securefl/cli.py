@@ -304,7 +304,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             f"for {rounds} rounds of {args.parties} parties × {args.params:,} parameters"
         )
     results = []
-    phases = {"plain": 1, "secagg": 4, "secagg+": 4, "paillier": 2, "ckks": 2}
+    # Replies per party per round, for the progress bar only (an unknown layer counts one).
+    phases = {"plain": 1, "secagg": 4, "secagg+": 4, "paillier": 2, "ckks": 2, "paillier-threshold": 4}
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -315,7 +316,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         for name in layers:
             for where in backends:
                 total = args.parties * (
-                    phases[name] * (args.repeat + 1) + (3 if name in ("paillier", "ckks") else 0)
+                    phases.get(name, 1) * (args.repeat + 1) + (3 if name in ("paillier", "ckks") else 0)
                 )
                 label = name if len(backends) == 1 else f"{name} ({where})"
                 task = progress.add_task(f"{label:>9}", total=total)

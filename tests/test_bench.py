@@ -104,3 +104,12 @@ def test_secagg_quantizes_to_fit_a_thousand_parties():
     assert math.isclose(
         bench.check_fits("plain", 1_000_000, 2)["memory_gib"], 2 * 1e6 * 56 / 2**30 + 64e6 / 2**30
     )
+
+
+def test_cli_bench_runs_paillier_threshold_without_a_traceback(capsys):
+    """Every registered layer benches from the CLI (paillier-threshold once raised a KeyError)."""
+    args = ["bench", "--privacy", "paillier-threshold", "--params", "100", "--parties", "3", "--repeat", "1"]
+    assert main([*args, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert {r["privacy"] for r in results} >= {"plain", "paillier-threshold"}
+    assert all(r["max_error"] < 1e-2 for r in results)
