@@ -241,17 +241,24 @@ class ObserverAccounts:
 
     def _worst_party(self, delta: float, most: int, full: dict[Entry, int]) -> float:
         """ε of the ``most`` costliest releases, unsampled: the party selected most often."""
-        chosen = costliest(full, most, delta)
-        if not chosen:
-            return 0.0
         # The history is rebuilt each time (m changes), but the accountant that could last take it
         # is kept: a PRV that failed once is not retried every round.
-        tally = Tally(self.worst_accountant, chosen[0][0][0])
-        for entry, steps in chosen:
-            tally.add(entry, steps)
-        value = tally.epsilon(delta)
-        self.worst_accountant = tally.accountant.name
+        value, self.worst_accountant = worst_party_epsilon(full, most, delta, self.worst_accountant)
         return value
+
+
+def worst_party_epsilon(
+    full: Mapping[Entry, int], most: int, delta: float, preferred: str
+) -> tuple[float, str]:
+    """ε of the ``most`` costliest releases, unsampled (the party selected most often), and the name
+    of the accountant that computed it (``preferred``, or the one it handed the history to)."""
+    chosen = costliest(full, most, delta)
+    if not chosen:
+        return 0.0, preferred
+    tally = Tally(preferred, chosen[0][0][0])
+    for entry, steps in chosen:
+        tally.add(entry, steps)
+    return tally.epsilon(delta), tally.accountant.name
 
 
 def costliest(full: Mapping[Entry, int], most: int, delta: float) -> list[tuple[Entry, int]]:

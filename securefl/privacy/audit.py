@@ -34,7 +34,7 @@ from typing import Any
 from securefl.errors import ConfigError
 from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create, entry_of
 from securefl.privacy.accountants.base import BeyondAccountant
-from securefl.privacy.accounts import costliest
+from securefl.privacy.accounts import worst_party_epsilon
 from securefl.privacy.ledger import verify
 from securefl.privacy.observers import AGGREGATOR, COUNT, DESCRIPTIONS, MODEL, OBSERVERS, PARTICIPANTS
 
@@ -476,25 +476,15 @@ def _recompute_observers(
 ) -> dict[str, tuple[float | None, str]]:
     """The count (and released-model) figure by RDP at every release — cheap, as the guard computes
     it; the participants' at checkpoints (``tight``) by PLD."""
-    skellam = any(entry[0] == SKELLAM for entry in full)
-    name = "rdp" if skellam or "pld" not in ACCOUNTANTS else "pld"
     count = create("rdp")  # as the guard accounts it (many distinct rates: PLD would take seconds)
     for entry, steps in count_history.items():
         count._add(entry, steps)
     counted = count.epsilon(delta)
     if not tight:
         return {MODEL: (counted, "rdp"), COUNT: (counted, "rdp")}
-    chosen = costliest(full, most, delta)
-    try:
-        worst = create(name)
-        for entry, steps in chosen:
-            worst._add(entry, steps)
-        selection = worst.epsilon(delta)
-    except BeyondAccountant:  # too little noise for PLD's grid: RDP's bound, as the guard does
-        name, worst = "rdp", create("rdp")
-        for entry, steps in chosen:
-            worst._add(entry, steps)
-        selection = worst.epsilon(delta)
+    # PLD (independent of the guard's PRV), handing over to RDP for Skellam or too little noise.
+    preferred = "pld" if "pld" in ACCOUNTANTS else "rdp"
+    selection, name = worst_party_epsilon(full, most, delta, preferred)
     return {
         MODEL: (counted, "rdp"),
         COUNT: (counted, "rdp"),
