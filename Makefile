@@ -4,13 +4,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0+cpu"
+	# torch's CPU build: from a wheel pip finds locally where there is one, else from PyTorch's CPU index.
+	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0+cpu" || \
+	  $(PY) -m pip install --quiet -c constraints.txt --extra-index-url $(TORCH_INDEX) "torch==2.13.0+cpu"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,simulation]"
 	touch $(STAMP)
 
