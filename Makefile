@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch's CPU build: from a wheel pip finds locally where there is one, else from PyTorch's CPU index.
 	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0+cpu" || \
 	  $(PY) -m pip install --quiet -c constraints.txt --extra-index-url $(TORCH_INDEX) "torch==2.13.0+cpu"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,simulation]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,simulation,flower]"
 	touch $(STAMP)
 
 demo: $(STAMP)
