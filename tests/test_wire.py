@@ -12,6 +12,7 @@ from securefl.errors import WireError
 from securefl.roundinfo import RoundInfo
 from securefl.wire import (
     ENVELOPE_MAGIC,
+    MAX_HEADER_BYTES,
     REPLY,
     REQUEST,
     WIRE_VERSION,
@@ -311,8 +312,10 @@ def test_duplicate_header_keys_are_refused_not_last_wins():
 
 
 def _round_info(**change) -> bytes:
-    header = {"round": 1, "parties": ["a", "b"], "min_parties": 1, "config": {}, "parts": [], **change}
-    return _record(json.dumps(header).encode(), b"SFLR")
+    roster = "\n".join(change.pop("parties", ["a", "b"])).encode()
+    header = {"round": 1, "count": roster.count(b"\n") + 1, "min_parties": 1, "config": {}, **change}
+    header.setdefault("parts", [["parties", len(roster)]])
+    return _record(json.dumps(header).encode(), b"SFLR", roster)
 
 
 @pytest.mark.parametrize(
@@ -323,7 +326,13 @@ def _round_info(**change) -> bytes:
         ({"round": 2**31}, "out of range"),
         ({"parties": ["b", "a"]}, "sorted"),
         ({"parties": ["a", "a"]}, "twice"),
-        ({"parties": ["a\n"]}, "not a valid name"),
+        ({"parties": ["a\r"]}, "not a valid name"),
+        ({"parties": ["a", ""]}, "not a valid name"),
+        ({"parties": ["a\u00e9"]}, "not ASCII"),
+        ({"parties": ["a", "b"], "count": 3}, "holds 2 entries, its header says 3"),
+        ({"parties": ["a", "b"], "count": 2**21}, "out of range"),
+        ({"parties": ["a" * 64, "b" * 64], "count": 1}, "too long"),
+        ({"parties": ["a"], "parts": [["roster", 1]]}, "do not match the expected"),
         ({"min_parties": True}, "got a boolean"),
         ({"config": {"x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}, "nested"),
     ],
@@ -336,11 +345,19 @@ def test_round_info_refuses_what_wire_md_forbids(change, message):
 def test_round_info_refuses_an_overflowing_number_and_a_repeated_key():
     with pytest.raises(WireError, match="float's range"):
         RoundInfo.decode(
-            _record(b'{"round":1,"parties":["a"],"min_parties":1,"config":{"x":1e999},"parts":[]}', b"SFLR")
+            _record(
+                b'{"round":1,"count":1,"min_parties":1,"config":{"x":1e999},"parts":[["parties",1]]}',
+                b"SFLR",
+                b"a",
+            )
         )
     with pytest.raises(WireError, match="appears twice"):
         RoundInfo.decode(
-            _record(b'{"round":1,"round":2,"parties":["a"],"min_parties":1,"config":{},"parts":[]}', b"SFLR")
+            _record(
+                b'{"round":1,"round":2,"count":1,"min_parties":1,"config":{},"parts":[["parties",1]]}',
+                b"SFLR",
+                b"a",
+            )
         )
 
 
@@ -360,3 +377,33 @@ def test_round_info_refuses_an_overflowing_number_and_a_repeated_key():
 def test_hello_refuses_what_network_md_forbids(data, message):
     with pytest.raises(WireError, match=message):
         Hello.decode(data)
+
+
+def test_a_roster_beyond_the_header_limit_round_trips():
+    """The roster travels in a binary part: 10,000 party ids (~70 kB, more than a header may hold)."""
+    parties = tuple(f"party{i:05d}" for i in range(10_000))
+    assert len("\n".join(parties)) > MAX_HEADER_BYTES
+    data = RoundInfo(4, parties, 7000, {"lr": 0.1}).encode()
+    info = RoundInfo.decode(data)
+    assert info == RoundInfo(4, parties, 7000, {"lr": 0.1})
+    assert RoundInfo.decode(bytes(data)).parties is info.parties  # parsed once per process, shared
+
+
+def test_a_malicious_roster_part_is_refused():
+    parties = [f"p{i:05d}" for i in range(10_000)]
+    with pytest.raises(WireError, match="sorted"):
+        RoundInfo.decode(_round_info(parties=[*parties[:5000], parties[9000], *parties[5000:9000]]))
+    with pytest.raises(WireError, match="twice"):
+        RoundInfo.decode(_round_info(parties=[*parties, parties[-1]]))
+    with pytest.raises(WireError, match="too long"):  # an oversized roster against a small count
+        RoundInfo.decode(_round_info(parties=["a" * 64] * 2, count=1))
+    roster = "\n".join(parties).encode()
+    header = json.dumps(
+        {"round": 1, "count": 10_000, "min_parties": 1, "config": {}, "parts": [["parties", len(roster) + 9]]}
+    ).encode()
+    with pytest.raises(WireError, match="truncated inside part"):
+        RoundInfo.decode(_record(header, b"SFLR", roster))
+    with pytest.raises(WireError, match="out of range"):
+        RoundInfo.decode(_round_info(parties=["a"], count=-1))
+    with pytest.raises(WireError, match="not a valid name"):
+        RoundInfo.decode(_round_info(parties=["a", "b\x00"]))
