@@ -30,7 +30,7 @@ import numpy as np
 from securefl.errors import ConfigError
 from securefl.faults import Faults
 from securefl.federation import Federation
-from securefl.layers import PRESETS, Quantize, preset
+from securefl.layers import PRESET_NAMES, Quantize, preset
 
 # The phase in which a layer's input leaves the party: dropouts are injected there (for SecAgg,
 # after keys were shared: the costly case).
@@ -229,8 +229,8 @@ def _collect(federation: Federation, inst: Instruments) -> None:
 
 def check_fits(privacy: str, params: int, parties: int) -> dict[str, float]:
     """Refuse, before starting, a configuration that cannot run here; else return estimates."""
-    if privacy not in PRESETS and privacy != THRESHOLD:
-        raise ConfigError(f"unknown privacy layer {privacy!r}; available: {', '.join(sorted(PRESETS))}")
+    if privacy not in PRESET_NAMES:
+        raise ConfigError(f"unknown privacy layer {privacy!r}; available: {', '.join(PRESET_NAMES)}")
     if not MIN_PARAMS <= params <= MAX_PARAMS:
         raise ConfigError(f"--params must be between {MIN_PARAMS} and {MAX_PARAMS:,}, got {params:,}")
     if not MIN_PARTIES <= parties <= MAX_PARTIES:
@@ -267,11 +267,7 @@ def _ids(parties: int) -> list[str]:
 def bench_stack(privacy: str, parties: int) -> list:
     """The demo stack of ``privacy``; SecAgg quantizes to fewer bits when many parties must fit
     the 32-bit modulus (24 bits fit 256 parties; 21 bits fit 1,000)."""
-    if privacy == THRESHOLD:
-        from securefl.layers.paillier_threshold import demo_stack
-
-        return demo_stack(_ids(parties))
-    layers = preset(privacy)
+    layers = preset(privacy, _ids(parties))
     if privacy in ("secagg", "secagg+"):
         bits = min(24, 31 - (parties - 1).bit_length())
         layers = [layers[0], Quantize(bits), layers[2]]

@@ -23,7 +23,7 @@ from rich.table import Table
 from securefl.aggregator import RoundReport
 from securefl.config import load_config
 from securefl.errors import ConfigError, SecureFLError
-from securefl.layers import PRESETS
+from securefl.layers import PRESET_NAMES
 from securefl.privacy.observers import OBSERVERS
 from securefl.runner import BudgetSettings, DPSettings, Reporter, RunSettings, run
 from securefl.tasks import Task
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train on breast-cancer data across simulated hospitals")
     demo.add_argument("--parties", type=int, default=5, help="number of hospitals (default 5)")
     demo.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
-    demo.add_argument("--privacy", default="plain", choices=sorted(PRESETS), help="privacy stack preset")
+    demo.add_argument("--privacy", default="plain", choices=PRESET_NAMES, help="privacy stack preset")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data split only (default 0)")
     demo.add_argument("--plot", default="securefl-demo.png", help="PNG of accuracy per round ('' to skip)")
     dp = demo.add_argument_group("differential privacy (party-level DP-FedAvg)")
@@ -257,6 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=".", help="directory for paillier.keys.json (0600) and paillier.public.json"
     )
     _add_common(pk)
+    tpk = keys_sub.add_parser(
+        "paillier-threshold",
+        help="the key ceremony of paillier-threshold: a t-of-n threshold Paillier key, one share per party",
+    )
+    tpk.add_argument("--parties", required=True, help="comma-separated party ids: one share file each")
+    tpk.add_argument(
+        "--threshold", type=int, required=True, help="how many holders must take part to decrypt (t)"
+    )
+    tpk.add_argument("--bits", type=int, default=2048, help="key size: 2048 (default) or more")
+    tpk.add_argument(
+        "--out", default="threshold-keys", help="directory for public.json and share-PARTY.json (0600)"
+    )
+    _add_common(tpk)
     tls = keys_sub.add_parser("tls", help="a federation CA, the aggregator's and each party's certificate")
     tls.add_argument("--parties", required=True, help="comma-separated party ids (the allowlist)")
     tls.add_argument("--out", default="certs", help="directory (default certs/); keys go to its private/")
@@ -474,6 +487,19 @@ def _keys_paillier(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _keys_threshold(args: argparse.Namespace) -> dict[str, Any]:
+    from securefl.layers.paillier_threshold import key_ceremony
+
+    parties = [p.strip() for p in args.parties.split(",") if p.strip()]
+    if len(set(parties)) != len(parties):
+        raise ConfigError(f"--parties names a party twice: {args.parties!r}")
+    if not 1 <= args.threshold <= len(parties):
+        raise ConfigError(
+            f"--threshold must be between 1 and the number of parties ({len(parties)}), got {args.threshold}"
+        )
+    return key_ceremony(args.out, parties, args.threshold, args.bits)
+
+
 def _dp_settings(args: argparse.Namespace) -> DPSettings | None:
     if args.dp is None:
         given = [
@@ -680,6 +706,18 @@ def main(argv: list[str] | None = None) -> int:
                 else f"wrote {written}; private keys (0600) in {args.out}/private"
             )
             return 0
+        if args.command == "keys" and args.kind == "paillier-threshold":
+            summary = _keys_threshold(args)
+            if args.json:
+                print(json.dumps(summary))
+            else:
+                print(
+                    f"wrote {summary['public']} (for the aggregator and every party) and one share file per "
+                    f"party (0600; carry each to its party only): {', '.join(summary['shares'])}; "
+                    f"{summary['threshold']} of {len(summary['shares'])} holders decrypt; "
+                    f"fingerprint {summary['fingerprint']}. Erase this machine's copies of the share files."
+                )
+            return 0
         if args.command == "keys":
             summary = _keys_paillier(args)
             if args.json:
@@ -706,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_config(args.config)
         settings.backend = _backend(args, settings.backend)
         guard = None
-        if any(t.name == "dp" for t in settings.stack().transforms):
+        if settings.releases_dp():
             from securefl.privacy.guard import guard_for
 
             guard = guard_for(settings.budget or BudgetSettings())

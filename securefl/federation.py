@@ -48,12 +48,15 @@ class History:
         return [r for r in self.rounds if not r.ok]
 
 
-def build_stack(privacy: PrivacySpec | Sequence[PrivacySpec] | None) -> PrivacyStack:
-    """A stack from a preset name, layer objects, or config entries (``{"layer": ...}``)."""
+def build_stack(
+    privacy: PrivacySpec | Sequence[PrivacySpec] | None, parties: Sequence[str] | None = None
+) -> PrivacyStack:
+    """A stack from a preset name, layer objects, or config entries (``{"layer": ...}``);
+    ``parties``: the federation's ids, for a preset whose key is dealt to them."""
     if privacy is None:
         privacy = "plain"
     if isinstance(privacy, str):
-        return PrivacyStack.of(preset(privacy))
+        return PrivacyStack.of(preset(privacy, parties))
     if isinstance(privacy, PrivacyStack):
         return privacy
     items = [privacy] if isinstance(privacy, Mapping) or not isinstance(privacy, Sequence) else privacy
@@ -153,7 +156,7 @@ class Federation:
         party_ids = [check_name(p, "party id") for p in clients]
         self.spec = ArraySpec.of(model)
         self.layout = VectorLayout(self.spec.size, tuple(train_metrics), tuple(eval_metrics))
-        self.stack = build_stack(privacy)
+        self.stack = build_stack(privacy, party_ids)
         self.selection = build_selection(selection)
         weight_bound = party_weight_bound(weighting, weight_bound)
         validate_stack(

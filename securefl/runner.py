@@ -58,15 +58,27 @@ class RunSettings:
     backend: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def stack(self) -> PrivacyStack:
-        """The privacy stack; with ``dp`` set, the preset's clip set to ``dp.clip`` and noise added."""
-        stack = build_stack(self.privacy)
+    def stack(self, parties: Sequence[str] | None = None) -> PrivacyStack:
+        """The privacy stack; with ``dp`` set, the preset's clip set to ``dp.clip`` and noise added.
+        ``parties``: the federation's ids, for a preset whose key is dealt to them."""
+        stack = build_stack(self.privacy, parties)
         if self.dp is None:
             return stack
         if any(isinstance(t, DPNoise) for t in stack.transforms):
             raise ConfigError("the privacy stack already has a 'dp' layer; drop it or the DP options")
         noise = DPNoise(self.dp.noise_multiplier, self.dp.placement)
         return PrivacyStack.of(with_dp([*stack.transforms, stack.secure_sum], noise, self.dp.clip))
+
+    def releases_dp(self) -> bool:
+        """Whether the stack adds DP noise (so a guard must account it), without building it: a
+        dealt preset would generate a key."""
+        if self.dp is not None:
+            return True
+        items = [self.privacy] if isinstance(self.privacy, (str, Mapping)) else list(self.privacy)
+        return any(
+            (item.get("layer") if isinstance(item, Mapping) else getattr(item, "name", item)) == "dp"
+            for item in items
+        )
 
     def privacy_label(self) -> str:
         if isinstance(self.privacy, str):
@@ -90,7 +102,7 @@ class Reporter:
 def build_federation(settings: RunSettings, task: Task, guard: ReleaseGuard | None = None) -> Federation:
     """The task's federation. A DP stack weighs every party 1 and releases no party metrics (they
     would leave un-noised): the task's held-out evaluation scores the released model instead."""
-    stack = settings.stack()
+    stack = settings.stack(list(task.clients))
     dp = any(isinstance(t, DPNoise) for t in stack.transforms)
     return Federation(
         task.model,

@@ -124,10 +124,57 @@ def _demo(capsys, privacy, seed=0):  # the CLI's default seed: what a user runs 
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("privacy", ["secagg", "secagg+", "paillier", "ckks"])
+@pytest.mark.parametrize("privacy", ["secagg", "secagg+", "paillier", "paillier-threshold", "ckks"])
 def test_demo_with_secure_aggregation_matches_plain(capsys, privacy):
     plain = _demo(capsys, "plain")
     secure = _demo(capsys, privacy)
     assert secure["privacy"] == privacy and secure["stack"][0] == "clip" and secure["stack"][-1] == privacy
     assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.01
     assert secure["final_accuracy"] >= 0.93
+
+
+def test_threshold_key_ceremony_from_the_cli_feeds_a_toml_federation(tmp_path, capsys):
+    """`securefl keys paillier-threshold` writes the public key and one 0600 share per party, refuses
+    to overwrite them or to deal an impossible key, and a TOML federation runs on the files."""
+    keys = tmp_path / "keys"
+    parties = [f"hospital-{i}" for i in (1, 2, 3)]  # the demo task's party ids
+    argv = [
+        "keys",
+        "paillier-threshold",
+        "--parties",
+        ",".join(parties),
+        "--threshold",
+        "2",
+        "--out",
+        str(keys),
+    ]
+    assert main([*argv, "--json"]) == 0
+    written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert written["threshold"] == 2 and len(written["shares"]) == 3
+    assert sorted(p.name for p in keys.iterdir()) == ["public.json", *(f"share-{p}.json" for p in parties)]
+    assert all((keys / f"share-{p}.json").stat().st_mode & 0o777 == 0o600 for p in parties)
+    assert json.loads((keys / "public.json").read_text())["threshold"] == 2
+    before = {p.name: p.read_bytes() for p in keys.iterdir()}
+    assert main(argv) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in keys.iterdir()} == before
+    for bad, message in [
+        (["--parties", "a,b", "--threshold", "3"], "between 1 and the number of parties"),
+        (["--parties", "a,b,a", "--threshold", "2"], "names a party twice"),
+        (["--parties", "a,../b", "--threshold", "1"], "cannot name a share file"),
+        (["--parties", "a,b", "--threshold", "1", "--bits", "1023"], "even number of bits"),
+    ]:
+        out = tmp_path / "other"
+        assert main(["keys", "paillier-threshold", *bad, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()  # checked before a directory or a prime exists
+    config = tmp_path / "fed.toml"
+    config.write_text(
+        "rounds = 2\n[federation]\nparties = 3\n"
+        '[[privacy]]\nlayer = "clip"\nnorm = 10.0\n[[privacy]]\nlayer = "quantize"\nbits = 16\n'
+        f'[[privacy]]\nlayer = "paillier-threshold"\nkey_dir = "{keys}"\n'
+    )
+    assert main(["run", str(config), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["stack"] == ["clip", "quantize", "paillier-threshold"]
+    assert summary["final_accuracy"] >= 0.9

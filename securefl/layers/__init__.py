@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from securefl.errors import ConfigError
@@ -56,6 +56,21 @@ PRESETS: dict[str, Callable[[], list[Layer]]] = {
 }
 
 
+def _threshold_demo(parties: Sequence[str]) -> list[Layer]:
+    from securefl.layers.paillier_threshold import demo_stack
+
+    return demo_stack(list(parties))
+
+
+# Presets whose key is dealt to the federation's parties when the stack is built: the dealer is the
+# simulating process, fine for a simulation and nothing else (a deployment runs the key ceremony,
+# `securefl keys paillier-threshold`, and names the files with key_dir / key_file).
+DEALT_PRESETS: dict[str, Callable[[Sequence[str]], list[Layer]]] = {
+    "paillier-threshold": _threshold_demo,
+}
+PRESET_NAMES: tuple[str, ...] = tuple(sorted({*PRESETS, *DEALT_PRESETS}))
+
+
 def with_clip(layers: list[Layer], clip: float) -> list[Layer]:
     """``layers`` with every clip set to ``clip`` (one is added in front if missing)."""
     out = [Clip(clip) if isinstance(layer, Clip) else layer for layer in layers]
@@ -80,9 +95,18 @@ def build_layer(entry: Mapping[str, Any]) -> Layer:
     return construct("privacy layer", LAYERS, entry, "layer")
 
 
-def preset(name: str) -> list[Layer]:
+def preset(name: str, parties: Sequence[str] | None = None) -> list[Layer]:
+    """The layers behind a preset name; ``parties`` (the federation's ids) for a dealt preset."""
+    if name in DEALT_PRESETS:
+        if not parties:
+            raise ConfigError(
+                f"the {name!r} preset deals its key to the federation's parties, so it needs their ids "
+                "(a Federation or `securefl demo|run` passes them); or run 'securefl keys "
+                f"{name}' and give the layer key_dir"
+            )
+        return DEALT_PRESETS[name](parties)
     if name not in PRESETS:
-        raise ConfigError(f"unknown privacy preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown privacy preset {name!r}; available: {', '.join(PRESET_NAMES)}")
     return PRESETS[name]()
 
 
@@ -90,6 +114,7 @@ __all__ = [
     "CKKS",
     "LAYERS",
     "PRESETS",
+    "PRESET_NAMES",
     "Clip",
     "DPNoise",
     "Identities",

@@ -87,6 +87,12 @@ def key_ceremony(
     for name in parties:
         if not isinstance(name, str) or not _HOLDER_NAME.match(name):
             raise ConfigError(f"party name {name!r} cannot name a share file (letters, digits, _.:-)")
+    # Everything checkable is checked before a directory or a prime exists.
+    paillier.check_key_bits(bits)
+    if not 1 <= len(parties) <= tp.MAX_HOLDERS or len(set(parties)) != len(parties):
+        raise ConfigError(f"a threshold key has 1 to {tp.MAX_HOLDERS} distinct holders, got {parties!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= len(parties):
+        raise ConfigError(f"the threshold must be between 1 and {len(parties)} holders, got {threshold!r}")
     out = private_directory(out)  # 0700, created before anything secret exists
     paths = [out / PUBLIC_FILE, *(out / share_file_name(name) for name in parties)]
     taken = [str(path) for path in paths if os.path.lexists(path)]
@@ -108,12 +114,16 @@ def key_ceremony(
 def demo_stack(parties: list[str], threshold: int | None = None, bits: int = paillier.MIN_KEY_BITS) -> list:
     """The stack of the demo and of ``securefl bench``: clip 10, quantize 16, and a threshold key
     dealt to ``parties`` (t = 2 by default, every holder asked) in a fresh private temporary
-    directory — the dealer is this process, which is fine for a simulation and nothing else."""
+    directory, removed when the process exits — the dealer is this process, which is fine for a
+    simulation and nothing else."""
+    import atexit
+    import shutil
     import tempfile
 
     from securefl.layers.clip import Clip
 
     keys = tempfile.mkdtemp(prefix="securefl-threshold-keys-")
+    atexit.register(shutil.rmtree, keys, ignore_errors=True)
     key_ceremony(keys, list(parties), threshold or min(2, len(parties)), bits)
     return [Clip(10.0), Quantize(16), PaillierThreshold(key_dir=keys)]
 
