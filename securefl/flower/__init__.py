@@ -1,0 +1,84 @@
+"""securefl's secure sums and accounted DP inside Flower apps (``pip install securefl[flower]``).
+
+One :class:`SecureFL` configuration, shared by both sides of a Flower app::
+
+    secure = SecureFL(privacy="secagg+", min_parties=3)
+
+    app = ClientApp(mods=[secure.client_mod])          # client: the user's @app.train() unchanged
+
+    @server.main()
+    def main(grid, context):                           # server: instead of strategy.start(...)
+        result = secure.run(grid, ArrayRecord(initial), num_rounds=3)
+
+The client mod runs a securefl party (:mod:`securefl.flower.client`); the server side runs
+securefl's aggregator over the Flower grid (:mod:`securefl.flower.server`). securefl's protocol
+bytes travel inside Flower records (``protocols/flower.md``); no layer changes, and the threat
+models are those of ``protocols/secagg.md`` and ``protocols/dp.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from securefl.flower.client import NUM_EXAMPLES, ClientMod, hosted_parties
+from securefl.flower.server import FlowerRun, FlowerTransport, PhaseTiming, SecureFLServer
+
+
+@dataclass
+class SecureFL:
+    """The privacy stack and federation settings both sides of a Flower app agree on; the same
+    meaning as :class:`securefl.federation.Federation`'s arguments. ``privacy``: a preset name
+    (``"secagg+"``, ``"secagg"``), or layers / config entries (``[{"layer": "clip", ...}, ...]``).
+    Each party builds and validates its own stack from this (the aggregator only tells it the
+    model's shape and the federation's size)."""
+
+    privacy: str | Sequence[Any] | Mapping[str, Any] = "secagg+"
+    min_parties: int = 1
+    weighting: str = "examples"
+    weight_bound: float | None = None
+    train_metrics: Sequence[str] = ()
+    metric_bounds: Mapping[str, float] | None = None
+    selection: str | Mapping[str, Any] | None = None
+    strategy: str | Mapping[str, Any] | None = None
+    phase_timeout: float = 600.0
+    _mod: ClientMod | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def client_mod(self) -> ClientMod:
+        """The Flower mod for ``ClientApp(mods=[...])``."""
+        if self._mod is None:
+            self._mod = ClientMod(self)
+        return self._mod
+
+    def server(self) -> SecureFLServer:
+        return SecureFLServer(self)
+
+    def run(self, grid, initial_arrays, num_rounds: int, **kwargs) -> FlowerRun:
+        """Run ``num_rounds`` securefl rounds over ``grid`` (see :meth:`SecureFLServer.run`)."""
+        return SecureFLServer(self).run(grid, initial_arrays, num_rounds, **kwargs)
+
+
+def backend_config(cpus: int | None = None) -> dict[str, Any]:
+    """A ``run_simulation`` backend config with one ClientApp actor holding every node's party (the
+    parties' secrets stay in that process's memory, never in Flower's Context.state)."""
+    cpus = cpus or os.cpu_count() or 1
+    return {
+        "client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False},
+    }
+
+
+__all__ = [
+    "NUM_EXAMPLES",
+    "ClientMod",
+    "FlowerRun",
+    "FlowerTransport",
+    "PhaseTiming",
+    "SecureFL",
+    "SecureFLServer",
+    "backend_config",
+    "hosted_parties",
+]

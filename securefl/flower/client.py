@@ -1,0 +1,215 @@
+"""The client side: a Flower mod that runs a securefl party in front of the user's train function.
+
+``ClientApp(mods=[secure.client_mod])``: a ``train`` message carrying securefl's record is answered
+by a :class:`~securefl.party.PartyNode` (the same state machine the in-process, network and Ray
+transports drive), and every other message passes through to the app untouched. When the secure
+sum needs this round's protected vector, the party calls the app's own train function through
+``call_next`` — with a Flower ``train`` message holding the global model as an ArrayRecord and the
+round in a ConfigRecord, exactly what a quickstart ``@app.train()`` expects — and takes the
+returned ArrayRecord and ``num-examples`` as its update. The update then goes through the privacy
+transforms and the secure sum; only protected bytes leave.
+
+Secrets (SecAgg keys, self-mask seeds, DP noise state) live in this process's memory for the
+party's life, never in Flower's ``Context.state``, which the SuperNode stores and, in simulation,
+ships between processes. So a node's messages must reach the process that holds its party: in
+Flower's simulation engine, one ClientApp actor (:func:`securefl.flower.backend_config`); a message
+that reaches a process without its party is answered with a withdraw (the party drops out, the
+round goes on).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from securefl.codec import HonestBounds, VectorLayout
+from securefl.errors import UpdateError, WireError
+from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
+from securefl.flower.records import (
+    Setup,
+    arrays_to_named,
+    envelope_of,
+    is_securefl,
+    named_to_arrays,
+    party_id,
+    reply_content,
+    setup_of,
+)
+from securefl.fusion import build_strategy
+from securefl.party import Client, PartyNode, TrainResult
+from securefl.roundinfo import RoundInfo
+from securefl.selection import build_selection
+from securefl.wire import WITHDRAW, Envelope, check_session
+
+log = logging.getLogger(__name__)
+
+NUM_EXAMPLES = "num-examples"  # the metric Flower's strategies weight by
+
+
+@dataclass
+class _Current:
+    """The message being answered: the party's train callback reaches the app through it."""
+
+    message: Message | None = None
+    context: Context | None = None
+    call_next: Callable[[Message, Context], Message] | None = None
+
+
+@dataclass
+class _Hosted:
+    node: PartyNode
+    current: _Current = field(default_factory=_Current)
+
+
+# (run id, node id) -> the party this process hosts for that node. A run's session replaces it.
+_PARTIES: dict[tuple[int, int], _Hosted] = {}
+_LOCK = threading.Lock()
+
+
+def hosted_parties() -> int:
+    """How many parties this process holds (for tests)."""
+    return len(_PARTIES)
+
+
+class ClientMod:
+    """The Flower mod of one :class:`~securefl.flower.SecureFL` configuration (picklable: it holds
+    only configuration, so Flower can ship it to its ClientApp processes)."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    def __call__(self, message: Message, context: Context, call_next: Callable) -> Message:
+        if message.metadata.message_type != "train" or not is_securefl(message):
+            return call_next(message, context)
+        me = party_id(message.metadata.dst_node_id)
+        try:
+            data = envelope_of(message)
+            hosted = self._party(message, data, me)
+        except Exception as exc:  # a request it cannot even start on: withdraw, never raise
+            log.warning("securefl party %s cannot answer: %s", me, exc)
+            return Message(reply_content(_withdraw(data_or_empty(message), me, str(exc))), reply_to=message)
+        hosted.current.message, hosted.current.context, hosted.current.call_next = message, context, call_next
+        try:
+            reply = hosted.node.handle(data)  # never raises: a reply or a withdraw
+        finally:
+            hosted.current.message = hosted.current.context = hosted.current.call_next = None
+        return Message(reply_content(reply), reply_to=message)
+
+    def _party(self, message: Message, data: bytes, me: str) -> _Hosted:
+        key = (message.metadata.run_id, message.metadata.dst_node_id)
+        session = check_session(_peek_session(data))
+        with _LOCK:
+            hosted = _PARTIES.get(key)
+            if hosted is not None and hosted.node.session == session:
+                return hosted
+            setup = setup_of(message)
+            if setup is None:
+                raise WireError(
+                    "this ClientApp process holds no securefl party for this node and session (its "
+                    "secrets never leave the process that made them): route the node's messages to one "
+                    "process, e.g. securefl.flower.backend_config() in simulation"
+                )
+            hosted = self._build(me, session, setup)
+            _PARTIES[key] = hosted
+            return hosted
+
+    def _build(self, me: str, session: str, setup: Setup) -> _Hosted:
+        s = self.settings
+        spec = setup.spec
+        layout = VectorLayout(spec.size, tuple(s.train_metrics), ())
+        stack = build_stack(s.privacy)
+        weight_bound = party_weight_bound(s.weighting, s.weight_bound)
+        # The party checks its own stack (invariant 3): the aggregator only tells it the model's shape
+        # and the federation's size.
+        validate_stack(
+            stack,
+            layout,
+            build_selection(s.selection),
+            setup.population,
+            s.min_parties,
+            weight_bound,
+            s.metric_bounds,
+        )
+        current = _Current()
+
+        def train(weights: Any, info: RoundInfo) -> TrainResult:
+            return _train_through_app(current, weights, info, tuple(s.train_metrics))
+
+        node = PartyNode(
+            me,
+            Client(train=train),
+            spec=spec,
+            layout=layout,
+            stack=stack,
+            session=session,
+            weighting=s.weighting,
+            weight_bound=weight_bound,
+            strategy=party_strategy(stack, build_strategy(s.strategy)),
+            min_parties=s.min_parties,
+            honest=HonestBounds.of(s.weighting, weight_bound, s.metric_bounds),
+        )
+        return _Hosted(node, current)
+
+
+def _train_through_app(
+    current: _Current, weights: Any, info: RoundInfo, train_metrics: tuple[str, ...]
+) -> TrainResult:
+    """Call the app's train function (through the rest of the mod chain) on the global weights."""
+    if current.message is None or current.call_next is None or current.context is None:
+        raise UpdateError("no Flower message to train on")
+    config = {"server-round": info.round + 1}
+    config.update({k: v for k, v in info.config.items() if isinstance(v, (int, float, str, bool))})
+    content = RecordDict({"arrays": named_to_arrays(weights), "config": ConfigRecord(config)})
+    inner = Message(content=content, metadata=copy.copy(current.message.metadata))
+    out = current.call_next(inner, current.context)
+    if out.has_error():
+        raise UpdateError(f"the app's train function failed: {out.error.reason}")
+    arrays = list(out.content.array_records.values())
+    if len(arrays) != 1:
+        raise UpdateError(f"the app's train reply must hold one ArrayRecord, it holds {len(arrays)}")
+    metrics: dict[str, Any] = {}
+    for record in out.content.metric_records.values():
+        metrics.update(record)
+    examples = metrics.get(NUM_EXAMPLES)
+    if isinstance(examples, float) and examples.is_integer():
+        examples = int(examples)
+    if isinstance(examples, bool) or not isinstance(examples, int):
+        raise UpdateError(f"the app's train reply must report an integer {NUM_EXAMPLES!r} metric")
+    named = arrays_to_named(arrays[0])
+    return TrainResult(
+        {k: np.asarray(v, dtype=np.float64) for k, v in named.items()},
+        examples,
+        {k: float(metrics[k]) for k in train_metrics if k in metrics},
+    )
+
+
+def _peek_session(data: bytes) -> str:
+    return Envelope.decode(data).session
+
+
+def data_or_empty(message: Message) -> bytes:
+    try:
+        return envelope_of(message)
+    except WireError:
+        return b""
+
+
+def _withdraw(request: bytes, me: str, reason: str) -> bytes:
+    """A withdraw answering ``request`` (its header echoed when it parses)."""
+    try:
+        envelope = Envelope.decode(request)
+        session, round, phase = envelope.session, envelope.round, envelope.phase
+    except WireError:
+        session, round, phase = "0" * 32, 0, "invalid"
+    text = reason.encode()[:4096].decode("utf-8", "ignore").encode()
+    return Envelope(WITHDRAW, session, round, phase, me, {"reason": text}).encode()
+
+
+__all__ = ["NUM_EXAMPLES", "ClientMod", "hosted_parties"]

@@ -1,0 +1,140 @@
+"""How securefl's protocol bytes ride inside Flower records (``protocols/flower.md``).
+
+A securefl message is one :class:`~securefl.wire.Envelope` (bytes, versioned, schema-checked,
+size-bounded). Over Flower it travels as the ``bytes`` value ``envelope`` of a
+:class:`flwr.app.ConfigRecord` named :data:`RECORD` in a ``train`` message; requests also carry a
+small ``securefl.setup`` ConfigRecord (the model's array names, shapes and dtypes and the size of
+the federation, as JSON) from which a party builds its state on first contact. Nothing else in the
+Flower message is read: Flower's own metadata (node ids, run id, group id) is routing, not trust.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+from securefl.codec import ArrayEntry, ArraySpec
+from securefl.errors import WireError
+
+RECORD = "securefl"  # ConfigRecord holding the envelope bytes
+SETUP = "securefl.setup"  # ConfigRecord holding the setup JSON (requests only)
+ENVELOPE = "envelope"
+SETUP_JSON = "json"
+SETUP_VERSION = 1
+MAX_SETUP_BYTES = 1 << 20
+MESSAGE_TYPE = "train"  # securefl's messages go to the ClientApp's train handler, through the mod
+MAX_NODE_ID = 2**64 - 1
+
+
+def party_id(node_id: int) -> str:
+    """A Flower node id as a securefl party id (its decimal digits)."""
+    if isinstance(node_id, bool) or not isinstance(node_id, int) or not 0 <= node_id <= MAX_NODE_ID:
+        raise WireError(f"not a Flower node id: {node_id!r}")
+    return str(node_id)
+
+
+def node_id(party: str) -> int:
+    """The Flower node id behind a securefl party id."""
+    if not (isinstance(party, str) and party.isdigit() and len(party) <= 20):
+        raise WireError(f"party id {party!r} is not a Flower node id")
+    value = int(party)
+    if value > MAX_NODE_ID:
+        raise WireError(f"party id {party!r} is not a Flower node id")
+    return value
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a party needs before its first round: the model's layout and the federation's size."""
+
+    spec: ArraySpec
+    population: int
+
+    def encode(self) -> str:
+        entries = [[e.name, list(e.shape), e.dtype] for e in self.spec.entries]
+        return json.dumps({"v": SETUP_VERSION, "arrays": entries, "population": self.population})
+
+    @classmethod
+    def decode(cls, text: object) -> Setup:
+        if not isinstance(text, str) or len(text) > MAX_SETUP_BYTES:
+            raise WireError("securefl setup record is missing, not a string or too large")
+        try:
+            data = json.loads(text)
+            if data["v"] != SETUP_VERSION:
+                raise WireError(f"securefl setup version {data['v']!r}, this party speaks {SETUP_VERSION}")
+            population = data["population"]
+            if isinstance(population, bool) or not isinstance(population, int) or population < 1:
+                raise WireError(f"securefl setup population {population!r}")
+            entries = []
+            for name, shape, dtype in data["arrays"]:
+                if not isinstance(name, str) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+                ):
+                    raise WireError("securefl setup lists an invalid array")
+                if dtype not in ("<f4", "<f8"):
+                    raise WireError(f"securefl setup array dtype {dtype!r} is not float32/float64")
+                entries.append(ArrayEntry(name, tuple(shape), dtype))
+        except WireError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WireError(f"securefl setup record is malformed: {type(exc).__name__}") from None
+        if not entries or len({e.name for e in entries}) != len(entries):
+            raise WireError("securefl setup must list at least one array, each name once")
+        return cls(ArraySpec(tuple(entries)), population)
+
+
+def request_content(envelope: bytes, setup: str | None) -> RecordDict:
+    records: dict[str, Any] = {RECORD: ConfigRecord({ENVELOPE: envelope})}
+    if setup is not None:
+        records[SETUP] = ConfigRecord({SETUP_JSON: setup})
+    return RecordDict(records)
+
+
+def reply_content(envelope: bytes) -> RecordDict:
+    return RecordDict({RECORD: ConfigRecord({ENVELOPE: envelope})})
+
+
+def is_securefl(message: Message) -> bool:
+    """A message addressed to the securefl mod (anything else passes through untouched)."""
+    return message.has_content() and RECORD in message.content.config_records
+
+
+def envelope_of(message: Message) -> bytes:
+    """The envelope bytes inside a securefl message; WireError if there are none."""
+    if not message.has_content():
+        raise WireError("Flower message has no content")
+    record = message.content.config_records.get(RECORD)
+    if record is None:
+        raise WireError(f"Flower message has no {RECORD!r} ConfigRecord")
+    data = record.get(ENVELOPE)
+    if not isinstance(data, bytes):
+        raise WireError(f"the {RECORD!r} record's {ENVELOPE!r} is not bytes")
+    return data
+
+
+def setup_of(message: Message) -> Setup | None:
+    record = message.content.config_records.get(SETUP)
+    return None if record is None else Setup.decode(record.get(SETUP_JSON))
+
+
+def arrays_to_named(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord as securefl's named arrays (its keys, in order)."""
+    return {name: np.asarray(array.numpy()) for name, array in record.items()}
+
+
+def named_to_arrays(arrays: Mapping[str, np.ndarray] | list[np.ndarray]) -> ArrayRecord:
+    if not isinstance(arrays, Mapping):
+        arrays = {str(i): a for i, a in enumerate(arrays)}
+    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
+
+
+def message_bytes(message: Message) -> int:
+    """The payload bytes of a Flower message (its records' own count; metadata excluded)."""
+    if not message.has_content():
+        return 0
+    return sum(record.count_bytes() for record in message.content.values())

@@ -1,0 +1,229 @@
+"""The server side: securefl's aggregator driving a round over a Flower :class:`~flwr.serverapp.Grid`.
+
+:class:`FlowerTransport` is one more implementation of securefl's transport interface: each
+request envelope goes to its node inside a Flower ``train`` message and each reply envelope comes
+back the same way (``protocols/flower.md``). :class:`SecureFLServer` builds the very
+:class:`~securefl.aggregator.Aggregator` the in-process :class:`~securefl.federation.Federation`
+builds — the same stack validation, selection, phases, deadlines, dropout handling, fusion, privacy
+guard and ledger — on top of that transport. A Flower ``ServerApp``'s ``@app.main()`` calls
+:meth:`SecureFLServer.run` where a quickstart calls ``strategy.start``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp import Grid
+
+from securefl.aggregator import Aggregator, ReleaseGuard, RoundReport
+from securefl.codec import ArraySpec, HonestBounds, VectorLayout
+from securefl.errors import BudgetExhausted, ConfigError
+from securefl.federation import History, build_stack, party_strategy, party_weight_bound, validate_stack
+from securefl.flower.records import (
+    MESSAGE_TYPE,
+    Setup,
+    arrays_to_named,
+    envelope_of,
+    message_bytes,
+    named_to_arrays,
+    node_id,
+    party_id,
+    request_content,
+)
+from securefl.fusion import build_strategy
+from securefl.selection import build_selection
+from securefl.transcript import Transcript
+from securefl.transport import Reply, Traffic, Transport
+from securefl.wire import Envelope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhaseTiming:
+    """One exchange over the grid: the securefl phase, its wall time and Flower payload bytes."""
+
+    round: int
+    phase: str
+    seconds: float
+    bytes_down: int
+    bytes_up: int
+    replies: int
+    errors: int
+
+
+@dataclass
+class FlowerTransport(Transport):
+    """securefl's transport over a Flower grid: one ``train`` message per request, replies pulled
+    until the phase deadline. A Flower error reply (the ClientApp raised, the node is gone) or a
+    reply without securefl's record is no reply: that party drops out."""
+
+    grid: Grid
+    setup: str
+    traffic: Traffic = field(default_factory=Traffic)
+    timings: list[PhaseTiming] = field(default_factory=list)
+
+    def exchange(self, requests: Mapping[str, bytes], timeout: float) -> list[Reply]:
+        messages = []
+        round_, phase = 0, "?"
+        for party, data in requests.items():
+            self.traffic.bytes_down += len(data)
+            self.traffic.messages += 1
+            round_, phase = _round_phase(data, round_, phase)
+            messages.append(
+                Message(
+                    request_content(data, self.setup),
+                    dst_node_id=node_id(party),
+                    message_type=MESSAGE_TYPE,
+                    group_id=str(round_),
+                )
+            )
+        down = sum(message_bytes(m) for m in messages)
+        started = time.perf_counter()
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        seconds = time.perf_counter() - started
+        out: list[Reply] = []
+        errors = 0
+        for reply in replies:
+            try:
+                sender = party_id(reply.metadata.src_node_id)
+                if reply.has_error():
+                    errors += 1
+                    log.info("node %s answered with a Flower error: %s", sender, reply.error.reason)
+                    continue
+                data = envelope_of(reply)
+            except Exception as exc:
+                errors += 1
+                log.info("dropping a Flower reply: %s", exc)
+                continue
+            self.traffic.bytes_up += len(data)
+            self.traffic.messages += 1
+            out.append(Reply(sender, data, seconds))
+        self.timings.append(
+            PhaseTiming(
+                round_, phase, seconds, down, sum(message_bytes(r) for r in replies), len(out), errors
+            )
+        )
+        return out
+
+
+def _wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    ids = list(grid.get_node_ids())
+    while len(ids) < max(wanted, 1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        ids = list(grid.get_node_ids())
+    time.sleep(0.2)  # nodes register together: one more look picks up the rest of a batch
+    return list(grid.get_node_ids())
+
+
+def _round_phase(data: bytes, round_: int, phase: str) -> tuple[int, str]:
+    try:
+        envelope = Envelope.decode(data)
+        return envelope.round, envelope.phase
+    except Exception:
+        return round_, phase
+
+
+@dataclass
+class FlowerRun:
+    """What :meth:`SecureFLServer.run` returns: the final model as Flower arrays, each round's report
+    (dropouts, survivors, ε, bytes) and each phase's time and bytes over the grid."""
+
+    arrays: ArrayRecord | None
+    history: History
+    timings: list[PhaseTiming]
+    session: str
+
+
+class SecureFLServer:
+    """securefl's aggregator over a Flower grid, for one :class:`~securefl.flower.SecureFL`."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+    def run(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int,
+        *,
+        guard: ReleaseGuard | None = None,
+        round_config: Mapping | None = None,
+        node_ids: list[int] | None = None,
+        min_nodes: int | None = None,
+        wait_seconds: float = 60.0,
+        transcript: Transcript | None = None,
+        on_round: Callable[[RoundReport], None] | None = None,
+        stop_when_refused: bool = True,
+    ) -> FlowerRun:
+        """Run ``num_rounds`` rounds with the grid's nodes (or ``node_ids``) as parties; return the
+        final model. A round refused by the privacy guard ends the run (it is in the history and
+        the ledger). A failed round leaves the model unchanged and the run goes on, as in securefl.
+        Without ``node_ids``, waits up to ``wait_seconds`` for ``min_nodes`` (default: min_parties)
+        nodes to connect, as Flower's strategies wait for their minimum available nodes."""
+        if not isinstance(num_rounds, int) or num_rounds < 0:
+            raise ConfigError(f"num_rounds must be a non-negative integer, got {num_rounds!r}")
+        s = self.settings
+        if node_ids is None:
+            node_ids = _wait_for_nodes(grid, min_nodes or s.min_parties, wait_seconds)
+        ids = sorted(node_ids)
+        if not ids:
+            raise ConfigError("the Flower grid has no nodes")
+        parties = [party_id(i) for i in ids]
+        model = arrays_to_named(initial_arrays)
+        spec = ArraySpec.of(model)
+        layout = VectorLayout(spec.size, tuple(s.train_metrics), ())
+        stack = build_stack(s.privacy)
+        selection = build_selection(s.selection)
+        weight_bound = party_weight_bound(s.weighting, s.weight_bound)
+        validate_stack(stack, layout, selection, len(parties), s.min_parties, weight_bound, s.metric_bounds)
+        strategy = build_strategy(s.strategy)
+        party_strategy(stack, strategy)  # refuses a server optimizer where the parties fuse
+        if guard is not None:
+            guard = guard.bind(stack, selection, len(parties)) or guard
+        session = secrets.token_hex(16)
+        transport = FlowerTransport(grid, Setup(spec, len(parties)).encode())
+        aggregator = Aggregator(
+            spec,
+            spec.flatten(model),
+            layout,
+            stack,
+            transport,
+            parties,
+            session,
+            selection,
+            strategy,
+            min_parties=s.min_parties,
+            phase_timeout=s.phase_timeout,
+            round_config=dict(round_config or {}),
+            transcript=transcript,
+            guard=guard,
+            honest=HonestBounds.of(s.weighting, weight_bound, s.metric_bounds),
+        )
+        history = History()
+        for round_ in range(num_rounds):
+            report = aggregator.run_round(round_)
+            history.rounds.append(report)
+            if on_round is not None:
+                on_round(report)
+            log.info(
+                "securefl round %d: %s, %d summed, dropouts %s%s",
+                round_,
+                report.status,
+                len(report.survivors),
+                sorted(report.dropouts),
+                f", error: {report.error}" if report.error else "",
+            )
+            if report.status == "refused" and stop_when_refused:
+                break
+        arrays = None if aggregator.sealed is not None else named_to_arrays(aggregator.global_weights())
+        return FlowerRun(arrays, history, transport.timings, session)
+
+
+__all__ = ["BudgetExhausted", "FlowerRun", "FlowerTransport", "PhaseTiming", "SecureFLServer"]
