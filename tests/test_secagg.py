@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import securefl
 from securefl.crypto import shamir, signing
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, WireError
 from securefl.faults import Faults
 from securefl.layers import Identities, SecAgg, SecAggPlus
 from securefl.layers.secagg import _accusation, _share_width
@@ -314,10 +314,11 @@ def test_active_mode_detects_a_lie_about_who_dropped():
         header, parts = decode_record(
             env.parts["layer"],
             b"SAUq",
-            {"survivors": list, "signers": list, "disputes": list},
-            ("signatures", "accusations"),
+            {"disputes": list},
+            ("survivors", "signers", "signatures", "accusations"),
         )
-        header["survivors"] = [p for p in header["survivors"] if p != "p05"]  # claim p05 dropped
+        # A bitmap over the sorted roster p00..p05: clear p05's bit (the sixth) to claim it dropped.
+        parts["survivors"] = bytes([parts["survivors"][0] & ~(0x80 >> 5)])
         layer = encode_record(b"SAUq", header, parts)
         return Envelope(env.kind, env.session, env.round, env.phase, env.party, {"layer": layer}).encode()
 
@@ -396,6 +397,39 @@ def test_harary_graph_is_k_regular_and_seeded():
     assert graph == layer.neighbours(parties, bytes(32))
     assert graph != layer.neighbours(parties, bytes(31) + b"\x01")
     assert SecAggPlus().degree(100) == 28 and SecAggPlus().degree(8) == 7
+
+
+@pytest.mark.parametrize("n", [5, 11, 40, 129])
+def test_lazy_neighbourhoods_equal_the_full_harary_graph(n):
+    """Each party derives only the neighbourhoods it asks for; they are the graph built whole."""
+    from securefl.layers.secagg import _permutation
+
+    layer, seed = SecAggPlus(degree=4 if n < 40 else 10), bytes(range(32))
+    parties = [f"p{i:03d}" for i in range(n)]
+    order, half = _permutation(sorted(parties), seed), layer.degree(n) // 2
+    full = {order[i]: frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d) for i in range(n)}
+    lazy = layer.neighbours(list(reversed(parties)), seed)
+    assert lazy["p002"] == full["p002"] and len(lazy) == n and set(lazy) == set(parties)
+    assert dict(lazy) == full and lazy == full
+    with pytest.raises(KeyError):
+        lazy["nobody"]
+    complete = SecAgg().neighbours(parties, seed)
+    assert dict(complete) == {p: frozenset(parties) - {p} for p in parties}
+
+
+def test_survivor_bitmaps_are_strict():
+    from securefl.layers.base import RoundContext
+    from securefl.layers.secagg import decode_members, encode_members
+
+    ctx = RoundContext("00" * 16, 1, tuple(f"p{i:02d}" for i in range(11)), 4, True, 3)
+    data = encode_members(ctx, ["p10", "p00", "p03"])
+    assert len(data) == 2 and decode_members(ctx, data, "survivors") == ["p00", "p03", "p10"]
+    with pytest.raises(WireError, match="11 parties need 2"):
+        decode_members(ctx, data + b"\0", "survivors")
+    with pytest.raises(WireError, match="beyond the 11 parties"):
+        decode_members(ctx, bytes([data[0], data[1] | 1]), "survivors")
+    big = RoundContext("00" * 16, 1, tuple(f"party{i:05d}" for i in range(10_000)), 4, True, 3)
+    assert len(encode_members(big, big.parties)) == 1250  # n bits, never n names in a header
 
 
 def test_a_party_reveals_shares_only_once_per_round():

@@ -29,7 +29,7 @@ from securefl.crypto import channel, prg, shamir, signing
 from securefl.errors import ProtocolError, RoundFailed, SecureFLError
 from securefl.layers import Identities, SecAgg, SecAggPlus, secagg
 from securefl.layers.base import RoundContext
-from securefl.layers.secagg import _context, _mask_context, _mask_public
+from securefl.layers.secagg import _context, _mask_context, _mask_public, encode_members
 from securefl.wire import decode_record, encode_record, unpack_array
 
 SESSION = "00112233445566778899aabbccddeeff"
@@ -139,7 +139,11 @@ class Attack:
         for p, survivors in shown.items():
             if p in self.refusals:
                 continue
-            reply = self.ask(p, "consistency", encode_record(b"SACq", {"survivors": list(survivors)}, {}))
+            reply = self.ask(
+                p,
+                "consistency",
+                encode_record(b"SACq", {}, {"survivors": encode_members(self.ctx, survivors)}),
+            )
             if reply is not None:
                 _, parts = decode_record(reply, b"SACr", {}, ("signature",))
                 self.list_signatures.setdefault(tuple(sorted(survivors)), {})[p] = parts["signature"]
@@ -180,8 +184,13 @@ class Attack:
                 "unmask",
                 encode_record(
                     b"SAUq",
-                    {"survivors": list(survivors), "signers": signers, "disputes": claimed},
-                    {"signatures": b"".join(sigs[s] for s in signers), "accusations": accusations},
+                    {"disputes": claimed},
+                    {
+                        "survivors": encode_members(self.ctx, survivors),
+                        "signers": encode_members(self.ctx, signers),
+                        "signatures": b"".join(sigs[s] for s in signers),
+                        "accusations": accusations,
+                    },
                 ),
             )
             if reply is None:

@@ -36,9 +36,11 @@ import hmac
 import math
 import os
 import struct
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from dataclasses import fields as fields_of
+from functools import lru_cache
+from types import MappingProxyType
 
 import numpy as np
 
@@ -202,10 +204,9 @@ class SecAgg(SecureSum):
                 f"use a threshold above {degree // 2}, and a larger degree for dropout tolerance"
             )
 
-    def neighbours(self, parties: Sequence[str], graph_seed: bytes) -> dict[str, frozenset[str]]:
-        """Each party's neighbours in this round's graph (complete here)."""
-        everyone = frozenset(parties)
-        return {p: everyone - {p} for p in parties}
+    def neighbours(self, parties: Sequence[str], graph_seed: bytes) -> Mapping[str, frozenset[str]]:
+        """Each party's neighbours in this round's graph (complete here), computed when asked."""
+        return _CompleteGraph(tuple(parties))
 
     def rng(self, party: str, round: int) -> SecureRandom:
         """The party's randomness for a round: the OS CSPRNG (seeded only in known-answer tests)."""
@@ -257,16 +258,66 @@ class SecAggPlus(SecAgg):
         neighbourhoods = parties * _binomial_tail(k, dropout, k - self.shares_needed(k))
         return min(1.0, neighbourhoods + self._signers_failure(parties, dropout))
 
-    def neighbours(self, parties: Sequence[str], graph_seed: bytes) -> dict[str, frozenset[str]]:
+    def neighbours(self, parties: Sequence[str], graph_seed: bytes) -> Mapping[str, frozenset[str]]:
+        """The Harary graph H(k, n) on the parties in the order drawn from ``graph_seed``: the party
+        at position i of the order neighbours those at i ± 1 … i ± k/2 (mod n). A party's
+        neighbourhood is derived from the order when asked (a party needs only its own and its
+        neighbours'), never the n·k of the whole graph per party; the order is drawn once per
+        process for a roster and seed (all the parties a Ray actor hosts share it)."""
         n = len(parties)
         k = self.degree(n)
         if k >= n - 1:
             return super().neighbours(parties, graph_seed)
-        order = _permutation(sorted(parties), graph_seed)
-        half = k // 2
-        return {
-            order[i]: frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d) for i in range(n)
-        }
+        return _HararyGraph(_graph_order(tuple(sorted(parties)), bytes(graph_seed)), k // 2)
+
+
+class _CompleteGraph(Mapping):
+    """Every party's neighbours are all the others (computed when asked, not stored n² times)."""
+
+    def __init__(self, parties: tuple[str, ...]) -> None:
+        self._parties = parties
+        self._everyone = frozenset(parties)
+
+    def __getitem__(self, party: str) -> frozenset[str]:
+        if party not in self._everyone:
+            raise KeyError(party)
+        return self._everyone - {party}
+
+    def __iter__(self):
+        return iter(self._parties)
+
+    def __len__(self) -> int:
+        return len(self._parties)
+
+
+class _HararyGraph(Mapping):
+    """H(k, n) over ``order``: a party's neighbours from its position, computed on first use."""
+
+    def __init__(self, order: tuple[tuple[str, ...], Mapping[str, int]], half: int) -> None:
+        self._order, self._position = order
+        self._half = half
+        self._known: dict[str, frozenset[str]] = {}
+
+    def __getitem__(self, party: str) -> frozenset[str]:
+        found = self._known.get(party)
+        if found is None:
+            i, n, order = self._position[party], len(self._order), self._order
+            found = frozenset(order[(i + d) % n] for d in range(-self._half, self._half + 1) if d)
+            self._known[party] = found
+        return found
+
+    def __iter__(self):
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+@lru_cache(maxsize=4)
+def _graph_order(parties: tuple[str, ...], graph_seed: bytes) -> tuple[tuple[str, ...], Mapping[str, int]]:
+    """The round's party order and each party's position in it (shared, read-only)."""
+    order = tuple(_permutation(list(parties), graph_seed))
+    return order, MappingProxyType({p: i for i, p in enumerate(order)})
 
 
 def _binomial_tail(trials: int, p: float, at_most: int) -> float:
@@ -304,21 +355,31 @@ class _BoundRound(RoundContext):
     parameters cannot open each other's shares or count each other's signatures."""
 
     binding: bytes = b""
+    # Each party's position in the sorted roster (its Shamir coordinate minus one); not compared.
+    positions: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _bind(layer: SecAgg, ctx: RoundContext) -> _BoundRound:
     n = len(ctx.parties)
     k = layer.degree(n)
-    params = [str(v) for v in (n, k, layer.shares_needed(k), layer.signatures_needed(n), layer.modulus_bits)]
-    fields = [
-        b"securefl/secagg/v2/round",
-        layer.name.encode(),
-        str(layer.active).encode(),
-        *map(str.encode, params),
-    ]
-    fields += [p.encode() for p in ctx.parties]
+    params = (n, k, layer.shares_needed(k), layer.signatures_needed(n), layer.modulus_bits)
+    digest, positions = _roster_binding(layer.name, layer.active, params, tuple(ctx.parties))
+    return _BoundRound(
+        **{f.name: getattr(ctx, f.name) for f in fields_of(RoundContext)}, binding=digest, positions=positions
+    )
+
+
+@lru_cache(maxsize=4)
+def _roster_binding(
+    name: str, active: bool, params: tuple[int, ...], parties: tuple[str, ...]
+) -> tuple[bytes, Mapping[str, int]]:
+    """The binding digest and the roster positions, once per process for a roster (the parties a
+    Ray actor hosts share them, read-only)."""
+    fields = [b"securefl/secagg/v2/round", name.encode(), str(active).encode()]
+    fields += [str(v).encode() for v in params]
+    fields += [p.encode() for p in parties]
     digest = hashlib.sha256(b"".join(struct.pack(">H", len(f)) + f for f in fields)).digest()
-    return _BoundRound(**{f.name: getattr(ctx, f.name) for f in fields_of(RoundContext)}, binding=digest)
+    return digest, MappingProxyType({p: i for i, p in enumerate(parties)})
 
 
 def _require_safe_threshold(layer: SecAgg, ctx: RoundContext) -> None:
@@ -346,7 +407,32 @@ def _pair(a: str, b: str) -> tuple[str, str]:
 
 def _x(ctx: RoundContext, party: str) -> int:
     """A party's Shamir coordinate: its position in the round's sorted party list, plus one."""
+    positions = getattr(ctx, "positions", None)
+    if positions:
+        return positions[party] + 1
     return ctx.parties.index(party) + 1
+
+
+def encode_members(ctx: RoundContext, members: Iterable[str]) -> bytes:
+    """A set of the round's parties (survivors, signers) as a bitmap over the sorted roster: bit i
+    (most significant first) of ⌈n/8⌉ bytes is the i-th party. n bits whatever the set, never a
+    list of names in a header (64 KiB hold ~7,000 names at most)."""
+    bits = np.zeros(len(ctx.parties), dtype=np.uint8)
+    for party in members:
+        bits[_x(ctx, party) - 1] = 1
+    return np.packbits(bits).tobytes()
+
+
+def decode_members(ctx: RoundContext, data: bytes, what: str) -> list[str]:
+    """The parties a bitmap names, in roster (sorted) order; WireError unless it has exactly
+    ⌈n/8⌉ bytes and its padding bits are zero."""
+    n = len(ctx.parties)
+    if len(data) != (n + 7) // 8:
+        raise WireError(f"{what} bitmap is {len(data)} bytes; {n} parties need {(n + 7) // 8}")
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if bits[n:].any():
+        raise WireError(f"{what} bitmap sets bits beyond the {n} parties of the round")
+    return [ctx.parties[i] for i in np.flatnonzero(bits[:n])]
 
 
 def _ids(value: object, what: str, allowed: Iterable[str]) -> list[str]:
@@ -488,6 +574,8 @@ class _Aggregator(SumAggregator):
         self._culprits: dict[str, str] = {}
         self._sidelined: dict[str, str] = {}
         self.dealer_signatures: dict[tuple[str, int], bytes] = {}  # (owner, holder's x) -> signature
+        self.senders_to: dict[str, frozenset[str]] = {}  # recipient -> the U2 parties whose shares it holds
+        self.by_x = {_x(ctx, p): p for p in ctx.parties}
 
     def max_reply_bytes(self, phase: str) -> int:
         n = len(self.ctx.parties)
@@ -509,22 +597,28 @@ class _Aggregator(SumAggregator):
             blob = b"".join(self.keys[p] + self.signatures.get(p, b"") for p in peers)
             return encode_record(b"SASq", {"peers": peers}, {"keys": blob})
         if phase == MASKED:
-            senders = sorted(s for s in self.u2 if party in self.sealed[s])
+            senders = sorted(self._senders(party))
             blob = b"".join(self.sealed[s][party] for s in senders)
             return encode_record(b"SAMq", {"senders": senders}, {"shares": blob})
         if phase == CONSISTENCY:
-            return encode_record(b"SACq", {"survivors": sorted(self.u3)}, {})
+            return encode_record(b"SACq", {}, {"survivors": self._survivor_bitmap})
         signers = sorted(self.statements)
         accusers = sorted(self.accusations.get(party, {}))
         disputes = [[a, hashlib.sha256(self.sealed[party][a]).hexdigest()] for a in accusers]
         return encode_record(
             b"SAUq",
-            {"survivors": sorted(self.u3), "signers": signers, "disputes": disputes},
+            {"disputes": disputes},
             {
+                "survivors": self._survivor_bitmap,
+                "signers": encode_members(self.ctx, signers),
                 "signatures": b"".join(self.statements[s] for s in signers),
                 "accusations": b"".join(self.accusations[party][a] for a in accusers),
             },
         )
+
+    def _senders(self, party: str) -> frozenset[str]:
+        """The parties of U2 whose sealed shares ``party`` holds (indexed once, when share closes)."""
+        return self.senders_to.get(party, frozenset())
 
     def receive(self, phase: str, party: str, payload: bytes) -> None:
         getattr(self, f"_receive_{phase}")(party, payload)
@@ -556,7 +650,7 @@ class _Aggregator(SumAggregator):
         self.sealed[party] = dict(zip(recipients, sealed, strict=True))
 
     def _receive_masked(self, party: str, payload: bytes) -> None:
-        senders = {s for s in self.u2 if party in self.sealed.get(s, {})}
+        senders = self._senders(party)
         header, parts = decode_record(payload, b"SAMr", {"unopened": list}, ("masked", "accusations"))
         unopened = _ids(header["unopened"], "unopened shares", senders)
         signatures = _chunks(
@@ -576,7 +670,9 @@ class _Aggregator(SumAggregator):
 
     def _receive_consistency(self, party: str, payload: bytes) -> None:
         _, parts = decode_record(payload, b"SACr", {}, ("signature",))
-        statement = _survivor_statement(self.ctx, sorted(self.u3))
+        if self._statement is None:
+            self._statement = _survivor_statement(self.ctx, sorted(self.u3))
+        statement = self._statement
         self.identities.verify(party, parts["signature"], statement)
         self.statements[party] = parts["signature"]
 
@@ -584,7 +680,7 @@ class _Aggregator(SumAggregator):
         header, parts = decode_record(
             payload, b"SAUr", {"self": list, "secret": list, "disputed": list}, ("shares", "one_time")
         )
-        holders_of = {s for s in self.u2 if party in self.sealed.get(s, {})}
+        holders_of = set(self._senders(party))
         holders_of -= {accused for accused, accusers in self.accusations.items() if party in accusers}
         want_self, want_secret = holders_of & self.u3, holders_of - self.u3
         got_self = _ids(header["self"], "self-mask shares", want_self)
@@ -612,16 +708,23 @@ class _Aggregator(SumAggregator):
             # shares addressed to parties still live.
             for sender in self.sealed:
                 self.sealed[sender] = {r: c for r, c in self.sealed[sender].items() if r in survivors}
+            senders_to: dict[str, set[str]] = {}
+            for sender in survivors:
+                for recipient in self.sealed.get(sender, {}):
+                    senders_to.setdefault(recipient, set()).add(sender)
+            self.senders_to = {r: frozenset(s) for r, s in senders_to.items()}
             # A party told of fewer than t senders would refuse to mask: leave it out now (it is in
             # U2, so it is unmasked like a party that dropped after sharing).
             for party in sorted(survivors):
-                senders = sum(1 for s in survivors if party in self.sealed.get(s, {}))
+                senders = len(self._senders(party))
                 if senders < self.t:
                     self._sidelined[party] = (
                         f"only {senders} of its neighbours shared keys after others dropped; {self.t} needed"
                     )
         elif phase == MASKED:
             self.u3 = survivors
+            self._survivor_bitmap = encode_members(self.ctx, survivors)
+            self._statement: bytes | None = None  # what each confirmation signs (built once)
             # Accusations from parties whose masked input never arrived are not acted upon.
             for accused in list(self.accusations):
                 self.accusations[accused] = {
@@ -630,10 +733,11 @@ class _Aggregator(SumAggregator):
             self._require(len(survivors) >= self.t, f"only {len(survivors)} masked inputs arrived")
             # Honest parties reveal a survivor's seed only if t of its neighbours survived (the
             # unmask rule): a survivor short of them cannot be unmasked, so stop before asking.
+            alive = set(survivors)
             for owner in sorted(survivors):
                 kept = len(self.graph[owner] & survivors)
                 self._require(
-                    _reveal_rule_holds(self.graph, owner, set(survivors), self.t),
+                    _reveal_rule_holds(self.graph, owner, alive, self.t),
                     f"{owner} sent its masked input but only {kept} of its neighbours did",
                 )
         elif phase == CONSISTENCY:
@@ -728,7 +832,7 @@ class _Aggregator(SumAggregator):
                 "is revealed"
             )
         self._require(len(shares) >= self.t, f"{len(shares)} shares of {what} arrived")
-        by_x = {_x(self.ctx, p): p for p in self.ctx.parties}
+        by_x = self.by_x
         # Shares from a holder already caught lying are left out while enough remain: one liar then
         # costs one decoding, not one per owner.
         trusted = {x: v for x, v in shares.items() if by_x[x] not in self._culprits}
@@ -939,6 +1043,7 @@ class _Party(SumParty):
             )
             (masks.add if self.me < peer else masks.subtract)(seed)
         vector = np.asarray(self.provide(), dtype=np.uint64).astype(self.layer.dtype)
+        self.provide = None  # the update is not kept once masked (memory per hosted party)
         return encode_record(
             b"SAMr",
             {"unopened": unopened},
@@ -946,8 +1051,8 @@ class _Party(SumParty):
         )
 
     def _consistency(self, request: bytes) -> bytes:
-        header, _ = decode_record(request, b"SACq", {"survivors": list}, ())
-        survivors = self._check_survivors(header["survivors"])
+        _, parts = decode_record(request, b"SACq", {}, ("survivors",))
+        survivors = self._check_survivors(parts["survivors"])
         self.signed_survivors = survivors
         return encode_record(
             b"SACr", {}, {"signature": signing.sign(self.identity, _survivor_statement(self.ctx, survivors))}
@@ -955,18 +1060,17 @@ class _Party(SumParty):
 
     def _unmask(self, request: bytes) -> bytes:
         header, parts = decode_record(
-            request,
-            b"SAUq",
-            {"survivors": list, "signers": list, "disputes": list},
-            ("signatures", "accusations"),
+            request, b"SAUq", {"disputes": list}, ("survivors", "signers", "signatures", "accusations")
         )
-        survivors = self._check_survivors(header["survivors"])
+        survivors = self._check_survivors(parts["survivors"])
         if self.identity is not None:
             if survivors != self.signed_survivors:
                 raise ProtocolError(
                     "the aggregator changed the survivor list after it was signed; round aborted"
                 )
-            signers = _ids(header["signers"], "signers", survivors)
+            signers = decode_members(self.ctx, parts["signers"], "signers")
+            if not set(signers) <= set(survivors):
+                raise ProtocolError("the signers of the survivor list are not all on it")
             if len(signers) < self.s:
                 raise ProtocolError(
                     f"only {len(signers)} parties confirmed the survivor list; {self.s} needed"
@@ -1028,8 +1132,8 @@ class _Party(SumParty):
             keys.append(one_time)
         return disputed, keys
 
-    def _check_survivors(self, value: object) -> list[str]:
-        survivors = sorted(_ids(value, "survivors", self.ctx.parties))
+    def _check_survivors(self, bitmap: bytes) -> list[str]:
+        survivors = decode_members(self.ctx, bitmap, "survivors")  # sorted: the roster's order
         if self.me not in survivors:
             raise ProtocolError("this party is not on the survivor list it was sent")
         if len(survivors) < self.t:
