@@ -11,6 +11,8 @@ wrong becomes a *withdraw* reply with the reason, so the aggregator drops this p
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,10 +216,18 @@ class PartyNode:
         self.round_global = None
         self.round_parties = info.parties
         provided: list[np.ndarray] = []
+        # Only the model part is kept until the update is needed, not the whole request; a clear
+        # model is the one copy this process holds for every party it hosts (SHARED_MODELS).
+        if "sealed_model" in request.parts:
+            sealed = request.parts["sealed_model"]
+            source = lambda: self.open_global(sealed)  # noqa: E731
+        else:
+            entry = SHARED_MODELS.entry(self.spec, request.parts["model"])
+            source = lambda: SHARED_MODELS.vector(entry, self.spec)  # noqa: E731
 
         def provide() -> np.ndarray:
             if not provided:
-                global_vector = self._global_from(request)
+                global_vector = source()
                 self.round_global = global_vector
                 provided.append(self.stack.encode(self._local_update(global_vector, info)))
             return provided[0]
@@ -232,12 +242,7 @@ class PartyNode:
     def _global_from(self, request: Envelope) -> np.ndarray:
         if "sealed_model" in request.parts:
             return self.open_global(request.parts["sealed_model"])
-        model = unpack_array(request.parts["model"], self.spec.wire_dtype, (self.spec.size,))
-        if not np.isfinite(model).all():
-            raise WireError(
-                "the global model in the request holds NaN or infinite values; not training on it"
-            )
-        return model.astype(np.float64)
+        return _clear_model(request.parts["model"], self.spec)
 
     def open_global(self, sealed: bytes) -> np.ndarray:
         """The global vector inside a sealed model (layers that fuse on the parties)."""
@@ -305,6 +310,55 @@ class PartyNode:
             weight = min(weight, self.weight_bound)
             eval_count = min(eval_count, self.weight_bound)
         return self.layout.pack(delta, weight, trained.metrics, eval_count, eval_metrics)
+
+
+def _clear_model(part: bytes, spec: ArraySpec) -> np.ndarray:
+    """The global vector in a request's ``model`` part, read-only (float64)."""
+    model = unpack_array(part, spec.wire_dtype, (spec.size,))
+    if not np.isfinite(model).all():
+        raise WireError("the global model in the request holds NaN or infinite values; not training on it")
+    vector = model.astype(np.float64)
+    vector.setflags(write=False)
+    return vector
+
+
+class SharedModels:
+    """The last few clear global models this process received, each kept once: the thousands of
+    parties a Ray actor hosts get the same model part every round, and each would otherwise hold
+    its own copy of the bytes and of the float64 vector from the round's first phase to the one
+    that trains. Keyed by the exact bytes (and the model's dtype and size), checked once, shared
+    read-only (training gets its own arrays: ``ArraySpec.unflatten`` copies)."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._entries: OrderedDict[tuple, list] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def entry(self, spec: ArraySpec, part: bytes) -> list:
+        """``[part, vector or None, error or None]``: the one held for these bytes."""
+        key = (np.dtype(spec.wire_dtype).str, spec.size, bytes(part))
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                found = self._entries[key] = [key[2], None, None]
+                while len(self._entries) > self.keep:
+                    self._entries.popitem(last=False)
+            else:
+                self._entries.move_to_end(key)
+            return found
+
+    def vector(self, entry: list, spec: ArraySpec) -> np.ndarray:
+        if entry[1] is None and entry[2] is None:
+            try:
+                entry[1] = _clear_model(entry[0], spec)
+            except WireError as exc:
+                entry[2] = exc
+        if entry[2] is not None:
+            raise WireError(str(entry[2]))
+        return entry[1]
+
+
+SHARED_MODELS = SharedModels()
 
 
 def _shareable(exc: Exception) -> bool:

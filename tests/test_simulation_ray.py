@@ -130,6 +130,17 @@ def test_shared_parts_travel_once_and_requests_are_rebuilt_byte_for_byte():
     assert split_shared({**requests, "d": b"not an envelope"})[0] == []
 
 
+def test_parties_in_one_process_share_one_read_only_global_model():
+    """A process hosting many parties (a Ray actor) keeps each round's clear global model once."""
+    clients = {f"p{i}": fixed_delta_client(np.ones(DIM), 1) for i in range(3)}
+    fed = securefl.Federation({"w": np.arange(DIM, dtype=float)}, clients, "plain")
+    assert fed.run_round().ok
+    shared = fed.nodes["p0"].round_global
+    assert all(fed.nodes[p].round_global is shared for p in clients)
+    assert not shared.flags.writeable and np.array_equal(shared, np.arange(DIM))
+    assert fed.run_round().ok and fed.global_vector[0] == 2.0
+
+
 # -- on a real local Ray ---------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -77,6 +78,77 @@ def _peak_rss(_host: Any = None) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _pid(_host: Any = None) -> int:
+    return os.getpid()
+
+
+def _proc_rss(pid: int) -> int:
+    """Resident bytes of a process now, from /proc (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(root: int) -> set[int]:
+    """``root``'s child processes, recursively (a local Ray's raylet, GCS and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+class RssSampler:
+    """Samples, every ``interval`` seconds, the summed resident memory of a set of processes (the
+    driver and the actors' worker processes) and of this process's whole tree (with Ray's own
+    raylet, GCS and idle workers), read from /proc; keeps the peaks. Shared pages (Ray's object
+    store is shared memory) count once per process mapping them: an upper bound."""
+
+    def __init__(self, pids: list[int], interval: float = 0.25) -> None:
+        self.pids = list(pids)
+        self.interval = interval
+        self.peak = 0
+        self.peak_tree = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, sum(_proc_rss(p) for p in self.pids))
+        tree = {os.getpid(), *_descendants(os.getpid())}
+        self.peak_tree = max(self.peak_tree, sum(_proc_rss(p) for p in tree))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> RssSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
 def scale_round(
     privacy: str,
     parties: int,
@@ -102,16 +174,22 @@ def scale_round(
     )
     setup = time.perf_counter() - started
     try:
+        pids = [os.getpid(), *federation.transport.apply(_pid)]
         start = time.perf_counter()
-        warm = federation.run_round()
+        with RssSampler(pids) as warm_rss:
+            warm = federation.run_round()
         warm_seconds = time.perf_counter() - start
         if not warm.ok:
             return {"ok": False, "error": warm.error, "privacy": privacy, "parties": parties}
         inst = bench.instrument(federation)
         before = federation.global_vector
+        load_before = os.getloadavg()
         start = time.perf_counter()
-        report = federation.run_round()
+        cpu_start = time.process_time()
+        with RssSampler(pids) as rss:
+            report = federation.run_round()
         wall = time.perf_counter() - start
+        driver_cpu = time.process_time() - cpu_start
         bench._collect(federation, inst)
         result: dict[str, Any] = {
             "ok": report.ok,
@@ -123,6 +201,7 @@ def scale_round(
             "setup_seconds": setup,
             "warmup_round_seconds": warm_seconds,
             "round_seconds": wall,
+            "driver_cpu_seconds": driver_cpu,
             "selected": len(report.selected),
             "survivors": len(report.survivors),
             "bytes_up": report.bytes_up,
@@ -145,6 +224,13 @@ def scale_round(
             peak_rss_aggregator_gib=_peak_rss() / 2**30,
             peak_rss_actors_gib=[r / 2**30 for r in actor_rss],
             peak_rss_total_gib=(_peak_rss() + sum(actor_rss)) / 2**30,
+            # Sampled from /proc during the measured round (and the warm-up, which builds the parties):
+            # the driver and the actors' workers summed, and every process of this tree (Ray's too).
+            sampled_peak_rss_gib=rss.peak / 2**30,
+            sampled_peak_rss_all_gib=rss.peak_tree / 2**30,
+            warmup_sampled_peak_rss_gib=warm_rss.peak / 2**30,
+            warmup_sampled_peak_rss_all_gib=warm_rss.peak_tree / 2**30,
+            load_average_before=load_before,
             load_average=os.getloadavg(),
             cpus=os.cpu_count(),
         )
