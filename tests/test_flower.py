@@ -1,0 +1,213 @@
+"""securefl inside Flower (issue 17), run in Flower's own simulation engine (run_simulation, Ray).
+
+A quickstart-style ClientApp (``@app.train()`` returning an ArrayRecord and ``num-examples``) behind
+``secure.client_mod``; the ServerApp's main runs securefl's aggregator over the Flower grid. Each
+partition p trains the same deterministic update every round, so the fused model after R rounds is
+R times the weighted mean of the summed partitions' updates, to the quantization step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from securefl.cli import main as securefl_main
+from securefl.federation import Federation, build_stack, validate_stack
+from securefl.flower import FlowerRun, SecureFL, backend_config
+from securefl.flower.faults import drop_mod, tamper_mod
+from securefl.privacy.guard import Budget, PrivacyGuard
+from securefl.privacy.ledger import open_ledger
+from securefl.selection import build_selection
+
+SHAPES = {"w": (3, 4), "b": (5,)}
+WEIGHT_BOUND = 100
+NODES = 4
+
+
+def delta(partition: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1000 + partition)
+    return {k: rng.uniform(-0.5, 0.5, size=s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def examples(partition: int) -> int:
+    return 10 * (partition + 1)
+
+
+def initial() -> dict[str, np.ndarray]:
+    return {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+
+
+def as_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def train(msg: Message, context: Context) -> Message:
+    """A quickstart-style Flower train function: global arrays in, new arrays and num-examples out."""
+    partition = int(context.node_config["partition-id"])
+    arrays = msg.content["arrays"]
+    step = delta(partition)
+    new = ArrayRecord({k: Array(arrays[k].numpy() + step[k]) for k in arrays})
+    metrics = MetricRecord({"num-examples": examples(partition)})
+    return Message(RecordDict({"arrays": new, "metrics": metrics}), reply_to=msg)
+
+
+def simulate(secure: SecureFL, rounds: int, mods=(), nodes: int = NODES, **run) -> FlowerRun:
+    client = ClientApp(mods=[*mods, secure.client_mod])
+    client.train()(train)
+    server = ServerApp()
+    out: list[FlowerRun] = []
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        out.append(secure.run(grid, as_record(initial()), rounds, min_nodes=nodes, **run))
+
+    run_simulation(server, client, num_supernodes=nodes, backend_config=backend_config(1))
+    assert out, "the ServerApp did not finish"
+    return out[0]
+
+
+def expected(rounds_of_partitions: list[list[int]]) -> dict[str, np.ndarray]:
+    model = {k: v.astype(np.float64) for k, v in initial().items()}
+    for partitions in rounds_of_partitions:
+        total = sum(examples(p) for p in partitions)
+        for k in model:
+            model[k] += sum(examples(p) * delta(p)[k].astype(np.float64) for p in partitions) / total
+    return model
+
+
+def tolerance(secure: SecureFL, rounds: int) -> float:
+    """What quantization can move the fused model by: one step per party and round, over the weight."""
+    stack = build_stack(secure.privacy)
+    from securefl.codec import VectorLayout
+
+    size = sum(int(np.prod(s)) for s in SHAPES.values())
+    validate_stack(
+        stack, VectorLayout(size), build_selection(None), NODES, secure.min_parties, WEIGHT_BOUND, None
+    )
+    step = float(np.max(stack.resolution()))
+    smallest_total = sum(examples(p) for p in range(NODES - 1))
+    return rounds * NODES * step / smallest_total * 2
+
+
+def assert_model(run: FlowerRun, want: dict[str, np.ndarray], atol: float) -> None:
+    got = {k: run.arrays[k].numpy() for k in SHAPES}
+    for k in SHAPES:
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=atol)
+    # The partitions' updates differ by far more than the tolerance: the sum is not close by chance.
+    assert np.abs(delta(0)["w"] - delta(1)["w"]).min() > 100 * atol
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("privacy", ["secagg+", "secagg"])
+def test_two_rounds_in_flowers_simulation_give_the_exact_sum(privacy):
+    secure = SecureFL(privacy=privacy, min_parties=3, weight_bound=WEIGHT_BOUND)
+    run = simulate(secure, rounds=2)
+    assert [r.status for r in run.history.rounds] == ["ok", "ok"], [r.error for r in run.history.rounds]
+    for report in run.history.rounds:
+        assert len(report.survivors) == NODES and not report.dropouts
+        assert report.total_weight == pytest.approx(sum(examples(p) for p in range(NODES)), abs=1e-3)
+    assert_model(run, expected([list(range(NODES))] * 2), tolerance(secure, 2))
+    phases = [t.phase for t in run.timings if t.round == 0]
+    assert phases == ["advertise", "share", "masked", "unmask"]
+    assert all(t.bytes_up > 0 and t.bytes_down > 0 for t in run.timings)
+
+
+@pytest.mark.slow
+def test_a_client_dropping_during_key_setup_costs_only_itself():
+    """Partition 1's ClientApp crashes while advertising its keys in round 0, partition 2's while
+    sharing them in round 1 (Flower answers with an error message each time): each round completes
+    with the exact sum of the other three; in round 2 all four are back."""
+    secure = SecureFL(privacy="secagg+", min_parties=3, weight_bound=WEIGHT_BOUND)
+    drops = [drop_mod((1,), phase="advertise", round=0), drop_mod((2,), phase="share", round=1)]
+    run = simulate(secure, rounds=3, mods=drops)
+    reports = run.history.rounds
+    assert [r.status for r in reports] == ["ok"] * 3, [r.error for r in reports]
+    for report, phase in zip(reports[:2], ["advertise", "share"], strict=True):
+        assert len(report.dropouts) == 1 and len(report.survivors) == NODES - 1, report.dropouts
+        assert next(iter(report.dropouts.values())).startswith(f"{phase}:")
+    assert len(reports[2].survivors) == NODES and not reports[2].dropouts
+    assert_model(run, expected([[0, 2, 3], [0, 1, 3], [0, 1, 2, 3]]), tolerance(secure, 3))
+
+
+@pytest.mark.slow
+def test_a_reply_tampered_with_inside_the_flower_record_drops_its_sender():
+    """A node's securefl bytes are altered inside the Flower record after its party made them —
+    partition 2's key advertisement truncated in round 0, partition 1's masked input replaced by
+    garbage in round 1: the aggregator's wire checks reject them, the node is dropped and the round
+    completes with the exact sum of the others (a dropped masked input is unmasked from shares)."""
+    secure = SecureFL(privacy="secagg+", min_parties=3, weight_bound=WEIGHT_BOUND)
+    tampers = [
+        tamper_mod((2,), phase="advertise", how="truncate", round=0),
+        tamper_mod((1,), phase="masked", how="replace", round=1, data=b"SFLE\x00\x01garbage"),
+    ]
+    run = simulate(secure, rounds=2, mods=tampers)
+    reports = run.history.rounds
+    assert [r.status for r in reports] == ["ok"] * 2, [r.error for r in reports]
+    for report, phase in zip(reports, ["advertise", "masked"], strict=True):
+        assert len(report.dropouts) == 1 and len(report.survivors) == NODES - 1, report.dropouts
+        assert next(iter(report.dropouts.values())).startswith(f"{phase}:")
+    assert_model(run, expected([[0, 1, 3], [0, 2, 3]]), tolerance(secure, 2))
+
+
+DP_PRIVACY = [
+    {"layer": "clip", "norm": 10.0},
+    {"layer": "quantize", "bits": 24},
+    {"layer": "dp", "noise_multiplier": 2.0},
+    {"layer": "secagg+"},
+]
+
+
+@pytest.mark.slow
+def test_distributed_dp_budget_and_ledger_from_a_flower_run_audit(tmp_path, capsys):
+    """Distributed DP (Skellam noise on the parties, summed by secagg+) with a budget that admits one
+    round: the second is refused before anyone trains, both decisions are in the signed ledger, and
+    `securefl audit` verifies it. The ε recorded is the one securefl alone records for the same
+    federation."""
+    secure = SecureFL(privacy=DP_PRIVACY, min_parties=3, weighting="uniform")
+    # The same federation through securefl alone, unlimited budget: ε after one and two rounds.
+    reference = PrivacyGuard(Budget(float("inf")))
+    clients = {f"p{p}": (lambda p: lambda weights, info: (weights, examples(p)))(p) for p in range(NODES)}
+    fed = Federation(initial(), clients, DP_PRIVACY, min_parties=3, weighting="uniform", guard=reference)
+    eps = [fed.run_round().epsilon for _ in range(2)]
+    assert 0 < eps[0] < eps[1]
+
+    ledger = tmp_path / "flower.jsonl"
+    guard = PrivacyGuard(Budget((eps[0] + eps[1]) / 2), open_ledger(ledger))
+    run = simulate(secure, rounds=2, guard=guard)
+    first, second = run.history.rounds
+    assert first.status == "ok" and first.epsilon == pytest.approx(eps[0])
+    assert second.status == "refused" and "budget" in second.error
+    assert second.selected == [] and run.arrays is not None
+
+    capsys.readouterr()
+    assert securefl_main(["audit", str(ledger), "--public-key", f"{ledger}.pub", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["valid"] is True and out["problems"] == []
+    assert out["records"] >= 2
+
+
+def test_messages_without_securefl_pass_through_the_mod():
+    """The mod answers only securefl's train messages: the app's own messages reach the app."""
+    secure = SecureFL(privacy="secagg+")
+    seen = []
+
+    def call_next(message, context):
+        seen.append(message)
+        return message
+
+    msg = Message(RecordDict({"arrays": as_record(initial())}), dst_node_id=1, message_type="train")
+    assert secure.client_mod(msg, None, call_next) is msg and seen == [msg]
+
+
+logging.getLogger("flwr").setLevel(logging.WARNING)
