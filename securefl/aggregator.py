@@ -37,7 +37,7 @@ from securefl.party import REFUSED_SUM, withdraw_reason
 from securefl.roundinfo import RoundInfo
 from securefl.selection import Selection
 from securefl.transcript import Transcript
-from securefl.transport import Reply, Transport
+from securefl.transport import Reply, SharedRequests, Transport, join_segments
 from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, pack_array
 
 log = logging.getLogger(__name__)
@@ -222,11 +222,19 @@ class Aggregator:
         for index, phase in enumerate(phases):
             self._phase = phase
             extra = self._model_parts(info) if index == 0 else {}
-            requests = {}
+            # The parts every request of the phase carries (the global model, the round's info)
+            # are held once, not once per party: each request is its own bytes and indices into them.
+            shared = {name: i for i, name in enumerate(extra)}
+            pieces = {}
             for party in sorted(live):
                 parts = {"layer": self.secure_sum.request(phase, party), **extra}
-                requests[party] = Envelope(REQUEST, self.session, round, phase, party, parts).encode()
-                self._record(round, phase, "out", party, requests[party])
+                envelope = Envelope(REQUEST, self.session, round, phase, party, parts)
+                pieces[party] = envelope.encode_segments(shared)
+                if self.transcript is not None:
+                    self._record(
+                        round, phase, "out", party, join_segments(pieces[party], list(extra.values()))
+                    )
+            requests = SharedRequests(list(extra.values()), pieces)
             replies = self.transport.exchange(requests, self.phase_timeout)
             refusals: dict[str, str] = {}
             valid = self._accept(round, phase, live, replies, report, refusals, index == len(phases) - 1)

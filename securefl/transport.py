@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,12 +49,49 @@ class Traffic:
         )
 
 
+Segments = list  # of bytes (a request's own) and ints (indices into the parts requests share)
+
+
+class SharedRequests(Mapping):
+    """A phase's requests, each still exactly its bytes (``requests[party]``), held as segments:
+    its own bytes and indices into the large parts all of them carry byte for byte (the global
+    model, the round's info). The aggregator never holds n copies of those parts; a transport that
+    can move them once (Ray: once per phase into the object store) reads ``shared`` and
+    ``pieces``, any other gets each request's bytes when it asks for them."""
+
+    def __init__(self, shared: list[bytes], pieces: dict[str, Segments]) -> None:
+        self.shared = shared
+        self.pieces = pieces
+
+    def __getitem__(self, party: str) -> bytes:
+        return join_segments(self.pieces[party], self.shared)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.pieces)
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def size(self, party: str) -> int:
+        """The length of ``self[party]``, without joining it."""
+        return sum(len(self.shared[s]) if isinstance(s, int) else len(s) for s in self.pieces[party])
+
+
+def join_segments(segments: Segments, shared: list[bytes]) -> bytes:
+    """A request rebuilt from its segments, byte for byte."""
+    return b"".join(shared[s] if isinstance(s, int) else s for s in segments)
+
+
 class Transport(ABC):
     traffic: Traffic
 
     @abstractmethod
     def exchange(self, requests: Mapping[str, bytes], timeout: float) -> list[Reply]:
         """Send each request to its party; return the replies received within ``timeout`` seconds."""
+
+
+def _size(requests: Mapping[str, bytes], party: str) -> int:
+    return requests.size(party) if isinstance(requests, SharedRequests) else len(requests[party])
 
 
 def _as_bytes(data: object) -> bytes:
@@ -90,8 +127,8 @@ class InProcessTransport(Transport):
         unknown = sorted(set(requests) - set(self.handlers))
         if unknown:
             raise KeyError(f"no route to parties {unknown}")
-        for data in requests.values():
-            self.traffic.bytes_down += len(data)
+        for party in requests:
+            self.traffic.bytes_down += _size(requests, party)
             self.traffic.messages += 1
         if self.workers > 1 and len(requests) > 1:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:

@@ -145,6 +145,11 @@ def _finite_float(literal: str) -> float:
 
 def encode_record(magic: bytes, header: Mapping[str, Any], parts: Mapping[str, bytes]) -> bytes:
     """Serialise a header and named binary parts into one record."""
+    return b"".join([_record_head(magic, header, parts), *parts.values()])
+
+
+def _record_head(magic: bytes, header: Mapping[str, Any], parts: Mapping[str, bytes]) -> bytes:
+    """The record's prefix and JSON header (which lists the parts' names and lengths)."""
     if len(magic) != 4:
         raise ValueError("magic must be 4 bytes")
     for name in parts:
@@ -154,7 +159,7 @@ def encode_record(magic: bytes, header: Mapping[str, Any], parts: Mapping[str, b
     text = json.dumps(full, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
     if len(text) > MAX_HEADER_BYTES:
         raise WireError(f"record header is {len(text)} bytes, the limit is {MAX_HEADER_BYTES}")
-    return b"".join([_PREFIX.pack(magic, WIRE_VERSION, len(text)), text, *parts.values()])
+    return _PREFIX.pack(magic, WIRE_VERSION, len(text)) + text
 
 
 def decode_record(
@@ -320,6 +325,28 @@ class Envelope:
             "party": self.party,
         }
         return encode_record(ENVELOPE_MAGIC, header, self.parts)
+
+    def encode_segments(self, shared: Mapping[str, int]) -> list[bytes | int]:
+        """The bytes of :meth:`encode` as segments: this envelope's own bytes, and for each part
+        named in ``shared`` (a part many envelopes carry byte for byte, e.g. the global model) its
+        index there instead of its bytes. Joining the segments gives exactly :meth:`encode`."""
+        _check_envelope_fields(self.kind, self.session, self.round, self.phase, self.party)
+        header = {
+            "kind": self.kind,
+            "session": self.session,
+            "round": self.round,
+            "phase": self.phase,
+            "party": self.party,
+        }
+        segments: list[bytes | int] = [_record_head(ENVELOPE_MAGIC, header, self.parts)]
+        for name, data in self.parts.items():
+            if name in shared:
+                segments.append(shared[name])
+            elif isinstance(segments[-1], bytes):
+                segments[-1] += data
+            else:
+                segments.append(data)
+        return segments
 
     @classmethod
     def decode(cls, data: bytes, max_bytes: int | None = None) -> Envelope:

@@ -130,6 +130,23 @@ def test_shared_parts_travel_once_and_requests_are_rebuilt_byte_for_byte():
     assert split_shared({**requests, "d": b"not an envelope"})[0] == []
 
 
+def test_the_aggregator_holds_a_phase_s_shared_parts_once():
+    """Envelope.encode_segments joins back to exactly Envelope.encode; SharedRequests gives each
+    request's bytes on demand and their sizes without joining them."""
+    from securefl.transport import SharedRequests
+
+    model, info = os.urandom(SHARED_MIN_BYTES + 3), os.urandom(100)
+    shared = {"model": 0, "round": 1}
+    envelopes = {
+        p: Envelope("request", "ab" * 16, 0, "in", p, {"layer": p.encode(), "model": model, "round": info})
+        for p in ("a", "bb")
+    }
+    requests = SharedRequests([model, info], {p: e.encode_segments(shared) for p, e in envelopes.items()})
+    assert dict(requests) == {p: e.encode() for p, e in envelopes.items()}
+    assert requests.size("bb") == len(envelopes["bb"].encode()) and len(requests) == 2
+    assert all(not isinstance(s, bytes) or len(s) < 300 for s in requests.pieces["a"])
+
+
 def test_parties_in_one_process_share_one_read_only_global_model():
     """A process hosting many parties (a Ray actor) keeps each round's clear global model once."""
     clients = {f"p{i}": fixed_delta_client(np.ones(DIM), 1) for i in range(3)}

@@ -31,14 +31,13 @@ from securefl.errors import ConfigError, ProtocolError, SecureFLError
 from securefl.party import Client, PartyNode
 from securefl.randomness import SecureRandom
 from securefl.simulation import RayBackend
-from securefl.transport import Reply, Traffic, Transport
+from securefl.transport import Reply, Segments, SharedRequests, Traffic, Transport, join_segments
 from securefl.wire import ENVELOPE_MAGIC
 
 log = logging.getLogger(__name__)
 
 _PREFIX = struct.Struct(">4sHI")  # the record prefix of securefl.wire: magic, version, header length
 SHARED_MIN_BYTES = 1 << 14  # a part at least this large, identical in every request, travels once
-Segments = list  # of bytes (a request's own) and ints (indices into the parts all requests share)
 
 
 def _ray():
@@ -198,11 +197,6 @@ def split_shared(requests: Mapping[str, bytes]) -> tuple[list[bytes], dict[str, 
     return shared, pieces
 
 
-def join_segments(segments: Segments, shared: list[bytes]) -> bytes:
-    """A request rebuilt from its segments, byte for byte."""
-    return b"".join(shared[s] if isinstance(s, int) else s for s in segments)
-
-
 def _parts(data: bytes) -> dict[str, tuple[int, int]] | None:
     """Offsets and lengths of an envelope's parts (our own outgoing requests), or None."""
     try:
@@ -234,10 +228,13 @@ class RayTransport(Transport):
         unknown = sorted(set(requests) - set(self.placement))
         if unknown:
             raise KeyError(f"no route to parties {unknown}")
-        for data in requests.values():
-            self.traffic.bytes_down += len(data)
-            self.traffic.messages += 1
-        shared, pieces = split_shared(requests)
+        if isinstance(requests, SharedRequests):  # the aggregator's: shared parts already apart
+            shared, pieces = requests.shared, requests.pieces
+            self.traffic.bytes_down += sum(requests.size(p) for p in pieces)
+        else:
+            self.traffic.bytes_down += sum(len(data) for data in requests.values())
+            shared, pieces = split_shared(requests)
+        self.traffic.messages += len(requests)
         shared_ref = ray.put(shared)  # once per phase, whatever the number of actors and calls
         per_actor: dict[int, list[str]] = {}
         for party in requests:
