@@ -112,14 +112,19 @@ class FlowerTransport(Transport):
         return out
 
 
-def _wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
+def _wait_for_nodes(grid: Grid, wanted: int, seconds: float, settle: float = 0.5) -> list[int]:
+    """The grid's nodes once at least ``wanted`` are there and none joined for ``settle`` seconds."""
     deadline = time.monotonic() + seconds
-    ids = list(grid.get_node_ids())
-    while len(ids) < max(wanted, 1) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        ids = list(grid.get_node_ids())
-    time.sleep(0.2)  # nodes register together: one more look picks up the rest of a batch
-    return list(grid.get_node_ids())
+    ids = set(grid.get_node_ids())
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = set(grid.get_node_ids())
+        if now != ids:
+            ids, stable_since = now, time.monotonic()
+        elif len(ids) >= max(wanted, 1) and time.monotonic() - stable_since >= settle:
+            break
+    return sorted(ids)
 
 
 def _round_phase(data: bytes, round_: int, phase: str) -> tuple[int, str]:
