@@ -209,7 +209,7 @@ def test_rounds_are_exact_and_the_aggregator_sees_no_secret(keys):
         model_key not in e.data and secret.to_bytes(width, "big") not in e.data for e in transcript.entries
     )
     phases = {e.phase for e in transcript.received()}
-    assert phases == {"encrypt", "share", "combine", "verify"}
+    assert phases == {"encrypt", "attest", "reattest", "share", "combine", "verify"}
 
 
 @settings(
@@ -375,7 +375,10 @@ def test_share_and_proof_decoders_fail_cleanly(dealt, blob):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(max_size=300), st.sampled_from(["share", "combine", "verify", "encrypt", "sign"]))
+@given(
+    st.binary(max_size=300),
+    st.sampled_from(["share", "combine", "verify", "encrypt", "attest", "reattest", "sign"]),
+)
 def test_party_requests_fail_cleanly(keys, blob, phase):
     party = PaillierThreshold(key_dir=str(keys[(3, 2)]), workers=1).party("p00")
     from securefl.layers.base import RoundContext

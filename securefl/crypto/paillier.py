@@ -304,9 +304,13 @@ class PublicEncryptor:
         self.table = FixedBase(public.hs, public.nsquare, self.exponent_bits)
 
     def encrypt(self, m: int) -> int:
+        return self.encrypt_with(m, secrets.randbits(self.exponent_bits))
+
+    def encrypt_with(self, m: int, x: int) -> int:
+        """(1 + m·n)·h_s^x mod n² for a caller-drawn exponent x (a party that must later prove
+        knowledge of its plaintexts keeps x: ``securefl.crypto.attestation``)."""
         self.public._check_plaintext(m)
-        rho = self.table.power(secrets.randbits(self.exponent_bits))
-        return int((1 + mpz(m) * self.n) * rho % self.public.nsquare)
+        return int((1 + mpz(m) * self.n) * self.table.power(x) % self.public.nsquare)
 
 
 # --- phe interoperability ----------------------------------------------------------------------

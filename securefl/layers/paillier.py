@@ -285,6 +285,16 @@ class PaillierScheme(Scheme):
         return [int.from_bytes(stream[i * width : (i + 1) * width], "big") % n for i in range(count)]
 
     def encrypt(self, material: KeyMaterial, vector: np.ndarray, ctx: RoundContext, party: str) -> bytes:
+        plaintexts = self.padded_plaintexts(material, vector, ctx, party)
+        mode = "crt" if self.encryption == "crt" and material.private is not None else "public"
+        batches = _split(plaintexts, 4 * self.workers)
+        data = b"".join(self._run(material, mode, _encrypt_chunk, batches, len(plaintexts)))
+        return encode_record(b"PENr", {"count": len(plaintexts)}, {"ciphertexts": data})
+
+    def padded_plaintexts(
+        self, material: KeyMaterial, vector: np.ndarray, ctx: RoundContext, party: str
+    ) -> list[int]:
+        """The plaintexts ``party`` encrypts: its packed vector and counter slot, plus its pads."""
         signed = np.asarray(vector, dtype=np.uint64).view(np.int64)  # two's complement → signed
         if signed.shape != (ctx.vector_size,):
             raise ProtocolError(f"expected a vector of {ctx.vector_size} values, got shape {signed.shape}")
@@ -295,14 +305,10 @@ class PaillierScheme(Scheme):
         # The contribution pads: each plaintext j becomes m_j + r_j mod n. Only the sum of exactly
         # the named contributors' ciphertexts j unpads to a packed sum (shared_key.pad_seed).
         n = material.public.n
-        plaintexts = [
+        return [
             (m + r) % n
             for m, r in zip(plaintexts, self.pads(material, ctx, party, len(plaintexts)), strict=True)
         ]
-        mode = "crt" if self.encryption == "crt" and material.private is not None else "public"
-        batches = _split(plaintexts, 4 * self.workers)
-        data = b"".join(self._run(material, mode, _encrypt_chunk, batches, len(plaintexts)))
-        return encode_record(b"PENr", {"count": len(plaintexts)}, {"ciphertexts": data})
 
     def combiner(self, public: paillier.PublicKey, ctx: RoundContext) -> Combiner:
         return _Product(public, self._count(ctx))

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import secrets
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from securefl.crypto import channel, paillier
+from securefl.crypto import attestation, channel, paillier, prg
 from securefl.crypto import threshold_paillier as tp
 from securefl.crypto.keyfiles import private_directory, write_private
 from securefl.crypto.packing import Packing
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, UpdateError, WireError
+from securefl.layers import paillier as paillier_layer
 from securefl.layers.base import (
     ImpossibleSum,
     RoundContext,
@@ -44,7 +46,7 @@ from securefl.layers.base import (
     SumParty,
     Transform,
 )
-from securefl.layers.paillier import KeyMaterial, PaillierScheme
+from securefl.layers.paillier import KeyMaterial, PaillierScheme, _split
 from securefl.layers.quantize import Quantize
 from securefl.layers.shared_key import (
     _ABSTAIN,
@@ -62,7 +64,7 @@ from securefl.layers.shared_key import (
 )
 from securefl.wire import decode_record, encode_record
 
-SHARE, COMBINE, VERIFY = "share", "combine", "verify"
+ATTEST, REATTEST, SHARE, COMBINE, VERIFY = "attest", "reattest", "share", "combine", "verify"
 PUBLIC_FILE = "public.json"
 _PARALLEL_MIN = 64
 _HOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -135,8 +137,10 @@ def _read_json(path: Path, what: str) -> Any:
         raise ConfigError(
             f"{what} {str(path)!r} does not exist; create it with 'securefl keys paillier-threshold'"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{what} {str(path)!r} is not readable JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and integers over Python's digit limit; RecursionError,
+        # nesting too deep: a damaged or hostile file is a clear error, never a traceback.
+        raise ConfigError(f"{what} {str(path)!r} is not readable JSON: {type(exc).__name__}: {exc}") from None
 
 
 def load_public(path: str | Path) -> tp.ThresholdPublicKey:
@@ -200,13 +204,25 @@ class ThresholdScheme(PaillierScheme):
 
     def __init__(self, key_bits: int, workers: int) -> None:
         super().__init__(key_bits, "public", workers)
+        # Each party's openings of its latest contribution (session, round, plaintexts, exponent
+        # seed), kept to attest it (``securefl.crypto.attestation``); taken by the party object.
+        self.openings: dict[str, tuple[str, int, list[int], bytes]] = {}
 
     @staticmethod
     def base(material: tp.KeyShare) -> KeyMaterial:
         return KeyMaterial(material.public.paillier, material.model_key, None)
 
     def encrypt(self, material: Any, vector: np.ndarray, ctx: RoundContext, party: str) -> bytes:
-        return super().encrypt(self.base(material), vector, ctx, party)
+        """As ``paillier``'s public-key encryption, with the DJN exponents x_j drawn from a fresh
+        32-byte CSPRNG seed that the party keeps, so that it can later prove it knows what it sent."""
+        base = self.base(material)
+        plaintexts = self.padded_plaintexts(base, vector, ctx, party)
+        seed = secrets.token_bytes(32)
+        pairs = list(zip(plaintexts, djn_exponents(seed, len(plaintexts), base.public), strict=True))
+        batches = _split(pairs, 4 * self.workers)
+        data = b"".join(self._run(base, "public", _encrypt_known_chunk, batches, len(pairs)))
+        self.openings[party] = (ctx.session, ctx.round, plaintexts, seed)
+        return encode_record(b"PENr", {"count": len(plaintexts)}, {"ciphertexts": data})
 
     def model_key(self, material: Any) -> bytes:
         return material.model_key
@@ -239,6 +255,21 @@ class ThresholdScheme(PaillierScheme):
                 f"the Paillier sum cannot come from {number} honest parties: its counter slot disagrees"
             )
         return total[:-1].view(np.uint64)
+
+
+def djn_exponents(seed: bytes, count: int, public: paillier.PublicKey) -> list[int]:
+    """The short DJN exponents x_j (⌈|n|/2⌉ bits, as ``PublicEncryptor``) from an AES-CTR stream."""
+    bits = (public.bits + 1) // 2
+    width = (bits + 7) // 8
+    stream = prg.expand(seed, count * width, np.uint8).tobytes()
+    mask = (1 << bits) - 1
+    return [int.from_bytes(stream[i * width : (i + 1) * width], "big") & mask for i in range(count)]
+
+
+def _encrypt_known_chunk(pairs: list[tuple[int, int]]) -> bytes:
+    """Worker: (plaintext, exponent) pairs encrypted with ``paillier``'s per-process encryptor."""
+    width, enc = paillier_layer._worker["width"], paillier_layer._worker["enc"]
+    return b"".join(enc.encrypt_with(m, x).to_bytes(width, "big") for m, x in pairs)
 
 
 def _split_ciphertexts(blob: bytes, public: tp.ThresholdPublicKey, count: int) -> list[int]:
@@ -377,13 +408,17 @@ class _Aggregator(SumAggregator):
         self.avoid: set[str] = set()  # combiners that were silent or disagreed: no role while others can
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
-        return (ENCRYPT, SHARE, COMBINE, VERIFY)
+        return (ENCRYPT, ATTEST, REATTEST, SHARE, COMBINE, VERIFY)
 
     def start_round(self, ctx: RoundContext) -> None:
         self.ctx = ctx
         self.count = self.scheme._count(ctx)
         self.combined = None
         self.contributors_: set[str] = set()
+        self.payloads: dict[str, bytes] = {}  # each contribution, to re-form the sum or find a liar
+        self.attested: dict[str, int] = {}  # contributor -> its attested D for the current sum
+        self.attestations: dict[str, bytes] = {}
+        self.retry = False  # the sum was re-formed after `attest`: `reattest` asks again
         self.asked: list[str] = []
         self.sealed_shares: dict[str, bytes] = {}
         self.decryptor: str | None = None
@@ -399,22 +434,50 @@ class _Aggregator(SumAggregator):
     def max_reply_bytes(self, phase: str) -> int:
         if phase == ENCRYPT:
             return self.scheme.max_encrypt_bytes(self.ctx)
+        if phase in (ATTEST, REATTEST):
+            return attestation.size(self.public.paillier, self.count) + 4096
         if phase == SHARE:
             return _share_size(self.public, self.count) + 4096
         return sealed_record_size(self.ctx.vector_size) + _claim_size(self.public, self.count) + 8192
 
     def _sum_bytes(self) -> bytes:
-        if self._sum is None:
-            self._sum = self.combined.payload()
-            self._digest = sum_digest(self._sum)
-            self._named = sorted(self.contributors_)
         return self._sum
 
+    def _form_sum(self, contributors: set[str]) -> None:
+        """The sum of exactly ``contributors``' ciphertexts, its digest and their sorted names."""
+        if contributors != set(self.payloads) or self.combined is None:
+            self.combined = self.scheme.combiner(self.public.paillier, self.ctx)
+            for party in sorted(contributors):
+                self.combined.add(self.payloads[party])
+        self.contributors_ = set(contributors)
+        self._named = sorted(contributors)
+        self._sum = self.combined.payload()
+        self._digest = sum_digest(self._sum)
+        self.attested, self.attestations = {}, {}
+
+    def _ciphertexts(self, party: str) -> list[int]:
+        _, parts = decode_record(self.payloads[party], b"PENr", {"count": int}, ("ciphertexts",))
+        return _split_ciphertexts(parts["ciphertexts"], self.public, self.count)
+
+    def _attest_context(self, party: str) -> bytes:
+        return attestation.context(self.ctx.session, self.ctx.round, party, self._named, self._digest)
+
     def request(self, phase: str, party: str) -> bytes:
+        if phase in (ATTEST, REATTEST):
+            if party not in self.contributors_ or (phase == REATTEST and not self.retry):
+                return encode_record(b"TATq", {"contributors": [], "sum": ""}, {})
+            return encode_record(b"TATq", {"contributors": self._named, "sum": self._digest}, {})
         if phase == SHARE:
             if party not in self.asked:
-                return encode_record(b"TSHq", {"contributors": []}, {"sum": b""})
-            return encode_record(b"TSHq", {"contributors": self._named}, {"sum": self._sum_bytes()})
+                return encode_record(b"TSHq", {"contributors": []}, {"sum": b"", "attestations": b""})
+            return encode_record(
+                b"TSHq",
+                {"contributors": self._named},
+                {
+                    "sum": self._sum_bytes(),
+                    "attestations": b"".join(self.attestations[p] for p in self._named),
+                },
+            )
         if phase in (COMBINE, VERIFY):
             role = self.decryptor if phase == COMBINE else self.verifier
             if party != role:
@@ -450,6 +513,22 @@ class _Aggregator(SumAggregator):
                 self.combined = self.scheme.combiner(self.public.paillier, self.ctx)
             self.combined.add(payload)  # checked whole (count, sizes, Z*_{n²}) before it is folded in
             self.contributors_.add(party)
+            self.payloads[party] = payload
+        elif phase in (ATTEST, REATTEST):
+            _, parts = decode_record(payload, b"TATr", {}, ("attestation",))
+            if party not in self.contributors_ or (phase == REATTEST and not self.retry):
+                if parts["attestation"]:
+                    raise ProtocolError("sent an attestation it was not asked for")
+                return
+            try:
+                value = attestation.check(
+                    self.public.paillier, parts["attestation"], self._attest_context(party), self.count
+                )
+            except (ProtocolError, WireError) as exc:
+                self.culprits_[party] = f"sent an invalid attestation of its contribution ({exc})"
+                raise
+            self.attested[party] = value
+            self.attestations[party] = parts["attestation"]
         elif phase == SHARE:
             _, parts = decode_record(payload, b"TSHr", {}, ("sealed",))
             if party not in self.asked:
@@ -506,18 +585,17 @@ class _Aggregator(SumAggregator):
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         t = self.public.threshold
         if phase == ENCRYPT:
-            self.contributors_ &= survivors
-            if not self.contributors_ or self.combined is None:
+            if not self.contributors_ & survivors:
                 raise RoundFailed("paillier-threshold: no ciphertexts arrived")
-            holders = [p for p in self.contributors_ if p in self.public.holders and p not in self.distrusted]
-            if len(holders) < t:
-                raise RoundFailed(
-                    f"paillier-threshold: only {len(holders)} trusted key-share holders contributed, {t} are "
-                    "needed to decrypt; nothing was decrypted and the model is unchanged"
-                )
-            ordered = self._rotation(holders)
-            self.asked = sorted(ordered[: self.share_holders] if self.share_holders else ordered)
-            self._sum_bytes()
+            self._form_sum(self.contributors_ & survivors)
+            self._holders()
+        elif phase in (ATTEST, REATTEST):
+            if phase == REATTEST and not self.retry:
+                return
+            self._close_attestations(phase, survivors)
+            if not self.retry:
+                ordered = self._rotation(self._holders())
+                self.asked = sorted(ordered[: self.share_holders] if self.share_holders else ordered)
         elif phase == SHARE:
             self.sealed_shares = {p: s for p, s in self.sealed_shares.items() if p in survivors}
             if len(self.sealed_shares) < t:
@@ -567,6 +645,51 @@ class _Aggregator(SumAggregator):
                 )
             self._accept(first, [self.decryptor, self.verifier])
 
+    def _holders(self) -> list[str]:
+        """The trusted key-share holders among the contributors; fails the round below t."""
+        t = self.public.threshold
+        holders = [p for p in self.contributors_ if p in self.public.holders and p not in self.distrusted]
+        if len(holders) < t:
+            raise RoundFailed(
+                f"paillier-threshold: only {len(holders)} trusted key-share holders contributed, {t} are "
+                "needed to decrypt; nothing was decrypted and the model is unchanged"
+            )
+        return holders
+
+    def _close_attestations(self, phase: str, survivors: frozenset[str]) -> None:
+        """Every contributor must attest its contribution to this sum, and the attested D's must
+        multiply to the sum's γ-combination; otherwise the sum is re-formed without the contributors
+        that did not (once: ``reattest``) — holders share only for a fully attested sum."""
+        missing = {p for p in self._named if p not in self.attested or p not in survivors}
+        if not missing:
+            gammas = attestation.coefficients(self.ctx.session, self.ctx.round, self._digest, self.count)
+            ciphertexts = _split_ciphertexts(self._sum, self.public, self.count)
+            values = [self.attested[p] for p in self._named]
+            if attestation.matches_sum(self.public.paillier, ciphertexts, gammas, values):
+                self.retry = False
+                return
+            # Someone attested a D other than its own ciphertexts' combination. Only an attack gets
+            # here, so finding who (one K-base multi-exponentiation per contributor) is affordable.
+            nsq = self.public.paillier.nsquare
+            for party in self._named:
+                if tp.multi_power(self._ciphertexts(party), gammas, nsq) != self.attested[party]:
+                    missing.add(party)
+                    self.culprits_[party] = "attested a contribution other than the ciphertexts it sent"
+        if phase == REATTEST:
+            raise RoundFailed(
+                f"paillier-threshold: {', '.join(sorted(missing))} did not attest the re-formed sum; nothing "
+                "was decrypted and the model is unchanged"
+            )
+        keep = self.contributors_ - missing
+        if len(keep) < max(1, self.ctx.min_parties):
+            raise RoundFailed(
+                f"paillier-threshold: {len(keep)} contributions were attested, fewer than min_parties "
+                f"({self.ctx.min_parties}); nothing was decrypted and the model is unchanged"
+            )
+        self._form_sum(keep)
+        self._holders()
+        self.retry = True
+
     def _accept(self, reply: tuple, combiners: list[str]) -> None:
         self.sealed = reply[2]
         for holder in reply[1]:
@@ -598,6 +721,8 @@ class _ThresholdParty(_Party):
         self.workers = workers
         self._handlers = {
             ENCRYPT: self._encrypt,
+            ATTEST: self._attest,
+            REATTEST: self._attest,
             SHARE: self._share,
             COMBINE: self._combine,
             VERIFY: self._combine,
@@ -620,11 +745,57 @@ class _ThresholdParty(_Party):
         ciphertexts = _split_ciphertexts(blob, self.material.public, self.scheme._count(self.ctx))
         return contributors, ciphertexts, sum_digest(blob)
 
+    def _attest(self, request: bytes) -> bytes:
+        """Prove knowledge of this party's own contribution to the sum named (by its digest)."""
+        header, _ = decode_record(request, b"TATq", {"contributors": list, "sum": str}, ())
+        if not header["contributors"]:
+            return encode_record(b"TATr", {}, {"attestation": b""})
+        if ENCRYPT not in self.done:
+            raise ProtocolError("asked to attest a sum before contributing to it")
+        contributors = _contributor_list(header["contributors"], self.ctx, self.me)
+        digest = header["sum"]
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ProtocolError("the attest request's sum digest is not 64 lowercase hex digits")
+        opening = self.scheme.openings.get(self.me)
+        if opening is None or opening[:2] != (self.ctx.session, self.ctx.round):
+            raise ProtocolError("this party holds no opening of a contribution to this round")
+        _, _, plaintexts, seed = opening
+        public = self.material.public.paillier
+        gammas = attestation.coefficients(self.ctx.session, self.ctx.round, digest, len(plaintexts))
+        ctx = attestation.context(self.ctx.session, self.ctx.round, self.me, contributors, digest)
+        blob = attestation.attest(
+            public, plaintexts, djn_exponents(seed, len(plaintexts), public), gammas, ctx
+        )
+        return encode_record(b"TATr", {}, {"attestation": blob})
+
+    def _check_attestations(
+        self, contributors: tuple[str, ...], ciphertexts: list[int], digest: str, blob: bytes
+    ) -> None:
+        """A holder shares only for a sum every named contributor attested (spec, "Attestations"):
+        each proof of plaintext knowledge holds and the attested D's multiply to the γ-combination."""
+        public = self.material.public.paillier
+        size = attestation.size(public, len(ciphertexts))
+        if len(blob) != size * len(contributors):
+            raise WireError("the share request does not carry one attestation per contributor")
+        values = [
+            attestation.check(
+                public,
+                blob[k * size : (k + 1) * size],
+                attestation.context(self.ctx.session, self.ctx.round, party, contributors, digest),
+                len(ciphertexts),
+            )
+            for k, party in enumerate(contributors)
+        ]
+        gammas = attestation.coefficients(self.ctx.session, self.ctx.round, digest, len(ciphertexts))
+        if not attestation.matches_sum(public, ciphertexts, gammas, values):
+            raise ProtocolError("the sum is not the product of the attested contributions: no shares")
+
     def _share(self, request: bytes) -> bytes:
-        header, parts = decode_record(request, b"TSHq", {"contributors": list}, ("sum",))
+        header, parts = decode_record(request, b"TSHq", {"contributors": list}, ("sum", "attestations"))
         if not parts["sum"]:
             return encode_record(b"TSHr", {}, {"sealed": b""})
         contributors, ciphertexts, digest = self._checked_request(header["contributors"], parts["sum"])
+        self._check_attestations(contributors, ciphertexts, digest, parts["attestations"])
         key: tp.KeyShare = self.material
         ys = compute_shares(key, ciphertexts, self.workers)
         proof = tp.prove(key, ciphertexts, ys, tp.context(self.ctx.session, self.ctx.round, self.me, digest))

@@ -1,0 +1,224 @@
+"""paillier-threshold against an active aggregator and its colluding parties: each test attempts the
+attack — decrypting one party's update — and checks it fails (protocols/paillier-threshold.md,
+"Attestations"), and that honest rounds survive contributors that cannot or do not attest."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_paillier_threshold import _parties, federation, keys, mean  # noqa: F401 - keys is a fixture
+
+from securefl.crypto import attestation, paillier
+from securefl.crypto import threshold_paillier as tp
+from securefl.errors import ProtocolError
+from securefl.faults import Faults
+from securefl.layers import paillier_threshold as layer_module
+from securefl.wire import decode_record, encode_record
+
+BITS = 512  # tests only
+_HONEST_ATTEST = layer_module._ThresholdParty._attest
+SESSION, ROUND, DIGEST = "ab" * 16, 3, "cd" * 32
+
+
+@pytest.fixture(scope="module")
+def key():
+    return paillier.generate_keypair(BITS)
+
+
+def _contribution(public, count, rng):
+    """An honest contribution: plaintexts, DJN exponents and the ciphertexts they make."""
+    enc = paillier.PublicEncryptor(public)
+    plaintexts = [int(rng.integers(0, 2**62)) for _ in range(count)]
+    exponents = [int(rng.integers(0, 2**62)) for _ in range(count)]
+    return plaintexts, exponents, [enc.encrypt_with(m, x) for m, x in zip(plaintexts, exponents, strict=True)]
+
+
+def _product(nsq, *vectors):
+    out = [1] * len(vectors[0])
+    for vector in vectors:
+        out = [a * b % nsq for a, b in zip(out, vector, strict=True)]
+    return out
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    parties=st.integers(3, 5),
+    count=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+    strategy=st.sampled_from(["own-opening", "unit", "forged-proof", "honest-replay"]),
+)
+def test_a_cancelling_contribution_cannot_be_attested(key, parties, count, seed, strategy):
+    """The colluder sends Enc(a)·∏ c_p⁻¹ over every honest party but the victim, so that the sum is
+    the victim's update plus a. Whatever it attests, the sum's attestations do not multiply right —
+    and the sum it would have the holders decrypt is indeed the victim's (the attack is real)."""
+    public, nsq = key.public, key.public.nsquare
+    rng = np.random.default_rng(seed)
+    names = _parties(parties)
+    victim, colluder, others = names[0], names[-1], names[1:-1]
+    honest = {p: _contribution(public, count, rng) for p in names[:-1]}
+    adjust_m, adjust_x, adjust_c = _contribution(public, count, rng)
+    inverse = (
+        [pow(v, -1, nsq) for v in _product(nsq, *(honest[p][2] for p in others))] if others else [1] * count
+    )
+    crafted = _product(nsq, adjust_c, inverse)
+    total = _product(nsq, *(honest[p][2] for p in names[:-1]), crafted)
+    assert [key.decrypt(c) for c in total] == [
+        (m + a) % public.n for m, a in zip(honest[victim][0], adjust_m, strict=True)
+    ]  # without attestations the holders would decrypt the victim's update (plus a known offset)
+    digest = "ef" * 32
+    gammas = attestation.coefficients(SESSION, ROUND, digest, count)
+
+    def ctx(party):
+        return attestation.context(SESSION, ROUND, party, names, digest)
+
+    values = [
+        attestation.check(public, attestation.attest(public, *honest[p][:2], gammas, ctx(p)), ctx(p), count)
+        for p in names[:-1]
+    ]
+    if strategy == "own-opening":  # the one opening the colluder has: Enc(a)
+        blob = attestation.attest(public, adjust_m, adjust_x, gammas, ctx(colluder))
+    elif strategy == "unit":  # D = 1, plaintext 0: what cancels in a two-party sum
+        blob = attestation.attest(public, [0] * count, [0] * count, gammas, ctx(colluder))
+    elif strategy == "forged-proof":  # the D the product needs, with a proof it cannot make
+        needed = tp.multi_power(crafted, gammas, nsq)
+        honest_blob = attestation.attest(public, adjust_m, adjust_x, gammas, ctx(colluder))
+        width = 2 * ((public.bits + 7) // 8)
+        blob = needed.to_bytes(width, "big") + honest_blob[width:]
+    else:  # another party's valid attestation, replayed under the colluder's name
+        blob = attestation.attest(public, *honest[victim][:2], gammas, ctx(victim))
+    try:
+        value = attestation.check(public, blob, ctx(colluder), count)
+    except ProtocolError:
+        return  # refused outright: no sum the holders would share for
+    assert not attestation.matches_sum(public, total, gammas, [*values, value])
+
+
+def test_attestations_are_bound_to_their_sum_party_and_round(key):
+    public = key.public
+    rng = np.random.default_rng(1)
+    plaintexts, exponents, ciphertexts = _contribution(public, 4, rng)
+    names = ["a", "b", "c"]
+    gammas = attestation.coefficients(SESSION, ROUND, DIGEST, 4)
+    ctx = attestation.context(SESSION, ROUND, "a", names, DIGEST)
+    blob = attestation.attest(public, plaintexts, exponents, gammas, ctx)
+    value = attestation.check(public, blob, ctx, 4)
+    assert value == tp.multi_power(ciphertexts, gammas, public.nsquare)
+    for other in (
+        attestation.context(SESSION, ROUND + 1, "a", names, DIGEST),
+        attestation.context(SESSION, ROUND, "b", names, DIGEST),
+        attestation.context(SESSION, ROUND, "a", ["a", "b"], DIGEST),
+        attestation.context(SESSION, ROUND, "a", names, "00" * 32),
+        attestation.context("00" * 16, ROUND, "a", names, DIGEST),
+    ):
+        with pytest.raises(ProtocolError):
+            attestation.check(public, blob, other, 4)
+    assert gammas != attestation.coefficients(SESSION, ROUND, "00" * 32, 4)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=900))
+def test_attestation_decoder_fails_cleanly(key, blob):
+    ctx = attestation.context(SESSION, ROUND, "a", ["a"], DIGEST)
+    try:
+        attestation.check(key.public, blob, ctx, 2)
+    except ProtocolError:
+        pass
+    except Exception as exc:  # pragma: no cover - the property under test
+        assert type(exc).__name__ == "WireError", exc
+
+
+# --- the layer, with a lying aggregator ------------------------------------------------------------
+
+
+class _VictimSum(layer_module._Aggregator):
+    """An active aggregator: after the honest attestations, it sends the holders the victim's own
+    ciphertexts as "the sum" (attack B2), forwarding the honest attestations."""
+
+    victim = "p00"
+
+    def request(self, phase, party):
+        if phase == layer_module.SHARE and party in self.asked:
+            self._sum = b"".join(
+                c.to_bytes(self.public.paillier.ciphertext_bytes, "big")
+                for c in self._ciphertexts(self.victim)
+            )
+        return super().request(phase, party)
+
+
+class _CancellingColluder(layer_module._Aggregator):
+    """An active aggregator colluding with p03: p03's contribution is replaced by Enc(0)·∏ c_p⁻¹ over
+    p01 and p02 (the sum becomes p00's update); the aggregator forwards p03's attestation of what it
+    really encrypted and skips every check of its own."""
+
+    def close_phase(self, phase, survivors):
+        if phase == layer_module.ENCRYPT:
+            nsq = self.public.paillier.nsquare
+            width = self.public.paillier.ciphertext_bytes
+            crafted = [1] * self.count
+            for other in ("p01", "p02"):
+                crafted = [
+                    a * pow(c, -1, nsq) % nsq for a, c in zip(crafted, self._ciphertexts(other), strict=True)
+                ]
+            blob = b"".join(c.to_bytes(width, "big") for c in crafted)
+            self.payloads["p03"] = encode_record(b"PENr", {"count": self.count}, {"ciphertexts": blob})
+            self.combined = None  # re-formed from the payloads, crafted one included
+        super().close_phase(phase, survivors)
+
+    def _close_attestations(self, phase, survivors):
+        self.retry = False  # a lying aggregator checks nothing
+
+
+@pytest.mark.parametrize("aggregator", [_VictimSum, _CancellingColluder])
+def test_holders_share_only_for_an_attested_sum(keys, monkeypatch, aggregator):  # noqa: F811
+    monkeypatch.setattr(layer_module, "_Aggregator", aggregator)
+    fed, _deltas, _weights = federation(keys[(4, 2)], 4)
+    shares_made = []
+    real = layer_module.compute_shares
+    monkeypatch.setattr(
+        layer_module, "compute_shares", lambda *a: shares_made.append(a[0].holder) or real(*a)
+    )
+    report = fed.run_round()
+    assert not report.ok
+    assert shares_made == []  # no honest holder computed a decryption share of the forged sum
+    reasons = " ".join(report.dropouts.values())  # a forged sum breaks the proofs bound to its digest,
+    assert "attest" in reasons  # a crafted contribution the product of the attested D's
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_contributors_dropping_or_lying_in_attest_are_left_out_of_an_exact_sum(keys, monkeypatch, data):  # noqa: F811
+    """Dropouts in `attest` and invalid attestations: the sum is re-formed without them, `reattest`
+    asks the rest again, and the round completes with the exact sum of those who attested."""
+    n, t = 5, 3
+    parties = _parties(n)
+    dropped = data.draw(st.sets(st.sampled_from(parties), max_size=2))
+    liars = data.draw(st.sets(st.sampled_from([p for p in parties if p not in dropped]), max_size=1))
+    faults = Faults()
+    for p in dropped:
+        faults.add("offline", p, phase="attest")
+
+    def attest(self, request):
+        reply = _HONEST_ATTEST(self, request)
+        if self.me in liars:
+            header, parts = decode_record(reply, b"TATr", {}, ("attestation",))
+            blob = bytearray(parts["attestation"])
+            if blob:
+                blob[-1] ^= 1
+            reply = encode_record(b"TATr", header, {"attestation": bytes(blob)})
+        return reply
+
+    monkeypatch.setattr(layer_module._ThresholdParty, "_attest", attest)
+    fed, deltas, weights = federation(keys[(n, t)], n, faults, seed=data.draw(st.integers(0, 50)))
+    report = fed.run_round()
+    kept = [p for p in parties if p not in dropped and p not in liars]
+    if len([p for p in kept]) >= t:
+        assert report.ok, report.error
+        np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, kept), atol=1e-9)
+        for liar in liars:
+            assert "attestation" in report.dropouts[liar]
+    else:
+        assert not report.ok and "nothing was decrypted" in report.error
