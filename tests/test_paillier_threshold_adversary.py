@@ -222,3 +222,98 @@ def test_contributors_dropping_or_lying_in_attest_are_left_out_of_an_exact_sum(k
             assert "attestation" in report.dropouts[liar]
     else:
         assert not report.ok and "nothing was decrypted" in report.error
+
+
+# --- lying and dropping combiners: each costs only itself ----------------------------------------
+
+
+def _lie_short_as(monkeypatch, liars):
+    """Combiners in ``liars`` answer 'short' naming nobody bad, whatever the shares (attacker B3)."""
+    real = layer_module._ThresholdParty._combine
+
+    def combine(self, request):
+        reply = real(self, request)
+        if self.me in liars and decode_record(
+            reply, b"TCBr", {"status": str, "bad": list}, ("model", "claim")
+        )[0]["status"] in ("sealed", "disputed"):
+            return encode_record(b"TCBr", {"status": "short", "bad": []}, {"model": b"", "claim": b""})
+        return reply
+
+    monkeypatch.setattr(layer_module._ThresholdParty, "_combine", combine)
+
+
+def test_a_decryptor_lying_short_is_barred_and_the_round_completes(keys, monkeypatch):  # noqa: F811
+    _lie_short_as(monkeypatch, {"p00", "p01"})
+    fed, deltas, weights = federation(keys[(4, 2)], 4)
+    for _ in range(4):  # every share sender takes the first role in turn
+        report = fed.run_round()
+        assert report.ok, report.error
+    np.testing.assert_allclose(fed.global_vector, 4 * mean(deltas, weights, _parties(4)), atol=1e-9)
+    aggregator = fed.aggregator.secure_sum
+    assert {"p00", "p01"} <= aggregator.barred
+
+
+def test_wrong_shares_under_least_work_are_found_by_two_combiners(keys, monkeypatch):  # noqa: F811
+    """share_holders = t: a holder sending wrong shares leaves fewer than t valid ones; two combiners
+    name it, it is distrusted, and the next rounds complete without it (attacker B4)."""
+    real = layer_module.compute_shares
+
+    def corrupt(key, ciphertexts, workers):
+        ys = real(key, ciphertexts, workers)
+        if key.holder == "p02":
+            ys[0] = ys[0] * 3 % key.public.n
+        return ys
+
+    monkeypatch.setattr(layer_module, "compute_shares", corrupt)
+    fed, _deltas, _weights = federation(keys[(3, 2)], 3, share_holders=2)
+    reports = [fed.run_round() for _ in range(5)]
+    aggregator = fed.aggregator.secure_sum
+    assert "p02" in aggregator.distrusted
+    failed = [r for r in reports if not r.ok]
+    assert len(failed) <= 1 and all("nothing was revealed" in r.error for r in failed)
+    assert reports[-1].ok and "p02" not in aggregator.asked
+
+
+def test_a_single_share_sender_decrypts_alone(tmp_path):
+    """t = 1 with one holder asked: no verifier exists, the decryptor's record is kept (B5)."""
+    layer_module.key_ceremony(tmp_path, _parties(3), 1, bits=BITS)
+    fed, deltas, weights = federation(tmp_path, 3, share_holders=1)
+    report = fed.run_round()
+    assert report.ok, report.error
+    np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(3)), atol=1e-9)
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_combiners_dropping_in_any_attempt(keys, data):  # noqa: F811
+    """Any set of share senders dropping in any decryption phase: while t + 1 attempts find two
+    live combiners the round completes with the exact sum; otherwise it fails saying who decrypted."""
+    n, t = 4, 2
+    parties = _parties(n)
+    faults = Faults()
+    dropped = data.draw(
+        st.dictionaries(
+            st.sampled_from(parties),
+            st.sampled_from(["combine", "verify", "combine-2", "verify-2"]),
+            max_size=3,
+        )
+    )
+    for party, phase in dropped.items():
+        faults.add("offline", party, phase=phase)
+    fed, deltas, weights = federation(keys[(n, t)], n, faults, seed=data.draw(st.integers(0, 50)))
+    report = fed.run_round()
+    if report.ok:
+        np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, parties), atol=1e-9)
+    else:
+        assert "no decryption was confirmed" in report.error or "abandoned" in report.error
+        assert (
+            "nothing was revealed" in report.error
+            or "decrypted by" in report.error
+            or "abandoned" in report.error
+        )
+    if len(dropped) == 1:  # one dropped combiner never fails the round
+        assert report.ok, report.error

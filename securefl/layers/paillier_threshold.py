@@ -65,6 +65,18 @@ from securefl.layers.shared_key import (
 from securefl.wire import decode_record, encode_record
 
 ATTEST, REATTEST, SHARE, COMBINE, VERIFY = "attest", "reattest", "share", "combine", "verify"
+MAX_ATTEMPTS = 8
+
+
+def attempt_phases(public: tp.ThresholdPublicKey) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The decryption attempts' phases: ``combine``, ``verify``, ``combine-2``, ``verify-2``, … —
+    t + 1 attempts (at most t − 1 colluding combiners can spoil one each, one more for a crash),
+    no more than there are holders."""
+    count = max(1, min(public.threshold + 1, len(public.holders), MAX_ATTEMPTS))
+    suffix = ["", *(f"-{i}" for i in range(2, count + 1))]
+    return tuple(COMBINE + x for x in suffix), tuple(VERIFY + x for x in suffix)
+
+
 PUBLIC_FILE = "public.json"
 _PARALLEL_MIN = 64
 _HOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -405,10 +417,13 @@ class _Aggregator(SumAggregator):
         self.public = public
         self.share_holders = share_holders
         self.distrusted: set[str] = set()  # holders whose shares two combiners found wrong
+        self.combine_phases, self.verify_phases = attempt_phases(public)
+        self.barred: set[str] = set()  # combiners caught lying: never a combiner again
         self.avoid: set[str] = set()  # combiners that were silent or disagreed: no role while others can
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
-        return (ENCRYPT, ATTEST, REATTEST, SHARE, COMBINE, VERIFY)
+        attempts = (p for pair in zip(self.combine_phases, self.verify_phases, strict=True) for p in pair)
+        return (ENCRYPT, ATTEST, REATTEST, SHARE, *attempts)
 
     def start_round(self, ctx: RoundContext) -> None:
         self.ctx = ctx
@@ -421,8 +436,14 @@ class _Aggregator(SumAggregator):
         self.retry = False  # the sum was re-formed after `attest`: `reattest` asks again
         self.asked: list[str] = []
         self.sealed_shares: dict[str, bytes] = {}
-        self.decryptor: str | None = None
-        self.verifier: str | None = None
+        self.decryptor: str | None = None  # the first attempt's
+        self.role: dict[str, str | None] = {}  # attempt phase -> the combiner asked in it
+        self.used: set[str] = set()  # share senders that already had a role this round
+        self.pending: str | None = None  # a decryptor whose claim awaits a verifier
+        self.decrypted_by: list[str] = []  # decryptors that reported a decryption
+        self.disputes: list[tuple[str, str]] = []  # (decryptor, verifier) that disagreed
+        self.shorts: list[tuple[str, list[str]]] = []  # (decryptor, holders it named bad)
+        self.failures: list[str] = []
         self.replies: dict[str, tuple[str, list[str], bytes, bytes]] = {}
         self._sum: bytes | None = None
         self._digest = ""
@@ -478,18 +499,15 @@ class _Aggregator(SumAggregator):
                     "attestations": b"".join(self.attestations[p] for p in self._named),
                 },
             )
-        if phase in (COMBINE, VERIFY):
-            role = self.decryptor if phase == COMBINE else self.verifier
-            if party != role:
+        if phase in self.combine_phases or phase in self.verify_phases:
+            if party != self.role.get(phase):
                 return encode_record(
                     b"TCBq",
                     {"contributors": [], "holders": []},
                     {"sum": b"", "shares": b"", "claim": b""},
                 )
             holders = sorted(self.sealed_shares)
-            claim = b""
-            if phase == VERIFY:
-                claim = self.replies[self.decryptor][3]
+            claim = self.replies[self.pending][3] if phase in self.verify_phases else b""
             return encode_record(
                 b"TCBq",
                 {"contributors": self._named, "holders": holders},
@@ -538,10 +556,9 @@ class _Aggregator(SumAggregator):
             if len(parts["sealed"]) != _share_size(self.public, self.count):
                 raise WireError("sealed decryption shares of the wrong size")
             self.sealed_shares[party] = parts["sealed"]
-        elif phase in (COMBINE, VERIFY):
+        elif phase in self.combine_phases or phase in self.verify_phases:
             header, parts = decode_record(payload, b"TCBr", {"status": str, "bad": list}, ("model", "claim"))
-            role = self.decryptor if phase == COMBINE else self.verifier
-            if party != role:
+            if party != self.role.get(phase):
                 if header["status"] != "none" or header["bad"] or any(parts.values()):
                     raise ProtocolError("answered a combination it was not asked for")
                 return
@@ -554,11 +571,11 @@ class _Aggregator(SumAggregator):
                 raise ProtocolError("a combiner named holders that sent no shares")
             if status == "sealed":
                 self._check_record(parts["model"])
-                if phase == COMBINE and self.verifier is not None:
+                if phase in self.combine_phases:
                     if len(parts["claim"]) != _claim_size(self.public, self.count):
                         raise WireError("the decryptor's sealed claim has the wrong size")
                 elif parts["claim"]:
-                    raise WireError("only the decryptor sends a claim")
+                    raise WireError("only a decryptor sends a claim")
             elif parts["model"] or parts["claim"]:
                 raise WireError("an answer without a record carries nothing")
             self.replies[party] = (status, sorted(bad), parts["model"], parts["claim"])
@@ -603,47 +620,112 @@ class _Aggregator(SumAggregator):
                     f"paillier-threshold: {len(self.sealed_shares)} holders sent decryption shares, {t} are "
                     "needed; nothing was revealed and the model is unchanged"
                 )
-            roles = self._rotation(list(self.sealed_shares))
-            self.decryptor = roles[0]
-            self.verifier = roles[1] if len(roles) > 1 else None
-        elif phase == COMBINE:
-            reply = self.replies.get(self.decryptor)
-            if reply is None:
-                self.avoid.add(self.decryptor)
-                raise RoundFailed(
-                    f"paillier-threshold: the decryptor {self.decryptor} dropped or answered nothing valid; "
-                    "nothing was revealed and the model is unchanged"
+            self.decryptor = self._next_combiner()
+            self.role[self.combine_phases[0]] = self.decryptor
+        elif phase in self.combine_phases:
+            self._close_combine(phase)
+        elif phase in self.verify_phases:
+            self._close_verify(phase)
+
+    # --- decryption attempts ---------------------------------------------------------------------
+    #
+    # A round whose sum a combiner has decrypted must not simply fail: its sum was seen, and a later
+    # round over another contributor set with the same (unchanged) updates would reveal their
+    # difference (attack B1). So decryption is tried up to ATTEMPTS times with fresh combiners: a
+    # decryptor that drops, answers "short" or is disputed is followed by another; a verifier that
+    # drops by another verifier of the same claim. Each share sender combines at most once a round.
+    # Once a record is confirmed (a decryptor's claim checked by a different verifier), every earlier
+    # disagreement is judged against it and the liar named.
+
+    def _next_combiner(self) -> str | None:
+        for party in self._rotation(list(self.sealed_shares)):
+            if party not in self.used and party not in self.barred:
+                self.used.add(party)
+                return party
+        return None
+
+    def _close_combine(self, phase: str) -> None:
+        decryptor = self.role.get(phase)
+        verify = self.verify_phases[self.combine_phases.index(phase)]
+        if decryptor is None:  # nothing to decrypt: a claim is pending, accepted, or nobody is left
+            self.role[verify] = self._next_combiner() if self.pending and self.sealed is None else None
+            return
+        reply = self.replies.get(decryptor)
+        t = self.public.threshold
+        if reply is None or reply[0] == "disputed":
+            self.avoid.add(decryptor)
+            self.failures.append(f"the decryptor {decryptor} dropped or answered nothing valid")
+        elif reply[0] == "short":
+            valid = len(self.sealed_shares) - len(reply[1])
+            if valid >= t:  # it must name every holder whose shares failed: at least t were valid
+                self.culprits_[decryptor] = (
+                    f"answered 'short' naming {len(reply[1])} of {len(self.sealed_shares)} share senders "
+                    f"bad, which leaves {valid} ≥ t = {t} valid shares"
                 )
-            if reply[0] == "disputed":
-                self.avoid.add(self.decryptor)
-                raise RoundFailed(f"paillier-threshold: the decryptor {self.decryptor} disputed its own role")
-            if reply[0] == "short":
-                self.verifier = None  # nothing to verify
-                raise RoundFailed(
-                    f"paillier-threshold: fewer than {t} valid decryption shares (the decryptor "
-                    f"{self.decryptor} found {', '.join(reply[1]) or 'none'} wrong); nothing was revealed "
-                    "and the model is unchanged"
-                )
-            if self.verifier is None:
-                self._accept(reply, [self.decryptor])
-        elif phase == VERIFY:
-            if self.verifier is None:
-                return
-            first, second = self.replies[self.decryptor], self.replies.get(self.verifier)
+                self.barred.add(decryptor)
+            self.shorts.append((decryptor, reply[1]))
+            self.failures.append(f"the decryptor {decryptor} found fewer than {t} valid shares")
+            self._distrust_agreed_bad()
+        else:
+            self.pending = decryptor
+            self.decrypted_by.append(decryptor)
+        if self.pending is not None:
+            verifier = self._next_combiner()
+            if verifier is None and len(self.sealed_shares) == 1:
+                self._accept(self.replies[decryptor], [decryptor])  # a single share sender: no verifier
+            self.role[verify] = verifier
+        else:
+            self.role[verify] = None
+
+    def _close_verify(self, phase: str) -> None:
+        verifier = self.role.get(phase)
+        if verifier is not None and self.sealed is None:
+            first, second = self.replies[self.pending], self.replies.get(verifier)
             if second is None:
-                self.avoid.add(self.verifier)
-                raise RoundFailed(
-                    f"paillier-threshold: the verifier {self.verifier} dropped or answered nothing valid, so "
-                    "the decryptor's record is unchecked and not used; the model is unchanged"
+                self.avoid.add(verifier)
+                self.failures.append(f"the verifier {verifier} dropped or answered nothing valid")
+            elif second[0] == "sealed" and first[1] == second[1] and hmac.compare_digest(first[2], second[2]):
+                self._accept(first, [self.pending, verifier])
+            else:
+                self.disputes.append((self.pending, verifier))
+                self.failures.append(
+                    f"the verifier {verifier} contradicts the decryptor {self.pending} ({second[0]})"
                 )
-            if second[0] != "sealed" or first[1] != second[1] or not hmac.compare_digest(first[2], second[2]):
-                self.avoid |= {self.decryptor, self.verifier}
-                raise RoundFailed(
-                    f"paillier-threshold: the verifier {self.verifier} contradicts the decryptor "
-                    f"{self.decryptor} ({second[0]}); one of them is faulty, which cannot be told without a "
-                    "third; the model is unchanged and the roles move to other holders"
-                )
-            self._accept(first, [self.decryptor, self.verifier])
+                self.pending = None
+        index = self.verify_phases.index(phase)
+        if self.sealed is not None:
+            return
+        if index + 1 < len(self.combine_phases):
+            combine = self.combine_phases[index + 1]
+            self.role[combine] = None if self.pending is not None else self._next_combiner()
+            return
+        for party in (*(d for d, _ in self.disputes), *(v for _, v in self.disputes)):
+            self.avoid.add(party)
+        seen = sorted(set(self.decrypted_by))
+        outcome = (
+            f"the sum was decrypted by {', '.join(seen)} but never confirmed (its shares and the "
+            "decryptors' claims stay sealed from the aggregator)"
+            if seen
+            else "nothing was revealed"
+        )
+        raise RoundFailed(
+            f"paillier-threshold: no decryption was confirmed in {len(self.combine_phases)} attempts "
+            f"({'; '.join(self.failures) or 'no combiner was left'}); {outcome}; the model is unchanged"
+        )
+
+    def _distrust_agreed_bad(self) -> None:
+        """Two combiners that name the same holders' shares bad: those holders are distrusted."""
+        lists = {}
+        for combiner, bad in self.shorts:
+            lists.setdefault(tuple(bad), set()).add(combiner)
+        for bad, combiners in lists.items():
+            if bad and len(combiners) >= 2:
+                for holder in bad:
+                    self.culprits_[holder] = (
+                        "sent decryption shares whose proof failed "
+                        f"(found by {' and '.join(sorted(combiners))})"
+                    )
+                    self.distrusted.add(holder)
 
     def _holders(self) -> list[str]:
         """The trusted key-share holders among the contributors; fails the round below t."""
@@ -692,6 +774,22 @@ class _Aggregator(SumAggregator):
 
     def _accept(self, reply: tuple, combiners: list[str]) -> None:
         self.sealed = reply[2]
+        # Judge the round's earlier disagreements against the confirmed record: proofs and the
+        # batch check are deterministic, so whoever contradicts the record lied.
+        for decryptor, verifier in self.disputes:
+            earlier = self.replies[decryptor]
+            if earlier[1] == reply[1] and hmac.compare_digest(earlier[2], reply[2]):
+                self.culprits_[verifier] = "disputed a decryption that a later attempt confirmed"
+                self.barred.add(verifier)
+            else:
+                self.culprits_[decryptor] = "claimed a decryption that a later attempt contradicted"
+                self.barred.add(decryptor)
+        for decryptor, bad in self.shorts:
+            if set(bad) - set(reply[1]):
+                self.culprits_[decryptor] = (
+                    "named bad the shares of holders whose proofs the confirmed decryption checked"
+                )
+                self.barred.add(decryptor)
         for holder in reply[1]:
             self.culprits_[holder] = (
                 f"sent decryption shares whose proof failed (found by {' and '.join(combiners)})"
@@ -724,8 +822,7 @@ class _ThresholdParty(_Party):
             ATTEST: self._attest,
             REATTEST: self._attest,
             SHARE: self._share,
-            COMBINE: self._combine,
-            VERIFY: self._combine,
+            **{phase: self._combine for pair in attempt_phases(share.public) for phase in pair},
         }
         self.bad_shares: list[tuple[int, str]] = []  # (round, holder) whose proofs failed here
 
