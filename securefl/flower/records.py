@@ -134,7 +134,21 @@ def named_to_arrays(arrays: Mapping[str, np.ndarray] | list[np.ndarray]) -> Arra
 
 
 def message_bytes(message: Message) -> int:
-    """The payload bytes of a Flower message (its records' own count; metadata excluded)."""
+    """The payload bytes of a Flower message: array data, bytes and strings as their length, numbers
+    as 8 bytes, booleans as 1 (Flower's own convention; metadata excluded)."""
     if not message.has_content():
         return 0
-    return sum(record.count_bytes() for record in message.content.values())
+    total = 0
+    for record in message.content.values():
+        if isinstance(record, ArrayRecord):
+            total += record.count_bytes()
+            continue
+        for key, value in record.items():
+            total += len(key) + sum(_value_bytes(v) for v in (value if isinstance(value, list) else [value]))
+    return total
+
+
+def _value_bytes(value: object) -> int:
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    return 1 if isinstance(value, bool) else 8
