@@ -175,6 +175,7 @@ def test_key_files_are_private_and_checked(keys, tmp_path):
     share_doc = json.loads((directory / "share-p00.json").read_text())
     share_doc["share"] = hex(int(share_doc["share"], 16) + 1)
     (tmp_path / "bad.json").write_text(json.dumps(share_doc))
+    (tmp_path / "bad.json").chmod(0o600)
     with pytest.raises(ConfigError, match="does not match its published verification key"):
         load_share(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="does not exist"):

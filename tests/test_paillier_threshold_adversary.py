@@ -10,7 +10,7 @@ from test_paillier_threshold import _parties, federation, keys, mean  # noqa: F4
 
 from securefl.crypto import attestation, paillier
 from securefl.crypto import threshold_paillier as tp
-from securefl.errors import ProtocolError
+from securefl.errors import ConfigError, ProtocolError
 from securefl.faults import Faults
 from securefl.layers import paillier_threshold as layer_module
 from securefl.wire import decode_record, encode_record
@@ -317,3 +317,28 @@ def test_combiners_dropping_in_any_attempt(keys, data):  # noqa: F811
         )
     if len(dropped) == 1:  # one dropped combiner never fails the round
         assert report.ok, report.error
+
+
+def test_share_files_readable_by_others_or_symlinked_are_refused(tmp_path):
+    """A share others could read must be treated as leaked: refused with the fix named; a symlink is
+    refused (O_NOFOLLOW); the ceremony tightens an existing loose directory before any secret."""
+    directory = tmp_path / "keys"
+    directory.mkdir(mode=0o777)
+    directory.chmod(0o777)
+    layer_module.key_ceremony(directory, _parties(3), 2, bits=BITS)
+    assert directory.stat().st_mode & 0o777 == 0o700
+    share = directory / "share-p00.json"
+    layer_module.load_share(share)
+    share.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        layer_module.load_share(share)
+    share.chmod(0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(share)
+    with pytest.raises(ConfigError, match="symlink"):
+        layer_module.load_share(link)
+    nested = tmp_path / "deep.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    nested.chmod(0o600)
+    with pytest.raises(ConfigError, match="not readable JSON"):
+        layer_module.load_share(nested)

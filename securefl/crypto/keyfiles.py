@@ -39,6 +39,29 @@ def private_directory(path: str | Path, *, tighten: bool = False) -> Path:
     return path
 
 
+def read_private(path: str | Path, what: str) -> bytes:
+    """The bytes of a secret file, refused if it is a symlink (``O_NOFOLLOW``) or readable by
+    anyone but its owner: a share or key that others could read must be treated as leaked, so the
+    user decides (``chmod 600``), not this library. FileNotFoundError passes through."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        if os.path.islink(path):
+            raise ConfigError(f"{what} {str(path)!r} is a symlink; give the file itself") from None
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{what} {str(path)!r} is readable by others (mode {mode:04o}): if nobody else could have "
+                f"read it, make it private with 'chmod 600 {path}'; otherwise treat it as leaked"
+            )
+        return handle.read()
+
+
 def write_private(path: str | Path, data: bytes, *, overwrite: bool = True) -> Path:
     """Write ``data`` to ``path``, mode 0600 before the first byte of it exists on disk, fsynced.
 

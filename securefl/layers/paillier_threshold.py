@@ -32,7 +32,7 @@ import numpy as np
 
 from securefl.crypto import attestation, channel, paillier, prg
 from securefl.crypto import threshold_paillier as tp
-from securefl.crypto.keyfiles import private_directory, write_private
+from securefl.crypto.keyfiles import private_directory, read_private, write_private
 from securefl.crypto.packing import Packing
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, UpdateError, WireError
 from securefl.layers import paillier as paillier_layer
@@ -107,7 +107,7 @@ def key_ceremony(
         raise ConfigError(f"a threshold key has 1 to {tp.MAX_HOLDERS} distinct holders, got {parties!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= len(parties):
         raise ConfigError(f"the threshold must be between 1 and {len(parties)} holders, got {threshold!r}")
-    out = private_directory(out)  # 0700, created before anything secret exists
+    out = private_directory(out, tighten=True)  # 0700 (an existing one tightened) before any secret
     paths = [out / PUBLIC_FILE, *(out / share_file_name(name) for name in parties)]
     taken = [str(path) for path in paths if os.path.lexists(path)]
     if taken:
@@ -142,13 +142,17 @@ def demo_stack(parties: list[str], threshold: int | None = None, bits: int = pai
     return [Clip(10.0), Quantize(16), PaillierThreshold(key_dir=keys)]
 
 
-def _read_json(path: Path, what: str) -> Any:
+def _read_json(path: Path, what: str, private: bool = False) -> Any:
     try:
-        return json.loads(path.read_text())
+        data = read_private(path, what) if private else path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             f"{what} {str(path)!r} does not exist; create it with 'securefl keys paillier-threshold'"
         ) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        return json.loads(data)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and integers over Python's digit limit; RecursionError,
         # nesting too deep: a damaged or hostile file is a clear error, never a traceback.
@@ -164,7 +168,7 @@ def load_public(path: str | Path) -> tp.ThresholdPublicKey:
 
 
 def load_share(path: str | Path) -> tp.KeyShare:
-    return tp.KeyShare.from_json(_read_json(Path(path), "threshold Paillier share file"))
+    return tp.KeyShare.from_json(_read_json(Path(path), "threshold Paillier share file", private=True))
 
 
 # --- parallel work -----------------------------------------------------------------------------------
