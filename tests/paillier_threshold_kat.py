@@ -123,6 +123,7 @@ def vectors() -> dict:
     z_bytes = (r_bits + 1 + 7) // 8
     proof = e.to_bytes(32, "big") + z.to_bytes(z_bytes, "big")
 
+    attest = attestation_vector(n, hs)
     return {
         "description": "Known-answer vectors for protocols/paillier-threshold.md "
         "(regenerate: tests/paillier_threshold_kat.py)",
@@ -156,6 +157,66 @@ def vectors() -> dict:
             "r": hex(r),
             "proof": proof.hex(),
         },
+        "attestation": attest,
+    }
+
+
+ATTEST_DOMAIN = b"securefl/paillier/attest/v1"
+
+
+def attest_context(session: str, round_: int, party: str, contributors: list[str], digest: str) -> bytes:
+    names = b"".join(field(name.encode()) for name in contributors)
+    return (
+        field(bytes.fromhex(session))
+        + field(struct.pack(">I", round_))
+        + field(party.encode())
+        + field(struct.pack(">I", len(contributors)) + names)
+        + field(bytes.fromhex(digest))
+    )
+
+
+def attestation_vector(n: int, hs: int) -> dict:
+    """Alice's attestation of a 3-ciphertext contribution (spec, "Attestations"), fixed y and u."""
+    nsq, bits = n * n, n.bit_length()
+    n_bytes = (bits + 7) // 8
+    count = 3
+    plaintexts = [derive(f"attest/m/{j}", n) for j in range(count)]
+    x_bits = (bits + 1) // 2
+    exponents = [derive(f"attest/x/{j}", 2**x_bits) for j in range(count)]
+    ciphertexts = [(1 + m * n) * pow(hs, x, nsq) % nsq for m, x in zip(plaintexts, exponents, strict=True)]
+    seed = ATTEST_DOMAIN + b"/coefficients" + attest_context(SESSION, ROUND, "", [], SUM_DIGEST)
+    stream = hashlib.shake_256(seed).digest(16 * count)
+    gammas = [int.from_bytes(stream[i : i + 16], "big") for i in range(0, len(stream), 16)]
+    big_d = 1
+    for c, g in zip(ciphertexts, gammas, strict=True):
+        big_d = big_d * pow(c, g, nsq) % nsq
+    m = sum(g * mj for g, mj in zip(gammas, plaintexts, strict=True)) % n
+    x = sum(g * xj for g, xj in zip(gammas, exponents, strict=True))
+    assert big_d == (1 + m * n) * pow(hs, x, nsq) % nsq
+    exponent_bits = x_bits + 128 + count.bit_length()
+    u_bits = exponent_bits + 256
+    y, u = derive("attest/y", n), derive("attest/u", 2**u_bits)
+    a = (1 + y * n) * pow(hs, u, nsq) % nsq
+    ctx = attest_context(SESSION, ROUND, "alice", HOLDERS, SUM_DIGEST)
+    challenge = hashlib.sha256(ATTEST_DOMAIN + b"/challenge" + field(ctx))
+    for value in (n, hs, big_d, a):
+        challenge.update(field(value.to_bytes(2 * n_bytes, "big")))
+    e = int.from_bytes(challenge.digest()[:16], "big")
+    z1, z2 = (y + e * m) % n, u + e * x
+    z2_bytes = (exponent_bits + 256 + 1 + 7) // 8
+    blob = big_d.to_bytes(2 * n_bytes, "big") + e.to_bytes(16, "big") + z1.to_bytes(n_bytes, "big")
+    blob += z2.to_bytes(z2_bytes, "big")
+    return {
+        "party": "alice",
+        "contributors": HOLDERS,
+        "plaintexts": [hex(v) for v in plaintexts],
+        "exponents": [hex(v) for v in exponents],
+        "ciphertexts": [hex(v) for v in ciphertexts],
+        "coefficients": [hex(v) for v in gammas],
+        "D": hex(big_d),
+        "y": hex(y),
+        "u": hex(u),
+        "attestation": blob.hex(),
     }
 
 

@@ -100,3 +100,36 @@ def test_phe_adds_our_ciphertexts_and_decrypts_only_with_the_factors():
     assert tp.decrypt(_public(), [total], chosen) == [expected]
     private = phe.PaillierPrivateKey(public, int(K["p"], 16), int(K["q"], 16))
     assert private.raw_decrypt(total) == expected
+
+
+def test_attestation_vector():
+    """The contribution attestation (spec, "Attestations") from fixed y and u, independently
+    computed; it checks, and its D is the γ-combination of the contribution's ciphertexts."""
+    from securefl.crypto import attestation, paillier
+
+    v = VECTORS["attestation"]
+    public = paillier.PublicKey(int(K["n"], 16), int(K["hs"], 16))
+    plaintexts = [int(x, 16) for x in v["plaintexts"]]
+    exponents = [int(x, 16) for x in v["exponents"]]
+    encryptor = paillier.PublicEncryptor(public)
+    ciphertexts = [encryptor.encrypt_with(m, x) for m, x in zip(plaintexts, exponents, strict=True)]
+    assert [hex(c) for c in ciphertexts] == v["ciphertexts"]
+    gammas = attestation.coefficients(
+        VECTORS["proof"]["session"],
+        VECTORS["proof"]["round"],
+        VECTORS["proof"]["sum_digest"],
+        len(plaintexts),
+    )
+    assert [hex(g) for g in gammas] == v["coefficients"]
+    ctx = attestation.context(
+        VECTORS["proof"]["session"],
+        VECTORS["proof"]["round"],
+        v["party"],
+        v["contributors"],
+        VECTORS["proof"]["sum_digest"],
+    )
+    draws = iter([int(v["y"], 16), int(v["u"], 16)])
+    blob = attestation.attest(public, plaintexts, exponents, gammas, ctx, randbelow=lambda _: next(draws))
+    assert blob.hex() == v["attestation"]
+    assert hex(attestation.check(public, blob, ctx, len(plaintexts))) == v["D"]
+    assert attestation.matches_sum(public, ciphertexts, gammas, [int(v["D"], 16)])

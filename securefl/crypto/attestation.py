@@ -35,6 +35,7 @@ from gmpy2 import mpz
 from securefl.crypto import paillier
 from securefl.crypto.threshold_paillier import field, int_bytes, multi_power
 from securefl.errors import ProtocolError, WireError
+from securefl.randomness import require_test_seed_permission
 
 DOMAIN = b"securefl/paillier/attest/v1"
 CHALLENGE_BITS = 128  # e < 2^128 < p, q: differences of challenges are invertible mod n
@@ -104,6 +105,8 @@ def attest(
 ) -> bytes:
     """D ‖ proof for the contribution encrypted as c_j = (1 + M_j·n)·h_s^{x_j} (``plaintexts`` M_j,
     ``exponents`` x_j). ``randbelow`` is for known-answer vectors only."""
+    if randbelow is not secrets.randbelow:
+        require_test_seed_permission("an attestation's prover randomness")  # invariant 5
     if not len(plaintexts) == len(exponents) == len(gammas):
         raise ProtocolError("an attestation needs one plaintext and one exponent per coefficient")
     n, nsq, hs = mpz(public.n), mpz(public.nsquare), mpz(public.hs)
