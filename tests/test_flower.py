@@ -24,6 +24,7 @@ from securefl.cli import main as securefl_main
 from securefl.federation import Federation, build_stack, validate_stack
 from securefl.flower import FlowerRun, SecureFL, backend_config
 from securefl.flower.faults import drop_mod, tamper_mod
+from securefl.flower.identities import IdentityKeys, resolve
 from securefl.privacy.guard import Budget, PrivacyGuard
 from securefl.privacy.ledger import open_ledger
 from securefl.selection import build_selection
@@ -86,9 +87,9 @@ def expected(rounds_of_partitions: list[list[int]]) -> dict[str, np.ndarray]:
 
 def tolerance(secure: SecureFL, rounds: int) -> float:
     """What quantization can move the fused model by: one step per party and round, over the weight."""
-    stack = build_stack(secure.privacy)
     from securefl.codec import VectorLayout
 
+    stack = build_stack(resolve(secure.privacy, None))
     size = sum(int(np.prod(s)) for s in SHAPES.values())
     validate_stack(
         stack, VectorLayout(size), build_selection(None), NODES, secure.min_parties, WEIGHT_BOUND, None
@@ -156,6 +157,44 @@ def test_a_reply_tampered_with_inside_the_flower_record_drops_its_sender():
         assert len(report.dropouts) == 1 and len(report.survivors) == NODES - 1, report.dropouts
         assert next(iter(report.dropouts.values())).startswith(f"{phase}:")
     assert_model(run, expected([[0, 1, 3], [0, 2, 3]]), tolerance(secure, 2))
+
+
+def partition_name(context: Context) -> str:
+    return f"client-{context.node_config['partition-id']}"
+
+
+@pytest.mark.slow
+def test_active_mode_with_named_parties_signed_keys_and_a_forged_advertisement():
+    """Active secagg+ (signed key advertisements, consistency round) with stable party names from
+    the nodes' config: round 0 loses client-1 while sharing keys; in round 1 client-2's signed
+    advertisement is altered in the Flower record (its signature no longer verifies): each costs
+    only its sender and the sums are exact."""
+    names = [f"client-{p}" for p in range(NODES)]
+    keys = IdentityKeys.generate(names)
+    privacy = [
+        {"layer": "clip", "norm": 10.0},
+        {"layer": "quantize", "bits": 24},
+        {"layer": "secagg+", "identities": keys},
+    ]
+    secure = SecureFL(privacy=privacy, min_parties=3, weight_bound=WEIGHT_BOUND, party_name=partition_name)
+    faults = [
+        drop_mod((1,), phase="share", round=0),
+        tamper_mod((2,), phase="advertise", how="flip_last", round=1),
+    ]
+    run = simulate(secure, rounds=2, mods=faults)
+    first, second = run.history.rounds
+    assert [first.status, second.status] == ["ok", "ok"], [first.error, second.error]
+    assert set(first.dropouts) == {"client-1"} and first.dropouts["client-1"].startswith("share:")
+    assert set(second.dropouts) == {"client-2"}, second.dropouts
+    assert "advertise:" in second.dropouts["client-2"] and "signature" in second.dropouts["client-2"]
+    assert [t.phase for t in run.timings if t.round == 0] == [
+        "advertise",
+        "share",
+        "masked",
+        "consistency",
+        "unmask",
+    ]
+    assert_model(run, expected([[0, 2, 3], [0, 1, 3]]), tolerance(secure, 2))
 
 
 DP_PRIVACY = [

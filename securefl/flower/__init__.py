@@ -19,11 +19,12 @@ models are those of ``protocols/secagg.md`` and ``protocols/dp.md``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from securefl.flower.client import NUM_EXAMPLES, ClientMod, hosted_parties
+from securefl.flower.identities import IdentityKeys
 from securefl.flower.server import FlowerRun, FlowerTransport, PhaseTiming, SecureFLServer
 
 
@@ -33,7 +34,8 @@ class SecureFL:
     meaning as :class:`securefl.federation.Federation`'s arguments. ``privacy``: a preset name
     (``"secagg+"``, ``"secagg"``), or layers / config entries (``[{"layer": "clip", ...}, ...]``).
     Each party builds and validates its own stack from this (the aggregator only tells it the
-    model's shape and the federation's size)."""
+    model's shape and the federation's size). Active SecAgg: ``{"layer": "secagg+", "identities":
+    IdentityKeys}`` with ``party_name`` giving the names the identities are registered under."""
 
     privacy: str | Sequence[Any] | Mapping[str, Any] = "secagg+"
     min_parties: int = 1
@@ -44,6 +46,9 @@ class SecureFL:
     selection: str | Mapping[str, Any] | None = None
     strategy: str | Mapping[str, Any] | None = None
     phase_timeout: float = 600.0
+    # Each node names its party ``party_name(context)`` (e.g. from its node config) instead of using
+    # its Flower node id: stable names, as active mode's registered identities need.
+    party_name: Callable[[Any], str] | None = None
     _mod: ClientMod | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -76,6 +81,7 @@ __all__ = [
     "ClientMod",
     "FlowerRun",
     "FlowerTransport",
+    "IdentityKeys",
     "PhaseTiming",
     "SecureFL",
     "SecureFLServer",

@@ -32,10 +32,13 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from securefl.codec import HonestBounds, VectorLayout
 from securefl.errors import UpdateError, WireError
 from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
+from securefl.flower.identities import resolve
 from securefl.flower.records import (
     Setup,
     arrays_to_named,
     envelope_of,
+    hello_content,
+    is_hello,
     is_securefl,
     named_to_arrays,
     party_id,
@@ -46,7 +49,7 @@ from securefl.fusion import build_strategy
 from securefl.party import Client, PartyNode, TrainResult
 from securefl.roundinfo import RoundInfo
 from securefl.selection import build_selection
-from securefl.wire import WITHDRAW, Envelope, check_session
+from securefl.wire import WITHDRAW, Envelope, check_name, check_session
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +88,20 @@ class ClientMod:
     def __init__(self, settings: Any) -> None:
         self.settings = settings
 
+    def name(self, message: Message, context: Context) -> str:
+        """This node's securefl party id: ``settings.party_name(context)``, or its node id."""
+        if self.settings.party_name is None:
+            return party_id(message.metadata.dst_node_id)
+        return check_name(self.settings.party_name(context), "party id")
+
     def __call__(self, message: Message, context: Context, call_next: Callable) -> Message:
-        if message.metadata.message_type != "train" or not is_securefl(message):
+        if message.metadata.message_type != "train":
             return call_next(message, context)
-        me = party_id(message.metadata.dst_node_id)
+        if is_hello(message):
+            return Message(hello_content(self.name(message, context)), reply_to=message)
+        if not is_securefl(message):
+            return call_next(message, context)
+        me = self.name(message, context)
         try:
             data = envelope_of(message)
             hosted = self._party(message, data, me)
@@ -124,7 +137,7 @@ class ClientMod:
         s = self.settings
         spec = setup.spec
         layout = VectorLayout(spec.size, tuple(s.train_metrics), ())
-        stack = build_stack(s.privacy)
+        stack = build_stack(resolve(s.privacy, me))
         weight_bound = party_weight_bound(s.weighting, s.weight_bound)
         # The party checks its own stack (invariant 3): the aggregator only tells it the model's shape
         # and the federation's size.

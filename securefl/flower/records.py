@@ -23,6 +23,8 @@ from securefl.errors import WireError
 
 RECORD = "securefl"  # ConfigRecord holding the envelope bytes
 SETUP = "securefl.setup"  # ConfigRecord holding the setup JSON (requests only)
+HELLO = "securefl.hello"  # ConfigRecord: empty in the request, {"party": name} in the reply
+HELLO_PARTY = "party"
 ENVELOPE = "envelope"
 SETUP_JSON = "json"
 SETUP_VERSION = 1
@@ -102,6 +104,25 @@ def reply_content(envelope: bytes) -> RecordDict:
 def is_securefl(message: Message) -> bool:
     """A message addressed to the securefl mod (anything else passes through untouched)."""
     return message.has_content() and RECORD in message.content.config_records
+
+
+def is_hello(message: Message) -> bool:
+    """The ServerApp asks the node for its securefl party name."""
+    return message.has_content() and HELLO in message.content.config_records
+
+
+def hello_content(name: str | None = None) -> RecordDict:
+    return RecordDict({HELLO: ConfigRecord({} if name is None else {HELLO_PARTY: name})})
+
+
+def hello_name(message: Message) -> str:
+    """The party name in a hello reply; WireError if there is none."""
+    if not message.has_content() or HELLO not in message.content.config_records:
+        raise WireError("hello reply without the securefl.hello record")
+    name = message.content.config_records[HELLO].get(HELLO_PARTY)
+    if not isinstance(name, str):
+        raise WireError("hello reply without a party name")
+    return name
 
 
 def envelope_of(message: Message) -> bytes:

@@ -22,13 +22,16 @@ from flwr.serverapp import Grid
 
 from securefl.aggregator import Aggregator, ReleaseGuard, RoundReport
 from securefl.codec import ArraySpec, HonestBounds, VectorLayout
-from securefl.errors import BudgetExhausted, ConfigError
+from securefl.errors import BudgetExhausted, ConfigError, WireError
 from securefl.federation import History, build_stack, party_strategy, party_weight_bound, validate_stack
+from securefl.flower.identities import resolve
 from securefl.flower.records import (
     MESSAGE_TYPE,
     Setup,
     arrays_to_named,
     envelope_of,
+    hello_content,
+    hello_name,
     message_bytes,
     named_to_arrays,
     node_id,
@@ -39,7 +42,7 @@ from securefl.fusion import build_strategy
 from securefl.selection import build_selection
 from securefl.transcript import Transcript
 from securefl.transport import Reply, Traffic, Transport
-from securefl.wire import Envelope
+from securefl.wire import Envelope, check_name
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ class FlowerTransport(Transport):
 
     grid: Grid
     setup: str
+    # party id -> Flower node id (default: the node id's digits are the party id)
+    nodes: dict[str, int] | None = None
     traffic: Traffic = field(default_factory=Traffic)
     timings: list[PhaseTiming] = field(default_factory=list)
 
@@ -78,7 +83,7 @@ class FlowerTransport(Transport):
             messages.append(
                 Message(
                     request_content(data, self.setup),
-                    dst_node_id=node_id(party),
+                    dst_node_id=self.nodes[party] if self.nodes is not None else node_id(party),
                     message_type=MESSAGE_TYPE,
                     group_id=str(round_),
                 )
@@ -89,9 +94,11 @@ class FlowerTransport(Transport):
         seconds = time.perf_counter() - started
         out: list[Reply] = []
         errors = 0
+        names = None if self.nodes is None else {n: p for p, n in self.nodes.items()}
         for reply in replies:
             try:
-                sender = party_id(reply.metadata.src_node_id)
+                source = reply.metadata.src_node_id
+                sender = party_id(source) if names is None else names[source]
                 if reply.has_error():
                     errors += 1
                     log.info("node %s answered with a Flower error: %s", sender, reply.error.reason)
@@ -110,6 +117,26 @@ class FlowerTransport(Transport):
             )
         )
         return out
+
+
+def hello(grid: Grid, ids: list[int], timeout: float) -> dict[str, int]:
+    """Ask every node for its securefl party name: name -> node id. A name that is not a valid party
+    id, or that two nodes claim, is refused (those nodes take no part)."""
+    messages = [Message(hello_content(), dst_node_id=i, message_type=MESSAGE_TYPE) for i in ids]
+    claims: dict[str, list[int]] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        try:
+            if reply.has_error():
+                raise WireError(reply.error.reason)
+            name = check_name(hello_name(reply), "party id")
+        except Exception as exc:
+            log.warning("node %s gave no valid party name: %s", reply.metadata.src_node_id, exc)
+            continue
+        claims.setdefault(name, []).append(reply.metadata.src_node_id)
+    for name, claimants in sorted(claims.items()):
+        if len(set(claimants)) > 1:
+            log.warning("party name %r is claimed by nodes %s: refused for all of them", name, claimants)
+    return {name: claimants[0] for name, claimants in claims.items() if len(set(claimants)) == 1}
 
 
 def _wait_for_nodes(grid: Grid, wanted: int, seconds: float, settle: float = 0.5) -> list[int]:
@@ -180,11 +207,18 @@ class SecureFLServer:
         ids = sorted(node_ids)
         if not ids:
             raise ConfigError("the Flower grid has no nodes")
-        parties = [party_id(i) for i in ids]
+        nodes = None
+        if s.party_name is None:
+            parties = [party_id(i) for i in ids]
+        else:
+            nodes = hello(grid, ids, s.phase_timeout)
+            parties = sorted(nodes)
+            if not parties:
+                raise ConfigError("no Flower node answered the securefl hello with a valid party name")
         model = arrays_to_named(initial_arrays)
         spec = ArraySpec.of(model)
         layout = VectorLayout(spec.size, tuple(s.train_metrics), ())
-        stack = build_stack(s.privacy)
+        stack = build_stack(resolve(s.privacy, None))
         selection = build_selection(s.selection)
         weight_bound = party_weight_bound(s.weighting, s.weight_bound)
         validate_stack(stack, layout, selection, len(parties), s.min_parties, weight_bound, s.metric_bounds)
@@ -193,7 +227,7 @@ class SecureFLServer:
         if guard is not None:
             guard = guard.bind(stack, selection, len(parties)) or guard
         session = secrets.token_hex(16)
-        transport = FlowerTransport(grid, Setup(spec, len(parties)).encode())
+        transport = FlowerTransport(grid, Setup(spec, len(parties)).encode(), nodes)
         aggregator = Aggregator(
             spec,
             spec.flatten(model),
