@@ -61,7 +61,7 @@ _SECONDS_PER_PARAM = {
     "ckks": 5e-7,
 }
 # Threshold Paillier has no preset (its keys come from a ceremony): the bench deals a fresh 2048-bit
-# key to its parties (t = 2 of all, every holder asked) in a temporary directory.
+# key to its parties (t = 2 of all, t + 1 holders asked) in a temporary directory.
 THRESHOLD = "paillier-threshold"
 # Phases in which key holders decrypt (counted apart from a party's own encryption), per layer: the
 # holder that spends the most in a round is reported. (SecAgg also has a phase named "share".)

@@ -8,8 +8,11 @@ only the parties hold; a combiner party checks the proofs, combines t valid shar
 fuses and seals the next global model; a second party verifies the combiner's decryption with a
 cheap batch check and seals the same record. The aggregator sees ciphertexts and sealed bytes only.
 
-Phases: ``encrypt`` → ``share`` (holders among the contributors) → ``combine`` (the decryptor) →
-``verify`` (the verifier). Keys come from a ceremony (``securefl keys paillier-threshold``): one
+Phases: ``encrypt`` → ``attest`` (every contributor proves it knows what it contributed; the sum
+is re-formed without those that do not, and ``reattest`` asks the rest again) → ``share`` (holders
+among the contributors check every attestation, then share) → ``combine`` (a decryptor) →
+``verify`` (a verifier), repeated with fresh combiners up to t + 1 times until a decryption is
+confirmed. Keys come from a ceremony (``securefl keys paillier-threshold``): one
 share file per party, a public file for the aggregator. Specification:
 ``protocols/paillier-threshold.md``; arithmetic: ``securefl/crypto/threshold_paillier.py``.
 """
@@ -127,7 +130,7 @@ def key_ceremony(
 
 def demo_stack(parties: list[str], threshold: int | None = None, bits: int = paillier.MIN_KEY_BITS) -> list:
     """The stack of the demo and of ``securefl bench``: clip 10, quantize 16, and a threshold key
-    dealt to ``parties`` (t = 2 by default, every holder asked) in a fresh private temporary
+    dealt to ``parties`` (t = 2 by default, t + 1 holders asked) in a fresh private temporary
     directory, removed when the process exits — the dealer is this process, which is fine for a
     simulation and nothing else."""
     import atexit
@@ -138,8 +141,10 @@ def demo_stack(parties: list[str], threshold: int | None = None, bits: int = pai
 
     keys = tempfile.mkdtemp(prefix="securefl-threshold-keys-")
     atexit.register(shutil.rmtree, keys, ignore_errors=True)
-    key_ceremony(keys, list(parties), threshold or min(2, len(parties)), bits)
-    return [Clip(10.0), Quantize(16), PaillierThreshold(key_dir=keys)]
+    t = threshold or min(2, len(parties))
+    key_ceremony(keys, list(parties), t, bits)
+    # t + 1 holders asked: one may drop or send bad shares; asking every holder multiplies the work.
+    return [Clip(10.0), Quantize(16), PaillierThreshold(key_dir=keys, share_holders=min(t + 1, len(parties)))]
 
 
 def _read_json(path: Path, what: str, private: bool = False) -> Any:
