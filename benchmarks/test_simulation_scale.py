@@ -34,4 +34,5 @@ def test_one_round_at_scale(privacy, parties, params, cohort):
     result = scale_round(privacy, parties, params, selection=selection)
     print(json.dumps(result))
     assert result["ok"], result["error"]
-    assert result["max_error"] < 1e-2
+    # Each party's quantization error adds up in the sum (17 bits per party at 10,000 parties).
+    assert result["max_error"] < 5e-6 * parties

@@ -206,7 +206,7 @@ class SecAgg(SecureSum):
 
     def neighbours(self, parties: Sequence[str], graph_seed: bytes) -> Mapping[str, frozenset[str]]:
         """Each party's neighbours in this round's graph (complete here), computed when asked."""
-        return _CompleteGraph(tuple(parties))
+        return _complete_graph(tuple(parties))
 
     def rng(self, party: str, round: int) -> SecureRandom:
         """The party's randomness for a round: the OS CSPRNG (seeded only in known-answer tests)."""
@@ -268,7 +268,7 @@ class SecAggPlus(SecAgg):
         k = self.degree(n)
         if k >= n - 1:
             return super().neighbours(parties, graph_seed)
-        return _HararyGraph(_graph_order(tuple(sorted(parties)), bytes(graph_seed)), k // 2)
+        return _harary_graph(tuple(sorted(parties)), bytes(graph_seed), k // 2)
 
 
 class _CompleteGraph(Mapping):
@@ -314,10 +314,16 @@ class _HararyGraph(Mapping):
 
 
 @lru_cache(maxsize=4)
-def _graph_order(parties: tuple[str, ...], graph_seed: bytes) -> tuple[tuple[str, ...], Mapping[str, int]]:
-    """The round's party order and each party's position in it (shared, read-only)."""
+def _harary_graph(parties: tuple[str, ...], graph_seed: bytes, half: int) -> _HararyGraph:
+    """One graph per process for a roster and seed: the parties it hosts share its order and the
+    neighbourhoods derived so far (read-only; at most n of them, never n per party)."""
     order = tuple(_permutation(list(parties), graph_seed))
-    return order, MappingProxyType({p: i for i, p in enumerate(order)})
+    return _HararyGraph((order, MappingProxyType({p: i for i, p in enumerate(order)})), half)
+
+
+@lru_cache(maxsize=4)
+def _complete_graph(parties: tuple[str, ...]) -> _CompleteGraph:
+    return _CompleteGraph(parties)
 
 
 def _binomial_tail(trials: int, p: float, at_most: int) -> float:
