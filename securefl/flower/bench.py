@@ -20,6 +20,9 @@ summed. Round figures are the last round's (the first includes starting the acto
 
     python benchmarks/flower_secagg.py --clients 50 --params 100000 --rounds 2
     python benchmarks/flower_secagg.py --clients 8 --params 1000 --json out.json   # quick
+
+(``benchmarks/flower_secagg.py`` runs :func:`main`; it lives in the library so that Flower's actors
+can import the clients, and so that ``securefl bench`` can call it.)
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -338,8 +341,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-__all__ = ["ConfigRecord", "MeteredGrid", "main", "run_arm"]
+__all__ = ["MeteredGrid", "main", "run_arm"]
