@@ -295,7 +295,13 @@ class Aggregator:
         valid: dict[str, bytes] = {}
         seen: set[str] = set()
         refusals = {} if refusals is None else refusals
-        for reply in replies:
+        # Each reply is let go once read (only its payload is kept): a phase's replies are not all
+        # held twice (a masked phase at 1,000 parties × 100k parameters holds 400 MB of them).
+        if not isinstance(replies, list):
+            replies = list(replies)
+        replies.reverse()
+        while replies:
+            reply = replies.pop()
             party = reply.sender
             try:
                 self._record(round, phase, "in", party, reply.data)
