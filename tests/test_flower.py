@@ -134,7 +134,8 @@ def test_a_client_dropping_during_key_setup_costs_only_itself():
     assert [r.status for r in reports] == ["ok"] * 3, [r.error for r in reports]
     for report, phase in zip(reports[:2], ["advertise", "share"], strict=True):
         assert len(report.dropouts) == 1 and len(report.survivors) == NODES - 1, report.dropouts
-        assert next(iter(report.dropouts.values())).startswith(f"{phase}:")
+        reason = next(iter(report.dropouts.values()))
+        assert reason.startswith(f"{phase}: withdrew: Flower error reply (code 2: the ClientApp raised)")
     assert len(reports[2].survivors) == NODES and not reports[2].dropouts
     assert_model(run, expected([[0, 2, 3], [0, 1, 3], [0, 1, 2, 3]]), tolerance(secure, 3))
 

@@ -42,7 +42,7 @@ from securefl.fusion import build_strategy
 from securefl.selection import build_selection
 from securefl.transcript import Transcript
 from securefl.transport import Reply, Traffic, Transport
-from securefl.wire import Envelope, check_name
+from securefl.wire import WITHDRAW, Envelope, check_name
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class FlowerTransport(Transport):
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         seconds = time.perf_counter() - started
         out: list[Reply] = []
-        errors = 0
+        errors = fabricated = 0
         names = None if self.nodes is None else {n: p for p, n in self.nodes.items()}
         for reply in replies:
             try:
@@ -101,7 +101,13 @@ class FlowerTransport(Transport):
                 sender = party_id(source) if names is None else names[source]
                 if reply.has_error():
                     errors += 1
+                    # The node is out of this round. Say so in the round report: a withdraw in its
+                    # name, with Flower's error code only (the reason may describe its data).
                     log.info("node %s answered with a Flower error: %s", sender, reply.error.reason)
+                    data = _flower_error(requests.get(sender), sender, reply.error.code)
+                    if data is not None:
+                        out.append(Reply(sender, data, seconds))
+                        fabricated += 1
                     continue
                 data = envelope_of(reply)
             except Exception as exc:
@@ -113,10 +119,37 @@ class FlowerTransport(Transport):
             out.append(Reply(sender, data, seconds))
         self.timings.append(
             PhaseTiming(
-                round_, phase, seconds, down, sum(message_bytes(r) for r in replies), len(out), errors
+                round_,
+                phase,
+                seconds,
+                down,
+                sum(message_bytes(r) for r in replies),
+                len(out) - errors,
+                errors,
             )
         )
         return out
+
+
+_ERRORS = {
+    1: "could not load the ClientApp",
+    2: "the ClientApp raised",
+    5: "the node is unavailable",
+    8: "the ClientApp crashed",
+}
+
+
+def _flower_error(request: bytes | None, party: str, code: int) -> bytes | None:
+    """A withdraw for ``party`` answering ``request``: its node's Flower reply was an error."""
+    try:
+        envelope = Envelope.decode(request or b"")
+    except WireError:
+        return None
+    what = _ERRORS.get(code, "Flower error")
+    reason = f"Flower error reply (code {code}: {what})".encode()
+    return Envelope(
+        WITHDRAW, envelope.session, envelope.round, envelope.phase, party, {"reason": reason}
+    ).encode()
 
 
 def hello(grid: Grid, ids: list[int], timeout: float) -> dict[str, int]:
