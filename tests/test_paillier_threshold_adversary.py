@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_paillier_threshold import _parties, federation, keys, mean  # noqa: F401 - keys is a fixture
 
-from securefl.crypto import attestation, paillier
+from securefl.crypto import attestation, paillier, signing
 from securefl.crypto import threshold_paillier as tp
 from securefl.errors import ConfigError, ProtocolError
 from securefl.faults import Faults
@@ -168,7 +168,30 @@ class _CancellingColluder(layer_module._Aggregator):
         self.retry = False  # a lying aggregator checks nothing
 
 
-@pytest.mark.parametrize("aggregator", [_VictimSum, _CancellingColluder])
+class _ForgedUnits(layer_module._Aggregator):
+    """Attacker C1: the holders are sent the victim's ciphertexts as the sum, with attestations of
+    D = 1 (plaintext 0: anyone can prove it) in every other contributor's name. The aggregator has
+    no signing key of theirs."""
+
+    victim = "p00"
+
+    def request(self, phase, party):
+        if phase == layer_module.SHARE and party in self.asked:
+            width = self.public.paillier.ciphertext_bytes
+            self._sum = b"".join(c.to_bytes(width, "big") for c in self._ciphertexts(self.victim))
+            digest = layer_module.sum_digest(self._sum)
+            gammas = attestation.coefficients(self.ctx.session, self.ctx.round, digest, self.count)
+            for other in self._named:
+                if other != self.victim:
+                    ctx = attestation.context(self.ctx.session, self.ctx.round, other, self._named, digest)
+                    unit = attestation.attest(
+                        self.public.paillier, [0] * self.count, [0] * self.count, gammas, ctx
+                    )
+                    self.attestations[other] = unit + bytes(signing.SIGNATURE_BYTES)
+        return super().request(phase, party)
+
+
+@pytest.mark.parametrize("aggregator", [_VictimSum, _CancellingColluder, _ForgedUnits])
 def test_holders_share_only_for_an_attested_sum(keys, monkeypatch, aggregator):  # noqa: F811
     monkeypatch.setattr(layer_module, "_Aggregator", aggregator)
     fed, _deltas, _weights = federation(keys[(4, 2)], 4)
@@ -203,12 +226,17 @@ def test_contributors_dropping_or_lying_in_attest_are_left_out_of_an_exact_sum(k
 
     def attest(self, request):
         reply = _HONEST_ATTEST(self, request)
-        if self.me in liars:
+        if self.me in liars:  # a wrong proof, validly signed by its own sender
             header, parts = decode_record(reply, b"TATr", {}, ("attestation",))
-            blob = bytearray(parts["attestation"])
-            if blob:
+            if parts["attestation"]:
+                asked, _ = decode_record(request, b"TATq", {"contributors": list, "sum": str}, ())
+                ctx = attestation.context(
+                    self.ctx.session, self.ctx.round, self.me, asked["contributors"], asked["sum"]
+                )
+                blob = bytearray(parts["attestation"][: -signing.SIGNATURE_BYTES])
                 blob[-1] ^= 1
-            reply = encode_record(b"TATr", header, {"attestation": bytes(blob)})
+                signed = layer_module.sign_attestation(self.material, ctx, bytes(blob))
+                reply = encode_record(b"TATr", header, {"attestation": signed})
         return reply
 
     monkeypatch.setattr(layer_module._ThresholdParty, "_attest", attest)

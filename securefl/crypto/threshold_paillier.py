@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import gmpy2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gmpy2 import mpz
 
 from securefl.crypto import paillier
@@ -76,6 +77,9 @@ class ThresholdPublicKey:
     holders: tuple[str, ...]
     v: int
     verification: tuple[int, ...]
+    # Each holder's raw Ed25519 public key (holders' order): contributions are attested under it, so
+    # that nobody — the aggregator included — can attest in another holder's name.
+    signing: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         l = len(self.holders)  # noqa: E741
@@ -101,6 +105,10 @@ class ThresholdPublicKey:
                 raise ConfigError("verification keys must lie in Z*_n")
         if not 0 < self.hs < n * n or gmpy2.gcd(self.hs, n) != 1:
             raise ConfigError("h_s must lie in Z*_{n²}")
+        if self.signing and (
+            len(self.signing) != l or any(not isinstance(k, bytes) or len(k) != 32 for k in self.signing)
+        ):
+            raise ConfigError("a threshold key has one 32-byte Ed25519 signing key per holder, or none")
 
     @cached_property
     def paillier(self) -> paillier.PublicKey:
@@ -144,6 +152,8 @@ class ThresholdPublicKey:
         for name, vk in zip(self.holders, self.verification, strict=True):
             h.update(field(name.encode()) + field(int_bytes(vk, self.n_bytes)))
         h.update(field(int_bytes(self.v, self.n_bytes)))
+        for key in self.signing:
+            h.update(field(key))
         return h.hexdigest()[:32]
 
     def to_json(self) -> dict:
@@ -156,6 +166,7 @@ class ThresholdPublicKey:
             "holders": list(self.holders),
             "v": hex(self.v),
             "verification": [hex(v) for v in self.verification],
+            **({"signing": [k.hex() for k in self.signing]} if self.signing else {}),
         }
 
     @classmethod
@@ -167,6 +178,9 @@ class ThresholdPublicKey:
             verification = data["verification"]
             if not isinstance(holders, list) or not isinstance(verification, list):
                 raise ConfigError("holders and verification keys must be lists")
+            signing = data.get("signing", [])
+            if not isinstance(signing, list) or any(not isinstance(k, str) or len(k) != 64 for k in signing):
+                raise ConfigError("signing keys are 64 hex digits each")
             return cls(
                 _hex(data["n"]),
                 _hex(data["hs"]),
@@ -174,6 +188,7 @@ class ThresholdPublicKey:
                 tuple(holders),
                 _hex(data["v"]),
                 tuple(_hex(v) for v in verification),
+                tuple(bytes.fromhex(k) for k in signing),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ConfigError):
@@ -195,6 +210,7 @@ class KeyShare:
     holder: str
     share: int
     model_key: bytes
+    signing_key: bytes = b""  # the raw Ed25519 private key whose public half is public.signing[i]
 
     def __post_init__(self) -> None:
         if not isinstance(self.holder, str) or self.holder not in self.public.holders:
@@ -206,6 +222,17 @@ class KeyShare:
                 f"the key share of {self.holder} does not match its published verification key (wrong or "
                 "corrupted share file)"
             )
+        if self.public.signing or self.signing_key:
+            if len(self.signing_key) != 32 or not self.public.signing:
+                raise ConfigError(
+                    f"the key share of {self.holder} and its public key disagree on signing keys"
+                )
+            derived = Ed25519PrivateKey.from_private_bytes(self.signing_key).public_key().public_bytes_raw()
+            if derived != self.public.signing[self.index - 1]:
+                raise ConfigError(
+                    f"the signing key of {self.holder} does not match its published one (wrong or "
+                    "corrupted file)"
+                )
 
     @property
     def index(self) -> int:
@@ -228,6 +255,7 @@ class KeyShare:
             "holder": self.holder,
             "share": hex(self.share),
             "model_key": self.model_key.hex(),
+            **({"signing_key": self.signing_key.hex()} if self.signing_key else {}),
         }
 
     @classmethod
@@ -238,7 +266,16 @@ class KeyShare:
             public = ThresholdPublicKey.from_json(data["public"])
             if not isinstance(data["holder"], str) or not isinstance(data["model_key"], str):
                 raise ConfigError("holder and model_key are strings")
-            return cls(public, data["holder"], _hex(data["share"]), bytes.fromhex(data["model_key"]))
+            signing_key = data.get("signing_key", "")
+            if not isinstance(signing_key, str):
+                raise ConfigError("signing_key is a hex string")
+            return cls(
+                public,
+                data["holder"],
+                _hex(data["share"]),
+                bytes.fromhex(data["model_key"]),
+                bytes.fromhex(signing_key),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ConfigError):
                 raise
@@ -300,6 +337,8 @@ def deal(
         for k in reversed(coefficients):
             s = (s * i + k) % m
         share_values.append(s)
+    # Signing keys come from the OS CSPRNG (cryptography's Ed25519), also under test randomness.
+    signing_keys = [Ed25519PrivateKey.generate() for _ in holders]
     public = ThresholdPublicKey(
         int(n),
         hs,
@@ -307,10 +346,12 @@ def deal(
         holders,
         int(v),
         tuple(int(gmpy2.powmod(v, delta * s, n)) for s in share_values),
+        tuple(k.public_key().public_bytes_raw() for k in signing_keys),
     )
     model_key = model_key if model_key is not None else secrets.token_bytes(32)
     shares = {
-        name: KeyShare(public, name, int(s), model_key) for name, s in zip(holders, share_values, strict=True)
+        name: KeyShare(public, name, int(s), model_key, key.private_bytes_raw())
+        for name, s, key in zip(holders, share_values, signing_keys, strict=True)
     }
     return Dealt(public, shares)
 

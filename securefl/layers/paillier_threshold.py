@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securefl.crypto import attestation, channel, paillier, prg
+from securefl.crypto import attestation, channel, paillier, prg, signing
 from securefl.crypto import threshold_paillier as tp
 from securefl.crypto.keyfiles import private_directory, read_private, write_private
 from securefl.crypto.packing import Packing
@@ -293,6 +294,32 @@ def _encrypt_known_chunk(pairs: list[tuple[int, int]]) -> bytes:
     return b"".join(enc.encrypt_with(m, x).to_bytes(width, "big") for m, x in pairs)
 
 
+def attestation_size(public: tp.ThresholdPublicKey, count: int) -> int:
+    """An attestation (``securefl.crypto.attestation``) and its sender's Ed25519 signature."""
+    return attestation.size(public.paillier, count) + signing.SIGNATURE_BYTES
+
+
+def _attestation_message(ctx: bytes, blob: bytes) -> bytes:
+    return tp.DOMAIN + b"/attestation" + tp.field(ctx) + tp.field(blob)
+
+
+def sign_attestation(share: tp.KeyShare, ctx: bytes, blob: bytes) -> bytes:
+    key = Ed25519PrivateKey.from_private_bytes(share.signing_key)
+    return blob + signing.sign(key, _attestation_message(ctx, blob))
+
+
+def check_attestation(
+    public: tp.ThresholdPublicKey, party: str, signed: bytes, ctx: bytes, count: int
+) -> int:
+    """The D that ``party`` attested under ``ctx``: its signature (so nobody attests in its name) and
+    the proof of plaintext knowledge must hold; else ProtocolError/WireError."""
+    if len(signed) != attestation_size(public, count):
+        raise WireError(f"an attestation of this round is {attestation_size(public, count)} bytes")
+    blob, signature = signed[: -signing.SIGNATURE_BYTES], signed[-signing.SIGNATURE_BYTES :]
+    signing.verify(public.signing[public.index(party) - 1], signature, _attestation_message(ctx, blob), party)
+    return attestation.check(public.paillier, blob, ctx, count)
+
+
 def _split_ciphertexts(blob: bytes, public: tp.ThresholdPublicKey, count: int) -> list[int]:
     width = public.paillier.ciphertext_bytes
     if len(blob) != count * width:
@@ -359,6 +386,11 @@ class PaillierThreshold(SecureSum):
         self.key_file = Path(key_file) if key_file is not None else None
         self.public = load_public(self.key_dir / PUBLIC_FILE if self.key_dir is not None else self.key_file)
         paillier.check_key_bits(self.public.bits)
+        if not self.public.signing:
+            raise ConfigError(
+                "this threshold key has no signing keys, which attest contributions (a key from an older "
+                "ceremony): run 'securefl keys paillier-threshold' again"
+            )
         self.workers = workers or os.cpu_count() or 1
         if share_holders is not None and (
             isinstance(share_holders, bool)
@@ -465,7 +497,7 @@ class _Aggregator(SumAggregator):
         if phase == ENCRYPT:
             return self.scheme.max_encrypt_bytes(self.ctx)
         if phase in (ATTEST, REATTEST):
-            return attestation.size(self.public.paillier, self.count) + 4096
+            return attestation_size(self.public, self.count) + 4096
         if phase == SHARE:
             return _share_size(self.public, self.count) + 4096
         return sealed_record_size(self.ctx.vector_size) + _claim_size(self.public, self.count) + 8192
@@ -548,8 +580,8 @@ class _Aggregator(SumAggregator):
                     raise ProtocolError("sent an attestation it was not asked for")
                 return
             try:
-                value = attestation.check(
-                    self.public.paillier, parts["attestation"], self._attest_context(party), self.count
+                value = check_attestation(
+                    self.public, party, parts["attestation"], self._attest_context(party), self.count
                 )
             except (ProtocolError, WireError) as exc:
                 self.culprits_[party] = f"sent an invalid attestation of its contribution ({exc})"
@@ -834,6 +866,8 @@ class _ThresholdParty(_Party):
             **{phase: self._combine for pair in attempt_phases(share.public) for phase in pair},
         }
         self.bad_shares: list[tuple[int, str]] = []  # (round, holder) whose proofs failed here
+        # This round's attestation: (contributors, sum digest, signed bytes); holders share only for it.
+        self._attested: dict[int, tuple[tuple[str, ...], str, bytes]] = {}
 
     def respond(self, phase: str, request: bytes) -> bytes:
         handler = self._handlers.get(phase)
@@ -865,6 +899,12 @@ class _ThresholdParty(_Party):
         opening = self.scheme.openings.get(self.me)
         if opening is None or opening[:2] != (self.ctx.session, self.ctx.round):
             raise ProtocolError("this party holds no opening of a contribution to this round")
+        earlier = self._attested.get(self.ctx.round)
+        if earlier is not None and not set(contributors) < set(earlier[0]):
+            # The only second attestation of a round: the sum re-formed without some contributors.
+            raise ProtocolError(
+                "a second attestation in a round is only for the sum without some contributors"
+            )
         _, _, plaintexts, seed = opening
         public = self.material.public.paillier
         gammas = attestation.coefficients(self.ctx.session, self.ctx.round, digest, len(plaintexts))
@@ -872,28 +912,39 @@ class _ThresholdParty(_Party):
         blob = attestation.attest(
             public, plaintexts, djn_exponents(seed, len(plaintexts), public), gammas, ctx
         )
-        return encode_record(b"TATr", {}, {"attestation": blob})
+        signed = sign_attestation(self.material, ctx, blob)
+        self._attested = {self.ctx.round: (contributors, digest, signed)}
+        return encode_record(b"TATr", {}, {"attestation": signed})
 
     def _check_attestations(
         self, contributors: tuple[str, ...], ciphertexts: list[int], digest: str, blob: bytes
     ) -> None:
         """A holder shares only for a sum every named contributor attested (spec, "Attestations"):
         each proof of plaintext knowledge holds and the attested D's multiply to the γ-combination."""
-        public = self.material.public.paillier
-        size = attestation.size(public, len(ciphertexts))
+        public = self.material.public
+        size = attestation_size(public, len(ciphertexts))
         if len(blob) != size * len(contributors):
             raise WireError("the share request does not carry one attestation per contributor")
+        mine = self._attested.get(self.ctx.round)
+        if mine is None or mine[0] != contributors or mine[1] != digest:
+            raise ProtocolError("asked to share for a sum this party did not attest its contribution to")
+        pieces = {party: blob[k * size : (k + 1) * size] for k, party in enumerate(contributors)}
+        if not hmac.compare_digest(pieces[self.me], mine[2]):
+            raise ProtocolError(
+                "the share request carries an attestation in this party's name it did not make"
+            )
         values = [
-            attestation.check(
+            check_attestation(
                 public,
-                blob[k * size : (k + 1) * size],
+                party,
+                pieces[party],
                 attestation.context(self.ctx.session, self.ctx.round, party, contributors, digest),
                 len(ciphertexts),
             )
-            for k, party in enumerate(contributors)
+            for party in contributors
         ]
         gammas = attestation.coefficients(self.ctx.session, self.ctx.round, digest, len(ciphertexts))
-        if not attestation.matches_sum(public, ciphertexts, gammas, values):
+        if not attestation.matches_sum(public.paillier, ciphertexts, gammas, values):
             raise ProtocolError("the sum is not the product of the attested contributions: no shares")
 
     def _share(self, request: bytes) -> bytes:
