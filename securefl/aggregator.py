@@ -220,6 +220,8 @@ class Aggregator:
         live = set(selected)
         phases = self.secure_sum.phases(ctx)
         for index, phase in enumerate(phases):
+            if index and self.secure_sum.finished():
+                break  # the result is final: later phases must not undo it
             self._phase = phase
             extra = self._model_parts(info) if index == 0 else {}
             # The parts every request of the phase carries (the global model, the round's info)

@@ -370,3 +370,110 @@ def test_share_files_readable_by_others_or_symlinked_are_refused(tmp_path):
     nested.chmod(0o600)
     with pytest.raises(ConfigError, match="not readable JSON"):
         layer_module.load_share(nested)
+
+
+def _answer_as(monkeypatch, liar, rewrite):
+    """``liar``'s combine/verify answers go through ``rewrite(party, request, header, parts)``."""
+    real = layer_module._ThresholdParty._combine
+
+    def combine(self, request):
+        reply = real(self, request)
+        if self.me != liar:
+            return reply
+        header, parts = decode_record(reply, b"TCBr", {"status": str, "bad": list}, ("model", "claim"))
+        return rewrite(self, request, header, parts) or reply
+
+    monkeypatch.setattr(layer_module._ThresholdParty, "_combine", combine)
+
+
+def _is_verification(request):
+    return bool(
+        decode_record(request, b"TCBq", {"contributors": list, "holders": list}, ("sum", "shares", "claim"))[
+            1
+        ]["claim"]
+    )
+
+
+@pytest.mark.parametrize("liar", ["p00", "p01", "p02"])
+def test_a_lone_disputer_costs_only_itself(keys, monkeypatch, liar):  # noqa: F811
+    """3 holders, t = 2: a verifier disputing a right claim (attacker C2) — another verifier checks
+    the same claim, the round completes, and the disputer alone is named and barred."""
+
+    def dispute(party, request, header, parts):
+        if _is_verification(request) and header["status"] == "sealed":
+            return encode_record(b"TCBr", {"status": "disputed", "bad": []}, {"model": b"", "claim": b""})
+        return None
+
+    _answer_as(monkeypatch, liar, dispute)
+    fed, deltas, weights = federation(keys[(3, 2)], 3)
+    for rounds in range(1, 4):
+        report = fed.run_round()
+        assert report.ok, report.error
+        np.testing.assert_allclose(fed.global_vector, rounds * mean(deltas, weights, _parties(3)), atol=1e-9)
+    aggregator = fed.aggregator.secure_sum
+    assert aggregator.barred <= {liar}
+    honest = set(_parties(3)) - {liar}
+    assert not honest & aggregator.barred and not honest & set(aggregator.culprits())
+
+
+def test_a_decryptor_with_a_wrong_claim_is_the_one_barred(keys, monkeypatch):  # noqa: F811
+    """The decryptor seals the right record beside a wrong claim (attacker C3): the honest verifier
+    disputes; the next attempt's claim is byte-identical to no wrong one, so the decryptor is barred
+    and the verifier is not."""
+    liar = "p01"
+
+    def wrong_claim(party, request, header, parts):
+        if not _is_verification(request) and header["status"] == "sealed":
+            claim = bytearray(parts["claim"])
+            claim[-1] ^= 1
+            return encode_record(b"TCBr", header, {"model": parts["model"], "claim": bytes(claim)})
+        return None
+
+    _answer_as(monkeypatch, liar, wrong_claim)
+    fed, deltas, weights = federation(keys[(4, 2)], 4)
+    for _ in range(4):
+        report = fed.run_round()
+        assert report.ok, report.error
+    aggregator = fed.aggregator.secure_sum
+    assert aggregator.barred == {liar}
+    np.testing.assert_allclose(fed.global_vector, 4 * mean(deltas, weights, _parties(4)), atol=1e-9)
+
+
+def test_a_confirmed_round_is_not_undone_by_later_phases(keys):  # noqa: F811
+    """Attacker C4: once a decryption is confirmed the remaining attempt phases are skipped, so a
+    party missing them (min_parties = every party) cannot fail a round whose model is out."""
+    faults = Faults().add("offline", "p02", phase="combine-2")
+    fed, deltas, weights = federation(keys[(3, 2)], 3, faults)
+    fed.aggregator.min_parties = 3
+    report = fed.run_round()
+    assert report.ok, report.error
+    np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(3)), atol=1e-9)
+
+
+def test_a_bad_share_sender_blaming_the_other_is_found(keys, monkeypatch):  # noqa: F811
+    """Attacker C6: with share_holders = t, a holder sends wrong shares and, as decryptor, names the
+    honest sender bad. Other contributors combine too; two of them name the liar, who is distrusted."""
+    liar = "p02"
+    real = layer_module.compute_shares
+
+    def corrupt(key, ciphertexts, workers):
+        ys = real(key, ciphertexts, workers)
+        if key.holder == liar:
+            ys[0] = ys[0] * 3 % key.public.n
+        return ys
+
+    def blame_other(party, request, header, parts):
+        asked = decode_record(
+            request, b"TCBq", {"contributors": list, "holders": list}, ("sum", "shares", "claim")
+        )
+        others = [h for h in asked[0]["holders"] if h != liar]
+        return encode_record(b"TCBr", {"status": "short", "bad": others}, {"model": b"", "claim": b""})
+
+    monkeypatch.setattr(layer_module, "compute_shares", corrupt)
+    _answer_as(monkeypatch, liar, blame_other)
+    fed, _deltas, _weights = federation(keys[(3, 2)], 3, share_holders=2)
+    reports = [fed.run_round() for _ in range(6)]
+    aggregator = fed.aggregator.secure_sum
+    assert liar in aggregator.distrusted and not set(_parties(3)) - {liar} & aggregator.distrusted
+    assert all(r.ok for r in reports[-3:])
+    assert all("nothing was revealed" in r.error for r in reports if not r.ok)

@@ -164,6 +164,12 @@ class SumAggregator(ABC):
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         """All replies of ``phase`` are in; ``survivors`` answered validly. Raise RoundFailed to abort."""
 
+    def finished(self) -> bool:
+        """True once this round's result is final before its last phase (e.g. a decryption confirmed
+        in an early attempt): the core skips the remaining phases, so that nothing in them — a party
+        missing an empty request — can undo a result already revealed."""
+        return False
+
     def culprits(self) -> dict[str, str]:
         """Parties this layer has found misbehaving in this round, each with the reason, beyond those
         whose own payload it rejected in :meth:`receive` (e.g. a share that contradicts the others,

@@ -479,13 +479,18 @@ class _Aggregator(SumAggregator):
         self.sealed_shares: dict[str, bytes] = {}
         self.decryptor: str | None = None  # the first attempt's
         self.role: dict[str, str | None] = {}  # attempt phase -> the combiner asked in it
-        self.used: set[str] = set()  # share senders that already had a role this round
+        self.used: set[str] = set()  # contributors that already had a role this round
+        self.roles_taken: set[tuple[str, str]] = set()
         self.pending: str | None = None  # a decryptor whose claim awaits a verifier
         self.decrypted_by: list[str] = []  # decryptors that reported a decryption
         self.disputes: list[tuple[str, str]] = []  # (decryptor, verifier) that disagreed
         self.shorts: list[tuple[str, list[str]]] = []  # (decryptor, holders it named bad)
         self.failures: list[str] = []
+        # Each attempt phase's answer from its role: (status, bad holders, record, claim).
         self.replies: dict[str, tuple[str, list[str], bytes, bytes]] = {}
+        self.claims: dict[str, tuple[str, list[str], bytes, bytes]] = {}  # decryptor -> its sealed answer
+        self.verified: dict[str, set[str]] = {}  # decryptor -> the verifiers its claim was sent to
+        self.failed: set[str] = set()  # combiners that dropped or answered nothing valid this round
         self._sum: bytes | None = None
         self._digest = ""
         self._named: list[str] = []
@@ -548,7 +553,7 @@ class _Aggregator(SumAggregator):
                     {"sum": b"", "shares": b"", "claim": b""},
                 )
             holders = sorted(self.sealed_shares)
-            claim = self.replies[self.pending][3] if phase in self.verify_phases else b""
+            claim = self.claims[self.pending][3] if phase in self.verify_phases else b""
             return encode_record(
                 b"TCBq",
                 {"contributors": self._named, "holders": holders},
@@ -619,7 +624,7 @@ class _Aggregator(SumAggregator):
                     raise WireError("only a decryptor sends a claim")
             elif parts["model"] or parts["claim"]:
                 raise WireError("an answer without a record carries nothing")
-            self.replies[party] = (status, sorted(bad), parts["model"], parts["claim"])
+            self.replies[phase] = (status, sorted(bad), parts["model"], parts["claim"])
         else:
             raise ProtocolError(f"paillier-threshold has no phase {phase!r}")
 
@@ -661,7 +666,7 @@ class _Aggregator(SumAggregator):
                     f"paillier-threshold: {len(self.sealed_shares)} holders sent decryption shares, {t} are "
                     "needed; nothing was revealed and the model is unchanged"
                 )
-            self.decryptor = self._next_combiner()
+            self.decryptor = self._next_decryptor()
             self.role[self.combine_phases[0]] = self.decryptor
         elif phase in self.combine_phases:
             self._close_combine(phase)
@@ -678,70 +683,88 @@ class _Aggregator(SumAggregator):
     # Once a record is confirmed (a decryptor's claim checked by a different verifier), every earlier
     # disagreement is judged against it and the liar named.
 
-    def _next_combiner(self) -> str | None:
-        for party in self._rotation(list(self.sealed_shares)):
-            if party not in self.used and party not in self.barred:
-                self.used.add(party)
-                return party
-        return None
+    def _candidates(self, exclude: set[str]) -> list[str]:
+        """Contributors that may take a role (every contributor holds the model key, hence can open
+        the shares): never one barred or failed this round; those without a role yet first."""
+        allowed = [p for p in self._rotation(self._named) if p not in self.barred | self.failed | exclude]
+        return [p for p in allowed if p not in self.used] + [p for p in allowed if p in self.used]
+
+    def _next_decryptor(self) -> str | None:
+        decryptors = set(self.claims) | {d for d, _ in self.shorts} | {p for p in self.failed}
+        found = self._candidates(decryptors | {p for p, role in self.roles_taken if role == "decrypt"})
+        if not found:
+            return None
+        self.used.add(found[0])
+        self.roles_taken.add((found[0], "decrypt"))
+        return found[0]
+
+    def _next_verifier(self) -> str | None:
+        found = self._candidates({self.pending} | self.verified.setdefault(self.pending, set()))
+        if not found:
+            return None
+        self.used.add(found[0])
+        self.verified[self.pending].add(found[0])
+        return found[0]
 
     def _close_combine(self, phase: str) -> None:
         decryptor = self.role.get(phase)
         verify = self.verify_phases[self.combine_phases.index(phase)]
-        if decryptor is None:  # nothing to decrypt: a claim is pending, accepted, or nobody is left
-            self.role[verify] = self._next_combiner() if self.pending and self.sealed is None else None
-            return
-        reply = self.replies.get(decryptor)
         t = self.public.threshold
-        if reply is None or reply[0] == "disputed":
-            self.avoid.add(decryptor)
-            self.failures.append(f"the decryptor {decryptor} dropped or answered nothing valid")
-        elif reply[0] == "short":
-            valid = len(self.sealed_shares) - len(reply[1])
-            if valid >= t:  # it must name every holder whose shares failed: at least t were valid
-                self.culprits_[decryptor] = (
-                    f"answered 'short' naming {len(reply[1])} of {len(self.sealed_shares)} share senders "
-                    f"bad, which leaves {valid} ≥ t = {t} valid shares"
-                )
-                self.barred.add(decryptor)
-            self.shorts.append((decryptor, reply[1]))
-            self.failures.append(f"the decryptor {decryptor} found fewer than {t} valid shares")
-            self._distrust_agreed_bad()
-        else:
-            self.pending = decryptor
-            self.decrypted_by.append(decryptor)
-        if self.pending is not None:
-            verifier = self._next_combiner()
-            if verifier is None and len(self.sealed_shares) == 1:
-                self._accept(self.replies[decryptor], [decryptor])  # a single share sender: no verifier
+        if decryptor is not None:
+            reply = self.replies.get(phase)
+            if reply is None or reply[0] == "disputed":
+                self.failed.add(decryptor)
+                self.avoid.add(decryptor)
+                self.failures.append(f"the decryptor {decryptor} dropped or answered nothing valid")
+            elif reply[0] == "short":
+                valid = len(self.sealed_shares) - len(reply[1])
+                if valid >= t:  # it must name every holder whose shares failed: at least t were valid
+                    self.culprits_[decryptor] = (
+                        f"answered 'short' naming {len(reply[1])} of {len(self.sealed_shares)} share "
+                        f"senders bad, which leaves {valid} ≥ t = {t} valid shares"
+                    )
+                    self.barred.add(decryptor)
+                self.shorts.append((decryptor, reply[1]))
+                self.failures.append(f"the decryptor {decryptor} found fewer than {t} valid shares")
+                self._distrust_agreed_bad()
+            else:
+                self.pending = decryptor
+                self.claims[decryptor] = reply
+                self.decrypted_by.append(decryptor)
+        self.role[verify] = None
+        if self.pending is not None and self.sealed is None:
+            verifier = self._next_verifier()
+            if verifier is None and len(self._named) == 1:
+                self._accept(self.claims[self.pending], [self.pending])  # one contributor: no verifier
             self.role[verify] = verifier
-        else:
-            self.role[verify] = None
 
     def _close_verify(self, phase: str) -> None:
         verifier = self.role.get(phase)
-        if verifier is not None and self.sealed is None:
-            first, second = self.replies[self.pending], self.replies.get(verifier)
+        if verifier is not None and self.sealed is None and self.pending is not None:
+            first, second = self.claims[self.pending], self.replies.get(phase)
             if second is None:
+                self.failed.add(verifier)
                 self.avoid.add(verifier)
                 self.failures.append(f"the verifier {verifier} dropped or answered nothing valid")
             elif second[0] == "sealed" and first[1] == second[1] and hmac.compare_digest(first[2], second[2]):
                 self._accept(first, [self.pending, verifier])
             else:
                 self.disputes.append((self.pending, verifier))
+                self.avoid |= {self.pending, verifier}
                 self.failures.append(
                     f"the verifier {verifier} contradicts the decryptor {self.pending} ({second[0]})"
                 )
-                self.pending = None
-        index = self.verify_phases.index(phase)
+                # One dispute is one word against another: the same claim goes to another verifier.
+                # Two verifiers against it: a new decryption; who lied is judged once one is confirmed.
+                if sum(1 for d, _ in self.disputes if d == self.pending) >= 2:
+                    self.pending = None
         if self.sealed is not None:
             return
+        index = self.verify_phases.index(phase)
         if index + 1 < len(self.combine_phases):
             combine = self.combine_phases[index + 1]
-            self.role[combine] = None if self.pending is not None else self._next_combiner()
+            self.role[combine] = None if self.pending is not None else self._next_decryptor()
             return
-        for party in (*(d for d, _ in self.disputes), *(v for _, v in self.disputes)):
-            self.avoid.add(party)
         seen = sorted(set(self.decrypted_by))
         outcome = (
             f"the sum was decrypted by {', '.join(seen)} but never confirmed (its shares and the "
@@ -818,8 +841,11 @@ class _Aggregator(SumAggregator):
         # Judge the round's earlier disagreements against the confirmed record: proofs and the
         # batch check are deterministic, so whoever contradicts the record lied.
         for decryptor, verifier in self.disputes:
-            earlier = self.replies[decryptor]
-            if earlier[1] == reply[1] and hmac.compare_digest(earlier[2], reply[2]):
+            earlier = self.claims[decryptor]
+            same = earlier[1] == reply[1] and hmac.compare_digest(earlier[2], reply[2])
+            # Claims are sealed deterministically (SIV): an honest claim is byte-identical to the
+            # confirmed one, so a decryptor that sealed a right record beside a wrong claim is caught.
+            if same and hmac.compare_digest(earlier[3], reply[3]):
                 self.culprits_[verifier] = "disputed a decryption that a later attempt confirmed"
                 self.barred.add(verifier)
             else:
@@ -837,6 +863,9 @@ class _Aggregator(SumAggregator):
             )
             self.distrusted.add(holder)
         self.avoid -= set(combiners)
+
+    def finished(self) -> bool:
+        return self.sealed is not None
 
     def culprits(self) -> dict[str, str]:
         return dict(self.culprits_)
@@ -868,6 +897,12 @@ class _ThresholdParty(_Party):
         self.bad_shares: list[tuple[int, str]] = []  # (round, holder) whose proofs failed here
         # This round's attestation: (contributors, sum digest, signed bytes); holders share only for it.
         self._attested: dict[int, tuple[tuple[str, ...], str, bytes]] = {}
+        self._combined: dict[int, tuple[tuple[str, ...], str]] = {}  # the sum combined this round
+        self._combines = 0
+
+    def start_round(self, ctx: RoundContext, provide: Any) -> None:
+        super().start_round(ctx, provide)
+        self._combines = 0
 
     def respond(self, phase: str, request: bytes) -> bytes:
         handler = self._handlers.get(phase)
@@ -1011,11 +1046,17 @@ class _ThresholdParty(_Party):
             return encode_record(b"TCBr", {"status": "none", "bad": []}, {"model": b"", "claim": b""})
         if self.fuse is None:
             raise ProtocolError("asked to combine without a fuser")
-        if self.decrypted:
-            raise ProtocolError("already combined a sum in this round; replay refused")
-        self.decrypted = True
         contributors, ciphertexts, digest = self._checked_request(header["contributors"], parts["sum"])
-        if self.ctx.round in self._label_digest or self.ctx.round < self.latest_model_round:
+        # Several roles in a round (a decryption, then verifying another's claim) are allowed, all for
+        # one sum: its records are deterministic, so the party never seals two contents under a label.
+        if self._combined.get(self.ctx.round, (contributors, digest)) != (contributors, digest):
+            raise ProtocolError("already combined another sum in this round; refused")
+        if self._combines >= MAX_ATTEMPTS:
+            raise ProtocolError("asked to combine more often than a round has attempts")
+        self._combines += 1
+        first_time = self.ctx.round not in self._combined
+        self._combined = {self.ctx.round: (contributors, digest)}
+        if (first_time and self.ctx.round in self._label_digest) or self.ctx.round < self.latest_model_round:
             raise ProtocolError(f"already holds a sealed record labelled round {self.ctx.round} or later")
         key: tp.KeyShare = self.material
         public = key.public
@@ -1049,7 +1090,9 @@ class _ThresholdParty(_Party):
             roots = tp.combine_roots(public, chosen)
             plaintexts = lift_all(public, ciphertexts, roots, self.workers)
             blob = b"".join(tp.int_bytes(v, width) for v in (*plaintexts, *roots))
-            claim_out = channel.seal(claim_key, blob, claim_aad, self.rng)
+            # Sealed deterministically (SIV): two honest decryptors' claims are byte-identical, so the
+            # aggregator can tell a decryptor that lied in its claim from a verifier that lied about it.
+            claim_out = _seal_model(claim_key, blob, claim_aad)
         try:
             total = self.scheme.unpad_and_unpack(key, plaintexts, contributors, self.ctx)
             model = self.fuse(total, contributors=len(contributors))
@@ -1070,7 +1113,9 @@ class _ThresholdParty(_Party):
             {"round": self.ctx.round, "session": self.ctx.session, "contributors": names, "sum": digest},
             {"sealed": sealed},
         )
-        self._label_digest[self.ctx.round] = hashlib.sha256(record).digest()
+        record_digest = hashlib.sha256(record).digest()
+        if self._label_digest.setdefault(self.ctx.round, record_digest) != record_digest:
+            raise ProtocolError(f"would seal a second, different record labelled round {self.ctx.round}")
         return encode_record(b"TCBr", {"status": "sealed", "bad": bad}, {"model": record, "claim": claim_out})
 
 
