@@ -79,10 +79,11 @@ class FlowerTransport(Transport):
         for party, data in requests.items():
             self.traffic.bytes_down += len(data)
             self.traffic.messages += 1
-            round_, phase = _round_phase(data, round_, phase)
+            round_, phase, opens = _round_phase(data, round_, phase)
             messages.append(
                 Message(
-                    request_content(data, self.setup),
+                    # The setup rides with a round's first request (the one carrying the model).
+                    request_content(data, self.setup if opens else None),
                     dst_node_id=self.nodes[party] if self.nodes is not None else node_id(party),
                     message_type=MESSAGE_TYPE,
                     group_id=str(round_),
@@ -187,12 +188,13 @@ def _wait_for_nodes(grid: Grid, wanted: int, seconds: float, settle: float = 0.5
     return sorted(ids)
 
 
-def _round_phase(data: bytes, round_: int, phase: str) -> tuple[int, str]:
+def _round_phase(data: bytes, round_: int, phase: str) -> tuple[int, str, bool]:
+    """The request's round and phase, and whether it opens a round (carries the global model)."""
     try:
         envelope = Envelope.decode(data)
-        return envelope.round, envelope.phase
     except Exception:
-        return round_, phase
+        return round_, phase, True
+    return envelope.round, envelope.phase, bool({"model", "sealed_model"} & set(envelope.parts))
 
 
 @dataclass
