@@ -211,7 +211,7 @@ def test_rounds_are_exact_and_the_aggregator_sees_no_secret(keys):
     )
     phases = {e.phase for e in transcript.received()}
     # The first decryption attempt is confirmed: the later attempts' phases are skipped.
-    assert phases == {"encrypt", "attest", "reattest", "share", "combine", "verify"}
+    assert phases == {"encrypt", "attest", "share", "combine", "verify"}
 
 
 @settings(
@@ -380,7 +380,7 @@ def test_share_and_proof_decoders_fail_cleanly(dealt, blob):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.binary(max_size=300),
-    st.sampled_from(["share", "combine", "verify", "encrypt", "attest", "reattest", "sign"]),
+    st.sampled_from(["share", "combine", "verify", "encrypt", "attest", "sign"]),
 )
 def test_party_requests_fail_cleanly(keys, blob, phase):
     party = PaillierThreshold(key_dir=str(keys[(3, 2)]), workers=1).party("p00")

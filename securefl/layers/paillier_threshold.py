@@ -8,11 +8,11 @@ only the parties hold; a combiner party checks the proofs, combines t valid shar
 fuses and seals the next global model; a second party verifies the combiner's decryption with a
 cheap batch check and seals the same record. The aggregator sees ciphertexts and sealed bytes only.
 
-Phases: ``encrypt`` → ``attest`` (every contributor proves it knows what it contributed; the sum
-is re-formed without those that do not, and ``reattest`` asks the rest again) → ``share`` (holders
-among the contributors check every attestation, then share) → ``combine`` (a decryptor) →
-``verify`` (a verifier), repeated with fresh combiners up to t + 1 times until a decryption is
-confirmed. Keys come from a ceremony (``securefl keys paillier-threshold``): one
+Phases: ``encrypt`` → ``attest`` (every contributor proves, under its signature, that it knows
+what it contributed; the round fails before anything is decrypted if one does not, and those sit
+out the next rounds) → ``share`` (holders among the contributors check every attestation, then
+share) → ``combine`` (a decryptor) → ``verify`` (t − 1 verifiers), repeated with fresh combiners
+until a decryption is confirmed. Keys come from a ceremony (``securefl keys paillier-threshold``): one
 share file per party, a public file for the aggregator. Specification:
 ``protocols/paillier-threshold.md``; arithmetic: ``securefl/crypto/threshold_paillier.py``.
 """
@@ -68,15 +68,16 @@ from securefl.layers.shared_key import (
 )
 from securefl.wire import decode_record, encode_record
 
-ATTEST, REATTEST, SHARE, COMBINE, VERIFY = "attest", "reattest", "share", "combine", "verify"
+ATTEST, SHARE, COMBINE, VERIFY = "attest", "share", "combine", "verify"
+BENCH_LIMIT = 64  # rounds: the longest a contributor that keeps failing to attest sits out
 MAX_ATTEMPTS = 8
 
 
 def attempt_phases(public: tp.ThresholdPublicKey) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The decryption attempts' phases: ``combine``, ``verify``, ``combine-2``, ``verify-2``, … —
-    t + 1 attempts (at most t − 1 colluding combiners can spoil one each, one more for a crash),
-    no more than there are holders."""
-    count = max(1, min(public.threshold + 1, len(public.holders), MAX_ATTEMPTS))
+    2t + 1 attempts, no more than there are holders (nor 8). The ones after a confirmed decryption
+    are skipped (``finished``), so an honest round pays for one."""
+    count = max(1, min(2 * public.threshold + 1, len(public.holders), MAX_ATTEMPTS))
     suffix = ["", *(f"-{i}" for i in range(2, count + 1))]
     return tuple(COMBINE + x for x in suffix), tuple(VERIFY + x for x in suffix)
 
@@ -460,11 +461,14 @@ class _Aggregator(SumAggregator):
         self.distrusted: set[str] = set()  # holders whose shares two combiners found wrong
         self.combine_phases, self.verify_phases = attempt_phases(public)
         self.barred: set[str] = set()  # combiners caught lying: never a combiner again
+        self.excluded: set[str] = set()  # contributors caught lying in an attestation: never summed
+        self.benched: dict[str, int] = {}  # contributor -> first round it is summed again
+        self.misses: dict[str, int] = {}  # contributor -> attestations missed in a row
         self.avoid: set[str] = set()  # combiners that were silent or disagreed: no role while others can
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
         attempts = (p for pair in zip(self.combine_phases, self.verify_phases, strict=True) for p in pair)
-        return (ENCRYPT, ATTEST, REATTEST, SHARE, *attempts)
+        return (ENCRYPT, ATTEST, SHARE, *attempts)
 
     def start_round(self, ctx: RoundContext) -> None:
         self.ctx = ctx
@@ -474,22 +478,21 @@ class _Aggregator(SumAggregator):
         self.payloads: dict[str, bytes] = {}  # each contribution, to re-form the sum or find a liar
         self.attested: dict[str, int] = {}  # contributor -> its attested D for the current sum
         self.attestations: dict[str, bytes] = {}
-        self.retry = False  # the sum was re-formed after `attest`: `reattest` asks again
         self.asked: list[str] = []
         self.sealed_shares: dict[str, bytes] = {}
         self.decryptor: str | None = None  # the first attempt's
-        self.role: dict[str, str | None] = {}  # attempt phase -> the combiner asked in it
+        self.role: dict[str, list[str]] = {}  # attempt phase -> the combiners asked in it
         self.used: set[str] = set()  # contributors that already had a role this round
-        self.roles_taken: set[tuple[str, str]] = set()
         self.pending: str | None = None  # a decryptor whose claim awaits a verifier
         self.decrypted_by: list[str] = []  # decryptors that reported a decryption
         self.disputes: list[tuple[str, str]] = []  # (decryptor, verifier) that disagreed
         self.shorts: list[tuple[str, list[str]]] = []  # (decryptor, holders it named bad)
         self.failures: list[str] = []
         # Each attempt phase's answer from its role: (status, bad holders, record, claim).
-        self.replies: dict[str, tuple[str, list[str], bytes, bytes]] = {}
+        self.replies: dict[tuple[str, str], tuple[str, list[str], bytes, bytes]] = {}
         self.claims: dict[str, tuple[str, list[str], bytes, bytes]] = {}  # decryptor -> its sealed answer
         self.verified: dict[str, set[str]] = {}  # decryptor -> the verifiers its claim was sent to
+        self.agreed: dict[str, set[str]] = {}  # decryptor -> the verifiers that confirmed its claim
         self.failed: set[str] = set()  # combiners that dropped or answered nothing valid this round
         self._sum: bytes | None = None
         self._digest = ""
@@ -501,7 +504,7 @@ class _Aggregator(SumAggregator):
     def max_reply_bytes(self, phase: str) -> int:
         if phase == ENCRYPT:
             return self.scheme.max_encrypt_bytes(self.ctx)
-        if phase in (ATTEST, REATTEST):
+        if phase == ATTEST:
             return attestation_size(self.public, self.count) + 4096
         if phase == SHARE:
             return _share_size(self.public, self.count) + 4096
@@ -530,8 +533,8 @@ class _Aggregator(SumAggregator):
         return attestation.context(self.ctx.session, self.ctx.round, party, self._named, self._digest)
 
     def request(self, phase: str, party: str) -> bytes:
-        if phase in (ATTEST, REATTEST):
-            if party not in self.contributors_ or (phase == REATTEST and not self.retry):
+        if phase == ATTEST:
+            if party not in self.contributors_:
                 return encode_record(b"TATq", {"contributors": [], "sum": ""}, {})
             return encode_record(b"TATq", {"contributors": self._named, "sum": self._digest}, {})
         if phase == SHARE:
@@ -546,7 +549,7 @@ class _Aggregator(SumAggregator):
                 },
             )
         if phase in self.combine_phases or phase in self.verify_phases:
-            if party != self.role.get(phase):
+            if party not in self.role.get(phase, ()):
                 return encode_record(
                     b"TCBq",
                     {"contributors": [], "holders": []},
@@ -573,14 +576,23 @@ class _Aggregator(SumAggregator):
                 return
             if party not in self.public.holders:
                 raise ProtocolError(f"{party} holds no share of this federation's key")
+            if party in self.excluded:
+                raise ProtocolError(
+                    f"{party} sent an invalid attestation before: its contributions are refused"
+                )
+            if self.ctx.round < self.benched.get(party, 0):
+                raise ProtocolError(
+                    f"{party} sits out until round {self.benched[party]}: it did not attest its last "
+                    "contribution"
+                )
             if self.combined is None:
                 self.combined = self.scheme.combiner(self.public.paillier, self.ctx)
             self.combined.add(payload)  # checked whole (count, sizes, Z*_{n²}) before it is folded in
             self.contributors_.add(party)
             self.payloads[party] = payload
-        elif phase in (ATTEST, REATTEST):
+        elif phase == ATTEST:
             _, parts = decode_record(payload, b"TATr", {}, ("attestation",))
-            if party not in self.contributors_ or (phase == REATTEST and not self.retry):
+            if party not in self.contributors_:
                 if parts["attestation"]:
                     raise ProtocolError("sent an attestation it was not asked for")
                 return
@@ -590,6 +602,7 @@ class _Aggregator(SumAggregator):
                 )
             except (ProtocolError, WireError) as exc:
                 self.culprits_[party] = f"sent an invalid attestation of its contribution ({exc})"
+                self.excluded.add(party)
                 raise
             self.attested[party] = value
             self.attestations[party] = parts["attestation"]
@@ -604,7 +617,7 @@ class _Aggregator(SumAggregator):
             self.sealed_shares[party] = parts["sealed"]
         elif phase in self.combine_phases or phase in self.verify_phases:
             header, parts = decode_record(payload, b"TCBr", {"status": str, "bad": list}, ("model", "claim"))
-            if party != self.role.get(phase):
+            if party not in self.role.get(phase, ()):
                 if header["status"] != "none" or header["bad"] or any(parts.values()):
                     raise ProtocolError("answered a combination it was not asked for")
                 return
@@ -624,7 +637,7 @@ class _Aggregator(SumAggregator):
                     raise WireError("only a decryptor sends a claim")
             elif parts["model"] or parts["claim"]:
                 raise WireError("an answer without a record carries nothing")
-            self.replies[phase] = (status, sorted(bad), parts["model"], parts["claim"])
+            self.replies[(phase, party)] = (status, sorted(bad), parts["model"], parts["claim"])
         else:
             raise ProtocolError(f"paillier-threshold has no phase {phase!r}")
 
@@ -652,13 +665,10 @@ class _Aggregator(SumAggregator):
                 raise RoundFailed("paillier-threshold: no ciphertexts arrived")
             self._form_sum(self.contributors_ & survivors)
             self._holders()
-        elif phase in (ATTEST, REATTEST):
-            if phase == REATTEST and not self.retry:
-                return
-            self._close_attestations(phase, survivors)
-            if not self.retry:
-                ordered = self._rotation(self._holders())
-                self.asked = sorted(ordered[: self.share_holders] if self.share_holders else ordered)
+        elif phase == ATTEST:
+            self._close_attestations(survivors)
+            ordered = self._rotation(self._holders())
+            self.asked = sorted(ordered[: self.share_holders] if self.share_holders else ordered)
         elif phase == SHARE:
             self.sealed_shares = {p: s for p, s in self.sealed_shares.items() if p in survivors}
             if len(self.sealed_shares) < t:
@@ -667,7 +677,7 @@ class _Aggregator(SumAggregator):
                     "needed; nothing was revealed and the model is unchanged"
                 )
             self.decryptor = self._next_decryptor()
-            self.role[self.combine_phases[0]] = self.decryptor
+            self.role[self.combine_phases[0]] = [self.decryptor] if self.decryptor else []
         elif phase in self.combine_phases:
             self._close_combine(phase)
         elif phase in self.verify_phases:
@@ -683,35 +693,43 @@ class _Aggregator(SumAggregator):
     # Once a record is confirmed (a decryptor's claim checked by a different verifier), every earlier
     # disagreement is judged against it and the liar named.
 
+    def _needed(self) -> int:
+        """Verifiers that must confirm a claim: t − 1, so that with its decryptor t parties agree and
+        at least one of them is honest (at most t − 1 collude); one while another contributor exists."""
+        return 0 if len(self._named) == 1 else max(1, self.public.threshold - 1)
+
     def _candidates(self, exclude: set[str]) -> list[str]:
         """Contributors that may take a role (every contributor holds the model key, hence can open
-        the shares): never one barred or failed this round; those without a role yet first."""
+        the shares): never one barred or failed this round; in the rotation's order, those without a
+        role yet first and those in a dispute last."""
         allowed = [p for p in self._rotation(self._named) if p not in self.barred | self.failed | exclude]
-        return [p for p in allowed if p not in self.used] + [p for p in allowed if p in self.used]
+        disputed = {p for pair in self.disputes for p in pair}
+        return sorted(allowed, key=lambda p: (p in disputed, p in self.used))  # stable: keeps the rotation
 
     def _next_decryptor(self) -> str | None:
-        decryptors = set(self.claims) | {d for d, _ in self.shorts} | {p for p in self.failed}
-        found = self._candidates(decryptors | {p for p, role in self.roles_taken if role == "decrypt"})
+        decrypted = set(self.claims) | {d for d, _ in self.shorts}
+        found = self._candidates(decrypted)
         if not found:
             return None
         self.used.add(found[0])
-        self.roles_taken.add((found[0], "decrypt"))
         return found[0]
 
-    def _next_verifier(self) -> str | None:
-        found = self._candidates({self.pending} | self.verified.setdefault(self.pending, set()))
-        if not found:
-            return None
-        self.used.add(found[0])
-        self.verified[self.pending].add(found[0])
-        return found[0]
+    def _assign_verifiers(self) -> list[str]:
+        """Fresh verifiers for the pending claim, as many as it still needs."""
+        asked = self.verified.setdefault(self.pending, set())
+        need = self._needed() - len(self.agreed.setdefault(self.pending, set()))
+        found = self._candidates({self.pending} | asked)[: max(need, 0)]
+        self.used.update(found)
+        asked.update(found)
+        return found
 
     def _close_combine(self, phase: str) -> None:
-        decryptor = self.role.get(phase)
+        decryptors = self.role.get(phase, [])
         verify = self.verify_phases[self.combine_phases.index(phase)]
         t = self.public.threshold
-        if decryptor is not None:
-            reply = self.replies.get(phase)
+        if decryptors:
+            decryptor = decryptors[0]
+            reply = self.replies.get((phase, decryptor))
             if reply is None or reply[0] == "disputed":
                 self.failed.add(decryptor)
                 self.avoid.add(decryptor)
@@ -731,39 +749,48 @@ class _Aggregator(SumAggregator):
                 self.pending = decryptor
                 self.claims[decryptor] = reply
                 self.decrypted_by.append(decryptor)
-        self.role[verify] = None
+        self.role[verify] = []
         if self.pending is not None and self.sealed is None:
-            verifier = self._next_verifier()
-            if verifier is None and len(self._named) == 1:
+            if self._needed() == 0:
                 self._accept(self.claims[self.pending], [self.pending])  # one contributor: no verifier
-            self.role[verify] = verifier
+            else:
+                self.role[verify] = self._assign_verifiers()
 
     def _close_verify(self, phase: str) -> None:
-        verifier = self.role.get(phase)
-        if verifier is not None and self.sealed is None and self.pending is not None:
-            first, second = self.claims[self.pending], self.replies.get(phase)
-            if second is None:
-                self.failed.add(verifier)
-                self.avoid.add(verifier)
-                self.failures.append(f"the verifier {verifier} dropped or answered nothing valid")
-            elif second[0] == "sealed" and first[1] == second[1] and hmac.compare_digest(first[2], second[2]):
-                self._accept(first, [self.pending, verifier])
-            else:
-                self.disputes.append((self.pending, verifier))
-                self.avoid |= {self.pending, verifier}
-                self.failures.append(
-                    f"the verifier {verifier} contradicts the decryptor {self.pending} ({second[0]})"
-                )
-                # One dispute is one word against another: the same claim goes to another verifier.
-                # Two verifiers against it: a new decryption; who lied is judged once one is confirmed.
-                if sum(1 for d, _ in self.disputes if d == self.pending) >= 2:
-                    self.pending = None
+        if self.sealed is None and self.pending is not None:
+            first = self.claims[self.pending]
+            for verifier in self.role.get(phase, []):
+                second = self.replies.get((phase, verifier))
+                if second is None:
+                    self.failed.add(verifier)
+                    self.avoid.add(verifier)
+                    self.failures.append(f"the verifier {verifier} dropped or answered nothing valid")
+                elif (
+                    second[0] == "sealed"
+                    and first[1] == second[1]
+                    and hmac.compare_digest(first[2], second[2])
+                ):
+                    self.agreed[self.pending].add(verifier)
+                else:
+                    self.disputes.append((self.pending, verifier))
+                    self.avoid |= {self.pending, verifier}
+                    self.failures.append(
+                        f"the verifier {verifier} contradicts the decryptor {self.pending} ({second[0]})"
+                    )
+            if len(self.agreed[self.pending]) >= self._needed():
+                self._accept(first, [self.pending, *sorted(self.agreed[self.pending])])
+            elif sum(1 for d, _ in self.disputes if d == self.pending) >= 2:
+                # Two verifiers against the claim: a new decryption, by someone else. The decryptor
+                # takes no further role this round; who lied is judged once a claim is confirmed.
+                self.failed.add(self.pending)
+                self.pending = None
         if self.sealed is not None:
             return
         index = self.verify_phases.index(phase)
         if index + 1 < len(self.combine_phases):
             combine = self.combine_phases[index + 1]
-            self.role[combine] = None if self.pending is not None else self._next_decryptor()
+            decryptor = None if self.pending is not None else self._next_decryptor()
+            self.role[combine] = [decryptor] if decryptor else []
             return
         seen = sorted(set(self.decrypted_by))
         outcome = (
@@ -778,12 +805,13 @@ class _Aggregator(SumAggregator):
         )
 
     def _distrust_agreed_bad(self) -> None:
-        """Two combiners that name the same holders' shares bad: those holders are distrusted."""
+        """t combiners that name the same holders' shares bad: those holders are distrusted."""
         lists = {}
         for combiner, bad in self.shorts:
             lists.setdefault(tuple(bad), set()).add(combiner)
         for bad, combiners in lists.items():
-            if bad and len(combiners) >= 2:
+            # t combiners: at least one honest (t − 1 colluders agreeing must not distrust anyone).
+            if bad and len(combiners) >= self.public.threshold:
                 for holder in bad:
                     self.culprits_[holder] = (
                         "sent decryption shares whose proof failed "
@@ -802,17 +830,20 @@ class _Aggregator(SumAggregator):
             )
         return holders
 
-    def _close_attestations(self, phase: str, survivors: frozenset[str]) -> None:
+    def _close_attestations(self, survivors: frozenset[str]) -> None:
         """Every contributor must attest its contribution to this sum, and the attested D's must
-        multiply to the sum's γ-combination; otherwise the sum is re-formed without the contributors
-        that did not (once: ``reattest``) — holders share only for a fully attested sum."""
+        multiply to the sum's γ-combination; otherwise the round fails before anything is decrypted.
+        The sum is never re-formed and attested again: a party attests once a round, so two sums of
+        one round cannot both gather the attestations of an honest party (attacker 3-1: a victim left
+        on the first sum shared for it while the others moved on, and the two sums differed by it)."""
         missing = {p for p in self._named if p not in self.attested or p not in survivors}
         if not missing:
             gammas = attestation.coefficients(self.ctx.session, self.ctx.round, self._digest, self.count)
             ciphertexts = _split_ciphertexts(self._sum, self.public, self.count)
             values = [self.attested[p] for p in self._named]
             if attestation.matches_sum(self.public.paillier, ciphertexts, gammas, values):
-                self.retry = False
+                for party in self._named:
+                    self.misses.pop(party, None)
                 return
             # Someone attested a D other than its own ciphertexts' combination. Only an attack gets
             # here, so finding who (one K-base multi-exponentiation per contributor) is affordable.
@@ -821,20 +852,16 @@ class _Aggregator(SumAggregator):
                 if tp.multi_power(self._ciphertexts(party), gammas, nsq) != self.attested[party]:
                     missing.add(party)
                     self.culprits_[party] = "attested a contribution other than the ciphertexts it sent"
-        if phase == REATTEST:
-            raise RoundFailed(
-                f"paillier-threshold: {', '.join(sorted(missing))} did not attest the re-formed sum; nothing "
-                "was decrypted and the model is unchanged"
-            )
-        keep = self.contributors_ - missing
-        if len(keep) < max(1, self.ctx.min_parties):
-            raise RoundFailed(
-                f"paillier-threshold: {len(keep)} contributions were attested, fewer than min_parties "
-                f"({self.ctx.min_parties}); nothing was decrypted and the model is unchanged"
-            )
-        self._form_sum(keep)
-        self._holders()
-        self.retry = True
+                    self.excluded.add(party)
+        # A contributor that did not attest sits out the next rounds, twice as long each time in a
+        # row (a party dropping here on purpose would otherwise fail every round); liars for good.
+        for party in missing - self.excluded:
+            misses = self.misses[party] = self.misses.get(party, 0) + 1
+            self.benched[party] = self.ctx.round + 1 + min(2 ** (misses - 1), BENCH_LIMIT)
+        raise RoundFailed(
+            f"paillier-threshold: {', '.join(sorted(missing))} did not attest the sum; nothing was decrypted "
+            "and the model is unchanged (they sit out the next rounds)"
+        )
 
     def _accept(self, reply: tuple, combiners: list[str]) -> None:
         self.sealed = reply[2]
@@ -890,7 +917,6 @@ class _ThresholdParty(_Party):
         self._handlers = {
             ENCRYPT: self._encrypt,
             ATTEST: self._attest,
-            REATTEST: self._attest,
             SHARE: self._share,
             **{phase: self._combine for pair in attempt_phases(share.public) for phase in pair},
         }
@@ -934,12 +960,8 @@ class _ThresholdParty(_Party):
         opening = self.scheme.openings.get(self.me)
         if opening is None or opening[:2] != (self.ctx.session, self.ctx.round):
             raise ProtocolError("this party holds no opening of a contribution to this round")
-        earlier = self._attested.get(self.ctx.round)
-        if earlier is not None and not set(contributors) < set(earlier[0]):
-            # The only second attestation of a round: the sum re-formed without some contributors.
-            raise ProtocolError(
-                "a second attestation in a round is only for the sum without some contributors"
-            )
+        if self.ctx.round in self._attested:
+            raise ProtocolError("this party attests one sum a round; a second attestation is refused")
         _, _, plaintexts, seed = opening
         public = self.material.public.paillier
         gammas = attestation.coefficients(self.ctx.session, self.ctx.round, digest, len(plaintexts))
