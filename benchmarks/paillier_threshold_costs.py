@@ -50,6 +50,7 @@ from securefl.layers.paillier_threshold import (
     SHARE,
     VERIFY,
     PaillierThreshold,
+    check_attestation,
     share_file_name,
 )
 from securefl.layers.shared_key import DECRYPT, ENCRYPT, sum_digest
@@ -150,8 +151,9 @@ def measure(
         attest_times.append(time.perf_counter() - start)
         attestations[party.me] = decode_record(answer, b"TATr", {}, ("attestation",))[1]["attestation"]
     start = time.perf_counter()
-    attestation.check(
-        public,
+    check_attestation(
+        threshold_layer.public,
+        names_in[0],
         attestations[names_in[0]],
         attestation.context(ctx.session, ctx.round, names_in[0], sorted(names_in), digest),
         count,
