@@ -420,6 +420,8 @@ def test_complete_graph_secagg_at_ten_thousand_parties_is_refused_with_an_estima
     assert check_scale("secagg+", 10_000, 10_000, available=machine)["neighbours"] < 60
     assert check_scale("plain", 10_000, 10_000, available=machine)["memory_gib"] < 10
     assert check_scale("secagg", 1000, 100_000, available=machine)["neighbours"] == 999
+    with pytest.raises(ConfigError, match=r"7,499 neighbours .* header"):  # fits memory, not a header
+        check_scale("secagg", 7500, 100, available=machine)
 
 
 def test_fitted_growth():

@@ -23,12 +23,15 @@ from securefl import bench
 from securefl.errors import ConfigError
 from securefl.federation import Federation
 from securefl.simulation import RayBackend
+from securefl.wire import MAX_HEADER_BYTES
 
-# Bytes per party per parameter, measured at 1,000 parties × 100k parameters with secagg+ on 2 actors:
-# the aggregator (the round's requests, replies and sums) and the actors (each party's update, the
-# global model it keeps and its protected vector; peak, with Ray's copies).
+# Bytes per party per parameter, with a margin over what protocols/simulation.md measures (secagg+,
+# 2 actors): the aggregator (the phase's replies in flight, the sum; ~10-14 measured at 1,000 ×
+# 100k and 10,000 × 10k) and the actors (each party's data and update while it is needed; the
+# global model is shared per actor; ~15 measured at 1,000 × 100k, ~22 at 10,000 × 10k with the
+# parties' fixed overhead; peak, with Ray's copies).
 AGGREGATOR_BYTES_PER_PARAM = 14
-ACTOR_BYTES_PER_PARAM = 60
+ACTOR_BYTES_PER_PARAM = 30
 # Bytes the aggregator routes and holds per pair of neighbours in SecAgg: an advertised key pair with
 # its signature, a sealed share pair and its unmasking share (~300 bytes, protocols/secagg.md sizes).
 NEIGHBOUR_BYTES = 300
@@ -53,8 +56,12 @@ def estimate(privacy: str, parties: int, params: int) -> dict[str, float]:
     }
 
 
-def check_scale(privacy: str, parties: int, params: int, available: float | None = None) -> dict[str, float]:
-    """Refuse, with the estimate, a round that would not fit in this machine's memory."""
+def check_scale(
+    privacy: str, parties: int, params: int, available: float | None = None, id_length: int = 6
+) -> dict[str, float]:
+    """Refuse, with the estimate, a round that would not fit in this machine's memory — or, for
+    secagg's complete graph, in a message header: its share and masked phases name each party's
+    n − 1 neighbours (ids of ``id_length`` characters) in a header of at most 64 KiB."""
     est = estimate(privacy, parties, params)
     available = bench._available_memory() if available is None else available
     if est["memory_gib"] * 2**30 > 0.8 * available:
@@ -69,6 +76,14 @@ def check_scale(privacy: str, parties: int, params: int, available: float | None
             f"{est['memory_gib']:.1f} GiB ({est['aggregator_gib']:.1f} GiB in the aggregator, "
             f"{est['actors_gib']:.1f} GiB on the actors) and ~{est['mask_cpu_seconds']:,.0f} CPU seconds of "
             f"masking; {available / 2**30:.1f} GiB are available: {hint}"
+        )
+    named = (parties - 1) * (id_length + 3) + 1024
+    if privacy == "secagg" and named > MAX_HEADER_BYTES:
+        raise ConfigError(
+            f"secagg with {parties:,} parties names each party's {parties - 1:,} neighbours in its share "
+            f"and masked messages: ~{named:,} bytes of header where the wire format allows "
+            f"{MAX_HEADER_BYTES:,} (and about {est['memory_gib']:.1f} GiB, ~{est['mask_cpu_seconds']:,.0f} "
+            "CPU seconds of masking); secagg+ masks with O(log n) neighbours"
         )
     return est
 
@@ -160,7 +175,7 @@ def scale_round(
     """``selection``: as Federation's (e.g. ``{"kind": "fixed", "count": 5000}``): a cohort drawn
     from the whole population; parties never selected are never built on their actors."""
     backend = backend or RayBackend()
-    check_scale(privacy, parties, params)
+    check_scale(privacy, parties, params, id_length=6)  # the ids below: p00000 ...
     started = time.perf_counter()
     ids = [f"p{i:05d}" for i in range(parties)]
     factory = bench.BenchClients(seed, params)
