@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
@@ -237,7 +237,16 @@ def test_distributed_dp_budget_and_ledger_from_a_flower_run_audit(tmp_path, caps
     assert out["records"] >= 2
 
 
-def test_messages_without_securefl_pass_through_the_mod():
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Flower stamps new messages with the process's task identity (set inside a run)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+def test_messages_without_securefl_pass_through_the_mod(task_identity):
     """The mod answers only securefl's train messages: the app's own messages reach the app."""
     secure = SecureFL(privacy="secagg+")
     seen = []
@@ -251,3 +260,85 @@ def test_messages_without_securefl_pass_through_the_mod():
 
 
 logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+# --- without a simulation: the record layout, hello and the transport on a scripted grid -------------
+
+
+class ScriptedGrid:
+    """A grid whose nodes answer with ``answer(message) -> Message | None`` (None: no reply)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def get_node_ids(self):
+        return [11, 12, 13]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [reply for m in messages if (reply := self.answer(m)) is not None]
+
+
+def test_hello_refuses_a_name_two_nodes_claim_and_names_that_are_not_party_ids(task_identity):
+    from securefl.flower.records import hello_content
+    from securefl.flower.server import hello
+
+    names = {11: "alice", 12: "alice", 13: "bob", 14: "not a name!"}
+
+    def answer(message):
+        return Message(hello_content(names[message.metadata.dst_node_id]), reply_to=message)
+
+    assert hello(ScriptedGrid(answer), [11, 12, 13, 14], 1.0) == {"bob": 13}
+
+
+def test_the_transport_turns_error_replies_into_withdraws_and_drops_malformed_ones(task_identity):
+    from flwr.app import Error
+
+    from securefl.flower.records import envelope_of, reply_content
+    from securefl.flower.server import FlowerTransport
+    from securefl.wire import REQUEST, WITHDRAW, Envelope
+
+    session = "ab" * 16
+
+    def answer(message):
+        node = message.metadata.dst_node_id
+        if node == 11:
+            return Message(Error(code=2, reason="secret training detail"), reply_to=message)
+        if node == 12:
+            return Message(
+                RecordDict({"securefl": ConfigRecord({"envelope": "not bytes"})}), reply_to=message
+            )
+        return Message(reply_content(envelope_of(message)), reply_to=message)  # echo
+
+    transport = FlowerTransport(ScriptedGrid(answer), setup="{}")
+    requests = {
+        str(n): Envelope(REQUEST, session, 3, "share", str(n), {"layer": b"x"}).encode() for n in (11, 12, 13)
+    }
+    replies = {r.sender: r.data for r in transport.exchange(requests, 1.0)}
+    assert set(replies) == {"11", "13"}
+    withdraw = Envelope.decode(replies["11"])
+    assert withdraw.kind == WITHDRAW and (withdraw.round, withdraw.phase) == (3, "share")
+    assert withdraw.parts["reason"] == b"Flower error reply (code 2: the ClientApp raised)"
+    assert replies["13"] == requests["13"]
+    (timing,) = transport.timings
+    assert (timing.round, timing.phase, timing.replies, timing.errors) == (3, "share", 1, 2)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "{",
+        '{"v": 2, "arrays": [["w", [2], "<f4"]], "population": 3}',
+        '{"v": 1, "arrays": [["w", [2], "<i8"]], "population": 3}',
+        '{"v": 1, "arrays": [["w", [2], "<f4"], ["w", [1], "<f4"]], "population": 3}',
+        '{"v": 1, "arrays": [["w", [-1], "<f4"]], "population": 3}',
+        '{"v": 1, "arrays": [["w", [2], "<f4"]], "population": 0}',
+        '{"v": 1, "arrays": [], "population": 3}',
+    ],
+)
+def test_a_malformed_setup_record_is_a_wire_error(text):
+    from securefl.errors import WireError
+    from securefl.flower.records import Setup
+
+    with pytest.raises(WireError):
+        Setup.decode(text)

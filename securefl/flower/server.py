@@ -125,7 +125,7 @@ class FlowerTransport(Transport):
                 seconds,
                 down,
                 sum(message_bytes(r) for r in replies),
-                len(out) - errors,
+                len(out) - fabricated,
                 errors,
             )
         )
