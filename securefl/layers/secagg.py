@@ -1069,12 +1069,12 @@ class _Party(SumParty):
             request, b"SAUq", {"disputes": list}, ("survivors", "signers", "signatures", "accusations")
         )
         survivors = self._check_survivors(parts["survivors"])
+        signers = decode_members(self.ctx, parts["signers"], "signers")  # checked in either mode
         if self.identity is not None:
             if survivors != self.signed_survivors:
                 raise ProtocolError(
                     "the aggregator changed the survivor list after it was signed; round aborted"
                 )
-            signers = decode_members(self.ctx, parts["signers"], "signers")
             if not set(signers) <= set(survivors):
                 raise ProtocolError("the signers of the survivor list are not all on it")
             if len(signers) < self.s:
