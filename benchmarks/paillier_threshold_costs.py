@@ -189,7 +189,7 @@ def measure(
     # Threshold: t holders check the attestations and share; the first combines, the second verifies.
     share_request = encode_record(
         b"TSHq",
-        {"contributors": sorted(names_in)},
+        {"contributors": sorted(names_in), "of_round": ctx.round},
         {"sum": summed, "attestations": b"".join(attestations[p] for p in sorted(names_in))},
     )
     share_times, sealed = [], {}
@@ -201,7 +201,7 @@ def measure(
     chosen = sorted(sealed)
     request = encode_record(
         b"TCBq",
-        {"contributors": sorted(names_in), "holders": chosen},
+        {"contributors": sorted(names_in), "holders": chosen, "of_round": ctx.round},
         {"sum": summed, "shares": b"".join(sealed[h] for h in chosen), "claim": b""},
     )
     decryptor, verifier = holder_parties[0], holder_parties[1 % holders]
@@ -214,7 +214,7 @@ def measure(
     if verifier is not decryptor:
         request = encode_record(
             b"TCBq",
-            {"contributors": sorted(names_in), "holders": chosen},
+            {"contributors": sorted(names_in), "holders": chosen, "of_round": ctx.round},
             {"sum": summed, "shares": b"".join(sealed[h] for h in chosen), "claim": parts["claim"]},
         )
         start = time.perf_counter()

@@ -251,13 +251,14 @@ def test_contributors_dropping_or_lying_in_attest_fail_the_round_then_sit_out(ke
     for liar in liars:
         assert "attestation" in report.dropouts[liar]
     kept = [p for p in parties if p not in dropped and p not in liars]
+    enough = max(t, layer_module.quorum(n, t))  # a sum needs more than (invited + t − 1)/2 contributors
     report = fed.run_round()  # the dropouts sit this one out, the liar is refused
-    if len(kept) >= t:
+    if len(kept) >= enough:
         assert report.ok, report.error
         np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, kept), atol=1e-9)
     back = [p for p in parties if p not in liars]
     report = fed.run_round()
-    if len(back) >= t and len(kept) >= t:
+    if len(back) >= enough and len(kept) >= enough:
         assert report.ok, report.error
         expected = mean(deltas, weights, kept) + mean(deltas, weights, back)
         np.testing.assert_allclose(fed.global_vector, expected, atol=1e-9)
@@ -399,9 +400,12 @@ def _answer_as(monkeypatch, liar, rewrite):
 
 def _is_verification(request):
     return bool(
-        decode_record(request, b"TCBq", {"contributors": list, "holders": list}, ("sum", "shares", "claim"))[
-            1
-        ]["claim"]
+        decode_record(
+            request,
+            b"TCBq",
+            {"contributors": list, "holders": list, "of_round": int},
+            ("sum", "shares", "claim"),
+        )[1]["claim"]
     )
 
 
@@ -475,7 +479,10 @@ def test_a_bad_share_sender_blaming_the_other_is_found(keys, monkeypatch):  # no
 
     def blame_other(party, request, header, parts):
         asked = decode_record(
-            request, b"TCBq", {"contributors": list, "holders": list}, ("sum", "shares", "claim")
+            request,
+            b"TCBq",
+            {"contributors": list, "holders": list, "of_round": int},
+            ("sum", "shares", "claim"),
         )
         others = [h for h in asked[0]["holders"] if h != liar]
         return encode_record(b"TCBr", {"status": "short", "bad": others}, {"model": b"", "claim": b""})
@@ -504,7 +511,7 @@ def test_a_party_attests_one_sum_a_round(keys):  # noqa: F811
     party.respond(layer_module.ENCRYPT, b"")
     request = encode_record(b"TATq", {"contributors": _parties(3), "sum": "ab" * 32}, {})
     party._attest(request)
-    other = encode_record(b"TATq", {"contributors": _parties(3)[:2], "sum": "cd" * 32}, {})
+    other = encode_record(b"TATq", {"contributors": _parties(3), "sum": "cd" * 32}, {})
     with pytest.raises(ProtocolError, match="one sum a round"):
         party._attest(other)
 
@@ -541,7 +548,10 @@ def test_t_minus_1_colluders_cannot_distrust_honest_holders(keys, monkeypatch): 
         if self.me not in colluders:
             return real(self, request)
         header, _ = decode_record(
-            request, b"TCBq", {"contributors": list, "holders": list}, ("sum", "shares", "claim")
+            request,
+            b"TCBq",
+            {"contributors": list, "holders": list, "of_round": int},
+            ("sum", "shares", "claim"),
         )
         honest = [h for h in header["holders"] if h not in colluders]
         return encode_record(b"TCBr", {"status": "short", "bad": honest}, {"model": b"", "claim": b""})
@@ -580,3 +590,65 @@ def test_t_minus_1_colluding_combiners_cannot_confirm_a_forged_model(keys, monke
     for _ in range(2):  # (holding a forged record for round 0, they withdraw from later rounds)
         fed.run_round()
         assert not np.any(fed.global_vector >= 999.0)
+
+
+def test_t_minus_1_lying_verifiers_cannot_fail_a_round_after_decryption(keys, monkeypatch):  # noqa: F811
+    """Fourth attacker, 2: t = 3, two colluders dispute every claim they verify. A claim is refuted
+    only by t verifiers and confirmed by t − 1: the honest claims are confirmed, the liars barred."""
+    colluders = {"p03", "p04"}
+    real = layer_module._ThresholdParty._combine
+
+    def combine(self, request):
+        reply = real(self, request)
+        if self.me in colluders and _is_verification(request):
+            return encode_record(b"TCBr", {"status": "disputed", "bad": []}, {"model": b"", "claim": b""})
+        return reply
+
+    monkeypatch.setattr(layer_module._ThresholdParty, "_combine", combine)
+    fed, deltas, weights = federation(keys[(5, 3)], 5)
+    report = fed.run_round()
+    assert report.ok, report.error
+    np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(5)), atol=1e-9)
+    for _ in range(2):
+        assert fed.run_round().ok
+    assert fed.aggregator.secure_sum.barred <= colluders
+
+
+def test_a_root_times_minus_one_is_no_lie(key):
+    """Fourth attacker, 3: a claim whose root is negated has the right plaintexts; the verifier's
+    check (squares) accepts it every time, so no honest verifier disputes it and is judged a liar."""
+    rng = np.random.default_rng(3)
+    dealt = tp.deal(BITS, ["a", "b", "c"], 2)
+    public = dealt.public
+    plaintexts = [int(rng.integers(0, 2**60)) for _ in range(4)]
+    enc = paillier.PublicEncryptor(public.paillier)
+    ciphertexts = [enc.encrypt(m) for m in plaintexts]
+    shares = {
+        dealt.shares[h].index: [tp.decryption_share(dealt.shares[h], c) for c in ciphertexts] for h in "ab"
+    }
+    roots = tp.combine_roots(public, shares)
+    negated = [public.n - roots[0], *roots[1:]]
+    assert all(
+        tp.check_decryption(public.n, public.delta, ciphertexts, negated, plaintexts) for _ in range(20)
+    )
+    wrong = [plaintexts[0] + 1, *plaintexts[1:]]
+    assert not tp.check_decryption(public.n, public.delta, ciphertexts, roots, wrong)
+
+
+def test_a_sum_below_the_quorum_is_not_attested(keys):  # noqa: F811
+    """Fourth attacker, 4: two sums of one round over disjoint halves of the invited parties. A party
+    attests only a sum of more than (invited + t − 1)/2 contributors: two such sums share an honest
+    contributor, which attests one sum a round."""
+    fed, _deltas, _weights = federation(keys[(5, 3)], 5)
+    party = fed.nodes["p00"].secure_sum
+    from securefl.layers.base import RoundContext
+
+    party.start_round(
+        RoundContext("ab" * 16, 0, tuple(_parties(5)), 7, True, 1), lambda: np.zeros(7, np.uint64)
+    )
+    party.attach_fuser(lambda total, contributors=None: np.zeros(7))
+    party.respond(layer_module.ENCRYPT, b"")
+    assert layer_module.quorum(5, 3) == 4
+    half = encode_record(b"TATq", {"contributors": _parties(5)[:3], "sum": "ab" * 32}, {})
+    with pytest.raises(ProtocolError, match="quorum"):
+        party._attest(half)

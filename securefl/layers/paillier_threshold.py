@@ -19,6 +19,7 @@ share file per party, a public file for the aggregator. Specification:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -321,6 +322,29 @@ def check_attestation(
     return attestation.check(public.paillier, blob, ctx, count)
 
 
+def quorum(invited: int, threshold: int) -> int:
+    """Fewest contributors of a sum: more than (invited + t − 1)/2, so that two sums of one round
+    share more than t − 1 contributors, hence an honest one, which attests one sum a round — an
+    aggregator cannot split a round's honest contributors into sums decrypted apart (fourth
+    attacker, 4)."""
+    return (invited + threshold - 1) // 2 + 1
+
+
+def _exposed_contributors(names: Any, ctx: RoundContext, public: tp.ThresholdPublicKey) -> tuple[str, ...]:
+    """The contributors of an earlier round's exposed sum: distinct holders of the key, at least this
+    party's min_parties of them (its own round's invitation is not known to a party outside it)."""
+    if (
+        not isinstance(names, list)
+        or any(not isinstance(n, str) or n not in public.holders for n in names)
+        or len(set(names)) != len(names)
+        or names != sorted(names)
+    ):
+        raise ProtocolError("an exposed sum names distinct holders of the key, sorted")
+    if len(names) < max(1, ctx.min_parties):
+        raise ProtocolError(f"an exposed sum of {len(names)} contributors is below min_parties")
+    return tuple(names)
+
+
 def _split_ciphertexts(blob: bytes, public: tp.ThresholdPublicKey, count: int) -> list[int]:
     width = public.paillier.ciphertext_bytes
     if len(blob) != count * width:
@@ -461,6 +485,7 @@ class _Aggregator(SumAggregator):
         self.distrusted: set[str] = set()  # holders whose shares two combiners found wrong
         self.combine_phases, self.verify_phases = attempt_phases(public)
         self.barred: set[str] = set()  # combiners caught lying: never a combiner again
+        self.exposed: dict | None = None  # a sum whose shares went out without a model (above)
         self.excluded: set[str] = set()  # contributors caught lying in an attestation: never summed
         self.benched: dict[str, int] = {}  # contributor -> first round it is summed again
         self.misses: dict[str, int] = {}  # contributor -> attestations missed in a row
@@ -471,9 +496,25 @@ class _Aggregator(SumAggregator):
         return (ENCRYPT, ATTEST, SHARE, *attempts)
 
     def start_round(self, ctx: RoundContext) -> None:
+        # A round that let its shares out and released no model left its sum exposed: the next
+        # rounds complete THAT sum (spec, "Exposed sums") until one releases its model.
+        if getattr(self, "sealed", None) is not None:
+            self.exposed = None
+        elif getattr(self, "shares_out", False) and self.exposed is None:
+            self.exposed = {
+                "round": self.ctx.round,
+                "named": list(self._named),
+                "sum": self._sum,
+                "digest": self._digest,
+                "attestations": dict(self.attestations),
+            }
+        self.shares_out = False
+        self.completing = self.exposed is not None
+        self.of_round = self.exposed["round"] if self.completing else ctx.round
         self.ctx = ctx
         self.count = self.scheme._count(ctx)
         self.combined = None
+        self.pool: list[str] = []  # the parties combiners are drawn from
         self.contributors_: set[str] = set()
         self.payloads: dict[str, bytes] = {}  # each contribution, to re-form the sum or find a liar
         self.attested: dict[str, int] = {}  # contributor -> its attested D for the current sum
@@ -534,15 +575,19 @@ class _Aggregator(SumAggregator):
 
     def request(self, phase: str, party: str) -> bytes:
         if phase == ATTEST:
-            if party not in self.contributors_:
+            if party not in self.contributors_ or self.completing:
                 return encode_record(b"TATq", {"contributors": [], "sum": ""}, {})
             return encode_record(b"TATq", {"contributors": self._named, "sum": self._digest}, {})
         if phase == SHARE:
             if party not in self.asked:
-                return encode_record(b"TSHq", {"contributors": []}, {"sum": b"", "attestations": b""})
+                return encode_record(
+                    b"TSHq",
+                    {"contributors": [], "of_round": self.of_round},
+                    {"sum": b"", "attestations": b""},
+                )
             return encode_record(
                 b"TSHq",
-                {"contributors": self._named},
+                {"contributors": self._named, "of_round": self.of_round},
                 {
                     "sum": self._sum_bytes(),
                     "attestations": b"".join(self.attestations[p] for p in self._named),
@@ -552,14 +597,14 @@ class _Aggregator(SumAggregator):
             if party not in self.role.get(phase, ()):
                 return encode_record(
                     b"TCBq",
-                    {"contributors": [], "holders": []},
+                    {"contributors": [], "holders": [], "of_round": self.of_round},
                     {"sum": b"", "shares": b"", "claim": b""},
                 )
             holders = sorted(self.sealed_shares)
             claim = self.claims[self.pending][3] if phase in self.verify_phases else b""
             return encode_record(
                 b"TCBq",
-                {"contributors": self._named, "holders": holders},
+                {"contributors": self._named, "holders": holders, "of_round": self.of_round},
                 {
                     "sum": self._sum_bytes(),
                     "shares": b"".join(self.sealed_shares[h] for h in holders),
@@ -592,7 +637,7 @@ class _Aggregator(SumAggregator):
             self.payloads[party] = payload
         elif phase == ATTEST:
             _, parts = decode_record(payload, b"TATr", {}, ("attestation",))
-            if party not in self.contributors_:
+            if party not in self.contributors_ or self.completing:
                 if parts["attestation"]:
                     raise ProtocolError("sent an attestation it was not asked for")
                 return
@@ -660,14 +705,37 @@ class _Aggregator(SumAggregator):
 
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         t = self.public.threshold
-        if phase == ENCRYPT:
+        if phase == ENCRYPT and self.completing:
+            # This round's contributions are not summed: the exposed sum is decrypted instead, by any
+            # t live holders (they check its attestations, made in its own round).
+            self._named, self._sum = self.exposed["named"], self.exposed["sum"]
+            self._digest, self.attestations = self.exposed["digest"], self.exposed["attestations"]
+            self.contributors_ = set(self._named)
+            self.pool = sorted(p for p in survivors if p in self.public.holders)
+        elif phase == ENCRYPT:
             if not self.contributors_ & survivors:
                 raise RoundFailed("paillier-threshold: no ciphertexts arrived")
             self._form_sum(self.contributors_ & survivors)
+            self.pool = list(self._named)
             self._holders()
+            needed = quorum(len(self.ctx.parties), t)
+            if len(self._named) < needed:
+                raise RoundFailed(
+                    f"paillier-threshold: {len(self._named)} of {len(self.ctx.parties)} invited parties "
+                    f"contributed, below the quorum of {needed} (more than half of the invited plus t − 1); "
+                    "nothing was decrypted and the model is unchanged"
+                )
         elif phase == ATTEST:
-            self._close_attestations(survivors)
-            ordered = self._rotation(self._holders())
+            if not self.completing:
+                self._close_attestations(survivors)
+            live = [p for p in self.pool if p in survivors]
+            holders = [p for p in live if p in self.public.holders and p not in self.distrusted]
+            if len(holders) < t:
+                raise RoundFailed(
+                    f"paillier-threshold: only {len(holders)} trusted key-share holders are live, {t} are "
+                    "needed to decrypt; nothing was decrypted and the model is unchanged"
+                )
+            ordered = self._rotation(holders)
             self.asked = sorted(ordered[: self.share_holders] if self.share_holders else ordered)
         elif phase == SHARE:
             self.sealed_shares = {p: s for p, s in self.sealed_shares.items() if p in survivors}
@@ -676,6 +744,7 @@ class _Aggregator(SumAggregator):
                     f"paillier-threshold: {len(self.sealed_shares)} holders sent decryption shares, {t} are "
                     "needed; nothing was revealed and the model is unchanged"
                 )
+            self.shares_out = True  # t shares are out: any party holding the model key can decrypt
             self.decryptor = self._next_decryptor()
             self.role[self.combine_phases[0]] = [self.decryptor] if self.decryptor else []
         elif phase in self.combine_phases:
@@ -696,13 +765,13 @@ class _Aggregator(SumAggregator):
     def _needed(self) -> int:
         """Verifiers that must confirm a claim: t − 1, so that with its decryptor t parties agree and
         at least one of them is honest (at most t − 1 collude); one while another contributor exists."""
-        return 0 if len(self._named) == 1 else max(1, self.public.threshold - 1)
+        return 0 if len(self.pool) == 1 else max(1, self.public.threshold - 1)
 
     def _candidates(self, exclude: set[str]) -> list[str]:
         """Contributors that may take a role (every contributor holds the model key, hence can open
         the shares): never one barred or failed this round; in the rotation's order, those without a
         role yet first and those in a dispute last."""
-        allowed = [p for p in self._rotation(self._named) if p not in self.barred | self.failed | exclude]
+        allowed = [p for p in self._rotation(self.pool) if p not in self.barred | self.failed | exclude]
         disputed = {p for pair in self.disputes for p in pair}
         return sorted(allowed, key=lambda p: (p in disputed, p in self.used))  # stable: keeps the rotation
 
@@ -777,11 +846,18 @@ class _Aggregator(SumAggregator):
                     self.failures.append(
                         f"the verifier {verifier} contradicts the decryptor {self.pending} ({second[0]})"
                     )
+            # A claim is decided by its verifiers' deterministic checks: confirmed by t − 1 (with its
+            # decryptor, t parties: one honest), refuted by t (one honest); undecided, it goes to
+            # more verifiers. t − 1 colluders can neither confirm nor refute a claim alone.
+            disputed = [v for d, v in self.disputes if d == self.pending]
             if len(self.agreed[self.pending]) >= self._needed():
                 self._accept(first, [self.pending, *sorted(self.agreed[self.pending])])
-            elif sum(1 for d, _ in self.disputes if d == self.pending) >= 2:
-                # Two verifiers against the claim: a new decryption, by someone else. The decryptor
-                # takes no further role this round; who lied is judged once a claim is confirmed.
+            elif len(disputed) >= self.public.threshold:
+                for liar in [self.pending, *sorted(self.agreed[self.pending])]:
+                    self.culprits_[liar] = (
+                        f"claimed or confirmed a decryption that {len(disputed)} verifiers refuted"
+                    )
+                    self.barred.add(liar)
                 self.failed.add(self.pending)
                 self.pending = None
         if self.sealed is not None:
@@ -868,6 +944,8 @@ class _Aggregator(SumAggregator):
         # Judge the round's earlier disagreements against the confirmed record: proofs and the
         # batch check are deterministic, so whoever contradicts the record lied.
         for decryptor, verifier in self.disputes:
+            if decryptor in self.barred:
+                continue  # its claim was refuted: its disputers were right
             earlier = self.claims[decryptor]
             same = earlier[1] == reply[1] and hmac.compare_digest(earlier[2], reply[2])
             # Claims are sealed deterministically (SIV): an honest claim is byte-identical to the
@@ -939,12 +1017,24 @@ class _ThresholdParty(_Party):
         self.done.add(phase)
         return handler(request)
 
-    def _checked_request(self, names: list, blob: bytes) -> tuple[tuple[str, ...], list[int], str]:
+    def _request_sum(
+        self, names: list, of_round: Any, blob: bytes
+    ) -> tuple[tuple[str, ...], list[int], str, RoundContext]:
+        """The sum a share or combine request names: this round's (contributors checked against
+        this round's invitation), or an earlier round's exposed sum being completed. Returns the
+        contributors, ciphertexts, digest and the context of the round the sum belongs to."""
         if ENCRYPT not in self.done:
             raise ProtocolError("asked about a sum before contributing to it")
-        contributors = _contributor_list(names, self.ctx, self.me)
+        if isinstance(of_round, bool) or not isinstance(of_round, int) or not 0 <= of_round <= self.ctx.round:
+            raise ProtocolError("a sum request names no round up to this one")
+        if of_round == self.ctx.round:
+            contributors, sum_ctx = _contributor_list(names, self.ctx, self.me), self.ctx
+        else:
+            contributors = _exposed_contributors(names, self.ctx, self.material.public)
+            sum_ctx = dataclasses.replace(self.ctx, round=of_round)
         ciphertexts = _split_ciphertexts(blob, self.material.public, self.scheme._count(self.ctx))
-        return contributors, ciphertexts, sum_digest(blob)
+        digest = sum_digest(blob)
+        return contributors, ciphertexts, digest, sum_ctx
 
     def _attest(self, request: bytes) -> bytes:
         """Prove knowledge of this party's own contribution to the sum named (by its digest)."""
@@ -954,6 +1044,12 @@ class _ThresholdParty(_Party):
         if ENCRYPT not in self.done:
             raise ProtocolError("asked to attest a sum before contributing to it")
         contributors = _contributor_list(header["contributors"], self.ctx, self.me)
+        needed = quorum(len(self.ctx.parties), self.material.public.threshold)
+        if len(contributors) < needed:
+            raise ProtocolError(
+                f"a sum of {len(contributors)} of the {len(self.ctx.parties)} invited parties is below the "
+                f"quorum of {needed}: two such sums of one round could split the honest contributors"
+            )
         digest = header["sum"]
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise ProtocolError("the attest request's sum digest is not 64 lowercase hex digits")
@@ -974,42 +1070,54 @@ class _ThresholdParty(_Party):
         return encode_record(b"TATr", {}, {"attestation": signed})
 
     def _check_attestations(
-        self, contributors: tuple[str, ...], ciphertexts: list[int], digest: str, blob: bytes
+        self,
+        contributors: tuple[str, ...],
+        ciphertexts: list[int],
+        digest: str,
+        blob: bytes,
+        sum_ctx: RoundContext,
     ) -> None:
         """A holder shares only for a sum every named contributor attested (spec, "Attestations"):
-        each proof of plaintext knowledge holds and the attested D's multiply to the γ-combination."""
+        each proof of plaintext knowledge holds and the attested D's multiply to the γ-combination.
+        A sum of this round: only one this party attested itself, with its own attestation in its
+        slot. An exposed sum of an earlier round: its attestations of that round."""
         public = self.material.public
         size = attestation_size(public, len(ciphertexts))
         if len(blob) != size * len(contributors):
             raise WireError("the share request does not carry one attestation per contributor")
-        mine = self._attested.get(self.ctx.round)
-        if mine is None or mine[0] != contributors or mine[1] != digest:
-            raise ProtocolError("asked to share for a sum this party did not attest its contribution to")
         pieces = {party: blob[k * size : (k + 1) * size] for k, party in enumerate(contributors)}
-        if not hmac.compare_digest(pieces[self.me], mine[2]):
-            raise ProtocolError(
-                "the share request carries an attestation in this party's name it did not make"
-            )
+        if sum_ctx.round == self.ctx.round:
+            mine = self._attested.get(self.ctx.round)
+            if mine is None or mine[0] != contributors or mine[1] != digest:
+                raise ProtocolError("asked to share for a sum this party did not attest its contribution to")
+            if not hmac.compare_digest(pieces[self.me], mine[2]):
+                raise ProtocolError(
+                    "the share request carries an attestation in this party's name it did not make"
+                )
         values = [
             check_attestation(
                 public,
                 party,
                 pieces[party],
-                attestation.context(self.ctx.session, self.ctx.round, party, contributors, digest),
+                attestation.context(sum_ctx.session, sum_ctx.round, party, contributors, digest),
                 len(ciphertexts),
             )
             for party in contributors
         ]
-        gammas = attestation.coefficients(self.ctx.session, self.ctx.round, digest, len(ciphertexts))
+        gammas = attestation.coefficients(sum_ctx.session, sum_ctx.round, digest, len(ciphertexts))
         if not attestation.matches_sum(public.paillier, ciphertexts, gammas, values):
             raise ProtocolError("the sum is not the product of the attested contributions: no shares")
 
     def _share(self, request: bytes) -> bytes:
-        header, parts = decode_record(request, b"TSHq", {"contributors": list}, ("sum", "attestations"))
+        header, parts = decode_record(
+            request, b"TSHq", {"contributors": list, "of_round": int}, ("sum", "attestations")
+        )
         if not parts["sum"]:
             return encode_record(b"TSHr", {}, {"sealed": b""})
-        contributors, ciphertexts, digest = self._checked_request(header["contributors"], parts["sum"])
-        self._check_attestations(contributors, ciphertexts, digest, parts["attestations"])
+        contributors, ciphertexts, digest, sum_ctx = self._request_sum(
+            header["contributors"], header["of_round"], parts["sum"]
+        )
+        self._check_attestations(contributors, ciphertexts, digest, parts["attestations"], sum_ctx)
         key: tp.KeyShare = self.material
         ys = compute_shares(key, ciphertexts, self.workers)
         proof = tp.prove(key, ciphertexts, ys, tp.context(self.ctx.session, self.ctx.round, self.me, digest))
@@ -1062,13 +1170,18 @@ class _ThresholdParty(_Party):
 
     def _combine(self, request: bytes) -> bytes:
         header, parts = decode_record(
-            request, b"TCBq", {"contributors": list, "holders": list}, ("sum", "shares", "claim")
+            request,
+            b"TCBq",
+            {"contributors": list, "holders": list, "of_round": int},
+            ("sum", "shares", "claim"),
         )
         if not parts["sum"]:
             return encode_record(b"TCBr", {"status": "none", "bad": []}, {"model": b"", "claim": b""})
         if self.fuse is None:
             raise ProtocolError("asked to combine without a fuser")
-        contributors, ciphertexts, digest = self._checked_request(header["contributors"], parts["sum"])
+        contributors, ciphertexts, digest, sum_ctx = self._request_sum(
+            header["contributors"], header["of_round"], parts["sum"]
+        )
         # Several roles in a round (a decryption, then verifying another's claim) are allowed, all for
         # one sum: its records are deterministic, so the party never seals two contents under a label.
         if self._combined.get(self.ctx.round, (contributors, digest)) != (contributors, digest):
@@ -1116,7 +1229,8 @@ class _ThresholdParty(_Party):
             # aggregator can tell a decryptor that lied in its claim from a verifier that lied about it.
             claim_out = _seal_model(claim_key, blob, claim_aad)
         try:
-            total = self.scheme.unpad_and_unpack(key, plaintexts, contributors, self.ctx)
+            # The pads are those of the sum's own round (an exposed sum completed later keeps them).
+            total = self.scheme.unpad_and_unpack(key, plaintexts, contributors, sum_ctx)
             model = self.fuse(total, contributors=len(contributors))
             record_plain = _record_plaintext(_MODEL, model, self.ctx.vector_size)
         except (ImpossibleSum, UpdateError, ArithmeticError) as exc:
