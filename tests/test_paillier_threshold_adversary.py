@@ -652,3 +652,24 @@ def test_a_sum_below_the_quorum_is_not_attested(keys):  # noqa: F811
     half = encode_record(b"TATq", {"contributors": _parties(5)[:3], "sum": "ab" * 32}, {})
     with pytest.raises(ProtocolError, match="quorum"):
         party._attest(half)
+
+
+def test_an_exposed_sum_is_completed_before_any_new_sum(keys):  # noqa: F811
+    """A round whose shares went out but released no model (every combiner dropped) left its sum
+    exposed: the next round decrypts THAT sum — by any t live holders, even with a contributor of it
+    gone — so its model is released and no second sum of the same updates over another set exists."""
+    faults = Faults()
+    for party in _parties(4):
+        faults.add("offline", party, phase="combine", round=0)
+    faults.add("offline", "p03", round=1)
+    fed, deltas, weights = federation(keys[(4, 2)], 4, faults)
+    report = fed.run_round()
+    assert not report.ok
+    aggregator = fed.aggregator.secure_sum
+    assert aggregator.shares_out
+    report = fed.run_round()
+    assert report.ok, report.error
+    assert aggregator.completing and aggregator.of_round == 0 and aggregator._named == _parties(4)
+    np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(4)), atol=1e-9)
+    report = fed.run_round()  # back to new sums
+    assert report.ok and not aggregator.completing
