@@ -219,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--ray-address", help="join the Ray cluster at HOST:PORT (with --backend ray)")
     bench.add_argument("--ray-actors", type=int, help="Ray actors hosting the parties (default: one per CPU)")
+    bench.add_argument(
+        "--flower",
+        action="store_true",
+        help="side by side in Flower's simulation engine: Flower plain, Flower's SecAgg+, securefl's "
+        "secagg/secagg+ (--parties clients, --params, --repeat rounds; needs securefl[flower])",
+    )
     _add_common(bench)
     audit = sub.add_parser("audit", help="verify a privacy ledger and recompute the ε it records")
     audit.add_argument("ledger", help="path to the ledger (.jsonl)")
@@ -294,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from securefl import bench
+
+    if args.flower:
+        try:
+            from securefl.flower.bench import main as flower_bench
+        except ImportError as exc:
+            raise ConfigError(f"--flower needs Flower: pip install 'securefl[flower]' ({exc})") from None
+        rounds = str(max(args.repeat, 2))
+        return flower_bench(
+            ["--clients", str(args.parties), "--params", str(args.params), "--rounds", rounds]
+        )
 
     layers = [name.strip() for name in args.privacy.split(",") if name.strip()]
     if "plain" not in layers:
