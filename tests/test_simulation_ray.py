@@ -147,6 +147,25 @@ def test_the_aggregator_holds_a_phase_s_shared_parts_once():
     assert all(not isinstance(s, bytes) or len(s) < 300 for s in requests.pieces["a"])
 
 
+def test_a_round_whose_roster_outgrows_a_header_completes():
+    """1,100 parties with 60-character ids: the roster (~67 kB) and the survivor set would not fit
+    a 64 KiB header."""
+    from securefl.wire import MAX_HEADER_BYTES
+
+    ids = [f"{'x' * 55}{i:05d}" for i in range(1100)]
+    assert sum(len(p) + 1 for p in ids) > MAX_HEADER_BYTES
+    clients = dict.fromkeys(ids, fixed_delta_client(np.ones(2), 1))
+    fed = securefl.Federation({"w": np.zeros(2)}, clients, "plain", weighting="uniform")
+    report = fed.run_round()
+    assert report.ok and len(report.survivors) == 1100 and fed.global_vector[0] == 1.0
+    # secagg+ (degree 4, to stay fast): its survivor set would not fit a header either.
+    stack = [securefl.Clip(4.0), securefl.Quantize(16), SecAggPlus(degree=4)]
+    fed = securefl.Federation({"w": np.zeros(2)}, clients, stack, weighting="uniform")
+    report = fed.run_round()
+    assert report.ok and len(report.survivors) == 1100
+    assert np.allclose(fed.global_vector, 1.0, atol=1e-5)
+
+
 def test_parties_in_one_process_share_one_read_only_global_model():
     """A process hosting many parties (a Ray actor) keeps each round's clear global model once."""
     clients = {f"p{i}": fixed_delta_client(np.ones(DIM), 1) for i in range(3)}
