@@ -296,15 +296,7 @@ def test_a_decryptor_lying_short_is_barred_and_the_round_completes(keys, monkeyp
 def test_wrong_shares_under_least_work_are_found_by_two_combiners(keys, monkeypatch):  # noqa: F811
     """share_holders = t: a holder sending wrong shares leaves fewer than t valid ones; two combiners
     name it, it is distrusted, and the next rounds complete without it (attacker B4)."""
-    real = layer_module.compute_shares
-
-    def corrupt(key, ciphertexts, workers):
-        ys = real(key, ciphertexts, workers)
-        if key.holder == "p02":
-            ys[0] = ys[0] * 3 % key.public.n
-        return ys
-
-    monkeypatch.setattr(layer_module, "compute_shares", corrupt)
+    _corrupt_shares_of(monkeypatch, "p02")
     fed, _deltas, _weights = federation(keys[(3, 2)], 3, share_holders=2)
     reports = [fed.run_round() for _ in range(5)]
     aggregator = fed.aggregator.secure_sum
@@ -409,6 +401,28 @@ def _is_verification(request):
     )
 
 
+def _wrong_claim(party, request, header, parts):
+    """As decryptor: the right record beside a claim with its last bit flipped."""
+    if not _is_verification(request) and header["status"] == "sealed":
+        claim = bytearray(parts["claim"])
+        claim[-1] ^= 1
+        return encode_record(b"TCBr", header, {"model": parts["model"], "claim": bytes(claim)})
+    return None
+
+
+def _corrupt_shares_of(monkeypatch, holder):
+    """``holder``'s first decryption share is multiplied by 3 (its proof then fails)."""
+    real = layer_module.compute_shares
+
+    def corrupt(key, ciphertexts, workers):
+        ys = real(key, ciphertexts, workers)
+        if key.holder == holder:
+            ys[0] = ys[0] * 3 % key.public.n
+        return ys
+
+    monkeypatch.setattr(layer_module, "compute_shares", corrupt)
+
+
 @pytest.mark.parametrize("liar", ["p00", "p01", "p02"])
 def test_a_lone_disputer_costs_only_itself(keys, monkeypatch, liar):  # noqa: F811
     """3 holders, t = 2: a verifier disputing a right claim (attacker C2) — another verifier checks
@@ -437,14 +451,7 @@ def test_a_decryptor_with_a_wrong_claim_is_the_one_barred(keys, monkeypatch):  #
     and the verifier is not."""
     liar = "p01"
 
-    def wrong_claim(party, request, header, parts):
-        if not _is_verification(request) and header["status"] == "sealed":
-            claim = bytearray(parts["claim"])
-            claim[-1] ^= 1
-            return encode_record(b"TCBr", header, {"model": parts["model"], "claim": bytes(claim)})
-        return None
-
-    _answer_as(monkeypatch, liar, wrong_claim)
+    _answer_as(monkeypatch, liar, _wrong_claim)
     fed, deltas, weights = federation(keys[(4, 2)], 4)
     for _ in range(4):
         report = fed.run_round()
@@ -520,15 +527,7 @@ def test_lying_decryptor_among_three_is_barred_wherever_it_stands(keys, monkeypa
     """Attacker 3-2: 3 parties, t = 2; a decryptor seals a wrong claim. Its claim goes to a second
     verifier, then to a new decryption by someone else; the round completes and only it is barred."""
     for liar in _parties(3):
-
-        def wrong_claim(party, request, header, parts):
-            if not _is_verification(request) and header["status"] == "sealed":
-                claim = bytearray(parts["claim"])
-                claim[-1] ^= 1
-                return encode_record(b"TCBr", header, {"model": parts["model"], "claim": bytes(claim)})
-            return None
-
-        _answer_as(monkeypatch, liar, wrong_claim)
+        _answer_as(monkeypatch, liar, _wrong_claim)
         fed, deltas, weights = federation(keys[(3, 2)], 3)
         for rounds in range(1, 4):
             report = fed.run_round()
