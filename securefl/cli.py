@@ -724,25 +724,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "keys" and args.kind == "paillier-threshold":
             summary = _keys_threshold(args)
-            if args.json:
-                print(json.dumps(summary))
-            else:
-                print(
-                    f"wrote {summary['public']} (for the aggregator and every party) and one share file per "
-                    f"party (0600; carry each to its party only): {', '.join(summary['shares'])}; "
-                    f"{summary['threshold']} of {len(summary['shares'])} holders decrypt; "
-                    f"fingerprint {summary['fingerprint']}. Erase this machine's copies of the share files."
-                )
+            print(
+                json.dumps(summary)
+                if args.json
+                else f"wrote {summary['public']} (for the aggregator and every party) and one share file "
+                f"per party (0600; carry each to its party only): {', '.join(summary['shares'])}; "
+                f"{summary['threshold']} of {len(summary['shares'])} holders decrypt; "
+                f"fingerprint {summary['fingerprint']}. Erase this machine's copies of the share files."
+            )
             return 0
         if args.command == "keys":
             summary = _keys_paillier(args)
-            if args.json:
-                print(json.dumps(summary))
-            else:
-                print(
-                    f"wrote {summary['keys']} (0600: give it to the parties only) and {summary['public']} "
-                    f"(for the aggregator); {summary['bits']}-bit key, fingerprint {summary['fingerprint']}"
-                )
+            print(
+                json.dumps(summary)
+                if args.json
+                else f"wrote {summary['keys']} (0600: give it to the parties only) and {summary['public']} "
+                f"(for the aggregator); {summary['bits']}-bit key, fingerprint {summary['fingerprint']}"
+            )
             return 0
         if args.command == "audit":
             return _audit(args, console)
