@@ -118,7 +118,8 @@ def measure(
     if not threshold <= holders <= parties:
         raise SystemExit("need threshold <= holders <= parties")
     contributors = holders  # every contributor of this layer holds a share
-    ctx = RoundContext("ab" * 16, 0, ids, params, True, 1)
+    # Invited: the contributors (the packing is still the one for `parties`, set at validation).
+    ctx = RoundContext("ab" * 16, 0, ids[:contributors], params, True, 1)
     rng = np.random.default_rng(0)
     level = (1 << (bits - 1)) - 1
     vector = rng.integers(-level, level + 1, params).astype(np.int64).view(np.uint64)
