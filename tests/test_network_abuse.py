@@ -314,7 +314,9 @@ def test_a_member_cannot_hold_the_connection_slots_against_a_restarting_party(tm
     summary, codes, found, watch, context = _run(tmp_path, ["-"] * 14, "connhold", 40, during=restart)
     assert codes == [0, 0, 0], context
     assert summary["rounds_ok"] == 14, context
-    assert rejoined and rejoined["seconds"] < 10, (rejoined, context)
+    # Rejoined at all (its seconds are a figure, not asserted: tests never assert on wall time; the
+    # bound that matters is in rounds, below).
+    assert rejoined, context
     # hospital-3 misses at most the rounds running while it was down, then is summed again.
     missed = sorted(int(r) for r, dropped in summary["dropouts"].items() if HONEST[2] in dropped)
     assert len(missed) <= 2, (missed, context)
