@@ -516,7 +516,7 @@ class _Aggregator(SumAggregator):
         self.combined = None
         self.pool: list[str] = []  # the parties combiners are drawn from
         self.contributors_: set[str] = set()
-        self.payloads: dict[str, bytes] = {}  # each contribution, to re-form the sum or find a liar
+        self.payloads: dict[str, bytes] = {}  # each contribution, to find who attested a lie
         self.attested: dict[str, int] = {}  # contributor -> its attested D for the current sum
         self.attestations: dict[str, bytes] = {}
         self.asked: list[str] = []
