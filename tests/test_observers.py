@@ -215,6 +215,17 @@ def _resign(path, key, edit):
     head_path(path).write_bytes(canonical(head))
 
 
+@pytest.fixture(scope="module")
+def honest_ledger(tmp_path_factory):
+    """24 guarded releases, audited valid once; each lie below is told on a copy of it."""
+    directory = tmp_path_factory.mktemp("honest")
+    guard, selection, key = _guard(directory, accountant="rdp", budget=1000.0)
+    _run(guard, selection, 24)
+    path = directory / "l.jsonl"
+    assert audit(path).valid
+    return path, key
+
+
 @pytest.mark.parametrize(
     ("lie", "message"),
     [
@@ -239,11 +250,13 @@ def _resign(path, key, edit):
         (lambda r: r.pop("observers") if r["seq"] == 0 else None, "figures were removed"),
     ],
 )
-def test_the_audit_catches_figures_that_break_the_rules(tmp_path, lie, message):
-    guard, selection, key = _guard(tmp_path, accountant="rdp", budget=1000.0)
-    _run(guard, selection, 24)
+def test_the_audit_catches_figures_that_break_the_rules(honest_ledger, tmp_path, lie, message):
+    from securefl.privacy.ledger import head_path
+
+    source, key = honest_ledger
     path = tmp_path / "l.jsonl"
-    assert audit(path).valid
+    path.write_bytes(source.read_bytes())
+    head_path(path).write_bytes(head_path(source).read_bytes())
     _resign(path, key, lambda r: lie(r) if r["decision"] == "released" else None)
     result = audit(path)
     assert not result.valid and any(message in p for p in result.problems), result.problems
