@@ -160,11 +160,11 @@ def test_a_kill_between_any_two_writes_leaves_a_valid_resumable_ledger(tmp_path,
 @pytest.mark.slow
 def test_random_kills_of_a_busy_writer(tmp_path):
     chooser = random.Random(20261130)
-    trials, recovered = 24, 0
+    trials, recovered = 12, 0  # each trial is a process start (~1.3 s); every call is covered above
     for trial in range(trials):
         ledger = tmp_path / f"t{trial}" / "privacy.jsonl"
         _status, reported = _run_child(ledger, 10_000, kill_after=chooser.uniform(0.0, 0.15))
         recovered += bool(ledger.exists() and verify(ledger).interrupted)
-        spent = _check_recovered(ledger, reported, full_audit=trial % 12 == 0)
+        spent = _check_recovered(ledger, reported, full_audit=trial % 6 == 0)
         assert math.isfinite(spent)
     print(f"{trials} random kills survived, {recovered} left an interrupted append")
