@@ -504,18 +504,24 @@ def test_a_bad_share_sender_blaming_the_other_is_found(keys, monkeypatch):  # no
     assert all("nothing was revealed" in r.error for r in reports if not r.ok)
 
 
-def test_a_party_attests_one_sum_a_round(keys):  # noqa: F811
-    """Attacker 3-1: with a second attestation in a round, an aggregator left a victim on one sum
-    while the others attested another, and the two sums differed by the victim's update."""
-    fed, _deltas, _weights = federation(keys[(3, 2)], 3)
-    party = fed.nodes["p00"].secure_sum
+def _encrypted_party(keys, n, t):  # noqa: F811
+    """p00's party object of an n-party, t-threshold key, having encrypted in round 0."""
     from securefl.layers.base import RoundContext
 
+    fed, _deltas, _weights = federation(keys[(n, t)], n)
+    party = fed.nodes["p00"].secure_sum
     party.start_round(
-        RoundContext("ab" * 16, 0, tuple(_parties(3)), 7, True, 1), lambda: np.zeros(7, np.uint64)
+        RoundContext("ab" * 16, 0, tuple(_parties(n)), 7, True, 1), lambda: np.zeros(7, np.uint64)
     )
     party.attach_fuser(lambda total, contributors=None: np.zeros(7))
     party.respond(layer_module.ENCRYPT, b"")
+    return party
+
+
+def test_a_party_attests_one_sum_a_round(keys):  # noqa: F811
+    """Attacker 3-1: with a second attestation in a round, an aggregator left a victim on one sum
+    while the others attested another, and the two sums differed by the victim's update."""
+    party = _encrypted_party(keys, 3, 2)
     request = encode_record(b"TATq", {"contributors": _parties(3), "sum": "ab" * 32}, {})
     party._attest(request)
     other = encode_record(b"TATq", {"contributors": _parties(3), "sum": "cd" * 32}, {})
@@ -638,15 +644,7 @@ def test_a_sum_below_the_quorum_is_not_attested(keys):  # noqa: F811
     """Fourth attacker, 4: two sums of one round over disjoint halves of the invited parties. A party
     attests only a sum of more than (invited + t − 1)/2 contributors: two such sums share an honest
     contributor, which attests one sum a round."""
-    fed, _deltas, _weights = federation(keys[(5, 3)], 5)
-    party = fed.nodes["p00"].secure_sum
-    from securefl.layers.base import RoundContext
-
-    party.start_round(
-        RoundContext("ab" * 16, 0, tuple(_parties(5)), 7, True, 1), lambda: np.zeros(7, np.uint64)
-    )
-    party.attach_fuser(lambda total, contributors=None: np.zeros(7))
-    party.respond(layer_module.ENCRYPT, b"")
+    party = _encrypted_party(keys, 5, 3)
     assert layer_module.quorum(5, 3) == 4
     half = encode_record(b"TATq", {"contributors": _parties(5)[:3], "sum": "ab" * 32}, {})
     with pytest.raises(ProtocolError, match="quorum"):
