@@ -551,9 +551,6 @@ class _Aggregator(SumAggregator):
             return _share_size(self.public, self.count) + 4096
         return sealed_record_size(self.ctx.vector_size) + _claim_size(self.public, self.count) + 8192
 
-    def _sum_bytes(self) -> bytes:
-        return self._sum
-
     def _form_sum(self, contributors: set[str]) -> None:
         """The sum of exactly ``contributors``' ciphertexts, its digest and their sorted names."""
         if contributors != set(self.payloads) or self.combined is None:
@@ -589,7 +586,7 @@ class _Aggregator(SumAggregator):
                 b"TSHq",
                 {"contributors": self._named, "of_round": self.of_round},
                 {
-                    "sum": self._sum_bytes(),
+                    "sum": self._sum,
                     "attestations": b"".join(self.attestations[p] for p in self._named),
                 },
             )
@@ -606,7 +603,7 @@ class _Aggregator(SumAggregator):
                 b"TCBq",
                 {"contributors": self._named, "holders": holders, "of_round": self.of_round},
                 {
-                    "sum": self._sum_bytes(),
+                    "sum": self._sum,
                     "shares": b"".join(self.sealed_shares[h] for h in holders),
                     "claim": claim,
                 },
