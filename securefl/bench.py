@@ -31,6 +31,7 @@ from securefl.errors import ConfigError
 from securefl.faults import Faults
 from securefl.federation import Federation
 from securefl.layers import PRESET_NAMES, Quantize, preset
+from securefl.simulation.allocator import keep_freed_memory
 
 # The phase in which a layer's input leaves the party: dropouts are injected there (for SecAgg,
 # after keys were shared: the costly case).
@@ -336,6 +337,7 @@ def measure(
     if not 0 <= dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {dropout}")
     check_fits(privacy, params, parties)
+    keep_freed_memory()  # as every simulating process of securefl does (Ray's actors included)
     federation, delta_of = _federation(privacy, params, parties, dropout, seed, backend)
     inst = instrument(federation, on_reply)
     rows: list[dict] = []

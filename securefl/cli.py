@@ -26,6 +26,7 @@ from securefl.errors import ConfigError, SecureFLError
 from securefl.layers import PRESET_NAMES
 from securefl.privacy.observers import OBSERVERS
 from securefl.runner import BudgetSettings, DPSettings, Reporter, RunSettings, run
+from securefl.simulation.allocator import keep_freed_memory
 from securefl.tasks import Task
 
 
@@ -705,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     stream = sys.stderr if args.json else sys.stdout
     # Off a terminal (logs, CI), rich would squeeze tables into 80 columns: give it room.
     console = Console(stderr=args.json, soft_wrap=True, width=None if stream.isatty() else 120)
+    if args.command in ("bench", "demo", "run", "aggregator", "party"):
+        keep_freed_memory()  # model-sized buffers churn every phase: see securefl/simulation/allocator.py
     try:
         if args.command == "bench":
             return _bench(args, console)

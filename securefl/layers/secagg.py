@@ -895,7 +895,7 @@ class _Aggregator(SumAggregator):
                 )
                 # The survivor added +mask if its id sorts first, −mask otherwise: undo exactly that.
                 (masks.add if survivor < dropped else masks.subtract)(seed)
-        self.total -= masks.total
+        masks.apply_to(self.total, sign=-1)
 
     def contributors(self) -> frozenset[str]:
         return self.u3
@@ -1050,10 +1050,11 @@ class _Party(SumParty):
             (masks.add if self.me < peer else masks.subtract)(seed)
         vector = np.asarray(self.provide(), dtype=np.uint64).astype(self.layer.dtype)
         self.provide = None  # the update is not kept once masked (memory per hosted party)
+        masks.apply_to(vector)
         return encode_record(
             b"SAMr",
             {"unopened": unopened},
-            {"masked": pack_array(vector + masks.total), "accusations": b"".join(accusations)},
+            {"masked": pack_array(vector), "accusations": b"".join(accusations)},
         )
 
     def _consistency(self, request: bytes) -> bytes:

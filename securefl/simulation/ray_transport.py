@@ -31,6 +31,7 @@ from securefl.errors import ConfigError, ProtocolError, SecureFLError
 from securefl.party import Client, PartyNode
 from securefl.randomness import SecureRandom
 from securefl.simulation import RayBackend
+from securefl.simulation.allocator import keep_freed_memory
 from securefl.transport import Reply, Segments, SharedRequests, Traffic, Transport, join_segments
 from securefl.wire import ENVELOPE_MAGIC
 
@@ -82,6 +83,7 @@ class PartyHost:
         faults: Any,
         log_level: int,
     ) -> None:
+        keep_freed_memory()  # this actor's parties allocate and free model-sized buffers every phase
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("securefl").setLevel(log_level)
         self.clients = dict(clients)
