@@ -211,7 +211,7 @@ def test_rounds_are_exact_and_the_aggregator_sees_no_secret(keys):
     )
     phases = {e.phase for e in transcript.received()}
     # The first decryption attempt is confirmed: the later attempts' phases are skipped.
-    assert phases == {"encrypt", "attest", "share", "combine", "verify"}
+    assert phases == {"encrypt", "attest", "acknowledge", "share", "combine", "verify"}
 
 
 @settings(

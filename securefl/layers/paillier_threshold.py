@@ -10,9 +10,11 @@ cheap batch check and seals the same record. The aggregator sees ciphertexts and
 
 Phases: ``encrypt`` → ``attest`` (every contributor proves, under its signature, that it knows
 what it contributed; the round fails before anything is decrypted if one does not, and those sit
-out the next rounds) → ``share`` (holders among the contributors check every attestation, then
-share) → ``combine`` (a decryptor) → ``verify`` (t − 1 verifiers), repeated with fresh combiners
-until a decryption is confirmed. Keys come from a ceremony (``securefl keys paillier-threshold``): one
+out the next rounds) → ``acknowledge`` (each contributor signs that the attested sum may now be
+decrypted, and from then on attests no other sum of the same update) → ``share`` (holders check
+every attestation and a quorum of acknowledgements, then share) → ``combine`` (a decryptor) →
+``verify`` (t − 1 verifiers), repeated with fresh combiners until a decryption is confirmed.
+Keys come from a ceremony (``securefl keys paillier-threshold``): one
 share file per party, a public file for the aggregator. Specification:
 ``protocols/paillier-threshold.md``; arithmetic: ``securefl/crypto/threshold_paillier.py``.
 """
@@ -69,8 +71,9 @@ from securefl.layers.shared_key import (
 )
 from securefl.wire import decode_record, encode_record
 
-ATTEST, SHARE, COMBINE, VERIFY = "attest", "share", "combine", "verify"
+ATTEST, ACK, SHARE, COMBINE, VERIFY = "attest", "acknowledge", "share", "combine", "verify"
 BENCH_LIMIT = 64  # rounds: the longest a contributor that keeps failing to attest sits out
+LATE_ACK_ROUNDS = 3  # rounds spent gathering late acknowledgements of a sum short of its quorum
 MAX_ATTEMPTS = 8
 
 
@@ -330,6 +333,62 @@ def quorum(invited: int, threshold: int) -> int:
     return (invited + threshold - 1) // 2 + 1
 
 
+def _ack_message(session: str, round_: int, party: str, contributors: tuple[str, ...], digest: str) -> bytes:
+    """What a contributor signs in ``acknowledge``: this sum (round, contributors, digest) may be
+    decrypted, and this party attests no other sum of the update it contributed to it."""
+    return (
+        tp.DOMAIN
+        + b"/acknowledgement"
+        + tp.context(session, round_, party, digest)
+        + b"".join(tp.field(c.encode()) for c in contributors)
+    )
+
+
+def sign_ack(
+    share: tp.KeyShare, session: str, round_: int, contributors: tuple[str, ...], digest: str
+) -> bytes:
+    key = Ed25519PrivateKey.from_private_bytes(share.signing_key)
+    return signing.sign(key, _ack_message(session, round_, share.holder, contributors, digest))
+
+
+def check_acks(
+    public: tp.ThresholdPublicKey,
+    session: str,
+    round_: int,
+    contributors: tuple[str, ...],
+    digest: str,
+    ackers: Any,
+    blob: bytes,
+) -> tuple[str, ...]:
+    """The contributors whose acknowledgements of this sum ``blob`` carries (one signature each, in
+    the order of ``ackers``): each must verify, and more than (contributors + t − 1)/2 of them must
+    be there — so that more than half of the sum's honest contributors have bound themselves to it
+    before anyone may decrypt it (spec, "Acknowledgements"). Else ProtocolError/WireError."""
+    if (
+        not isinstance(ackers, list)
+        or any(not isinstance(a, str) or a not in contributors for a in ackers)
+        or ackers != sorted(set(ackers))
+    ):
+        raise ProtocolError("the acknowledgers must be distinct contributors of the sum, sorted")
+    if len(blob) != signing.SIGNATURE_BYTES * len(ackers):
+        raise WireError("the share request does not carry one acknowledgement per acknowledger")
+    needed = quorum(len(contributors), public.threshold)
+    if len(ackers) < needed:
+        raise ProtocolError(
+            f"only {len(ackers)} of the sum's {len(contributors)} contributors acknowledged it, {needed} "
+            "are needed before it may be decrypted"
+        )
+    for k, party in enumerate(ackers):
+        signature = blob[k * signing.SIGNATURE_BYTES : (k + 1) * signing.SIGNATURE_BYTES]
+        signing.verify(
+            public.signing[public.index(party) - 1],
+            signature,
+            _ack_message(session, round_, party, contributors, digest),
+            party,
+        )
+    return tuple(ackers)
+
+
 def _exposed_contributors(names: Any, ctx: RoundContext, public: tp.ThresholdPublicKey) -> tuple[str, ...]:
     """The contributors of an earlier round's exposed sum: distinct holders of the key, at least this
     party's min_parties of them (its own round's invitation is not known to a party outside it)."""
@@ -490,25 +549,47 @@ class _Aggregator(SumAggregator):
         self.benched: dict[str, int] = {}  # contributor -> first round it is summed again
         self.misses: dict[str, int] = {}  # contributor -> attestations missed in a row
         self.avoid: set[str] = set()  # combiners that were silent or disagreed: no role while others can
+        # Contributors that acknowledged a sum which then gathered too few acknowledgements to be
+        # decrypted: they attest no other sum of the same update, so they are not summed until a
+        # record is released (spec, "Acknowledgements").
+        self.waiting: set[str] = set()
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
         attempts = (p for pair in zip(self.combine_phases, self.verify_phases, strict=True) for p in pair)
-        return (ENCRYPT, ATTEST, SHARE, *attempts)
+        return (ENCRYPT, ATTEST, ACK, SHARE, *attempts)
 
     def start_round(self, ctx: RoundContext) -> None:
-        # A round that let its shares out and released no model left its sum exposed: the next
-        # rounds complete THAT sum (spec, "Exposed sums") until one releases its model.
+        # A round whose sum a quorum acknowledged (so it may have been decrypted: its shares may be
+        # out) and that released no record left its sum exposed: the next rounds complete THAT sum
+        # (spec, "Exposed sums") until one releases its record. Its acknowledgers attest no other sum
+        # of their update meanwhile. Fewer acknowledgements: nobody shared; those who acknowledged wait.
+        # A sum acknowledged by some but fewer than its quorum was never shared: the next rounds ask its
+        # other contributors to acknowledge it late (LATE_ACK_ROUNDS at most), then give it up — its
+        # acknowledgers wait (are not summed) until a record is released.
         if getattr(self, "sealed", None) is not None:
             self.exposed = None
-        elif getattr(self, "shares_out", False) and self.exposed is None:
+            self.waiting = set()
+        elif self.exposed is not None:
+            self.exposed["acks"].update(self.acks)
+            self.exposed["tries"] += 1
+            if (
+                len(self.exposed["acks"]) < quorum(len(self.exposed["named"]), self.public.threshold)
+                and self.exposed["tries"] >= LATE_ACK_ROUNDS
+            ):
+                self.waiting |= set(self.exposed["acks"])
+                self.exposed = None
+        elif getattr(self, "acks", None):
             self.exposed = {
                 "round": self.ctx.round,
                 "named": list(self._named),
                 "sum": self._sum,
                 "digest": self._digest,
                 "attestations": dict(self.attestations),
+                "acks": dict(self.acks),
+                "tries": 0,
             }
         self.shares_out = False
+        self.acks: dict[str, bytes] = {}
         self.completing = self.exposed is not None
         self.of_round = self.exposed["round"] if self.completing else ctx.round
         self.ctx = ctx
@@ -547,6 +628,8 @@ class _Aggregator(SumAggregator):
             return self.scheme.max_encrypt_bytes(self.ctx)
         if phase == ATTEST:
             return attestation_size(self.public, self.count) + 4096
+        if phase == ACK:
+            return signing.SIGNATURE_BYTES + 4096
         if phase == SHARE:
             return _share_size(self.public, self.count) + 4096
         return sealed_record_size(self.ctx.vector_size) + _claim_size(self.public, self.count) + 8192
@@ -575,19 +658,27 @@ class _Aggregator(SumAggregator):
             if party not in self.contributors_ or self.completing:
                 return encode_record(b"TATq", {"contributors": [], "sum": ""}, {})
             return encode_record(b"TATq", {"contributors": self._named, "sum": self._digest}, {})
+        if phase == ACK:
+            if party not in self._ack_asked():
+                return encode_record(b"TAKq", {"contributors": [], "sum": "", "of_round": self.of_round}, {})
+            return encode_record(
+                b"TAKq", {"contributors": self._named, "sum": self._digest, "of_round": self.of_round}, {}
+            )
         if phase == SHARE:
             if party not in self.asked:
                 return encode_record(
                     b"TSHq",
-                    {"contributors": [], "of_round": self.of_round},
-                    {"sum": b"", "attestations": b""},
+                    {"contributors": [], "of_round": self.of_round, "ackers": []},
+                    {"sum": b"", "attestations": b"", "acks": b""},
                 )
+            ackers = sorted(self.acks)
             return encode_record(
                 b"TSHq",
-                {"contributors": self._named, "of_round": self.of_round},
+                {"contributors": self._named, "of_round": self.of_round, "ackers": ackers},
                 {
                     "sum": self._sum,
                     "attestations": b"".join(self.attestations[p] for p in self._named),
+                    "acks": b"".join(self.acks[p] for p in ackers),
                 },
             )
         if phase in self.combine_phases or phase in self.verify_phases:
@@ -648,6 +739,15 @@ class _Aggregator(SumAggregator):
                 raise
             self.attested[party] = value
             self.attestations[party] = parts["attestation"]
+        elif phase == ACK:
+            _, parts = decode_record(payload, b"TAKr", {}, ("ack",))
+            if party not in self._ack_asked():
+                if parts["ack"]:
+                    raise ProtocolError("sent an acknowledgement it was not asked for")
+                return
+            message = _ack_message(self.ctx.session, self.of_round, party, tuple(self._named), self._digest)
+            signing.verify(self.public.signing[self.public.index(party) - 1], parts["ack"], message, party)
+            self.acks[party] = parts["ack"]
         elif phase == SHARE:
             _, parts = decode_record(payload, b"TSHr", {}, ("sealed",))
             if party not in self.asked:
@@ -683,6 +783,11 @@ class _Aggregator(SumAggregator):
         else:
             raise ProtocolError(f"paillier-threshold has no phase {phase!r}")
 
+    def _ack_asked(self) -> set[str]:
+        """Who is asked to acknowledge: this round's contributors, or, completing an earlier sum, its
+        contributors that have not acknowledged it yet."""
+        return set(self.contributors_) - set(self.acks) if self.completing else set(self.contributors_)
+
     def _check_record(self, record: bytes) -> None:
         model, parts = decode_record(record, b"SKMD", _record_header(), ("sealed",))
         if model["round"] != self.ctx.round or model["session"] != self.ctx.session:
@@ -704,15 +809,17 @@ class _Aggregator(SumAggregator):
         t = self.public.threshold
         if phase == ENCRYPT and self.completing:
             # This round's contributions are not summed: the exposed sum is decrypted instead, by any
-            # t live holders (they check its attestations, made in its own round).
+            # t live holders (they check its attestations and acknowledgements, made in its round).
             self._named, self._sum = self.exposed["named"], self.exposed["sum"]
             self._digest, self.attestations = self.exposed["digest"], self.exposed["attestations"]
+            self.acks = dict(self.exposed["acks"])
             self.contributors_ = set(self._named)
             self.pool = sorted(p for p in survivors if p in self.public.holders)
         elif phase == ENCRYPT:
-            if not self.contributors_ & survivors:
+            summed = self.contributors_ & survivors - self.waiting
+            if not summed:
                 raise RoundFailed("paillier-threshold: no ciphertexts arrived")
-            self._form_sum(self.contributors_ & survivors)
+            self._form_sum(summed)
             self.pool = list(self._named)
             self._holders()
             needed = quorum(len(self.ctx.parties), t)
@@ -725,6 +832,16 @@ class _Aggregator(SumAggregator):
         elif phase == ATTEST:
             if not self.completing:
                 self._close_attestations(survivors)
+        elif phase == ACK:
+            needed = quorum(len(self._named), t)
+            if len(self.acks) < needed:
+                raise RoundFailed(
+                    f"paillier-threshold: {len(self.acks)} of the sum's {len(self._named)} contributors "
+                    f"acknowledged it, {needed} are needed; nothing was decrypted and the model is "
+                    "unchanged (the next rounds ask the others to acknowledge it)"
+                )
+            # A contributor of the sum shares for it only if it acknowledged it.
+            self.pool = [p for p in self.pool if p not in self.contributors_ or p in self.acks]
             live = [p for p in self.pool if p in survivors]
             holders = [p for p in live if p in self.public.holders and p not in self.distrusted]
             if len(holders) < t:
@@ -992,12 +1109,17 @@ class _ThresholdParty(_Party):
         self._handlers = {
             ENCRYPT: self._encrypt,
             ATTEST: self._attest,
+            ACK: self._acknowledge,
             SHARE: self._share,
             **{phase: self._combine for pair in attempt_phases(share.public) for phase in pair},
         }
         self.bad_shares: list[tuple[int, str]] = []  # (round, holder) whose proofs failed here
-        # This round's attestation: (contributors, sum digest, signed bytes); holders share only for it.
-        self._attested: dict[int, tuple[tuple[str, ...], str, bytes]] = {}
+        # The last attestation: {round: (contributors, sum digest, signed bytes, base)}; holders share
+        # only for it. ``base``: the model round the attested contribution was trained from.
+        self._attested: dict[int, tuple[tuple[str, ...], str, bytes, int]] = {}
+        # The last sum this party acknowledged: (round, digest, base). Until it trains on a model newer
+        # than ``base`` its update is unchanged, and it attests no other sum (spec, "Acknowledgements").
+        self.acknowledged: tuple[int, str, int] | None = None
         self._combined: dict[int, tuple[tuple[str, ...], str]] = {}  # the sum combined this round
         self._combines = 0
 
@@ -1055,6 +1177,13 @@ class _ThresholdParty(_Party):
             raise ProtocolError("this party holds no opening of a contribution to this round")
         if self.ctx.round in self._attested:
             raise ProtocolError("this party attests one sum a round; a second attestation is refused")
+        if self.acknowledged is not None and self.acknowledged[2] == self.model_round:
+            # Its update has not changed since it acknowledged that sum, which may have been decrypted:
+            # a second sum of the same update over another set would reveal their difference (C5).
+            raise ProtocolError(
+                f"this party acknowledged the round-{self.acknowledged[0]} sum of the same update (no new "
+                "model since); it attests no other sum of it until that sum's record is released"
+            )
         _, _, plaintexts, seed = opening
         public = self.material.public.paillier
         gammas = attestation.coefficients(self.ctx.session, self.ctx.round, digest, len(plaintexts))
@@ -1063,8 +1192,25 @@ class _ThresholdParty(_Party):
             public, plaintexts, djn_exponents(seed, len(plaintexts), public), gammas, ctx
         )
         signed = sign_attestation(self.material, ctx, blob)
-        self._attested = {self.ctx.round: (contributors, digest, signed)}
+        self._attested = {self.ctx.round: (contributors, digest, signed, self.model_round)}
         return encode_record(b"TATr", {}, {"attestation": signed})
+
+    def _acknowledge(self, request: bytes) -> bytes:
+        """Bind this party to the sum it attested last (this round's, or an earlier one being
+        completed): from now on it attests no other sum of the same update, and it signs that the
+        sum may be decrypted (holders need a quorum of these)."""
+        header, _ = decode_record(request, b"TAKq", {"contributors": list, "sum": str, "of_round": int}, ())
+        if not header["contributors"]:
+            return encode_record(b"TAKr", {}, {"ack": b""})
+        of_round = header["of_round"]
+        mine = self._attested.get(of_round) if type(of_round) is int else None
+        if mine is None or list(mine[0]) != header["contributors"] or mine[1] != header["sum"]:
+            raise ProtocolError(
+                "asked to acknowledge a sum that is not the last one this party attested its contribution to"
+            )
+        self.acknowledged = (of_round, mine[1], mine[3])
+        ack = sign_ack(self.material, self.ctx.session, of_round, mine[0], mine[1])
+        return encode_record(b"TAKr", {}, {"ack": ack})
 
     def _check_attestations(
         self,
@@ -1107,7 +1253,10 @@ class _ThresholdParty(_Party):
 
     def _share(self, request: bytes) -> bytes:
         header, parts = decode_record(
-            request, b"TSHq", {"contributors": list, "of_round": int}, ("sum", "attestations")
+            request,
+            b"TSHq",
+            {"contributors": list, "of_round": int, "ackers": list},
+            ("sum", "attestations", "acks"),
         )
         if not parts["sum"]:
             return encode_record(b"TSHr", {}, {"sealed": b""})
@@ -1115,6 +1264,18 @@ class _ThresholdParty(_Party):
             header["contributors"], header["of_round"], parts["sum"]
         )
         self._check_attestations(contributors, ciphertexts, digest, parts["attestations"], sum_ctx)
+        acknowledged = self.acknowledged[:2] if self.acknowledged else None
+        if self.me in contributors and acknowledged != (sum_ctx.round, digest):
+            raise ProtocolError("asked to share for a sum this party contributed to but did not acknowledge")
+        check_acks(
+            self.material.public,
+            sum_ctx.session,
+            sum_ctx.round,
+            contributors,
+            digest,
+            header["ackers"],
+            parts["acks"],
+        )
         key: tp.KeyShare = self.material
         ys = compute_shares(key, ciphertexts, self.workers)
         proof = tp.prove(key, ciphertexts, ys, tp.context(self.ctx.session, self.ctx.round, self.me, digest))

@@ -896,6 +896,9 @@ class _Party(SumParty):
         self.rng = SecureRandom()
         self.ctx: RoundContext | None = None
         self.latest_model_round = -1  # the newest sealed record this party has trained on (or sealed)
+        # The newest record carrying a model (not a refusal marker) this party trained on: while it
+        # does not change, neither does the update this party computes (its base).
+        self.model_round = -1
         # Label -> SHA-256 of the one sealed record this party accepts under that label: the one it
         # sealed itself as a decrypting role, or the one it first trained on (F2: one label, one content).
         self._label_digest: dict[int, bytes] = {}
@@ -1249,6 +1252,8 @@ class _Party(SumParty):
             vector = own.copy()
         if self._opening_for_round:
             self.latest_model_round = round_
+            if status == _MODEL:
+                self.model_round = round_
             self._label_digest[round_] = record_digest
             self._last_model = vector.copy()
         return vector
