@@ -15,6 +15,7 @@ from securefl.crypto import threshold_paillier as tp
 from securefl.errors import ConfigError, ProtocolError
 from securefl.faults import Faults
 from securefl.layers import paillier_threshold as layer_module
+from securefl.layers.base import SealedModel
 from securefl.wire import decode_record, encode_record
 
 BITS = 512  # tests only
@@ -276,9 +277,11 @@ def _lie_short_as(monkeypatch, liars):
     def combine(self, request):
         reply = real(self, request)
         if self.me in liars and decode_record(
-            reply, b"TCBr", {"status": str, "bad": list}, ("model", "claim")
+            reply, b"TCBr", {"status": str, "bad": list}, ("model", "claim", "signature")
         )[0]["status"] in ("sealed", "disputed"):
-            return encode_record(b"TCBr", {"status": "short", "bad": []}, {"model": b"", "claim": b""})
+            return encode_record(
+                b"TCBr", {"status": "short", "bad": []}, {"model": b"", "claim": b"", "signature": b""}
+            )
         return reply
 
     monkeypatch.setattr(layer_module._ThresholdParty, "_combine", combine)
@@ -386,7 +389,9 @@ def _answer_as(monkeypatch, liar, rewrite):
         reply = real(self, request)
         if self.me != liar:
             return reply
-        header, parts = decode_record(reply, b"TCBr", {"status": str, "bad": list}, ("model", "claim"))
+        header, parts = decode_record(
+            reply, b"TCBr", {"status": str, "bad": list}, ("model", "claim", "signature")
+        )
         return rewrite(self, request, header, parts) or reply
 
     monkeypatch.setattr(layer_module._ThresholdParty, "_combine", combine)
@@ -408,7 +413,9 @@ def _wrong_claim(party, request, header, parts):
     if not _is_verification(request) and header["status"] == "sealed":
         claim = bytearray(parts["claim"])
         claim[-1] ^= 1
-        return encode_record(b"TCBr", header, {"model": parts["model"], "claim": bytes(claim)})
+        return encode_record(
+            b"TCBr", header, {"model": parts["model"], "claim": bytes(claim), "signature": parts["signature"]}
+        )
     return None
 
 
@@ -432,7 +439,9 @@ def test_a_lone_disputer_costs_only_itself(keys, monkeypatch, liar):  # noqa: F8
 
     def dispute(party, request, header, parts):
         if _is_verification(request) and header["status"] == "sealed":
-            return encode_record(b"TCBr", {"status": "disputed", "bad": []}, {"model": b"", "claim": b""})
+            return encode_record(
+                b"TCBr", {"status": "disputed", "bad": []}, {"model": b"", "claim": b"", "signature": b""}
+            )
         return None
 
     _answer_as(monkeypatch, liar, dispute)
@@ -494,7 +503,9 @@ def test_a_bad_share_sender_blaming_the_other_is_found(keys, monkeypatch):  # no
             ("sum", "shares", "claim"),
         )
         others = [h for h in asked[0]["holders"] if h != liar]
-        return encode_record(b"TCBr", {"status": "short", "bad": others}, {"model": b"", "claim": b""})
+        return encode_record(
+            b"TCBr", {"status": "short", "bad": others}, {"model": b"", "claim": b"", "signature": b""}
+        )
 
     monkeypatch.setattr(layer_module, "compute_shares", corrupt)
     _answer_as(monkeypatch, liar, blame_other)
@@ -561,7 +572,9 @@ def test_t_minus_1_colluders_cannot_distrust_honest_holders(keys, monkeypatch): 
             ("sum", "shares", "claim"),
         )
         honest = [h for h in header["holders"] if h not in colluders]
-        return encode_record(b"TCBr", {"status": "short", "bad": honest}, {"model": b"", "claim": b""})
+        return encode_record(
+            b"TCBr", {"status": "short", "bad": honest}, {"model": b"", "claim": b"", "signature": b""}
+        )
 
     monkeypatch.setattr(layer_module._ThresholdParty, "_combine", combine)
     fed, _deltas, _weights = federation(keys[(5, 3)], 5)
@@ -608,7 +621,9 @@ def test_t_minus_1_lying_verifiers_cannot_fail_a_round_after_decryption(keys, mo
     def combine(self, request):
         reply = real(self, request)
         if self.me in colluders and _is_verification(request):
-            return encode_record(b"TCBr", {"status": "disputed", "bad": []}, {"model": b"", "claim": b""})
+            return encode_record(
+                b"TCBr", {"status": "disputed", "bad": []}, {"model": b"", "claim": b"", "signature": b""}
+            )
         return reply
 
     monkeypatch.setattr(layer_module._ThresholdParty, "_combine", combine)
@@ -877,3 +892,72 @@ def test_a_party_acknowledges_only_the_sum_it_attested_last(keys):  # noqa: F811
     request = encode_record(b"TAKq", {"contributors": _parties(3), "sum": "ab" * 32, "of_round": 0}, {})
     party._acknowledge(request)
     assert party.acknowledged == (0, "ab" * 32, -1)
+
+
+def _forged_release(fed, colluders, label, vector):
+    """A record of ``vector`` labelled ``label``, sealed by a colluder (it holds the model key) and
+    countersigned by every colluder: what t − 1 parties can release without an honest combiner."""
+    from securefl.layers import shared_key
+
+    shares = {p: layer_module.load_share(fed._key_dir / layer_module.share_file_name(p)) for p in colluders}
+    key = next(iter(shares.values()))
+    names = _parties(4)
+    plain = shared_key._record_plaintext(shared_key._MODEL, np.asarray(vector, float), fed.layout.size)
+    aad = shared_key._model_aad("paillier-threshold", fed.session, label, names, "ab" * 32)
+    record = encode_record(
+        b"SKMD",
+        {"round": label, "session": fed.session, "contributors": names, "sum": "ab" * 32},
+        {"sealed": shared_key._seal_model(key.model_key, plain, aad)},
+    )
+    return record, layer_module.countersigned_record(
+        record, {p: layer_module.sign_record(s, record) for p, s in shares.items()}
+    )
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_record_colluders_seal_does_not_move_the_base(keys, monkeypatch, wrapped):  # noqa: F811
+    """Fifth attacker, 1: after round 0's sum went out unconfirmed, a colluder seals a record of
+    the UNCHANGED model under a new label; had honest parties taken it as a new model, their
+    acknowledgements would have been released and round 1's sum over the others (the victim left
+    out) decrypted too. A released model needs t combiners' signatures: the t − 1 colluders' record
+    (bare, or signed by all of them) is refused, and round 1 yields no share."""
+    monkeypatch.setattr(layer_module, "_Aggregator", _SkipsCompletion)
+    _SkipsCompletion.shares_seen = {}
+    faults = Faults()
+    for party in _parties(4):
+        faults.add("offline", party, phase="combine", round=0)
+    faults.add("offline", "p00", round=1)
+    fed, _deltas, _weights = federation(keys[(4, 2)], 4, faults)
+    fed._key_dir = keys[(4, 2)]
+    assert not fed.run_round().ok
+    record, released = _forged_release(fed, ["p03"], 0, np.zeros(7))
+    fed.aggregator.sealed = SealedModel(released if wrapped else record)
+    report = fed.run_round()
+    assert not report.ok
+    assert 1 not in _sums_decryptable(_SkipsCompletion.shares_seen, 2)
+
+
+def test_a_released_model_needs_t_distinct_valid_countersignatures(keys):  # noqa: F811
+    fed, _deltas, _weights = federation(keys[(5, 3)], 5)
+    fed._key_dir = keys[(5, 3)]
+    public = layer_module.load_public(keys[(5, 3)] / "public.json")
+    record, two = _forged_release(fed, ["p01", "p02"], 0, np.zeros(7))
+    with pytest.raises(ProtocolError, match="2 combiners, 3 are needed"):
+        layer_module.open_countersigned(public, two)
+    _, three = _forged_release(fed, ["p01", "p02", "p03"], 0, np.zeros(7))
+    assert layer_module.open_countersigned(public, three) == record  # t signers: accepted
+    header, parts = decode_record(three, b"TSGM", {"signers": list}, ("record", "signatures"))
+    other = record[:-1] + bytes([record[-1] ^ 1])
+    with pytest.raises(ProtocolError, match="does not verify"):  # signatures on another record
+        layer_module.open_countersigned(
+            public, encode_record(b"TSGM", header, {"record": other, "signatures": parts["signatures"]})
+        )
+    doubled = encode_record(
+        b"TSGM",
+        {"signers": ["p01", "p01", "p02"]},
+        {"record": record, "signatures": parts["signatures"]},
+    )
+    with pytest.raises(layer_module.WireError, match="distinct"):
+        layer_module.open_countersigned(public, doubled)
+    with pytest.raises(layer_module.WireError):
+        layer_module.open_countersigned(public, record)  # a bare record is not a release

@@ -389,6 +389,48 @@ def check_acks(
     return tuple(ackers)
 
 
+def _record_message(record: bytes) -> bytes:
+    return tp.DOMAIN + b"/record" + tp.field(hashlib.sha256(record).digest())
+
+
+def sign_record(share: tp.KeyShare, record: bytes) -> bytes:
+    """A combiner's signature on the sealed record it made (decryptor or verifier)."""
+    return signing.sign(Ed25519PrivateKey.from_private_bytes(share.signing_key), _record_message(record))
+
+
+def countersigned_record(record: bytes, signatures: dict[str, bytes]) -> bytes:
+    """The global model as released: the sealed record and the signatures of the combiners that
+    confirmed it (``TSGM``)."""
+    signers = sorted(signatures)
+    return encode_record(
+        b"TSGM",
+        {"signers": signers},
+        {"record": record, "signatures": b"".join(signatures[s] for s in signers)},
+    )
+
+
+def open_countersigned(public: tp.ThresholdPublicKey, sealed: bytes) -> bytes:
+    """The record inside a released model, once t distinct holders' signatures on it verify: a
+    record sealed by t − 1 colluders alone (they all hold the model key) is refused."""
+    header, parts = decode_record(sealed, b"TSGM", {"signers": list}, ("record", "signatures"))
+    signers = header["signers"]
+    if (
+        any(not isinstance(s, str) or s not in public.holders for s in signers)
+        or signers != sorted(set(signers))
+        or len(parts["signatures"]) != signing.SIGNATURE_BYTES * len(signers)
+    ):
+        raise WireError("a released model's signers must be distinct holders, sorted, one signature each")
+    if len(signers) < public.threshold:
+        raise ProtocolError(
+            f"a released model signed by {len(signers)} combiners, {public.threshold} are needed: refused"
+        )
+    message = _record_message(parts["record"])
+    for k, signer in enumerate(signers):
+        signature = parts["signatures"][k * signing.SIGNATURE_BYTES : (k + 1) * signing.SIGNATURE_BYTES]
+        signing.verify(public.signing[public.index(signer) - 1], signature, message, signer)
+    return parts["record"]
+
+
 def _exposed_contributors(names: Any, ctx: RoundContext, public: tp.ThresholdPublicKey) -> tuple[str, ...]:
     """The contributors of an earlier round's exposed sum: distinct holders of the key, at least this
     party's min_parties of them (its own round's invitation is not known to a party outside it)."""
@@ -620,6 +662,7 @@ class _Aggregator(SumAggregator):
         self._digest = ""
         self._named: list[str] = []
         self.sealed: bytes | None = None
+        self.signatures: dict[bytes, dict[str, bytes]] = {}  # record digest -> combiner -> signature
         self.culprits_: dict[str, str] = {}
         self.abstained: dict[str, str] = {}
 
@@ -632,7 +675,12 @@ class _Aggregator(SumAggregator):
             return signing.SIGNATURE_BYTES + 4096
         if phase == SHARE:
             return _share_size(self.public, self.count) + 4096
-        return sealed_record_size(self.ctx.vector_size) + _claim_size(self.public, self.count) + 8192
+        return (
+            sealed_record_size(self.ctx.vector_size)
+            + _claim_size(self.public, self.count)
+            + signing.SIGNATURE_BYTES
+            + 8192
+        )
 
     def _form_sum(self, contributors: set[str]) -> None:
         """The sum of exactly ``contributors``' ciphertexts, its digest and their sorted names."""
@@ -758,7 +806,9 @@ class _Aggregator(SumAggregator):
                 raise WireError("sealed decryption shares of the wrong size")
             self.sealed_shares[party] = parts["sealed"]
         elif phase in self.combine_phases or phase in self.verify_phases:
-            header, parts = decode_record(payload, b"TCBr", {"status": str, "bad": list}, ("model", "claim"))
+            header, parts = decode_record(
+                payload, b"TCBr", {"status": str, "bad": list}, ("model", "claim", "signature")
+            )
             if party not in self.role.get(phase, ()):
                 if header["status"] != "none" or header["bad"] or any(parts.values()):
                     raise ProtocolError("answered a combination it was not asked for")
@@ -772,12 +822,21 @@ class _Aggregator(SumAggregator):
                 raise ProtocolError("a combiner named holders that sent no shares")
             if status == "sealed":
                 self._check_record(parts["model"])
+                signing.verify(
+                    self.public.signing[self.public.index(party) - 1],
+                    parts["signature"],
+                    _record_message(parts["model"]),
+                    party,
+                )
+                self.signatures.setdefault(hashlib.sha256(parts["model"]).digest(), {})[party] = parts[
+                    "signature"
+                ]
                 if phase in self.combine_phases:
                     if len(parts["claim"]) != _claim_size(self.public, self.count):
                         raise WireError("the decryptor's sealed claim has the wrong size")
                 elif parts["claim"]:
                     raise WireError("only a decryptor sends a claim")
-            elif parts["model"] or parts["claim"]:
+            elif parts["model"] or parts["claim"] or parts["signature"]:
                 raise WireError("an answer without a record carries nothing")
             self.replies[(phase, party)] = (status, sorted(bad), parts["model"], parts["claim"])
         else:
@@ -1054,7 +1113,8 @@ class _Aggregator(SumAggregator):
         )
 
     def _accept(self, reply: tuple, combiners: list[str]) -> None:
-        self.sealed = reply[2]
+        signed = self.signatures[hashlib.sha256(reply[2]).digest()]
+        self.sealed = countersigned_record(reply[2], {c: signed[c] for c in combiners})
         # Judge the round's earlier disagreements against the confirmed record: proofs and the
         # batch check are deterministic, so whoever contradicts the record lied.
         for decryptor, verifier in self.disputes:
@@ -1126,6 +1186,12 @@ class _ThresholdParty(_Party):
     def start_round(self, ctx: RoundContext, provide: Any) -> None:
         super().start_round(ctx, provide)
         self._combines = 0
+
+    def open_model(self, sealed: bytes) -> np.ndarray:
+        """A released model is opened only with t combiners' signatures on its record: its label then
+        moves this party's base (``model_round``), which releases an acknowledgement — colluders that
+        seal a record of the old model under a new label move nothing."""
+        return super().open_model(open_countersigned(self.material.public, sealed))
 
     def respond(self, phase: str, request: bytes) -> bytes:
         handler = self._handlers.get(phase)
@@ -1334,7 +1400,9 @@ class _ThresholdParty(_Party):
             ("sum", "shares", "claim"),
         )
         if not parts["sum"]:
-            return encode_record(b"TCBr", {"status": "none", "bad": []}, {"model": b"", "claim": b""})
+            return encode_record(
+                b"TCBr", {"status": "none", "bad": []}, {"model": b"", "claim": b"", "signature": b""}
+            )
         if self.fuse is None:
             raise ProtocolError("asked to combine without a fuser")
         contributors, ciphertexts, digest, sum_ctx = self._request_sum(
@@ -1355,7 +1423,9 @@ class _ThresholdParty(_Party):
         public = key.public
         valid, bad = self._open_shares(header["holders"], parts["shares"], ciphertexts, contributors, digest)
         if len(valid) < public.threshold:
-            return encode_record(b"TCBr", {"status": "short", "bad": bad}, {"model": b"", "claim": b""})
+            return encode_record(
+                b"TCBr", {"status": "short", "bad": bad}, {"model": b"", "claim": b"", "signature": b""}
+            )
         claim_aad = _share_aad(self.ctx, "", list(contributors), digest, b"claim")
         claim_key = _share_key(key.model_key)
         width = public.n_bytes
@@ -1369,14 +1439,18 @@ class _ThresholdParty(_Party):
             count = len(ciphertexts)
             if len(plain) != 2 * count * width:
                 return encode_record(
-                    b"TCBr", {"status": "disputed", "bad": bad}, {"model": b"", "claim": b""}
+                    b"TCBr",
+                    {"status": "disputed", "bad": bad},
+                    {"model": b"", "claim": b"", "signature": b""},
                 )
             values = [int.from_bytes(plain[i : i + width], "big") for i in range(0, len(plain), width)]
             plaintexts, roots = values[:count], values[count:]
             if not tp.check_decryption(public.n, public.delta, ciphertexts, roots, plaintexts):
                 log.warning("%s: the decryptor's plaintexts fail the batch check", self.me)
                 return encode_record(
-                    b"TCBr", {"status": "disputed", "bad": bad}, {"model": b"", "claim": b""}
+                    b"TCBr",
+                    {"status": "disputed", "bad": bad},
+                    {"model": b"", "claim": b"", "signature": b""},
                 )
         else:
             chosen = dict(sorted(valid.items())[: public.threshold])
@@ -1410,7 +1484,14 @@ class _ThresholdParty(_Party):
         record_digest = hashlib.sha256(record).digest()
         if self._label_digest.setdefault(self.ctx.round, record_digest) != record_digest:
             raise ProtocolError(f"would seal a second, different record labelled round {self.ctx.round}")
-        return encode_record(b"TCBr", {"status": "sealed", "bad": bad}, {"model": record, "claim": claim_out})
+        # Countersigned: parties move their base only on a record t combiners signed (spec,
+        # "Acknowledgements"); with at most t − 1 colluders one of them decrypted the sum itself.
+        signature = sign_record(key, record)
+        return encode_record(
+            b"TCBr",
+            {"status": "sealed", "bad": bad},
+            {"model": record, "claim": claim_out, "signature": signature},
+        )
 
 
 __all__ = ["PaillierThreshold", "ThresholdScheme", "demo_stack", "key_ceremony", "load_public", "load_share"]
