@@ -526,7 +526,7 @@ def _encrypted_party(keys, n, t):  # noqa: F811
     party.start_round(
         RoundContext("ab" * 16, 0, tuple(_parties(n)), 7, True, 1), lambda: np.zeros(7, np.uint64)
     )
-    party.attach_fuser(lambda total, contributors=None: np.zeros(7))
+    party.attach_fuser(lambda total, contributors=None: np.zeros(7), base=lambda: np.zeros(7))
     party.respond(layer_module.ENCRYPT, b"")
     return party
 
@@ -746,7 +746,9 @@ def test_an_exposed_sum_cannot_be_differenced_with_a_new_sum_of_the_same_updates
     decryptable = _sums_decryptable(_SkipsCompletion.shares_seen, 2)
     assert 1 not in decryptable, "a second sum of the same updates was decrypted"
     assert all(named == _parties(4) for named in decryptable.values())
-    assert "acknowledged the round-0 sum" in " ".join(report.dropouts.values())
+    assert "acknowledged a sum of its update computed on this same model" in " ".join(
+        report.dropouts.values()
+    )
 
 
 def test_a_refusal_marker_does_not_free_the_same_update_for_another_sum(keys, monkeypatch):  # noqa: F811
@@ -891,7 +893,8 @@ def test_a_party_acknowledges_only_the_sum_it_attested_last(keys):  # noqa: F811
             party._acknowledge(other)
     request = encode_record(b"TAKq", {"contributors": _parties(3), "sum": "ab" * 32, "of_round": 0}, {})
     party._acknowledge(request)
-    assert party.acknowledged == (0, "ab" * 32, -1)
+    base = layer_module.hashlib.sha256(np.zeros(7, "<f8").tobytes()).hexdigest()
+    assert party.acknowledged == (0, "ab" * 32, base) and party.acknowledged_bases == {base}
 
 
 def _forged_release(fed, colluders, label, vector):
@@ -914,13 +917,14 @@ def _forged_release(fed, colluders, label, vector):
     )
 
 
-@pytest.mark.parametrize("wrapped", [False, True])
-def test_a_record_colluders_seal_does_not_move_the_base(keys, monkeypatch, wrapped):  # noqa: F811
-    """Fifth attacker, 1: after round 0's sum went out unconfirmed, a colluder seals a record of
-    the UNCHANGED model under a new label; had honest parties taken it as a new model, their
-    acknowledgements would have been released and round 1's sum over the others (the victim left
-    out) decrypted too. A released model needs t combiners' signatures: the t − 1 colluders' record
-    (bare, or signed by all of them) is refused, and round 1 yields no share."""
+@pytest.mark.parametrize("signers", [None, ["p03"], ["p02", "p03"]])
+def test_a_new_label_on_the_old_model_does_not_free_an_acknowledgement(keys, monkeypatch, signers):  # noqa: F811
+    """Fifth attacker, 1 and 2: after round 0's sum went out unconfirmed, round 1 is served a record
+    of the UNCHANGED model under a new label — sealed by a colluder (bare, or countersigned by the
+    t − 1 colluders: refused), or a genuine t-signed release an honest combiner kept on the old model
+    re-fused (accepted: it is one). Had the new label freed the acknowledgements, round 1's sum over
+    the others (the victim left out) would have been decrypted too. A party is bound by the model's
+    content: round 1 yields no share."""
     monkeypatch.setattr(layer_module, "_Aggregator", _SkipsCompletion)
     _SkipsCompletion.shares_seen = {}
     faults = Faults()
@@ -930,11 +934,16 @@ def test_a_record_colluders_seal_does_not_move_the_base(keys, monkeypatch, wrapp
     fed, _deltas, _weights = federation(keys[(4, 2)], 4, faults)
     fed._key_dir = keys[(4, 2)]
     assert not fed.run_round().ok
-    record, released = _forged_release(fed, ["p03"], 0, np.zeros(7))
-    fed.aggregator.sealed = SealedModel(released if wrapped else record)
+    record, released = _forged_release(fed, signers or ["p03"], 0, np.zeros(7))
+    fed.aggregator.sealed = SealedModel(released if signers else record)
     report = fed.run_round()
     assert not report.ok
     assert 1 not in _sums_decryptable(_SkipsCompletion.shares_seen, 2)
+    reasons = " ".join(report.dropouts.values())
+    if signers == ["p02", "p03"]:
+        assert "acknowledged a sum of its update computed on this same model" in reasons
+    else:
+        assert "combiners" in reasons or "TSGM" in reasons
 
 
 def test_a_released_model_needs_t_distinct_valid_countersignatures(keys):  # noqa: F811

@@ -1175,11 +1175,16 @@ class _ThresholdParty(_Party):
         }
         self.bad_shares: list[tuple[int, str]] = []  # (round, holder) whose proofs failed here
         # The last attestation: {round: (contributors, sum digest, signed bytes, base)}; holders share
-        # only for it. ``base``: the model round the attested contribution was trained from.
-        self._attested: dict[int, tuple[tuple[str, ...], str, bytes, int]] = {}
-        # The last sum this party acknowledged: (round, digest, base). Until it trains on a model newer
-        # than ``base`` its update is unchanged, and it attests no other sum (spec, "Acknowledgements").
-        self.acknowledged: tuple[int, str, int] | None = None
+        # only for it. ``base``: SHA-256 of the model the attested contribution was trained from.
+        self._attested: dict[int, tuple[tuple[str, ...], str, bytes, str]] = {}
+        # The last sum this party acknowledged: (round, digest, base).
+        self.acknowledged: tuple[int, str, str] | None = None
+        # Every model (by content) on which this party acknowledged a sum of its update: it attests no
+        # other sum of an update computed on one of them (spec, "Acknowledgements"). By content, not by
+        # label: a new release carrying an old model (re-served, or re-fused by a combiner kept on an
+        # old model) must not free an update computed on that model again (fifth attacker, 2).
+        self.acknowledged_bases: set[str] = set()
+        self._base_digest = ""  # SHA-256 of the model this round's contribution was trained from
         self._combined: dict[int, tuple[tuple[str, ...], str]] = {}  # the sum combined this round
         self._combines = 0
 
@@ -1188,10 +1193,20 @@ class _ThresholdParty(_Party):
         self._combines = 0
 
     def open_model(self, sealed: bytes) -> np.ndarray:
-        """A released model is opened only with t combiners' signatures on its record: its label then
-        moves this party's base (``model_round``), which releases an acknowledgement — colluders that
-        seal a record of the old model under a new label move nothing."""
+        """A released model is opened only with t combiners' signatures on its record, so its content
+        comes from a sum an honest combiner decrypted and fused: colluders cannot seal a model of
+        their choosing (e.g. the old one nudged) for honest parties to train on."""
         return super().open_model(open_countersigned(self.material.public, sealed))
+
+    def _encrypt(self, request: bytes) -> bytes:
+        reply = super()._encrypt(request)
+        trained_on = self._current if self._current is not None else self._last_model
+        self._base_digest = (
+            hashlib.sha256(np.ascontiguousarray(trained_on, dtype="<f8").tobytes()).hexdigest()
+            if trained_on is not None
+            else ""
+        )
+        return reply
 
     def respond(self, phase: str, request: bytes) -> bytes:
         handler = self._handlers.get(phase)
@@ -1243,12 +1258,13 @@ class _ThresholdParty(_Party):
             raise ProtocolError("this party holds no opening of a contribution to this round")
         if self.ctx.round in self._attested:
             raise ProtocolError("this party attests one sum a round; a second attestation is refused")
-        if self.acknowledged is not None and self.acknowledged[2] == self.model_round:
-            # Its update has not changed since it acknowledged that sum, which may have been decrypted:
-            # a second sum of the same update over another set would reveal their difference (C5).
+        if not self._base_digest or self._base_digest in self.acknowledged_bases:
+            # It acknowledged a sum of an update computed on this very model, which may have been
+            # decrypted: a second sum of the same update over another set would reveal their
+            # difference (C5). Only a release that changes the model frees it.
             raise ProtocolError(
-                f"this party acknowledged the round-{self.acknowledged[0]} sum of the same update (no new "
-                "model since); it attests no other sum of it until that sum's record is released"
+                "this party acknowledged a sum of its update computed on this same model; it attests "
+                "no other sum of it until a released model changes it"
             )
         _, _, plaintexts, seed = opening
         public = self.material.public.paillier
@@ -1258,7 +1274,7 @@ class _ThresholdParty(_Party):
             public, plaintexts, djn_exponents(seed, len(plaintexts), public), gammas, ctx
         )
         signed = sign_attestation(self.material, ctx, blob)
-        self._attested = {self.ctx.round: (contributors, digest, signed, self.model_round)}
+        self._attested = {self.ctx.round: (contributors, digest, signed, self._base_digest)}
         return encode_record(b"TATr", {}, {"attestation": signed})
 
     def _acknowledge(self, request: bytes) -> bytes:
@@ -1275,6 +1291,7 @@ class _ThresholdParty(_Party):
                 "asked to acknowledge a sum that is not the last one this party attested its contribution to"
             )
         self.acknowledged = (of_round, mine[1], mine[3])
+        self.acknowledged_bases.add(mine[3])
         ack = sign_ack(self.material, self.ctx.session, of_round, mine[0], mine[1])
         return encode_record(b"TAKr", {}, {"ack": ack})
 
