@@ -10,6 +10,8 @@ wrong becomes a *withdraw* reply with the reason, so the aggregator drops this p
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import threading
 from collections import OrderedDict
@@ -130,6 +132,13 @@ class PartyNode:
         self.round_global: np.ndarray | None = None
         self.round_parties: tuple[str, ...] = ()
         self.last_fused: FusedSum | None = None
+        # A layer that fuses on the parties seals every model after the initial one. Its parties
+        # take a clear model only while they have opened no sealed one, and only the one they saw
+        # first (by digest): otherwise the aggregator could choose what an honest party trains on —
+        # e.g. a model it acknowledged a sum on, nudged by one ulp, to get the same update into a
+        # second sum (paillier-threshold, third attacker).
+        self._clear_model_digest: bytes | None = None
+        self._opened_sealed = False
         if stack.secure_sum.fuses_on_parties:
             self.secure_sum.attach_fuser(self._fuse_revealed, base=lambda: self.round_global)
 
@@ -222,6 +231,7 @@ class PartyNode:
             sealed = request.parts["sealed_model"]
             source = lambda: self.open_global(sealed)  # noqa: E731
         else:
+            self._check_clear_model(request.parts["model"])
             entry = SHARED_MODELS.entry(self.spec, request.parts["model"])
             source = lambda: SHARED_MODELS.vector(entry, self.spec)  # noqa: E731
 
@@ -244,9 +254,27 @@ class PartyNode:
             return self.open_global(request.parts["sealed_model"])
         return _clear_model(request.parts["model"], self.spec)
 
+    def _check_clear_model(self, model: bytes) -> None:
+        if not self.stack.secure_sum.fuses_on_parties:
+            return
+        if self._opened_sealed:
+            raise ProtocolError(
+                "this federation's model is sealed and this party has opened a sealed model already; "
+                "a model in the clear now is refused (the aggregator would choose what it trains on)"
+            )
+        digest = hashlib.sha256(model).digest()
+        if self._clear_model_digest is None:
+            self._clear_model_digest = digest
+        elif not hmac.compare_digest(digest, self._clear_model_digest):
+            raise ProtocolError(
+                "a model in the clear other than the initial one this party was sent; refused (only "
+                "sealed models follow the initial one)"
+            )
+
     def open_global(self, sealed: bytes) -> np.ndarray:
         """The global vector inside a sealed model (layers that fuse on the parties)."""
         vector = np.asarray(self.secure_sum.open_model(sealed), dtype=np.float64)
+        self._opened_sealed = True
         if vector.shape != (self.spec.size,):
             raise WireError(f"sealed model holds {vector.shape} values, the model needs ({self.spec.size},)")
         check_finite(vector, "sealed global model")

@@ -970,3 +970,49 @@ def test_a_released_model_needs_t_distinct_valid_countersignatures(keys):  # noq
         layer_module.open_countersigned(public, doubled)
     with pytest.raises(layer_module.WireError):
         layer_module.open_countersigned(public, record)  # a bare record is not a release
+
+
+def _serve_in_clear(fed, round_, model):
+    """Rewrite every request of ``round_`` that carries the global model to carry ``model`` in the
+    clear instead (an active aggregator choosing what the parties train on)."""
+    from securefl.wire import Envelope, pack_array
+
+    for party, handler in list(fed.transport.handlers.items()):
+
+        def rewritten(data, _handler=handler):
+            env = Envelope.decode(data)
+            if env.round == round_ and ("model" in env.parts or "sealed_model" in env.parts):
+                parts = {k: v for k, v in env.parts.items() if k != "sealed_model"}
+                parts["model"] = pack_array(np.asarray(model, dtype=fed.aggregator.spec.wire_dtype))
+                data = Envelope(env.kind, env.session, env.round, env.phase, env.party, parts).encode()
+            return _handler(data)
+
+        fed.transport.handlers[party] = rewritten
+
+
+@pytest.mark.parametrize("released", [False, True])
+def test_a_model_in_the_clear_cannot_follow_the_initial_one(keys, monkeypatch, released):  # noqa: F811
+    """Third attacker, C1/C2: round-1's sum of everyone went out unreleased; in round 2 the
+    aggregator serves the others, in the clear, the model they acknowledged it on nudged by one ulp
+    (a new content digest, the same update), so that a sum without the victim would be decrypted
+    too. A party of a sealed federation takes no clear model once it opened a sealed one, nor a
+    clear model other than the first it saw."""
+    monkeypatch.setattr(layer_module, "_Aggregator", _SkipsCompletion)
+    _SkipsCompletion.shares_seen = {}
+    faults = Faults()
+    exposed = 1 if released else 0
+    for party in _parties(4):
+        faults.add("offline", party, phase="combine", round=exposed)
+    faults.add("offline", "p00", round=exposed + 1)
+    fed, _deltas, _weights = federation(keys[(4, 2)], 4, faults)
+    if released:
+        assert fed.run_round().ok  # round 0 releases a sealed model everyone opens
+    acknowledged_on = fed.global_vector.copy()
+    assert not fed.run_round().ok
+    nudged = acknowledged_on.copy()
+    nudged[0] = np.nextafter(nudged[0], np.inf)
+    _serve_in_clear(fed, exposed + 1, nudged)
+    report = fed.run_round()
+    assert not report.ok
+    assert exposed + 1 not in _sums_decryptable(_SkipsCompletion.shares_seen, 2)
+    assert "in the clear" in " ".join(report.dropouts.values())
