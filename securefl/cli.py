@@ -181,7 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dp.add_argument("--budget-epsilon", type=float, help="refuse rounds that would spend more ε than this")
     dp.add_argument("--delta", type=float, default=1e-5, help="δ of the (ε, δ) guarantee (default 1e-5)")
-    dp.add_argument("--ledger", help="append each release to this signed JSON Lines ledger")
+    dp.add_argument(
+        "--ledger",
+        help="append each release to this signed JSON Lines ledger (an existing one is continued: its "
+        "releases count against the budget)",
+    )
+    dp.add_argument(
+        "--budget-change",
+        action="store_true",
+        help="continue an existing ledger under another budget than the one it records",
+    )
     dp.add_argument("--accountant", default="prv", help="prv (default) or rdp; Skellam noise uses rdp")
     dp.add_argument(
         "--budget-observer",
@@ -531,7 +540,14 @@ def _dp_settings(args: argparse.Namespace) -> DPSettings | None:
 def _budget_settings(args: argparse.Namespace) -> BudgetSettings | None:
     if args.dp is None:
         return None
-    return BudgetSettings(args.budget_epsilon, args.delta, args.ledger, args.accountant, args.budget_observer)
+    return BudgetSettings(
+        args.budget_epsilon,
+        args.delta,
+        args.ledger,
+        args.accountant,
+        args.budget_observer,
+        allow_budget_change=args.budget_change,
+    )
 
 
 def _audit(args: argparse.Namespace, console: Console) -> int:
@@ -762,17 +778,47 @@ def main(argv: list[str] | None = None) -> int:
         settings.backend = _backend(args, settings.backend)
         guard = None
         if settings.releases_dp():
-            from securefl.privacy.guard import guard_for
+            from securefl.privacy.guard import continuation, guard_for
 
             guard = guard_for(settings.budget or BudgetSettings())
+            if guard.ledger is not None and guard.ledger.records:
+                console.print(
+                    f"continuing {escape(str(guard.ledger.path))}: it {continuation(guard.ledger)}, "
+                    "which this run's budget counts"
+                )
         summary = run(settings, ConsoleReporter(console), guard)
     except SecureFLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if args.json:
             print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the {args.command} stopped (Ctrl-C)", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": "interrupted", "type": "KeyboardInterrupt"}))
+        return 130
+    except Exception as exc:  # a bug or an environment problem: one line, the traceback with --verbose
+        import traceback
+
+        from securefl.logtext import printable
+
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(
+            f"error: the {args.command} failed: {type(exc).__name__}: {printable(exc, 4000)}"
+            + ("" if args.verbose else " (--verbose shows where)"),
+            file=sys.stderr,
+        )
+        if args.json:
+            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        return 1
     if args.json:
         print(json.dumps(summary))
+    if summary["rounds_completed"] == 0:
+        # Nothing was learnt (the budget refused the first round, or every round failed): a script
+        # chaining this command must not go on as if a model had been trained.
+        print(f"error: no round of the {args.command} completed; the model is unchanged", file=sys.stderr)
+        return 2
     return 0
 
 

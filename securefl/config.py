@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ _TOP = {"task", "rounds", "seed", "federation", "privacy", "strategy", "budget",
 _FEDERATION = {"parties", "min_parties", "selection", "phase_timeout", "weight_bound"}
 # Layers that release DP noise; a budget means nothing without one.
 DP_LAYERS = {"dp"}
-_BUDGET = {"epsilon", "delta", "ledger", "accountant", "observer"}
+_BUDGET = {"epsilon", "delta", "ledger", "accountant", "observer", "allow_budget_change"}
 _SIMULATION = {"backend", "actors", "address", "cpus_per_actor", "batch"}
 
 
@@ -111,6 +112,7 @@ def budget_settings(budget: Any, privacy: Any, source: str) -> BudgetSettings:
         delta=float(_typed(budget, "delta", (int, float), 1e-5, source)),
         ledger=_typed(budget, "ledger", str, None, source) if "ledger" in budget else None,
         accountant=_typed(budget, "accountant", str, "prv", source),
+        allow_budget_change=_typed(budget, "allow_budget_change", bool, False, source),
         observer=check_observer(_typed(budget, "observer", str, None, source))
         if "observer" in budget
         else None,
@@ -139,8 +141,25 @@ def no_unknown(table: dict, known: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+
+
 def _typed(table: dict, key: str, kind, default, source: str):
+    """``table[key]`` (or ``default``) if it has the type ``kind`` (a type or a tuple of types).
+    A TOML boolean is never taken for a number (Python's True is an int)."""
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{source}: {key} = {value!r} has the wrong type")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+        named = [k for k in kinds if not (k is int and float in kinds)]  # an integer is a number too
+        expected = " or ".join(dict.fromkeys(_TYPE_NAMES.get(k, k.__name__) for k in named))
+        raise ConfigError(f"{source}: {key} = {_toml_text(value)} has the wrong type: expected {expected}")
     return value
+
+
+def _toml_text(value: Any) -> str:
+    """A value as the user wrote it in TOML (true, "text", 1.5), not as Python prints it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)

@@ -34,6 +34,9 @@ class BudgetSettings:
     ledger: str | None = None
     accountant: str = "prv"
     observer: str | None = None  # the observer class the budget holds against; None: the strictest
+    # Continue an existing ledger under another budget than its last record's (refused otherwise:
+    # two runs chained into one ledger by accident would end overspent).
+    allow_budget_change: bool = False
 
 
 @dataclass
@@ -166,12 +169,14 @@ def run(
     history = federation.history
     summary: dict[str, Any] = {
         "task": task.name,
-        "final_accuracy": accuracy[-1],
-        "final_loss": losses[-1],
+        # None when no round ran (e.g. the budget refused the first one).
+        "final_accuracy": accuracy[-1] if accuracy else None,
+        "final_loss": losses[-1] if losses else None,
         "accuracy_per_round": accuracy,
         "rounds": settings.rounds,
         "rounds_run": len(accuracy),
         "rounds_failed": len(history.failed),
+        "rounds_completed": sum(1 for r in history.rounds if r.ok),
         "stopped": stopped,
         "parties": len(task.clients),
         "privacy": settings.privacy_label(),
@@ -217,13 +222,19 @@ def plot_accuracy(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [r.round + 1 for r in rounds]
+    # One accuracy per round that ran; a round the budget refused ends the run and has none.
+    ran = rounds[: len(accuracy)]
+    xs = [r.round + 1 for r in ran]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(
         xs, [a if a is not None else float("nan") for a in accuracy], "o-", label="held-out test accuracy"
     )
-    federated = [r.eval_metrics.get("accuracy", float("nan")) if r.ok else float("nan") for r in rounds]
+    federated = [r.eval_metrics.get("accuracy", float("nan")) if r.ok else float("nan") for r in ran]
     ax.plot(xs, federated, "s--", alpha=0.7, label="federated evaluation (before local training)")
+    for refused in rounds[len(accuracy) :]:
+        label = f"round {refused.round + 1} refused"
+        ax.axvline(refused.round + 1, color="tab:red", linestyle=":", label=label)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)

@@ -179,4 +179,4 @@ def test_dp_config_file_runs_and_stops_at_its_budget(tmp_path, monkeypatch, caps
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["stack"] == ["clip", "quantize", "dp", "secagg"]
     assert summary["epsilon"] <= 8.0 and summary["final_accuracy"] > 0.8
-    assert main(["audit", "dp-ledger.jsonl", "--public-key", "dp-ledger.jsonl.pub"]) == 0
+    assert main(["audit", "dp-secagg-ledger.jsonl", "--public-key", "dp-secagg-ledger.jsonl.pub"]) == 0

@@ -78,7 +78,12 @@ def test_run_config_file(capsys, config, stack):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("rounds = 'ten'", "rounds = 'ten' has the wrong type"),
+        ("rounds = 'ten'", 'rounds = "ten" has the wrong type: expected an integer'),
+        (
+            '[[privacy]]\nlayer = "dp"\n[budget]\nepsilon = true',
+            "epsilon = true has the wrong type: expected a number",
+        ),
+        ('[[privacy]]\nlayer = "dp"\n[budget]\nallow_budget_change = 1', "expected true or false"),
         ("colour = 'red'", r"unknown key\(s\) \['colour'\]"),
         ("[federation]\nparty_count = 3", r"\[federation\]: unknown key"),
         ("[budget]\nepsilon = 1.0", "no layer of the privacy stack releases DP noise"),

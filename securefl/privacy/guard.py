@@ -329,4 +329,31 @@ def guard_for(settings: BudgetSettings) -> PrivacyGuard:
         settings.observer,
     )
     ledger = open_ledger(settings.ledger) if settings.ledger else None
+    if ledger is not None and ledger.records:
+        recorded = ledger.records[-1].get("budget_epsilon")
+        recorded = math.inf if recorded is None else recorded
+        if recorded != budget.epsilon and not settings.allow_budget_change:
+            spent = continuation(ledger)
+            raise ConfigError(
+                f"{settings.ledger} already {spent} under a budget of ε={_budget_text(recorded)}; this run's "
+                f"budget is ε={_budget_text(budget.epsilon)}. Use a new ledger for a new federation, keep "
+                "the recorded budget to continue this one, or change it on purpose with --budget-change "
+                "([budget] allow_budget_change = true)"
+            )
     return PrivacyGuard(budget, ledger, settings.accountant)
+
+
+def _budget_text(epsilon: float) -> str:
+    return "unlimited" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def continuation(ledger: Ledger) -> str:
+    """What an existing ledger already holds, in words: "records 6 releases (ε 13.8 spent) and 1
+    refusal"."""
+    released = [r for r in ledger.records if r.get("decision") == "released"]
+    refused = len(ledger.records) - len(released)
+    spent = released[-1].get("epsilon") if released else 0.0
+    text = f"records {len(released)} release{'s' if len(released) != 1 else ''} (ε {spent:.3g} spent)"
+    if refused:
+        text += f" and {refused} refusal{'s' if refused != 1 else ''}"
+    return text
