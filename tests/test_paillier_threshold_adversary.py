@@ -402,8 +402,8 @@ def _is_verification(request):
         decode_record(
             request,
             b"TCBq",
-            {"contributors": list, "holders": list, "of_round": int},
-            ("sum", "shares", "claim"),
+            {"contributors": list, "holders": list, "of_round": int, "ackers": list, "base": str},
+            ("sum", "shares", "claim", "acks"),
         )[1]["claim"]
     )
 
@@ -499,8 +499,8 @@ def test_a_bad_share_sender_blaming_the_other_is_found(keys, monkeypatch):  # no
         asked = decode_record(
             request,
             b"TCBq",
-            {"contributors": list, "holders": list, "of_round": int},
-            ("sum", "shares", "claim"),
+            {"contributors": list, "holders": list, "of_round": int, "ackers": list, "base": str},
+            ("sum", "shares", "claim", "acks"),
         )
         others = [h for h in asked[0]["holders"] if h != liar]
         return encode_record(
@@ -568,8 +568,8 @@ def test_t_minus_1_colluders_cannot_distrust_honest_holders(keys, monkeypatch): 
         header, _ = decode_record(
             request,
             b"TCBq",
-            {"contributors": list, "holders": list, "of_round": int},
-            ("sum", "shares", "claim"),
+            {"contributors": list, "holders": list, "of_round": int, "ackers": list, "base": str},
+            ("sum", "shares", "claim", "acks"),
         )
         honest = [h for h in header["holders"] if h not in colluders]
         return encode_record(
@@ -831,10 +831,11 @@ def test_a_sum_short_of_acknowledgements_is_given_up_and_its_acknowledgers_wait(
 
 def test_acknowledgements_are_bound_to_their_sum_and_counted(keys):  # noqa: F811
     """A holder shares only with more than (contributors + t − 1)/2 acknowledgements, each its
-    sender's signature on exactly this session, round, contributor list and sum."""
+    sender's signature on exactly this session, round, contributor list, sum and base model."""
     share = layer_module.load_share(keys[(4, 2)] / layer_module.share_file_name("p01"))
     public = share.public
     named = tuple(_parties(4))
+    base = "0f" * 32
     acks = {
         p: layer_module.sign_ack(
             layer_module.load_share(keys[(4, 2)] / layer_module.share_file_name(p)),
@@ -842,26 +843,31 @@ def test_acknowledgements_are_bound_to_their_sum_and_counted(keys):  # noqa: F81
             ROUND,
             named,
             DIGEST,
+            base,
         )
         for p in named
     }
     three = sorted(named)[:3]
     blob = b"".join(acks[p] for p in three)
-    assert layer_module.check_acks(public, SESSION, ROUND, named, DIGEST, three, blob) == tuple(three)
+    check = layer_module.check_acks
+    assert check(public, SESSION, ROUND, named, DIGEST, three, base, blob) == tuple(three)
     with pytest.raises(ProtocolError, match="3 are needed"):
-        layer_module.check_acks(public, SESSION, ROUND, named, DIGEST, three[:2], blob[: 2 * 64])
-    for session, round_, digest in (
-        (SESSION, ROUND + 1, DIGEST),
-        ("ef" * 16, ROUND, DIGEST),
-        (SESSION, ROUND, "ee" * 32),
+        check(public, SESSION, ROUND, named, DIGEST, three[:2], base, blob[: 2 * 64])
+    for session, round_, digest, model in (
+        (SESSION, ROUND + 1, DIGEST, base),
+        ("ef" * 16, ROUND, DIGEST, base),
+        (SESSION, ROUND, "ee" * 32, base),
+        (SESSION, ROUND, DIGEST, "1e" * 32),  # another base model
     ):
         with pytest.raises(ProtocolError, match="does not verify"):
-            layer_module.check_acks(public, session, round_, named, digest, three, blob)
+            check(public, session, round_, named, digest, three, model, blob)
     with pytest.raises(ProtocolError, match="does not verify"):  # another contributor list
-        layer_module.check_acks(public, SESSION, ROUND, named[:3], DIGEST, three, blob)
+        check(public, SESSION, ROUND, named[:3], DIGEST, three, base, blob)
     swapped = acks[three[1]] + acks[three[0]] + acks[three[2]]
     with pytest.raises(ProtocolError, match="does not verify"):
-        layer_module.check_acks(public, SESSION, ROUND, named, DIGEST, three, swapped)
+        check(public, SESSION, ROUND, named, DIGEST, three, base, swapped)
+    with pytest.raises(ProtocolError, match="SHA-256"):
+        check(public, SESSION, ROUND, named, DIGEST, three, "nope", blob)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -872,7 +878,7 @@ def test_acknowledgements_are_bound_to_their_sum_and_counted(keys):  # noqa: F81
 def test_acknowledgement_decoder_fails_cleanly(keys, ackers, blob):  # noqa: F811
     public = layer_module.load_public(keys[(4, 2)] / "public.json")
     try:
-        layer_module.check_acks(public, SESSION, ROUND, tuple(_parties(4)), DIGEST, ackers, blob)
+        layer_module.check_acks(public, SESSION, ROUND, tuple(_parties(4)), DIGEST, ackers, "0f" * 32, blob)
     except (ProtocolError, layer_module.WireError):
         pass
     else:

@@ -333,22 +333,26 @@ def quorum(invited: int, threshold: int) -> int:
     return (invited + threshold - 1) // 2 + 1
 
 
-def _ack_message(session: str, round_: int, party: str, contributors: tuple[str, ...], digest: str) -> bytes:
-    """What a contributor signs in ``acknowledge``: this sum (round, contributors, digest) may be
-    decrypted, and this party attests no other sum of the update it contributed to it."""
+def _ack_message(
+    session: str, round_: int, party: str, contributors: tuple[str, ...], digest: str, base: str
+) -> bytes:
+    """What a contributor signs in ``acknowledge``: this sum (round, contributors, digest) of updates
+    trained from the model ``base`` (its SHA-256, hex) may be decrypted, and this party attests no
+    other sum of the update it contributed to it."""
     return (
         tp.DOMAIN
         + b"/acknowledgement"
         + tp.context(session, round_, party, digest)
+        + tp.field(base.encode())
         + b"".join(tp.field(c.encode()) for c in contributors)
     )
 
 
 def sign_ack(
-    share: tp.KeyShare, session: str, round_: int, contributors: tuple[str, ...], digest: str
+    share: tp.KeyShare, session: str, round_: int, contributors: tuple[str, ...], digest: str, base: str
 ) -> bytes:
     key = Ed25519PrivateKey.from_private_bytes(share.signing_key)
-    return signing.sign(key, _ack_message(session, round_, share.holder, contributors, digest))
+    return signing.sign(key, _ack_message(session, round_, share.holder, contributors, digest, base))
 
 
 def check_acks(
@@ -358,18 +362,22 @@ def check_acks(
     contributors: tuple[str, ...],
     digest: str,
     ackers: Any,
+    base: Any,
     blob: bytes,
 ) -> tuple[str, ...]:
     """The contributors whose acknowledgements of this sum ``blob`` carries (one signature each, in
-    the order of ``ackers``): each must verify, and more than (contributors + t − 1)/2 of them must
-    be there — so that more than half of the sum's honest contributors have bound themselves to it
-    before anyone may decrypt it (spec, "Acknowledgements"). Else ProtocolError/WireError."""
+    the order of ``ackers``, all on updates trained from the model ``base``): each must verify, and
+    more than (contributors + t − 1)/2 of them must be there — so that more than half of the sum's
+    honest contributors have bound themselves to it before anyone may decrypt it (spec,
+    "Acknowledgements"). Else ProtocolError/WireError."""
     if (
         not isinstance(ackers, list)
         or any(not isinstance(a, str) or a not in contributors for a in ackers)
         or ackers != sorted(set(ackers))
     ):
         raise ProtocolError("the acknowledgers must be distinct contributors of the sum, sorted")
+    if not isinstance(base, str) or not re.fullmatch(r"[0-9a-f]{64}", base):
+        raise ProtocolError("the acknowledged base is not a SHA-256 digest in lowercase hex")
     if len(blob) != signing.SIGNATURE_BYTES * len(ackers):
         raise WireError("the share request does not carry one acknowledgement per acknowledger")
     needed = quorum(len(contributors), public.threshold)
@@ -383,7 +391,7 @@ def check_acks(
         signing.verify(
             public.signing[public.index(party) - 1],
             signature,
-            _ack_message(session, round_, party, contributors, digest),
+            _ack_message(session, round_, party, contributors, digest, base),
             party,
         )
     return tuple(ackers)
@@ -631,7 +639,7 @@ class _Aggregator(SumAggregator):
                 "tries": 0,
             }
         self.shares_out = False
-        self.acks: dict[str, bytes] = {}
+        self.acks: dict[str, tuple[str, bytes]] = {}  # acknowledger -> (base, signature)
         self.completing = self.exposed is not None
         self.of_round = self.exposed["round"] if self.completing else ctx.round
         self.ctx = ctx
@@ -716,32 +724,40 @@ class _Aggregator(SumAggregator):
             if party not in self.asked:
                 return encode_record(
                     b"TSHq",
-                    {"contributors": [], "of_round": self.of_round, "ackers": []},
+                    {"contributors": [], "of_round": self.of_round, "ackers": [], "base": ""},
                     {"sum": b"", "attestations": b"", "acks": b""},
                 )
-            ackers = sorted(self.acks)
+            ackers, base, blob = self._ack_fields()
             return encode_record(
                 b"TSHq",
-                {"contributors": self._named, "of_round": self.of_round, "ackers": ackers},
+                {"contributors": self._named, "of_round": self.of_round, "ackers": ackers, "base": base},
                 {
                     "sum": self._sum,
                     "attestations": b"".join(self.attestations[p] for p in self._named),
-                    "acks": b"".join(self.acks[p] for p in ackers),
+                    "acks": blob,
                 },
             )
         if phase in self.combine_phases or phase in self.verify_phases:
             if party not in self.role.get(phase, ()):
                 return encode_record(
                     b"TCBq",
-                    {"contributors": [], "holders": [], "of_round": self.of_round},
-                    {"sum": b"", "shares": b"", "claim": b""},
+                    {"contributors": [], "holders": [], "of_round": self.of_round, "ackers": [], "base": ""},
+                    {"sum": b"", "shares": b"", "claim": b"", "acks": b""},
                 )
             holders = sorted(self.sealed_shares)
             claim = self.claims[self.pending][3] if phase in self.verify_phases else b""
+            ackers, base, blob = self._ack_fields()
             return encode_record(
                 b"TCBq",
-                {"contributors": self._named, "holders": holders, "of_round": self.of_round},
                 {
+                    "contributors": self._named,
+                    "holders": holders,
+                    "of_round": self.of_round,
+                    "ackers": ackers,
+                    "base": base,
+                },
+                {
+                    "acks": blob,
                     "sum": self._sum,
                     "shares": b"".join(self.sealed_shares[h] for h in holders),
                     "claim": claim,
@@ -788,14 +804,19 @@ class _Aggregator(SumAggregator):
             self.attested[party] = value
             self.attestations[party] = parts["attestation"]
         elif phase == ACK:
-            _, parts = decode_record(payload, b"TAKr", {}, ("ack",))
+            header, parts = decode_record(payload, b"TAKr", {"base": str}, ("ack",))
             if party not in self._ack_asked():
-                if parts["ack"]:
+                if parts["ack"] or header["base"]:
                     raise ProtocolError("sent an acknowledgement it was not asked for")
                 return
-            message = _ack_message(self.ctx.session, self.of_round, party, tuple(self._named), self._digest)
+            base = header["base"]
+            if not re.fullmatch(r"[0-9a-f]{64}", base):
+                raise ProtocolError("an acknowledgement's base is not a SHA-256 digest in lowercase hex")
+            message = _ack_message(
+                self.ctx.session, self.of_round, party, tuple(self._named), self._digest, base
+            )
             signing.verify(self.public.signing[self.public.index(party) - 1], parts["ack"], message, party)
-            self.acks[party] = parts["ack"]
+            self.acks[party] = (base, parts["ack"])
         elif phase == SHARE:
             _, parts = decode_record(payload, b"TSHr", {}, ("sealed",))
             if party not in self.asked:
@@ -841,6 +862,12 @@ class _Aggregator(SumAggregator):
             self.replies[(phase, party)] = (status, sorted(bad), parts["model"], parts["claim"])
         else:
             raise ProtocolError(f"paillier-threshold has no phase {phase!r}")
+
+    def _ack_fields(self) -> tuple[list[str], str, bytes]:
+        """The acknowledgers (sorted), their common base and their signatures in that order."""
+        ackers = sorted(self.acks)
+        base = self.acks[ackers[0]][0] if ackers else ""
+        return ackers, base, b"".join(self.acks[p][1] for p in ackers)
 
     def _ack_asked(self) -> set[str]:
         """Who is asked to acknowledge: this round's contributors, or, completing an earlier sum, its
@@ -892,6 +919,12 @@ class _Aggregator(SumAggregator):
             if not self.completing:
                 self._close_attestations(survivors)
         elif phase == ACK:
+            # One base per sum: the model most acknowledgers trained from (an honest aggregator
+            # serves one model; a party sent another does not count towards this sum's quorum).
+            bases = sorted({base for base, _ in self.acks.values()})
+            if bases:
+                chosen = max(bases, key=lambda b: sum(v[0] == b for v in self.acks.values()))
+                self.acks = {p: v for p, v in self.acks.items() if v[0] == chosen}
             needed = quorum(len(self._named), t)
             if len(self.acks) < needed:
                 raise RoundFailed(
@@ -1283,7 +1316,7 @@ class _ThresholdParty(_Party):
         sum may be decrypted (holders need a quorum of these)."""
         header, _ = decode_record(request, b"TAKq", {"contributors": list, "sum": str, "of_round": int}, ())
         if not header["contributors"]:
-            return encode_record(b"TAKr", {}, {"ack": b""})
+            return encode_record(b"TAKr", {"base": ""}, {"ack": b""})
         of_round = header["of_round"]
         mine = self._attested.get(of_round) if type(of_round) is int else None
         if mine is None or list(mine[0]) != header["contributors"] or mine[1] != header["sum"]:
@@ -1292,8 +1325,8 @@ class _ThresholdParty(_Party):
             )
         self.acknowledged = (of_round, mine[1], mine[3])
         self.acknowledged_bases.add(mine[3])
-        ack = sign_ack(self.material, self.ctx.session, of_round, mine[0], mine[1])
-        return encode_record(b"TAKr", {}, {"ack": ack})
+        ack = sign_ack(self.material, self.ctx.session, of_round, mine[0], mine[1], mine[3])
+        return encode_record(b"TAKr", {"base": mine[3]}, {"ack": ack})
 
     def _check_attestations(
         self,
@@ -1338,7 +1371,7 @@ class _ThresholdParty(_Party):
         header, parts = decode_record(
             request,
             b"TSHq",
-            {"contributors": list, "of_round": int, "ackers": list},
+            {"contributors": list, "of_round": int, "ackers": list, "base": str},
             ("sum", "attestations", "acks"),
         )
         if not parts["sum"]:
@@ -1357,6 +1390,7 @@ class _ThresholdParty(_Party):
             contributors,
             digest,
             header["ackers"],
+            header["base"],
             parts["acks"],
         )
         key: tp.KeyShare = self.material
@@ -1413,8 +1447,8 @@ class _ThresholdParty(_Party):
         header, parts = decode_record(
             request,
             b"TCBq",
-            {"contributors": list, "holders": list, "of_round": int},
-            ("sum", "shares", "claim"),
+            {"contributors": list, "holders": list, "of_round": int, "ackers": list, "base": str},
+            ("sum", "shares", "claim", "acks"),
         )
         if not parts["sum"]:
             return encode_record(
@@ -1425,6 +1459,25 @@ class _ThresholdParty(_Party):
         contributors, ciphertexts, digest, sum_ctx = self._request_sum(
             header["contributors"], header["of_round"], parts["sum"]
         )
+        key: tp.KeyShare = self.material
+        check_acks(
+            key.public,
+            sum_ctx.session,
+            sum_ctx.round,
+            contributors,
+            digest,
+            header["ackers"],
+            header["base"],
+            parts["acks"],
+        )
+        if not self._base_digest or not hmac.compare_digest(header["base"], self._base_digest):
+            # The record is this party's model plus the sum's mean: fused onto another model than the
+            # one its contributors trained from, it could be the old model again under a new label
+            # (fourth attacker, D1: a party served a chosen first model combined an exposed sum).
+            raise ProtocolError(
+                "this party's model is not the one the sum's contributors trained from; it fuses the "
+                "sum onto no other model"
+            )
         # Several roles in a round (a decryption, then verifying another's claim) are allowed, all for
         # one sum: its records are deterministic, so the party never seals two contents under a label.
         if self._combined.get(self.ctx.round, (contributors, digest)) != (contributors, digest):
@@ -1436,7 +1489,6 @@ class _ThresholdParty(_Party):
         self._combined = {self.ctx.round: (contributors, digest)}
         if (first_time and self.ctx.round in self._label_digest) or self.ctx.round < self.latest_model_round:
             raise ProtocolError(f"already holds a sealed record labelled round {self.ctx.round} or later")
-        key: tp.KeyShare = self.material
         public = key.public
         valid, bad = self._open_shares(header["holders"], parts["shares"], ciphertexts, contributors, digest)
         if len(valid) < public.threshold:
