@@ -978,12 +978,14 @@ def test_a_released_model_needs_t_distinct_valid_countersignatures(keys):  # noq
         layer_module.open_countersigned(public, record)  # a bare record is not a release
 
 
-def _serve_in_clear(fed, round_, model):
+def _serve_in_clear(fed, round_, model, parties=None):
     """Rewrite every request of ``round_`` that carries the global model to carry ``model`` in the
     clear instead (an active aggregator choosing what the parties train on)."""
     from securefl.wire import Envelope, pack_array
 
     for party, handler in list(fed.transport.handlers.items()):
+        if parties is not None and party not in parties:
+            continue
 
         def rewritten(data, _handler=handler):
             env = Envelope.decode(data)
@@ -1022,3 +1024,37 @@ def test_a_model_in_the_clear_cannot_follow_the_initial_one(keys, monkeypatch, r
     assert not report.ok
     assert exposed + 1 not in _sums_decryptable(_SkipsCompletion.shares_seen, 2)
     assert "in the clear" in " ".join(report.dropouts.values())
+
+
+class _ChosenDecryptor(layer_module._Aggregator):
+    """An aggregator that makes p03 the first decryptor whenever it can."""
+
+    def _next_decryptor(self):
+        if "p03" in self.pool and "p03" not in self.used:
+            self.used.add("p03")
+            return "p03"
+        return super()._next_decryptor()
+
+
+def test_a_combiner_fuses_a_sum_only_onto_its_contributors_model(keys, monkeypatch):  # noqa: F811
+    """Fourth attacker, D1: round 0's sum (p03 absent) went out unreleased; in round 1 the aggregator
+    serves p03 — which has seen no model yet — a first model of its choosing (M0 minus the sum's mean,
+    one ulp off) and makes it the decryptor of the completion: its honest fusion would have been M0
+    again under a new label, freeing every update acknowledged on M0. p03 refuses to fuse onto a
+    model the contributors did not train from; another decryptor completes the sum honestly."""
+    monkeypatch.setattr(layer_module, "_Aggregator", _ChosenDecryptor)
+    faults = Faults()
+    faults.add("offline", "p03", round=0)
+    for party in _parties(3):
+        faults.add("offline", party, phase="combine", round=0)
+    fed, deltas, weights = federation(keys[(4, 2)], 4, faults)
+    assert not fed.run_round().ok
+    chosen = fed.global_vector - mean(deltas, weights, _parties(3))
+    chosen[0] = np.nextafter(chosen[0], np.inf)
+    _serve_in_clear(fed, 1, chosen, parties={"p03"})
+    report = fed.run_round()
+    assert report.ok, report.error
+    aggregator = fed.aggregator.secure_sum
+    assert aggregator.completing and aggregator.decrypted_by[0] != "p03"
+    np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(3)), atol=1e-9)
+    assert "fuses the sum onto no other model" in " ".join(report.dropouts.values())
