@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from securefl import __version__
 from securefl.aggregator import RoundReport
 from securefl.config import load_config
 from securefl.errors import ConfigError, SecureFLError
@@ -157,16 +158,42 @@ def _backend(args: argparse.Namespace, configured: Any) -> Any:
     )
 
 
+def _seed(text: str) -> int:
+    """argparse type of --seed: what numpy and scikit-learn take (0 … 2³² − 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 … 4294967295")
+    return value
+
+
+def check_output(path: str, what: str) -> None:
+    """Refuse, before any work, an output file that cannot be written where it is asked for."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a file name")
+    parent = target.parent
+    if not parent.is_dir():
+        raise ConfigError(
+            f"{what} {path}: the directory {parent} does not exist; create it or choose another path"
+        )
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{what} {path}: the directory {parent} is not writable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="securefl", description="Privacy-preserving federated learning with secure aggregation."
     )
+    parser.add_argument("--version", action="version", version=f"securefl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train on breast-cancer data across simulated hospitals")
     demo.add_argument("--parties", type=int, default=5, help="number of hospitals (default 5)")
     demo.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
     demo.add_argument("--privacy", default="plain", choices=PRESET_NAMES, help="privacy stack preset")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data split only (default 0)")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the data split only (default 0)")
     demo.add_argument("--plot", default="securefl-demo.png", help="PNG of accuracy per round ('' to skip)")
     dp = demo.add_argument_group("differential privacy (party-level DP-FedAvg)")
     dp.add_argument(
@@ -321,6 +348,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             ["--clients", str(args.parties), "--params", str(args.params), "--rounds", rounds]
         )
 
+    if args.plot:
+        check_output(args.plot, "--plot")
     layers = [name.strip() for name in args.privacy.split(",") if name.strip()]
     if "plain" not in layers:
         layers.insert(0, "plain")
@@ -554,6 +583,12 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     from securefl.privacy.audit import audit, write_report
     from securefl.privacy.ledger import read_public_key
 
+    if Path(args.ledger).is_dir():
+        raise ConfigError(
+            f"{args.ledger} is a directory; give the ledger file (e.g. {args.ledger}/dp-ledger.jsonl)"
+        )
+    if args.report:
+        check_output(args.report, "--report")
     public_key = read_public_key(args.public_key) if args.public_key else None
     if args.repair:
         _repair_ledger(args.ledger, console)
@@ -776,6 +811,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             settings = load_config(args.config)
         settings.backend = _backend(args, settings.backend)
+        if settings.plot:  # checked now, not after every round has run
+            check_output(settings.plot, "the plot")
         guard = None
         if settings.releases_dp():
             from securefl.privacy.guard import continuation, guard_for

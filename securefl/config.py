@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from securefl.errors import ConfigError
+from securefl.layers import LAYERS
 from securefl.privacy.observers import check_observer
+from securefl.registry import check_entry
 from securefl.runner import BudgetSettings, RunSettings
 
 _TOP = {"task", "rounds", "seed", "federation", "privacy", "strategy", "budget", "plot", "simulation"}
@@ -93,6 +95,15 @@ def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSetti
     )
     if settings.parties < 1 or settings.rounds < 1:
         raise ConfigError(f"{source}: parties and rounds must be at least 1")
+    if "privacy" not in data:
+        # Never a silent "plain": the first thing a secure-aggregation config must say is how.
+        raise ConfigError(
+            f"{source}: no privacy stack: add [[privacy]] tables (see examples/configs), a preset such "
+            f'as privacy = "secagg+", or privacy = "plain" to run without protection on purpose'
+        )
+    if isinstance(privacy, list):
+        for entry in privacy:  # names and options checked now, not rounds later
+            check_entry("privacy layer", LAYERS, entry, "layer")
     return settings
 
 

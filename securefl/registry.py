@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -11,12 +12,47 @@ T = TypeVar("T")
 
 
 def construct(kind: str, registry: Mapping[str, Callable[..., T]], entry: Mapping[str, Any], key: str) -> T:
-    """``registry[entry[key]](**rest of entry)``; unknown names and bad parameters are ConfigErrors."""
+    """``registry[entry[key]](**rest of entry)``; unknown names and bad parameters are ConfigErrors
+    that name what is valid."""
+    check_entry(kind, registry, entry, key)
     params = dict(entry)
-    name = params.pop(key, None)
-    if name not in registry:
-        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
+    name = params.pop(key)
     try:
         return registry[name](**params)
     except TypeError as exc:
         raise ConfigError(f"{kind} {name!r}: {exc}") from None
+
+
+def check_entry(
+    kind: str, registry: Mapping[str, Callable[..., Any]], entry: Mapping[str, Any], key: str
+) -> None:
+    """That ``entry`` names a component of ``registry`` by ``key`` and only options it takes."""
+    available = ", ".join(sorted(registry))
+    if key not in entry:
+        raise ConfigError(f'a {kind} table needs {key} = "..." naming one of: {available}')
+    name = entry[key]
+    if not isinstance(name, str) or name not in registry:
+        raise ConfigError(f"unknown {kind} {name!r}; available: {available}")
+    options = _options(registry[name])
+    unknown = sorted(set(entry) - {key} - set(options)) if options is not None else []
+    if unknown:
+        valid = ", ".join(options) if options else "none"
+        raise ConfigError(
+            f"{kind} {name!r} has no option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"its options: {valid}"
+        )
+
+
+def _options(factory: Callable[..., Any]) -> list[str] | None:
+    """The keyword options ``factory`` takes (None when it takes any: ``**kwargs``)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    names = []
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            return None
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            names.append(parameter.name)
+    return names

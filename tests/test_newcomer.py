@@ -61,3 +61,60 @@ def test_an_interrupt_or_an_unexpected_error_is_one_line(monkeypatch, capsys, ra
     assert main(["demo", "--rounds", "1"]) == code
     err = capsys.readouterr().err
     assert line in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["demo", "--rounds", "1", "--plot", "{tmp}/missing/acc.png"],
+            "the directory {tmp}/missing does not exist",
+        ),
+        (["demo", "--rounds", "1", "--plot", "{tmp}"], "is a directory; give a file name"),
+        (["bench", "--params", "10", "--parties", "3", "--plot", "{tmp}/missing/b.png"], "does not exist"),
+        (["audit", "{tmp}"], "is a directory; give the ledger file"),
+        (["audit", "{tmp}/l.jsonl", "--report", "{tmp}/missing/r.html"], "does not exist"),
+        (
+            ["demo", "--dp", "central", "--ledger", "{tmp}", "--rounds", "1"],
+            "the ledger {tmp} is a directory",
+        ),
+    ],
+)
+def test_impossible_paths_are_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    """Defect 3: a plot or report into a missing directory failed after the whole run; a directory
+    given as a ledger ended in a traceback."""
+    monkeypatch.setattr(cli, "run", lambda *a, **k: pytest.fail("the run started"))
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+def test_seed_and_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--seed", "-5"])
+    assert exit_.value.code == 2 and "-5 is outside 0 … 4294967295" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("securefl ")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[[privacy]]\nlayer = "clip"\nnrom = 3',
+            "privacy layer 'clip' has no option nrom; its options: norm",
+        ),
+        ("[[privacy]]\nnorm = 3", 'a privacy layer table needs layer = "..." naming one of: ckks, clip'),
+        ("", 'or privacy = "plain" to run without protection on purpose'),
+        ("rounds = 1.5", "rounds = 1.5 has the wrong type: expected an integer"),
+    ],
+)
+def test_config_mistakes_name_the_fix(tmp_path, capsys, text, message):
+    """Defects 6 and 7: a misspelt option lists the valid ones, a missing layer names them, an empty
+    file does not silently run "plain", a wrong type names the expected one."""
+    path = tmp_path / "fed.toml"
+    path.write_text(text)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

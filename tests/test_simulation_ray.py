@@ -377,17 +377,20 @@ def test_simulation_table_and_flags(tmp_path):
     from securefl.cli import _backend, build_parser
     from securefl.config import settings_from_dict
 
-    settings = settings_from_dict({"simulation": {"backend": "ray", "actors": 2, "address": "10.0.0.5:6379"}})
+    plain = {"privacy": "plain"}
+    settings = settings_from_dict(
+        {**plain, "simulation": {"backend": "ray", "actors": 2, "address": "10.0.0.5:6379"}}
+    )
     assert settings.backend == RayBackend(actors=2, address="10.0.0.5:6379")
-    assert settings_from_dict({}).backend is None
-    assert settings_from_dict({"simulation": {"backend": "inprocess"}}).backend is None
+    assert settings_from_dict(plain).backend is None
+    assert settings_from_dict({**plain, "simulation": {"backend": "inprocess"}}).backend is None
     for bad, message in (
         ({"nodes": 3}, "unknown key"),
         ({"actors": 0}, "actors"),
         ({"backend": "x"}, "backend"),
     ):
         with pytest.raises(ConfigError, match=message):
-            settings_from_dict({"simulation": bad})
+            settings_from_dict({**plain, "simulation": bad})
     parser = build_parser()
 
     def backend(argv, configured=None):

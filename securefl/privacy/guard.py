@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -328,6 +329,11 @@ def guard_for(settings: BudgetSettings) -> PrivacyGuard:
         settings.delta,
         settings.observer,
     )
+    if settings.ledger and os.path.isdir(settings.ledger):
+        raise ConfigError(
+            f"the ledger {settings.ledger} is a directory; give a file in it "
+            f"(e.g. {settings.ledger}/dp-ledger.jsonl)"
+        )
     ledger = open_ledger(settings.ledger) if settings.ledger else None
     if ledger is not None and ledger.records:
         recorded = ledger.records[-1].get("budget_epsilon")
