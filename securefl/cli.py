@@ -65,8 +65,12 @@ class ConsoleReporter(Reporter):
             refusal = escape(str(report.error))
             line = f"round {report.round + 1:>3}/{self.total_rounds}  [yellow]refused[/]: {refusal}"
         elif report.ok:
+            # A task without evaluate() scores nothing: the line says so instead of a number.
+            scores = f"accuracy {accuracy:.3f}  " if accuracy is not None else "not evaluated  "
+            if loss is not None:
+                scores += f"loss {loss:.4f}  "
             line = (
-                f"round {report.round + 1:>3}/{self.total_rounds}  accuracy {accuracy:.3f}  loss {loss:.4f}  "
+                f"round {report.round + 1:>3}/{self.total_rounds}  {scores}"
                 f"bytes up {_size(report.bytes_up):>9}  "
                 f"parties {len(report.survivors)}/{len(report.selected)}"
             )
@@ -106,7 +110,9 @@ class ConsoleReporter(Reporter):
             value = summary[key]
             if value is None and key in ("epsilon", "delta", "noise_multiplier", "ledger"):
                 continue
-            if key in ("bytes_up", "bytes_down"):
+            if value is None:
+                value = "not evaluated" if key.startswith("final_") else "—"
+            elif key in ("bytes_up", "bytes_down"):
                 value = f"{_size(value)} ({value} bytes)"
             elif key == "seconds":
                 value = f"{value:.2f} s"

@@ -47,11 +47,9 @@ ones is refused before any round.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import secrets
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +71,7 @@ from securefl.logtext import printable
 from securefl.network.server import TLSFiles
 from securefl.party import Client, PartyNode
 from securefl.selection import build_selection
+from securefl.tasks import load_callable
 
 log = logging.getLogger(__name__)
 
@@ -129,22 +128,6 @@ def _file(base: Path, table: dict, key: str, where: str) -> Path:
     if not path.exists():
         raise ConfigError(f"{where}: {key} = {table[key]!r} does not exist (securefl keys tls creates it)")
     return path
-
-
-def load_callable(spec: str, what: str) -> Callable:
-    """``package.module:function`` from the current directory or the installed packages."""
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise ConfigError(f"{what} must look like 'module:function', got {spec!r}")
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # the user's modules in the working directory, as `python -m` does
-    try:
-        value = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{what} {spec!r} cannot be loaded: {exc}") from None
-    if not callable(value):
-        raise ConfigError(f"{what} {spec!r} is not callable")
-    return value
 
 
 @dataclass

@@ -118,3 +118,27 @@ def test_config_mistakes_name_the_fix(tmp_path, capsys, text, message):
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_task_module_in_the_working_directory_without_evaluate(tmp_path, monkeypatch, capsys):
+    """Defect 4: `run` did not find a task module next to the config (`party` did), and a task
+    without evaluate() crashed the summary."""
+    (tmp_path / "mytask.py").write_text(
+        "import numpy as np\n"
+        "from securefl.tasks import Task\n"
+        "def make(parties, seed):\n"
+        "    def client(i):\n"
+        "        return lambda weights, info: ({'w': weights['w'] + 0.1 * (i + 1)}, 1, {})\n"
+        "    clients = {f'c{i}': client(i) for i in range(parties)}\n"
+        "    return Task(name='mine', model={'w': np.zeros(3)}, clients=clients)\n"
+    )
+    (tmp_path / "fed.toml").write_text(
+        'task = "mytask:make"\nrounds = 2\nprivacy = "secagg"\n[federation]\nparties = 3\nweight_bound = 10\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # undone after the test (the CLI adds "" itself)
+    assert main(["run", "fed.toml", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["final_accuracy"] is None and summary["rounds_completed"] == 2
+    assert "not evaluated" in captured.err and "None" not in captured.err  # --json: the table on stderr

@@ -7,6 +7,7 @@ loads a user's task factory, called as ``function(parties=N, seed=S)`` and retur
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -31,15 +32,28 @@ class Task:
 BUILTIN = {"breast-cancer": "securefl.tasks.breast_cancer:make_task"}
 
 
+def load_callable(spec: str, what: str) -> Callable:
+    """``package.module:function`` from the current directory or the installed packages (the
+    user's own module next to their config, as ``python -m`` finds it)."""
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ConfigError(f"{what} must look like 'module:function', got {spec!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        value = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{what} {spec!r} cannot be loaded: {exc}") from None
+    if not callable(value):
+        raise ConfigError(f"{what} {spec!r} is not callable")
+    return value
+
+
 def load_task(name: str, parties: int, seed: int = 0) -> Task:
     target = BUILTIN.get(name, name)
-    module_name, _, func_name = target.partition(":")
-    if not func_name:
+    if ":" not in target:
         raise ConfigError(f"unknown task {name!r}: use one of {sorted(BUILTIN)} or 'package.module:function'")
-    try:
-        factory = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot load task {name!r}: {exc}") from None
+    factory = load_callable(target, "task")
     task = factory(parties=parties, seed=seed)
     if not isinstance(task, Task):
         raise ConfigError(f"task factory {target!r} returned {type(task).__name__}, not securefl.tasks.Task")
