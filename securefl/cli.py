@@ -731,8 +731,34 @@ def _serve(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
         return 1
-    print(json.dumps(summary) if args.json else f"finished: {summary}")
+    print(json.dumps(summary) if args.json else f"finished: {_served(summary)}")
     return 0
+
+
+class RoundsFailed(SecureFLError):
+    """A federation in which no round completed."""
+
+
+def _served(summary: dict[str, Any]) -> str:
+    """The end of an aggregator or party process, in words."""
+    if "party" in summary:
+        requests, reconnects = summary["requests"], summary["reconnects"]
+        return (
+            f"{summary['party']} answered {requests} request{'s' if requests != 1 else ''}"
+            f" ({reconnects} reconnect{'s' if reconnects != 1 else ''})"
+        )
+    text = f"{summary['rounds_ok']} of {summary['rounds']} rounds completed"
+    if summary["rounds_failed"]:
+        text += f", {summary['rounds_failed']} failed"
+    seen = summary["parties_seen"]
+    text += f"; {len(seen)} part{'ies' if len(seen) != 1 else 'y'} seen"
+    if summary.get("epsilon") is not None:
+        text += f"; ε {summary['epsilon']:.3g} spent"
+    if summary.get("refused"):
+        text += f"; stopped: {summary['refused']}"
+    if summary.get("model"):
+        text += f"; model saved to {summary['model']}"
+    return text
 
 
 def _serve_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -741,6 +767,13 @@ def _serve_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "aggregator":
         summary = deploy.run_aggregator(args.config)
         weights = summary.pop("weights", None)
+        if summary["rounds_ok"] == 0:
+            # Nothing was learnt: neither exit 0 nor save the initial model as if it were trained.
+            first = next(iter(summary["failures"].items()), None)
+            reason = f" (round {first[0] + 1}: {first[1]})" if first else ""
+            if not first and summary.get("refused"):
+                reason = f" ({summary['refused']})"
+            raise RoundsFailed(f"no round of the federation completed{reason}; the model is unchanged")
         if args.save_model:
             if weights is None:
                 raise ConfigError("the global model is sealed (paillier, ckks): only the parties can open it")

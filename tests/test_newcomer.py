@@ -142,3 +142,66 @@ def test_a_task_module_in_the_working_directory_without_evaluate(tmp_path, monke
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["final_accuracy"] is None and summary["rounds_completed"] == 2
     assert "not evaluated" in captured.err and "None" not in captured.err  # --json: the table on stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _by_hand(tmp_path, edit=lambda text: text):
+    """The README's "by hand" commands, in a copy of examples/network/ (another port, 2 rounds)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = tmp_path / "network"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "examples/network", here)
+    fed = here / "fed.toml"
+    text = fed.read_text().replace("127.0.0.1:50051", f"127.0.0.1:{_free_port()}")
+    fed.write_text(edit(text.replace("rounds = 5", "rounds = 2")))
+    cli_ = [sys.executable, "-m", "securefl.cli"]
+
+    def start(*args):
+        return subprocess.Popen(
+            [*cli_, *args], cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    keys = start("keys", "tls", "--parties", "hospital-1,hospital-2,hospital-3", "--out", "certs")
+    assert keys.wait(timeout=120) == 0
+    aggregator = start("aggregator", "--config", "fed.toml", "--save-model", "final.npz")
+    parties = [
+        start("party", "--config", f"hospital-{h}.toml", "--train", "hospital:make_client") for h in (1, 2, 3)
+    ]
+    out, err = aggregator.communicate(timeout=600)
+    for party in parties:
+        party.communicate(timeout=120)
+    return aggregator.returncode, out, err, here
+
+
+@pytest.mark.slow
+def test_the_readme_by_hand_network_commands_train_a_model(tmp_path):
+    """Defect 5: the README named fed.toml and hospital-1.toml, which did not exist."""
+    code, out, err, here = _by_hand(tmp_path)
+    assert code == 0, err
+    assert "finished: 2 of 2 rounds completed; 3 parties seen; model saved to final.npz" in out
+    assert (here / "final.npz").exists() and "{" not in out  # a sentence, not a dict
+
+
+@pytest.mark.slow
+def test_a_federation_in_which_no_round_completed_fails_and_saves_nothing(tmp_path):
+    """Defect 5: with the parties' metric names not the agreed ones, every round failed while the
+    aggregator exited 0 and saved the untrained model."""
+    code, _out, err, here = _by_hand(
+        tmp_path,
+        lambda text: text.replace('eval_metrics = ["loss", "accuracy"]', 'eval_metrics = ["auc"]').replace(
+            "metric_bounds = { loss = 10.0, accuracy = 1.0 }", "metric_bounds = { loss = 10.0, auc = 1.0 }"
+        ),
+    )
+    assert code == 2
+    assert "no round of the federation completed (round 1:" in err
+    assert not (here / "final.npz").exists()
