@@ -397,6 +397,13 @@ def check_acks(
     return tuple(ackers)
 
 
+def _model_digest(vector: np.ndarray | None) -> str:
+    """A model's content as the acknowledgements name it: SHA-256 of its float64 LE values, hex."""
+    if vector is None:
+        return ""
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype="<f8").tobytes()).hexdigest()
+
+
 def _record_message(record: bytes) -> bytes:
     return tp.DOMAIN + b"/record" + tp.field(hashlib.sha256(record).digest())
 
@@ -1224,6 +1231,7 @@ class _ThresholdParty(_Party):
     def start_round(self, ctx: RoundContext, provide: Any) -> None:
         super().start_round(ctx, provide)
         self._combines = 0
+        self._base_digest = ""  # until this round's contribution is made
 
     def open_model(self, sealed: bytes) -> np.ndarray:
         """A released model is opened only with t combiners' signatures on its record, so its content
@@ -1233,12 +1241,7 @@ class _ThresholdParty(_Party):
 
     def _encrypt(self, request: bytes) -> bytes:
         reply = super()._encrypt(request)
-        trained_on = self._current if self._current is not None else self._last_model
-        self._base_digest = (
-            hashlib.sha256(np.ascontiguousarray(trained_on, dtype="<f8").tobytes()).hexdigest()
-            if trained_on is not None
-            else ""
-        )
+        self._base_digest = _model_digest(self._current if self._current is not None else self._last_model)
         return reply
 
     def respond(self, phase: str, request: bytes) -> bytes:
@@ -1470,7 +1473,9 @@ class _ThresholdParty(_Party):
             header["base"],
             parts["acks"],
         )
-        if not self._base_digest or not hmac.compare_digest(header["base"], self._base_digest):
+        # The model the fuse steps from (this round's, as the party opened it), digested now.
+        fuses_onto = _model_digest(self._base() if self._base is not None else None)
+        if not fuses_onto or not hmac.compare_digest(header["base"], fuses_onto):
             # The record is this party's model plus the sum's mean: fused onto another model than the
             # one its contributors trained from, it could be the old model again under a new label
             # (fourth attacker, D1: a party served a chosen first model combined an exposed sum).
