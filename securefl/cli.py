@@ -135,6 +135,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fail_fast(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop with the traceback when a party's own training code raises (default: that party "
+        "drops out of the round, its traceback in the log)",
+    )
+
+
 def _add_backend(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("where the parties run")
     where.add_argument(
@@ -232,10 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         "round's selection; where the aggregator is protected, its figure is the same)",
     )
     _add_backend(demo)
+    _add_fail_fast(demo)
     _add_common(demo)
     run_cmd = sub.add_parser("run", help="run a federation described in a TOML file")
     run_cmd.add_argument("config", help="path to the TOML file")
     _add_backend(run_cmd)
+    _add_fail_fast(run_cmd)
     _add_common(run_cmd)
     bench = sub.add_parser("bench", help="measure what each privacy layer costs, side by side")
     bench.add_argument(
@@ -850,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             settings = load_config(args.config)
         settings.backend = _backend(args, settings.backend)
+        settings.fail_fast = settings.fail_fast or args.fail_fast
         if settings.plot:  # checked now, not after every round has run
             check_output(settings.plot, "the plot")
         guard = None
@@ -878,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from securefl.logtext import printable
 
-        if args.verbose:
+        if args.verbose or getattr(args, "fail_fast", False):
             traceback.print_exc(file=sys.stderr)
         print(
             f"error: the {args.command} failed: {type(exc).__name__}: {printable(exc, 4000)}"

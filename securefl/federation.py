@@ -121,7 +121,9 @@ class Federation:
 
     ``model`` gives the initial global weights (named arrays); ``clients`` maps party ids to a
     :class:`~securefl.party.Client` or a bare train function. Metric names are declared up front
-    because every party's vector must have the same layout. ``backend="ray"`` (or a
+    because every party's vector must have the same layout. ``fail_fast=True`` re-raises, from
+    :meth:`run_round`, what a party's own ``train``/``evaluate`` raised (by default that party drops
+    out of the round and the traceback goes to its log). ``backend="ray"`` (or a
     :class:`~securefl.simulation.RayBackend`) hosts the parties on Ray actors instead of this process.
     """
 
@@ -146,6 +148,7 @@ class Federation:
         workers: int = 1,
         guard: ReleaseGuard | None = None,
         backend: str | Mapping[str, Any] | RayBackend | None = None,
+        fail_fast: bool = False,
     ) -> None:
         if not clients:
             raise ConfigError("a federation needs at least one party")
@@ -154,6 +157,7 @@ class Federation:
         if not (isinstance(phase_timeout, (int, float)) and phase_timeout > 0):
             raise ConfigError(f"phase_timeout must be positive seconds, got {phase_timeout!r}")
         party_ids = [check_name(p, "party id") for p in clients]
+        self.fail_fast = fail_fast
         self.spec = ArraySpec.of(model)
         self.layout = VectorLayout(self.spec.size, tuple(train_metrics), tuple(eval_metrics))
         self.stack = build_stack(privacy, party_ids)
@@ -244,6 +248,14 @@ class Federation:
         self.history.rounds.append(report)
         if report.status == "refused":
             raise BudgetExhausted(report.error)
+        if self.fail_fast:
+            # A party's own train/evaluate raised: re-raise it here, with its traceback, instead
+            # of going on without that party (in-process parties only keep the traceback).
+            for party in report.dropouts:
+                error = getattr(self.nodes.get(party), "user_error", None)
+                if error is not None:
+                    self.nodes[party].user_error = None
+                    raise error
         return report
 
     def run(self, rounds: int, on_round: Callable[[RoundReport], None] | None = None) -> History:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import threading
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from securefl.codec import ArraySpec, FusedSum, HonestBounds, NamedArrays, VectorLayout, check_finite
-from securefl.errors import ProtocolError, UpdateError, WireError
+from securefl.errors import ProtocolError, SecureFLError, UpdateError, WireError
 from securefl.fusion import FedAvg, Strategy
 from securefl.layers.base import ImpossibleSum, PrivacyStack, RoundContext
 from securefl.logtext import printable
@@ -138,6 +139,7 @@ class PartyNode:
         # e.g. a model it acknowledged a sum on, nudged by one ulp, to get the same update into a
         # second sum (paillier-threshold, third attacker).
         self._clear_model_digest: bytes | None = None
+        self.user_error: BaseException | None = None  # what the user's train/evaluate last raised
         self._opened_sealed = False
         if stack.secure_sum.fuses_on_parties:
             self.secure_sum.attach_fuser(self._fuse_revealed, base=lambda: self.round_global)
@@ -317,16 +319,39 @@ class PartyNode:
         self.last_fused = fused
         return new_global
 
+    def _user_code(self, what: str, function: Callable[..., Any], *args: Any) -> Any:
+        """Call the user's own ``train``/``evaluate``. What it raises is their bug, not the protocol's:
+        the whole traceback goes to this party's log (the aggregator is told only the exception's
+        type), and is kept in ``user_error`` for a federation run with ``fail_fast``."""
+        try:
+            return function(*args)
+        except SecureFLError:
+            raise
+        except Exception as exc:
+            self.user_error = exc
+            log.warning(
+                "party %s: its %s function raised %s (it withdraws from the round):\n%s",
+                self.party_id,
+                what,
+                type(exc).__name__,
+                "".join(traceback.format_exception(exc)),
+            )
+            raise
+
     def _local_update(self, global_vector: np.ndarray, info: RoundInfo) -> np.ndarray:
         """Evaluate the global model, train, and pack the weighted delta with weight and metrics."""
         eval_count, eval_metrics = 0, {}
         if self.client.evaluate is not None and self.layout.eval_metrics:
-            result = _as_eval_result(self.client.evaluate(self.spec.unflatten(global_vector), info))
+            result = _as_eval_result(
+                self._user_code("evaluate", self.client.evaluate, self.spec.unflatten(global_vector), info)
+            )
             eval_count, eval_metrics = (
                 _check_count(result.num_examples, "evaluation num_examples"),
                 result.metrics,
             )
-        trained = as_train_result(self.client.train(self.spec.unflatten(global_vector), info))
+        trained = as_train_result(
+            self._user_code("train", self.client.train, self.spec.unflatten(global_vector), info)
+        )
         examples = _check_count(trained.num_examples, "num_examples")
         if examples == 0:
             raise UpdateError("train reported 0 examples; a party with no data should not take part")

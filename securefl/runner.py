@@ -59,6 +59,8 @@ class RunSettings:
     # Where the parties run: None/"inprocess", "ray", or ray options ({"backend": "ray", "actors": 8,
     # "address": "HOST:PORT"} or a securefl.simulation.RayBackend).
     backend: Any = None
+    # Re-raise what a party's own train/evaluate raised instead of going on without that party.
+    fail_fast: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stack(self, parties: Sequence[str] | None = None) -> PrivacyStack:
@@ -122,6 +124,7 @@ def build_federation(settings: RunSettings, task: Task, guard: ReleaseGuard | No
         phase_timeout=settings.phase_timeout,
         guard=guard,
         backend=settings.backend,
+        fail_fast=settings.fail_fast,
     )
 
 

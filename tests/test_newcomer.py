@@ -205,3 +205,51 @@ def test_a_federation_in_which_no_round_completed_fails_and_saves_nothing(tmp_pa
     assert code == 2
     assert "no round of the federation completed (round 1:" in err
     assert not (here / "final.npz").exists()
+
+
+class _DataBug(Exception):
+    pass
+
+
+def _buggy(weights, info):
+    raise _DataBug("column 'age' missing")
+
+
+def test_a_training_error_is_logged_whole_or_raised_with_fail_fast(caplog):
+    """Defect 10: an error in a user's own training function was one warning line and the run went
+    on with the model unchanged."""
+    import numpy as np
+
+    import securefl
+
+    good = lambda weights, info: ({"w": weights["w"] + 1.0}, 1, {})  # noqa: E731
+    clients = {"a": good, "b": _buggy, "c": good}
+    fed = securefl.Federation({"w": np.zeros(2)}, clients, "plain")
+    report = fed.run_round()
+    assert report.ok and list(report.dropouts) == ["b"]
+    logged = caplog.text
+    assert "its train function raised _DataBug" in logged and "Traceback" in logged and "_buggy" in logged
+    assert "column 'age' missing" not in report.dropouts["b"]  # the aggregator learns the type only
+    strict = securefl.Federation({"w": np.zeros(2)}, clients, "plain", fail_fast=True)
+    with pytest.raises(_DataBug, match="column 'age' missing"):
+        strict.run_round()
+
+
+def test_fail_fast_on_the_command_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "buggy.py").write_text(
+        "import numpy as np\n"
+        "from securefl.tasks import Task\n"
+        "def train(weights, info):\n"
+        "    raise KeyError('age')\n"
+        "def make(parties, seed):\n"
+        "    clients = {f'c{i}': train for i in range(parties)}\n"
+        "    return Task(name='buggy', model={'w': np.zeros(2)}, clients=clients)\n"
+    )
+    (tmp_path / "fed.toml").write_text('task = "buggy:make"\nrounds = 1\nprivacy = "plain"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["run", "fed.toml"]) == 2  # every party dropped: no round completed
+    assert "no round of the run completed" in capsys.readouterr().err
+    assert main(["run", "fed.toml", "--fail-fast"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "raise KeyError('age')" in err and "error: the run failed: KeyError" in err
