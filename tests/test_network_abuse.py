@@ -324,10 +324,12 @@ def test_a_member_cannot_hold_the_connection_slots_against_a_restarting_party(tm
     assert found["peak_ready"] >= 20, found  # the attack did fill the slots at first
     assert found["closed_by_server"] >= found["connections"], found
     # What the aggregator holds (its descriptors) once the guard has had its say: 2 connections of
-    # hospital-4's beside its stream, plus those redialled and not yet closed — not the 40.
+    # hospital-4's beside its stream, plus those redialled and not yet closed — not the 40 (which
+    # would be start + 40 or more). Redials are closed about a second after they come, later on a
+    # loaded machine: the median was start + 16 once under a load average of 6, start + 8 at 2.
     start = watch.start
     held = sorted(s.fds for s in watch.samples if start.seconds + 10 <= s.seconds <= start.seconds + 30)
-    assert held and held[len(held) // 2] <= start.fds + 12, (held, start.fds)
+    assert held and held[len(held) // 2] <= start.fds + 24, (held, start.fds)
     _within_bounds(watch, context)
     _figures("connhold", watch, rejoined=rejoined, missed=missed, **found)
 
