@@ -326,7 +326,7 @@ def test_a_member_cannot_hold_the_connection_slots_against_a_restarting_party(tm
     # What the aggregator holds (its descriptors) once the guard has had its say: 2 connections of
     # hospital-4's beside its stream, plus those redialled and not yet closed — not the 40 (which
     # would be start + 40 or more). Redials are closed about a second after they come, later on a
-    # loaded machine: the median was start + 16 once under a load average of 6, start + 8 at 2.
+    # loaded machine (the median was start + 16 in one run under a load average of about 6).
     start = watch.start
     held = sorted(s.fds for s in watch.samples if start.seconds + 10 <= s.seconds <= start.seconds + 30)
     assert held and held[len(held) // 2] <= start.fds + 24, (held, start.fds)
