@@ -122,8 +122,33 @@ class ConsoleReporter(Reporter):
                 value = f"{value:.4f}"
             table.add_row(key.replace("_", " "), escape(str(value)))
         self.console.print(table)
+        if summary.get("aggregator_view"):
+            self.console.print(_view_text(summary["aggregator_view"], summary))
         if summary.get("stopped"):
             self.console.print(f"[yellow]stopped:[/] {escape(summary['stopped'])}")
+
+
+def _view_text(view: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The demo's last lines: one party's update against what the aggregator received for it."""
+
+    def values(items: list) -> str:
+        return "  ".join(f"{v:+.5f}" if isinstance(v, float) else str(v) for v in items)
+
+    party = escape(view["party"])
+    lines = [
+        f"[bold]What the aggregator saw[/] of {party} in round {view['round']} ({escape(view['phase'])}):",
+        f"  {party}'s update, first values:  {values(view['update'])}",
+        f"  what the aggregator received:   {escape(values(view['received']))}  "
+        f"({escape(view['received_kind'])}, {_size(view['received_bytes'])})",
+    ]
+    if summary["privacy"] == "plain":
+        lines.append("  [yellow]plain protects nothing[/]: try --privacy secagg and compare")
+    else:
+        lines.append(
+            f"  the aggregator learns only the sum of the {summary['parties']} parties' updates, "
+            "never one of them"
+        )
+    return "\n".join(lines)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -207,7 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train on breast-cancer data across simulated hospitals")
     demo.add_argument("--parties", type=int, default=5, help="number of hospitals (default 5)")
     demo.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
-    demo.add_argument("--privacy", default="plain", choices=PRESET_NAMES, help="privacy stack preset")
+    demo.add_argument(
+        "--privacy",
+        default=None,
+        choices=PRESET_NAMES,
+        help="privacy stack preset (default secagg: pairwise-mask secure aggregation; plain with "
+        "--dp central, whose noise goes on a sum the aggregator reads; plain: no protection)",
+    )
     demo.add_argument("--seed", type=_seed, default=0, help="seed of the data split only (default 0)")
     demo.add_argument("--plot", default="securefl-demo.png", help="PNG of accuracy per round ('' to skip)")
     dp = demo.add_argument_group("differential privacy (party-level DP-FedAvg)")
@@ -852,9 +883,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = RunSettings(
                 parties=args.parties,
                 rounds=args.rounds,
-                privacy=args.privacy,
+                privacy=args.privacy or ("plain" if args.dp == "central" else "secagg"),
                 seed=args.seed,
                 plot=args.plot or None,
+                show_view=True,
                 dp=_dp_settings(args),
                 budget=_budget_settings(args),
             )

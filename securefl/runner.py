@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from securefl.aggregator import ReleaseGuard, RoundReport
+from securefl.aggregator_view import AggregatorView
 from securefl.errors import BudgetExhausted, ConfigError
 from securefl.federation import Federation, PrivacySpec, build_stack
 from securefl.layers import DPNoise, PrivacyStack, with_dp
 from securefl.party import Client, TrainResult, as_train_result
 from securefl.tasks import Task, load_task
+from securefl.transcript import Transcript
 
 
 @dataclass
@@ -61,6 +63,9 @@ class RunSettings:
     backend: Any = None
     # Re-raise what a party's own train/evaluate raised instead of going on without that party.
     fail_fast: bool = False
+    # Keep what the aggregator received from the first party beside that party's update, for the
+    # summary (securefl.aggregator_view; in-process parties only).
+    show_view: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stack(self, parties: Sequence[str] | None = None) -> PrivacyStack:
@@ -104,7 +109,9 @@ class Reporter:
     def finish(self, summary: dict[str, Any]) -> None: ...
 
 
-def build_federation(settings: RunSettings, task: Task, guard: ReleaseGuard | None = None) -> Federation:
+def build_federation(
+    settings: RunSettings, task: Task, guard: ReleaseGuard | None = None, transcript: Transcript | None = None
+) -> Federation:
     """The task's federation. A DP stack weighs every party 1 and releases no party metrics (they
     would leave un-noised): the task's held-out evaluation scores the released model instead."""
     stack = settings.stack(list(task.clients))
@@ -125,6 +132,7 @@ def build_federation(settings: RunSettings, task: Task, guard: ReleaseGuard | No
         guard=guard,
         backend=settings.backend,
         fail_fast=settings.fail_fast,
+        transcript=transcript,
     )
 
 
@@ -149,7 +157,12 @@ def run(
     if not isinstance(settings.rounds, int) or settings.rounds < 1:
         raise ConfigError(f"rounds must be a positive integer, got {settings.rounds!r}")
     task = load_task(settings.task, settings.parties, settings.seed)
-    federation = build_federation(settings, task, guard)
+    view = None
+    if settings.show_view and settings.backend is None:
+        watched = next(iter(task.clients))
+        view = AggregatorView(watched)
+        task.clients[watched] = view.watch(task.clients[watched])
+    federation = build_federation(settings, task, guard, view)
     reporter.start(settings, task)
     started = time.perf_counter()
     accuracy: list[float | None] = []
@@ -189,6 +202,7 @@ def run(
         "bytes_down": history.bytes_down,
         "dropouts": sum(len(r.dropouts) for r in history.rounds),
         "plot": None,
+        "aggregator_view": view.summary() if view is not None else None,
         **_dp_summary(settings, federation, task),
     }
     if settings.plot:

@@ -26,10 +26,13 @@ def test_demo_default_reaches_the_accuracy_target(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(summary) >= REQUIRED
     assert summary["final_accuracy"] >= 0.93
-    assert summary["rounds"] == 10 and summary["parties"] == 5 and summary["privacy"] == "plain"
+    assert summary["rounds"] == 10 and summary["parties"] == 5 and summary["privacy"] == "secagg"
     assert summary["bytes_up"] > 0 and summary["bytes_down"] > 0
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "round  10/10" in result.stderr and "summary" in result.stderr
+    # The first minute shows the privacy: a party's update beside the masked words the aggregator got.
+    assert "What the aggregator saw of hospital-1 in round 10 (masked)" in result.stderr
+    assert "masked words (mod 2^32)" in result.stderr
 
 
 def test_demo_options(capsys):
@@ -40,7 +43,7 @@ def test_demo_options(capsys):
 
 
 def test_demo_without_json_prints_rounds(capsys):
-    assert main(["demo", "--parties", "2", "--rounds", "1", "--plot", ""]) == 0
+    assert main(["demo", "--parties", "2", "--rounds", "1", "--plot", "", "--privacy", "plain"]) == 0
     out = capsys.readouterr().out
     assert "round   1/1" in out and "accuracy" in out
 

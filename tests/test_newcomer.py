@@ -253,3 +253,20 @@ def test_fail_fast_on_the_command_line(tmp_path, monkeypatch, capsys):
     assert main(["run", "fed.toml", "--fail-fast"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "raise KeyError('age')" in err and "error: the run failed: KeyError" in err
+
+
+@pytest.mark.parametrize("privacy", ["plain", "secagg"])
+def test_the_demo_shows_what_the_aggregator_saw(capsys, privacy):
+    """ "The demo shows the privacy": one party's update beside what the aggregator received —
+    under plain the update itself (times the party's weight), under secagg words that are not."""
+    import numpy as np
+
+    assert main(["demo", "--privacy", privacy, "--rounds", "1", "--plot", "", "--json"]) == 0
+    view = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["aggregator_view"]
+    update, received = np.array(view["update"]), np.array(view["received"], dtype=float)
+    ratios = received / update
+    if privacy == "plain":
+        assert view["phase"] == "input" and np.allclose(ratios, ratios[0])  # one weight for all
+    else:
+        assert view["phase"] == "masked" and view["received_kind"] == "masked words (mod 2^32)"
+        assert not np.allclose(ratios, ratios[0], rtol=1e-3)
