@@ -270,3 +270,19 @@ def test_the_demo_shows_what_the_aggregator_saw(capsys, privacy):
     else:
         assert view["phase"] == "masked" and view["received_kind"] == "masked words (mod 2^32)"
         assert not np.allclose(ratios, ratios[0], rtol=1e-3)
+
+
+def test_a_party_waiting_for_its_aggregator_says_so(monkeypatch, caplog):
+    """Defect 14: `securefl party` with no aggregator was silent for the whole connect timeout."""
+    import grpc
+
+    from securefl.network import client
+
+    monkeypatch.setattr(client, "READY_LOG_EVERY", 0.5)
+    target = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.FutureTimeoutError):
+        client._wait_until_ready(channel, target, 2.0)
+    waiting = [r.getMessage() for r in caplog.records if "waiting for the aggregator" in r.getMessage()]
+    assert len(waiting) == 3  # at 0.5, 1.0 and 1.5 s; then the timeout
+    assert all(w.startswith(f"waiting for the aggregator at {target}: no connection after") for w in waiting)
+    assert waiting[-1].endswith("(gives up after 2s)")

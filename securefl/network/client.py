@@ -95,7 +95,7 @@ def run_party(
     while True:
         with grpc.secure_channel(target, credentials, options=options) as channel:
             try:
-                grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+                _wait_until_ready(channel, target, connect_timeout)
                 _serve(channel, party, agreement, answerer, summary)
                 return summary
             except grpc.FutureTimeoutError:
@@ -123,6 +123,31 @@ def run_party(
         wait = min(30.0, 0.5 * 2**failures)
         log.warning("%s; reconnecting in %.1fs", printable(error), wait)  # it quotes the aggregator
         time.sleep(wait)
+
+
+READY_LOG_EVERY = 5.0  # seconds between "still waiting" lines while the aggregator is unreachable
+
+
+def _wait_until_ready(channel: grpc.Channel, target: str, timeout: float) -> None:
+    """Wait for the TLS connection, saying so every few seconds (a party started before its
+    aggregator would otherwise be silent for the whole timeout); FutureTimeoutError at the end."""
+    ready = grpc.channel_ready_future(channel)
+    waited = 0.0
+    while True:
+        step = min(READY_LOG_EVERY, timeout - waited)
+        try:
+            ready.result(timeout=step)
+            return
+        except grpc.FutureTimeoutError:
+            waited += step
+            if waited >= timeout:
+                raise
+            log.warning(
+                "waiting for the aggregator at %s: no connection after %.0fs (gives up after %.0fs)",
+                printable(target),
+                waited,
+                timeout,
+            )
 
 
 def _serve(
