@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -383,6 +384,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PLAIN_PROGRESS_SECONDS = 30.0  # off a terminal: a progress line at most this often
+
+
+def _progress_reporter(progress: Progress, task: Any, label: str, total: int, console: Console):
+    """Advance the bar; off a terminal (a log file, CI), where the bar is not drawn, also print a
+    plain line every PLAIN_PROGRESS_SECONDS so a long run is seen to progress."""
+    if console.is_terminal:
+        return lambda _party: progress.advance(task)
+    state = {"done": 0, "start": time.monotonic(), "last": time.monotonic()}
+
+    def advance(_party: str) -> None:
+        progress.advance(task)
+        state["done"] += 1
+        now = time.monotonic()
+        if now - state["last"] >= PLAIN_PROGRESS_SECONDS:
+            state["last"] = now
+            print(
+                f"{label.strip()}: {state['done']}/{total} replies after {now - state['start']:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return advance
+
+
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from securefl import bench
 
@@ -442,7 +468,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
                     args.parties,
                     args.dropout,
                     args.repeat,
-                    on_reply=lambda _p, t=task: progress.advance(t),
+                    on_reply=_progress_reporter(progress, task, label, total, console),
                     backend=ray_backend if where == "ray" else None,
                 )
                 progress.update(task, completed=total)

@@ -286,3 +286,11 @@ def test_a_party_waiting_for_its_aggregator_says_so(monkeypatch, caplog):
     assert len(waiting) == 3  # at 0.5, 1.0 and 1.5 s; then the timeout
     assert all(w.startswith(f"waiting for the aggregator at {target}: no connection after") for w in waiting)
     assert waiting[-1].endswith("(gives up after 2s)")
+
+
+def test_bench_shows_progress_off_a_terminal(monkeypatch, capsys):
+    """Defect 13: off a terminal `securefl bench` printed nothing for a 28-minute run."""
+    monkeypatch.setattr(cli, "PLAIN_PROGRESS_SECONDS", 0.0)
+    assert main(["bench", "--privacy", "secagg", "--params", "100", "--parties", "3", "--repeat", "1"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "replies after" in line]
+    assert any(line.startswith("secagg: ") for line in lines) and any("/24 replies" in line for line in lines)
