@@ -50,7 +50,8 @@ def _noise(result) -> str:
     if result.noise_std is None:
         return ""
     stds = " and ".join(f"{s:.0f}" for s in result.noise_std[:2])
-    return f"  (noise std {stds}; ε so far {result.epsilon:.3g})"
+    clamped = "; clamped into its valid range" if result.clamped else ""
+    return f"  (noise std {stds}; ε so far {result.epsilon:.3g}{clamped})"
 
 
 def main() -> None:

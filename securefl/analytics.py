@@ -55,6 +55,19 @@ class QueryResult:
     noise_std: np.ndarray | None = None  # std of the DP noise on each coordinate of ``sums``
     epsilon: float | None = None  # cumulative party-level ε after this query (DP only)
     edges: np.ndarray | None = None  # histogram only
+    # The noised answer left its valid range (a negative count, a mean outside [lower, upper]) and
+    # ``value`` was moved back into it: post-processing of a DP release, which costs no privacy.
+    # ``sums`` keeps the released figure as it was.
+    clamped: bool = False
+
+    def _clamp(self, low: Any, high: Any) -> None:
+        value = np.asarray(self.value, dtype=np.float64)
+        inside = np.clip(value, low, high)
+        if not np.array_equal(np.isnan(value), np.isnan(inside)) or not np.allclose(
+            value, inside, equal_nan=True
+        ):
+            self.clamped = True
+        self.value = float(inside) if inside.ndim == 0 else inside
 
     @property
     def complete(self) -> bool:
@@ -123,6 +136,8 @@ class Analytics:
         bound = _positive("max_per_party", max_per_party)
         result = self._query("count", lambda d: np.array([_number(count(d), "count")]), np.array([bound]))
         result.value = int(_rounded(result)[0]) if self.noise_multiplier is None else float(result.sums[0])
+        if self.noise_multiplier is not None:
+            result._clamp(0.0, bound * result.parties)
         return result
 
     def sum(self, values: Callable[[Any], Any], *, bound: float, dim: int = 1) -> QueryResult:
@@ -155,6 +170,7 @@ class Analytics:
         )
         total, count = result.sums
         result.value = float(total / count) if count > 0 else math.nan  # DP noise can cancel a tiny count
+        result._clamp(lower, upper)
         return result
 
     def histogram(
@@ -178,6 +194,8 @@ class Analytics:
         result = self._query("histogram", contribution, np.full(bins, _positive("max_records", max_records)))
         result.edges = edges
         result.value = _rounded(result) if self.noise_multiplier is None else result.sums.copy()
+        if self.noise_multiplier is not None:
+            result._clamp(0.0, np.inf)
         return result
 
     # -- one query = one round -----------------------------------------------------------------

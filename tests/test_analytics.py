@@ -160,3 +160,22 @@ def test_the_example_answers_as_the_pooled_data_would():
     assert summary["malignant"] == pooled["malignant"]
     assert summary["radius_histogram"] == pooled["radius_histogram"]
     assert summary["mean_radius"] == pytest.approx(pooled["mean_radius"], rel=1e-6)
+
+
+def test_noised_answers_are_clamped_into_their_valid_range():
+    """Issue 20, item 16: under DP a small count came out negative and a mean outside its bounds;
+    the released value is moved into its valid range (post-processing) and says so."""
+    from securefl.analytics import QueryResult
+
+    result = QueryResult("count", -3.5, np.array([-3.5]), 5, {})
+    result._clamp(0.0, 500.0)
+    assert result.value == 0.0 and result.clamped
+    mean = QueryResult("mean", 41.0, np.array([410.0, 10.0]), 5, {})
+    mean._clamp(5.0, 30.0)
+    assert mean.value == 30.0 and mean.clamped
+    inside = QueryResult("mean", 12.5, np.array([125.0, 10.0]), 5, {})
+    inside._clamp(5.0, 30.0)
+    assert inside.value == 12.5 and not inside.clamped
+    bins = QueryResult("histogram", np.array([3.0, -1.0]), np.array([3.0, -1.0]), 5, {})
+    bins._clamp(0.0, np.inf)
+    assert list(bins.value) == [3.0, 0.0] and bins.clamped
