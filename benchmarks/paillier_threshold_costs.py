@@ -44,6 +44,7 @@ from securefl.layers import Quantize
 from securefl.layers.base import RoundContext, StackContext
 from securefl.layers.paillier import KeyMaterial, Paillier
 from securefl.layers.paillier_threshold import (
+    ACK,
     ATTEST,
     COMBINE,
     PUBLIC_FILE,
@@ -128,8 +129,9 @@ def measure(
     # replies, pads and all), multiplied as the aggregator does.
     names_in = list(ids[:contributors])
     everyone = holder_parties
+    model = np.zeros(params)  # the global model every contributor trained from (their base)
     for party in everyone:
-        party.attach_fuser(lambda total, contributors=None: np.zeros(params))
+        party.attach_fuser(lambda total, contributors=None: np.zeros(params), base=lambda: model)
         party.start_round(ctx, lambda: vector)
     start = time.perf_counter()
     replies = [party.respond(ENCRYPT, b"") for party in everyone[:contributors]]
@@ -160,6 +162,18 @@ def measure(
         count,
     )
     check_one_s = time.perf_counter() - start
+    # Every contributor acknowledges the attested sum (binding itself to it, naming its base).
+    ack_request = encode_record(
+        b"TAKq", {"contributors": sorted(names_in), "sum": digest, "of_round": ctx.round}, {}
+    )
+    acks, bases = {}, set()
+    for party in everyone[:contributors]:
+        header, parts = decode_record(party.respond(ACK, ack_request), b"TAKr", {"base": str}, ("ack",))
+        acks[party.me] = parts["ack"]
+        bases.add(header["base"])
+    (base,) = bases
+    ackers = sorted(acks)
+    ack_blob = b"".join(acks[p] for p in ackers)
 
     def fuser(total, contributors=None):
         return np.zeros(params)
@@ -190,8 +204,12 @@ def measure(
     # Threshold: t holders check the attestations and share; the first combines, the second verifies.
     share_request = encode_record(
         b"TSHq",
-        {"contributors": sorted(names_in), "of_round": ctx.round},
-        {"sum": summed, "attestations": b"".join(attestations[p] for p in sorted(names_in))},
+        {"contributors": sorted(names_in), "of_round": ctx.round, "ackers": ackers, "base": base},
+        {
+            "sum": summed,
+            "attestations": b"".join(attestations[p] for p in sorted(names_in)),
+            "acks": ack_blob,
+        },
     )
     share_times, sealed = [], {}
     for party in holder_parties[:threshold]:
@@ -202,26 +220,44 @@ def measure(
     chosen = sorted(sealed)
     request = encode_record(
         b"TCBq",
-        {"contributors": sorted(names_in), "holders": chosen, "of_round": ctx.round},
-        {"sum": summed, "shares": b"".join(sealed[h] for h in chosen), "claim": b""},
+        {
+            "contributors": sorted(names_in),
+            "holders": chosen,
+            "of_round": ctx.round,
+            "ackers": ackers,
+            "base": base,
+        },
+        {"sum": summed, "shares": b"".join(sealed[h] for h in chosen), "claim": b"", "acks": ack_blob},
     )
     decryptor, verifier = holder_parties[0], holder_parties[1 % holders]
     start = time.perf_counter()
     answer = decryptor.respond(COMBINE, request)
     combine_s = time.perf_counter() - start
-    header, parts = decode_record(answer, b"TCBr", {"status": str, "bad": list}, ("model", "claim"))
+    reply_parts = ("model", "claim", "signature")
+    header, parts = decode_record(answer, b"TCBr", {"status": str, "bad": list}, reply_parts)
     assert header["status"] == "sealed" and not header["bad"], header
     verify_s = 0.0
     if verifier is not decryptor:
         request = encode_record(
             b"TCBq",
-            {"contributors": sorted(names_in), "holders": chosen, "of_round": ctx.round},
-            {"sum": summed, "shares": b"".join(sealed[h] for h in chosen), "claim": parts["claim"]},
+            {
+                "contributors": sorted(names_in),
+                "holders": chosen,
+                "of_round": ctx.round,
+                "ackers": ackers,
+                "base": base,
+            },
+            {
+                "sum": summed,
+                "shares": b"".join(sealed[h] for h in chosen),
+                "claim": parts["claim"],
+                "acks": ack_blob,
+            },
         )
         start = time.perf_counter()
         checked = verifier.respond(VERIFY, request)
         verify_s = time.perf_counter() - start
-        second = decode_record(checked, b"TCBr", {"status": str, "bad": list}, ("model", "claim"))
+        second = decode_record(checked, b"TCBr", {"status": str, "bad": list}, reply_parts)
         assert second[0]["status"] == "sealed" and second[1]["model"] == parts["model"], second[0]
 
     # Every contributor attests (counted in the holders' work only for the holders among them; the
