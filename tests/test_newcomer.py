@@ -294,3 +294,24 @@ def test_bench_shows_progress_off_a_terminal(monkeypatch, capsys):
     assert main(["bench", "--privacy", "secagg", "--params", "100", "--parties", "3", "--repeat", "1"]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "replies after" in line]
     assert any(line.startswith("secagg: ") for line in lines) and any("/24 replies" in line for line in lines)
+
+
+def test_audit_names_what_is_wrong_in_one_line(tmp_path, capsys):
+    """Defect 8: empty and binary files, and a wrong --public-key (one problem per record)."""
+    empty, binary = tmp_path / "empty.jsonl", tmp_path / "binary.jsonl"
+    empty.write_bytes(b"")
+    binary.write_bytes(bytes(range(256)))
+    assert main(["audit", str(empty)]) == 2
+    assert "is empty and has no signed head" in capsys.readouterr().err
+    assert main(["audit", str(binary)]) == 2
+    assert "is not text (binary data at byte 128)" in capsys.readouterr().err
+    ledgers = []
+    for name in ("a", "b"):
+        ledger = str(tmp_path / f"{name}.jsonl")
+        assert main([*DP, "--ledger", ledger, "--rounds", "2", "--budget-epsilon", "50"]) == 0
+        ledgers.append(ledger)
+    capsys.readouterr()
+    main(["audit", ledgers[0], "--public-key", ledgers[1] + ".pub"])
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("problem")]
+    assert len(problems) == 1 and "2 records signed by" in problems[0]
+    assert "does --public-key name another ledger's key?" in problems[0]

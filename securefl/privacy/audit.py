@@ -27,6 +27,7 @@ import base64
 import html
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,52 @@ def _accountant_name(record: dict[str, Any]) -> str:
     return str(record.get("accountant", "")).split(" ", 1)[0]
 
 
+def _check_is_a_ledger(path: Path) -> None:
+    """Refuse, with what it is instead, a file that cannot be a ledger: empty without a signed head
+    beside it (a ledger is created head first), or not text."""
+    from securefl.privacy.ledger import head_path
+
+    if not path.exists():
+        return  # verify() names a missing ledger itself
+    with path.open("rb") as file:
+        start = file.read(4096)
+    if not start and not head_path(path).exists():
+        raise ConfigError(
+            f"{path} is empty and has no signed head ({head_path(path).name}) beside it: it is not a "
+            "securefl ledger (a ledger writes its head before any record)"
+        )
+    try:
+        start.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(start) - 4:  # not a character cut at the end of the sample
+            raise ConfigError(
+                f"{path} is not text (binary data at byte {exc.start}): it is not a securefl ledger"
+            ) from None
+
+
+_WRONG_SIGNER = re.compile(r"record \d+: signed by '([0-9a-f]+)', not the ledger's key ([0-9a-f]+)")
+
+
+def _one_line_per_wrong_signer(problems: list[str], public_key: str | None) -> list[str]:
+    """Records signed by another key than the one expected, said once per signer: a wrong
+    --public-key makes every record fail alike, and one line per record hides the cause."""
+    by_signer: dict[tuple[str, str], int] = {}
+    kept = []
+    for problem in problems:
+        match = _WRONG_SIGNER.fullmatch(problem)
+        if match is None:
+            kept.append(problem)
+        else:
+            by_signer[match.groups()] = by_signer.get(match.groups(), 0) + 1
+    for (signer, expected), count in by_signer.items():
+        hint = " (does --public-key name another ledger's key?)" if public_key else ""
+        kept.append(
+            f"{count} record{'s' if count != 1 else ''} signed by {signer}, "
+            f"not the expected key {expected}{hint}"
+        )
+    return kept
+
+
 def audit(
     path: str | Path, public_key: str | None = None, budget_epsilon: float | None = None
 ) -> AuditResult:
@@ -117,9 +164,12 @@ def audit(
     overrides the budget the records carry."""
     if budget_epsilon is not None and not budget_epsilon > 0:
         raise ConfigError(f"--budget-epsilon must be positive, got {budget_epsilon}")
+    _check_is_a_ledger(Path(path))
     check = verify(path, public_key)
     result = AuditResult(str(path), check.valid, signer=check.signer)
-    result.problems = [p for p in check.problems if not p.startswith("note:")]
+    result.problems = _one_line_per_wrong_signer(
+        [p for p in check.problems if not p.startswith("note:")], public_key
+    )
     result.notes = [p.removeprefix("note: ") for p in check.problems if p.startswith("note:")]
     result.records = len(check.records)
     result.interrupted = check.interrupted
