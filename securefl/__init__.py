@@ -16,19 +16,35 @@ from securefl.errors import (
 )
 from securefl.federation import Federation, History, build_stack
 from securefl.fusion import FedAdagrad, FedAdam, FedAvg, FedYogi
-from securefl.layers import Clip, Plain, PrivacyStack, Quantize
+from securefl.layers import (
+    CKKS,
+    Clip,
+    DPNoise,
+    Paillier,
+    PaillierThreshold,
+    Plain,
+    PrivacyStack,
+    Quantize,
+    SecAgg,
+    SecAggPlus,
+)
 from securefl.party import Client, EvalResult, TrainResult
+from securefl.privacy.guard import Budget, PrivacyGuard, guard_for
+from securefl.privacy.ledger import open_ledger
 from securefl.roundinfo import RoundInfo
 from securefl.selection import AllParties, FixedCount, Poisson
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CKKS",
     "AllParties",
     "ArraySpec",
+    "Budget",
     "Client",
     "Clip",
     "ConfigError",
+    "DPNoise",
     "EvalResult",
     "FedAdagrad",
     "FedAdam",
@@ -37,14 +53,19 @@ __all__ = [
     "Federation",
     "FixedCount",
     "History",
+    "Paillier",
+    "PaillierThreshold",
     "Plain",
     "Poisson",
+    "PrivacyGuard",
     "PrivacyStack",
     "ProtocolError",
     "Quantize",
     "RoundFailed",
     "RoundInfo",
     "RoundReport",
+    "SecAgg",
+    "SecAggPlus",
     "SecureFLError",
     "TrainResult",
     "UpdateError",
@@ -52,4 +73,6 @@ __all__ = [
     "WireError",
     "__version__",
     "build_stack",
+    "guard_for",
+    "open_ledger",
 ]

@@ -224,6 +224,30 @@ def check_output(path: str, what: str) -> None:
         raise ConfigError(f"{what} {path}: the directory {parent} is not writable")
 
 
+RUN_TOML_HELP = """Run a simulated federation described in a TOML file. Its keys (all optional but the
+privacy stack):
+
+  task = "breast-cancer"          # or "module:function" returning a securefl.tasks.Task
+  rounds = 10
+  seed = 0
+  plot = "accuracy.png"
+
+  [federation]
+  parties = 5                     # min_parties, selection, weight_bound, phase_timeout too
+
+  [[privacy]]                     # one table per layer, in order; or privacy = "secagg+"
+  layer = "clip"                  # clip, quantize, dp, plain, secagg, secagg+, paillier,
+  norm = 1.0                      # paillier-threshold, ckks; the other keys are its options
+
+  [budget]                        # with a dp layer: epsilon, delta, ledger, accountant,
+  epsilon = 8.0                   # observer, allow_budget_change
+
+  [simulation]                    # backend = "ray", actors, address
+  backend = "inprocess"
+
+Examples: examples/configs/*.toml. Reference: docs/configuration.md."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="securefl", description="Privacy-preserving federated learning with secure aggregation."
@@ -275,8 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(demo)
     _add_fail_fast(demo)
     _add_common(demo)
-    run_cmd = sub.add_parser("run", help="run a federation described in a TOML file")
-    run_cmd.add_argument("config", help="path to the TOML file")
+    run_cmd = sub.add_parser(
+        "run",
+        help="run a federation described in a TOML file",
+        description=RUN_TOML_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_cmd.add_argument("config", help="path to the TOML file (examples: examples/configs/*.toml)")
     _add_backend(run_cmd)
     _add_fail_fast(run_cmd)
     _add_common(run_cmd)

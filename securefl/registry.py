@@ -44,15 +44,29 @@ def check_entry(
 
 
 def _options(factory: Callable[..., Any]) -> list[str] | None:
-    """The keyword options ``factory`` takes (None when it takes any: ``**kwargs``)."""
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None
-    names = []
-    for parameter in signature.parameters.values():
-        if parameter.kind is parameter.VAR_KEYWORD:
+    """The keyword options ``factory`` takes (None when it takes any). A class whose ``__init__``
+    passes ``**kwargs`` on to its base takes the base's options too."""
+    names: list[str] = []
+    targets = (
+        [c.__init__ for c in factory.__mro__ if "__init__" in vars(c)]
+        if isinstance(factory, type)
+        else [factory]
+    )
+    for target in targets:
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
             return None
-        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
-            names.append(parameter.name)
-    return names
+        forwards = False
+        for parameter in signature.parameters.values():
+            if parameter.kind is parameter.VAR_KEYWORD:
+                forwards = True
+            elif (
+                parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+                and parameter.name != "self"
+                and parameter.name not in names
+            ):
+                names.append(parameter.name)
+        if not forwards:
+            return names
+    return None
