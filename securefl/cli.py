@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=PRESET_NAMES,
         help="privacy stack preset (default secagg: pairwise-mask secure aggregation; plain with "
-        "--dp central, whose noise goes on a sum the aggregator reads; plain: no protection)",
+        "--dp central, whose noise goes on a sum the aggregator reads; plain: no protection). The "
+        "secure presets clip each update at L2 norm 10 first (--dp sets the norm with --clip)",
     )
     demo.add_argument("--seed", type=_seed, default=0, help="seed of the data split only (default 0)")
     demo.add_argument("--plot", default="securefl-demo.png", help="PNG of accuracy per round ('' to skip)")
