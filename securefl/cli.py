@@ -821,16 +821,28 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     except Exception as exc:
         logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
-        print(
-            f"error: the {args.command} failed: {type(exc).__name__}: {printable(exc, 4000)}"
-            + ("" if args.verbose else " (--verbose shows where)"),
-            file=sys.stderr,
-        )
-        if args.json:
-            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
-        return 1
+        return _unexpected(args, exc, traceback=False)
     print(json.dumps(summary) if args.json else f"finished: {_served(summary)}")
     return 0
+
+
+def _unexpected(args: argparse.Namespace, exc: Exception, traceback: bool) -> int:
+    """An exception no check anticipated, as one line on stderr (and the traceback if asked):
+    exit status 1."""
+    import traceback as tracebacks
+
+    from securefl.logtext import printable
+
+    if traceback:
+        tracebacks.print_exception(exc, file=sys.stderr)
+    print(
+        f"error: the {args.command} failed: {type(exc).__name__}: {printable(exc, 4000)}"
+        + ("" if args.verbose else " (--verbose shows where)"),
+        file=sys.stderr,
+    )
+    if args.json:
+        print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+    return 1
 
 
 class RoundsFailed(SecureFLError):
@@ -974,20 +986,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": "interrupted", "type": "KeyboardInterrupt"}))
         return 130
     except Exception as exc:  # a bug or an environment problem: one line, the traceback with --verbose
-        import traceback
-
-        from securefl.logtext import printable
-
-        if args.verbose or getattr(args, "fail_fast", False):
-            traceback.print_exc(file=sys.stderr)
-        print(
-            f"error: the {args.command} failed: {type(exc).__name__}: {printable(exc, 4000)}"
-            + ("" if args.verbose else " (--verbose shows where)"),
-            file=sys.stderr,
-        )
-        if args.json:
-            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
-        return 1
+        return _unexpected(args, exc, traceback=args.verbose or getattr(args, "fail_fast", False))
     if args.json:
         print(json.dumps(summary))
     if summary["rounds_completed"] == 0:

@@ -1370,6 +1370,21 @@ class _ThresholdParty(_Party):
         if not attestation.matches_sum(public.paillier, ciphertexts, gammas, values):
             raise ProtocolError("the sum is not the product of the attested contributions: no shares")
 
+    def _check_request_acks(
+        self, header: dict, acks: bytes, contributors: tuple[str, ...], digest: str, sum_ctx: RoundContext
+    ) -> None:
+        """The acknowledgements a share or combine request carries, checked (``check_acks``)."""
+        check_acks(
+            self.material.public,
+            sum_ctx.session,
+            sum_ctx.round,
+            contributors,
+            digest,
+            header["ackers"],
+            header["base"],
+            acks,
+        )
+
     def _share(self, request: bytes) -> bytes:
         header, parts = decode_record(
             request,
@@ -1386,16 +1401,7 @@ class _ThresholdParty(_Party):
         acknowledged = self.acknowledged[:2] if self.acknowledged else None
         if self.me in contributors and acknowledged != (sum_ctx.round, digest):
             raise ProtocolError("asked to share for a sum this party contributed to but did not acknowledge")
-        check_acks(
-            self.material.public,
-            sum_ctx.session,
-            sum_ctx.round,
-            contributors,
-            digest,
-            header["ackers"],
-            header["base"],
-            parts["acks"],
-        )
+        self._check_request_acks(header, parts["acks"], contributors, digest, sum_ctx)
         key: tp.KeyShare = self.material
         ys = compute_shares(key, ciphertexts, self.workers)
         proof = tp.prove(key, ciphertexts, ys, tp.context(self.ctx.session, self.ctx.round, self.me, digest))
@@ -1463,16 +1469,7 @@ class _ThresholdParty(_Party):
             header["contributors"], header["of_round"], parts["sum"]
         )
         key: tp.KeyShare = self.material
-        check_acks(
-            key.public,
-            sum_ctx.session,
-            sum_ctx.round,
-            contributors,
-            digest,
-            header["ackers"],
-            header["base"],
-            parts["acks"],
-        )
+        self._check_request_acks(header, parts["acks"], contributors, digest, sum_ctx)
         # The model the fuse steps from (this round's, as the party opened it), digested now.
         fuses_onto = _model_digest(self._base() if self._base is not None else None)
         if not fuses_onto or not hmac.compare_digest(header["base"], fuses_onto):
