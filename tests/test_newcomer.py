@@ -18,6 +18,8 @@ def test_a_refused_round_ends_the_demo_with_a_summary_and_a_plot(tmp_path, capsy
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["stopped"] and 0 < summary["rounds_run"] < 4
+    # Item 9: the refusal counts rounds from 1, as the terminal does (a fresh ledger: the next round).
+    assert summary["stopped"].startswith(f"round {summary['rounds_run'] + 1} (counting every round")
     assert plot.read_bytes()[:4] == b"\x89PNG" and "Traceback" not in captured.err
 
 

@@ -207,8 +207,8 @@ class PrivacyGuard:
         spent = self.spent
         self._write(round, "refused", epsilon=spent, parties_summed=0, projected=value)
         raise BudgetExhausted(
-            f"round {self.first_round + round} (the ledger's count, from 0) refused before any party "
-            f"trained: it would bring ε against {self.observer} to {value:.4g}, over the budget "
+            f"round {self.first_round + round + 1} (counting every round of this ledger) refused before "
+            f"any party trained: it would bring ε against {self.observer} to {value:.4g}, over the budget "
             f"ε={self.budget.epsilon:g} (δ={self.budget.delta:g}); spent {spent:.4g}, "
             f"remaining {max(0.0, self.budget.epsilon - spent):.4g}. Raise the noise multiplier or the "
             "budget, or stop training here"
