@@ -217,10 +217,10 @@ def _resign(path, key, edit):
 
 @pytest.fixture(scope="module")
 def honest_ledger(tmp_path_factory):
-    """24 guarded releases, audited valid once; each lie below is told on a copy of it."""
+    """8 guarded releases, audited valid once; each lie below is told on a copy of it."""
     directory = tmp_path_factory.mktemp("honest")
     guard, selection, key = _guard(directory, accountant="rdp", budget=1000.0)
-    _run(guard, selection, 24)
+    _run(guard, selection, 8)
     path = directory / "l.jsonl"
     assert audit(path).valid
     return path, key
