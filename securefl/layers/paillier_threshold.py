@@ -619,10 +619,9 @@ class _Aggregator(SumAggregator):
         # A round whose sum a quorum acknowledged (so it may have been decrypted: its shares may be
         # out) and that released no record left its sum exposed: the next rounds complete THAT sum
         # (spec, "Exposed sums") until one releases its record. Its acknowledgers attest no other sum
-        # of their update meanwhile. Fewer acknowledgements: nobody shared; those who acknowledged wait.
-        # A sum acknowledged by some but fewer than its quorum was never shared: the next rounds ask its
-        # other contributors to acknowledge it late (LATE_ACK_ROUNDS at most), then give it up — its
-        # acknowledgers wait (are not summed) until a record is released.
+        # of their update meanwhile. A sum acknowledged by some but fewer than its quorum was never
+        # shared: the next rounds ask its other contributors to acknowledge it late (LATE_ACK_ROUNDS
+        # at most), then give it up — its acknowledgers wait (are not summed) until a release.
         if getattr(self, "sealed", None) is not None:
             self.exposed = None
             self.waiting = set()
