@@ -687,10 +687,6 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     from securefl.privacy.audit import audit, write_report
     from securefl.privacy.ledger import read_public_key
 
-    if Path(args.ledger).is_dir():
-        raise ConfigError(
-            f"{args.ledger} is a directory; give the ledger file (e.g. {args.ledger}/dp-ledger.jsonl)"
-        )
     if args.report:
         check_output(args.report, "--report")
     public_key = read_public_key(args.public_key) if args.public_key else None

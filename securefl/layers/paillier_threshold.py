@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -386,15 +387,25 @@ def check_acks(
             f"only {len(ackers)} of the sum's {len(contributors)} contributors acknowledged it, {needed} "
             "are needed before it may be decrypted"
         )
-    for k, party in enumerate(ackers):
-        signature = blob[k * signing.SIGNATURE_BYTES : (k + 1) * signing.SIGNATURE_BYTES]
-        signing.verify(
-            public.signing[public.index(party) - 1],
-            signature,
-            _ack_message(session, round_, party, contributors, digest, base),
-            party,
-        )
+    _verify_each(
+        public, ackers, blob, lambda party: _ack_message(session, round_, party, contributors, digest, base)
+    )
     return tuple(ackers)
+
+
+def _verify_each(
+    public: tp.ThresholdPublicKey, signers: list[str], blob: bytes, message: Callable[[str], bytes]
+) -> None:
+    """Each signer's Ed25519 signature (``blob``: one per signer, in order) on ``message(signer)``,
+    under the signing key the ceremony dealt it; ProtocolError naming the first that fails."""
+    width = signing.SIGNATURE_BYTES
+    for k, signer in enumerate(signers):
+        signing.verify(
+            public.signing[public.index(signer) - 1],
+            blob[k * width : (k + 1) * width],
+            message(signer),
+            signer,
+        )
 
 
 def _model_digest(vector: np.ndarray | None) -> str:
@@ -440,9 +451,7 @@ def open_countersigned(public: tp.ThresholdPublicKey, sealed: bytes) -> bytes:
             f"a released model signed by {len(signers)} combiners, {public.threshold} are needed: refused"
         )
     message = _record_message(parts["record"])
-    for k, signer in enumerate(signers):
-        signature = parts["signatures"][k * signing.SIGNATURE_BYTES : (k + 1) * signing.SIGNATURE_BYTES]
-        signing.verify(public.signing[public.index(signer) - 1], signature, message, signer)
+    _verify_each(public, signers, parts["signatures"], lambda _signer: message)
     return parts["record"]
 
 

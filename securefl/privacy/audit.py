@@ -112,10 +112,12 @@ def _accountant_name(record: dict[str, Any]) -> str:
 
 
 def _check_is_a_ledger(path: Path) -> None:
-    """Refuse, with what it is instead, a file that cannot be a ledger: empty without a signed head
-    beside it (a ledger is created head first), or not text."""
+    """Refuse, with what it is instead, a path that cannot be a ledger: a directory, a file empty
+    without a signed head beside it (a ledger is created head first), or one that is not text."""
     from securefl.privacy.ledger import head_path
 
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give the ledger file (e.g. {path}/dp-ledger.jsonl)")
     if not path.exists():
         return  # verify() names a missing ledger itself
     with path.open("rb") as file:
