@@ -92,6 +92,11 @@ class BenchResult:
     naive_baseline: str | None = None
     naive_extrapolated: bool = False
     vs_plain: dict[str, float] = field(default_factory=dict)
+    # SecAgg layers: the masks' physical limit for each side, measured in the same run (mask_bounds)
+    party_bound_seconds: float | None = None
+    aggregator_bound_seconds: float | None = None
+    party_masks: int | None = None
+    aggregator_masks: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -394,7 +399,56 @@ def measure(
         bytes_up_total=int(med("up_total")),
     )
     _naive_baseline(result, federation)
+    if privacy in ("secagg", "secagg+"):
+        layer = next(x for x in bench_stack(privacy, parties) if hasattr(x, "degree"))
+        bounds = mask_bounds(layer, params, parties, parties - len(survivors))
+        result.party_bound_seconds, result.aggregator_bound_seconds = bounds[0], bounds[1]
+        result.party_masks, result.aggregator_masks = bounds[2], bounds[3]
     return result, federation
+
+
+def mask_bounds(layer: Any, params: int, parties: int, dropped: int, trials: int = 5) -> tuple:
+    """The physical limit of a SecAgg round's two sides at this size, timed now on this machine
+    (medians of ``trials``): the work no protocol can avoid, measured with the layer's own mask
+    expansion. A party expands one AES-CTR keystream per mask (its self mask and one per
+    neighbour) and adds each to its vector; the aggregator adds the survivors' masked vectors and
+    expands a keystream for each mask it removes (every survivor's self mask, and the pairwise mask
+    of each dropped party with each surviving neighbour it shared keys with — its expected count on
+    ``secagg+``'s random graph). Everything else either side does (key agreement, sharing, sealing,
+    encoding) is overhead over these. Returns (party s, aggregator s, party masks, aggregator masks)."""
+    from securefl.crypto import prg
+
+    k = layer.degree(parties)
+    survivors = parties - dropped
+    party_masks = 1 + k
+    aggregator_masks = survivors + round(dropped * k * survivors / max(parties - 1, 1))
+    rng = np.random.default_rng(0)
+    received = [rng.integers(0, 2**32, params, dtype=np.uint64).astype(layer.dtype) for _ in range(4)]
+
+    def expand_and_add(vector: np.ndarray, masks: int) -> None:
+        accumulator = prg.MaskAccumulator(params, layer.dtype)
+        for _ in range(masks):
+            accumulator.add(os.urandom(prg.SEED_BYTES))
+        accumulator.apply_to(vector, sign=-1)
+
+    def party() -> None:
+        expand_and_add(received[0].copy(), party_masks)
+
+    def aggregator() -> None:
+        total = np.zeros(params, dtype=layer.dtype)
+        for i in range(survivors):
+            total += received[i % len(received)]
+        expand_and_add(total, aggregator_masks)
+
+    def timed(work: Callable[[], None]) -> float:
+        times = []
+        for _ in range(trials):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return timed(party), timed(aggregator), party_masks, aggregator_masks
 
 
 def _naive_baseline(result: BenchResult, federation: Federation) -> None:

@@ -538,6 +538,16 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             else f"{r.speedup_vs_naive:,.1f}×" + ("*" if r.naive_extrapolated else ""),
         )
     console.print(table)
+    for r in results:
+        if r.party_bound_seconds:
+            console.print(
+                f"{r.privacy} ({r.backend}): the masks' bound, measured now — a party "
+                f"{r.party_bound_seconds * 1e3:.2f} ms ({r.party_masks} keystreams of {r.params:,} words "
+                f"added), the aggregator {r.aggregator_bound_seconds * 1e3:.2f} ms ({r.parties - round(r.dropout * r.parties)} "
+                f"vectors added, {r.aggregator_masks} keystreams): party at "
+                f"{r.party_seconds / r.party_bound_seconds:.2f}×, aggregator at "
+                f"{r.aggregator_seconds / r.aggregator_bound_seconds:.2f}× its bound"
+            )
     ratios = bench.backend_ratios(results)
     for name, ratio in ratios.items():
         console.print(f"{name}: ray round wall time / in-process = {ratio:.2f}")

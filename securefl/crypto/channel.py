@@ -22,29 +22,57 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 
 
+# A private key as raw bytes or loaded. Loading costs a scalar multiplication (OpenSSL derives the
+# public key), as much as an exchange: a key used more than once is loaded once (``load_private``).
+PrivateKey = bytes | X25519PrivateKey
+
+
 def generate_keypair(rng: SecureRandom) -> tuple[bytes, bytes]:
     """A fresh X25519 key pair as (private, public) raw bytes."""
-    private = X25519PrivateKey.from_private_bytes(rng.bytes(KEY_BYTES))
-    public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    private, public = generate_loaded(rng)
     return private.private_bytes_raw(), public
 
 
-def public_of(private: bytes) -> bytes:
-    key = X25519PrivateKey.from_private_bytes(private)
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def generate_loaded(rng: SecureRandom) -> tuple[X25519PrivateKey, bytes]:
+    """A fresh X25519 key pair as (loaded private key, raw public key)."""
+    private = X25519PrivateKey.from_private_bytes(rng.bytes(KEY_BYTES))
+    return private, _raw_public(private)
 
 
-def agree(private: bytes, peer_public: bytes, context: bytes, length: int = KEY_BYTES) -> bytes:
+def load_private(private: PrivateKey) -> X25519PrivateKey:
+    if isinstance(private, bytes):  # (a bytes check: the key class is an ABC, slow to test against)
+        return X25519PrivateKey.from_private_bytes(private)
+    return private
+
+
+def public_of(private: PrivateKey) -> bytes:
+    return _raw_public(load_private(private))
+
+
+def _raw_public(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def agree(private: PrivateKey, peer_public: bytes, context: bytes, length: int = KEY_BYTES) -> bytes:
     """HKDF-SHA256 of the X25519 shared secret, bound to ``context``."""
+    return agree_many(private, peer_public, (context,), length)[0]
+
+
+def agree_many(
+    private: PrivateKey, peer_public: bytes, contexts: tuple[bytes, ...], length: int = KEY_BYTES
+) -> list[bytes]:
+    """One X25519 exchange, then one independent HKDF-SHA256 key per context (e.g. a key for each
+    direction of a channel): the keys are as unrelated as if each came from its own exchange."""
     if len(peer_public) != KEY_BYTES:
         raise ProtocolError(f"an X25519 public key is {KEY_BYTES} bytes, got {len(peer_public)}")
     try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
+        shared = load_private(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:  # low-order point: the shared secret would be all zeros
         raise ProtocolError(f"invalid X25519 public key: {exc}") from None
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=context).derive(shared)
+    return [
+        HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=context).derive(shared)
+        for context in contexts
+    ]
 
 
 def seal(key: bytes, plaintext: bytes, associated: bytes, rng: SecureRandom) -> bytes:

@@ -15,6 +15,7 @@ Reed–Solomon Codes", 2002) corrects up to ⌊(m − threshold) / 2⌋ wrong sh
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,29 +45,37 @@ def split(secret: bytes, xs: Sequence[int], threshold: int, rng: SecureRandom) -
     if not 2 <= threshold <= len(xs):
         raise ValueError(f"threshold must be between 2 and the number of shares ({len(xs)}), got {threshold}")
     coefficients = [int.from_bytes(secret, "big")] + [_random_element(rng) for _ in range(threshold - 1)]
-    shares = {}
-    for x in xs:
-        y = 0
-        for c in reversed(coefficients):  # Horner
-            y = (y * x + c) % PRIME
-        shares[x] = y.to_bytes(SHARE_BYTES, "big")
-    return shares
+    return {x: _evaluate(coefficients, x).to_bytes(SHARE_BYTES, "big") for x in xs}
 
 
 @lru_cache(maxsize=256)
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """The coefficients λ_k with f(0) = Σ λ_k f(x_k); cached, since one set of responders
-    reconstructs many secrets."""
-    numerators, denominators = [], []
-    for k, xk in enumerate(xs):
-        numerator, denominator = 1, 1
-        for m, xm in enumerate(xs):
-            if m != k:
-                numerator = numerator * xm % PRIME
-                denominator = denominator * (xm - xk) % PRIME
-        numerators.append(numerator)
-        denominators.append(denominator)
-    return tuple(n * d % PRIME for n, d in zip(numerators, _batch_inverse(denominators), strict=True))
+    """The coefficients λ_k with f(0) = Σ λ_k f(x_k) for every f of degree < len(xs); cached, since
+    one set of responders reconstructs many secrets. λ_k = v_k · Π_{m≠k} (0 − x_m), with v_k the
+    barycentric weights."""
+    sign = -1 if len(xs) % 2 == 0 else 1  # (−1)^(len − 1)
+    whole = math.prod(xs)
+    return tuple(
+        sign * v * (whole // xk) % PRIME for v, xk in zip(_barycentric_weights(xs), xs, strict=True)
+    )
+
+
+@lru_cache(maxsize=256)
+def _barycentric_weights(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """v_k = 1 / Π_{m≠k} (x_k − x_m) for distinct coordinates: the Lagrange coefficients and the
+    dual-code check both derive from them. Coordinates are small (a position in a round), so each
+    product is an exact integer reduced once, and all are inverted with one exponentiation."""
+    if all(0 < x < 1 << 32 for x in xs):
+        denominators = [math.prod([xk - xm for xm in xs if xm != xk]) % PRIME for xk in xs]
+    else:
+        denominators = []
+        for xk in xs:
+            denominator = 1
+            for xm in xs:
+                if xm != xk:
+                    denominator = denominator * (xk - xm) % PRIME
+            denominators.append(denominator)
+    return tuple(_batch_inverse(denominators))
 
 
 def _batch_inverse(values: Sequence[int]) -> list[int]:
@@ -131,8 +140,10 @@ def reconstruct(shares: Mapping[int, bytes], threshold: int, length: int, accept
         return secret if accept is None or accept(secret) else None
 
     if len(xs) >= threshold and _consistent(xs, ys, threshold):
-        # Consistent shares of an unusable secret: the dealer's doing, not a holder's.
-        return Reconstruction(usable(_at_zero(xs[:threshold], ys[:threshold])), malformed)
+        # Consistent shares of an unusable secret: the dealer's doing, not a holder's. (Interpolated
+        # through all of them — the same value as through any threshold of them — so the check and
+        # the interpolation share one set of barycentric weights.)
+        return Reconstruction(usable(_at_zero(xs, ys)), malformed)
     polynomial = _gao_decode(xs, ys, threshold) if len(xs) > threshold else None
     secret = usable(polynomial[0] if polynomial else 0) if polynomial is not None else None
     if secret is not None:
@@ -193,15 +204,8 @@ def _dual_check(xs: tuple[int, ...], threshold: int, salt: bytes) -> tuple[int, 
         int.from_bytes(hashlib.shake_256(salt + i.to_bytes(4, "big")).digest(SHARE_BYTES + 16), "big") % PRIME
         for i in range(m - threshold)
     ]
-    denominators = []
-    for i, xi in enumerate(xs):
-        denominator = 1
-        for j, xj in enumerate(xs):
-            if i != j:
-                denominator = denominator * (xi - xj) % PRIME
-        denominators.append(denominator)
-    inverses = _batch_inverse(denominators)
-    return tuple(v * _evaluate(g, xi) % PRIME for v, xi in zip(inverses, xs, strict=True))
+    weights = _barycentric_weights(xs)
+    return tuple(v * _evaluate(g, xi) % PRIME for v, xi in zip(weights, xs, strict=True))
 
 
 _SALT = os.urandom(32)  # per process; the check's randomness never leaves it
@@ -226,7 +230,16 @@ def _trim(p: list[int]) -> list[int]:
 
 
 def _evaluate(p: Sequence[int], x: int) -> int:
+    """p(x) by Horner's rule. For a small x (a share coordinate) the value is reduced only every
+    few steps: each step adds a few bits, and one reduction of a longer integer is cheaper than
+    one per step."""
     y = 0
+    if 0 <= x < 1 << 16:
+        for i, c in enumerate(reversed(p)):
+            y = y * x + c
+            if i % 16 == 15:
+                y %= PRIME
+        return y % PRIME
     for c in reversed(p):
         y = (y * x + c) % PRIME
     return y

@@ -60,8 +60,10 @@ from securefl.randomness import SecureRandom, require_test_seed_permission
 from securefl.wire import decode_record, encode_record, pack_array, unpack_array
 
 ADVERTISE, SHARE, MASKED, CONSISTENCY, UNMASK = "advertise", "share", "masked", "consistency", "unmask"
-# A sealed share: the sender's one-time X25519 key ‖ nonce ‖ AES-GCM(shares) ‖ tag. The one-time
-# key lets the sender prove, if the recipient claims it cannot open it, what it sealed (below).
+# A sealed share: nonce ‖ AES-GCM(shares) ‖ tag, preceded in active mode by the sender's one-time
+# X25519 key, which lets the sender prove what it sealed if the recipient claims it cannot open it
+# (below). Passive mode answers no dispute, so it seals under the pair's channel key: one X25519
+# exchange per neighbour gives the keys of both directions.
 _COMMITMENT = 32
 # c_pk ‖ s_pk ‖ commitment to the self-mask seed ‖ commitment to the mask private key
 _KEYS = 2 * channel.KEY_BYTES + 2 * _COMMITMENT
@@ -73,9 +75,14 @@ def _share_width(active: bool) -> int:
     return shamir.SHARE_BYTES + (signing.SIGNATURE_BYTES if active else 0)
 
 
+def _one_time_width(active: bool) -> int:
+    """The one-time public key that starts a sealed share: active mode only."""
+    return channel.KEY_BYTES if active else 0
+
+
 def _sealed_size(active: bool) -> int:
-    """One sealed share: one-time key ‖ nonce ‖ AES-GCM(seed share ‖ key share) ‖ tag."""
-    return channel.KEY_BYTES + channel.sealed_size(2 * _share_width(active))
+    """One sealed share: (one-time key ‖) nonce ‖ AES-GCM(seed share ‖ key share) ‖ tag."""
+    return _one_time_width(active) + channel.sealed_size(2 * _share_width(active))
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -401,10 +408,20 @@ def _require_safe_threshold(layer: SecAgg, ctx: RoundContext) -> None:
 
 def _context(label: str, ctx: RoundContext, *names: str) -> bytes:
     """Domain-separated, length-prefixed context for KDFs, AAD and signatures."""
-    binding = getattr(ctx, "binding", b"")
-    fields = [b"securefl/secagg/v2", label.encode(), bytes.fromhex(ctx.session), struct.pack(">I", ctx.round)]
-    fields += [binding, *(n.encode() for n in names)]
-    return b"".join(struct.pack(">H", len(f)) + f for f in fields)
+    prefix = _context_prefix(label, ctx.session, ctx.round, getattr(ctx, "binding", b""))
+    return prefix + b"".join(_field(n.encode()) for n in names)
+
+
+@lru_cache(maxsize=64)
+def _context_prefix(label: str, session: str, round: int, binding: bytes) -> bytes:
+    """The fields every context of one label shares in a round (built once: a party builds a
+    context per neighbour and per purpose)."""
+    fields = [b"securefl/secagg/v2", label.encode(), bytes.fromhex(session), struct.pack(">I", round)]
+    return b"".join(_field(f) for f in fields + [binding])
+
+
+def _field(value: bytes) -> bytes:
+    return struct.pack(">H", len(value)) + value
 
 
 def _pair(a: str, b: str) -> tuple[str, str]:
@@ -487,12 +504,32 @@ def _verify_dealt(identities: Identities, ctx: RoundContext, dealer: str, holder
         identities.verify(dealer, signature, _dealt_statement(ctx, kind, dealer, holder, share))
 
 
-def _share_key(ctx: RoundContext, one_time: bytes, peer_channel: bytes, sender: str, recipient: str) -> bytes:
-    return channel.agree(one_time, peer_channel, _context("share-key", ctx, sender, recipient))
+def _share_key(
+    ctx: RoundContext, private: channel.PrivateKey, peer_channel: bytes, sender: str, recipient: str
+) -> bytes:
+    """The key sealing sender's shares to recipient: from the sender's one-time key (active mode)
+    or either side's channel key (passive mode), with the other side's public key."""
+    return channel.agree(private, peer_channel, _context("share-key", ctx, sender, recipient))
 
 
-def _open_share(ctx: RoundContext, key: bytes, sealed: bytes, sender: str, recipient: str) -> bytes:
-    return channel.open_sealed(key, sealed[channel.KEY_BYTES :], _context("share", ctx, sender, recipient))
+def _pair_share_keys(
+    ctx: RoundContext, channel_key: channel.PrivateKey, peer_channel: bytes, me: str, peer: str
+) -> tuple[bytes, bytes]:
+    """Passive mode: the keys sealing me → peer and peer → me, from one exchange of channel keys
+    (each equals the peer's ``_share_key`` for that direction)."""
+    send, receive = channel.agree_many(
+        channel_key,
+        peer_channel,
+        (_context("share-key", ctx, me, peer), _context("share-key", ctx, peer, me)),
+    )
+    return send, receive
+
+
+def _open_share(
+    ctx: RoundContext, key: bytes, sealed: bytes, sender: str, recipient: str, active: bool
+) -> bytes:
+    body = sealed[_one_time_width(active) :]
+    return channel.open_sealed(key, body, _context("share", ctx, sender, recipient))
 
 
 def _channel_public(keys: bytes) -> bytes:
@@ -521,12 +558,15 @@ def _require_valid_key(public: bytes, what: str) -> None:
     """Refuse an X25519 public key that gives no shared secret (a low-order point): checked by the
     aggregator on arrival, so a party advertising one is dropped before any neighbour uses it."""
     try:
-        channel.agree(_CHECK_KEY, public, b"securefl/secagg/key-check")
+        channel.agree(_check_key(), public, b"securefl/secagg/key-check")
     except ProtocolError:
         raise ProtocolError(f"the advertised {what} key is not a usable X25519 public key") from None
 
 
-_CHECK_KEY = bytes(range(1, 33))  # a public constant: checking a key needs no secret
+@lru_cache(maxsize=1)
+def _check_key() -> channel.PrivateKey:
+    """A public constant, loaded once: checking a key needs no secret."""
+    return channel.load_private(bytes(range(1, 33)))
 
 
 def _survivor_statement(ctx: RoundContext, survivors: Sequence[str]) -> bytes:
@@ -819,6 +859,7 @@ class _Aggregator(SumAggregator):
                 sealed,
                 sender,
                 recipient,
+                active=True,
             )
             if self.identities:
                 _verify_dealt(self.identities, self.ctx, sender, recipient, plain)
@@ -887,6 +928,7 @@ class _Aggregator(SumAggregator):
         for dropped in sorted(self.u2 - self.u3):
             shares = self.key_shares.get(dropped, {})
             secret = self._reconstruct(dropped, "key", shares, channel.KEY_BYTES, f"dropped {dropped}'s key")
+            secret = channel.load_private(secret)  # used once per surviving neighbour
             for survivor in sorted(self.u3 & self.graph[dropped]):
                 if dropped not in self.sealed or survivor not in self.sealed[dropped]:
                     continue  # the survivor never received the dropped party's shares: no mask between them
@@ -952,8 +994,9 @@ class _Party(SumParty):
             raise WireError("graph seed must be 32 bytes")
         self.graph_seed = parts["graph_seed"]
         self.graph = self.layer.neighbours(self.ctx.parties, self.graph_seed)
-        self.c_sk, c_pk = channel.generate_keypair(self.rng)
-        self.s_sk, s_pk = channel.generate_keypair(self.rng)
+        self.c_key, c_pk = channel.generate_loaded(self.rng)
+        self.s_key, s_pk = channel.generate_loaded(self.rng)
+        self.s_sk = self.s_key.private_bytes_raw()  # shared with the neighbours, committed to
         self.self_seed = self.rng.bytes(prg.SEED_BYTES)
         commitments = _commit(self.ctx, "seed", self.me, self.self_seed) + _commit(
             self.ctx, "key", self.me, self.s_sk
@@ -983,17 +1026,26 @@ class _Party(SumParty):
         seed_shares = shamir.split(self.self_seed, xs, self.t, self.rng)
         key_shares = shamir.split(self.s_sk, xs, self.t, self.rng)
         sealed = []
+        self.receive_keys: dict[str, bytes] = {}  # passive mode: peer -> key of its shares to me
         for peer in peers:
             x = _x(self.ctx, peer)
             dealt = self._dealt("seed", peer, seed_shares[x]) + self._dealt("key", peer, key_shares[x])
-            one_time, one_time_public = channel.generate_keypair(self.rng)
-            key = _share_key(self.ctx, one_time, _channel_public(self.peers[peer]), self.me, peer)
+            peer_channel = _channel_public(self.peers[peer])
+            if self.identity is not None:
+                one_time, one_time_public = channel.generate_loaded(self.rng)
+                key = _share_key(self.ctx, one_time, peer_channel, self.me, peer)
+            else:
+                one_time, one_time_public = None, b""
+                key, self.receive_keys[peer] = _pair_share_keys(
+                    self.ctx, self.c_key, peer_channel, self.me, peer
+                )
             blob = one_time_public + channel.seal(
                 key, dealt, _context("share", self.ctx, self.me, peer), self.rng
             )
             if self.identity is not None:
                 blob += signing.sign(self.identity, _sealed_statement(self.ctx, self.me, peer, blob))
-            self.sent[peer] = (one_time, blob)  # exactly the bytes sent, signature included
+                # exactly the bytes sent, signature included, and the key that opens them
+                self.sent[peer] = (one_time.private_bytes_raw(), blob)
             sealed.append(blob)
         return encode_record(b"SASr", {"recipients": peers}, {"shares": b"".join(sealed)})
 
@@ -1025,8 +1077,11 @@ class _Party(SumParty):
                 if self.identities is not None:
                     statement = _sealed_statement(self.ctx, sender, self.me, sealed)
                     self.identities.verify(sender, blob[size:], statement)
-                key = _share_key(self.ctx, self.c_sk, sealed[: channel.KEY_BYTES], sender, self.me)
-                plain = _open_share(self.ctx, key, sealed, sender, self.me)
+                if active:
+                    key = _share_key(self.ctx, self.c_key, sealed[: channel.KEY_BYTES], sender, self.me)
+                else:
+                    key = self.receive_keys[sender]
+                plain = _open_share(self.ctx, key, sealed, sender, self.me, active)
                 if self.identities is not None:
                     _verify_dealt(self.identities, self.ctx, sender, self.me, plain)
             except ProtocolError:
@@ -1045,7 +1100,7 @@ class _Party(SumParty):
         masks.add(self.self_seed)
         for peer in senders:
             seed = channel.agree(
-                self.s_sk, _mask_public(self.peers[peer]), _mask_context(self.ctx, self.me, peer)
+                self.s_key, _mask_public(self.peers[peer]), _mask_context(self.ctx, self.me, peer)
             )
             (masks.add if self.me < peer else masks.subtract)(seed)
         vector = np.asarray(self.provide(), dtype=np.uint64).astype(self.layer.dtype)
