@@ -543,10 +543,17 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             console.print(
                 f"{r.privacy} ({r.backend}): the masks' bound, measured now — a party "
                 f"{r.party_bound_seconds * 1e3:.2f} ms ({r.party_masks} keystreams of {r.params:,} words "
-                f"added), the aggregator {r.aggregator_bound_seconds * 1e3:.2f} ms ({r.parties - round(r.dropout * r.parties)} "
-                f"vectors added, {r.aggregator_masks} keystreams): party at "
+                f"added), the aggregator {r.aggregator_bound_seconds * 1e3:.2f} ms "
+                f"({r.parties - round(r.dropout * r.parties)} vectors added, {r.aggregator_masks} "
+                "keystreams): party at "
                 f"{r.party_seconds / r.party_bound_seconds:.2f}×, aggregator at "
                 f"{r.aggregator_seconds / r.aggregator_bound_seconds:.2f}× its bound"
+            )
+        if r.decrypt_vs_phe:
+            console.print(
+                f"{r.privacy} ({r.backend}): the key holder decrypted the sum's {r.ciphertexts:,} "
+                f"ciphertexts in {r.keyholder_seconds:.2f} s, {r.decrypt_vs_phe:.2f}× phe's raw_decrypt "
+                "of as many, one at a time (timed on a sample, extrapolated)"
             )
     ratios = bench.backend_ratios(results)
     for name, ratio in ratios.items():

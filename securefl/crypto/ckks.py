@@ -99,12 +99,13 @@ class CkksParams:
         return max(1, contributors) * 2.0 ** (20 - self.scale_bits)
 
 
-# Presets: the add-only default; a wider one for large sums and precision; NVIDIA FLARE's default
-# parameters (public-key encryption, a multiplication-ready chain), kept as the baseline to beat.
+# Presets: the add-only default; a wider one for large sums and precision; NVIDIA FLARE's own
+# configuration — its HEBuilder's defaults: N = 8192, [60, 40, 40], scale 2^40, a multiplication-
+# ready chain, symmetric (secret-key) encryption — kept as the baseline to beat.
 PRESETS = {
     "add-only": CkksParams(),
     "wide": CkksParams(8192, (60, 60), 40),
-    "flare": CkksParams(8192, (60, 40, 40), 40, symmetric=False),
+    "flare": CkksParams(8192, (60, 40, 40), 40, symmetric=True),
 }
 
 

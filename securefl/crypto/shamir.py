@@ -55,9 +55,7 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     barycentric weights."""
     sign = -1 if len(xs) % 2 == 0 else 1  # (−1)^(len − 1)
     whole = math.prod(xs)
-    return tuple(
-        sign * v * (whole // xk) % PRIME for v, xk in zip(_barycentric_weights(xs), xs, strict=True)
-    )
+    return tuple(sign * v * (whole // xk) % PRIME for v, xk in zip(_barycentric_weights(xs), xs, strict=True))
 
 
 @lru_cache(maxsize=256)

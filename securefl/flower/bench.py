@@ -1,21 +1,28 @@
-"""Side by side in Flower's simulation engine: Flower plain, Flower's SecAgg+, securefl's secure sum.
+"""Side by side on the same clients: Flower plain, Flower's SecAgg+, securefl's secure sum.
 
 The same clients (each returns the global model plus its own fixed update of ``--params`` float32
-values, weighted by its example count) and the same simulation backend (one ClientApp actor with
-every CPU) run three ways in one process run:
+values, weighted by its example count) run in one process run:
 
 * ``flower-plain``: Flower's FedAvg on the Message API (``strategy.start``);
-* ``flower-secagg+``: Flower's SecAgg+ (``SecAggPlusWorkflow`` in ``DefaultWorkflow``, legacy API,
-  complete graph: ``num_shares`` = clients, threshold 2/3) with ``secaggplus_mod`` on the clients;
-* ``securefl-secagg`` / ``securefl-secagg+``: ``securefl.flower`` (client mod + securefl's aggregator
-  over the grid), on the complete graph with threshold 2/3 like Flower's run, and on secagg+'s
-  default k-regular graph.
+* ``flower-secagg+`` / ``flower-secagg+k18``: Flower's SecAgg+ (``SecAggPlusWorkflow`` in
+  ``DefaultWorkflow``, legacy API, threshold 2/3) with ``secaggplus_mod`` on the clients, on the
+  complete graph (``num_shares`` = clients) and with 18 neighbours (``num_shares`` = 19);
+* ``securefl-secagg`` / ``securefl-secagg+k18`` / ``securefl-secagg+``: ``securefl.flower`` (client
+  mod + securefl's aggregator over Flower's grid) on the same two graphs and thresholds, and on
+  secagg+'s default k-regular graph;
+* ``securefl-native-*``: the same securefl stacks in securefl's own runtime (``securefl.Federation``,
+  parties in this process) — what a securefl user runs — with ``securefl-native-plain`` beside
+  ``flower-plain`` to show each runtime's own cost.
 
-Every exchange over the grid is timed and its payload bytes counted by one wrapper around the
-grid (the same for all three), labelled by stage (Flower's ``secaggplus_configs`` stage, securefl's
-envelope phase, or plain ``train``). Then the same with one client's ClientApp crashing during key
-setup (``--drop-stage``: Flower ``share_keys`` / securefl ``share``, or ``setup`` / ``advertise``)
-in every round. Each arm's fused model is checked against the exact weighted mean of the clients
+The Flower-engine arms share one simulation backend (one ClientApp actor with every CPU); every
+exchange over the grid is timed and its payload bytes counted by one wrapper around the grid (the
+same for all), labelled by stage (Flower's ``secaggplus_configs`` stage, securefl's envelope phase,
+or plain ``train``). Each stage costs at least ~0.2 s of the engine's polling (its grid pulls every
+0.1 s, its nodes every 0.1 s), whatever the protocol computes: four stages bound a secure round
+inside the engine from below at ~0.8 s, which is why the native arms are run too. Then the same
+with one client's ClientApp crashing during key setup (``--drop-stage``: Flower ``share_keys`` /
+securefl ``share``, or ``setup`` / ``advertise``; natively the party goes offline in that phase) in
+every round. Each arm's fused model is checked against the exact weighted mean of the clients
 summed. Round figures are the last round's (the first includes starting the actor).
 
     python benchmarks/flower_secagg.py --clients 50 --params 100000 --rounds 2
@@ -48,6 +55,26 @@ from securefl.flower import SecureFL, backend_config
 from securefl.flower.records import envelope_of, is_securefl, message_bytes
 from securefl.wire import Envelope
 
+K_SPARSE = 18  # the sparse graph both sides are compared on: 18 neighbours, threshold 2/3
+# securefl's arms: the complete graph with threshold 2/3, as Flower's flower-secagg+ run (num_shares =
+# clients); the same k-regular graph as flower-secagg+k18; secagg+'s default graph (k = 2⌈2 log2 n⌉,
+# threshold 0.6).
+SECUREFL_LAYERS = {
+    "securefl-secagg": {"layer": "secagg", "threshold": 2 / 3},
+    "securefl-secagg+k18": {"layer": "secagg+", "degree": K_SPARSE, "threshold": 2 / 3},
+    "securefl-secagg+": {"layer": "secagg+"},
+}
+# securefl's arms in its own runtime (securefl.Federation, parties in this process): the same clients,
+# vector, stacks and dropout, without Flower's simulation engine.
+NATIVE = {f"securefl-native-{arm.removeprefix('securefl-')}": arm for arm in SECUREFL_LAYERS}
+NATIVE["securefl-native-plain"] = "plain"  # the runtime's own cost, beside flower-plain
+# Which Flower arm each securefl arm is compared with (the same graph and threshold).
+COMPARED = {
+    "securefl-secagg": "flower-secagg+",
+    "securefl-secagg+k18": "flower-secagg+k18",
+    "securefl-native-secagg": "flower-secagg+",
+    "securefl-native-secagg+k18": "flower-secagg+k18",
+}
 SECAGG_RECORD = "secaggplus_configs"
 SECAGG_STAGE = "stage"
 DROP_STAGES = {"share": ("share_keys", "share"), "setup": ("setup", "advertise")}
@@ -174,7 +201,71 @@ def legacy_client(mods: list) -> ClientApp:
 # --- the three arms -------------------------------------------------------------------------
 
 
+def securefl_stack(arm: str, size: int) -> list[dict]:
+    """The privacy stack of a securefl arm: every coordinate of an update is within ±0.1, so the
+    clip never clips; 24-bit fixed point; the arm's secure sum."""
+    arm = NATIVE.get(arm, arm)
+    if arm == "plain":
+        return ["plain"]
+    return [
+        {"layer": "clip", "norm": 0.1 * size**0.5 + 1.0},
+        {"layer": "quantize", "bits": 24},
+        SECUREFL_LAYERS[arm],
+    ]
+
+
+def run_native_arm(arm: str, clients: int, size: int, rounds: int, drop: int | None, drop_stage: str) -> dict:
+    """A securefl arm in securefl's own runtime: the same clients (update and example count per
+    partition), stack and crash (the party goes offline in the same phase), timed per phase."""
+    from securefl import Federation, TrainResult
+    from securefl.bench import instrument
+    from securefl.faults import Faults
+
+    _, securefl_stage = DROP_STAGES[drop_stage]
+
+    def client(partition: int):
+        def train(weights, info):
+            return TrainResult({"w": weights["w"] + update(partition, size)}, examples(partition), {})
+
+        return train
+
+    names = {p: f"client-{p:03d}" for p in range(clients)}
+    faults = Faults()
+    if drop is not None:
+        faults.add("offline", names[drop], phase=securefl_stage)
+    federation = Federation(
+        {"w": np.zeros(size, np.float32)},
+        {names[p]: client(p) for p in range(clients)},
+        securefl_stack(arm, size),
+        weight_bound=examples(clients),
+        min_parties=2,
+        faults=faults,
+    )
+    inst = instrument(federation)
+    log: list[Exchange] = []
+    started = time.perf_counter()
+    error = None
+    reports = []
+    try:
+        for r in range(rounds):
+            inst.reset()
+            begin = time.perf_counter()
+            report = federation.run_round()
+            seconds = time.perf_counter() - begin
+            reports.append((report.status, len(report.survivors), sorted(report.dropouts.values())))
+            down, up = sum(inst.down.values()), sum(inst.up.values())
+            log.append(Exchange(str(r + 1), "round", begin, seconds, down, up, len(report.dropouts)))
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        federation.close()
+    out = {"grid": MeteredGrid(None, log), "model": federation.global_weights["w"], "reports": reports}
+    return summarize(arm, out, clients, size, rounds, drop, time.perf_counter() - started, error)
+
+
 def run_arm(arm: str, clients: int, size: int, rounds: int, drop: int | None, drop_stage: str) -> dict:
+    if arm in NATIVE:
+        return run_native_arm(arm, clients, size, rounds, drop, drop_stage)
     flower_stage, securefl_stage = DROP_STAGES[drop_stage]
     # A plain client has one stage (train): it crashes there.
     crash = [] if drop is None else [CrashMod(drop, (flower_stage, securefl_stage, "train"))]
@@ -193,7 +284,7 @@ def run_arm(arm: str, clients: int, size: int, rounds: int, drop: int | None, dr
             result = strategy.start(metered, ArrayRecord({"w": Array(initial)}), num_rounds=rounds)
             out["model"] = result.arrays["w"].numpy()
 
-    elif arm == "flower-secagg+":
+    elif arm in ("flower-secagg+", "flower-secagg+k18"):
         from flwr.client.mod import secaggplus_mod
         from flwr.common import ndarrays_to_parameters
         from flwr.server import LegacyContext, ServerConfig
@@ -213,23 +304,17 @@ def run_arm(arm: str, clients: int, size: int, rounds: int, drop: int | None, dr
                 initial_parameters=ndarrays_to_parameters([initial]),
             )
             legacy = LegacyContext(context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
+            # Flower's num_shares counts the client itself: k neighbours are k + 1 shares.
+            shares = clients if arm == "flower-secagg+" else K_SPARSE + 1
             workflow = DefaultWorkflow(
-                fit_workflow=SecAggPlusWorkflow(num_shares=clients, reconstruction_threshold=2 / 3)
+                fit_workflow=SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=2 / 3)
             )
             workflow(metered, legacy)
             out["model"] = legacy.state.array_records["parameters"].to_numpy_ndarrays()[0]
 
-    elif arm in ("securefl-secagg", "securefl-secagg+"):
-        # securefl-secagg: the complete graph with threshold 2/3, as Flower's run here (num_shares =
-        # clients); securefl-secagg+: its default k-regular graph (k = 2⌈2 log2 n⌉), threshold 0.6.
-        layer = {"layer": "secagg", "threshold": 2 / 3} if arm == "securefl-secagg" else {"layer": "secagg+"}
+    elif arm in SECUREFL_LAYERS:
         secure = SecureFL(
-            privacy=[
-                # Every coordinate of an update is within ±0.1: this clip never clips.
-                {"layer": "clip", "norm": 0.1 * size**0.5 + 1.0},
-                {"layer": "quantize", "bits": 24},
-                layer,
-            ],
+            privacy=securefl_stack(arm, size),
             weight_bound=examples(clients),
             min_parties=2,
         )
@@ -297,13 +382,13 @@ def summarize(arm, out, clients, size, rounds, drop, total, error) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = [
-        f"{'arm':<18} {'dropout':<8} {'round s':>8} {'MB down':>8} {'MB up':>8} {'max |err|':>10}  stages (s)"
+        f"{'arm':<27} {'dropout':<8} {'round s':>8} {'MB down':>8} {'MB up':>8} {'max |err|':>10}  stages (s)"
     ]
     for r in results:
         stages = ", ".join(f"{k} {v['seconds']:.2f}" for k, v in r["stages"].items())
         err = r.get("max_abs_error")
         lines.append(
-            f"{r['arm']:<18} {'yes' if r['dropout'] else 'no':<8} "
+            f"{r['arm']:<27} {'yes' if r['dropout'] else 'no':<8} "
             f"{(r['round_seconds'] or float('nan')):>8.2f} {r['bytes_down'] / 1e6:>8.2f} "
             f"{r['bytes_up'] / 1e6:>8.2f} {(err if err is not None else float('nan')):>10.2e}  {stages}"
             + (f"  [{r['error']}]" if r["error"] else "")
@@ -311,12 +396,54 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ratios(results: list[dict]) -> list[str]:
+    """Flower's round over securefl's, per pair of arms on the same graph, and who completed the
+    rounds with a client crashing in key setup (a lost round leaves the model where it was)."""
+    by_arm = {(r["arm"], r["dropout"]): r for r in results}
+    lines = []
+    for ours, theirs in COMPARED.items():
+        a, b = by_arm.get((ours, False)), by_arm.get((theirs, False))
+        if a and b and a["round_seconds"] and b["round_seconds"]:
+            where = "in securefl's own runtime" if ours in NATIVE else "both in Flower's simulation engine"
+            lines.append(
+                f"{ours} is {b['round_seconds'] / a['round_seconds']:.1f}x faster per round than {theirs} "
+                f"({a['round_seconds']:.2f} s against {b['round_seconds']:.2f} s; {where})"
+            )
+        for arm in (ours, theirs):
+            crashed = by_arm.get((arm, True))
+            if crashed:
+                kept = crashed.get("max_abs_error")
+                exact = kept is not None and kept < 1e-3
+                done = crashed["error"] is None and crashed.get("changed") and exact
+                lines.append(
+                    f"  with a client crashing in key setup, {arm} "
+                    + ("completed every round" if done else "lost the round (model not updated)")
+                )
+    return lines
+
+
+DEFAULT_ARMS = (
+    "flower-plain",
+    "flower-secagg+",
+    "flower-secagg+k18",
+    "securefl-secagg",
+    "securefl-secagg+k18",
+    "securefl-secagg+",
+    "securefl-native-plain",
+    "securefl-native-secagg",
+    "securefl-native-secagg+k18",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--params", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--arms", default="flower-plain,flower-secagg+,securefl-secagg,securefl-secagg+")
+    parser.add_argument(
+        "--arms",
+        default=",".join(DEFAULT_ARMS),
+    )
     parser.add_argument("--drop-stage", choices=sorted(DROP_STAGES), default="share")
     parser.add_argument("--no-dropout", action="store_true", help="skip the runs with a dropout")
     parser.add_argument("--json", help="write the results here")
@@ -335,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print(table(results))
+    for line in ratios(results):
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "load": load, "results": results}, f, indent=2)

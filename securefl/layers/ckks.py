@@ -190,7 +190,8 @@ class CKKS(SharedKeySum):
 
     ``preset``: ``"add-only"`` (default: N = 4096, [45, 45], scale 2^30), ``"wide"`` (N = 8192,
     [60, 60], scale 2^40: sums up to 2^18 per coordinate, more precision, twice the bytes), or
-    ``"flare"`` (NVIDIA FLARE's N = 8192, [60, 40, 40], public-key encryption: the baseline).
+    ``"flare"`` (NVIDIA FLARE's HEBuilder defaults: N = 8192, [60, 40, 40], scale 2^40, symmetric
+    encryption: the baseline).
     Or give ``poly_modulus_degree``, ``coeff_mod_bit_sizes`` and ``scale_bits`` yourself; every
     choice is checked for 128-bit security. ``update_bound`` bounds the update if no ``clip``
     precedes the layer.

@@ -417,7 +417,7 @@ def _context_prefix(label: str, session: str, round: int, binding: bytes) -> byt
     """The fields every context of one label shares in a round (built once: a party builds a
     context per neighbour and per purpose)."""
     fields = [b"securefl/secagg/v2", label.encode(), bytes.fromhex(session), struct.pack(">I", round)]
-    return b"".join(_field(f) for f in fields + [binding])
+    return b"".join(_field(f) for f in [*fields, binding])
 
 
 def _field(value: bytes) -> bytes:
