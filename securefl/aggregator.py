@@ -93,6 +93,12 @@ class RoundReport:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def number(self) -> int:
+        """The round as securefl prints it everywhere (terminal, logs, ledger audit), counting from
+        1; ``round`` is the protocol's index, counting from 0."""
+        return self.round + 1
+
 
 class Aggregator:
     def __init__(
@@ -145,14 +151,14 @@ class Aggregator:
             try:
                 self.guard.admit(round)
             except BudgetExhausted as exc:
-                log.warning("round %d refused: %s", round, exc)
+                log.warning("round %d refused: %s", round + 1, exc)
                 return RoundReport(round, "refused", [], error=str(exc))
         selected = self.selection.select(self.parties, round)
         if self.guard is not None:
             try:
                 self.guard.admit_selection(round, selected)
             except BudgetExhausted as exc:
-                log.warning("round %d refused: %s", round, exc)
+                log.warning("round %d refused: %s", round + 1, exc)
                 return RoundReport(round, "refused", [], error=str(exc))
         report = RoundReport(round, "failed", list(selected))
         self._phase = "selection"
@@ -172,13 +178,13 @@ class Aggregator:
             report.status = "ok"
         except (RoundFailed, UpdateError) as exc:
             report.error = str(exc) + self._blame(report)
-            log.warning("round %d failed: %s", round, printable(report.error))
+            log.warning("round %d failed: %s", round + 1, printable(report.error))
         except Exception as exc:  # a layer or strategy bug: never out of run_round (invariant 7)
             report.error = (
                 f"{self._phase}: {type(exc).__name__}: {exc}; the round is abandoned and the global model "
                 f"is unchanged" + self._blame(report)
             )
-            log.error("round %d failed unexpectedly: %s", round, printable(report.error), exc_info=True)
+            log.error("round %d failed unexpectedly: %s", round + 1, printable(report.error), exc_info=True)
         if report.status != "ok":
             self._record_seen_inputs(round, report)
             report.survivors = []
@@ -252,7 +258,10 @@ class Aggregator:
                     except Exception as exc:
                         if not isinstance(exc, (SecureFLError, ValueError)):
                             log.warning(
-                                "round %d: layer raised %s on %s's payload", round, type(exc).__name__, party
+                                "round %d: layer raised %s on %s's payload",
+                                round + 1,
+                                type(exc).__name__,
+                                party,
                             )
                         report.dropouts[party] = f"{phase}: {type(exc).__name__}: {exc}"
                         live.discard(party)
@@ -327,11 +336,11 @@ class Aggregator:
                 valid[party] = envelope.parts["layer"]
             except Exception as exc:
                 if not isinstance(exc, (WireError, ProtocolError)):
-                    log.warning("round %d: %s checking %s's reply", round, type(exc).__name__, party)
+                    log.warning("round %d: %s checking %s's reply", round + 1, type(exc).__name__, party)
                 valid.pop(party, None)
                 refusals.pop(party, None)
                 report.dropouts.setdefault(party, f"{phase}: {exc}")
-                log.info("round %d: dropping %s: %s", round, party, printable(exc))
+                log.info("round %d: dropping %s: %s", round + 1, party, printable(exc))
         for party in report.dropouts:
             valid.pop(party, None)
             refusals.pop(party, None)

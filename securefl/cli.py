@@ -26,6 +26,7 @@ from securefl.aggregator import RoundReport
 from securefl.config import load_config
 from securefl.errors import ConfigError, SecureFLError
 from securefl.layers import PRESET_NAMES
+from securefl.logtext import counted
 from securefl.privacy.observers import OBSERVERS
 from securefl.runner import BudgetSettings, DPSettings, Reporter, RunSettings, run
 from securefl.simulation.allocator import keep_freed_memory
@@ -52,7 +53,8 @@ class ConsoleReporter(Reporter):
     def start(self, settings: RunSettings, task: Task) -> None:
         self.total_rounds = settings.rounds
         self.console.print(
-            f"[bold]securefl[/] {task.name}: {len(task.clients)} parties, {settings.rounds} rounds, "
+            f"[bold]securefl[/] {task.name}: {counted(len(task.clients), 'party')}, "
+            f"{counted(settings.rounds, 'round')}, "
             f"privacy [cyan]{escape(settings.privacy_label())}[/]"
         )
         self.progress = Progress(
@@ -64,14 +66,14 @@ class ConsoleReporter(Reporter):
     def round(self, report: RoundReport, accuracy: float | None, loss: float | None) -> None:
         if report.status == "refused":
             refusal = escape(str(report.error))
-            line = f"round {report.round + 1:>3}/{self.total_rounds}  [yellow]refused[/]: {refusal}"
+            line = f"round {report.number:>3}/{self.total_rounds}  [yellow]refused[/]: {refusal}"
         elif report.ok:
             # A task without evaluate() scores nothing: the line says so instead of a number.
             scores = f"accuracy {accuracy:.3f}  " if accuracy is not None else "not evaluated  "
             if loss is not None:
                 scores += f"loss {loss:.4f}  "
             line = (
-                f"round {report.round + 1:>3}/{self.total_rounds}  {scores}"
+                f"round {report.number:>3}/{self.total_rounds}  {scores}"
                 f"bytes up {_size(report.bytes_up):>9}  "
                 f"parties {len(report.survivors)}/{len(report.selected)}"
             )
@@ -83,7 +85,7 @@ class ConsoleReporter(Reporter):
                 line += f"  sidelined: {escape(', '.join(sorted(report.sidelined)))}"
         else:
             failure = escape(str(report.error))
-            line = f"round {report.round + 1:>3}/{self.total_rounds}  [red]failed[/]: {failure}"
+            line = f"round {report.number:>3}/{self.total_rounds}  [red]failed[/]: {failure}"
         self.progress.console.print(line)
         self.progress.advance(self.task_id)
 
@@ -146,18 +148,38 @@ def _view_text(view: dict[str, Any], summary: dict[str, Any]) -> str:
         lines.append("  [yellow]plain protects nothing[/]: try --privacy secagg and compare")
     else:
         lines.append(
-            f"  the aggregator learns only the sum of the {summary['parties']} parties' updates, "
+            f"  the aggregator learns only the sum of the {counted(summary['parties'], 'party')}' updates, "
             "never one of them"
         )
     return "\n".join(lines)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the text already states it (choices are
+    listed by argparse itself); descriptions keep their line breaks (run's TOML format)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or action.option_strings == []
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _add_common(parser: argparse.ArgumentParser, events: bool = True) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON summary as the last line of stdout"
     )
+    what = "log protocol events (dropouts, refusals) and show" if events else "show"
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log protocol events (dropouts, refusals)"
+        "-v", "--verbose", action="store_true", help=f"{what} the traceback of an unexpected error"
     )
 
 
@@ -248,12 +270,22 @@ privacy stack):
 Examples: examples/configs/*.toml. Reference: docs/configuration.md."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every sub-command's parser formats its help with :class:`_HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="securefl", description="Privacy-preserving federated learning with secure aggregation."
+        prog="securefl",
+        description="Privacy-preserving federated learning with secure aggregation.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"securefl {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser("demo", help="train on breast-cancer data across simulated hospitals")
     demo.add_argument("--parties", type=int, default=5, help="number of hospitals (default 5)")
     demo.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
@@ -290,7 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue an existing ledger under another budget than the one it records",
     )
-    dp.add_argument("--accountant", default="prv", help="prv (default) or rdp; Skellam noise uses rdp")
+    dp.add_argument(
+        "--accountant",
+        default="prv",
+        choices=("prv", "rdp", "pld"),
+        help="the accountant the budget is enforced with (default prv; Skellam noise uses rdp)",
+    )
     dp.add_argument(
         "--budget-observer",
         choices=OBSERVERS,
@@ -304,7 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a federation described in a TOML file",
         description=RUN_TOML_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run_cmd.add_argument("config", help="path to the TOML file (examples: examples/configs/*.toml)")
     _add_backend(run_cmd)
@@ -372,13 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(audit)
     keys = sub.add_parser("keys", help="create key material")
-    keys_sub = keys.add_subparsers(dest="kind", required=True)
+    keys_sub = keys.add_subparsers(dest="kind", required=True, parser_class=_Parser)
     pk = keys_sub.add_parser("paillier", help="a shared Paillier key set for the paillier layer")
     pk.add_argument("--bits", type=int, default=2048, help="key size: 2048 (default) or 3072")
     pk.add_argument(
         "--out", default=".", help="directory for paillier.keys.json (0600) and paillier.public.json"
     )
-    _add_common(pk)
+    _add_common(pk, events=False)
     tpk = keys_sub.add_parser(
         "paillier-threshold",
         help="the key ceremony of paillier-threshold: a t-of-n threshold Paillier key, one share per party",
@@ -391,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     tpk.add_argument(
         "--out", default="threshold-keys", help="directory for public.json and share-PARTY.json (0600)"
     )
-    _add_common(tpk)
+    _add_common(tpk, events=False)
     tls = keys_sub.add_parser("tls", help="a federation CA, the aggregator's and each party's certificate")
     tls.add_argument("--parties", required=True, help="comma-separated party ids (the allowlist)")
     tls.add_argument("--out", default="certs", help="directory (default certs/); keys go to its private/")
@@ -402,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated addresses the aggregator is reached at (default 127.0.0.1,localhost)",
     )
     tls.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
-    _add_common(tls)
+    _add_common(tls, events=False)
     aggregator = sub.add_parser("aggregator", help="serve a federation to party processes over mutual TLS")
     aggregator.add_argument("--config", required=True, help="the federation's TOML file (FED.toml)")
     aggregator.add_argument("--save-model", help="write the final global model here (.npz, no pickle)")
@@ -473,7 +509,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         rounds = args.repeat + 1
         console.print(
             f"{name:>9}: about {est['memory_gib']:.2f} GiB, ~{est['seconds_per_round'] * rounds:.0f} s "
-            f"for {rounds} rounds of {args.parties} parties × {args.params:,} parameters"
+            f"for {counted(rounds, 'round')} of {counted(args.parties, 'party')} × {args.params:,} parameters"
         )
     results = []
     # Replies per party per round, for the progress bar only (an unknown layer counts one).
@@ -507,8 +543,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
                 del federation  # one layer's simulated parties at a time
                 gc.collect()
     bench.add_plain_ratios(results)
-    title = f"{args.parties} parties × {args.params:,} parameters, dropout {args.dropout:.0%}"
-    table = Table(title=f"{title}, medians of {args.repeat} rounds")
+    title = f"{counted(args.parties, 'party')} × {args.params:,} parameters, dropout {args.dropout:.0%}"
+    table = Table(title=f"{title}, medians of {counted(args.repeat, 'round')}")
     for column in (
         "layer",
         "backend",
@@ -715,11 +751,28 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     if args.report:
         write_report(result, args.report)
     table = Table(title=f"audit of {escape(args.ledger)}", show_header=False)
-    validity = "[green]yes[/]" if result.valid else "[red]NO[/]"
+    if not result.valid:
+        validity = "[red]NO[/]"
+    elif result.pinned:
+        validity = "[green]yes[/], signed by the key you gave"
+    else:
+        validity = (
+            "[yellow]consistently signed, signer not pinned[/] (anyone who rewrote the file could have "
+            "re-signed it: give --public-key to verify the signer)"
+        )
     if result.valid and result.interrupted:
         validity += " (last append interrupted by a crash; recoverable: the next writer completes it)"
     table.add_row("valid", validity)
     table.add_row("records", f"{result.releases} released, {result.refusals} refused")
+    if result.first_time:
+        table.add_row("time range", f"{escape(result.first_time)} to {escape(result.last_time)} (UTC)")
+    who, guaranteed = result.guarantee
+    if guaranteed is not None:
+        holds = result.budget_holds
+        verdict = ""
+        if holds is not None:
+            verdict = " — [green]within the budget[/]" if holds else " — [red]overspent[/]"
+        table.add_row("the guarantee", f"ε {guaranteed:.4f} against {escape(who)}{verdict}")
     table.add_row("unit", escape(result.unit or "—"))
     for name, value in result.epsilon.items():
         table.add_row(f"ε ({name}, at the sampling rate q)", "n/a" if value is None else f"{value:.4f}")
@@ -778,15 +831,15 @@ def _repair_ledger(path: str, console: Console) -> None:
     if done.damage:
         console.print(f"repair: {escape(path)} was damaged ({escape(done.damage[0])})")
         console.print(
-            f"repair: carried {done.carried} records into a re-signed ledger; damaged files kept as "
-            + ", ".join(escape(str(p)) for p in done.kept)
+            f"repair: carried {counted(done.carried, 'record')} into a re-signed ledger; damaged files "
+            "kept as " + ", ".join(escape(str(p)) for p in done.kept)
         )
     for line in done.unreadable:
         console.print(f"repair: {escape(line)} could not be read")
     if done.placeholders:
         console.print(
-            f"repair: {done.placeholders} records the damage hid are counted as releases with the last "
-            "readable release's mechanism (an assumption: check it against your own records)"
+            f"repair: {counted(done.placeholders, 'record')} the damage hid counted as releases with the "
+            "last readable release's mechanism (an assumption: check it against your own records)"
         )
 
 
@@ -870,11 +923,11 @@ def _served(summary: dict[str, Any]) -> str:
             f"{summary['party']} answered {requests} request{'s' if requests != 1 else ''}"
             f" ({reconnects} reconnect{'s' if reconnects != 1 else ''})"
         )
-    text = f"{summary['rounds_ok']} of {summary['rounds']} rounds completed"
+    text = f"{summary['rounds_ok']} of {counted(summary['rounds'], 'round')} completed"
     if summary["rounds_failed"]:
         text += f", {summary['rounds_failed']} failed"
     seen = summary["parties_seen"]
-    text += f"; {len(seen)} part{'ies' if len(seen) != 1 else 'y'} seen"
+    text += f"; {counted(len(seen), 'party')} seen"
     if summary.get("epsilon") is not None:
         text += f"; ε {summary['epsilon']:.3g} spent"
     if summary.get("refused"):

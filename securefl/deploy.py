@@ -346,11 +346,11 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
         "rounds": fed.rounds,
         "rounds_ok": sum(r.ok for r in reports),
         "rounds_failed": sum(r.status == "failed" for r in reports),
-        "failures": {r.round: r.error for r in reports if r.status == "failed"},
+        "failures": {r.number: r.error for r in reports if r.status == "failed"},
         "refused": next((r.error for r in reports if r.status == "refused"), None),
         "parties_seen": sorted(transport.seen),
-        "dropouts": {r.round: r.dropouts for r in reports if r.dropouts},
-        "sidelined": {r.round: r.sidelined for r in reports if r.sidelined},
+        "dropouts": {r.number: r.dropouts for r in reports if r.dropouts},
+        "sidelined": {r.number: r.sidelined for r in reports if r.sidelined},
         "epsilon": next((r.epsilon for r in reversed(reports) if r.epsilon is not None), None),
         "sealed": aggregator.sealed is not None,
         "weights": None if aggregator.sealed is not None else spec.unflatten(aggregator.weights),
@@ -376,7 +376,7 @@ def _guarded_round(aggregator: Aggregator, round: int) -> RoundReport:
     try:
         return aggregator.run_round(round)
     except Exception as exc:
-        log.debug("round %d raised", round, exc_info=True)
+        log.debug("round %d raised", round + 1, exc_info=True)
         return RoundReport(
             round,
             "failed",
@@ -391,7 +391,7 @@ def _log_round(report) -> None:
     if report.status == "refused":
         log.warning(
             "round %d refused by the privacy budget: %s",
-            report.round,
+            report.number,
             printable(report.error),
         )
         return
@@ -399,7 +399,7 @@ def _log_round(report) -> None:
     dropouts = "; ".join(f"{p} ({printable(why)})" for p, why in report.dropouts.items()) or "none"
     log.info(
         "round %d %s: %d selected, %d summed, dropouts: %s%s (%.2fs, %d B up)",
-        report.round,
+        report.number,
         report.status,
         len(report.selected),
         len(report.survivors),
@@ -409,7 +409,7 @@ def _log_round(report) -> None:
         report.bytes_up,
     )
     if report.error:
-        log.warning("round %d failed: %s", report.round, printable(report.error))
+        log.warning("round %d failed: %s", report.number, printable(report.error))
 
 
 # -- a party -----------------------------------------------------------------------------------

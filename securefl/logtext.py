@@ -35,3 +35,13 @@ class OneLineFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = printable(record.message, limit=1 << 16, backslashes=False)
         return super().formatMessage(record)
+
+
+_PLURALS = {"party": "parties", "query": "queries"}
+
+
+def counted(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless the number is 1: "1 party", "2 parties", "0 rounds"."""
+    if number == 1:
+        return f"{number} {noun}"
+    return f"{number} {_PLURALS.get(noun, noun + 's')}"

@@ -177,7 +177,7 @@ class PartyNode:
             else:
                 if request.round != self.round:
                     raise WireError(
-                        f"request for round {request.round}, but this party is in round {self.round}"
+                        f"request for round {request.round + 1}, but this party is in round {self.round + 1}"
                     )
                 payload = self.secure_sum.respond(request.phase, request.parts.get("layer", b""))
         except Exception as exc:
@@ -198,7 +198,7 @@ class PartyNode:
         coordinate, a user exception's message). ``refused``: the party refuses a revealed sum that
         honest parties cannot have made (the aggregator then fails the round rather than blame it)."""
         self.last_error = reason
-        log.warning("party %s withdraws from round %s: %s", self.party_id, round, printable(reason))
+        log.warning("party %s withdraws from round %s: %s", self.party_id, round + 1, printable(reason))
         shared = reason if shared is None else shared
         # At most MAX_REASON_BYTES, cut on a character boundary: the reason stays valid UTF-8.
         parts = {"reason": shared.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode()}
@@ -209,18 +209,18 @@ class PartyNode:
     def _start_round(self, request: Envelope) -> bytes:
         if self.round is not None and request.round <= self.round:
             raise ProtocolError(
-                f"round {request.round} was already started (this party is at round {self.round}); "
+                f"round {request.round + 1} was already started (this party is at round {self.round + 1}); "
                 "replay refused"
             )
         info = RoundInfo.decode(request.parts.get("round", b""))
         if info.round != request.round:
-            raise WireError(f"round info says round {info.round}, envelope says {request.round}")
+            raise WireError(f"round info says round {info.round + 1}, envelope says {request.round + 1}")
         if self.party_id not in info.parties:
-            raise ProtocolError(f"party {self.party_id!r} is not in round {info.round}'s party list")
+            raise ProtocolError(f"party {self.party_id!r} is not in round {info.round + 1}'s party list")
         min_parties = max(self.min_parties, info.min_parties)
         if len(info.parties) < min_parties:
             raise ProtocolError(
-                f"round {info.round} selects {len(info.parties)} parties; this party takes part only in "
+                f"round {info.round + 1} selects {len(info.parties)} parties; this party takes part only in "
                 f"rounds of at least {min_parties}"
             )
         self.round = request.round

@@ -13,6 +13,7 @@ from securefl.aggregator_view import AggregatorView
 from securefl.errors import BudgetExhausted, ConfigError
 from securefl.federation import Federation, PrivacySpec, build_stack
 from securefl.layers import DPNoise, PrivacyStack, with_dp
+from securefl.logtext import counted
 from securefl.party import Client, TrainResult, as_train_result
 from securefl.tasks import Task, load_task
 from securefl.transcript import Transcript
@@ -241,7 +242,7 @@ def plot_accuracy(
 
     # One accuracy per round that ran; a round the budget refused ends the run and has none.
     ran = rounds[: len(accuracy)]
-    xs = [r.round + 1 for r in ran]
+    xs = [r.number for r in ran]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(
         xs, [a if a is not None else float("nan") for a in accuracy], "o-", label="held-out test accuracy"
@@ -256,7 +257,8 @@ def plot_accuracy(
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title(f"securefl {summary['task']}: {summary['parties']} parties, privacy={summary['privacy']}")
+    parties = counted(summary["parties"], "party")
+    ax.set_title(f"securefl {summary['task']}: {parties}, privacy={summary['privacy']}")
     ax.legend(loc="lower right")
     fig.tight_layout()
     out = Path(path)

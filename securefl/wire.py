@@ -365,7 +365,9 @@ class Envelope:
         if self.session != session:
             raise WireError(f"message belongs to session {self.session}, not the current {session}")
         if self.round != round:
-            raise WireError(f"message is for round {self.round}, the current round is {round} (replay?)")
+            raise WireError(
+                f"message is for round {self.round + 1}, the current round is {round + 1} (replay?)"
+            )
         if self.phase != phase:
             raise WireError(f"message is for phase {self.phase!r}, the current phase is {phase!r}")
         if self.party != party:

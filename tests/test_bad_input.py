@@ -96,7 +96,7 @@ def test_message_from_another_round_is_a_replay():
     before = fed.global_vector
     report = fed.run_round()
     assert "p2" in report.dropouts
-    assert "message is for round 0, the current round is 1 (replay?)" in report.dropouts["p2"]
+    assert "message is for round 1, the current round is 2 (replay?)" in report.dropouts["p2"]
     survivors = ["p0", "p1", "p3"]
     np.testing.assert_allclose(
         fed.global_vector - before, weighted_mean(deltas, examples, survivors), rtol=1e-9

@@ -109,9 +109,10 @@ def test_a_party_killed_mid_round_is_a_dropout_and_the_round_completes(tmp_path)
     aggregator = _aggregator(tmp_path)
     summary, codes, log = _finish(tmp_path, aggregator, _parties(tmp_path))
     assert summary["rounds_ok"] == 3, log
-    assert set(summary["dropouts"]) == {"1", "2"} and "hospital-4" in summary["dropouts"]["1"]
+    # killed in round index 1: rounds count from 1 in the summary and the log
+    assert set(summary["dropouts"]) == {"2", "3"} and "hospital-4" in summary["dropouts"]["2"]
     assert codes[:3] == [0, 0, 0] and codes[3] == -9
-    assert "round 1 ok: 4 selected, 3 summed" in log
+    assert "round 2 ok: 4 selected, 3 summed" in log
 
 
 def _wait_listening(port, seconds=60.0):
@@ -281,7 +282,7 @@ def test_a_malicious_member_costs_only_itself_and_the_aggregator_stays_up(tmp_pa
     context = f"{log}\n--- {BAD} ---\n{bad_log}"
     # The aggregator ran every round and exited 0 by its own decision (_finish checks the code).
     assert summary["rounds_ok"] + summary["rounds_failed"] == len(PLAN), context
-    for round, attack in enumerate(PLAN):
+    for round, attack in enumerate(PLAN, start=1):  # rounds count from 1 in the summary and the log
         dropped = summary["dropouts"].get(str(round), {})
         # No honest party is ever dropped for the bad party's message.
         assert not set(dropped) & set(HONEST), (round, attack, context)
@@ -301,7 +302,7 @@ def test_a_malicious_member_costs_only_itself_and_the_aggregator_stays_up(tmp_pa
         "wrong_round",
         "wrong_phase",
     ):
-        round = PLAN.index(attack)
+        round = PLAN.index(attack) + 1
         assert BAD in summary["dropouts"].get(str(round), {}) or str(round) in summary["failures"], (
             attack,
             context,

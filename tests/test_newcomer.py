@@ -317,3 +317,67 @@ def test_audit_names_what_is_wrong_in_one_line(tmp_path, capsys):
     problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("problem")]
     assert len(problems) == 1 and "2 records signed by" in problems[0]
     assert "does --public-key name another ledger's key?" in problems[0]
+
+
+def test_the_audit_report_states_the_guarantee_the_pinning_and_the_rounds_from_1(
+    tmp_path, capsys, monkeypatch
+):
+    """Defects 8 and 9: the report's headline says which ε is the guarantee, whether the budget holds
+    and whether the signer was pinned (an unpinned ledger is not shown verified in green), the records'
+    time range and the report's date; rounds count from 1 as in the terminal; the chart keeps the
+    budget line and the refused round readable."""
+    import matplotlib.pyplot as plt
+
+    ledger = str(tmp_path / "l.jsonl")
+    argv = [*DP, "--budget-epsilon", "6", "--ledger", ledger, "--rounds", "4", "--json"]
+    assert main(argv) == 0
+    run = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    unpinned = tmp_path / "unpinned.html"
+    assert main(["audit", ledger, "--report", str(unpinned), "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert "signer not pinned" in out and result["pinned"] is False and result["budget_holds"] is True
+    rounds = [row["round"] for row in result["rounds"]]
+    assert rounds == list(range(1, run["rounds_run"] + 2))  # the released rounds, then the refused one
+    assert result["rounds"][-1]["decision"] == "refused"
+    page = unpinned.read_text()
+    assert "the signer was not pinned" in page and "#1a7f37" not in page  # not verified in green
+    assert "The guarantee: <b>ε = " in page and "budget ε = 6: <b>holds</b>" in page
+    assert "records from 20" in page and "Report written 20" in page
+    pinned = tmp_path / "pinned.html"
+    assert main(["audit", ledger, "--public-key", ledger + ".pub", "--report", str(pinned)]) == 0
+    assert "verified, signed by the key you gave" in pinned.read_text()
+    axes = figures[0].axes[0]
+    labels = [line.get_label() for line in axes.get_lines()]
+    assert "budget" in labels and "refused" in labels
+    assert axes.get_ylim()[0] == 0 and axes.get_legend().get_bbox_to_anchor().x0 > axes.bbox.x1 - 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["bench"], ["(default: 0.0)", "(default: 100000)", "(default: inprocess)"]),
+        (["demo"], ["{central,distributed,local}", "{prv,rdp,pld}", "(default: securefl-demo.png)"]),
+        (["keys", "tls"], ["(default certs/)", "(default: securefl)", "show the traceback of an unexpected error"]),
+        (["audit"], ["(default 1000)", "log protocol events (dropouts, refusals) and show the traceback"]),
+    ],
+)
+def test_every_help_states_defaults_choices_and_what_verbose_does(capsys, argv, expected):
+    """Defect 15: defaults and valid choices in every --help; -v says what it does where it is."""
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for piece in expected:
+        assert piece in text, piece
+
+
+def test_counts_are_written_in_words_with_plurals():
+    from securefl.cli import _served
+    from securefl.logtext import counted
+
+    assert [counted(n, "party") for n in (0, 1, 2)] == ["0 parties", "1 party", "2 parties"]
+    assert counted(1, "round") == "1 round" and counted(3, "release") == "3 releases"
+    summary = {"rounds": 1, "rounds_ok": 1, "rounds_failed": 0, "parties_seen": ["a"]}
+    assert _served(summary).startswith("finished: 1 of 1 round completed; 1 party seen")

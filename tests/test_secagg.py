@@ -276,7 +276,7 @@ def test_replayed_advertisement_from_an_earlier_round_is_refused():
     fed, *_ = integer_federation(SecAgg(), 5, replay)
     assert fed.run_round().ok
     report = fed.run_round()
-    assert "round 0, the current round is 1" in report.dropouts["p01"]
+    assert "round 1, the current round is 2" in report.dropouts["p01"]
 
 
 def _tamper_keys(target):

@@ -288,7 +288,7 @@ class SecureFLServer:
                 on_round(report)
             log.info(
                 "securefl round %d: %s, %d summed, dropouts %s%s",
-                round_,
+                report.number,
                 report.status,
                 len(report.survivors),
                 sorted(report.dropouts),

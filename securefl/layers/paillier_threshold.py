@@ -1498,7 +1498,7 @@ class _ThresholdParty(_Party):
         first_time = self.ctx.round not in self._combined
         self._combined = {self.ctx.round: (contributors, digest)}
         if (first_time and self.ctx.round in self._label_digest) or self.ctx.round < self.latest_model_round:
-            raise ProtocolError(f"already holds a sealed record labelled round {self.ctx.round} or later")
+            raise ProtocolError(f"already holds a sealed record labelled round {self.ctx.round + 1} or later")
         public = key.public
         valid, bad = self._open_shares(header["holders"], parts["shares"], ciphertexts, contributors, digest)
         if len(valid) < public.threshold:
@@ -1562,7 +1562,7 @@ class _ThresholdParty(_Party):
         )
         record_digest = hashlib.sha256(record).digest()
         if self._label_digest.setdefault(self.ctx.round, record_digest) != record_digest:
-            raise ProtocolError(f"would seal a second, different record labelled round {self.ctx.round}")
+            raise ProtocolError(f"would seal a second, different record labelled round {self.ctx.round + 1}")
         # Countersigned: parties move their base only on a record t combiners signed (spec,
         # "Acknowledgements"); with at most t − 1 colluders one of them decrypted the sum itself.
         signature = sign_record(key, record)

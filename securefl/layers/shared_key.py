@@ -628,7 +628,7 @@ class _Aggregator(SumAggregator):
         if model["round"] != self.ctx.round or model["session"] != self.ctx.session:
             raise ProtocolError(
                 f"the sealed model is labelled round {model['round']} of session {model['session'][:32]!r}, "
-                f"not round {self.ctx.round} of this session"
+                f"not round {self.ctx.round + 1} of this session"
             )
         if model["contributors"] != self._named or model["sum"] != self._sum_digest:
             raise ProtocolError("the sealed model names other contributors or another sum than it was sent")
@@ -1092,7 +1092,7 @@ class _Party(SumParty):
             # The pads derive from (session, party, round): a second encryption in one round would
             # reuse them, so that the quotient of the two ciphertexts is unpadded.
             raise ProtocolError(
-                f"asked to encrypt in round {self.ctx.round}, but this party already encrypted in round "
+                f"asked to encrypt in round {self.ctx.round + 1}, but this party already encrypted in round "
                 f"{self._last_encrypt_round}; its pads are not reused"
             )
         self._opening_for_round = True  # provide() opens this round's sealed global model
@@ -1143,7 +1143,8 @@ class _Party(SumParty):
         contributors = _contributor_list(header["contributors"], self.ctx, self.me)
         if self.ctx.round in self._label_digest or self.ctx.round < self.latest_model_round:
             raise ProtocolError(
-                f"already holds a sealed record labelled round {self.ctx.round} or later; not sealing another"
+                f"already holds a sealed record labelled round {self.ctx.round + 1} or later; not sealing "
+                "another"
             )
         digest = sum_digest(parts["sum"])
         try:
@@ -1206,7 +1207,7 @@ class _Party(SumParty):
             # Two different sealed records under one label (F2): e.g. the models of two different
             # contributor sets of the same round, whose difference would reveal one party's update.
             raise ProtocolError(
-                f"a second, different sealed model labelled round {round_}: this party already holds one "
+                f"a second, different sealed model labelled round {round_ + 1}: this party already holds one "
                 "for that round; equivocation refused"
             )
         if self._opening_for_round:
@@ -1214,11 +1215,12 @@ class _Party(SumParty):
             # one this party already trained on (an aggregator replaying an old model is refused).
             if round_ >= self.ctx.round:
                 raise ProtocolError(
-                    f"the sealed model is from round {round_}, not from before this round ({self.ctx.round})"
+                    f"the sealed model is from round {round_ + 1}, not from before this round "
+                    f"({self.ctx.round + 1})"
                 )
             if round_ < self.latest_model_round:
                 raise ProtocolError(
-                    f"the sealed model is from round {round_}, older than the round-"
+                    f"the sealed model is from round {round_ + 1}, older than the round-"
                     f"{self.latest_model_round} model this party already trained on; rollback refused"
                 )
         aad = _model_aad(self.scheme.name, session, round_, names, digest)

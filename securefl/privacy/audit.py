@@ -29,10 +29,12 @@ import io
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from securefl.errors import ConfigError
+from securefl.logtext import counted
 from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create, entry_of
 from securefl.privacy.accountants.base import BeyondAccountant
 from securefl.privacy.accounts import worst_party_epsilon
@@ -81,6 +83,26 @@ class AuditResult:
     observer: str | None = None  # the class the budget held against
     empirical: Any = None  # an EmpiricalAudit, when asked for (securefl audit --empirical)
     carried: int = 0  # records carried from a damaged ledger by a repair
+    pinned: bool = False  # the signer was checked against a key the auditor gave (--public-key)
+    first_time: str | None = None  # the records' time range (UTC, as the writer stamped them)
+    last_time: str | None = None
+
+    @property
+    def guarantee(self) -> tuple[str, float | None]:
+        """(who, ε): the figure the budget is enforced on — against the observer class the budget
+        holds against, or the released model's ε for a ledger that names no classes."""
+        for name, figure in self.observers.items():
+            if figure.get("enforced"):
+                return name, figure.get("epsilon")
+        return "the released model", self.reported
+
+    @property
+    def budget_holds(self) -> bool | None:
+        """Whether the enforced ε is within the budget (None: no budget or no figure)."""
+        _, epsilon = self.guarantee
+        if self.budget_epsilon is None or epsilon is None:
+            return None
+        return epsilon <= self.budget_epsilon + 1e-12
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,9 +124,20 @@ class AuditResult:
             "observers": self.observers,
             "empirical": self.empirical.to_json(scores=False) if self.empirical is not None else None,
             "carried": self.carried,
+            "pinned": self.pinned,
+            "time_range": [self.first_time, self.last_time],
+            "guarantee": dict(zip(("observer", "epsilon"), self.guarantee, strict=True)),
+            "budget_holds": self.budget_holds,
             "notes": self.notes,
             "rounds": self.rows,
         }
+
+
+def _shown_round(record: dict[str, Any]) -> int | None:
+    """A record's round as securefl prints rounds everywhere, counting from 1 (the ledger stores the
+    protocol's index from 0 in ``round``, under every signature already made)."""
+    value = record.get("round")
+    return value + 1 if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _accountant_name(record: dict[str, Any]) -> str:
@@ -168,7 +201,10 @@ def audit(
         raise ConfigError(f"--budget-epsilon must be positive, got {budget_epsilon}")
     _check_is_a_ledger(Path(path))
     check = verify(path, public_key)
-    result = AuditResult(str(path), check.valid, signer=check.signer)
+    result = AuditResult(str(path), check.valid, signer=check.signer, pinned=public_key is not None)
+    times = [r["time"] for r in check.records if isinstance(r.get("time"), str)]
+    if times:
+        result.first_time, result.last_time = min(times), max(times)
     result.problems = _one_line_per_wrong_signer(
         [p for p in check.problems if not p.startswith("note:")], public_key
     )
@@ -185,14 +221,14 @@ def audit(
     unverified = [c for c in carried if not c.get("verified") and not c.get("missing")]
     if unverified:
         result.problems.append(
-            f"{len(unverified)} records were carried by a repair from a damaged ledger whose signatures no "
-            "longer verified: their figures may have been altered (compare the damaged copy "
+            f"{counted(len(unverified), 'record')} carried by a repair from a damaged ledger whose "
+            "signatures no longer verified: their figures may have been altered (compare the damaged copy "
             f"{unverified[0].get('from')} with your own records)"
         )
     if carried:
         placeholders = sum(1 for c in carried if c.get("missing"))
         result.notes.append(
-            f"{len(carried)} records were carried from a damaged ledger by a repair "
+            f"{counted(len(carried), 'record')} carried from a damaged ledger by a repair "
             f"({', '.join(sorted({str(c.get('from')) for c in carried}))}), {placeholders} of them "
             "placeholders for records the damage hid (counted with the last readable release's mechanism)"
         )
@@ -245,7 +281,7 @@ def _replay(
     budget_epsilon: float | None,
     tight: bool = True,
 ) -> None:
-    where = f"record {record.get('seq')} (round {record.get('round')})"
+    where = f"record {record.get('seq')} (round {_shown_round(record)})"
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         result.problems.append(f"{where} lacks {missing}: ε cannot be recomputed")
@@ -261,7 +297,7 @@ def _replay(
     result.budget_epsilon = budget_epsilon if budget_epsilon is not None else record.get("budget_epsilon")
     row = {
         "seq": record.get("seq"),
-        "round": record.get("round"),
+        "round": _shown_round(record),
         "decision": record["decision"],
         "parties_summed": record.get("parties_summed"),
         "reported": record["epsilon"],
@@ -353,7 +389,7 @@ def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -
     full: dict[tuple, int] = {}
     previous_m, participations = 0, 0
     for index, record in enumerate(released):
-        where = f"record {record.get('seq')} (round {record.get('round')})"
+        where = f"record {record.get('seq')} (round {_shown_round(record)})"
         try:
             participations += int(record.get("parties_summed") or 0)
             problems = _observer_rules(record, previous_m, participations)
@@ -559,8 +595,31 @@ def _gaussian_reference(record: dict[str, Any]) -> dict[str, Any] | None:
 def write_report(result: AuditResult, path: str | Path) -> Path:
     """An HTML page for a compliance officer: verdict, unit of privacy, parameters, ε per round."""
     e = html.escape
-    verdict = "verified" if result.valid else "NOT verified"
-    colour = "#1a7f37" if result.valid else "#b42318"
+    if not result.valid:
+        verdict, colour = "NOT verified", "#b42318"
+    elif result.pinned:
+        verdict, colour = "verified, signed by the key you gave", "#1a7f37"
+    else:
+        # Consistent signatures by an unpinned key prove only that someone signed the whole file:
+        # a forger could have rewritten and re-signed it. Not shown as verified.
+        verdict, colour = (
+            "consistently signed, but the signer was not pinned (audit with --public-key to verify it)",
+            "#9a6700",
+        )
+    who, guaranteed = result.guarantee
+    holds = result.budget_holds
+    budget_line = (
+        "no budget recorded"
+        if holds is None
+        else f"budget ε = {result.budget_epsilon:g}: "
+        + ("<b>holds</b>" if holds else "<b style='color:#b42318'>overspent</b>")
+    )
+    span = (
+        f"records from {e(result.first_time)} to {e(result.last_time)} (UTC)"
+        if result.first_time
+        else "no timestamped records"
+    )
+    written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     problems = "".join(f"<li>{e(p)}</li>" for p in result.problems) or "<li>none</li>"
     notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
     param_rows = "".join(
@@ -598,8 +657,12 @@ table{{border-collapse:collapse;margin:1rem 0}}
 td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
 .verdict{{color:{colour};font-weight:bold}}</style></head><body>
 <h1>Privacy audit</h1>
-<p>Ledger <code>{e(result.path)}</code>, signed by <code>{e(result.signer or "—")}</code>:
-<span class="verdict">{verdict}</span> ({result.releases} releases, {result.refusals} refusals).</p>
+<p class="headline"><span class="verdict">{e(verdict)}</span>. The guarantee: <b>ε = {
+        "—" if guaranteed is None else format(guaranteed, ".4f")
+    }</b> against {e(who)} at δ = {e(str(result.delta))}; {budget_line}.</p>
+<p>Ledger <code>{e(result.path)}</code>, signed by <code>{e(result.signer or "—")}</code>;
+{counted(result.releases, "release")}, {counted(result.refusals, "refusal")}; {span}.
+Report written {written}.</p>
 <h2>What is protected</h2>
 <p>Unit of privacy: <b>{e(str(result.unit))}</b>. Neighbouring relation: {e(str(result.neighbouring))}.
 Anyone who sees the released models learns at most what an (ε, δ)-differentially private
@@ -629,9 +692,10 @@ def _plot(result: AuditResult, names: list[str]) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     released = [r for r in result.rows if r["decision"] == "released"]
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.5, 3.6), dpi=100)
     xs = [r["round"] for r in released]
     ax.plot(xs, [r["reported"] for r in released], "o-", label="reported")
     for name in names:
@@ -644,12 +708,15 @@ def _plot(result: AuditResult, names: list[str]) -> str:
     if result.budget_epsilon is not None:
         ax.axhline(result.budget_epsilon, color="red", linewidth=1, label="budget")
     refused = [r["round"] for r in result.rows if r["decision"] == "refused"]
-    for x in refused:
-        ax.axvline(x, color="orange", linestyle=":", linewidth=1)
-    ax.set_xlabel("round")
+    for i, x in enumerate(refused):
+        ax.axvline(x, color="orange", linestyle=":", linewidth=1.5, label="refused" if i == 0 else None)
+    ax.set_xlabel("round (counting from 1)")
     ax.set_ylabel("cumulative ε")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    # Outside the axes: the legend never covers the budget line or a refused round.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
