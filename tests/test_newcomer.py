@@ -380,4 +380,4 @@ def test_counts_are_written_in_words_with_plurals():
     assert [counted(n, "party") for n in (0, 1, 2)] == ["0 parties", "1 party", "2 parties"]
     assert counted(1, "round") == "1 round" and counted(3, "release") == "3 releases"
     summary = {"rounds": 1, "rounds_ok": 1, "rounds_failed": 0, "parties_seen": ["a"]}
-    assert _served(summary).startswith("finished: 1 of 1 round completed; 1 party seen")
+    assert _served(summary).startswith("1 of 1 round completed; 1 party seen")
