@@ -63,6 +63,13 @@ class ConsoleReporter(Reporter):
         self.progress.start()
         self.task_id = self.progress.add_task("rounds", total=settings.rounds)
 
+    def resumed(self, path: str, rounds: int) -> None:
+        self.total_rounds += rounds  # rounds are numbered on from the checkpoint's
+        self.progress.console.print(
+            f"resuming from {escape(path)}: {counted(rounds, 'round')} run before; rounds "
+            f"{rounds + 1} to {self.total_rounds} follow"
+        )
+
     def round(self, report: RoundReport, accuracy: float | None, loss: float | None) -> None:
         if report.status == "refused":
             refusal = escape(str(report.error))
@@ -183,6 +190,19 @@ def _add_common(parser: argparse.ArgumentParser, events: bool = True) -> None:
     )
 
 
+def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--save",
+        help="write the model and the server strategy's state here after every completed round (.npz, "
+        "no pickle), to --resume from after a stop",
+    )
+    parser.add_argument(
+        "--resume",
+        help="continue from a checkpoint --save wrote: its model and strategy, rounds numbered on from "
+        "it (--rounds more rounds); with DP give the same --ledger, which continues the budget",
+    )
+
+
 def _add_fail_fast(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fail-fast",
@@ -253,6 +273,7 @@ privacy stack):
   rounds = 10
   seed = 0
   plot = "accuracy.png"
+  save = "checkpoint.npz"         # model + strategy after every round; resume = "..." continues
 
   [federation]
   parties = 5                     # min_parties, selection, weight_bound, phase_timeout too
@@ -335,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         "round's selection; where the aggregator is protected, its figure is the same)",
     )
     _add_backend(demo)
+    _add_checkpoint(demo)
     _add_fail_fast(demo)
     _add_common(demo)
     run_cmd = sub.add_parser(
@@ -344,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_cmd.add_argument("config", help="path to the TOML file (examples: examples/configs/*.toml)")
     _add_backend(run_cmd)
+    _add_checkpoint(run_cmd)
     _add_fail_fast(run_cmd)
     _add_common(run_cmd)
     bench = sub.add_parser("bench", help="measure what each privacy layer costs, side by side")
@@ -1026,6 +1049,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             settings = load_config(args.config)
+        settings.save = args.save or settings.save
+        settings.resume = args.resume or settings.resume
+        if settings.save:
+            check_output(settings.save, "--save")
         settings.backend = _backend(args, settings.backend)
         settings.fail_fast = settings.fail_fast or args.fail_fast
         if settings.plot:  # checked now, not after every round has run

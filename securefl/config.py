@@ -44,7 +44,19 @@ from securefl.privacy.observers import check_observer
 from securefl.registry import check_entry
 from securefl.runner import BudgetSettings, RunSettings
 
-_TOP = {"task", "rounds", "seed", "federation", "privacy", "strategy", "budget", "plot", "simulation"}
+_TOP = {
+    "task",
+    "rounds",
+    "seed",
+    "federation",
+    "privacy",
+    "strategy",
+    "budget",
+    "plot",
+    "simulation",
+    "save",
+    "resume",
+}
 _FEDERATION = {"parties", "min_parties", "selection", "phase_timeout", "weight_bound"}
 # Layers that release DP noise; a budget means nothing without one.
 DP_LAYERS = {"dp"}
@@ -90,6 +102,8 @@ def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSetti
         weight_bound=federation.get("weight_bound"),
         strategy=data.get("strategy", "fedavg"),
         plot=data.get("plot"),
+        save=_typed(data, "save", str, None, source) if "save" in data else None,
+        resume=_typed(data, "resume", str, None, source) if "resume" in data else None,
         budget=budget_settings(data["budget"], privacy, source) if "budget" in data else None,
         backend=simulation_backend(data.get("simulation", {}), source),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -215,6 +216,7 @@ class Federation:
         )
         self.guard = guard
         self.history = History()
+        self.first_round = 0  # rounds run before a resume (securefl.checkpoint)
 
     @property
     def global_weights(self) -> NamedArrays:
@@ -241,10 +243,33 @@ class Federation:
         if shutdown is not None:
             shutdown()
 
+    @property
+    def rounds_run(self) -> int:
+        """Rounds this federation has run, those before a resume included."""
+        return self.first_round + len(self.history.rounds)
+
+    def save(self, path: str | Path) -> Path:
+        """Save the global model, the server strategy's state and the rounds run to ``path``
+        (``.npz``, no pickle; atomic), to :meth:`resume` from after a stop. See
+        :mod:`securefl.checkpoint` for what it holds and which layers it supports."""
+        from securefl import checkpoint
+
+        return checkpoint.save(self, path)
+
+    def resume(self, path: str | Path) -> int:
+        """Continue from a checkpoint :meth:`save` wrote: its model and strategy state, and round
+        numbers going on from it. Returns the rounds it had run. The privacy budget continues
+        through the ledger, not the checkpoint: give the guard the same ledger."""
+        from securefl import checkpoint
+
+        if self.history.rounds:
+            raise ConfigError("resume a federation before it runs any round")
+        return checkpoint.load(self, path)
+
     def run_round(self) -> RoundReport:
         """Run one round; raise BudgetExhausted if the privacy guard refused it (it is in the history
         and the ledger, and the model is unchanged)."""
-        report = self.aggregator.run_round(len(self.history.rounds))
+        report = self.aggregator.run_round(self.rounds_run)
         self.history.rounds.append(report)
         if report.status == "refused":
             raise BudgetExhausted(report.error)

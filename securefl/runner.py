@@ -67,6 +67,10 @@ class RunSettings:
     # Keep what the aggregator received from the first party beside that party's update, for the
     # summary (securefl.aggregator_view; in-process parties only).
     show_view: bool = False
+    # securefl.checkpoint: write the model and the strategy's state here after every completed round
+    # (atomically); continue from a checkpoint (its rounds count, the ledger continues the budget).
+    save: str | None = None
+    resume: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stack(self, parties: Sequence[str] | None = None) -> PrivacyStack:
@@ -104,6 +108,8 @@ class Reporter:
     """Receives progress; the base class is silent (tests, library use)."""
 
     def start(self, settings: RunSettings, task: Task) -> None: ...
+
+    def resumed(self, path: str, rounds: int) -> None: ...
 
     def round(self, report: RoundReport, accuracy: float | None, loss: float | None) -> None: ...
 
@@ -164,7 +170,10 @@ def run(
         view = AggregatorView(watched)
         task.clients[watched] = view.watch(task.clients[watched])
     federation = build_federation(settings, task, guard, view)
+    resumed = federation.resume(settings.resume) if settings.resume else 0
     reporter.start(settings, task)
+    if settings.resume:
+        reporter.resumed(settings.resume, resumed)
     started = time.perf_counter()
     accuracy: list[float | None] = []
     losses: list[float | None] = []
@@ -177,6 +186,8 @@ def run(
                 stopped = str(exc)
                 reporter.round(federation.history.rounds[-1], None, None)
                 break
+            if report.ok and settings.save:
+                federation.save(settings.save)
             scores = task.evaluate(federation.global_weights) if task.evaluate else {}
             accuracy.append(scores.get("accuracy"))
             losses.append(scores.get("loss"))
@@ -194,6 +205,8 @@ def run(
         "rounds_run": len(accuracy),
         "rounds_failed": len(history.failed),
         "rounds_completed": sum(1 for r in history.rounds if r.ok),
+        "resumed_after": resumed,
+        "saved": settings.save if settings.save and any(r.ok for r in history.rounds) else None,
         "stopped": stopped,
         "parties": len(task.clients),
         "privacy": settings.privacy_label(),

@@ -381,3 +381,78 @@ def test_counts_are_written_in_words_with_plurals():
     assert counted(1, "round") == "1 round" and counted(3, "release") == "3 releases"
     summary = {"rounds": 1, "rounds_ok": 1, "rounds_failed": 0, "parties_seen": ["a"]}
     assert _served(summary).startswith("1 of 1 round completed; 1 party seen")
+
+
+def _small_federation(privacy="plain", size=3, strategy="fedadam"):
+    import numpy as np
+
+    from securefl import Federation, TrainResult
+
+    def client(i):
+        def train(weights, info):
+            return TrainResult({"w": weights["w"] + (i + 1) * 0.1, "b": weights["b"] - 0.05}, 10, {})
+
+        return train
+
+    model = {"w": np.zeros(size, np.float32), "b": np.zeros((2, 2), np.float32)}
+    return Federation(
+        model, {f"p{i}": client(i) for i in range(3)}, privacy, strategy=strategy, weight_bound=10
+    )
+
+
+def test_a_resumed_federation_is_the_uninterrupted_one(tmp_path):
+    """Missing piece: save the model and the strategy's state, resume after a stop."""
+    import numpy as np
+
+    path = tmp_path / "checkpoint.npz"
+    first = _small_federation()
+    first.run(4)
+    first.save(path)
+    whole = _small_federation()
+    whole.run(6)
+    resumed = _small_federation()
+    assert resumed.resume(path) == 4
+    resumed.run(2)
+    assert [r.number for r in resumed.history.rounds] == [5, 6]  # numbered on from the checkpoint
+    assert np.array_equal(resumed.global_vector, whole.global_vector)  # FedAdam's moments came back
+
+
+def test_a_checkpoint_that_cannot_be_resumed_is_refused_with_its_reason(tmp_path, monkeypatch):
+    import numpy as np
+
+    from securefl.errors import ConfigError
+
+    path = tmp_path / "checkpoint.npz"
+    saved = _small_federation()
+    saved.run(1)
+    saved.save(path)
+    with pytest.raises(ConfigError, match="other arrays or shapes"):
+        _small_federation(size=4).resume(path)
+    (tmp_path / "x.npz").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="is not a securefl checkpoint"):
+        _small_federation().resume(tmp_path / "x.npz")
+    with pytest.raises(ConfigError, match="seals the model to the parties"):
+        _small_federation("paillier", strategy="fedavg").save(tmp_path / "p.npz")
+    # A crash while saving leaves the previous checkpoint whole.
+    saved.run(1)
+    monkeypatch.setattr(np, "savez", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        saved.save(path)
+    assert _small_federation().resume(path) == 1
+
+
+def test_the_demo_saves_and_resumes_with_the_ledger_continuing(tmp_path, capsys):
+    ledger, checkpoint = str(tmp_path / "l.jsonl"), str(tmp_path / "ck.npz")
+    argv = [*DP, "--budget-epsilon", "30", "--ledger", ledger, "--save", checkpoint, "--json"]
+    assert main([*argv, "--rounds", "2"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--rounds", "2", "--resume", checkpoint]) == 0
+    captured = capsys.readouterr()
+    text = " ".join((captured.out + captured.err).split())  # the console may wrap lines
+    assert "resuming from" in text and "2 rounds run before; rounds 3 to 4 follow" in text
+    assert "it records 2 releases" in text
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["resumed_after"] == 2 and summary["saved"] == checkpoint
+    assert main(["audit", ledger, "--json"]) == 0
+    rounds = [r["round"] for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rounds"]]
+    assert rounds == [1, 2, 3, 4]

@@ -169,6 +169,11 @@ class PrivacyGuard:
         self.binding = GuardBinding(self)
         return self.binding
 
+    def continue_from(self, rounds: int) -> None:
+        """The bound federation was resumed from a checkpoint after ``rounds`` rounds, so its round
+        indices start there: its round ``rounds`` is the ledger's next round (securefl.checkpoint)."""
+        self.first_round = self.next_round - rounds
+
     def _fields(self) -> dict[str, Any]:
         return {**self.mechanism.fields(), "sample_rate": self.sample_rate}
 
