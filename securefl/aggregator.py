@@ -88,6 +88,10 @@ class RoundReport:
     seconds: float = 0.0
     sealed: bool = False  # fused on the parties: the aggregator saw neither sums nor metrics
     epsilon: float | None = None  # cumulative ε after this round (DP with a budget only)
+    # Updates the clip layer shortened this round, counted on the parties by a simulation that runs
+    # them in its own process (never sent to the aggregator; None where the parties run elsewhere,
+    # each of which logs its own clipping).
+    clipped: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -86,6 +86,8 @@ class ConsoleReporter(Reporter):
             )
             if report.epsilon is not None:
                 line += f"  ε {report.epsilon:.3f}"
+            if report.clipped:
+                line += f"  clipped {report.clipped}"
             if report.dropouts:
                 line += f"  dropouts: {escape(', '.join(sorted(report.dropouts)))}"
             if report.sidelined:

@@ -19,7 +19,7 @@ from securefl.aggregator import Aggregator, ReleaseGuard, RoundReport
 from securefl.codec import ArraySpec, HonestBounds, NamedArrays, VectorLayout
 from securefl.errors import BudgetExhausted, ConfigError, ProtocolError, SecureFLError
 from securefl.fusion import FedAvg, Strategy, build_strategy
-from securefl.layers import Layer, PrivacyStack, StackContext, build_layer, preset
+from securefl.layers import Clip, Layer, PrivacyStack, StackContext, build_layer, preset
 from securefl.party import Client, PartyNode
 from securefl.selection import Selection, build_selection
 from securefl.simulation import RayBackend, backend_options, simulated_parties
@@ -270,6 +270,10 @@ class Federation:
         """Run one round; raise BudgetExhausted if the privacy guard refused it (it is in the history
         and the ledger, and the model is unchanged)."""
         report = self.aggregator.run_round(self.rounds_run)
+        if hasattr(self.transport, "handlers"):  # parties in this process: count their clipping
+            clips = [t for t in self.stack.transforms if isinstance(t, Clip)]
+            if clips:
+                report.clipped = max(clip.clipped.pop(report.round, 0) for clip in clips)
         self.history.rounds.append(report)
         if report.status == "refused":
             raise BudgetExhausted(report.error)

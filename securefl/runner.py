@@ -206,6 +206,8 @@ def run(
         "rounds_failed": len(history.failed),
         "rounds_completed": sum(1 for r in history.rounds if r.ok),
         "resumed_after": resumed,
+        # counted on the simulated parties (None on Ray): never sent to the aggregator
+        "clipped_per_round": [r.clipped for r in history.rounds],
         "saved": settings.save if settings.save and any(r.ok for r in history.rounds) else None,
         "stopped": stopped,
         "parties": len(task.clients),

@@ -456,3 +456,20 @@ def test_the_demo_saves_and_resumes_with_the_ledger_continuing(tmp_path, capsys)
     assert main(["audit", ledger, "--json"]) == 0
     rounds = [r["round"] for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rounds"]]
     assert rounds == [1, 2, 3, 4]
+
+
+def test_clipped_updates_are_reported_where_they_are_known(capsys, caplog):
+    """Defect 11: clipping was silent. Each party logs its own; a simulation counts them per round
+    (nothing is sent to the aggregator, so nothing tells it which party clipped)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="securefl.layers.clip")
+    argv = ["demo", "--rounds", "2", "--plot", "", "--dp", "distributed", "--clip", "0.05", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "clipped 5" in captured.out + captured.err  # the round lines (on stderr with --json)
+    assert json.loads(captured.out.strip().splitlines()[-1])["clipped_per_round"] == [5, 5]
+    clipped = [r.getMessage() for r in caplog.records if "was clipped" in r.getMessage()]
+    assert len(clipped) == 10 and "to the clip norm 0.05" in clipped[0]
+    assert main(["demo", "--rounds", "1", "--plot", "", "--json"]) == 0  # norm 10: nothing clipped
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["clipped_per_round"] == [0]

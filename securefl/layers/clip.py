@@ -4,16 +4,25 @@ The update is clipped before weighting: a party's weighted update ``w * delta`` 
 ``||w * delta|| <= norm * w``. With weights at most ``weight_bound``, every party contributes at
 most ``norm * weight_bound`` in L2 (and so in every coordinate) — the bound that quantize and DP
 noise are calibrated to.
+
+Clipping is reported where it happens, on the party: its log says when its update was clipped.
+No count leaves the party (a count sent to the aggregator would tell which party clipped, or cost
+privacy budget under DP); a simulation, which runs the parties itself, reads :attr:`Clip.clipped`.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from securefl.errors import ConfigError
-from securefl.layers.base import ImpossibleSum, SecureSum, StackContext, Transform
+from securefl.layers.base import ImpossibleSum, RoundContext, SecureSum, StackContext, Transform
+
+log = logging.getLogger(__name__)
 
 
 class Clip(Transform):
@@ -26,6 +35,14 @@ class Clip(Transform):
         self._layout = None
         self._checked = False  # set once the stack is validated
         self._step: float | np.ndarray = 0.0
+        # Updates this instance clipped, per round index: the parties a simulation runs in one
+        # process share the stack, so this counts them all (securefl.federation reads and clears it).
+        self.clipped: Counter[int] = Counter()
+        self._round = 0
+        self._lock = threading.Lock()
+
+    def start_round(self, ctx: RoundContext) -> None:
+        self._round = ctx.round
 
     def validate(self, ctx: StackContext, before: Sequence[Transform], sum_layer: SecureSum) -> None:
         if any(t.produces_integers for t in before):
@@ -40,6 +57,15 @@ class Clip(Transform):
         norm = float(np.linalg.norm(update))
         if norm <= limit:
             return vector
+        with self._lock:
+            self.clipped[self._round] += 1
+        weight = float(vector[self._layout.weight_index])
+        log.info(
+            "round %d: this party's update was clipped from L2 norm %.4g to the clip norm %g",
+            self._round + 1,
+            norm / weight,
+            self.norm,
+        )
         out = vector.copy()
         out[self._layout.update_slice] = update * (limit / norm)
         return out
