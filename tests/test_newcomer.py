@@ -185,13 +185,8 @@ def _by_hand(tmp_path, edit=lambda text: text):
     return aggregator.returncode, out, err, here
 
 
-@pytest.mark.slow
-def test_the_readme_by_hand_network_commands_train_a_model(tmp_path):
-    """Defect 5: the README named fed.toml and hospital-1.toml, which did not exist."""
-    code, out, err, here = _by_hand(tmp_path)
-    assert code == 0, err
-    assert "finished: 2 of 2 rounds completed; 3 parties seen; model saved to final.npz" in out
-    assert (here / "final.npz").exists() and "{" not in out  # a sentence, not a dict
+# Defect 5 (the README named fed.toml and hospital-1.toml, which did not exist): the README's by-hand
+# commands run as written in tests/test_readme.py, which checks the sentence that ends them.
 
 
 @pytest.mark.slow
@@ -360,7 +355,7 @@ def test_the_audit_report_states_the_guarantee_the_pinning_and_the_rounds_from_1
     [
         (["bench"], ["(default: 0.0)", "(default: 100000)", "(default: inprocess)"]),
         (["demo"], ["{central,distributed,local}", "{prv,rdp,pld}", "(default: securefl-demo.png)"]),
-        (["keys", "tls"], ["(default certs/)", "(default: securefl)", "show the traceback of an unexpected error"]),
+        (["keys", "tls"], ["(default certs/)", "(default: securefl)", "-v, --verbose show the traceback"]),
         (["audit"], ["(default 1000)", "log protocol events (dropouts, refusals) and show the traceback"]),
     ],
 )
