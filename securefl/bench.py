@@ -101,6 +101,7 @@ class BenchResult:
     # holder's seconds (extrapolated from a sample)
     ciphertexts: int | None = None
     decrypt_vs_phe: float | None = None
+    naive_expansion: float | None = None  # CKKS: the baseline's bytes over float32 (vs expansion)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -475,8 +476,9 @@ def _naive_baseline(result: BenchResult, federation: Federation) -> None:
         context = ckks.new_context(flare)
         vector = np.random.default_rng(1).normal(size=result.params)
         start = time.perf_counter()
-        ckks.encrypt(context, vector, flare)
+        blobs = ckks.encrypt(context, vector, flare)
         result.speedup_vs_naive = (time.perf_counter() - start) / result.party_seconds
+        result.naive_expansion = sum(len(b) for b in blobs) / (4 * result.params)
         result.naive_baseline = (
             "TenSEAL CKKS as NVIDIA FLARE's HEBuilder configures it (N=8192, [60, 40, 40], "
             "scale 2^40, symmetric encryption)"
