@@ -231,8 +231,8 @@ def run_native_arm(arm: str, clients: int, size: int, rounds: int, drop: int | N
 
     names = {p: f"client-{p:03d}" for p in range(clients)}
     faults = Faults()
-    if drop is not None:
-        faults.add("offline", names[drop], phase=securefl_stage)
+    if drop is not None:  # plain has one phase, "input": its party crashes there, as Flower's in train
+        faults.add("offline", names[drop], phase="input" if NATIVE[arm] == "plain" else securefl_stage)
     federation = Federation(
         {"w": np.zeros(size, np.float32)},
         {names[p]: client(p) for p in range(clients)},
