@@ -129,7 +129,7 @@ def test_dp_queries_share_one_budget_and_one_ledger(tmp_path):
     assert spent <= 8.0
     result = audit(tmp_path / "queries.jsonl", ledger.signer, budget_epsilon=8.0)
     assert result.valid, result.problems
-    assert [r["round"] for r in result.rows] == list(range(len(result.rows)))
+    assert [r["round"] for r in result.rows] == list(range(1, len(result.rows) + 1))  # from 1, as printed
     assert result.refusals == 1 and result.epsilon["rdp"] == pytest.approx(spent)
     records = [json.loads(line) for line in (tmp_path / "queries.jsonl").read_text().splitlines()]
     assert [r["query"] for r in records[:3]] == ["count #1", "histogram #2", "mean #3"]
