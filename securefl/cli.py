@@ -979,7 +979,7 @@ def _serve_command(args: argparse.Namespace) -> dict[str, Any]:
         if summary["rounds_ok"] == 0:
             # Nothing was learnt: neither exit 0 nor save the initial model as if it were trained.
             first = next(iter(summary["failures"].items()), None)
-            reason = f" (round {first[0] + 1}: {first[1]})" if first else ""
+            reason = f" (round {first[0]}: {first[1]})" if first else ""  # failures: by round number
             if not first and summary.get("refused"):
                 reason = f" ({summary['refused']})"
             raise RoundsFailed(f"no round of the federation completed{reason}; the model is unchanged")

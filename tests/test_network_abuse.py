@@ -278,13 +278,13 @@ def test_a_raw_tcp_slowloris_is_cut_at_the_handshake_deadline(tmp_path):
 
 def test_json_bombs_in_hellos_and_replies_get_status_codes_not_tracebacks(tmp_path):
     """Hellos of every malformed kind wire.md forbids, each refused with INVALID_ARGUMENT; and in
-    round 1 a reply whose header is nested 4,000 deep, which drops hospital-4 for that round."""
+    round 2 a reply whose header is nested 4,000 deep, which drops hospital-4 for that round."""
     # Rounds long enough (about 32 s) for the 9 hellos, paced at the stream rate of one per 2 s.
     _federation(tmp_path, rounds=4, train_seconds=8.0)
     summary, codes, found, watch, context = _run(tmp_path, ["-", "bomb_reply", "-", "-"], "bombs")
     _honest_rounds_complete(summary, codes, 4, context)
     assert set(found["codes"].values()) == {"INVALID_ARGUMENT"}, found
-    assert "nested 4000 deep" in summary["dropouts"]["1"][BAD], context
+    assert "nested 4000 deep" in summary["dropouts"]["2"][BAD], context  # round index 1: printed 2
     _within_bounds(watch, context)
     _figures("bombs", watch, **found)
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import securefl
 from securefl.crypto import shamir, signing
-from securefl.errors import ConfigError, WireError
+from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.faults import Faults
 from securefl.layers import Identities, SecAgg, SecAggPlus
 from securefl.layers.secagg import _accusation, _share_width
@@ -724,3 +724,24 @@ def test_a_dealer_signing_a_wrong_share_is_named_not_its_holder(n):
     assert set(report.dropouts) == {"p00"}, report.dropouts
     assert "dealt p03 a share of p00's self mask" in report.dropouts["p00"]
     np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    xs=st.lists(st.integers(1, 2**40), min_size=3, max_size=12, unique=True),
+    secret=st.binary(min_size=1, max_size=32),
+    data=st.data(),
+)
+def test_shamir_reconstruction_matches_the_textbook_and_refuses_colliding_coordinates(xs, secret, data):
+    """The barycentric weights shared by the consistency check and the interpolation, with lazy
+    reduction for small coordinates, give the secret back for any coordinates (small or large) and
+    any threshold; coordinates equal modulo the prime are refused, never silently misused."""
+    from securefl.randomness import SecureRandom
+
+    threshold = data.draw(st.integers(2, len(xs)))
+    shares = shamir.split(secret, xs, threshold, SecureRandom())
+    outcome = shamir.reconstruct(shares, threshold, len(secret))
+    assert outcome.secret == secret and outcome.wrong == ()
+    colliding = {**{x: shares[x] for x in xs[:threshold]}, xs[0] + shamir.PRIME: shares[xs[0]]}
+    with pytest.raises(ProtocolError, match="distinct and non-zero modulo the prime"):
+        shamir.reconstruct(colliding, threshold, len(secret))

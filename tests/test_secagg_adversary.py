@@ -216,7 +216,7 @@ class Attack:
             self.ctx, one_time, secagg._channel_public(self.keys[recipient]), sender, recipient
         )
         try:
-            plain = secagg._open_share(self.ctx, key, sealed, sender, recipient)
+            plain = secagg._open_share(self.ctx, key, sealed, sender, recipient, self.layer.active)
         except SecureFLError:
             return
         x = self.ctx.parties.index(recipient) + 1
@@ -465,3 +465,33 @@ def test_a_round_larger_than_the_threshold_allows_is_refused_by_both_sides():
     party.start_round(ctx, lambda: np.zeros(DIM))
     with pytest.raises(ProtocolError, match="at most half"):
         party.respond("advertise", encode_record(b"SAAq", {}, {"graph_seed": bytes(32)}))
+
+
+@settings(max_examples=4, deadline=None)
+@given(kind=st.sampled_from(["secagg", "secagg+"]), seed=st.binary(min_size=32, max_size=32))
+def test_passive_mode_holds_to_2t_minus_k_minus_1_colluders_with_a_lying_aggregator(kind, seed):
+    """The passive row of the threat table (protocols/secagg.md): against an aggregator that lies
+    about senders and dropouts but shows everyone one survivor list, the bound is c = 2t − k − 1
+    colluders, not t − 1. Attacked as an independent attacker found it: the target is told of exactly
+    t senders — the colluders and honest neighbours that the one list then calls dropped although
+    they sent their masked inputs — so checks 1 and 2 pass and honest holders reveal the target's
+    seed shares and the "dropped" parties' key shares. With 2t − k colluders the target's input comes
+    back exactly; with one fewer, it does not."""
+    n = 7 if kind == "secagg" else 30
+    layer = _layer(kind, n, active=False)
+    k = layer.degree(n)
+    t = layer.shares_needed(k)
+    assert layer.collusion_bound(n) == 2 * t - k - 1
+    for colluding, exposed in ((2 * t - k - 1, False), (2 * t - k, True)):
+        attack = Attack(layer, n, set(), graph_seed=seed)
+        neighbours = sorted(attack.graph["p00"])
+        attack.colluders = set(neighbours[:colluding])
+        hidden = [p for p in neighbours if p not in attack.colluders][: t - colluding]
+        attack.advertise()
+        attack.share()
+        senders = {p: sorted(attack.graph[p]) for p in attack.parties}
+        senders["p00"] = sorted(attack.colluders | set(hidden))
+        attack.mask(senders)
+        listed = tuple(sorted(set(attack.parties) - set(hidden)))
+        attack.unmask({p: listed for p in listed if p not in attack.colluders})
+        assert ("p00" in attack.recovered()) == exposed, (colluding, attack.refusals)

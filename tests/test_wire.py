@@ -172,7 +172,7 @@ def test_expect_catches_replay_and_misrouting():
     ok = dict(kind=REPLY, session=SESSION, round=3, phase="input", party="p1")
     env.expect(**ok)
     for field, value, message in [
-        ("round", 2, "round is 2"),
+        ("round", 2, "current round is 3"),  # rounds as printed count from 1
         ("phase", "unmask", "current phase is 'unmask'"),
         ("party", "p2", "claims to be from/for 'p1'"),
         ("session", "f" * 32, "belongs to session"),

@@ -44,6 +44,16 @@ class Clip(Transform):
     def start_round(self, ctx: RoundContext) -> None:
         self._round = ctx.round
 
+    def __getstate__(self) -> dict:
+        # A stack travels to Ray actors by pickling: the lock stays behind, a fresh one is made there.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def validate(self, ctx: StackContext, before: Sequence[Transform], sum_layer: SecureSum) -> None:
         if any(t.produces_integers for t in before):
             raise ConfigError("clip must come before quantize: it works on real values")
