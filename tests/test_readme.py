@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def test_every_readme_command_runs_in_readme_order(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     background: list[tuple[Step, subprocess.Popen]] = []
     ran, skipped = [], []
+    started = time.monotonic()
     for step in map(plan, readme_commands((ROOT / "README.md").read_text())):
         if step.skipped:
             skipped.append((step.command, step.skipped))
@@ -135,6 +137,8 @@ def test_every_readme_command_runs_in_readme_order(tmp_path):
             out, err = run.communicate(timeout=900)
             assert run.returncode == 0 and "Traceback" not in err, f"{step.command}\n{out}\n{err}"
         ran.append(step.command)
+        print(f"{time.monotonic() - started:6.1f} s  {step.command}")  # with -s: where the time goes
+        started = time.monotonic()
     for step, run in background:
         out, err = run.communicate(timeout=900)
         assert run.returncode == 0 and "Traceback" not in err, f"{step.command}\n{out}\n{err}"

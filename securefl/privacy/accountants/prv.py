@@ -6,8 +6,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from opacus.accountants import PRVAccountant
-from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
 from securefl.privacy.accountants.base import Accountant, BeyondAccountant, Entry
 
@@ -36,6 +34,10 @@ class PRV(Accountant):
         return epsilon
 
     def _at_error(self, grouped: list[tuple[Entry, int]], delta: float, eps_error: float) -> float:
+        # opacus (and torch with it) is imported where ε is computed, not with securefl: every
+        # command and party process would otherwise pay ~2 s to start.
+        from opacus.accountants import PRVAccountant
+
         accountant = PRVAccountant()
         accountant.history = [(sigma, q, n) for (_, sigma, q), n in grouped]
         grid = self._grid_size(accountant.history, delta, eps_error)
@@ -58,6 +60,8 @@ class PRV(Accountant):
 
     def _grid_size(self, history: list[tuple[float, float, int]], delta: float, eps_error: float) -> float:
         """Points in the grid opacus would build (its ``_get_domain``, with its default δ error)."""
+        from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+
         delta_error = delta / 1000
         prvs = [PoissonSubsampledGaussianPRV(sample_rate=q, noise_multiplier=s) for s, q, _ in history]
         counts = [n for _, _, n in history]

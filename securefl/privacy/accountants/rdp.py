@@ -8,8 +8,6 @@ import functools
 import warnings
 
 import numpy as np
-from opacus.accountants.analysis import rdp as opacus_rdp
-from opacus.accountants.rdp import RDPAccountant
 
 from securefl.privacy.accountants.base import GAUSSIAN, SKELLAM, Accountant, Entry
 
@@ -37,6 +35,8 @@ def _gaussian_rdp(sigma: float, q: float, orders: tuple[float, ...]) -> np.ndarr
     """One release's RDP curve: RDP composes by addition, so a history of many distinct rates (the
     count observers' k/n) costs one curve per rate, once (opacus takes ~50 ms per fractional-order
     curve)."""
+    from opacus.accountants.analysis import rdp as opacus_rdp  # imported when used (see prv.py)
+
     curve = opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(orders))
     curve.setflags(write=False)
     return curve
@@ -47,6 +47,9 @@ class RDP(Accountant):
     mechanisms = frozenset({GAUSSIAN, SKELLAM})
 
     def _epsilon(self, grouped: list[tuple[Entry, int]], delta: float) -> float:
+        from opacus.accountants.analysis import rdp as opacus_rdp
+        from opacus.accountants.rdp import RDPAccountant
+
         skellam = any(entry[0] == SKELLAM for entry, _ in grouped)
         orders = INTEGER_ORDERS if skellam else RDPAccountant.DEFAULT_ALPHAS
         total = np.zeros(len(orders))
