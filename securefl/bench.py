@@ -445,15 +445,8 @@ def mask_bounds(layer: Any, params: int, parties: int, dropped: int, trials: int
             total += received[i % len(received)]
         expand_and_add(total, aggregator_masks)
 
-    def timed(work: Callable[[], None]) -> float:
-        times = []
-        for _ in range(trials):
-            start = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    return timed(party), timed(aggregator), party_masks, aggregator_masks
+    bounds = _median_seconds(party, trials), _median_seconds(aggregator, trials)
+    return (*bounds, party_masks, aggregator_masks)
 
 
 def _naive_baseline(result: BenchResult, federation: Federation) -> None:
