@@ -100,8 +100,9 @@ class AuditResult:
     def budget_holds(self) -> bool | None:
         """Whether the enforced ε is within the budget (None: no budget or no figure)."""
         _, epsilon = self.guarantee
-        if self.budget_epsilon is None or epsilon is None:
-            return None
+        numbers = (self.budget_epsilon, epsilon)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            return None  # no budget, no figure, or a record that holds no number there
         return epsilon <= self.budget_epsilon + 1e-12
 
     def to_json(self) -> dict[str, Any]:
@@ -611,7 +612,7 @@ def write_report(result: AuditResult, path: str | Path) -> Path:
     budget_line = (
         "no budget recorded"
         if holds is None
-        else f"budget ε = {result.budget_epsilon:g}: "
+        else f"budget ε = {_number(result.budget_epsilon, 'g')}: "
         + ("<b>holds</b>" if holds else "<b style='color:#b42318'>overspent</b>")
     )
     span = (
@@ -658,8 +659,8 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
 .verdict{{color:{colour};font-weight:bold}}</style></head><body>
 <h1>Privacy audit</h1>
 <p class="headline"><span class="verdict">{e(verdict)}</span>. The guarantee: <b>ε = {
-        "—" if guaranteed is None else format(guaranteed, ".4f")
-    }</b> against {e(who)} at δ = {e(str(result.delta))}; {budget_line}.</p>
+        _number(guaranteed, ".4f")
+    }</b> against {e(str(who))} at δ = {e(str(result.delta))}; {budget_line}.</p>
 <p>Ledger <code>{e(result.path)}</code>, signed by <code>{e(result.signer or "—")}</code>;
 {counted(result.releases, "release")}, {counted(result.refusals, "refusal")}; {span}.
 Report written {written}.</p>
@@ -685,6 +686,14 @@ sampling protects only against those who do not know who took part in each round
     out = Path(path)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _number(value: Any, spec: str) -> str:
+    """A figure from the ledger for the page: formatted if it is a number, else shown escaped as
+    text (a record may hold anything its signer wrote)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return "—" if value is None else html.escape(str(value))
 
 
 def _plot(result: AuditResult, names: list[str]) -> str:
