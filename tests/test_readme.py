@@ -2,8 +2,9 @@
 traceback — read from the README itself, so a command added there is run here too.
 
 Sizes are made small where the README's are long (a million parameters, 100 parties, 2048-bit key
-generation, five network rounds); what is not run says why (:func:`plan`). The by-hand network
-section runs as an operator would: the aggregator in the background, then the three parties.
+generation, ten demo rounds, five network rounds); what is not run says why (:func:`plan`). The
+by-hand network section runs as an operator would: the aggregator in the background, then the
+three parties.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def plan(command: str) -> Step:
         argv += ["--bits", "512"]  # test-sized keys (SECUREFL_ALLOW_TEST_SEEDS, set by conftest)
     if args[:1] == ["bench"] and "--repeat" not in argv:
         argv += ["--repeat", "1"]
+    if args[:1] == ["demo"] and "--rounds" not in argv:
+        argv += ["--rounds", "3"]
     if "examples/network/run.py" in command:
         argv += ["--rounds", "2"]
     step = Step(command, argv)
