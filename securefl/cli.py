@@ -174,9 +174,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             "default" in text
             or default is None
             or default is False
-            or default is argparse.SUPPRESS
+            or default is argparse.SUPPRESS  # --help, --version
             or action.option_strings == []
-            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
         ):
             return text
         return f"{text} (default: %(default)s)"
@@ -615,8 +614,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         if r.naive_expansion:
             console.print(
                 f"{r.privacy} ({r.backend}): {r.naive_baseline}: {r.naive_expansion:.2f}× float32 on the "
-                f"wire against securefl's {r.expansion:.2f}×; party time {r.speedup_vs_naive:.2f}× its "
-                "encryption time (above 1: securefl is faster)"
+                f"wire against securefl's {r.expansion:.2f}×; its encryption takes "
+                f"{r.speedup_vs_naive:.2f}× securefl's party time (above 1: securefl is faster)"
             )
         if r.decrypt_vs_phe:
             console.print(
