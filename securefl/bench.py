@@ -158,7 +158,7 @@ def instrument(federation: Federation, on_reply: Callable[[str], None] | None = 
         lambda m, a: "aggregator",
         ("request", "receive", "close_phase", "result", "contributors"),
     )
-    if not hasattr(federation.transport, "handlers"):  # parties on Ray actors: timed there
+    if not federation.parties_in_process:  # parties on Ray actors: timed there
         federation.transport.apply(_instrument_host, keyholder_phases)
         return inst
     for pid, node in federation.nodes.items():
@@ -230,7 +230,7 @@ def _collect_host(host: Any) -> tuple[dict, dict, dict]:
 
 def _collect(federation: Federation, inst: Instruments) -> None:
     """Bring the actors' timings into ``inst`` (parties on Ray actors only)."""
-    if hasattr(federation.transport, "handlers"):
+    if federation.parties_in_process:
         return
     for seconds, up, down in federation.transport.apply(_collect_host):
         inst.seconds.update(seconds)
@@ -405,10 +405,12 @@ def measure(
     )
     _naive_baseline(result, federation)
     if privacy in ("secagg", "secagg+"):
-        layer = next(x for x in bench_stack(privacy, parties) if hasattr(x, "degree"))
-        bounds = mask_bounds(layer, params, parties, parties - len(survivors))
-        result.party_bound_seconds, result.aggregator_bound_seconds = bounds[0], bounds[1]
-        result.party_masks, result.aggregator_masks = bounds[2], bounds[3]
+        (
+            result.party_bound_seconds,
+            result.aggregator_bound_seconds,
+            result.party_masks,
+            result.aggregator_masks,
+        ) = mask_bounds(federation.stack.secure_sum, params, parties, parties - len(survivors))
     return result, federation
 
 

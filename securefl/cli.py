@@ -27,6 +27,7 @@ from securefl.config import load_config
 from securefl.errors import ConfigError, SecureFLError
 from securefl.layers import PRESET_NAMES
 from securefl.logtext import counted
+from securefl.privacy.accountants import ACCOUNTANTS
 from securefl.privacy.observers import OBSERVERS
 from securefl.runner import BudgetSettings, DPSettings, Reporter, RunSettings, run
 from securefl.simulation.allocator import keep_freed_memory
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument(
         "--accountant",
         default="prv",
-        choices=("prv", "rdp", "pld"),
+        choices=tuple(ACCOUNTANTS),
         help="the accountant the budget is enforced with (default prv; Skellam noise uses rdp)",
     )
     dp.add_argument(
@@ -952,8 +953,7 @@ def _served(summary: dict[str, Any]) -> str:
     if "party" in summary:
         requests, reconnects = summary["requests"], summary["reconnects"]
         return (
-            f"{summary['party']} answered {requests} request{'s' if requests != 1 else ''}"
-            f" ({reconnects} reconnect{'s' if reconnects != 1 else ''})"
+            f"{summary['party']} answered {counted(requests, 'request')} ({counted(reconnects, 'reconnect')})"
         )
     text = f"{summary['rounds_ok']} of {counted(summary['rounds'], 'round')} completed"
     if summary["rounds_failed"]:

@@ -244,6 +244,11 @@ class Federation:
             shutdown()
 
     @property
+    def parties_in_process(self) -> bool:
+        """Whether the parties run in this process (not on Ray actors): their objects are here."""
+        return hasattr(self.transport, "handlers")
+
+    @property
     def rounds_run(self) -> int:
         """Rounds this federation has run, those before a resume included."""
         return self.first_round + len(self.history.rounds)
@@ -270,7 +275,7 @@ class Federation:
         """Run one round; raise BudgetExhausted if the privacy guard refused it (it is in the history
         and the ledger, and the model is unchanged)."""
         report = self.aggregator.run_round(self.rounds_run)
-        if hasattr(self.transport, "handlers"):  # parties in this process: count their clipping
+        if self.parties_in_process:  # count their clipping (where the parties run, only they know)
             clips = [t for t in self.stack.transforms if isinstance(t, Clip)]
             if clips:
                 report.clipped = max(clip.clipped.pop(report.round, 0) for clip in clips)

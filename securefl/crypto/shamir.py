@@ -61,22 +61,13 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
 @lru_cache(maxsize=256)
 def _barycentric_weights(xs: tuple[int, ...]) -> tuple[int, ...]:
     """v_k = 1 / Π_{m≠k} (x_k − x_m) for distinct coordinates: the Lagrange coefficients and the
-    dual-code check both derive from them. Coordinates are small (a position in a round), so each
-    product is an exact integer reduced once, and all are inverted with one exponentiation."""
+    dual-code check both derive from them. Each product is taken exactly and reduced once (cheap:
+    coordinates are small, a position in a round), and all are inverted with one exponentiation."""
     if len({x % PRIME for x in xs}) != len(xs) or any(x % PRIME == 0 for x in xs):
         # Two equal coordinates (or one at zero) would divide by zero, or silently give wrong
         # coefficients: a protocol's own coordinates are distinct and non-zero, so this is a bug.
         raise ProtocolError("share coordinates must be distinct and non-zero modulo the prime")
-    if all(0 < x < 1 << 32 for x in xs):
-        denominators = [math.prod([xk - xm for xm in xs if xm != xk]) % PRIME for xk in xs]
-    else:
-        denominators = []
-        for xk in xs:
-            denominator = 1
-            for xm in xs:
-                if xm != xk:
-                    denominator = denominator * (xk - xm) % PRIME
-            denominators.append(denominator)
+    denominators = [math.prod([xk - xm for xm in xs if xm != xk]) % PRIME for xk in xs]
     return tuple(_batch_inverse(denominators))
 
 

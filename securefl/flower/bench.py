@@ -69,12 +69,8 @@ SECUREFL_LAYERS = {
 NATIVE = {f"securefl-native-{arm.removeprefix('securefl-')}": arm for arm in SECUREFL_LAYERS}
 NATIVE["securefl-native-plain"] = "plain"  # the runtime's own cost, beside flower-plain
 # Which Flower arm each securefl arm is compared with (the same graph and threshold).
-COMPARED = {
-    "securefl-secagg": "flower-secagg+",
-    "securefl-secagg+k18": "flower-secagg+k18",
-    "securefl-native-secagg": "flower-secagg+",
-    "securefl-native-secagg+k18": "flower-secagg+k18",
-}
+COMPARED = {"securefl-secagg": "flower-secagg+", "securefl-secagg+k18": "flower-secagg+k18"}
+COMPARED.update({native: COMPARED[arm] for native, arm in NATIVE.items() if arm in COMPARED})
 SECAGG_RECORD = "secaggplus_configs"
 SECAGG_STAGE = "stage"
 DROP_STAGES = {"share": ("share_keys", "share"), "setup": ("setup", "advertise")}
@@ -216,7 +212,7 @@ def securefl_stack(arm: str, size: int) -> list[dict]:
 
 def run_native_arm(arm: str, clients: int, size: int, rounds: int, drop: int | None, drop_stage: str) -> dict:
     """A securefl arm in securefl's own runtime: the same clients (update and example count per
-    partition), stack and crash (the party goes offline in the same phase), timed per phase."""
+    partition), stack and crash (the party goes offline in the same phase), timed per round."""
     from securefl import Federation, TrainResult
     from securefl.bench import instrument
     from securefl.faults import Faults

@@ -186,10 +186,7 @@ def _one_line_per_wrong_signer(problems: list[str], public_key: str | None) -> l
             by_signer[match.groups()] = by_signer.get(match.groups(), 0) + 1
     for (signer, expected), count in by_signer.items():
         hint = " (does --public-key name another ledger's key?)" if public_key else ""
-        kept.append(
-            f"{count} record{'s' if count != 1 else ''} signed by {signer}, "
-            f"not the expected key {expected}{hint}"
-        )
+        kept.append(f"{counted(count, 'record')} signed by {signer}, not the expected key {expected}{hint}")
     return kept
 
 
