@@ -468,3 +468,36 @@ def test_clipped_updates_are_reported_where_they_are_known(capsys, caplog):
     assert len(clipped) == 10 and "to the clip norm 0.05" in clipped[0]
     assert main(["demo", "--rounds", "1", "--plot", "", "--json"]) == 0  # norm 10: nothing clipped
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["clipped_per_round"] == [0]
+
+
+def test_the_audit_report_of_a_ledger_holding_text_where_figures_belong(tmp_path):
+    """A signed record may hold anything its signer wrote: text where ε and the budget belong is
+    named as a problem, the record left out of the recomputation (which reads numbers), the report
+    escapes it — never a traceback (the recomputation raised ValueError before) nor markup."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from securefl.privacy.audit import audit, write_report
+    from securefl.privacy.ledger import Ledger
+
+    path = tmp_path / "odd.jsonl"
+    record = {
+        "unit": "party",
+        "neighbouring": "add/remove one party",
+        "mechanism": "gaussian",
+        "noise_multiplier": 1.1,
+        "sample_rate": 1.0,
+        "steps": 1,
+        "parties_summed": 3,
+        "delta": 1e-5,
+        "decision": "released",
+        "round": 0,
+        "epsilon": "<b>tiny</b>",
+        "budget_epsilon": "<script>lots</script>",
+    }
+    Ledger(path, Ed25519PrivateKey.generate()).append(record)
+    result = audit(path)
+    assert not result.valid and result.releases == 0 and result.budget_holds is None
+    assert any("where numbers belong: its ε cannot be recomputed" in p for p in result.problems)
+    page = write_report(result, tmp_path / "odd.html").read_text()
+    assert "<script>" not in page and "&lt;b&gt;tiny&lt;/b&gt;" in page and "no budget recorded" in page
+    assert main(["audit", str(path)]) == 1  # invalid, said in the table: no traceback

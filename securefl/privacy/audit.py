@@ -57,6 +57,23 @@ PARAMETERS = {
     "accountant": "accountant (as recorded)",
 }
 REQUIRED = ("decision", "mechanism", "noise_multiplier", "sample_rate", "delta", "epsilon", "unit")
+# Fields that are numbers (or absent, or null) in every record securefl writes, at the top level and
+# in each per-observer figure. A signed record may hold anything its signer wrote: one holding other
+# values there is named as a problem and left out of the recomputation, which reads them as numbers.
+NUMERIC = (
+    "epsilon",
+    "delta",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "parties_summed",
+    "parties_selected",
+    "population",
+    "budget_epsilon",
+    "variance",
+    "l2_sensitivity",
+    "noise_std",
+)
 
 
 @dataclass
@@ -100,9 +117,8 @@ class AuditResult:
     def budget_holds(self) -> bool | None:
         """Whether the enforced ε is within the budget (None: no budget or no figure)."""
         _, epsilon = self.guarantee
-        numbers = (self.budget_epsilon, epsilon)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
-            return None  # no budget, no figure, or a record that holds no number there
+        if not (_is_number(self.budget_epsilon) and _is_number(epsilon)):
+            return None  # no budget or no figure
         return epsilon <= self.budget_epsilon + 1e-12
 
     def to_json(self) -> dict[str, Any]:
@@ -238,16 +254,17 @@ def audit(
             "dp-accounting is not installed: no PLD recomputation (pip install dp-accounting)"
         )
     unsupported: set[str] = set()
-    releases = sum(1 for r in check.records if r.get("decision") == "released")
+    records = [r for r in check.records if _numbers_hold(r, result)]
+    releases = sum(1 for r in records if r.get("decision") == "released")
     every = max(1, math.ceil(releases / CHECKPOINTS))
     if every > 1:
         result.notes.append(f"prv/pld recomputed at one release in {every} and the last; rdp at every one")
-    for record in check.records:
+    for record in records:
         index = result.releases
         tight = index % every == every - 1 or index == releases - 1
         _replay(record, accountants, unsupported, result, budget_epsilon, tight)
-    _observers(check.records, result, every)
-    if any(r.get("mechanism") == SKELLAM and r.get("decision") == "released" for r in check.records):
+    _observers(records, result, every)
+    if any(r.get("mechanism") == SKELLAM and r.get("decision") == "released" for r in records):
         result.notes.append(
             "prv/pld of Skellam releases: the Gaussian of the same variance and L2 sensitivity, a lower "
             "reference; the rdp figure is the Skellam bound (Agarwal, Kairouz, Liu 2021)"
@@ -269,6 +286,29 @@ def audit(
         )
     result.valid = not result.problems
     return result
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers_hold(record: dict[str, Any], result: AuditResult) -> bool:
+    """Whether every NUMERIC field of ``record`` is a number (or null); if not, say which."""
+    figures = record.get("observers") if isinstance(record.get("observers"), dict) else {}
+    places = [("", record)]
+    places += [(f"observers.{name}.", figure) for name, figure in figures.items() if isinstance(figure, dict)]
+    wrong = [
+        f"{prefix}{key} = {value!r}"
+        for prefix, fields in places
+        for key, value in fields.items()
+        if key in NUMERIC and value is not None and not _is_number(value)
+    ]
+    if wrong:
+        result.problems.append(
+            f"record {record.get('seq')} (round {_shown_round(record)}) holds {', '.join(wrong)} where "
+            "numbers belong: its ε cannot be recomputed, so it is not counted"
+        )
+    return not wrong
 
 
 def _replay(
@@ -350,7 +390,7 @@ def _replay(
 def _observer_figure(record: dict[str, Any], observer: str) -> float | None:
     entry = record.get("observers", {}).get(observer) if isinstance(record.get("observers"), dict) else None
     value = entry.get("epsilon") if isinstance(entry, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if _is_number(value) else None
 
 
 def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -> None:
@@ -688,7 +728,7 @@ sampling protects only against those who do not know who took part in each round
 def _number(value: Any, spec: str) -> str:
     """A figure from the ledger for the page: formatted if it is a number, else shown escaped as
     text (a record may hold anything its signer wrote)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_number(value):
         return format(value, spec)
     return "—" if value is None else html.escape(str(value))
 
