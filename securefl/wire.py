@@ -88,11 +88,15 @@ def load_json(data: bytes, what: str) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WireError(f"{what} is not UTF-8: {exc}") from None
-    structure = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET)
-    if structure:
-        depth = int(np.cumsum(_DEPTH_STEP[np.frombuffer(structure, dtype=np.uint8)], dtype=np.int64).max())
-        if depth > MAX_JSON_DEPTH:
-            raise WireError(f"{what} JSON is nested {depth} deep, more than the {MAX_JSON_DEPTH} allowed")
+    # Nesting cannot exceed the number of opening brackets: the exact depth (outside strings) is
+    # computed only when there are enough of them for it to matter (a header has a handful).
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:
+        structure = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+        if structure:
+            steps = _DEPTH_STEP[np.frombuffer(structure, dtype=np.uint8)]
+            depth = int(np.cumsum(steps, dtype=np.int64).max())
+            if depth > MAX_JSON_DEPTH:
+                raise WireError(f"{what} JSON is nested {depth} deep, more than the {MAX_JSON_DEPTH} allowed")
     try:
         value = json.loads(
             text,
@@ -101,7 +105,8 @@ def load_json(data: bytes, what: str) -> Any:
             parse_int=_bounded_int,
             parse_float=_finite_float,
         )
-        json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate cannot be encoded
+        if b"\\u" in data:  # valid UTF-8 holds no surrogate: only a \u escape can write one
+            json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate cannot be encoded
     except _JSONRefused as exc:
         raise WireError(f"{what} JSON refused: {exc}") from None
     except UnicodeEncodeError:

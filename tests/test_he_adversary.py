@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tenseal as ts
+from conftest import fixed_delta_client
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from test_ckks import federation, mean
-from test_paillier import integer_federation
+from test_paillier import exact_mean, integer_federation
 
+import securefl
 from securefl.crypto import ckks, paillier
 from securefl.crypto.packing import Packing
 from securefl.errors import ProtocolError, WireError
@@ -32,6 +34,8 @@ from securefl.layers import Identities, Paillier
 from securefl.layers import shared_key as sk
 from securefl.layers.ckks import CkksKeys
 from securefl.layers.paillier import KeyMaterial
+from securefl.party import INITIAL_MODEL
+from securefl.selection import Selection
 from securefl.wire import REQUEST, Envelope, decode_record, encode_record
 
 BITS = 512  # tests only
@@ -1508,3 +1512,159 @@ def test_n4_three_failed_decrypts_do_not_stall_the_federation_for_ever(mode):
     assert reports[0].ok
     # Before: from round 4 on every round failed ("no ciphertexts arrived") although all were back.
     assert reports[-1].ok and reports[-2].ok, [r.error for r in reports]
+
+
+# --- a party that never trained, served a refusal marker (fourth HE attacker) -----------------------
+
+
+class _Schedule(Selection):
+    """Round r invites exactly the parties listed for it (the last list for later rounds)."""
+
+    name = "schedule"
+
+    def __init__(self, rounds: list[set[str]]) -> None:
+        super().__init__()
+        self.rounds = rounds
+
+    def select(self, parties, round):
+        return [p for p in parties if p in self.rounds[min(round, len(self.rounds) - 1)]]
+
+    def max_selected(self, n_parties):
+        return n_parties
+
+
+def _shift_beyond_the_packing(fed):
+    def tamper(reply):  # adds 2^(|n|-2) to p01's first plaintext: above every slot, refused
+        values, width = paillier_values(layer_of(reply))
+        public = fed.aggregator.secure_sum.public
+        values[0] = values[0] * (1 + (1 << (public.bits - 2)) * public.n) % public.nsquare
+        return rewrap(reply, paillier_payload(values, width))
+
+    return tamper
+
+
+def _oversized_ckks(fed):
+    def tamper(reply):  # p01 skips its own bound check: encrypts 1e4 under the shared key
+        vector = np.zeros(C_DIM + 3)
+        vector[0], vector[-1] = 1e4, 1.0
+        return rewrap(reply, ckks_payload(ckks_padded(fed, "p01", vector)))
+
+    return tamper
+
+
+@pytest.mark.parametrize("scheme", ["paillier", "ckks"])
+def test_a_newcomer_served_a_refusal_marker_trains_from_the_initial_model_and_contributes(scheme):
+    """A party joining after a refused round opens the refusal marker: it has no model of its own,
+    so it trains from the initial model the aggregator sent beside the sealed one — exactly as it
+    would from a model — and the round sums it (it used to withdraw: a visible answer to "was that
+    record a marker?")."""
+    members, newcomer = {"p00", "p01", "p02"}, "p03"
+    schedule = _Schedule([members, members | {newcomer}])
+    holder: dict = {}
+    faults = Faults()
+    faults.add("replace", "p01", phase="encrypt", round=0, replace=lambda r: holder["tamper"](r))
+    if scheme == "paillier":
+        fed, deltas, weights = integer_federation(4, faults=faults, dim=P_DIM, selection=schedule)
+        holder["tamper"] = _shift_beyond_the_packing(fed)
+    else:
+        fed, deltas, weights = federation(4, dim=C_DIM, faults=faults, selection=schedule)
+        holder["tamper"] = _oversized_ckks(fed)
+    assert_refused_in_a_marker(fed, fed.run_round(), None, np.zeros(fed.spec.size), reason="")
+    report = fed.run_round()
+    assert report.ok and not report.dropouts, report
+    assert newcomer in report.survivors
+    assert any("refusal marker" in why for _r, why in me(fed, newcomer).refusals)
+    # Every party trained from zeros (the members kept theirs, the newcomer took the initial one):
+    # the next model is the exact / within-precision step of all four updates.
+    everyone = sorted(members | {newcomer})
+    if scheme == "paillier":
+        np.testing.assert_allclose(model(fed), exact_mean(deltas, weights, everyone), atol=1e-9)
+    else:
+        np.testing.assert_allclose(model(fed), mean(deltas, weights, everyone), atol=CKKS_ATOL)
+
+
+@pytest.fixture(scope="module")
+def newcomer_oracle(tmp_path_factory):
+    """A malicious aggregator's material: a Paillier federation whose parties all hold the key file
+    (no key phases), four members that encrypted in round 1, and two sealed records labelled round
+    1 — a refusal marker (a crafted sum p03 refuses) and a model (the honest sum p00 fuses)."""
+    from securefl.roundinfo import RoundInfo
+    from securefl.wire import pack_array
+
+    path = tmp_path_factory.mktemp("newcomers") / "paillier.keys.json"
+    KeyMaterial.generate(BITS).save(path)
+    members = ["p00", "p01", "p02", "p03"]
+    newcomers = [f"x{i:02d}" for i in range(48)]
+    rng = np.random.default_rng(5)
+    fed = securefl.Federation(
+        {"w": np.zeros(4)},
+        {p: fixed_delta_client(rng.integers(-200, 200, 4).astype(float), 1) for p in members + newcomers},
+        [
+            securefl.Quantize(bits=16, update_bound=32767.0),
+            Paillier(key_bits=BITS, key_file=str(path), workers=1),
+        ],
+        weight_bound=32767.0,
+    )
+    initial = pack_array(np.zeros(fed.spec.size, dtype=fed.spec.wire_dtype))
+
+    def send(party, round, phase, parts):
+        node = fed.nodes[party]
+        envelope = Envelope(REQUEST, fed.aggregator.session, round, phase, party, parts)
+        return Envelope.decode(node.handle(envelope.encode()))
+
+    def start(party, round, roster, extra):
+        info = RoundInfo(round, tuple(sorted(roster)), 1, {})
+        return send(party, round, sk.ENCRYPT, {"layer": b"", "round": info.encode(), **extra})
+
+    public = fed.aggregator.secure_sum.public
+    product = None
+    for party in members:
+        values, width = paillier_values(start(party, 0, members, {"model": initial}).parts["layer"])
+        product = values if product is None else [a * b % public.nsquare for a, b in zip(product, values)]
+
+    def decrypt(party, values):
+        blob = b"".join(int(v).to_bytes(width, "big") for v in values)
+        request = encode_record(b"SKDq", {"contributors": members}, {"sum": blob})
+        layer = send(party, 0, sk.DECRYPT, {"layer": request}).parts["layer"]
+        return decode_record(layer, b"SKDr", {"sealed": bool, "refused": str}, ("model",))[1]["model"]
+
+    crafted = [product[0] * (1 + public.n * (public.n // 3)) % public.nsquare, *product[1:]]
+    records = {"marker": decrypt("p03", crafted), "model": decrypt("p00", product)}
+    return {"fed": fed, "records": records, "initial": initial, "start": start, "fresh": iter(newcomers)}
+
+
+@settings(max_examples=12, **_SETTINGS)
+@given(
+    served=st.lists(st.tuples(st.sampled_from(["marker", "model"]), st.booleans()), min_size=2, max_size=4)
+)
+def test_a_party_that_never_trained_answers_a_marker_exactly_as_a_model(newcomer_oracle, served):
+    """The attack: the aggregator serves sealed records to parties that have never trained and reads
+    off their answers whether each record is a refusal marker — a bit per query, enough for a binary
+    search on a crafted sum to recover one party's update (the attacker did, coordinate by
+    coordinate). Now, with the initial model beside it, a newcomer answers a marker as it answers a
+    model (ciphertexts of the same size, trained from the initial model); without it, it refuses
+    before opening the record, with the same words whatever the record holds."""
+    o = newcomer_oracle
+    answers = []
+    for kind, with_initial in served:
+        party = next(o["fresh"])
+        extra = {"sealed_model": o["records"][kind]}
+        if with_initial:
+            extra[INITIAL_MODEL] = o["initial"]
+        reply = o["start"](party, 1, ["p00", "p01", "p02", "p03", party], extra)
+        if with_initial:
+            assert reply.kind == "reply", reply.parts.get("reason")
+            layer = reply.parts["layer"]
+            answers.append((True, layer[:4], len(layer)))
+            base = o["fed"].nodes[party].round_global
+            model = o["fed"].nodes["p00"].open_global(o["records"]["model"])
+            np.testing.assert_array_equal(base, np.zeros_like(model) if kind == "marker" else model)
+        else:
+            assert reply.kind == "withdraw"
+            reason = reply.parts["reason"].decode()
+            assert "refused before opening it" in reason
+            answers.append((False, reason, 0))
+    # What the aggregator sees depends on whether it sent the initial model, never on the record.
+    for with_initial in (True, False):
+        seen = {a for a, (_k, w) in zip(answers, served, strict=True) if w is with_initial}
+        assert len(seen) <= 1, seen

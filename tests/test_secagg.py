@@ -726,6 +726,31 @@ def test_a_dealer_signing_a_wrong_share_is_named_not_its_holder(n):
     np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
 
 
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_shamir_weights_of_round_positions_equal_their_definition_and_name_wrong_shares(data):
+    """A set holding most of the positions 1..N takes the path without inversion (the precomputed
+    full products times the missing positions): each weight is exactly 1 / Π_{m≠k} (x_k − x_m), and
+    reconstruction through it still returns the secret and names the wrong shares it corrects."""
+    import math
+
+    from securefl.randomness import SecureRandom
+
+    top = data.draw(st.integers(3, 60))
+    xs = tuple(sorted(data.draw(st.sets(st.integers(1, top), min_size=3, max_size=top))))
+    for xk, v in zip(xs, shamir._barycentric_weights(xs), strict=True):
+        assert v * math.prod(xk - xm for xm in xs if xm != xk) % shamir.PRIME == 1
+    threshold = data.draw(st.integers(2, len(xs)))
+    secret = data.draw(st.binary(min_size=1, max_size=32))
+    shares = shamir.split(secret, xs, threshold, SecureRandom())
+    wrong = data.draw(st.sets(st.sampled_from(xs), max_size=(len(xs) - threshold) // 2))
+    for x in wrong:
+        wrong_value = (int.from_bytes(shares[x], "big") + 1) % shamir.PRIME
+        shares[x] = wrong_value.to_bytes(shamir.SHARE_BYTES, "big")
+    outcome = shamir.reconstruct(shares, threshold, len(secret))
+    assert outcome.secret == secret and set(outcome.wrong) == wrong
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     xs=st.lists(st.integers(1, 2**40), min_size=3, max_size=12, unique=True),
@@ -745,3 +770,88 @@ def test_shamir_reconstruction_matches_the_textbook_and_refuses_colliding_coordi
     colliding = {**{x: shares[x] for x in xs[:threshold]}, xs[0] + shamir.PRIME: shares[xs[0]]}
     with pytest.raises(ProtocolError, match="distinct and non-zero modulo the prime"):
         shamir.reconstruct(colliding, threshold, len(secret))
+
+
+def _layer(kind: str, active: bool, n: int):
+    parties = [f"p{i:02d}" for i in range(n)]
+    identities = Identities.generate(parties) if active else None
+    return SecAgg(identities=identities) if kind == "secagg" else SecAggPlus(identities=identities)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["secagg", "secagg+"]),
+    active=st.booleans(),
+    secret=st.sampled_from(["seed", "key"]),
+    dealer=st.integers(0, 6),
+    fake=st.binary(min_size=32, max_size=32),
+)
+def test_a_dealer_sharing_another_secret_than_it_committed_to_is_named(kind, active, secret, dealer, fake):
+    """Found by an attacker: a party that deals its neighbours consistent shares of another secret
+    than the one it committed to (its self-mask seed, or its mask key, then dropping so that the key
+    is rebuilt) made the round fail with honest holders listed and nobody named. No holder can
+    forge a codeword, so consistent shares of a wrong secret are the dealer's doing: it is named
+    (in active mode its signatures on the shares prove it), the round fails, nothing is revealed."""
+    n = 7
+    name = f"p{dealer:02d}"
+    faults = Faults().add("offline", name, phase="masked") if secret == "key" else None
+    fed, *_ = integer_federation(_layer(kind, active, n), n, faults=faults)
+    node = fed.nodes[name].secure_sum
+    honest_share = node._share
+
+    def share_another_secret(request):
+        attribute = "self_seed" if secret == "seed" else "s_sk"
+        real = getattr(node, attribute)
+        setattr(node, attribute, fake if fake != real else bytes(32))
+        try:
+            return honest_share(request)
+        finally:
+            setattr(node, attribute, real)
+
+    node._share = share_another_secret
+    report = fed.run_round()
+    assert not report.ok
+    assert set(report.dropouts) == {name}, report.dropouts  # no honest holder named
+    if secret == "seed":  # (a dropped dealer is listed first for its dropout)
+        assert "committed to" in report.dropouts[name], report.dropouts
+    assert f"{name} dealt shares of another secret" in report.error
+
+
+@pytest.mark.parametrize("which", ["channel", "mask"])
+@pytest.mark.parametrize("encoding", ["top_bit", "u_plus_p"])
+@pytest.mark.parametrize("active", [False, True])
+def test_a_non_canonical_key_encoding_is_dropped_on_arrival_and_the_round_survives(which, encoding, active):
+    """Found by an attacker: a mask key advertised with bit 255 set (which X25519 ignores) passed the
+    low-order check, masked correctly, and when its owner then dropped, its rebuilt key no longer
+    matched the advertised bytes: an ordinary dropout failed the round. Only canonical encodings
+    (u < 2^255 − 19) are accepted now; the party advertising another is dropped at once."""
+    from securefl.crypto import channel
+
+    n = 6
+    fed, deltas, weights = integer_federation(_layer("secagg", active, n), n)
+    node = fed.nodes["p02"].secure_sum
+    honest_advertise = node._advertise
+
+    def advertise(request):
+        reply = honest_advertise(request)
+        _, parts = decode_record(reply, b"SAAr", {}, ("keys", "signature") if active else ("keys",))
+        keys = bytearray(parts["keys"])
+        start = 0 if which == "channel" else channel.KEY_BYTES
+        u = int.from_bytes(keys[start : start + 32], "little")
+        other = u | (1 << 255) if encoding == "top_bit" else u + 2**255 - 19
+        if other >= 1 << 256 or (encoding == "u_plus_p" and other >= 1 << 255):
+            other = u | (1 << 255)  # u + p fits 255 bits only for u < 19
+        keys[start : start + 32] = other.to_bytes(32, "little")
+        parts["keys"] = bytes(keys)
+        if active:
+            statement = securefl.layers.secagg._advertised(node.ctx, "p02", node.graph_seed, parts["keys"])
+            parts["signature"] = signing.sign(node.identity, statement)
+        return encode_record(b"SAAr", {}, parts)
+
+    node._advertise = advertise
+    report = fed.run_round()
+    assert report.ok, report.error
+    assert set(report.dropouts) == {"p02"} and "canonically encoded" in report.dropouts["p02"]
+    survivors = [p for p in fed.nodes if p != "p02"]
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
+    assert not channel.usable_public((2**255 - 19).to_bytes(32, "little"))  # p itself: u = 0

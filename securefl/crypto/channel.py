@@ -8,6 +8,8 @@ ciphertext cannot be replayed in another round, redirected, or reused for anothe
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -51,6 +53,36 @@ def public_of(private: PrivateKey) -> bytes:
 
 def _raw_public(private: X25519PrivateKey) -> bytes:
     return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+_FIELD_PRIME = 2**255 - 19
+
+
+def usable_public(public: bytes) -> bool:
+    """Whether a peer may advertise ``public`` as its X25519 key: 32 bytes, canonically encoded, and
+    not a low-order point.
+
+    Canonical: u < 2^255 − 19, so the top bit is clear. X25519 ignores the top bit and reduces u, so
+    one point has several encodings; a key compared by its bytes — to the public key of a private
+    key rebuilt from shares, to a one-time key revealed in a dispute — would not match itself, and
+    a party could make an honest round fail. Low order: agreement with such a point gives the
+    all-zero secret (OpenSSL refuses it); checked by agreeing with a fixed, public private key,
+    which fails exactly for those points whatever the private key."""
+    if not isinstance(public, bytes) or len(public) != KEY_BYTES:
+        return False
+    if int.from_bytes(public, "little") >= _FIELD_PRIME:
+        return False
+    try:
+        _check_key().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _check_key() -> X25519PrivateKey:
+    """A public constant, loaded once: checking a key needs no secret."""
+    return X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 
 
 def agree(private: PrivateKey, peer_public: bytes, context: bytes, length: int = KEY_BYTES) -> bytes:

@@ -409,7 +409,13 @@ def _require_safe_threshold(layer: SecAgg, ctx: RoundContext) -> None:
 def _context(label: str, ctx: RoundContext, *names: str) -> bytes:
     """Domain-separated, length-prefixed context for KDFs, AAD and signatures."""
     prefix = _context_prefix(label, ctx.session, ctx.round, getattr(ctx, "binding", b""))
-    return prefix + b"".join(_field(n.encode()) for n in names)
+    return prefix + b"".join([_name_field(n) for n in names])
+
+
+@lru_cache(maxsize=1 << 16)
+def _name_field(name: str) -> bytes:
+    """A party id as a context field (cached: a party names each neighbour in several contexts)."""
+    return _field(name.encode())
 
 
 @lru_cache(maxsize=64)
@@ -555,18 +561,15 @@ def _commit(ctx: RoundContext, what: str, party: str, secret: bytes) -> bytes:
 
 
 def _require_valid_key(public: bytes, what: str) -> None:
-    """Refuse an X25519 public key that gives no shared secret (a low-order point): checked by the
-    aggregator on arrival, so a party advertising one is dropped before any neighbour uses it."""
-    try:
-        channel.agree(_check_key(), public, b"securefl/secagg/key-check")
-    except ProtocolError:
-        raise ProtocolError(f"the advertised {what} key is not a usable X25519 public key") from None
-
-
-@lru_cache(maxsize=1)
-def _check_key() -> channel.PrivateKey:
-    """A public constant, loaded once: checking a key needs no secret."""
-    return channel.load_private(bytes(range(1, 33)))
+    """Refuse an advertised X25519 public key that is a low-order point (no shared secret) or not
+    canonically encoded (its bytes would not match the public key of the private key rebuilt from
+    shares): checked by the aggregator on arrival, so a party advertising one is dropped before any
+    neighbour uses it."""
+    if not channel.usable_public(public):
+        raise ProtocolError(
+            f"the advertised {what} key is not a usable X25519 public key (a low-order point, or not "
+            "canonically encoded)"
+        )
 
 
 def _survivor_statement(ctx: RoundContext, survivors: Sequence[str]) -> bytes:
@@ -894,6 +897,8 @@ class _Aggregator(SumAggregator):
             return kind == "seed" or channel.public_of(candidate) == _mask_public(keys)
 
         outcome = shamir.reconstruct(shares, self.t, length, accept)
+        if outcome.secret is None and outcome.consistent:
+            self._blame_dealer_of_another_secret(owner, kind, shares, outcome, what)
         for x in outcome.wrong:
             if self.identities and self._dealer_signed(owner, kind, by_x[x], shares[x], x):
                 self._blame(owner, f"dealt {by_x[x]} a share of {what} that does not fit the others")
@@ -907,6 +912,28 @@ class _Aggregator(SumAggregator):
                 "round aborted, nothing is revealed"
             )
         return outcome.secret
+
+    def _blame_dealer_of_another_secret(
+        self, owner: str, kind: str, shares: dict[int, bytes], outcome: shamir.Reconstruction, what: str
+    ) -> None:
+        """The well-formed shares all lie on one polynomial, but its secret is not the one ``owner``
+        committed to: the owner dealt shares of another secret (no set of fewer than all holders
+        can forge a codeword). In active mode each share carries the dealer's signature, which
+        proves it; a share without one was altered by its holder, who is named instead. Raises."""
+        well_formed = [x for x in shares if x not in outcome.wrong]
+        by_x = self.by_x
+        if self.identities:
+            unsigned = [x for x in well_formed if not self._dealer_signed(owner, kind, by_x[x], shares[x], x)]
+            for x in unsigned:
+                self._blame(by_x[x], f"revealed a share of {what} that {owner} did not deal")
+            if unsigned:
+                return  # the rest is decided as for any wrong shares (below)
+        self._blame(owner, f"dealt shares of {what} that rebuild another secret than the one it committed to")
+        raise RoundFailed(
+            f"{self.layer.name}: the {len(well_formed)} shares of {what} agree, but on a secret other than "
+            f"the one {owner} committed to: {owner} dealt shares of another secret; round aborted, nothing "
+            "is revealed"
+        )
 
     def _dealer_signed(self, owner: str, kind: str, holder: str, share: bytes, x: int) -> bool:
         """Whether ``owner`` signed exactly this share for ``holder`` (then a wrong share is its own)."""

@@ -69,7 +69,6 @@ KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT, ARBITRATE = (
 _MAX_KEY_REPLY = 64 << 20
 _ABSTAIN = b"SKAb"  # an encrypt reply from a party without keys: it sits the round out
 _MAX_COMPLAINTS = 2  # a requester that refused keys this often is no longer invited to key phases
-_CHECK_KEY = bytes(range(1, 33))  # a public X25519 private key: checking a peer key needs no secret
 # A party that encrypted in this many consecutive rounds without a new sealed record arriving (a
 # model or a refusal marker: the aggregator cannot tell which) sits ONE round out, then starts
 # counting again (N4: a permanent sit-out turned three short failures into a stall for ever): an
@@ -194,13 +193,8 @@ def _holder_statement(ctx: RoundContext, party: str, fingerprint: str) -> bytes:
 
 
 def _x25519_usable(public: bytes) -> bool:
-    """A peer X25519 key gives a non-zero shared secret (not a low-order point): agreement with a
-    fixed public private key fails exactly for low-order points, whatever the private key."""
-    try:
-        channel.agree(_CHECK_KEY, public, b"securefl/shared-key/key-check")
-    except ProtocolError:
-        return False
-    return True
+    """A peer X25519 key gives a non-zero shared secret and has one encoding (channel.usable_public)."""
+    return channel.usable_public(public)
 
 
 def _model_aad(scheme: str, session: str, round: int, contributors: list[str], sum_digest: str) -> bytes:
@@ -905,6 +899,9 @@ class _Party(SumParty):
         self._base: Any = None  # () -> the global vector this round trained from (for refusal markers)
         self._last_model: np.ndarray | None = None  # the last global vector a sealed record gave
         self._current: np.ndarray | None = None  # the global vector this party last trained on
+        # The federation's initial model, held by a party that had no model of its own when it was
+        # first sent a sealed record: its base if that record is a refusal marker (see open_model).
+        self._initial: np.ndarray | None = None
         self.refusals: list[tuple[int, str]] = []  # (round, reason): sums this party refused to fuse
         self._stale = 0  # consecutive rounds encrypted without a new sealed record arriving
         self._record_at_encrypt = -1  # latest_model_round when this party last encrypted
@@ -1178,6 +1175,12 @@ class _Party(SumParty):
         self._label_digest[self.ctx.round] = hashlib.sha256(record).digest()
         return encode_record(b"SKDr", {"sealed": True, "refused": ""}, {"model": record})
 
+    def needs_initial_model(self) -> bool:
+        return self._current is None and self._last_model is None and self._initial is None
+
+    def hold_initial_model(self, vector: np.ndarray) -> None:
+        self._initial = np.asarray(vector, dtype=np.float64).copy()
+
     def open_model(self, sealed: bytes) -> np.ndarray:
         if self.material is None:
             raise ProtocolError("this party holds no model key to open the sealed model")
@@ -1245,11 +1248,16 @@ class _Party(SumParty):
                 self.refusals.append((round_, "opened a refusal marker: the model did not move"))
             if count != 0:
                 raise WireError("a refusal marker carries no model")
-            # This party's OWN current model (the one it last trained on), never one from the record.
-            own = self._current if self._current is not None else self._last_model
+            # This party's OWN current model (the one it last trained on), never one from the record;
+            # a party that has trained on none yet keeps the initial model it was given before
+            # opening (the core refuses a sealed record without it). It then trains and encrypts as
+            # on a model: a party that withdrew on a marker instead would tell the aggregator which
+            # records are markers, an oracle on the key holders' refusals (F1).
+            own = next((m for m in (self._current, self._last_model, self._initial) if m is not None), None)
             if own is None:
                 raise ProtocolError(
-                    "a refusal marker, and this party has no model of its own yet to keep; it cannot train"
+                    "a refusal marker, and this party holds no model of its own nor the initial one; it "
+                    "cannot train"
                 )
             vector = own.copy()
         if self._opening_for_round:
