@@ -59,6 +59,7 @@ from securefl.aggregator import Aggregator, RoundReport
 from securefl.codec import ArraySpec, HonestBounds, VectorLayout
 from securefl.config import budget_settings, no_unknown, read_toml
 from securefl.crypto.certificates import load_identity, verify_party_certificate
+from securefl.crypto.keyfiles import read_private
 from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, SecureFLError
 from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
@@ -119,6 +120,13 @@ def _table(data: dict, key: str, known: set[str] | None, where: str, required: b
     if known is not None:
         no_unknown(value, known, f"{where} [{key}]")
     return value
+
+
+def _tls_files(base: Path, table: dict, where: str) -> TLSFiles:
+    """The CA and certificate, and the private key held to a secret file's rules (not readable by
+    others, not through a symlink: a TLS key others could read is a leaked key)."""
+    ca, cert = (_file(base, table, k, where).read_bytes() for k in ("ca", "cert"))
+    return TLSFiles(ca, cert, read_private(_file(base, table, "key", where), "TLS private key"))
 
 
 def _file(base: Path, table: dict, key: str, where: str) -> Path:
@@ -291,7 +299,7 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
         if settings.ledger:
             settings.ledger = str(fed.base / settings.ledger)  # relative to FED.toml, like every path
         guard = guard_for(settings)
-    tls = TLSFiles(*(_file(fed.base, fed.tls, k, fed.source).read_bytes() for k in ("ca", "cert", "key")))
+    tls = _tls_files(fed.base, fed.tls, fed.source)
     session = secrets.token_hex(16)
     transport = GrpcServerTransport(
         fed.address,
@@ -439,7 +447,7 @@ def load_party(path: str | Path) -> PartyConfig:
     if party not in fed.parties:
         raise ConfigError(f"{source}: party {party!r} is not in the federation's allowlist {fed.parties}")
     tls_table = _table(data, "tls", _TLS_PARTY, source)
-    tls = TLSFiles(*(_file(base, tls_table, k, source).read_bytes() for k in ("ca", "cert", "key")))
+    tls = _tls_files(base, tls_table, source)
     identity = _file(base, tls_table, "identity", source) if "identity" in tls_table else None
     train = _table(data, "train", None, source, False)
     return PartyConfig(

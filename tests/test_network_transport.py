@@ -506,3 +506,38 @@ def test_a_party_opening_streams_too_fast_is_refused_then_let_in_again(pki):
         again.drop()
     finally:
         server.close(0)
+
+
+def test_a_tls_or_identity_key_others_can_read_or_behind_a_symlink_is_refused(tmp_path):
+    """Found by an attacker (Paillier key files; the class is every secret file read): a private
+    key that others could read is treated as leaked — refused with the fix, never used — and a
+    symlink is never followed to one. Public files (CA, certificates) stay readable by anyone."""
+    from securefl.crypto.certificates import load_identity
+    from securefl.deploy import load_party
+
+    write_federation(tmp_path / "certs", "test", ["p1", "p2"])
+    (tmp_path / "fed.toml").write_text(
+        'rounds = 2\n[network]\nparties = ["p1", "p2"]\n[tls]\nca = "certs/ca.pem"\n'
+        'cert = "certs/aggregator.pem"\nkey = "certs/private/aggregator.key"\n'
+    )
+    party = tmp_path / "p1.toml"
+    party.write_text(
+        'federation = "fed.toml"\nparty = "p1"\n[tls]\nca = "certs/ca.pem"\ncert = "certs/parties/p1.pem"\n'
+        'key = "certs/private/p1.key"\n'
+    )
+    assert load_party(party).tls.key  # as written by `securefl keys tls`: 0600
+    key = tmp_path / "certs/private/p1.key"
+    key.chmod(0o640)
+    with pytest.raises(ConfigError, match=r"TLS private key .* is readable by others .*chmod 600"):
+        load_party(party)
+    key.chmod(0o600)
+    moved = tmp_path / "elsewhere.key"
+    key.rename(moved)
+    key.symlink_to(moved)
+    with pytest.raises(ConfigError, match="is a symlink"):
+        load_party(party)
+    identity = tmp_path / "certs/private/p1.identity.key"
+    assert load_identity(identity)
+    identity.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"identity key .* is readable by others"):
+        load_identity(identity)

@@ -201,6 +201,30 @@ def test_the_aggregator_sees_only_ciphertexts_and_the_public_key():
     assert all(material.model_key not in e.data for e in transcript.entries)
 
 
+def test_a_paillier_key_file_others_can_read_or_behind_a_symlink_is_refused(tmp_path):
+    """Found by an attacker: full key files (p, q, the model key) were read with a plain read, so a
+    0644 copy or a symlink was used without a word. Every way in now holds them to a secret file's
+    rules; a public key file stays readable by anyone."""
+    path = tmp_path / "paillier.keys.json"
+    material = KeyMaterial.generate(BITS)
+    material.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)
+    for load in (KeyMaterial.load, load_public, lambda p: Paillier(key_bits=BITS, key_file=str(p))):
+        with pytest.raises(ConfigError, match=r"Paillier key file .* is readable by others .*chmod 600"):
+            load(path)
+    path.chmod(0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(path)
+    for load in (KeyMaterial.load, load_public):
+        with pytest.raises(ConfigError, match="is a symlink"):
+            load(link)
+    public = tmp_path / "paillier.pub.json"
+    save_public(material.public, public)
+    public.chmod(0o644)
+    assert load_public(public).n == material.public.n
+
+
 def test_key_file_mode_has_no_key_phases(tmp_path):
     material = KeyMaterial.generate(BITS)
     material.save(tmp_path / "keys.json")
@@ -230,6 +254,7 @@ def test_key_file_mode_has_no_key_phases(tmp_path):
 def test_invalid_key_files(tmp_path, text, message):
     path = tmp_path / "k.json"
     path.write_text(text)
+    path.chmod(0o600)  # (a readable one is refused before its content is looked at)
     with pytest.raises(ConfigError, match=message):
         KeyMaterial.load(path)
     with pytest.raises(ConfigError, match="does not exist"):

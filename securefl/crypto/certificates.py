@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securefl.crypto.keyfiles import private_directory, write_private
+from securefl.crypto.keyfiles import private_directory, read_private, write_private
 from securefl.errors import ConfigError
 
 # A UUID-derived OID (ITU-T X.667 arc 2.25), minted for this extension: the party's Ed25519 key.
@@ -184,7 +184,7 @@ def common_name(cert: x509.Certificate) -> str:
 
 
 def load_identity(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    key = serialization.load_pem_private_key(read_private(path, "identity key"), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path} is not an Ed25519 private key")
     return key

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from securefl.crypto import paillier, prg
-from securefl.crypto.keyfiles import write_private
+from securefl.crypto.keyfiles import read_private, write_private
 from securefl.crypto.packing import Packing
 from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, ProtocolError, WireError
@@ -104,7 +104,8 @@ class KeyMaterial:
     def load(cls, path: str | Path) -> KeyMaterial:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            # p, q and the model key: refused if others could read the file, or through a symlink
+            data = json.loads(read_private(path, "Paillier key file"))
         except FileNotFoundError:
             raise ConfigError(
                 f"Paillier key file {str(path)!r} does not exist; create it with 'securefl keys paillier'"
@@ -123,11 +124,14 @@ def save_public(public: paillier.PublicKey, path: str | Path) -> Path:
 
 
 def load_public(path: str | Path) -> paillier.PublicKey:
-    """The public key from a public or a full key file."""
+    """The public key from a public or a full key file (a full one is held to a private file's
+    rules: not readable by others, not through a symlink)."""
     try:
         data = json.loads(Path(path).read_text())
         if data.get("kind") not in (PUBLIC_FILE_KIND, KEY_FILE_KIND) or data.get("version") != 1:
             raise ConfigError(f"{path}: not a securefl Paillier key file")
+        if data.get("kind") == KEY_FILE_KIND:
+            read_private(path, "Paillier key file")
         return paillier.PublicKey(int(data["n"], 16), int(data["hs"], 16))
     except FileNotFoundError:
         raise ConfigError(
