@@ -69,6 +69,7 @@ from securefl.layers.paillier_threshold import PaillierThreshold
 from securefl.layers.secagg import SecAgg
 from securefl.layers.shared_key import SharedKeySum
 from securefl.logtext import printable
+from securefl.network.round_log import RoundLog
 from securefl.network.server import TLSFiles
 from securefl.party import Client, PartyNode
 from securefl.selection import build_selection
@@ -432,6 +433,8 @@ class PartyConfig:
     identity_path: Path | None
     server_name: str | None
     train: dict[str, Any]
+    # The rounds this party has taken part in (securefl.network.round_log), beside its TLS key.
+    round_log_path: Path | None = None
 
 
 def load_party(path: str | Path) -> PartyConfig:
@@ -458,6 +461,7 @@ def load_party(path: str | Path) -> PartyConfig:
         identity,
         tls_table.get("server_name"),
         {**train, "party": party},
+        Path(str(_file(base, tls_table, "key", source)) + ".rounds"),
     )
 
 
@@ -506,6 +510,7 @@ def party_node_factory(cfg: PartyConfig, train: str) -> Callable[[str, ArraySpec
             )
         identities, _ = fed.identities((cfg.party, own_identity))
     strategy = build_strategy(fed.strategy)
+    round_log = RoundLog(cfg.round_log_path) if cfg.round_log_path is not None else None
 
     def node(session: str, spec: ArraySpec) -> PartyNode:
         stack, layout = fed.stack_for(spec.size, identities)
@@ -522,6 +527,7 @@ def party_node_factory(cfg: PartyConfig, train: str) -> Callable[[str, ArraySpec
             strategy=party_strategy(stack, strategy),
             min_parties=fed.min_parties,
             honest=HonestBounds.of(fed.weighting, fed.party_weight_bound, fed.metric_bounds),
+            round_log=round_log,
         )
 
     return node

@@ -113,8 +113,12 @@ class PartyNode:
         strategy: Strategy | None = None,
         min_parties: int = 1,
         honest: HonestBounds | None = None,
+        round_log: Any = None,
     ) -> None:
         self.party_id = party_id
+        # Deployed parties: the rounds started, on disk (securefl.network.round_log.RoundLog), so
+        # that a restarted party never takes part in a round twice. None: this node's memory only.
+        self.round_log = round_log
         # The party's own floor: the aggregator's round info may only raise it (a lying aggregator
         # must not get a single party's update decrypted, or noise calibrated to fewer parties).
         self.min_parties = min_parties
@@ -226,6 +230,9 @@ class PartyNode:
                 f"round {info.round + 1} selects {len(info.parties)} parties; this party takes part only in "
                 f"rounds of at least {min_parties}"
             )
+        if self.round_log is not None:
+            # Durably, before anything of the round is answered: each round once, across restarts.
+            self.round_log.claim(self.session, request.round)
         self.round = request.round
         self.round_global = None
         self.round_parties = info.parties

@@ -10,13 +10,15 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from securefl.codec import ArraySpec
 from securefl.crypto.certificates import Issued, create_ca, issue, verify_party_certificate, write_federation
-from securefl.errors import ConfigError, WireError
+from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.network.client import _Answerer
 from securefl.network.frames import METHOD, Hello, Welcome
 from securefl.network.server import GrpcServerTransport, TLSFiles
@@ -541,3 +543,76 @@ def test_a_tls_or_identity_key_others_can_read_or_behind_a_symlink_is_refused(tm
     identity.chmod(0o644)
     with pytest.raises(ConfigError, match=r"identity key .* is readable by others"):
         load_identity(identity)
+
+
+def test_the_round_log_keeps_each_round_once_across_restarts_and_crashes(tmp_path):
+    """A deployed party's rounds, on disk (securefl.network.round_log): written and fsynced before
+    it answers, read back by a restarted process, which refuses a round it started (or an earlier
+    one); a line torn by a crash was never acted upon and is ignored; a damaged log or a symlink is
+    refused, never rewritten or followed."""
+    from securefl.network.round_log import RoundLog
+
+    session, other = "ab" * 16, "cd" * 16
+    path = tmp_path / "p1.key.rounds"
+    log = RoundLog(path)
+    log.claim(session, 0)
+    log.claim(session, 1)
+    log.claim(other, 0)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    restarted = RoundLog(path)
+    for round_ in (0, 1):
+        with pytest.raises(ProtocolError, match="already took part in round 2 of session"):
+            restarted.claim(session, round_)
+    restarted.claim(session, 2)
+    with pytest.raises(ProtocolError, match="already took part in round 1"):
+        RoundLog(path).claim(other, 0)
+    with open(path, "ab") as handle:  # a crash in the middle of writing the next claim
+        handle.write(b'{"session":"' + session.encode() + b'","rou')
+    assert RoundLog(path).latest(session) == 2
+    path.write_bytes(path.read_bytes() + b"\nnot json\n")
+    with pytest.raises(ConfigError, match="damaged at line"):
+        RoundLog(path)
+    link = tmp_path / "link.rounds"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        RoundLog(link)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_party_welcomed_back_to_a_session_resumes_its_node(tmp_path):
+    """The network client keeps one node per session: an aggregator that welcomes a party to another
+    session and back gets the node that already started its rounds, not a fresh one."""
+    built = []
+
+    def factory(session, spec):
+        built.append(session)
+        return object()
+
+    answerer = _Answerer(factory)
+    spec = ArraySpec.of({"w": np.zeros(2)}).to_json()
+    first_session, detour = "ab" * 16, "cd" * 16
+    answerer.welcome(Welcome(first_session, spec, "x"))
+    first = answerer.node
+    answerer.welcome(Welcome(detour, spec, "x"))
+    answerer.welcome(Welcome(first_session, spec, "x"))
+    assert answerer.node is first and built == [first_session, detour]
+
+
+def test_a_deployed_party_keeps_its_round_log_beside_its_key(tmp_path):
+    from securefl.deploy import load_party, party_node_factory
+
+    write_federation(tmp_path / "certs", "test", ["p1", "p2"])
+    (tmp_path / "fed.toml").write_text(
+        'rounds = 2\n[network]\nparties = ["p1", "p2"]\n[tls]\nca = "certs/ca.pem"\n'
+        'cert = "certs/aggregator.pem"\nkey = "certs/private/aggregator.key"\n'
+    )
+    party = tmp_path / "p1.toml"
+    party.write_text(
+        'federation = "fed.toml"\nparty = "p1"\n[tls]\nca = "certs/ca.pem"\ncert = "certs/parties/p1.pem"\n'
+        'key = "certs/private/p1.key"\n'
+    )
+    cfg = load_party(party)
+    assert cfg.round_log_path == tmp_path / "certs/private/p1.key.rounds"
+
+    node = party_node_factory(cfg, "network_tiny:make_client")("ab" * 16, ArraySpec.of({"w": np.zeros(3)}))
+    assert node.round_log is not None and node.round_log.path == cfg.round_log_path

@@ -43,17 +43,25 @@ class _Answerer:
         self.factory = factory
         self.node: PartyNode | None = None
         self.session: str | None = None
+        # Every session's node, kept: welcomed back to a session it served, the party resumes that
+        # node — with the rounds it has started and everything else it refuses to do twice — never
+        # a fresh one (an aggregator that welcomed a party elsewhere and back got a node that ran a
+        # finished SecAgg round again: a second survivor list signed for it; found by an attacker).
+        self._nodes: dict[str, PartyNode] = {}
         self._last: tuple[bytes, bytes] | None = None  # (sha256 of request, reply)
 
     def welcome(self, welcome: Welcome) -> None:
         if welcome.session != self.session:  # a new federation (or a restarted aggregator)
-            try:
-                spec = ArraySpec.from_json(welcome.spec)
-            except Exception as exc:
-                raise ProtocolError(
-                    f"the aggregator's welcome holds no valid model layout: {type(exc).__name__}: {exc}"
-                ) from None
-            self.node = self.factory(welcome.session, spec)
+            node = self._nodes.get(welcome.session)
+            if node is None:
+                try:
+                    spec = ArraySpec.from_json(welcome.spec)
+                except Exception as exc:
+                    raise ProtocolError(
+                        f"the aggregator's welcome holds no valid model layout: {type(exc).__name__}: {exc}"
+                    ) from None
+                node = self._nodes[welcome.session] = self.factory(welcome.session, spec)
+            self.node = node
             self.session = welcome.session
             self._last = None
 
