@@ -342,3 +342,22 @@ def test_a_malformed_setup_record_is_a_wire_error(text):
 
     with pytest.raises(WireError):
         Setup.decode(text)
+
+
+def test_a_node_sent_another_session_and_back_keeps_its_party(task_identity):
+    """The mod keeps one party per (run, node, session): a server that sends a node another
+    session and then the first again reaches the party that already started its rounds, never a
+    fresh one that would run a finished round again (tests/test_secagg_restarts.py: the attack)."""
+    from securefl.codec import ArraySpec
+    from securefl.flower.records import Setup, request_content
+    from securefl.wire import REQUEST, Envelope
+
+    secure = SecureFL(privacy="secagg+", min_parties=3, weight_bound=WEIGHT_BOUND)
+    setup = Setup(ArraySpec.of({"w": np.zeros(2, dtype=np.float32)}), 3).encode()
+    first, detour = "ab" * 16, "cd" * 16
+    hosted = []
+    for session in (first, detour, first):
+        request = Envelope(REQUEST, session, 0, "advertise", "n1", {"layer": b""}).encode()
+        message = Message(request_content(request, setup), dst_node_id=1, message_type="train")
+        hosted.append(secure.client_mod._party(message, request, "n1"))
+    assert hosted[0] is hosted[2] and hosted[1] is not hosted[0]

@@ -71,8 +71,11 @@ class _Hosted:
     current: _Current = field(default_factory=_Current)
 
 
-# (run id, node id) -> the party this process hosts for that node. A run's session replaces it.
-_PARTIES: dict[tuple[int, int], _Hosted] = {}
+# (run id, node id, session) -> the party this process hosts for that node in that session. Kept per
+# session: a server that sent a node another session and then the first again would otherwise get a
+# fresh party that runs a finished round again (for SecAgg, a second signed survivor list: the
+# attack of tests/test_secagg_restarts.py, found through the network client's welcomes).
+_PARTIES: dict[tuple[int, int, str], _Hosted] = {}
 _LOCK = threading.Lock()
 
 
@@ -116,11 +119,11 @@ class ClientMod:
         return Message(reply_content(reply), reply_to=message)
 
     def _party(self, message: Message, data: bytes, me: str) -> _Hosted:
-        key = (message.metadata.run_id, message.metadata.dst_node_id)
         session = check_session(_peek_session(data))
+        key = (message.metadata.run_id, message.metadata.dst_node_id, session)
         with _LOCK:
             hosted = _PARTIES.get(key)
-            if hosted is not None and hosted.node.session == session:
+            if hosted is not None:
                 return hosted
             setup = setup_of(message)
             if setup is None:
