@@ -442,3 +442,30 @@ def test_keys_from_an_unsigned_channel_are_refused_by_the_requester():
     assert "granted by p00" in report.error and "p01: ProtocolError: signature of p00 does not verify" in (
         report.error
     )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bits=st.integers(64, 1100),
+    parties=st.lists(st.text("abcdefgh", min_size=1, max_size=4), min_size=1, max_size=6, unique=True),
+    count=st.integers(1, 12),
+    seed=st.integers(0, 2**32),
+)
+def test_the_summed_pads_equal_the_sum_of_each_partys_pads(bits, parties, count, seed):
+    """The decryptor's pad total (keystreams added as 32-bit limbs, one reduction per index) is
+    exactly Σ of each party's pads mod n, for any modulus size (pad widths not a multiple of 4
+    bytes included)."""
+    import random
+
+    from securefl.layers.base import RoundContext
+    from securefl.layers.paillier import PaillierScheme
+
+    n = random.Random(seed).getrandbits(bits) | (1 << (bits - 1)) | 1
+    material = KeyMaterial(paillier.PublicKey(n, 1), bytes(range(32)))
+    ctx = RoundContext("ab" * 16, 3, tuple(sorted(parties)), 10, True, 1)
+    expected = [0] * count
+    for party in parties:
+        expected = [
+            a + b for a, b in zip(expected, PaillierScheme.pads(material, ctx, party, count), strict=True)
+        ]
+    assert PaillierScheme.pad_total(material, ctx, tuple(parties), count) == [e % n for e in expected]

@@ -267,9 +267,7 @@ class ThresholdScheme(PaillierScheme):
         """Remove exactly the named contributors' pads, unpack, check the counter (as ``paillier``)."""
         base = self.base(material)
         n, count = base.public.n, len(plaintexts)
-        padding = [0] * count
-        for party in contributors:
-            padding = [a + b for a, b in zip(padding, self.pads(base, ctx, party, count), strict=True)]
+        padding = self.pad_total(base, ctx, contributors, count)
         plaintexts = [(m - r) % n for m, r in zip(plaintexts, padding, strict=True)]
         number = len(contributors)
         try:
