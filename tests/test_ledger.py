@@ -328,3 +328,44 @@ def test_ledger_and_certificate_directories_are_created_0700(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "certs" / "private").st_mode) == 0o700
     with pytest.raises(ConfigError, match=r"refusing to overwrite|exists"):
         write_federation(tmp_path / "certs", "fed", ["a"])
+
+
+@pytest.mark.parametrize("planted", ["unsigned", "signed by another key", "truncated ledger, unsigned"])
+def test_an_empty_head_planted_where_the_records_were_removed_is_refused_everywhere(tmp_path, planted):
+    """Found by an attacker: removing the ledger and planting an unsigned head that says "no
+    records yet" passed for a ledger just created: the next writer started again at zero (three
+    releases gone) and the audit called it valid. An empty head counts only if the ledger's own key
+    signed it; the writer, the pinned audit and the repair all refuse anything else."""
+    from securefl.privacy.ledger import GENESIS
+
+    path = tmp_path / "l.jsonl"
+    book = open_ledger(path)
+    for round_, epsilon in enumerate((0.5, 0.8, 1.1)):
+        book.append({**RELEASE, "round": round_, "epsilon": epsilon})
+    signer = book.signer
+    head = {"count": 0, "last": GENESIS, "signer": signer}
+    if planted.startswith("signed"):
+        other = Ed25519PrivateKey.generate()
+        head["signer"] = other.public_key().public_bytes_raw().hex()
+        head["sig"] = other.sign(canonical(head)).hex()
+    if planted.startswith("truncated"):
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+    head_path(path).write_bytes(canonical(head))
+    assert not verify(path, signer).valid
+    if planted == "unsigned":
+        assert not verify(path).valid
+    with pytest.raises(ConfigError, match="does not verify|not signed by the ledger's key"):
+        open_ledger(path)
+    with pytest.raises(ConfigError, match="head is missing or not signed by the ledger's key"):
+        repair(path)
+    assert main(["audit", str(path), "--public-key", signer]) == 1
+    assert not path.exists() or path.read_bytes() == b""  # nothing was written over the evidence
+
+
+def test_a_new_ledgers_own_empty_head_still_verifies(tmp_path):
+    path = tmp_path / "l.jsonl"
+    book = open_ledger(path)
+    assert not path.exists() and verify(path, book.signer).valid
+    assert open_ledger(path).count == 0

@@ -137,9 +137,32 @@ def verify(path: str | Path, public_key: str | None = None) -> Verification:
         raw = path.read_bytes()
     except FileNotFoundError:
         head = head_path(path)
-        empty_head = head.exists() and (_parse(head.read_bytes()) or {}).get("count") == 0
-        if empty_head:  # created, nothing recorded yet
-            return Verification(True, records, problems)
+        parsed = (_parse(head.read_bytes()) or {}) if head.exists() else {}
+        if head.exists() and parsed.get("count") == 0:
+            # Created, nothing recorded yet — if the head is the writer's: signed by the ledger's key
+            # (pinned, or the one it names) over count 0 and the genesis hash. An unsigned or foreign
+            # "empty" head planted where the ledger was removed would restart the budget at zero
+            # (found by an attacker: three releases disappeared and the audit said valid).
+            signer = public_key or parsed.get("signer")
+            if (
+                parsed.get("last") == GENESIS
+                and isinstance(signer, str)
+                and parsed.get("signer") == signer
+                and _signature_ok(parsed, signer)
+            ):
+                result.signer = signer
+                if public_key is None:
+                    problems.append(
+                        "note: signer not pinned: give the ledger's public key to rule out a re-signed ledger"
+                    )
+                result.valid = True
+                return result
+            problems.append(
+                f"ledger {path} is missing and its head {head.name} says no records were written, but the "
+                "head is not signed by the ledger's key: the records were removed and a head planted; "
+                "restore the ledger from a backup (its budget must not restart at zero)"
+            )
+            return result
         if head.exists():
             problems.append(
                 f"ledger {path} is missing but its head {head.name} exists: the records were removed; "
@@ -366,7 +389,7 @@ def open_ledger(path: str | Path) -> Ledger:
     A new ledger's signed empty head is written *before* its key: a key without ledger and head can
     then only mean both were removed, which is refused instead of restarting the budget at zero."""
     key, fresh = _read_or_generate_key(path)
-    ledger = Ledger(path, key)
+    ledger = Ledger(path, key, new_key=fresh)
     if fresh:
         _persist_key(path, key)
     return ledger
@@ -395,8 +418,9 @@ class Ledger:
     """Appends signed, chained records; verifies the existing file before the first append and
     completes an append that a crash cut short (:func:`verify`'s ``interrupted``)."""
 
-    def __init__(self, path: str | Path, signing_key: Ed25519PrivateKey) -> None:
+    def __init__(self, path: str | Path, signing_key: Ed25519PrivateKey, new_key: bool = False) -> None:
         self.path = Path(path)
+        self.new_key = new_key  # the key was just made: no key file existed (open_ledger)
         self.key = signing_key
         self.signer = signing_key.public_key().public_bytes_raw().hex()
         self.recovered: list[str] = []  # what opening completed, for the caller to report
@@ -415,6 +439,14 @@ class Ledger:
                 f"ledger {self.path} and its head are missing but its signing key exists: the records were "
                 "removed; restore them from a backup (starting again would reset the spent budget)"
             )
+        if self.new_key and not os.path.lexists(self.path) and head_path(self.path).exists():
+            # No key file and a head without records: what a crash leaves between a new ledger's
+            # empty head and its key (open_ledger writes them in that order). That head is signed by
+            # the key that was never saved; if it verifies under the key it names, it is re-signed
+            # with this one. (An unsigned head never comes from a writer: it is refused below.)
+            leftover = verify(self.path)
+            if leftover.valid and not leftover.records:
+                self._write_head(0, GENESIS)
         state = Verification(True) if missing else verify(self.path, self.signer)
         real_problems = [p for p in state.problems if not p.startswith("note:")]
         if real_problems:
@@ -567,7 +599,16 @@ def repair(path: str | Path) -> Repair:
         record["carried"] = carried
         readable.append(record)
     head = _parse(head_path(path).read_bytes()) if head_path(path).exists() else None
-    claimed = head.get("count") if head and _signature_ok(head, signer) else None
+    if not head or head.get("signer") != signer or not _signature_ok(head, signer):
+        # The signed head is what bounds the records removed from the end (a writer makes it before
+        # the first record and replaces it whole): without it, carrying what remains could restart
+        # the budget low — an unsigned "empty" head planted where the ledger was removed made a
+        # repair start again at zero.
+        raise ConfigError(
+            f"ledger {path}: its head is missing or not signed by the ledger's key, so how many records "
+            "were removed from its end cannot be known; restore the ledger and its head from a backup"
+        )
+    claimed = head.get("count")
     missing = len(report.unreadable)
     if isinstance(claimed, int) and claimed > len(readable):
         missing = max(missing, claimed - len(readable))
