@@ -344,20 +344,42 @@ def test_a_malformed_setup_record_is_a_wire_error(text):
         Setup.decode(text)
 
 
-def test_a_node_sent_another_session_and_back_keeps_its_party(task_identity):
-    """The mod keeps one party per (run, node, session): a server that sends a node another
-    session and then the first again reaches the party that already started its rounds, never a
-    fresh one that would run a finished round again (tests/test_secagg_restarts.py: the attack)."""
+def test_a_node_sent_another_session_or_run_and_back_keeps_its_party(task_identity, tmp_path, monkeypatch):
+    """The mod keeps one party per (node, session) for the process's life: a server that sends a
+    node another session and then the first again, or the same session in another Flower run,
+    reaches the party that already started its rounds, never a fresh one that would run a finished
+    round again (tests/test_secagg_restarts.py: the attack). With ``round_log``, a restarted
+    ClientApp process refuses such a round too."""
+    from flwr.supercore.task_identity import TaskIdentity
+
     from securefl.codec import ArraySpec
+    from securefl.flower import client as flower_client
     from securefl.flower.records import Setup, request_content
+    from securefl.roundinfo import RoundInfo
     from securefl.wire import REQUEST, Envelope
 
-    secure = SecureFL(privacy="secagg+", min_parties=3, weight_bound=WEIGHT_BOUND)
+    secure = SecureFL(
+        privacy="secagg+", min_parties=3, weight_bound=WEIGHT_BOUND, round_log=tmp_path / "rounds"
+    )
     setup = Setup(ArraySpec.of({"w": np.zeros(2, dtype=np.float32)}), 3).encode()
     first, detour = "ab" * 16, "cd" * 16
-    hosted = []
-    for session in (first, detour, first):
+
+    def message(session, run_id=1):
+        monkeypatch.setattr(TaskIdentity, "_run_id", run_id)
         request = Envelope(REQUEST, session, 0, "advertise", "n1", {"layer": b""}).encode()
-        message = Message(request_content(request, setup), dst_node_id=1, message_type="train")
-        hosted.append(secure.client_mod._party(message, request, "n1"))
+        return Message(request_content(request, setup), dst_node_id=1, message_type="train"), request
+
+    hosted = [
+        secure.client_mod._party(*message(s, run), "n1") for s, run in ((first, 1), (detour, 1), (first, 2))
+    ]
     assert hosted[0] is hosted[2] and hosted[1] is not hosted[0]
+    info = RoundInfo(0, ("n1", "n2", "n3"), 3, {})
+    start = Envelope(
+        REQUEST, first, 0, "advertise", "n1", {"model": b"", "round": info.encode(), "layer": b""}
+    )
+    hosted[0].node.round_log.claim(first, 0)  # round 0 of the first session was started
+    monkeypatch.setattr(flower_client, "_PARTIES", {})  # the ClientApp process restarts
+    monkeypatch.setattr(flower_client, "_ROUND_LOGS", {})
+    fresh = secure.client_mod._party(*message(first), "n1")
+    reply = Envelope.decode(fresh.node.handle(start.encode()))
+    assert reply.kind == "withdraw" and b"already took part in round 1" in reply.parts["reason"]

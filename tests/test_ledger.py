@@ -356,7 +356,7 @@ def test_an_empty_head_planted_where_the_records_were_removed_is_refused_everywh
     assert not verify(path, signer).valid
     if planted == "unsigned":
         assert not verify(path).valid
-    with pytest.raises(ConfigError, match="does not verify|not signed by the ledger's key"):
+    with pytest.raises(ConfigError, match=r"does not verify|not signed by the ledger's key"):
         open_ledger(path)
     with pytest.raises(ConfigError, match="head is missing or not signed by the ledger's key"):
         repair(path)

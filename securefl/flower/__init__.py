@@ -49,6 +49,10 @@ class SecureFL:
     # Each node names its party ``party_name(context)`` (e.g. from its node config) instead of using
     # its Flower node id: stable names, as active mode's registered identities need.
     party_name: Callable[[Any], str] | None = None
+    # A directory where each party records the rounds it starts (``<party>.rounds``, as a network
+    # party does beside its key): a restarted ClientApp process then refuses a round it took part in.
+    # Without it that holds only while the process lives (active SecAgg's one list per round).
+    round_log: str | os.PathLike | None = None
     _mod: ClientMod | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

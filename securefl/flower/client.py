@@ -24,12 +24,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from securefl.codec import HonestBounds, VectorLayout
+from securefl.crypto.keyfiles import private_directory
 from securefl.errors import UpdateError, WireError
 from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
 from securefl.flower.identities import resolve
@@ -46,6 +48,7 @@ from securefl.flower.records import (
     setup_of,
 )
 from securefl.fusion import build_strategy
+from securefl.network.round_log import RoundLog
 from securefl.party import Client, PartyNode, TrainResult
 from securefl.roundinfo import RoundInfo
 from securefl.selection import build_selection
@@ -71,11 +74,13 @@ class _Hosted:
     current: _Current = field(default_factory=_Current)
 
 
-# (run id, node id, session) -> the party this process hosts for that node in that session. Kept per
-# session: a server that sent a node another session and then the first again would otherwise get a
-# fresh party that runs a finished round again (for SecAgg, a second signed survivor list: the
-# attack of tests/test_secagg_restarts.py, found through the network client's welcomes).
-_PARTIES: dict[tuple[int, int, str], _Hosted] = {}
+# (node id, session) -> the party this process hosts for that node in that session, for as long as
+# the process lives. Not keyed by run: a server that sent a node another session, or the same session
+# in another Flower run, would otherwise get a fresh party that runs a finished round again (for
+# SecAgg, a second signed survivor list: the attack of tests/test_secagg_restarts.py, found through
+# the network client's welcomes, then through Flower runs). Across process restarts: round_log.
+_PARTIES: dict[tuple[int, str], _Hosted] = {}
+_ROUND_LOGS: dict[str, RoundLog] = {}  # path -> the one log of that party in this process
 _LOCK = threading.Lock()
 
 
@@ -120,7 +125,7 @@ class ClientMod:
 
     def _party(self, message: Message, data: bytes, me: str) -> _Hosted:
         session = check_session(_peek_session(data))
-        key = (message.metadata.run_id, message.metadata.dst_node_id, session)
+        key = (message.metadata.dst_node_id, session)
         with _LOCK:
             hosted = _PARTIES.get(key)
             if hosted is not None:
@@ -170,8 +175,20 @@ class ClientMod:
             strategy=party_strategy(stack, build_strategy(s.strategy)),
             min_parties=s.min_parties,
             honest=HonestBounds.of(s.weighting, weight_bound, s.metric_bounds),
+            round_log=_round_log(s.round_log, me),
         )
         return _Hosted(node, current)
+
+
+def _round_log(directory: Any, party: str) -> RoundLog | None:
+    """This party's round log in ``directory`` (one per path in this process), or None."""
+    if directory is None:
+        return None
+    path = str(Path(directory) / f"{party}.rounds")
+    if path not in _ROUND_LOGS:
+        private_directory(directory)
+        _ROUND_LOGS[path] = RoundLog(path)
+    return _ROUND_LOGS[path]
 
 
 def _train_through_app(
