@@ -530,7 +530,8 @@ def test_with_no_spare_share_a_wrong_share_fails_the_round_never_the_sum():
     fed, *_ = integer_federation(SecAgg(), 3, faults)
     report = fed.run_round()
     assert not report.ok
-    assert "inconsistent beyond correction" in report.error and "p01" in report.error, report.error
+    assert "or its holders revealed altered ones" in report.error and "p01" in report.error, report.error
+    assert not report.dropouts  # exactly t shares: nobody can be named
     np.testing.assert_array_equal(fed.global_vector, np.zeros(DIM))
 
 
@@ -789,9 +790,10 @@ def _layer(kind: str, active: bool, n: int):
 def test_a_dealer_sharing_another_secret_than_it_committed_to_is_named(kind, active, secret, dealer, fake):
     """Found by an attacker: a party that deals its neighbours consistent shares of another secret
     than the one it committed to (its self-mask seed, or its mask key, then dropping so that the key
-    is rebuilt) made the round fail with honest holders listed and nobody named. No holder can
-    forge a codeword, so consistent shares of a wrong secret are the dealer's doing: it is named
-    (in active mode its signatures on the shares prove it), the round fails, nothing is revealed."""
+    is rebuilt) made the round fail with honest holders listed as "inconsistent" and nobody named.
+    In active mode its signatures on the shares prove it dealt them: it is named. In passive mode
+    (here 6 holders, t = 4) three holders altering theirs together could produce the same picture,
+    so the error says exactly that and names nobody. Either way the round fails, nothing revealed."""
     n = 7
     name = f"p{dealer:02d}"
     faults = Faults().add("offline", name, phase="masked") if secret == "key" else None
@@ -811,10 +813,15 @@ def test_a_dealer_sharing_another_secret_than_it_committed_to_is_named(kind, act
     node._share = share_another_secret
     report = fed.run_round()
     assert not report.ok
+    assert f"{name} dealt shares of another secret" in report.error
+    if not active:
+        # Passive mode signs nothing: with 6 holders and t = 4, three colluding holders could have
+        # altered their shares into another codeword, so nobody is named (the error names both).
+        assert set(report.dropouts) <= {name} and "or its holders revealed altered ones" in report.error
+        return
     assert set(report.dropouts) == {name}, report.dropouts  # no honest holder named
     if secret == "seed":  # (a dropped dealer is listed first for its dropout)
         assert "committed to" in report.dropouts[name], report.dropouts
-    assert f"{name} dealt shares of another secret" in report.error
 
 
 @pytest.mark.parametrize("which", ["channel", "mask"])
@@ -855,3 +862,25 @@ def test_a_non_canonical_key_encoding_is_dropped_on_arrival_and_the_round_surviv
     survivors = [p for p in fed.nodes if p != "p02"]
     np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, survivors))
     assert not channel.usable_public((2**255 - 19).to_bytes(32, "little"))  # p itself: u = 0
+
+
+def test_passive_mode_names_a_dealer_of_another_secret_only_when_holders_could_not_have_done_it():
+    """With k = 3 holders and t = 2 (n = 4), altering the shares into another codeword would take t
+    holders (as many as could rebuild any secret): consistent shares of a wrong secret are the
+    dealer's."""
+    n, dealer = 4, "p02"
+    fed, *_ = integer_federation(SecAgg(), n)
+    node = fed.nodes[dealer].secure_sum
+    honest_share = node._share
+
+    def share_another_seed(request):
+        real, node.self_seed = node.self_seed, bytes(32)
+        try:
+            return honest_share(request)
+        finally:
+            node.self_seed = real
+
+    node._share = share_another_seed
+    report = fed.run_round()
+    assert not report.ok and set(report.dropouts) == {dealer}
+    assert "rebuild another secret than the one it committed to" in report.dropouts[dealer]

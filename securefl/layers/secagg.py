@@ -906,6 +906,14 @@ class _Aggregator(SumAggregator):
                 self._blame(by_x[x], f"revealed a share of {what} that does not fit the others")
         if outcome.secret is None:
             holders = ", ".join(by_x[x] for x in sorted(shares))
+            if outcome.consistent:
+                how = "there are exactly t of them" if len(shares) == self.t else "they agree with each other"
+                raise RoundFailed(
+                    f"{self.layer.name}: the {len(shares)} shares of {what} (from {holders}) rebuild a "
+                    f"secret other than the one {owner} committed to, and {how}: {owner} dealt shares of "
+                    "another secret, or its holders revealed altered ones (without signatures, and with so "
+                    "few shares, the two cannot be told apart); round aborted, nothing is revealed"
+                )
             raise RoundFailed(
                 f"{self.layer.name}: the {len(shares)} shares of {what} (from {holders}) are inconsistent "
                 f"beyond correction (at most {(len(shares) - self.t) // 2} wrong shares can be corrected); "
@@ -917,9 +925,13 @@ class _Aggregator(SumAggregator):
         self, owner: str, kind: str, shares: dict[int, bytes], outcome: shamir.Reconstruction, what: str
     ) -> None:
         """The well-formed shares all lie on one polynomial, but its secret is not the one ``owner``
-        committed to: the owner dealt shares of another secret (no set of fewer than all holders
-        can forge a codeword). In active mode each share carries the dealer's signature, which
-        proves it; a share without one was altered by its holder, who is named instead. Raises."""
+        committed to. Either the owner dealt shares of another secret, or m − t + 1 of the m holders
+        altered theirs together (fewer cannot move a codeword: the others pin the polynomial). In
+        active mode each share carries the dealer's signature: if all do, the owner is named (and
+        this raises); a share without one was altered by its holder, who is named. In passive mode
+        the owner is named only when altering would take t holders (m ≥ 2t − 1) — as many as
+        could rebuild any secret anyway; otherwise nobody can be (exactly t shares pin nothing),
+        and the round fails saying so."""
         well_formed = [x for x in shares if x not in outcome.wrong]
         by_x = self.by_x
         if self.identities:
@@ -928,6 +940,8 @@ class _Aggregator(SumAggregator):
                 self._blame(by_x[x], f"revealed a share of {what} that {owner} did not deal")
             if unsigned:
                 return  # the rest is decided as for any wrong shares (below)
+        elif len(well_formed) < 2 * self.t - 1:
+            return
         self._blame(owner, f"dealt shares of {what} that rebuild another secret than the one it committed to")
         raise RoundFailed(
             f"{self.layer.name}: the {len(well_formed)} shares of {what} agree, but on a secret other than "
