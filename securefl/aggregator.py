@@ -33,7 +33,7 @@ from securefl.errors import BudgetExhausted, ProtocolError, RoundFailed, SecureF
 from securefl.fusion import Strategy
 from securefl.layers.base import ImpossibleSum, PrivacyStack, RoundContext, SealedModel
 from securefl.logtext import printable
-from securefl.party import INITIAL_MODEL, REFUSED_SUM, withdraw_reason
+from securefl.party import REFUSED_SUM, withdraw_reason
 from securefl.roundinfo import RoundInfo
 from securefl.selection import Selection
 from securefl.transcript import Transcript
@@ -144,9 +144,6 @@ class Aggregator:
         self._phase = ""  # where the current round is, for the error of a round that fails
         self._culprits: set[str] = set()
         self._seen: set[str] = set()  # parties whose replies this round the aggregator has read
-        # Parties summed in a stored result: they have trained, so hold a model of their own. The
-        # others are sent the initial model beside a sealed one (party.INITIAL_MODEL).
-        self._contributed: set[str] = set()
 
     def run_round(self, round: int) -> RoundReport:
         """Run one round and report it. Never raises because of what a party sent: a bad message
@@ -243,8 +240,6 @@ class Aggregator:
             pieces = {}
             for party in sorted(live):
                 parts = {"layer": self.secure_sum.request(phase, party), **extra}
-                if party in self._contributed:
-                    parts.pop(INITIAL_MODEL, None)  # it has a model of its own
                 envelope = Envelope(REQUEST, self.session, round, phase, party, parts)
                 pieces[party] = envelope.encode_segments(shared)
                 if self.transcript is not None:
@@ -363,14 +358,10 @@ class Aggregator:
             )
 
     def _model_parts(self, info: RoundInfo) -> dict[str, bytes]:
-        """The first request of a round carries the global model: in the clear, or sealed. Beside a
-        sealed model, parties that have not contributed yet also get the initial model (the
-        aggregator's weights never move once models are sealed), which they train from if the
-        sealed record turns out to carry none."""
-        model = pack_array(self.weights.astype(self.spec.wire_dtype))
+        """The first request of a round carries the global model: in the clear, or sealed."""
         if self.sealed is not None:
-            return {"sealed_model": self.sealed.data, "round": info.encode(), INITIAL_MODEL: model}
-        return {"model": model, "round": info.encode()}
+            return {"sealed_model": self.sealed.data, "round": info.encode()}
+        return {"model": pack_array(self.weights.astype(self.spec.wire_dtype)), "round": info.encode()}
 
     def _fuse(self, round: int, report: RoundReport, selected: int) -> FusedSum | None:
         """Store the round's result: the sealed model, or the revealed sum decoded, checked against
@@ -378,7 +369,6 @@ class Aggregator:
         outcome = self.secure_sum.result()
         summed = sorted(self.secure_sum.contributors())
         contributors = len(summed)
-        self._contributed.update(summed)
         # Noise added on the parties (or a sealed result) has been released once the aggregator
         # holds the result, refused below or not: record it now. Central noise is released only
         # when the result is stored, so a sum refused below releases nothing and spends nothing.

@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 _KEPT_LOCAL = "details stay in its log: they may describe its data"
 # A withdraw part: this party refuses the sum it was shown (no honest parties can have made it).
 REFUSED_SUM = "refused_sum"
-# A first-request part beside a sealed model: the federation's initial model, for a party that has
-# not contributed yet (see PartyNode._hold_initial_model).
-INITIAL_MODEL = "initial_model"
 
 
 @dataclass
@@ -240,7 +237,6 @@ class PartyNode:
         # Only the model part is kept until the update is needed, not the whole request; a clear
         # model is the one copy this process holds for every party it hosts (SHARED_MODELS).
         if "sealed_model" in request.parts:
-            self._hold_initial_model(request.parts.get(INITIAL_MODEL))
             sealed = request.parts["sealed_model"]
             source = lambda: self.open_global(sealed)  # noqa: E731
         else:
@@ -283,25 +279,6 @@ class PartyNode:
                 "a model in the clear other than the initial one this party was sent; refused (only "
                 "sealed models follow the initial one)"
             )
-
-    def _hold_initial_model(self, initial: bytes | None) -> None:
-        """A party with no model of its own yet is given the federation's initial model with its
-        first sealed one, and keeps it before opening the sealed record: if that record is a refusal
-        marker (no model), the party trains from the initial model, exactly as it trains from a
-        model. Without it, it could only withdraw on a marker — which would tell the aggregator what
-        the sealed record held, an oracle on the key holders' refusals (found by an attacker: a
-        binary search through newcomers recovered one party's update). Refused without it, whatever
-        the sealed record holds."""
-        if not self.secure_sum.needs_initial_model():
-            return
-        if initial is None:
-            raise ProtocolError(
-                "this party has trained on no model yet and was sent a sealed model without the "
-                "federation's initial model; refused before opening it (an aggregator sends both to a "
-                "party that has not contributed yet)"
-            )
-        self._check_clear_model(initial)
-        self.secure_sum.hold_initial_model(_clear_model(initial, self.spec))
 
     def open_global(self, sealed: bytes) -> np.ndarray:
         """The global vector inside a sealed model (layers that fuse on the parties)."""
@@ -465,7 +442,6 @@ def withdraw_reason(envelope: Envelope) -> str:
 
 
 __all__ = [
-    "INITIAL_MODEL",
     "REFUSED_SUM",
     "Client",
     "EvalResult",

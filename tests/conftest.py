@@ -71,3 +71,16 @@ def reachable(root, max_depth: int = 6) -> list:
 
     walk(root, 0)
     return found
+
+
+def assert_moved_by_one_ulp(model, before):
+    """A refusal marker's model: the previous one with exactly one coordinate moved to the adjacent
+    float64 (shared_key._refusal_model: the same kind of move a model makes, by the least amount)."""
+    model, before = np.asarray(model, dtype=np.float64), np.asarray(before, dtype=np.float64)
+    differ = np.flatnonzero(model != before)
+    assert len(differ) == 1, differ
+    i = differ[0]
+    assert model[i] in (np.nextafter(before[i], np.inf), np.nextafter(before[i], -np.inf)), (
+        model[i],
+        before[i],
+    )

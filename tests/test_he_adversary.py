@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tenseal as ts
-from conftest import fixed_delta_client
+from conftest import assert_moved_by_one_ulp, fixed_delta_client
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from test_ckks import federation, mean
@@ -34,7 +34,6 @@ from securefl.layers import Identities, Paillier
 from securefl.layers import shared_key as sk
 from securefl.layers.ckks import CkksKeys
 from securefl.layers.paillier import KeyMaterial
-from securefl.party import INITIAL_MODEL
 from securefl.selection import Selection
 from securefl.wire import REQUEST, Envelope, decode_record, encode_record
 
@@ -662,13 +661,13 @@ def test_a_decryptor_sealing_a_corrupt_model_is_outvoted_and_named():
 def assert_refused_in_a_marker(fed, report, sealed_before, model_before, reason="cannot come from"):
     """The decrypting holders refused the sum: to the aggregator the round looks like any other (a
     sealed record, nobody dropped, no reason), the key holders said why locally, and the record is
-    a refusal marker that keeps the model where it was."""
+    a refusal marker that keeps the model where it was, but for one ulp of one coordinate."""
     assert report.ok and not report.dropouts, report
     assert fed.aggregator.sealed is not sealed_before
     agg = fed.aggregator.secure_sum
     for role in (agg.decryptor, agg.verifier):
         assert any(reason in why for _r, why in me(fed, role).refusals), me(fed, role).refusals
-    np.testing.assert_array_equal(model(fed), model_before)
+    assert_moved_by_one_ulp(model(fed), model_before)
 
 
 class ForgingAggregator:
@@ -1213,7 +1212,7 @@ def test_f1_a_party_opening_a_marker_keeps_its_model_and_encrypts_again():
     assert fed.run_round().ok
     before = model(fed)
     assert fed.run_round().ok  # a marker: nobody is told, the key holders refused it locally
-    np.testing.assert_array_equal(model(fed), before)
+    assert_moved_by_one_ulp(model(fed), before)
     for _ in range(sk.STALE_LIMIT + 1):  # markers and models both count as arrivals: no sit-out
         report = fed.run_round()
         assert report.ok and sorted(report.survivors) == sorted(fed.nodes), report
@@ -1461,41 +1460,6 @@ def test_n2_a_party_without_the_keys_is_never_counted_as_a_holder(how):
         assert captured["fingerprint"] == agg.fingerprint
 
 
-# --- N3: rollback through a refusal marker ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("scheme", ["paillier", "ckks"])
-def test_n3_a_refusal_marker_carries_no_model_and_the_opener_keeps_its_own(scheme):
-    if scheme == "paillier":
-        fed, *_ = paillier_fed(min_parties=3)
-    else:
-        fed, *_ = ckks_fed(n=4, min_parties=3)
-    assert fed.run_round().ok and fed.run_round().ok
-    sealer, victim = me(fed, "p03"), me(fed, "p01")
-    assert fed.run_round().ok  # everyone trained on the round-1 model M1 in round 2
-    m1 = victim._current.copy()
-    assert not np.allclose(m1, 0)
-    # The old attack: a sealer held back on M0 seals a marker labelled later than the victim's model;
-    # it carried the sealer's base (M0). Now a marker carries no model: one with a model is refused.
-    names = sorted(fed.nodes)
-    digest = "00" * 32
-    round_ = victim.latest_model_round + 1
-    size = victim.ctx.vector_size
-    key = sealer.scheme.model_key(sealer.material)
-    aad = sk._model_aad(sealer.scheme.name, victim.ctx.session, round_, names, digest)
-
-    def record(model):
-        sealed = sk._seal_model(key, sk._record_plaintext(sk._REFUSED, model, size), aad)
-        header = {"round": round_, "session": victim.ctx.session, "contributors": names, "sum": digest}
-        return encode_record(b"SKMD", header, {"sealed": sealed})
-
-    with pytest.raises(WireError, match="carries no model"):
-        victim.open_model(record(np.zeros(fed.spec.size)))
-    np.testing.assert_array_equal(victim.open_model(record(None)), m1)  # its own current model
-    # An honest decrypting role seals markers without a model.
-    assert struct.unpack(">B3xI", sk._record_plaintext(sk._REFUSED, None, size)[:8]) == (sk._REFUSED, 0)
-
-
 # --- N4: STALE_LIMIT must not stall the federation for ever -------------------------------------------
 
 
@@ -1514,7 +1478,16 @@ def test_n4_three_failed_decrypts_do_not_stall_the_federation_for_ever(mode):
     assert reports[-1].ok and reports[-2].ok, [r.error for r in reports]
 
 
-# --- a party that never trained, served a refusal marker (fourth HE attacker) -----------------------
+# --- markers must move parties as models do (fourth and fifth HE attackers) ---------------------------
+#
+# Whatever the aggregator can compare after a record is opened — which sealed records are byte-equal,
+# which parties later fuse equal models, who withdraws — must come out the same for a refusal marker
+# as for a model. Found twice: a party that had never trained withdrew on a marker (it had no model
+# to keep); and, with that closed, a marker that left each party on its own model let the aggregator
+# tell markers by comparing the records of two decryptors it had put on different bases ("bases
+# oracle", an update coordinate recovered to 0.29 of a quantisation step). Now every record names the
+# base it was fused on, a marker carries the sealer's base moved by one ulp, and every opener adopts
+# the record's model (refusing one fused on a model it has moved past).
 
 
 class _Schedule(Selection):
@@ -1553,11 +1526,10 @@ def _oversized_ckks(fed):
 
 
 @pytest.mark.parametrize("scheme", ["paillier", "ckks"])
-def test_a_newcomer_served_a_refusal_marker_trains_from_the_initial_model_and_contributes(scheme):
-    """A party joining after a refused round opens the refusal marker: it has no model of its own,
-    so it trains from the initial model the aggregator sent beside the sealed one — exactly as it
-    would from a model — and the round sums it (it used to withdraw: a visible answer to "was that
-    record a marker?")."""
+def test_a_newcomer_served_a_refusal_marker_trains_from_the_model_it_carries_and_contributes(scheme):
+    """A party joining after a refused round opens the refusal marker like everyone else: it adopts
+    the model the marker carries (the previous one, one ulp on), trains, and is summed — where it
+    used to withdraw, a visible answer to "was that record a marker?"."""
     members, newcomer = {"p00", "p01", "p02"}, "p03"
     schedule = _Schedule([members, members | {newcomer}])
     holder: dict = {}
@@ -1574,8 +1546,8 @@ def test_a_newcomer_served_a_refusal_marker_trains_from_the_initial_model_and_co
     assert report.ok and not report.dropouts, report
     assert newcomer in report.survivors
     assert any("refusal marker" in why for _r, why in me(fed, newcomer).refusals)
-    # Every party trained from zeros (the members kept theirs, the newcomer took the initial one):
-    # the next model is the exact / within-precision step of all four updates.
+    # Every party trained from the marker's model (zeros, one ulp on): the next model is the exact /
+    # within-precision step of all four updates.
     everyone = sorted(members | {newcomer})
     if scheme == "paillier":
         np.testing.assert_allclose(model(fed), exact_mean(deltas, weights, everyone), atol=1e-9)
@@ -1583,88 +1555,137 @@ def test_a_newcomer_served_a_refusal_marker_trains_from_the_initial_model_and_co
         np.testing.assert_allclose(model(fed), mean(deltas, weights, everyone), atol=CKKS_ATOL)
 
 
-@pytest.fixture(scope="module")
-def newcomer_oracle(tmp_path_factory):
-    """A malicious aggregator's material: a Paillier federation whose parties all hold the key file
-    (no key phases), four members that encrypted in round 1, and two sealed records labelled round
-    1 — a refusal marker (a crafted sum p03 refuses) and a model (the honest sum p00 fuses)."""
-    from securefl.roundinfo import RoundInfo
-    from securefl.wire import pack_array
+class RawAggregator:
+    """A malicious aggregator driving real PartyNodes of a Paillier federation whose parties all hold
+    the key file (no key phases) with requests it writes itself."""
 
-    path = tmp_path_factory.mktemp("newcomers") / "paillier.keys.json"
-    KeyMaterial.generate(BITS).save(path)
-    members = ["p00", "p01", "p02", "p03"]
-    newcomers = [f"x{i:02d}" for i in range(48)]
-    rng = np.random.default_rng(5)
-    fed = securefl.Federation(
-        {"w": np.zeros(4)},
-        {p: fixed_delta_client(rng.integers(-200, 200, 4).astype(float), 1) for p in members + newcomers},
-        [
-            securefl.Quantize(bits=16, update_bound=32767.0),
-            Paillier(key_bits=BITS, key_file=str(path), workers=1),
-        ],
-        weight_bound=32767.0,
-    )
-    initial = pack_array(np.zeros(fed.spec.size, dtype=fed.spec.wire_dtype))
+    def __init__(self, path, members: list[str], spare: int) -> None:
+        from securefl.roundinfo import RoundInfo
+        from securefl.wire import pack_array
 
-    def send(party, round, phase, parts):
-        node = fed.nodes[party]
-        envelope = Envelope(REQUEST, fed.aggregator.session, round, phase, party, parts)
+        self.RoundInfo = RoundInfo
+        KeyMaterial.generate(BITS).save(path)
+        self.members = members
+        self.spare = iter(f"x{i:02d}" for i in range(spare))
+        rng = np.random.default_rng(5)
+        everyone = members + [f"x{i:02d}" for i in range(spare)]
+        self.fed = securefl.Federation(
+            {"w": np.zeros(4)},
+            {p: fixed_delta_client(rng.integers(-200, 200, 4).astype(float), 1) for p in everyone},
+            [
+                securefl.Quantize(bits=16, update_bound=32767.0),
+                Paillier(key_bits=BITS, key_file=str(path), workers=1),
+            ],
+            weight_bound=32767.0,
+        )
+        self.clear = pack_array(np.zeros(self.fed.spec.size, dtype=self.fed.spec.wire_dtype))
+        self.public = self.fed.aggregator.secure_sum.public
+        self.width = self.public.ciphertext_bytes
+
+    def send(self, party, round_, phase, parts):
+        node = self.fed.nodes[party]
+        envelope = Envelope(REQUEST, self.fed.aggregator.session, round_, phase, party, parts)
         return Envelope.decode(node.handle(envelope.encode()))
 
-    def start(party, round, roster, extra):
-        info = RoundInfo(round, tuple(sorted(roster)), 1, {})
-        return send(party, round, sk.ENCRYPT, {"layer": b"", "round": info.encode(), **extra})
+    def encrypt(self, party, round_, roster, first: dict) -> list[int]:
+        info = self.RoundInfo(round_, tuple(sorted(roster)), 1, {})
+        reply = self.send(party, round_, sk.ENCRYPT, {"layer": b"", "round": info.encode(), **first})
+        assert reply.kind == "reply", reply.parts.get("reason")
+        return paillier_values(reply.parts["layer"])[0]
 
-    public = fed.aggregator.secure_sum.public
-    product = None
-    for party in members:
-        values, width = paillier_values(start(party, 0, members, {"model": initial}).parts["layer"])
-        product = values if product is None else [a * b % public.nsquare for a, b in zip(product, values)]
+    def product(self, lists):
+        out = [1] * len(lists[0])
+        for values in lists:
+            out = [a * b % self.public.nsquare for a, b in zip(out, values, strict=True)]
+        return out
 
-    def decrypt(party, values):
-        blob = b"".join(int(v).to_bytes(width, "big") for v in values)
-        request = encode_record(b"SKDq", {"contributors": members}, {"sum": blob})
-        layer = send(party, 0, sk.DECRYPT, {"layer": request}).parts["layer"]
+    def crafted(self, values):
+        """An honest product times Enc(n // 3) in its first slot: refused by every honest holder."""
+        return [values[0] * (1 + self.public.n * (self.public.n // 3)) % self.public.nsquare, *values[1:]]
+
+    def decrypt(self, party, round_, contributors, values) -> bytes:
+        blob = b"".join(int(v).to_bytes(self.width, "big") for v in values)
+        request = encode_record(b"SKDq", {"contributors": sorted(contributors)}, {"sum": blob})
+        reply = self.send(party, round_, sk.DECRYPT, {"layer": request})
+        assert reply.kind == "reply", reply.parts.get("reason")
+        layer = reply.parts["layer"]
         return decode_record(layer, b"SKDr", {"sealed": bool, "refused": str}, ("model",))[1]["model"]
 
-    crafted = [product[0] * (1 + public.n * (public.n // 3)) % public.nsquare, *product[1:]]
-    records = {"marker": decrypt("p03", crafted), "model": decrypt("p00", product)}
-    return {"fed": fed, "records": records, "initial": initial, "start": start, "fresh": iter(newcomers)}
+
+@pytest.mark.parametrize("kind", ["marker", "model"])
+def test_the_bases_oracle_records_and_later_models_look_the_same_for_a_marker_and_a_model(tmp_path, kind):
+    """The fifth attacker's oracle, attempted for both kinds of record. The aggregator puts p00, p01
+    on the round-1 model and p02, p03 on the initial one, then has p00 and p02 (different bases) seal
+    the same sum: their records must differ whether it is a marker or a model (a marker left the
+    base alone, so two markers were byte-equal). Then it serves p00's record to p01 (on M1) and p03
+    (on M0) and has them seal one honest sum: they now share a base whatever the record was (a
+    marker left p03 on its own model, apart from p01, where a model joined them)."""
+    members = ["p00", "p01", "p02", "p03"]
+    raw = RawAggregator(tmp_path / "k.json", members, spare=0)
+    r0 = {p: raw.encrypt(p, 0, members, {"model": raw.clear}) for p in members}
+    m1 = raw.decrypt("p00", 0, members, raw.product(list(r0.values())))  # a model: round-1 base
+    # Round 1: p00, p01 on M1; p02, p03 kept on the initial model (the clear one, served again).
+    first = {p: ({"sealed_model": m1} if p in ("p00", "p01") else {"model": raw.clear}) for p in members}
+    r1 = {p: raw.encrypt(p, 1, members, first[p]) for p in members}
+    honest = raw.product(list(r1.values()))
+    query = raw.crafted(honest) if kind == "marker" else honest
+    on_m1, on_m0 = raw.decrypt("p00", 1, members, query), raw.decrypt("p02", 1, members, query)
+    assert len(on_m1) == len(on_m0)
+    assert on_m1 != on_m0  # different bases: different records, a marker as much as a model
+    assert bool(me(raw.fed, "p00").refusals) == (kind == "marker")
+    # Round 2: p01 (on M1) and p03 (on M0) open p00's record (p02 holds its own for that label), then
+    # seal one honest sum.
+    first = {p: {"sealed_model": on_m0 if p == "p02" else on_m1} for p in members}
+    r2 = {p: raw.encrypt(p, 2, members, first[p]) for p in members}
+    later = raw.product(list(r2.values()))
+    assert raw.decrypt("p01", 2, members, later) == raw.decrypt("p03", 2, members, later)
+
+
+def test_n3_a_record_fused_on_a_model_the_opener_moved_past_is_refused_marker_or_model(tmp_path):
+    """N3, both kinds: a sealer held back on the initial model seals a record (a marker for a crafted
+    sum, a model for an honest one); a party already on the round-1 model refuses either, with the
+    same words — the decision depends on the base the record names, never on what it holds."""
+    members = ["p00", "p01", "p02", "p03"]
+    raw = RawAggregator(tmp_path / "k.json", members, spare=0)
+    r0 = {p: raw.encrypt(p, 0, members, {"model": raw.clear}) for p in members}
+    m1 = raw.decrypt("p00", 0, members, raw.product(list(r0.values())))
+    first = {p: ({"sealed_model": m1} if p in ("p00", "p01") else {"model": raw.clear}) for p in members}
+    r1 = {p: raw.encrypt(p, 1, members, first[p]) for p in members}
+    honest = raw.product(list(r1.values()))
+    # Two sealers held back on the initial model: p03 refuses a crafted sum, p02 fuses the honest one.
+    stale = {"marker": raw.decrypt("p03", 1, members, raw.crafted(honest))}
+    stale["model"] = raw.decrypt("p02", 1, members, honest)
+    reasons = set()
+    for kind, record in stale.items():
+        victim = {"marker": "p00", "model": "p01"}[kind]  # both on M1, having been on M0
+        info = raw.RoundInfo(2, tuple(members), 1, {})
+        reply = raw.send(
+            victim, 2, sk.ENCRYPT, {"layer": b"", "round": info.encode(), "sealed_model": record}
+        )
+        assert reply.kind == "withdraw", kind
+        reasons.add(reply.parts["reason"].split(b":")[-1])
+    assert len(reasons) == 1 and b"moved past" in reasons.pop()
 
 
 @settings(max_examples=12, **_SETTINGS)
-@given(
-    served=st.lists(st.tuples(st.sampled_from(["marker", "model"]), st.booleans()), min_size=2, max_size=4)
-)
-def test_a_party_that_never_trained_answers_a_marker_exactly_as_a_model(newcomer_oracle, served):
-    """The attack: the aggregator serves sealed records to parties that have never trained and reads
-    off their answers whether each record is a refusal marker — a bit per query, enough for a binary
-    search on a crafted sum to recover one party's update (the attacker did, coordinate by
-    coordinate). Now, with the initial model beside it, a newcomer answers a marker as it answers a
-    model (ciphertexts of the same size, trained from the initial model); without it, it refuses
-    before opening the record, with the same words whatever the record holds."""
-    o = newcomer_oracle
-    answers = []
-    for kind, with_initial in served:
-        party = next(o["fresh"])
-        extra = {"sealed_model": o["records"][kind]}
-        if with_initial:
-            extra[INITIAL_MODEL] = o["initial"]
-        reply = o["start"](party, 1, ["p00", "p01", "p02", "p03", party], extra)
-        if with_initial:
-            assert reply.kind == "reply", reply.parts.get("reason")
-            layer = reply.parts["layer"]
-            answers.append((True, layer[:4], len(layer)))
-            base = o["fed"].nodes[party].round_global
-            model = o["fed"].nodes["p00"].open_global(o["records"]["model"])
-            np.testing.assert_array_equal(base, np.zeros_like(model) if kind == "marker" else model)
-        else:
-            assert reply.kind == "withdraw"
-            reason = reply.parts["reason"].decode()
-            assert "refused before opening it" in reason
-            answers.append((False, reason, 0))
-    # What the aggregator sees depends on whether it sent the initial model, never on the record.
-    for with_initial in (True, False):
-        seen = {a for a, (_k, w) in zip(answers, served, strict=True) if w is with_initial}
-        assert len(seen) <= 1, seen
+@given(served=st.lists(st.sampled_from(["marker", "model"]), min_size=2, max_size=4))
+def test_a_party_that_never_trained_answers_a_marker_exactly_as_a_model(tmp_path_factory, served):
+    """The fourth attacker's oracle: the aggregator serves sealed records to parties that have never
+    trained and reads off their answers whether each record is a marker — a bit per query, enough
+    for a binary search that recovered one party's update. Every newcomer now adopts the record's
+    model and answers with ciphertexts of one size, whatever it was served."""
+    members = ["p00", "p01", "p02", "p03"]
+    raw = RawAggregator(tmp_path_factory.mktemp("newcomers") / "k.json", members, spare=len(served))
+    r0 = {p: raw.encrypt(p, 0, members, {"model": raw.clear}) for p in members}
+    product = raw.product(list(r0.values()))
+    records = {"marker": raw.decrypt("p03", 0, members, raw.crafted(product))}
+    records["model"] = raw.decrypt("p00", 0, members, product)
+    answers = set()
+    for kind in served:
+        party = next(raw.spare)
+        values = raw.encrypt(party, 1, [*members, party], {"sealed_model": records[kind]})
+        answers.add(len(values))
+        adopted = raw.fed.nodes[party].round_global
+        opened = raw.fed.nodes["p03" if kind == "marker" else "p00"].open_global(records[kind])  # its sealer
+        np.testing.assert_array_equal(adopted, opened)  # the record's model, whichever it is
+    assert len(answers) == 1

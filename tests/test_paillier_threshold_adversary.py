@@ -911,7 +911,8 @@ def _forged_release(fed, colluders, label, vector):
     shares = {p: layer_module.load_share(fed._key_dir / layer_module.share_file_name(p)) for p in colluders}
     key = next(iter(shares.values()))
     names = _parties(4)
-    plain = shared_key._record_plaintext(shared_key._MODEL, np.asarray(vector, float), fed.layout.size)
+    vector = np.asarray(vector, float)  # fused on itself: the model unchanged
+    plain = shared_key._record_plaintext(shared_key._MODEL, vector, fed.layout.size, vector)
     aad = shared_key._model_aad("paillier-threshold", fed.session, label, names, "ab" * 32)
     record = encode_record(
         b"SKMD",

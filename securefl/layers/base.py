@@ -218,17 +218,6 @@ class SumParty(ABC):
         """(``fuses_on_parties`` layers) The global vector inside a :class:`SealedModel`."""
         raise NotImplementedError(f"{type(self).__name__} does not seal models")
 
-    def needs_initial_model(self) -> bool:
-        """(``fuses_on_parties`` layers) Whether this party holds no model of its own yet: then it
-        must be given the federation's initial model before it opens a sealed one (see
-        :meth:`hold_initial_model`)."""
-        return False
-
-    def hold_initial_model(self, vector: np.ndarray) -> None:
-        """(``fuses_on_parties`` layers) Keep the federation's initial model: what a party with no
-        model of its own trains from when a sealed record carries no model (a refusal marker), so
-        that it answers a marker exactly as it answers a model."""
-
 
 class SecureSum(ABC):
     """A secure-sum layer: configuration plus factories for its two sides."""

@@ -42,7 +42,7 @@ from securefl.crypto import attestation, channel, paillier, prg, signing
 from securefl.crypto import threshold_paillier as tp
 from securefl.crypto.keyfiles import private_directory, read_private, write_private
 from securefl.crypto.packing import Packing
-from securefl.errors import ConfigError, ProtocolError, RoundFailed, UpdateError, WireError
+from securefl.errors import ConfigError, ProtocolError, RoundFailed, WireError
 from securefl.layers import paillier as paillier_layer
 from securefl.layers.base import (
     ImpossibleSum,
@@ -58,14 +58,11 @@ from securefl.layers.paillier import KeyMaterial, PaillierScheme, _split
 from securefl.layers.quantize import Quantize
 from securefl.layers.shared_key import (
     _ABSTAIN,
-    _MODEL,
-    _REFUSED,
     ENCRYPT,
     _contributor_list,
     _model_aad,
     _Party,
     _record_header,
-    _record_plaintext,
     _seal_model,
     sealed_record_size,
     sum_digest,
@@ -1239,6 +1236,14 @@ class _ThresholdParty(_Party):
         self._combines = 0
         self._base_digest = ""  # until this round's contribution is made
 
+    def marker_model(self, base: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
+        """A refusal marker here carries the base unchanged. Acknowledgements name each party's base
+        in the clear and bind one decryptable sum to each unchanged update ("Acknowledgements"): a
+        marker that moved the base would free the same update for a second sum. The aggregator
+        can read a marker from the unchanged base, but cannot make one without a colluding
+        contributor (every contributor attests the exact sum), who opens the record anyway."""
+        return np.array(base, dtype=np.float64, copy=True)
+
     def open_model(self, sealed: bytes) -> np.ndarray:
         """A released model is opened only with t combiners' signatures on its record, so its content
         comes from a sum an honest combiner decrypted and fused: colluders cannot seal a model of
@@ -1537,22 +1542,18 @@ class _ThresholdParty(_Party):
             # Sealed deterministically (SIV): two honest decryptors' claims are byte-identical, so the
             # aggregator can tell a decryptor that lied in its claim from a verifier that lied about it.
             claim_out = _seal_model(claim_key, blob, claim_aad)
-        try:
-            # The pads are those of the sum's own round (an exposed sum completed later keeps them).
-            total = self.scheme.unpad_and_unpack(key, plaintexts, contributors, sum_ctx)
-            model = self.fuse(total, contributors=len(contributors))
-            record_plain = _record_plaintext(_MODEL, model, self.ctx.vector_size)
-        except (ImpossibleSum, UpdateError, ArithmeticError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self.refusals.append((self.ctx.round, reason))
-            log.warning("%s: refused the round-%d sum (sealed a marker): %s", self.me, self.ctx.round, reason)
-            record_plain = _record_plaintext(_REFUSED, None, self.ctx.vector_size)
         names = list(contributors)
-        sealed = _seal_model(
+        aad = _model_aad(self.scheme.name, self.ctx.session, self.ctx.round, names, digest)
+        record_plain = self.record_plaintext(
+            # The pads are those of the sum's own round (an exposed sum completed later keeps them).
+            lambda: self.fuse(
+                self.scheme.unpad_and_unpack(key, plaintexts, contributors, sum_ctx),
+                contributors=len(contributors),
+            ),
             key.model_key,
-            record_plain,
-            _model_aad(self.scheme.name, self.ctx.session, self.ctx.round, names, digest),
+            aad,
         )
+        sealed = _seal_model(key.model_key, record_plain, aad)
         record = encode_record(
             b"SKMD",
             {"round": self.ctx.round, "session": self.ctx.session, "contributors": names, "sum": digest},

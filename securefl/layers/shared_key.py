@@ -36,6 +36,7 @@ import hmac
 import logging
 import struct
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -218,21 +219,51 @@ def sum_digest(combined: bytes) -> str:
     return hashlib.sha256(b"securefl/shared-key/sum" + combined).hexdigest()
 
 
+_RECORD_HEAD = 8 + 32  # status, 3 zero bytes, count (u32 BE), the base's digest
+
+
 def sealed_record_size(vector_size: int) -> int:
     """Bytes of every sealed record (model or refusal marker) for a protected vector of
-    ``vector_size`` values: an 8-byte header and ``vector_size`` float64 slots, sealed."""
-    return channel.sealed_size(8 + 8 * vector_size)
+    ``vector_size`` values: a 40-byte header and ``vector_size`` float64 slots, sealed."""
+    return channel.sealed_size(_RECORD_HEAD + 8 * vector_size)
 
 
-def _record_plaintext(status: int, model: np.ndarray | None, vector_size: int) -> bytes:
-    """status (1 byte) ‖ 3 zero bytes ‖ number of model values (u32 BE) ‖ the values as float64 LE,
-    zero-padded to ``vector_size`` slots. A model has fewer values than the protected vector (which
-    adds the weight at least), so every record of a round has the same size."""
-    values = b"" if model is None else np.ascontiguousarray(model, dtype="<f8").tobytes()
+def model_digest(vector: np.ndarray) -> bytes:
+    """A model's identity: SHA-256 of its float64 LE values."""
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype="<f8").tobytes()).digest()
+
+
+def _record_plaintext(status: int, model: np.ndarray, vector_size: int, base: np.ndarray) -> bytes:
+    """status (1 byte) ‖ 3 zero bytes ‖ number of model values (u32 BE) ‖ SHA-256 of the base the
+    sealer fused on ‖ the values as float64 LE, zero-padded to ``vector_size`` slots. A model has
+    fewer values than the protected vector (which adds the weight at least), so every record of a
+    round has the same size. A refusal marker carries a model too: :func:`_refusal_model`."""
+    values = np.ascontiguousarray(model, dtype="<f8").tobytes()
     if len(values) > 8 * vector_size:
         raise ProtocolError("the model is larger than the protected vector; cannot seal it at a fixed size")
-    count = len(values) // 8
-    return struct.pack(">B3xI", status, count) + values + bytes(8 * vector_size - len(values))
+    head = struct.pack(">B3xI", status, len(values) // 8) + model_digest(base)
+    return head + values + bytes(8 * vector_size - len(values))
+
+
+def _refusal_model(base: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
+    """What a refusal marker carries: the sealer's base with one coordinate moved to the next float64
+    (which one: a PRF of the model key and the record's label, so that honest sealers agree).
+
+    Why a model at all, and why not the base itself: everything the aggregator can compare after a
+    record is opened — which sealed records are byte-equal, which parties later fuse equal models —
+    must come out the same for a marker as for a model. A model moves every party that opens it to
+    a new vector, the same one for all; so does this. A marker that kept each party's own model (or
+    carried the base unchanged) left parties on different bases apart, or equal to a party that
+    never opened it, where a model would have joined them: an attacker read that and recovered an
+    update (the "bases oracle"). The move is one ulp of one coordinate, so training barely notices."""
+    moved = np.array(base, dtype=np.float64, copy=True)
+    if not moved.size:
+        return moved
+    pick = hmac.new(model_key, b"securefl/shared-key/refusal" + associated, hashlib.sha256).digest()
+    index = int.from_bytes(pick[:8], "big") % moved.size
+    towards = np.inf if moved[index] < np.finfo(np.float64).max else -np.inf
+    moved[index] = np.nextafter(moved[index], towards)
+    return moved
 
 
 def _record_header() -> dict[str, type]:
@@ -890,18 +921,16 @@ class _Party(SumParty):
         self.rng = SecureRandom()
         self.ctx: RoundContext | None = None
         self.latest_model_round = -1  # the newest sealed record this party has trained on (or sealed)
-        # The newest record carrying a model (not a refusal marker) this party trained on: while it
-        # does not change, neither does the update this party computes (its base).
-        self.model_round = -1
+        # The digest of the model this party is on, and of every model it has been on: a record fused
+        # on one it has moved past is refused (N3), whatever the record holds.
+        self._on: bytes | None = None
+        self._bases: set[bytes] = set()
         # Label -> SHA-256 of the one sealed record this party accepts under that label: the one it
         # sealed itself as a decrypting role, or the one it first trained on (F2: one label, one content).
         self._label_digest: dict[int, bytes] = {}
         self._base: Any = None  # () -> the global vector this round trained from (for refusal markers)
         self._last_model: np.ndarray | None = None  # the last global vector a sealed record gave
         self._current: np.ndarray | None = None  # the global vector this party last trained on
-        # The federation's initial model, held by a party that had no model of its own when it was
-        # first sent a sealed record: its base if that record is a refusal marker (see open_model).
-        self._initial: np.ndarray | None = None
         self.refusals: list[tuple[int, str]] = []  # (round, reason): sums this party refused to fuse
         self._stale = 0  # consecutive rounds encrypted without a new sealed record arriving
         self._record_at_encrypt = -1  # latest_model_round when this party last encrypted
@@ -1099,8 +1128,9 @@ class _Party(SumParty):
             self._opening_for_round = False
         base = self._base() if self._base is not None else None
         if base is not None:
-            # The model this party trains on from now: what a refusal marker keeps (N3).
+            # The model this party trains on from now: what it fuses a sum on (and names as its base).
             self._current = np.asarray(base, dtype=np.float64).copy()
+            self._move_to(self._current)
         if self.latest_model_round > self._record_at_encrypt:
             self._stale = 0  # a new sealed record (model or refusal marker) arrived since
         if self._stale >= STALE_LIMIT:
@@ -1144,28 +1174,20 @@ class _Party(SumParty):
                 "another"
             )
         digest = sum_digest(parts["sum"])
-        try:
-            # The scheme removes exactly these contributors' pads, then checks the counter slot
-            # against their number and the sum against number × bound; the fuser checks again.
-            total = self.scheme.decrypt(self.material, parts["sum"], contributors, self.ctx)
-            model = self.fuse(total, contributors=len(contributors))
-            plaintext = _record_plaintext(_MODEL, model, self.ctx.vector_size)
-        except (ImpossibleSum, UpdateError, ArithmeticError) as exc:
-            # A sealed refusal marker, not a reply in the clear: same size and the same deterministic
-            # sealing as a model, so that the aggregator cannot tell them apart (F1: "refused" vs
-            # "sealed" was a 1-bit oracle on crafted sums, the refused coordinate's index log2(d) more).
-            # It carries no model (N3: a marker carrying the sealer's base let an aggregator roll a
-            # party back to an older model): a party opening it keeps its own current model.
-            reason = f"{type(exc).__name__}: {exc}"
-            self.refusals.append((self.ctx.round, reason))
-            log.warning("%s: refused the round-%d sum (sealed a marker): %s", self.me, self.ctx.round, reason)
-            plaintext = _record_plaintext(_REFUSED, None, self.ctx.vector_size)
         names = list(contributors)
-        sealed = _seal_model(
-            self.scheme.model_key(self.material),
-            plaintext,
-            _model_aad(self.scheme.name, self.ctx.session, self.ctx.round, names, digest),
+        aad = _model_aad(self.scheme.name, self.ctx.session, self.ctx.round, names, digest)
+        key = self.scheme.model_key(self.material)
+        plaintext = self.record_plaintext(
+            lambda: self.fuse(
+                # The scheme removes exactly these contributors' pads, then checks the counter slot
+                # against their number and the sum against number × bound; the fuser checks again.
+                self.scheme.decrypt(self.material, parts["sum"], contributors, self.ctx),
+                contributors=len(contributors),
+            ),
+            key,
+            aad,
         )
+        sealed = _seal_model(key, plaintext, aad)
         record = encode_record(
             b"SKMD",
             {"round": self.ctx.round, "session": self.ctx.session, "contributors": names, "sum": digest},
@@ -1175,11 +1197,27 @@ class _Party(SumParty):
         self._label_digest[self.ctx.round] = hashlib.sha256(record).digest()
         return encode_record(b"SKDr", {"sealed": True, "refused": ""}, {"model": record})
 
-    def needs_initial_model(self) -> bool:
-        return self._current is None and self._last_model is None and self._initial is None
+    def record_plaintext(self, fuse: Callable[[], np.ndarray], model_key: bytes, associated: bytes) -> bytes:
+        """The plaintext of the record this party seals for a sum: the fused model, or — if the sum
+        cannot come from its contributors — a refusal marker, sealed the same way and at the same
+        size (F1: "refused" vs "sealed" was a 1-bit oracle on crafted sums), carrying this party's
+        base moved by one ulp (:func:`_refusal_model`). Both name the base they were fused on."""
+        base = self._current
+        if base is None:
+            raise ProtocolError("asked to seal a model before training on one")
+        try:
+            return _record_plaintext(_MODEL, fuse(), self.ctx.vector_size, base)
+        except (ImpossibleSum, UpdateError, ArithmeticError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.refusals.append((self.ctx.round, reason))
+            log.warning("%s: refused the round-%d sum (sealed a marker): %s", self.me, self.ctx.round, reason)
+            return _record_plaintext(
+                _REFUSED, self.marker_model(base, model_key, associated), self.ctx.vector_size, base
+            )
 
-    def hold_initial_model(self, vector: np.ndarray) -> None:
-        self._initial = np.asarray(vector, dtype=np.float64).copy()
+    def marker_model(self, base: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
+        """The model a refusal marker carries: :func:`_refusal_model` (see there why it moves)."""
+        return _refusal_model(base, model_key, associated)
 
     def open_model(self, sealed: bytes) -> np.ndarray:
         if self.material is None:
@@ -1228,45 +1266,45 @@ class _Party(SumParty):
                 )
         aad = _model_aad(self.scheme.name, session, round_, names, digest)
         plain = channel.open_sealed(self.scheme.model_key(self.material), parts["sealed"], aad)
-        if len(plain) < 8 or len(plain) % 8:
+        if len(plain) < _RECORD_HEAD or len(plain) % 8:
             raise WireError("the sealed record is not a header and whole float64 values")
         status, count = struct.unpack(">B3xI", plain[:8])
-        if status not in (_MODEL, _REFUSED) or 8 * count > len(plain) - 8:
+        if status not in (_MODEL, _REFUSED) or 8 * count > len(plain) - _RECORD_HEAD:
             raise WireError("the sealed record's header is malformed")
-        vector = np.frombuffer(plain[8 : 8 + 8 * count], dtype="<f8").copy()
+        base = plain[8:_RECORD_HEAD]
+        vector = np.frombuffer(plain[_RECORD_HEAD : _RECORD_HEAD + 8 * count], dtype="<f8").copy()
+        if self._opening_for_round and known is None and base in self._bases and base != self._on:
+            # Fused on a model this party has moved past: opening it would take the party back (N3:
+            # a sealer held on M0 sealed a record served to a party on M1). Decided from the base the
+            # record names, the same for a marker and a model — never from which of the two it is.
+            raise ProtocolError(
+                f"the round-{round_ + 1} sealed model was fused on a model this party has already moved "
+                "past; rollback refused"
+            )
         if status == _REFUSED:
             # The key holders refused that round's sum: it could not come from the named contributors.
-            # Said here, locally; the aggregator cannot tell a marker from a model.
+            # Said here, locally; the aggregator cannot tell a marker from a model. The marker moves
+            # the party as a model would (to the sealer's base, one ulp on): see _refusal_model.
             log.warning(
                 "%s: the round-%d sealed record is a refusal marker: the sum could not come from its %d "
-                "named contributors; keeping the previous model",
+                "named contributors; the model did not move (but for one ulp)",
                 self.me,
                 round_,
                 len(names),
             )
             if self._opening_for_round:
                 self.refusals.append((round_, "opened a refusal marker: the model did not move"))
-            if count != 0:
-                raise WireError("a refusal marker carries no model")
-            # This party's OWN current model (the one it last trained on), never one from the record;
-            # a party that has trained on none yet keeps the initial model it was given before
-            # opening (the core refuses a sealed record without it). It then trains and encrypts as
-            # on a model: a party that withdrew on a marker instead would tell the aggregator which
-            # records are markers, an oracle on the key holders' refusals (F1).
-            own = next((m for m in (self._current, self._last_model, self._initial) if m is not None), None)
-            if own is None:
-                raise ProtocolError(
-                    "a refusal marker, and this party holds no model of its own nor the initial one; it "
-                    "cannot train"
-                )
-            vector = own.copy()
         if self._opening_for_round:
             self.latest_model_round = round_
-            if status == _MODEL:
-                self.model_round = round_
             self._label_digest[round_] = record_digest
             self._last_model = vector.copy()
+            self._move_to(vector)
         return vector
+
+    def _move_to(self, model: np.ndarray) -> None:
+        """This party is on ``model`` now; every model it has been on is remembered (N3)."""
+        self._on = model_digest(model)
+        self._bases.add(self._on)
 
 
 def _contributor_list(names: Any, ctx: RoundContext, me: str) -> tuple[str, ...]:
