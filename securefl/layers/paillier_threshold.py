@@ -1236,13 +1236,14 @@ class _ThresholdParty(_Party):
         self._combines = 0
         self._base_digest = ""  # until this round's contribution is made
 
-    def marker_model(self, base: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
-        """A refusal marker here carries the base unchanged. Acknowledgements name each party's base
-        in the clear and bind one decryptable sum to each unchanged update ("Acknowledgements"): a
-        marker that moved the base would free the same update for a second sum. The aggregator
-        can read a marker from the unchanged base, but cannot make one without a colluding
-        contributor (every contributor attests the exact sum), who opens the record anyway."""
-        return np.array(base, dtype=np.float64, copy=True)
+    def labelled(self, model: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
+        """Records here carry their model unmoved, a refusal marker its base unchanged.
+        Acknowledgements name each party's base in the clear and bind one decryptable sum to each
+        unchanged update ("Acknowledgements"): a marker that moved the base would free the same
+        update for a second sum. The aggregator can read a marker from the unchanged base, but
+        cannot make one without a colluding contributor (every contributor attests the exact sum),
+        who opens the record anyway."""
+        return np.array(model, dtype=np.float64, copy=True)
 
     def open_model(self, sealed: bytes) -> np.ndarray:
         """A released model is opened only with t combiners' signatures on its record, so its content

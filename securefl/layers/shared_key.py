@@ -237,7 +237,7 @@ def _record_plaintext(status: int, model: np.ndarray, vector_size: int, base: np
     """status (1 byte) ‖ 3 zero bytes ‖ number of model values (u32 BE) ‖ SHA-256 of the base the
     sealer fused on ‖ the values as float64 LE, zero-padded to ``vector_size`` slots. A model has
     fewer values than the protected vector (which adds the weight at least), so every record of a
-    round has the same size. A refusal marker carries a model too: :func:`_refusal_model`."""
+    round has the same size. A refusal marker carries a model too: the sealer's base."""
     values = np.ascontiguousarray(model, dtype="<f8").tobytes()
     if len(values) > 8 * vector_size:
         raise ProtocolError("the model is larger than the protected vector; cannot seal it at a fixed size")
@@ -245,25 +245,47 @@ def _record_plaintext(status: int, model: np.ndarray, vector_size: int, base: np
     return head + values + bytes(8 * vector_size - len(values))
 
 
-def _refusal_model(base: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
-    """What a refusal marker carries: the sealer's base with one coordinate moved to the next float64
-    (which one: a PRF of the model key and the record's label, so that honest sealers agree).
+def _labelled_values(values: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
+    """The model a record carries: ``values`` with each coordinate moved by a pseudo-random number of
+    ulps (0 or 1 for a model of at least 128 values; at most 2^24 for the tiniest), drawn from the
+    model key and the record's associated data (session, round, contributors, sum digest).
 
-    Why a model at all, and why not the base itself: everything the aggregator can compare after a
-    record is opened — which sealed records are byte-equal, which parties later fuse equal models —
-    must come out the same for a marker as for a model. A model moves every party that opens it to
-    a new vector, the same one for all; so does this. A marker that kept each party's own model (or
-    carried the base unchanged) left parties on different bases apart, or equal to a party that
-    never opened it, where a model would have joined them: an attacker read that and recovered an
-    update (the "bases oracle"). The move is one ulp of one coordinate, so training barely notices."""
-    moved = np.array(base, dtype=np.float64, copy=True)
-    if not moved.size:
+    Why: everything the aggregator can compare after records are sealed and opened must come out
+    the same for a refusal marker as for a model. A model is a function of (base, sum); a marker
+    carries the base. Moved by a PRF of the whole request, a record's content depends on the request
+    the way a model's and a marker's alike do: equal requests give equal records (honest holders on
+    one base agree), different requests — other bytes for the same plaintext included — different
+    ones (chance of a collision ≤ 2^-128 from 128 values on), and a marker never equals its base
+    (a party that opened it no longer equals one that did not). Found by attackers: markers that
+    left the base alone were equal across decryptors on different bases; markers moved at one
+    PRF-chosen coordinate differed across two encodings of one sum where models did not (the
+    "twin-request oracle": an update coordinate to 1.3 quantisation steps)."""
+    moved = np.array(values, dtype="<f8", copy=True)
+    size = moved.size
+    if not size:
         return moved
-    pick = hmac.new(model_key, b"securefl/shared-key/refusal" + associated, hashlib.sha256).digest()
-    index = int.from_bytes(pick[:8], "big") % moved.size
-    towards = np.inf if moved[index] < np.finfo(np.float64).max else -np.inf
-    moved[index] = np.nextafter(moved[index], towards)
-    return moved
+    bits = min(24, -(-128 // size))
+    stream = hashlib.shake_256(model_key + b"securefl/shared-key/record" + associated).digest(8 * size)
+    steps = np.frombuffer(stream, dtype="<u8") >> np.uint64(64 - bits)
+    # float64 → uint64 keys in the floats' order (sign set: all bits flipped; else the sign bit set),
+    # so that adding k moves a value k ulps up, across zero included.
+    raw = moved.view("<u8")
+    negative = (raw >> np.uint64(63)).astype(bool)
+    keys = np.where(negative, ~raw, raw | np.uint64(1 << 63))
+    for direction in (1, -1):  # up; down where up would leave the finite floats
+        shifted = keys + steps if direction == 1 else keys - steps
+        back = np.where(shifted >> np.uint64(63) == 1, shifted & np.uint64((1 << 63) - 1), ~shifted)
+        result = back.view("<f8")
+        if direction == 1:
+            finite = np.isfinite(result)
+            out = np.where(finite, result, 0.0)
+            if finite.all():
+                return out
+            pending = ~finite
+        else:
+            out[pending] = result[pending]
+            return out
+    return out
 
 
 def _record_header() -> dict[str, type]:
@@ -1201,23 +1223,25 @@ class _Party(SumParty):
         """The plaintext of the record this party seals for a sum: the fused model, or — if the sum
         cannot come from its contributors — a refusal marker, sealed the same way and at the same
         size (F1: "refused" vs "sealed" was a 1-bit oracle on crafted sums), carrying this party's
-        base moved by one ulp (:func:`_refusal_model`). Both name the base they were fused on."""
+        base. Both name the base they were fused on, and both carry their model moved by a PRF of
+        the request (:meth:`labelled`)."""
         base = self._current
         if base is None:
             raise ProtocolError("asked to seal a model before training on one")
         try:
-            return _record_plaintext(_MODEL, fuse(), self.ctx.vector_size, base)
+            model, status = fuse(), _MODEL
         except (ImpossibleSum, UpdateError, ArithmeticError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.refusals.append((self.ctx.round, reason))
             log.warning("%s: refused the round-%d sum (sealed a marker): %s", self.me, self.ctx.round, reason)
-            return _record_plaintext(
-                _REFUSED, self.marker_model(base, model_key, associated), self.ctx.vector_size, base
-            )
+            model, status = base, _REFUSED
+        return _record_plaintext(
+            status, self.labelled(model, model_key, associated), self.ctx.vector_size, base
+        )
 
-    def marker_model(self, base: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
-        """The model a refusal marker carries: :func:`_refusal_model` (see there why it moves)."""
-        return _refusal_model(base, model_key, associated)
+    def labelled(self, model: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
+        """The model a record carries (:func:`_labelled_values`: see there why it moves)."""
+        return _labelled_values(model, model_key, associated)
 
     def open_model(self, sealed: bytes) -> np.ndarray:
         if self.material is None:
@@ -1284,10 +1308,10 @@ class _Party(SumParty):
         if status == _REFUSED:
             # The key holders refused that round's sum: it could not come from the named contributors.
             # Said here, locally; the aggregator cannot tell a marker from a model. The marker moves
-            # the party as a model would (to the sealer's base, one ulp on): see _refusal_model.
+            # the party as a model would (to the sealer's base, a few ulps on): see _labelled_values.
             log.warning(
                 "%s: the round-%d sealed record is a refusal marker: the sum could not come from its %d "
-                "named contributors; the model did not move (but for one ulp)",
+                "named contributors; the model did not move (but for a few ulps)",
                 self.me,
                 round_,
                 len(names),
