@@ -4,6 +4,8 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from securefl.cli import main
 from securefl.privacy.accountants import PRV
@@ -182,3 +184,54 @@ def test_dp_config_file_runs_and_stops_at_its_budget(tmp_path, monkeypatch, caps
     # run must learn (a constant model scores 0.63 on this split), not reach a lucky figure.
     assert summary["epsilon"] <= 8.0 and summary["final_accuracy"] > 0.7
     assert main(["audit", "dp-secagg-ledger.jsonl", "--public-key", "dp-secagg-ledger.jsonl.pub"]) == 0
+
+
+_HOSTILE = [None, True, 0, -1, 2**70, 1e308, 1e-320, 0.0, "x", "", [], [1], {}, {"a": 1}, "gaussian"]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_signed_ledger_holding_anything_anywhere_is_named_never_a_crash(tmp_path_factory, data):
+    """Found by an attacker fuzzing `securefl audit` with ledgers it had re-signed: values of the
+    wrong type or range (a dict where releases belong, a missing observer class, zero rates, δ = 0)
+    made the recomputation or the report raise. Whatever a signed record holds, the audit names what
+    it cannot recompute and fails; it never raises, and the report is written."""
+    from securefl.privacy.audit import write_report
+
+    path = tmp_path_factory.mktemp("hostile") / "l.jsonl"
+    key = Ed25519PrivateKey.generate()
+    records = []
+    accountant = PRV()
+    for round in range(3):
+        accountant.step(SIGMA, RATE)
+        epsilon = accountant.epsilon(DELTA)
+        figure = {"epsilon": epsilon, "releases": round + 1, "sample_rate": RATE}
+        observers = {"aggregator": dict(figure), "count": dict(figure), "participants": dict(figure)}
+        records.append(
+            {
+                **RELEASE,
+                "round": round,
+                "epsilon": epsilon,
+                "observer": "participants",
+                "observers": observers,
+            }
+        )
+    for _ in range(data.draw(st.integers(1, 3))):
+        record = data.draw(st.sampled_from(records))
+        value = data.draw(st.sampled_from(_HOSTILE))
+        if data.draw(st.booleans()):
+            observer = data.draw(st.sampled_from(sorted(record["observers"])))
+            field = data.draw(st.sampled_from(["epsilon", "releases", "sample_rate", None]))
+            if field is None:
+                record["observers"].pop(observer)
+            else:
+                record["observers"][observer][field] = value
+        else:
+            field = data.draw(st.sampled_from(sorted(record)))
+            record[field] = value
+    book = Ledger(path, key)
+    for record in records:
+        book.append({k: v for k, v in record.items() if k not in ("seq", "prev", "signer", "sig")})
+    result = audit(path)
+    write_report(result, path.with_suffix(".html"))
+    assert main(["audit", str(path)]) in (0, 1)

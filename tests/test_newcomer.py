@@ -497,7 +497,7 @@ def test_the_audit_report_of_a_ledger_holding_text_where_figures_belong(tmp_path
     Ledger(path, Ed25519PrivateKey.generate()).append(record)
     result = audit(path)
     assert not result.valid and result.releases == 0 and result.budget_holds is None
-    assert any("where numbers belong: its ε cannot be recomputed" in p for p in result.problems)
+    assert any("where numbers or text belong: its ε cannot be recomputed" in p for p in result.problems)
     page = write_report(result, tmp_path / "odd.html").read_text()
     assert "<script>" not in page and "&lt;b&gt;tiny&lt;/b&gt;" in page and "no budget recorded" in page
     assert main(["audit", str(path)]) == 1  # invalid, said in the table: no traceback

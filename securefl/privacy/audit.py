@@ -73,7 +73,10 @@ NUMERIC = (
     "variance",
     "l2_sensitivity",
     "noise_std",
+    "releases",
 )
+# Fields that are text (or absent, or null) in every record securefl writes.
+TEXT = ("decision", "mechanism", "accountant", "observer", "neighbouring", "noise", "unit", "time")
 
 
 @dataclass
@@ -262,8 +265,17 @@ def audit(
     for record in records:
         index = result.releases
         tight = index % every == every - 1 or index == releases - 1
-        _replay(record, accountants, unsupported, result, budget_epsilon, tight)
-    _observers(records, result, every)
+        _replay_or_name(
+            record,
+            result,
+            lambda r=record, t=tight: _replay(r, accountants, unsupported, result, budget_epsilon, t),
+        )
+    try:
+        _observers(records, result, every)
+    except _RECOMPUTATION_ERRORS as exc:
+        result.problems.append(
+            f"the per-observer figures cannot be recomputed ({type(exc).__name__}: {_short(str(exc))[1:-1]})"
+        )
     if any(r.get("mechanism") == SKELLAM and r.get("decision") == "released" for r in records):
         result.notes.append(
             "prv/pld of Skellam releases: the Gaussian of the same variance and L2 sensitivity, a lower "
@@ -273,7 +285,7 @@ def audit(
         result.notes.append(f"the {name} accountant cannot account the whole ledger: its ε is n/a")
     if result.delta is not None:
         result.epsilon = {
-            name: (None if name in unsupported else acc.epsilon(result.delta))
+            name: (None if name in unsupported else _final_epsilon(name, acc, result))
             for name, acc in accountants.items()
         }
     if (
@@ -293,22 +305,61 @@ def _is_number(value: Any) -> bool:
 
 
 def _numbers_hold(record: dict[str, Any], result: AuditResult) -> bool:
-    """Whether every NUMERIC field of ``record`` is a number (or null); if not, say which."""
-    figures = record.get("observers") if isinstance(record.get("observers"), dict) else {}
+    """Whether every NUMERIC field of ``record`` is a number (or null), every TEXT field text (or
+    null), and its per-observer figures a mapping of names to mappings; if not, say which."""
+    figures = record.get("observers")
+    wrong = []
+    if figures is not None and not (
+        isinstance(figures, dict) and all(isinstance(f, dict) for f in figures.values())
+    ):
+        wrong.append(f"observers = {_short(figures)}")
+        figures = {}
     places = [("", record)]
-    places += [(f"observers.{name}.", figure) for name, figure in figures.items() if isinstance(figure, dict)]
-    wrong = [
-        f"{prefix}{key} = {value!r}"
+    places += [(f"observers.{name}.", figure) for name, figure in (figures or {}).items()]
+    wrong += [
+        f"{prefix}{key} = {_short(value)}"
         for prefix, fields in places
         for key, value in fields.items()
-        if key in NUMERIC and value is not None and not _is_number(value)
+        if value is not None
+        and ((key in NUMERIC and not _is_number(value)) or (key in TEXT and not isinstance(value, str)))
     ]
     if wrong:
         result.problems.append(
             f"record {record.get('seq')} (round {_shown_round(record)}) holds {', '.join(wrong)} where "
-            "numbers belong: its ε cannot be recomputed, so it is not counted"
+            "numbers or text belong: its ε cannot be recomputed, so it is not counted"
         )
     return not wrong
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# What a signed record's figures can make the recomputation raise (a zero rate, a δ out of range,
+# an accountant refusing its parameters): the record is named and the audit fails, never crashes.
+_RECOMPUTATION_ERRORS = (ArithmeticError, ValueError, TypeError, KeyError, IndexError, ConfigError)
+
+
+def _final_epsilon(name: str, accountant: Accountant, result: AuditResult) -> float | None:
+    try:
+        return accountant.epsilon(result.delta)
+    except _RECOMPUTATION_ERRORS as exc:
+        result.problems.append(
+            f"the {name} accountant cannot compute ε over these records ({type(exc).__name__}: "
+            f"{_short(str(exc))[1:-1]})"
+        )
+        return None
+
+
+def _replay_or_name(record: dict[str, Any], result: AuditResult, replay: Any) -> None:
+    try:
+        replay()
+    except _RECOMPUTATION_ERRORS as exc:
+        result.problems.append(
+            f"record {record.get('seq')} (round {_shown_round(record)}): its figures cannot be recomputed "
+            f"({type(exc).__name__}: {_short(str(exc))[1:-1]}), so it is not counted"
+        )
 
 
 def _replay(
@@ -632,7 +683,10 @@ def _gaussian_reference(record: dict[str, Any]) -> dict[str, Any] | None:
 
 def write_report(result: AuditResult, path: str | Path) -> Path:
     """An HTML page for a compliance officer: verdict, unit of privacy, parameters, ε per round."""
-    e = html.escape
+
+    def e(value: Any) -> str:  # a signed record may hold anything where text belongs
+        return html.escape(str(value))
+
     if not result.valid:
         verdict, colour = "NOT verified", "#b42318"
     elif result.pinned:
