@@ -225,13 +225,18 @@ class ObserverAccounts:
         observers: Sequence[str],
     ) -> dict[str, float | None]:
         figures: dict[str, float | None] = {}
+        selection = self._worst_party(delta, most, full)
         if MODEL in observers or COUNT in observers:
             # The released average divides by the realized count, whose noise scale gives the count
             # away (an attacker read k off the model in 200 rounds of 200): those who see the models
-            # see the count, so the two classes have one figure.
-            figures[COUNT] = figures[MODEL] = self.count.epsilon(delta, extra.get(COUNT, ()))
+            # see the count, so the two classes have one figure. Never below the worst party's
+            # unsampled figure: k/n holds only if who is summed, given how many, is uniform — but
+            # dropouts can depend on who the party is (a party that always answers among flaky ones
+            # is in nearly every sum of a given size), and the composition of the target's own
+            # releases, unsampled, holds against every observer whatever the dropouts.
+            counted = self.count.epsilon(delta, extra.get(COUNT, ()))
+            figures[COUNT] = figures[MODEL] = max(counted, selection)
         if PARTICIPANTS in observers or AGGREGATOR in observers:
-            selection = self._worst_party(delta, most, full)
             figures[PARTICIPANTS] = selection
             figures[AGGREGATOR] = selection if self.aggregator_protected else None
         return {

@@ -652,7 +652,8 @@ def _recompute_observers(
     count_history: dict[tuple, int], full: dict[tuple, int], most: int, delta: float, tight: bool = True
 ) -> dict[str, tuple[float | None, str]]:
     """The count (and released-model) figure by RDP at every release — cheap, as the guard computes
-    it; the participants' at checkpoints (``tight``) by PLD."""
+    it; the participants' at checkpoints (``tight``) by PLD, and there the count figure is never
+    below it (the guard's rule: k/n does not hold when dropouts depend on who the party is)."""
     count = create("rdp")  # as the guard accounts it (many distinct rates: PLD would take seconds)
     for entry, steps in count_history.items():
         count._add(entry, steps)
@@ -662,12 +663,8 @@ def _recompute_observers(
     # PLD (independent of the guard's PRV), handing over to RDP for Skellam or too little noise.
     preferred = "pld" if "pld" in ACCOUNTANTS else "rdp"
     selection, name = worst_party_epsilon(full, most, delta, preferred)
-    return {
-        MODEL: (counted, "rdp"),
-        COUNT: (counted, "rdp"),
-        PARTICIPANTS: (selection, name),
-        AGGREGATOR: (selection, name),
-    }
+    seen = (counted, "rdp") if counted >= selection else (selection, name)
+    return {MODEL: seen, COUNT: seen, PARTICIPANTS: (selection, name), AGGREGATOR: (selection, name)}
 
 
 def _gaussian_reference(record: dict[str, Any]) -> dict[str, Any] | None:

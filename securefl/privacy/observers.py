@@ -9,8 +9,9 @@ by sampling holds only against those who do not know who was sampled (protocols/
 * ``count`` — sees how many parties each round selected (the ledger's ``parties_selected``, a
   round report, the operator's logs, the released model itself). Given the count k of n, a party
   was in the round with probability k/n, not q: each release is accounted at k/n (Poisson selection
-  and Gaussian noise; otherwise at 1). Under the zero-out relation the count does not depend on any
-  party's data, so knowing it costs nothing else.
+  and Gaussian noise; otherwise at 1) — but never below ``participants``' figure: k/n needs who is
+  summed, given how many, to be uniform, and dropouts can depend on who the party is (colluders
+  drop at will), which can make the count say whether the target is in.
 * ``participants`` — the federation's parties, alone or colluding: the selected parties are handed
   the round's selection, so they may know whether the target took part. A party's data is used only
   in the rounds it is selected in, so against them the target's ε is the composition of *its* rounds
