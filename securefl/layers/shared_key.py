@@ -247,8 +247,9 @@ def _record_plaintext(status: int, model: np.ndarray, vector_size: int, base: np
 
 def _labelled_values(values: np.ndarray, model_key: bytes, associated: bytes) -> np.ndarray:
     """The model a record carries: ``values`` with each coordinate moved by a pseudo-random number of
-    ulps (0 or 1 for a model of at least 128 values; at most 2^24 for the tiniest), drawn from the
-    model key and the record's associated data (session, round, contributors, sum digest).
+    ulps (0 or 1 for a model of at least 128 values; at most 255 for models under 16 values, whose
+    records then collide with probability 2^-(8·size)), drawn from the model key and the record's
+    associated data (session, round, contributors, sum digest).
 
     Why: everything the aggregator can compare after records are sealed and opened must come out
     the same for a refusal marker as for a model. A model is a function of (base, sum); a marker
@@ -264,7 +265,7 @@ def _labelled_values(values: np.ndarray, model_key: bytes, associated: bytes) ->
     size = moved.size
     if not size:
         return moved
-    bits = min(24, -(-128 // size))
+    bits = min(8, -(-128 // size))
     stream = hashlib.shake_256(model_key + b"securefl/shared-key/record" + associated).digest(8 * size)
     steps = np.frombuffer(stream, dtype="<u8") >> np.uint64(64 - bits)
     # float64 → uint64 keys in the floats' order (sign set: all bits flipped; else the sign bit set),
