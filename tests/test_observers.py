@@ -22,7 +22,7 @@ from securefl.privacy.audit import audit
 from securefl.privacy.guard import Budget, PrivacyGuard
 from securefl.privacy.ledger import Ledger, canonical, verify
 from securefl.randomness import SecureRandom
-from securefl.selection import Poisson
+from securefl.selection import AllParties, Poisson
 
 N, Q, Z, DELTA = 100, 0.05, 1.0, 1e-5
 
@@ -385,3 +385,29 @@ def test_a_guard_bound_to_a_second_federation_retires_the_first(tmp_path):
     with pytest.raises(ConfigError, match="bound to another federation"):
         first.run_round()
     assert second.run_round().ok
+
+
+def test_a_summed_party_that_takes_its_own_noise_share_out_is_covered(tmp_path):
+    """Found by an attacker: with distributed noise every summed party knows its own share (1/t of
+    the variance) and can take it out of the released sum; at the fewest survivors (s = t = 3) that
+    leaves 2/3 of the calibrated variance, and the participants' figure (computed at the calibrated
+    noise) was below what one such party learns (2.57 against 1.99). The figure now composes the
+    release as a summed party sees it: z·√((s − 1)/t) when that is below z."""
+    guard = PrivacyGuard(
+        Budget(math.inf, DELTA), Ledger(tmp_path / "l.jsonl", Ed25519PrivateKey.generate()), "pld"
+    )
+    stack = PrivacyStack.of([Clip(1.0), DPNoise(2.0, "distributed"), Plain()])
+    stack.validate(StackContext(VectorLayout(4), 3, 3, 1.0, {}))
+    guard.bind(stack, AllParties(), 3)
+    parties = ["a", "b", "c"]
+    guard.admit(0)
+    guard.admit_selection(0, parties)
+    guard.record_release(0, 3, parties, parties)
+    one_party = PLD()
+    one_party.step(2.0 * math.sqrt(2 / 3), 1.0)
+    figures = guard.epsilons()
+    for observer in ("participants", "count", "released-model"):
+        assert figures[observer] >= one_party.epsilon(DELTA) - 1e-9, (observer, figures[observer])
+    record = verify(tmp_path / "l.jsonl").records[-1]
+    assert record["noise_threshold"] == 3 and record["parties_summed"] == 3
+    assert audit(tmp_path / "l.jsonl").valid

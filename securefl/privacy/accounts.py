@@ -87,6 +87,23 @@ class Tally:
         self.accountant = successor
 
 
+def seen_by_a_party(fields: Mapping[str, Any], summed: int, sharing: int, placement: str) -> dict[str, Any]:
+    """The release as a party summed in it sees it: with ``distributed`` noise it knows its own
+    share (1/``sharing`` of the calibrated variance) and can take it out of the sum, leaving the
+    other ``summed`` − 1 shares — less than the calibrated noise when the sum is at its fewest
+    (found by an attacker: with 3 parties summed, 2/3 of the variance; ε 2.57 where 1.99 was
+    recorded). Other placements, or enough parties summed, leave the mechanism as calibrated."""
+    keep = min(1.0, (summed - 1) / sharing) if placement == "distributed" and sharing >= 1 else 1.0
+    if keep >= 1.0 or summed < 2:
+        return dict(fields)
+    seen = dict(fields)
+    if fields.get("mechanism") == GAUSSIAN:
+        seen["noise_multiplier"] = float(fields["noise_multiplier"]) * math.sqrt(keep)
+    elif "variance" in fields:
+        seen["variance"] = float(fields["variance"]) * keep
+    return seen
+
+
 def _with_rate(fields: Mapping[str, Any], rate: float) -> Entry:
     return entry_of({**fields, "sample_rate": rate})
 
@@ -149,12 +166,19 @@ class ObserverAccounts:
         times = [self._times.get(p, self._floor) + 1 for p in contributors]
         return max([self.most_selected, *times])
 
-    def record(self, fields: Mapping[str, Any], selected: int, contributors: Sequence[str] | None) -> None:
+    def record(
+        self,
+        fields: Mapping[str, Any],
+        selected: int,
+        contributors: Sequence[str] | None,
+        party_sees: Mapping[str, Any] | None = None,
+    ) -> None:
         """Account one release of ``fields`` from a round that selected ``selected`` parties and summed
-        ``contributors``."""
+        ``contributors``; ``party_sees``: the release as a summed party sees it (seen_by_a_party),
+        what the participants' (and so every) figure composes."""
         rates = self.rates(selected)
         self.count.add(_with_rate(fields, rates[COUNT]))
-        entry = _with_rate(fields, 1.0)
+        entry = _with_rate(party_sees or fields, 1.0)
         self.full[entry] = self.full.get(entry, 0) + 1
         self.most_selected = self._selected_most(contributors)
         for party in contributors or ():
@@ -203,16 +227,17 @@ class ObserverAccounts:
         selected: int,
         contributors: Sequence[str] | None,
         observers: Sequence[str] = OBSERVERS,
+        party_sees: Mapping[str, Any] | None = None,
     ) -> dict[str, float | None]:
         """ε against each of ``observers`` if one more release of ``fields`` were made (nothing is
-        recorded)."""
+        recorded); ``party_sees`` as for :meth:`record`."""
         rates = self.rates(selected)
         extra = {
             MODEL: [(_with_rate(fields, rates[MODEL]), 1)],
             COUNT: [(_with_rate(fields, rates[COUNT]), 1)],
         }
         full = dict(self.full)
-        entry = _with_rate(fields, 1.0)
+        entry = _with_rate(party_sees or fields, 1.0)
         full[entry] = full.get(entry, 0) + 1
         return self._figures(delta, self._selected_most(contributors), extra, full, observers)
 

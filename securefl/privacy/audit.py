@@ -37,7 +37,7 @@ from securefl.errors import ConfigError
 from securefl.logtext import counted
 from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create, entry_of
 from securefl.privacy.accountants.base import BeyondAccountant
-from securefl.privacy.accounts import worst_party_epsilon
+from securefl.privacy.accounts import seen_by_a_party, worst_party_epsilon
 from securefl.privacy.ledger import verify
 from securefl.privacy.observers import AGGREGATOR, COUNT, DESCRIPTIONS, MODEL, OBSERVERS, PARTICIPANTS
 
@@ -483,7 +483,7 @@ def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -
             participations += int(record.get("parties_summed") or 0)
             problems = _observer_rules(record, previous_m, participations)
             count_entry = entry_of({**record, "sample_rate": record["observers"][COUNT]["sample_rate"]})
-            unsampled = entry_of({**record, "sample_rate": 1.0})
+            unsampled = entry_of({**_as_a_party_sees(record), "sample_rate": 1.0})
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             result.problems.append(f"{where}: its per-observer figures are malformed ({exc})")
             return
@@ -646,6 +646,14 @@ def _poisson_plausibility(released: list[dict[str, Any]]) -> list[str]:
                 f"({excess:.1f} standard deviations above): the rate was understated"
             )
     return problems
+
+
+def _as_a_party_sees(record: dict[str, Any]) -> dict[str, Any]:
+    """A release as a party summed in it sees it (the guard's rule: accounts.seen_by_a_party)."""
+    summed, sharing = record.get("parties_summed"), record.get("noise_threshold")
+    if not (isinstance(summed, int) and isinstance(sharing, int)):
+        return record
+    return seen_by_a_party(record, summed, sharing, str(record.get("placement", "")))
 
 
 def _recompute_observers(

@@ -28,7 +28,7 @@ from securefl.layers.base import PrivacyStack
 from securefl.layers.dp import NEIGHBOURING, DPNoise, Mechanism
 from securefl.privacy.accountants import DEFAULT, GAUSSIAN, Accountant, create
 from securefl.privacy.accountants.base import check_delta
-from securefl.privacy.accounts import ObserverAccounts
+from securefl.privacy.accounts import ObserverAccounts, seen_by_a_party
 from securefl.privacy.ledger import Ledger, open_ledger
 from securefl.privacy.observers import (
     AGGREGATOR,
@@ -192,7 +192,9 @@ class PrivacyGuard:
         expected = max(1, round_half(self.sample_rate * self.population)) if self.population else 1
         self._check(
             round,
-            self.accounts.projected(self._fields(), self.budget.delta, expected, None, [self.observer]),
+            self.accounts.projected(
+                self._fields(), self.budget.delta, expected, None, [self.observer], self._party_sees(expected)
+            ),
         )
 
     def admit_selection(self, round: int, selected: Sequence[str]) -> None:
@@ -201,8 +203,23 @@ class PrivacyGuard:
         self._check(
             round,
             self.accounts.projected(
-                self._fields(), self.budget.delta, len(selected), list(selected), [self.observer]
+                self._fields(),
+                self.budget.delta,
+                len(selected),
+                list(selected),
+                [self.observer],
+                self._party_sees(len(selected)),
             ),
+        )
+
+    def _party_sees(self, selected: int, summed: int | None = None) -> dict[str, Any]:
+        """The release as a summed party sees it (accounts.seen_by_a_party); before the round, at
+        its fewest survivors (the most a party's own share can take away)."""
+        if self.layer is None or self.mechanism.placement == "central":
+            return self._fields()
+        sharing = self.layer.parties_sharing(selected)
+        return seen_by_a_party(
+            self._fields(), sharing if summed is None else summed, sharing, self.mechanism.placement
         )
 
     def _check(self, round: int, projected: dict[str, float | None]) -> None:
@@ -230,7 +247,7 @@ class PrivacyGuard:
         enforced observer. ``selected`` and ``contributors`` (party ids) make the count and
         participants classes exact; without them the worst party is assumed in every release."""
         count = len(selected) if selected is not None else parties_summed
-        self.accounts.record(self._fields(), count, contributors)
+        self.accounts.record(self._fields(), count, contributors, self._party_sees(count, parties_summed))
         figures = self.epsilons()
         extra: dict[str, Any] = {"parties_summed": parties_summed, "parties_selected": count}
         if self.layer is not None and self.mechanism.placement != "central":
