@@ -217,11 +217,22 @@ def test_distributed_dp_budget_and_ledger_from_a_flower_run_audit(tmp_path, caps
     reference = PrivacyGuard(Budget(float("inf")))
     clients = {f"p{p}": (lambda p: lambda weights, info: (weights, examples(p)))(p) for p in range(NODES)}
     fed = Federation(initial(), clients, DP_PRIVACY, min_parties=3, weighting="uniform", guard=reference)
-    eps = [fed.run_round().epsilon for _ in range(2)]
-    assert 0 < eps[0] < eps[1]
+
+    def projected():  # what the guard admits a round at (the fewest survivors: the worst case)
+        fields = reference._fields()
+        sees = reference._party_sees(NODES)
+        return reference.accounts.projected(
+            fields, reference.budget.delta, NODES, None, ["participants"], sees
+        )
+
+    admitted, eps = [], []
+    for _ in range(2):
+        admitted.append(projected()["participants"])
+        eps.append(fed.run_round().epsilon)
+    assert 0 < eps[0] < eps[1] and eps[0] <= admitted[0] < admitted[1]
 
     ledger = tmp_path / "flower.jsonl"
-    guard = PrivacyGuard(Budget((eps[0] + eps[1]) / 2), open_ledger(ledger))
+    guard = PrivacyGuard(Budget((admitted[0] + admitted[1]) / 2), open_ledger(ledger))
     run = simulate(secure, rounds=2, guard=guard)
     first, second = run.history.rounds
     assert first.status == "ok" and first.epsilon == pytest.approx(eps[0])

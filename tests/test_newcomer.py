@@ -13,7 +13,7 @@ DP = ["demo", "--privacy", "secagg", "--dp", "distributed", "--noise-multiplier"
 def test_a_refused_round_ends_the_demo_with_a_summary_and_a_plot(tmp_path, capsys):
     """Defect 1: the README's DP demo crashed in its plot when the budget refused a round."""
     plot = tmp_path / "acc.png"
-    argv = [*DP[:-2], "--budget-epsilon", "6", "--ledger", str(tmp_path / "l.jsonl"), "--plot", str(plot)]
+    argv = [*DP[:-2], "--budget-epsilon", "9.5", "--ledger", str(tmp_path / "l.jsonl"), "--plot", str(plot)]
     assert main([*argv, "--rounds", "4", "--json"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
@@ -324,7 +324,7 @@ def test_the_audit_report_states_the_guarantee_the_pinning_and_the_rounds_from_1
     import matplotlib.pyplot as plt
 
     ledger = str(tmp_path / "l.jsonl")
-    argv = [*DP, "--budget-epsilon", "6", "--ledger", ledger, "--rounds", "4", "--json"]
+    argv = [*DP, "--budget-epsilon", "9.5", "--ledger", ledger, "--rounds", "4", "--json"]
     assert main(argv) == 0
     run = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     figures = []
@@ -339,7 +339,7 @@ def test_the_audit_report_states_the_guarantee_the_pinning_and_the_rounds_from_1
     assert result["rounds"][-1]["decision"] == "refused"
     page = unpinned.read_text()
     assert "the signer was not pinned" in page and "#1a7f37" not in page  # not verified in green
-    assert "The guarantee: <b>ε = " in page and "budget ε = 6: <b>holds</b>" in page
+    assert "The guarantee: <b>ε = " in page and "budget ε = 9.5: <b>holds</b>" in page
     assert "records from 20" in page and "Report written 20" in page
     pinned = tmp_path / "pinned.html"
     assert main(["audit", ledger, "--public-key", ledger + ".pub", "--report", str(pinned)]) == 0
