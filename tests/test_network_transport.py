@@ -510,13 +510,8 @@ def test_a_party_opening_streams_too_fast_is_refused_then_let_in_again(pki):
         server.close(0)
 
 
-def test_a_tls_or_identity_key_others_can_read_or_behind_a_symlink_is_refused(tmp_path):
-    """Found by an attacker (Paillier key files; the class is every secret file read): a private
-    key that others could read is treated as leaked — refused with the fix, never used — and a
-    symlink is never followed to one. Public files (CA, certificates) stay readable by anyone."""
-    from securefl.crypto.certificates import load_identity
-    from securefl.deploy import load_party
-
+def _deployed_party(tmp_path):
+    """Keys from `securefl keys tls`, a FED.toml and p1's party TOML; returns the party TOML."""
     write_federation(tmp_path / "certs", "test", ["p1", "p2"])
     (tmp_path / "fed.toml").write_text(
         'rounds = 2\n[network]\nparties = ["p1", "p2"]\n[tls]\nca = "certs/ca.pem"\n'
@@ -527,6 +522,17 @@ def test_a_tls_or_identity_key_others_can_read_or_behind_a_symlink_is_refused(tm
         'federation = "fed.toml"\nparty = "p1"\n[tls]\nca = "certs/ca.pem"\ncert = "certs/parties/p1.pem"\n'
         'key = "certs/private/p1.key"\n'
     )
+    return party
+
+
+def test_a_tls_or_identity_key_others_can_read_or_behind_a_symlink_is_refused(tmp_path):
+    """Found by an attacker (Paillier key files; the class is every secret file read): a private
+    key that others could read is treated as leaked — refused with the fix, never used — and a
+    symlink is never followed to one. Public files (CA, certificates) stay readable by anyone."""
+    from securefl.crypto.certificates import load_identity
+    from securefl.deploy import load_party
+
+    party = _deployed_party(tmp_path)
     assert load_party(party).tls.key  # as written by `securefl keys tls`: 0600
     key = tmp_path / "certs/private/p1.key"
     key.chmod(0o640)
@@ -601,16 +607,7 @@ def test_a_party_welcomed_back_to_a_session_resumes_its_node(tmp_path):
 def test_a_deployed_party_keeps_its_round_log_beside_its_key(tmp_path):
     from securefl.deploy import load_party, party_node_factory
 
-    write_federation(tmp_path / "certs", "test", ["p1", "p2"])
-    (tmp_path / "fed.toml").write_text(
-        'rounds = 2\n[network]\nparties = ["p1", "p2"]\n[tls]\nca = "certs/ca.pem"\n'
-        'cert = "certs/aggregator.pem"\nkey = "certs/private/aggregator.key"\n'
-    )
-    party = tmp_path / "p1.toml"
-    party.write_text(
-        'federation = "fed.toml"\nparty = "p1"\n[tls]\nca = "certs/ca.pem"\ncert = "certs/parties/p1.pem"\n'
-        'key = "certs/private/p1.key"\n'
-    )
+    party = _deployed_party(tmp_path)
     cfg = load_party(party)
     assert cfg.round_log_path == tmp_path / "certs/private/p1.key.rounds"
 
