@@ -269,24 +269,15 @@ def _labelled_values(values: np.ndarray, model_key: bytes, associated: bytes) ->
     stream = hashlib.shake_256(model_key + b"securefl/shared-key/record" + associated).digest(8 * size)
     steps = np.frombuffer(stream, dtype="<u8") >> np.uint64(64 - bits)
     # float64 → uint64 keys in the floats' order (sign set: all bits flipped; else the sign bit set),
-    # so that adding k moves a value k ulps up, across zero included.
+    # so that adding k moves a value k ulps up, across zero included; down where up leaves the floats.
     raw = moved.view("<u8")
-    negative = (raw >> np.uint64(63)).astype(bool)
-    keys = np.where(negative, ~raw, raw | np.uint64(1 << 63))
-    for direction in (1, -1):  # up; down where up would leave the finite floats
-        shifted = keys + steps if direction == 1 else keys - steps
-        back = np.where(shifted >> np.uint64(63) == 1, shifted & np.uint64((1 << 63) - 1), ~shifted)
-        result = back.view("<f8")
-        if direction == 1:
-            finite = np.isfinite(result)
-            out = np.where(finite, result, 0.0)
-            if finite.all():
-                return out
-            pending = ~finite
-        else:
-            out[pending] = result[pending]
-            return out
-    return out
+    keys = np.where(raw >> np.uint64(63) == 1, ~raw, raw | np.uint64(1 << 63))
+    up, down = _from_order_keys(keys + steps), _from_order_keys(keys - steps)
+    return np.where(np.isfinite(up), up, down)
+
+
+def _from_order_keys(keys: np.ndarray) -> np.ndarray:
+    return np.where(keys >> np.uint64(63) == 1, keys & np.uint64((1 << 63) - 1), ~keys).view("<f8")
 
 
 def _record_header() -> dict[str, type]:
