@@ -98,8 +98,10 @@ def test_a_mechanism_that_adds_a_tenth_of_the_noise_it_claims_is_caught(placemen
 def test_poisson_sampled_central_rounds_and_several_rounds():
     result = empirical_audit("central", 1.0, rounds=3, sample_rate=0.5, canaries=400, seed=13)
     assert result.rounds == 3
-    # Each inserted canary is in about half of the three sums.
-    assert result.scores[result.inserted].mean() == pytest.approx(1.5, abs=0.3)
+    # Each inserted canary is in about half of the three sums. The mean over ~200 inserted canaries
+    # carries the (unseeded, CSPRNG) noise: std √3 per canary, ~0.14 for the mean (and ~0.06 from
+    # the selection) — ±0.3 was 2σ, a test that failed once in ~30 runs (it did in CI); ±0.6 is 4σ.
+    assert result.scores[result.inserted].mean() == pytest.approx(1.5, abs=0.6)
     assert 0 < result.epsilon_lower < result.epsilon_accounted
     assert any("Poisson selection" in a for a in result.assumptions)
 
