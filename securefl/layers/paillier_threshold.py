@@ -64,6 +64,7 @@ from securefl.layers.shared_key import (
     _Party,
     _record_header,
     _seal_model,
+    model_digest,
     sealed_record_size,
     sum_digest,
 )
@@ -405,9 +406,7 @@ def _verify_each(
 
 def _model_digest(vector: np.ndarray | None) -> str:
     """A model's content as the acknowledgements name it: SHA-256 of its float64 LE values, hex."""
-    if vector is None:
-        return ""
-    return hashlib.sha256(np.ascontiguousarray(vector, dtype="<f8").tobytes()).hexdigest()
+    return "" if vector is None else model_digest(vector).hex()
 
 
 def _record_message(record: bytes) -> bytes:
