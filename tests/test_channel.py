@@ -63,7 +63,7 @@ def _distinct_roots(f: list[int]) -> int:
             power = _mod(_mul(power, base), f)
         base = _mod(_mul(base, base), f)
         e >>= 1
-    x_p_minus_x = (power + [0, 0])[: max(len(power), 2)]
+    x_p_minus_x = [*power, 0, 0][: max(len(power), 2)]
     x_p_minus_x[1] -= 1
     return len(_gcd(f, x_p_minus_x)) - 1
 

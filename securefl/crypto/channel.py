@@ -8,7 +8,6 @@ ciphertext cannot be replayed in another round, redirected, or reused for anothe
 
 from __future__ import annotations
 
-
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
