@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from securefl.cli import main as securefl_main
+from securefl.errors import ConfigError
 from securefl.federation import Federation, build_stack, validate_stack
 from securefl.flower import FlowerRun, SecureFL, backend_config
 from securefl.flower.faults import drop_mod, tamper_mod
@@ -288,6 +289,20 @@ class ScriptedGrid:
     def send_and_receive(self, messages, *, timeout=None):
         return [reply for m in messages if (reply := self.answer(m)) is not None]
 
+    # The push/pull interface securefl's server uses: replies wait in a table until pulled.
+    def push_messages(self, messages):
+        self.waiting = getattr(self, "waiting", {})
+        ids = []
+        for i, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{len(self.waiting)}-{i}"
+            ids.append(message.metadata.message_id)
+            if (reply := self.answer(message)) is not None:
+                self.waiting[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.waiting.pop(i) for i in list(message_ids) if i in self.waiting]
+
 
 def test_hello_refuses_a_name_two_nodes_claim_and_names_that_are_not_party_ids(task_identity):
     from securefl.flower.records import hello_content
@@ -332,6 +347,50 @@ def test_the_transport_turns_error_replies_into_withdraws_and_drops_malformed_on
     assert replies["13"] == requests["13"]
     (timing,) = transport.timings
     assert (timing.round, timing.phase, timing.replies, timing.errors) == (3, "share", 1, 2)
+
+
+def test_the_server_pulls_at_its_own_interval_until_every_reply_is_in_or_the_phase_ends(task_identity):
+    """Replies that come in over several pulls are all collected; the phase ends as soon as the last
+    is in (not after the grid's own interval), or at the timeout with those that came."""
+    from securefl.flower.server import send_and_collect
+
+    class SlowGrid(ScriptedGrid):
+        """Node 13's reply appears only at the third pull; node 12 never answers."""
+
+        pulls = 0
+
+        def pull_messages(self, message_ids):
+            self.pulls += 1
+            message_ids = list(message_ids)
+            if self.pulls < 3:
+                message_ids = [
+                    i for i in message_ids if i in self.waiting and self.waiting[i].metadata.src_node_id != 13
+                ]
+            return super().pull_messages(message_ids)
+
+    def answer(message):
+        if message.metadata.dst_node_id == 12:
+            return None
+        reply = Message(RecordDict(), reply_to=message)
+        reply.metadata.__dict__["_src_node_id"] = message.metadata.dst_node_id
+        return reply
+
+    def messages():
+        return [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (11, 13)]
+
+    grid = SlowGrid(answer)
+    replies = send_and_collect(grid, messages(), timeout=5.0, interval=0.001)
+    assert sorted(r.metadata.src_node_id for r in replies) == [11, 13] and grid.pulls == 3
+    grid = SlowGrid(answer)
+    with_silent = [*messages(), Message(RecordDict(), dst_node_id=12, message_type="train")]
+    replies = send_and_collect(grid, with_silent, timeout=0.05, interval=0.001)
+    assert sorted(r.metadata.src_node_id for r in replies) == [11, 13] and grid.pulls > 3
+
+
+@pytest.mark.parametrize("interval", [0, -1, float("nan"), float("inf"), True, "0.1", 7200])
+def test_a_pull_interval_that_is_not_a_sensible_number_of_seconds_is_refused(interval):
+    with pytest.raises(ConfigError, match="pull_interval"):
+        SecureFL(pull_interval=interval)
 
 
 @pytest.mark.parametrize(

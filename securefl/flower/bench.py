@@ -53,6 +53,7 @@ from flwr.simulation import run_simulation
 
 from securefl.flower import SecureFL, backend_config
 from securefl.flower.records import envelope_of, is_securefl, message_bytes
+from securefl.flower.server import default_pull_interval
 from securefl.wire import Envelope
 
 K_SPARSE = 18  # the sparse graph both sides are compared on: 18 neighbours, threshold 2/3
@@ -108,10 +109,14 @@ class Exchange:
 
 @dataclass
 class MeteredGrid:
-    """Delegates to Flower's grid; times every send_and_receive and counts its payload bytes."""
+    """Delegates to Flower's grid; times every exchange and counts its payload bytes: each
+    ``send_and_receive`` (Flower's workflows and strategies), and each push with the pulls of its
+    replies (securefl's server, which pulls at its own interval). A pushed exchange lasts until the
+    last pull that asked for its replies: when they were all in, or when the server gave up."""
 
     grid: Any
     log: list[Exchange] = field(default_factory=list)
+    _open: dict[str, Exchange] = field(default_factory=dict)  # pushed message id -> its exchange
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
@@ -128,6 +133,30 @@ class MeteredGrid:
         up = sum(message_bytes(r) for r in replies)
         errors = sum(1 for r in replies if r.has_error())
         self.log.append(Exchange(round_, stage, started, seconds, down, up, errors))
+        return replies
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        started = time.perf_counter()
+        ids = list(self.grid.push_messages(messages))
+        if messages:
+            stage, round_ = _label(messages[0])
+            exchange = Exchange(round_, stage, started, 0.0, sum(message_bytes(m) for m in messages), 0, 0)
+            self.log.append(exchange)
+            self._open.update(dict.fromkeys(ids, exchange))
+        return ids
+
+    def pull_messages(self, message_ids):
+        message_ids = list(message_ids)
+        replies = list(self.grid.pull_messages(message_ids))
+        now = time.perf_counter()
+        for exchange in {id(e): e for e in (self._open.get(i) for i in message_ids) if e}.values():
+            exchange.seconds = now - exchange.started
+        for reply in replies:
+            exchange = self._open.pop(reply.metadata.reply_to_message_id, None)
+            if exchange is not None:
+                exchange.bytes_up += message_bytes(reply)
+                exchange.errors += int(reply.has_error())
         return replies
 
 
@@ -318,6 +347,8 @@ def run_arm(arm: str, clients: int, size: int, rounds: int, drop: int | None, dr
 
         @server.main()
         def _securefl(grid: Grid, context: Context) -> None:
+            # What securefl's server picks for this grid (it cannot see through the meter).
+            secure.pull_interval = default_pull_interval(grid)
             metered = MeteredGrid(grid)
             out["grid"] = metered
             result = secure.run(metered, ArrayRecord({"w": Array(initial)}), rounds, min_nodes=clients)

@@ -700,7 +700,9 @@ class _Aggregator(SumAggregator):
 
     def _receive_masked(self, party: str, payload: bytes) -> None:
         senders = self._senders(party)
-        header, parts = decode_record(payload, b"SAMr", {"unopened": list}, ("masked", "accusations"))
+        header, parts = decode_record(
+            payload, b"SAMr", {"unopened": list}, ("masked", "accusations"), views=("masked",)
+        )
         unopened = _ids(header["unopened"], "unopened shares", senders)
         signatures = _chunks(
             parts["accusations"],
