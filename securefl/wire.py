@@ -226,7 +226,11 @@ def _type_names(types: tuple[type, ...]) -> str:
 
 
 def _split_parts(
-    data: bytes, offset: int, raw_parts: object, part_names: tuple[str, ...] | None, views: tuple[str, ...] = ()
+    data: bytes,
+    offset: int,
+    raw_parts: object,
+    part_names: tuple[str, ...] | None,
+    views: tuple[str, ...] = (),
 ) -> dict[str, bytes]:
     if not isinstance(raw_parts, list):
         raise WireError("header field 'parts' must be a list of [name, length] pairs")

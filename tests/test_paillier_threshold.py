@@ -5,7 +5,9 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import stat
+import tempfile
 
 import numpy as np
 import pytest
@@ -40,6 +42,14 @@ def keys(tmp_path_factory):
     return made
 
 
+def fresh_copy(directory):
+    """The ceremony's files without any acknowledgement log: each federation of the tests starts
+    from the same initial model, which a share that acknowledged a sum on it refuses ever after."""
+    copy = tempfile.mkdtemp(prefix="keys-", dir=directory.parent)
+    shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("*.acks"), dirs_exist_ok=True)
+    return copy
+
+
 def federation(directory, n, faults=None, transcript=None, dim=7, seed=0, **layer_kw):
     rng = np.random.default_rng(seed)
     parties = _parties(n)
@@ -50,7 +60,7 @@ def federation(directory, n, faults=None, transcript=None, dim=7, seed=0, **laye
         {p: fixed_delta_client(deltas[p], weights[p]) for p in parties},
         [
             securefl.Quantize(bits=16, update_bound=32767.0),
-            PaillierThreshold(key_dir=str(directory), workers=1, **layer_kw),
+            PaillierThreshold(key_dir=fresh_copy(directory), workers=1, **layer_kw),
         ],
         weight_bound=32767.0,
         faults=faults,

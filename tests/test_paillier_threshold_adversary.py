@@ -2,20 +2,24 @@
 attack — decrypting one party's update — and checks it fails (protocols/paillier-threshold.md,
 "Attestations"), and that honest rounds survive contributors that cannot or do not attest."""
 
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
+from conftest import fixed_delta_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_paillier_threshold import _parties, federation, keys, mean  # noqa: F401 - keys is a fixture
+from test_paillier_threshold import _parties, federation, fresh_copy, keys, mean  # noqa: F401 - keys is a fixture
 
+import securefl
 from securefl.crypto import attestation, paillier, signing
 from securefl.crypto import threshold_paillier as tp
 from securefl.errors import ConfigError, ProtocolError
 from securefl.faults import Faults
 from securefl.layers import paillier_threshold as layer_module
 from securefl.layers.base import SealedModel
+from securefl.layers.paillier_threshold import PaillierThreshold
 from securefl.wire import decode_record, encode_record
 
 BITS = 512  # tests only
@@ -1059,3 +1063,84 @@ def test_a_combiner_fuses_a_sum_only_onto_its_contributors_model(keys, monkeypat
     assert aggregator.completing and aggregator.decrypted_by[0] != "p03"
     np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(3)), atol=1e-9)
     assert "fuses the sum onto no other model" in " ".join(report.dropouts.values())
+
+
+# --- across sessions: the acknowledgements belong to the key share, not to one party object -------
+
+
+def _second_session(directory, deltas, weights, parties):
+    """A federation (another session, new party objects) over the same key files, from the
+    same initial model: what a hostile server does by simply starting a new run with fewer nodes."""
+    fed = securefl.Federation(
+        {"w": np.zeros(len(next(iter(deltas.values()))))},
+        {p: fixed_delta_client(deltas[p], weights[p]) for p in parties},
+        [securefl.Quantize(bits=16, update_bound=32767.0), PaillierThreshold(key_dir=directory, workers=1)],
+        weight_bound=32767.0,
+    )
+    return fed
+
+
+@pytest.mark.parametrize("forget", [False, True])
+def test_a_second_session_from_the_same_model_cannot_difference_a_party_out(keys, forget):  # noqa: F811
+    """Attacker of the Flower integration, attempted in-process: session A sums all four parties'
+    updates on M0, session B — new party objects over the same shares — the other three's on M0
+    again; the two releases would give p00's update as their weighted difference (with t − 1 = 1
+    colluder to open them). Each share's acknowledgement log refuses session B's attestations. With
+    the logs removed (``forget``: the code before the fix, or an operator deleting them) the same
+    two sessions do recover p00's update exactly: the harness finds the break."""
+    directory = fresh_copy(keys[(4, 2)])
+    _, deltas, weights = federation(keys[(4, 2)], 4)  # the parties' updates and example counts
+    fed = _second_session(directory, deltas, weights, _parties(4))  # session A
+    assert fed.run_round().ok
+    release_a = fed.global_vector.copy()
+    assert list(Path(directory).glob("*.acks"))
+    if forget:
+        for log in Path(directory).glob("*.acks"):
+            log.unlink()
+    others = _parties(4)[1:]
+    second = _second_session(directory, deltas, weights, others)
+    report = second.run_round()
+    if forget:
+        assert report.ok
+        total_a, total_b = sum(weights.values()), sum(weights[p] for p in others)
+        recovered = (total_a * release_a - total_b * second.global_vector) / weights["p00"]
+        np.testing.assert_allclose(recovered, deltas["p00"], atol=1e-6)
+        return
+    assert not report.ok
+    np.testing.assert_array_equal(second.global_vector, np.zeros_like(release_a))
+    reasons = " ".join(report.dropouts.values())
+    assert "already acknowledged a sum of an update trained on this same model" in reasons
+    assert "start the federation from another model, or run a new key ceremony" in reasons
+
+
+def test_the_acknowledgement_log_binds_a_base_to_one_sum_durably(tmp_path):
+    """Re-acknowledging the same sum is allowed (an exposed sum completed later); another sum on the
+    same base is refused, from any AckLog object of the file; a line torn by a crash was never acted
+    upon and is ignored; a damaged line is refused, never rewritten; symlinks are not followed."""
+    from securefl.layers.ack_log import AckLog
+
+    path = tmp_path / "share-p00.json.acks"
+    base, other = "a" * 64, "b" * 64
+    log = AckLog(path)
+    log.record(base, SESSION, 0, DIGEST)
+    log.record(base, SESSION, 0, DIGEST)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert len(path.read_bytes().splitlines()) == 1
+    for session, round_, digest in ((SESSION, 1, DIGEST), ("ef" * 16, 0, DIGEST), (SESSION, 0, "0" * 64)):
+        with pytest.raises(ProtocolError, match="already acknowledged"):
+            AckLog(path).record(base, session, round_, digest)
+    assert AckLog(path).acknowledged_on(base) == (SESSION, 0)
+    assert AckLog(path).acknowledged_on(other) is None
+    with path.open("ab") as handle:
+        handle.write(b'{"base": "' + other.encode() + b'", "ro')  # torn by a crash
+    assert AckLog(path).acknowledged_on(other) is None
+    AckLog(path).record(other, SESSION, 2, DIGEST)  # cuts the torn tail off, then appends
+    assert AckLog(path).acknowledged_on(other) == (SESSION, 2)
+    with path.open("ab") as handle:
+        handle.write(b"not json\n")
+    with pytest.raises(ConfigError, match="damaged at line 3"):
+        AckLog(path)
+    link = tmp_path / "link.acks"
+    link.symlink_to(path)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        AckLog(link)

@@ -43,7 +43,9 @@ from securefl.crypto import threshold_paillier as tp
 from securefl.crypto.keyfiles import private_directory, read_private, write_private
 from securefl.crypto.packing import Packing
 from securefl.errors import ConfigError, ProtocolError, RoundFailed, WireError
+from securefl.layers import ack_log
 from securefl.layers import paillier as paillier_layer
+from securefl.layers.ack_log import AckLog
 from securefl.layers.base import (
     ImpossibleSum,
     RoundContext,
@@ -582,7 +584,7 @@ class PaillierThreshold(SecureSum):
             )
         if share.public != self.public:
             raise ConfigError(f"the share file {str(path)!r} is for another threshold key")
-        return _ThresholdParty(self.scheme, party_id, share, self.workers)
+        return _ThresholdParty(self.scheme, party_id, share, self.workers, AckLog(f"{path}.acks"))
 
     def __repr__(self) -> str:
         return (
@@ -1205,9 +1207,12 @@ class _ThresholdParty(_Party):
     decryptor or verifier combines them. Refuses what a shared-key party refuses, plus a second
     share request in a round (one set of decryption shares per party per round)."""
 
-    def __init__(self, scheme: ThresholdScheme, party_id: str, share: tp.KeyShare, workers: int) -> None:
+    def __init__(
+        self, scheme: ThresholdScheme, party_id: str, share: tp.KeyShare, workers: int, acks: AckLog
+    ) -> None:
         super().__init__(scheme, party_id, share, None)
         self.workers = workers
+        self.acks = acks  # this key share's acknowledgements, across sessions and restarts
         self._handlers = {
             ENCRYPT: self._encrypt,
             ATTEST: self._attest,
@@ -1313,6 +1318,9 @@ class _ThresholdParty(_Party):
                 "this party acknowledged a sum of its update computed on this same model; it attests "
                 "no other sum of it until a released model changes it"
             )
+        earlier = self.acks.acknowledged_on(self._base_digest)  # in another session, or before a restart
+        if earlier is not None:
+            raise ProtocolError(ack_log.refusal(*earlier))
         _, _, plaintexts, seed = opening
         public = self.material.public.paillier
         gammas = attestation.coefficients(self.ctx.session, self.ctx.round, digest, len(plaintexts))
@@ -1337,6 +1345,7 @@ class _ThresholdParty(_Party):
             raise ProtocolError(
                 "asked to acknowledge a sum that is not the last one this party attested its contribution to"
             )
+        self.acks.record(mine[3], self.ctx.session, of_round, mine[1])  # durably, before signing
         self.acknowledged = (of_round, mine[1], mine[3])
         self.acknowledged_bases.add(mine[3])
         ack = sign_ack(self.material, self.ctx.session, of_round, mine[0], mine[1], mine[3])

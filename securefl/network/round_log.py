@@ -17,12 +17,12 @@ through a symlink.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from securefl.crypto.keyfiles import sync_directory
-from securefl.errors import ConfigError, ProtocolError
+from securefl.durable import append_entry, damaged, read_entries
+from securefl.errors import ProtocolError
+
+_WHAT = "round log"
 
 
 class RoundLog:
@@ -31,27 +31,13 @@ class RoundLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._latest: dict[str, int] = {}
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise ConfigError(f"the round log {str(self.path)!r} cannot be read: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read()
-        complete = data[: data.rfind(b"\n") + 1]  # a torn last line was never acted upon
-        for number, line in enumerate(complete.splitlines(), 1):
+        for number, entry in read_entries(self.path, _WHAT):
             try:
-                entry = json.loads(line)
                 session, round_ = entry["session"], entry["round"]
                 if not isinstance(session, str) or isinstance(round_, bool) or not isinstance(round_, int):
                     raise TypeError
-            except (ValueError, KeyError, TypeError):
-                raise ConfigError(
-                    f"the round log {str(self.path)!r} is damaged at line {number}; it records which "
-                    "rounds this party took part in, so it is not rewritten: move it aside only if this "
-                    "party will never again serve a session it lists"
-                ) from None
+            except (KeyError, TypeError):
+                raise damaged(self.path, _WHAT, number) from None
             self._latest[session] = max(round_, self._latest.get(session, -1))
 
     def latest(self, session: str) -> int | None:
@@ -68,20 +54,5 @@ class RoundLog:
                 f"restart, or the aggregator is running round {round + 1} again); it takes part in each "
                 "round once: refused"
             )
-        line = json.dumps({"session": session, "round": round}, separators=(",", ":")).encode() + b"\n"
-        created = not os.path.lexists(self.path)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(self.path, flags, 0o600)
-        except OSError as exc:
-            raise ProtocolError(
-                f"the round log {str(self.path)!r} cannot be written: {exc.strerror}"
-            ) from None
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if created:
-            sync_directory(self.path.parent)
+        append_entry(self.path, {"round": round, "session": session}, _WHAT)
         self._latest[session] = round

@@ -1,0 +1,82 @@
+"""The sums a threshold Paillier key share has acknowledged, kept beside its share file.
+
+``paillier-threshold`` binds one decryptable sum to each unchanged update: a party acknowledges a
+sum only of its contribution trained on some model (its *base*), and from then on attests no
+other sum of an update trained on that base. Otherwise two decryptable sums of the same update
+over two contributor sets reveal its difference to whoever decrypts them (an aggregator with
+t − 1 colluding holders).
+
+That rule must hold for the key share, not for one party object. Found by an attacker of the
+Flower integration: a new session built a new party with no acknowledgements, which trained the
+same update on the same initial model and acknowledged a second sum of it over other
+contributors; the aggregator and one colluder recovered an honest party's update from the two
+releases. So the acknowledgements live in ``<share file>.acks`` (``securefl.durable``: JSON lines,
+fsynced before the acknowledgement is signed, 0600, no symlinks), read again before every
+attestation and acknowledgement: every party object of that share — in any session, in this
+process or after a restart — sees them. Within one round the party object's own state decides
+first, as before.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from securefl.durable import append_entry, damaged, read_entries
+from securefl.errors import ProtocolError
+
+_WHAT = "acknowledgement log"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class AckLog:
+    """The (base, session, round, sum) of every sum this key share acknowledged."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._entries()  # a damaged log is refused when the party is built, not mid-round
+
+    def _entries(self) -> list[tuple[str, str, int, str]]:
+        out = []
+        for number, entry in read_entries(self.path, _WHAT):
+            try:
+                base, session, round_, digest = entry["base"], entry["session"], entry["round"], entry["sum"]
+                if not (
+                    isinstance(base, str)
+                    and _HEX64.fullmatch(base)
+                    and isinstance(session, str)
+                    and type(round_) is int
+                    and isinstance(digest, str)
+                ):
+                    raise TypeError
+            except (KeyError, TypeError):
+                raise damaged(self.path, _WHAT, number) from None
+            out.append((base, session, round_, digest))
+        return out
+
+    def acknowledged_on(self, base: str) -> tuple[str, int] | None:
+        """The (session, round) of a sum this share acknowledged of an update trained on ``base``."""
+        for recorded, session, round_, _ in self._entries():
+            if recorded == base:
+                return session, round_
+        return None
+
+    def record(self, base: str, session: str, round_: int, digest: str) -> None:
+        """Durably bind ``base`` to this one sum before the acknowledgement is signed; ProtocolError
+        if a sum of another session, round or content was acknowledged on it (re-acknowledging the
+        same sum, as when an exposed sum is completed later, is allowed)."""
+        for recorded, other_session, other_round, other_digest in self._entries():
+            if recorded == base:
+                if (other_session, other_round, other_digest) == (session, round_, digest):
+                    return
+                raise ProtocolError(refusal(other_session, other_round))
+        append_entry(self.path, {"base": base, "round": round_, "session": session, "sum": digest}, _WHAT)
+
+
+def refusal(session: str, round_: int) -> str:
+    return (
+        f"this key share already acknowledged a sum of an update trained on this same model (session "
+        f"{session}, round {round_ + 1}); a second sum of it over other parties would reveal their "
+        "difference, so it attests none: start the federation from another model, or run a new key "
+        "ceremony"
+    )
