@@ -872,7 +872,12 @@ def _repair_ledger(path: str, console: Console) -> None:
     if done.placeholders:
         console.print(
             f"repair: {counted(done.placeholders, 'record')} the damage hid counted as releases with the "
-            "last readable release's mechanism (an assumption: check it against your own records)"
+            "costliest verified release's mechanism (an assumption: check it against your own records)"
+        )
+    if done.replaced:
+        console.print(
+            f"repair: {counted(done.replaced, 'record')} whose signature no longer verified (edited, or "
+            "corrupted) counted as the costliest verified release; their bytes are in the damaged copy"
         )
 
 

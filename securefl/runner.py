@@ -169,6 +169,10 @@ def run(
         watched = next(iter(task.clients))
         view = AggregatorView(watched)
         task.clients[watched] = view.watch(task.clients[watched])
+    if settings.save:
+        from securefl.checkpoint import require_savable
+
+        require_savable(guard)  # before any round: a budget without a ledger cannot be checkpointed
     federation = build_federation(settings, task, guard, view)
     resumed = federation.resume(settings.resume) if settings.resume else 0
     reporter.start(settings, task)

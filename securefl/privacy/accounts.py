@@ -104,6 +104,16 @@ def seen_by_a_party(fields: Mapping[str, Any], summed: int, sharing: int, placem
     return seen
 
 
+def recorded_as_a_party_sees(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A ledger record's release as a party summed in it saw it (:func:`seen_by_a_party` with the
+    record's ``parties_summed`` and ``noise_threshold``): what a resumed guard and the audit replay,
+    exactly as a live guard recorded it. A record without those fields (older) is taken as is."""
+    summed, sharing = record.get("parties_summed"), record.get("noise_threshold")
+    if not (type(summed) is int and type(sharing) is int):
+        return dict(record)
+    return seen_by_a_party(record, summed, sharing, str(record.get("placement", "")))
+
+
 def _with_rate(fields: Mapping[str, Any], rate: float) -> Entry:
     return entry_of({**fields, "sample_rate": rate})
 
@@ -193,7 +203,10 @@ class ObserverAccounts:
         # An older record has no count rate: its sample_rate is the best there is.
         count_rate = _number(observers.get(COUNT, {}), "sample_rate", float(record.get("sample_rate", 1.0)))
         self.count.add(_with_rate(record, count_rate), steps)
-        entry = _with_rate(record, 1.0)
+        # As the live guard composed it: a summed party knows its own share of distributed noise.
+        # (Replayed as calibrated, a resumed guard undercounted every earlier round at few survivors:
+        # an attacker restarting the guard each round released 9 rounds where 6 fit the budget.)
+        entry = _with_rate(recorded_as_a_party_sees(record), 1.0)
         self.full[entry] = self.full.get(entry, 0) + steps
         releases = observers.get(PARTICIPANTS, {}).get("releases") if observers else None
         if isinstance(releases, int) and not isinstance(releases, bool) and releases >= self.most_selected:

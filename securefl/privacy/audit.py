@@ -37,7 +37,7 @@ from securefl.errors import ConfigError
 from securefl.logtext import counted
 from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create, entry_of
 from securefl.privacy.accountants.base import BeyondAccountant
-from securefl.privacy.accounts import seen_by_a_party, worst_party_epsilon
+from securefl.privacy.accounts import recorded_as_a_party_sees, worst_party_epsilon
 from securefl.privacy.ledger import verify
 from securefl.privacy.observers import AGGREGATOR, COUNT, DESCRIPTIONS, MODEL, OBSERVERS, PARTICIPANTS
 
@@ -239,7 +239,8 @@ def audit(
     if unverified:
         result.problems.append(
             f"{counted(len(unverified), 'record')} carried by a repair from a damaged ledger whose "
-            "signatures no longer verified: their figures may have been altered (compare the damaged copy "
+            "signatures no longer verified: their figures may have been altered, so each is accounted as "
+            "the costliest verified release (compare the damaged copy "
             f"{unverified[0].get('from')} with your own records)"
         )
     if carried:
@@ -483,7 +484,7 @@ def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -
             participations += int(record.get("parties_summed") or 0)
             problems = _observer_rules(record, previous_m, participations)
             count_entry = entry_of({**record, "sample_rate": record["observers"][COUNT]["sample_rate"]})
-            unsampled = entry_of({**_as_a_party_sees(record), "sample_rate": 1.0})
+            unsampled = entry_of({**recorded_as_a_party_sees(record), "sample_rate": 1.0})
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             result.problems.append(f"{where}: its per-observer figures are malformed ({exc})")
             return
@@ -646,14 +647,6 @@ def _poisson_plausibility(released: list[dict[str, Any]]) -> list[str]:
                 f"({excess:.1f} standard deviations above): the rate was understated"
             )
     return problems
-
-
-def _as_a_party_sees(record: dict[str, Any]) -> dict[str, Any]:
-    """A release as a party summed in it sees it (the guard's rule: accounts.seen_by_a_party)."""
-    summed, sharing = record.get("parties_summed"), record.get("noise_threshold")
-    if not (isinstance(summed, int) and isinstance(sharing, int)):
-        return record
-    return seen_by_a_party(record, summed, sharing, str(record.get("placement", "")))
 
 
 def _recompute_observers(

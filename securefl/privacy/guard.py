@@ -156,7 +156,15 @@ class PrivacyGuard:
                 if isinstance(record.get("round"), int):
                     self.next_round = max(self.next_round, record["round"] + 1)
                 if record.get("unit") != "party":
-                    continue
+                    # A federation's guard writes only per-party records; anything else is another
+                    # ledger's (opacus's per-record one) or an edit, and skipping it would drop
+                    # what it accounts (an attacker's edit to unit="record" reset the budget).
+                    raise ConfigError(
+                        f"the ledger {self.ledger.path} holds a record of privacy unit "
+                        f"{str(record.get('unit'))[:40]!r} (round {record.get('round')}), not 'party': a "
+                        "federation's budget is accounted per party in a ledger of its own; audit it with "
+                        "'securefl audit', and give this federation another ledger"
+                    )
                 if record.get("delta") not in (None, self.budget.delta):
                     raise ConfigError(
                         f"the ledger {self.ledger.path} accounts δ={record.get('delta')}, this budget "
@@ -319,6 +327,11 @@ class GuardBinding:
 
     def bind(self, stack: PrivacyStack, selection: Selection, population: int) -> GuardBinding:
         return self.guard.bind(stack, selection, population)
+
+    @property
+    def ledger(self):
+        """The guard's ledger (None: its budget lives in memory only)."""
+        return self.guard.ledger
 
     def admit(self, round: int) -> None:
         self._current().admit(round)

@@ -551,6 +551,7 @@ class Repair:
     carried: int = 0
     unreadable: list[str] = field(default_factory=list)
     placeholders: int = 0
+    replaced: int = 0  # readable records whose signature failed, accounted as the costliest release
     kept: list[Path] = field(default_factory=list)
     damage: list[str] = field(default_factory=list)
 
@@ -563,9 +564,10 @@ def repair(path: str | Path) -> Repair:
     replaced by a ledger, signed with the same key, that carries every record still readable, each
     marked ``carried`` (the damaged file's SHA-256, the record's original ``seq`` and ``time``,
     whether its signature still verified). Records the damage hid — lines that no longer parse, or
-    the records the head counts beyond what remains — are carried as placeholders that repeat the
-    most costly readable release's mechanism, so the spent budget is never lower than before (the
-    assumption is printed and recorded). The replacement is built aside and renamed into place: a
+    the records the head counts beyond what remains — and records whose signature no longer verifies
+    (their figures may have been edited) are carried as placeholders that repeat the most costly
+    verified release's mechanism, so the spent budget is never lower than before (the assumption is
+    printed and recorded). The replacement is built aside and renamed into place: a
     crash during repair leaves either ledger, each of which a second repair carries again."""
     path = Path(path)
     key = load_or_create_key(path)
@@ -612,15 +614,36 @@ def repair(path: str | Path) -> Repair:
     missing = len(report.unreadable)
     if isinstance(claimed, int) and claimed > len(readable):
         missing = max(missing, claimed - len(readable))
-    releases = [r for r in readable if r.get("decision") == "released"]
-    if missing and not releases:
+    # A record whose signature no longer verifies says nothing the budget may rest on: it may have
+    # been edited to read cheaper (another unit, a larger noise multiplier, "refused"). It is
+    # accounted like a record the damage hid — the costliest *verified* release's mechanism —, its
+    # bytes kept in the damaged copy for the auditor (an attacker edited every record, then had the
+    # repair carry them: the next guard started again at zero).
+    trusted = [r for r in readable if r["carried"]["verified"]]
+    altered = [r for r in readable if not r["carried"]["verified"]]
+    releases = [r for r in trusted if r.get("decision") == "released"]
+    if (missing or altered) and not releases:
         raise ConfigError(
-            f"ledger {path}: {missing} records are unreadable or missing and no readable release shows "
-            "their mechanism; restore the ledger from a backup"
+            f"ledger {path}: {missing + len(altered)} records are unreadable, missing or no longer signed, "
+            "and no verified release shows their mechanism; restore the ledger from a backup"
         )
-    # The noisiest-for-the-target (smallest noise multiplier) readable release: never the last one,
-    # which an attacker who deleted records could have forged weaker.
-    costliest = min(releases, key=lambda r: _number_or(r.get("noise_multiplier"), math.inf))
+    costliest = (
+        min(releases, key=lambda r: _number_or(r.get("noise_multiplier"), math.inf)) if releases else None
+    )
+    carried_records = []
+    for record in readable:
+        if record["carried"]["verified"]:
+            carried_records.append(record)
+            continue
+        placeholder = dict(costliest)
+        placeholder["carried"] = {**record["carried"], "replaced": True}
+        if type(record.get("round")) is int:
+            placeholder["round"] = record["round"]
+        carried_records.append(placeholder)
+    readable = carried_records
+    report.replaced = len(altered)
+    # The noisiest-for-the-target (smallest noise multiplier) verified release: never the last
+    # one, which an attacker who deleted records could have forged weaker.
     for _ in range(missing):
         placeholder = dict(costliest)
         placeholder["carried"] = {"from": kept.name, "sha256": digest, "missing": True}
