@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +86,7 @@ def load(federation: Federation, path: str | Path) -> int:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ConfigError(f"{path} is not a securefl checkpoint (.npz): {exc}") from None
     header = _header(arrays.pop(_HEADER, None), path)
     expected = [[e.name, list(e.shape), e.dtype] for e in federation.spec.entries]
@@ -210,6 +211,16 @@ def _header(raw: np.ndarray | None, path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: the checkpoint's round count {rounds!r} is not a round count")
     if not isinstance(header.get("strategy_scalars"), dict) or not isinstance(header.get("model"), list):
         raise ConfigError(f"{path}: the checkpoint's header is incomplete")
+    for entry in header["model"]:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+            and all(type(d) is int and d >= 0 for d in entry[1])
+            and isinstance(entry[2], str)
+        ):
+            raise ConfigError(f"{path}: the checkpoint's header describes its model wrongly: {entry!s:.80}")
     return header
 
 

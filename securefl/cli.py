@@ -923,11 +923,28 @@ def _serve(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
         return 2
+    except OSError as exc:
+        logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
+        return _file_problem(args, exc)
     except Exception as exc:
         logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
         return _unexpected(args, exc, traceback=False)
     print(json.dumps(summary) if args.json else f"finished: {_served(summary)}")
     return 0
+
+
+def _file_problem(args: argparse.Namespace, exc: OSError) -> int:
+    """A file or directory the command could not use, named with the system's reason: exit 2 (the
+    input or the machine, not a bug)."""
+    from securefl.logtext import printable
+
+    where = f"{exc.filename!s}" if exc.filename is not None else "a file"
+    reason = exc.strerror or type(exc).__name__
+    message = f"{printable(where, 500)}: {reason}; the {args.command} could not read or write it"
+    print(f"error: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"error": message, "type": type(exc).__name__}))
+    return 2
 
 
 def _unexpected(args: argparse.Namespace, exc: Exception, traceback: bool) -> int:
@@ -1092,6 +1109,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"error": "interrupted", "type": "KeyboardInterrupt"}))
         return 130
+    except OSError as exc:  # a file it was given or writes (a directory, a missing parent, no access)
+        return _file_problem(args, exc)
     except Exception as exc:  # a bug or an environment problem: one line, the traceback with --verbose
         return _unexpected(args, exc, traceback=args.verbose or getattr(args, "fail_fast", False))
     if args.json:

@@ -1,6 +1,7 @@
 """Issue 20: what a newcomer runs first ends in a result or one clear line, never a traceback."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -451,6 +452,79 @@ def test_the_demo_saves_and_resumes_with_the_ledger_continuing(tmp_path, capsys)
     assert main(["audit", ledger, "--json"]) == 0
     rounds = [r["round"] for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rounds"]]
     assert rounds == [1, 2, 3, 4]
+
+
+def test_a_budgeted_run_checkpoints_and_resumes_only_with_its_ledger(tmp_path, capsys):
+    """Found by an attacker: --save/--resume with a budget but no ledger started the budget again at
+    zero every run (five runs of 3 rounds, each reporting ε 4.0 against a budget of 8; the model
+    went through 15 releases, ε ≥ 9.6). A budgeted run now saves only with a ledger (refused before
+    any round), and its checkpoint resumes only with that ledger, not fewer of its records, and not
+    as a budgeted run when it was saved without a budget."""
+    checkpoint, ledger = str(tmp_path / "ck.npz"), tmp_path / "l.jsonl"
+    budget = [*DP, "--budget-epsilon", "30", "--rounds", "1"]
+    assert main([*budget, "--save", checkpoint]) == 2
+    assert "this one has none" in capsys.readouterr().err and not Path(checkpoint).exists()
+    assert main([*budget, "--save", checkpoint, "--ledger", str(ledger)]) == 0
+    capsys.readouterr()
+    assert main([*budget, "--resume", checkpoint]) == 2  # the budget would restart at zero
+    assert "resume with that ledger" in " ".join(capsys.readouterr().err.split())
+    other = tmp_path / "other.jsonl"
+    assert main([*budget, "--resume", checkpoint, "--ledger", str(other)]) == 2
+    assert "resume with the ledger the run wrote" in " ".join(capsys.readouterr().err.split())
+    unbudgeted = str(tmp_path / "plain.npz")
+    assert main(["demo", "--rounds", "1", "--plot", "", "--save", unbudgeted]) == 0
+    capsys.readouterr()
+    assert main([*budget, "--resume", unbudgeted, "--ledger", str(tmp_path / "new.jsonl")]) == 2
+    assert "without a privacy budget" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("damage", ["not a zip", "torn zip", "model entries"])
+def test_a_damaged_checkpoint_is_named_not_a_crash(tmp_path, capsys, damage):
+    """Found by an attacker: a corrupt zip and a header with malformed model entries fell through to
+    "the demo failed: BadZipFile" / "ValueError" (exit 1, the code for a bug)."""
+    import numpy as np
+
+    path = tmp_path / "ck.npz"
+    _small_federation().save(path)
+    if damage == "not a zip":
+        path.write_bytes(b"PK\x03\x04 not really")
+    elif damage == "torn zip":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        header = json.loads(bytes(arrays["securefl_checkpoint"]).decode())
+        header["model"] = [["w"], 7]
+        arrays["securefl_checkpoint"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        np.savez(path, **arrays)
+    from securefl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoint"):
+        _small_federation().resume(path)
+
+
+@pytest.mark.parametrize(
+    "where", ["audit head is a directory", "ledger key is a directory", "ledger under a file"]
+)
+def test_a_file_the_command_cannot_use_is_named_with_exit_2(tmp_path, capsys, where):
+    """Found by an attacker: a directory where a ledger's head or key belongs, or a ledger path under
+    a regular file, ended as "the audit failed: IsADirectoryError" (exit 1, the code for a bug)."""
+    ledger = tmp_path / "l.jsonl"
+    if where == "audit head is a directory":
+        assert main([*DP, "--rounds", "1", "--ledger", str(ledger)]) == 0
+        capsys.readouterr()
+        head = Path(str(ledger) + ".head")
+        head.unlink()
+        head.mkdir()
+        assert main(["audit", str(ledger)]) == 2
+    elif where == "ledger key is a directory":
+        Path(str(ledger) + ".key").mkdir()
+        assert main([*DP, "--rounds", "1", "--ledger", str(ledger)]) == 2
+    else:
+        (tmp_path / "file").write_text("x")
+        assert main([*DP, "--rounds", "1", "--ledger", str(tmp_path / "file" / "l.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err and "failed:" not in err
 
 
 def test_clipped_updates_are_reported_where_they_are_known(capsys, caplog):

@@ -20,7 +20,7 @@ from securefl.privacy.accountants import PLD, PRV, RDP
 from securefl.privacy.accounts import Tally
 from securefl.privacy.audit import audit
 from securefl.privacy.guard import Budget, PrivacyGuard
-from securefl.privacy.ledger import Ledger, canonical, verify
+from securefl.privacy.ledger import Ledger, canonical, open_ledger, verify
 from securefl.randomness import SecureRandom
 from securefl.selection import AllParties, Poisson
 
@@ -411,3 +411,82 @@ def test_a_summed_party_that_takes_its_own_noise_share_out_is_covered(tmp_path):
     record = verify(tmp_path / "l.jsonl").records[-1]
     assert record["noise_threshold"] == 3 and record["parties_summed"] == 3
     assert audit(tmp_path / "l.jsonl").valid
+
+
+def _three_party_guard(path, key, budget):
+    return _three_party_guard_on(Ledger(path, key), budget)
+
+
+def _three_party_guard_on(ledger, budget):
+    guard = PrivacyGuard(Budget(budget, DELTA), ledger, "pld")
+    stack = PrivacyStack.of([Clip(1.0), DPNoise(3.0, "distributed"), Plain()])
+    stack.validate(StackContext(VectorLayout(4), 3, 3, 1.0, {}))
+    guard.bind(stack, AllParties(), 3)
+    return guard
+
+
+def _release_until_refused(guard, round, parties):
+    try:
+        guard.admit(round)
+        guard.admit_selection(round, parties)
+    except BudgetExhausted:
+        return False
+    guard.record_release(round, 3, parties, parties)
+    return True
+
+
+def test_a_guard_resumed_every_round_spends_no_more_than_one_that_runs_on(tmp_path):
+    """Found by an attacker: a resumed guard replayed each earlier release at the calibrated noise,
+    not as a summed party saw it (z·√((s − 1)/t) at s = t = 3), so restarting the guard before every
+    round made each earlier round cheaper: 7 rounds released where 5 fit the budget (true ε 4.79
+    against 4). Resumed every round, the guard now releases exactly what one guard running on does,
+    and reports the same ε; both stay within what a summed party really learns."""
+    key, parties, budget = Ed25519PrivateKey.generate(), ["a", "b", "c"], 4.0
+    steady = _three_party_guard(tmp_path / "steady.jsonl", key, budget)
+    steady_rounds = 0
+    while _release_until_refused(steady, steady_rounds, parties):
+        steady_rounds += 1
+    restarted_rounds = 0
+    while True:
+        guard = _three_party_guard(tmp_path / "restarted.jsonl", key, budget)  # a new process each round
+        if not _release_until_refused(guard, restarted_rounds, parties):
+            break
+        restarted_rounds += 1
+    assert restarted_rounds == steady_rounds >= 2
+    assert guard.spent == pytest.approx(steady.spent, rel=1e-6)
+    truth = PLD()
+    truth.step(3.0 * math.sqrt(2 / 3), 1.0, restarted_rounds)
+    assert truth.epsilon(DELTA) <= budget + 1e-6
+    assert guard.spent >= truth.epsilon(DELTA) - 1e-6
+
+
+def test_records_edited_to_read_cheaper_cost_as_much_after_a_repair(tmp_path, capsys):
+    """Found by an attacker: with write access to the file (not the key) it edited the records to
+    read cheaper (unit "record", ε 0), the writer refused and named `--repair`, the repair carried
+    the records as they read, and the resumed guard skipped them: the budget started again at zero.
+    Now a record whose signature no longer verifies is carried as the costliest verified release,
+    and a verified record of another unit refuses the ledger."""
+    path, parties = tmp_path / "dp.jsonl", ["a", "b", "c"]
+    honest = _three_party_guard_on(open_ledger(path), math.inf)
+    for round in range(6):
+        assert _release_until_refused(honest, round, parties)
+    lines = path.read_bytes().splitlines()
+    edited = [lines[0]]
+    for line in lines[1:]:  # all but the first: a verified release must remain to repair from
+        record = json.loads(line)
+        record.update(unit="record", epsilon=0.0, noise_multiplier=1e6)
+        edited.append(canonical(record))
+    path.write_bytes(b"\n".join(edited) + b"\n")
+    with pytest.raises(ConfigError, match="--repair"):
+        open_ledger(path)
+    main(["audit", str(path), "--repair"])
+    assert "5 records whose signature no longer verified" in capsys.readouterr().out
+    resumed = _three_party_guard_on(open_ledger(path), math.inf)
+    assert resumed.spent >= honest.spent - 1e-9
+    # A signed record of another unit (another ledger's, e.g. opacus's per-record one) refuses it.
+    other = tmp_path / "mixed.jsonl"
+    ledger = open_ledger(other)
+    reserved = ("prev", "seq", "sig", "signer", "time", "carried")
+    ledger.append({**{k: v for k, v in verify(path).records[0].items() if k not in reserved}, "unit": "record"})
+    with pytest.raises(ConfigError, match="privacy unit 'record'"):
+        _three_party_guard_on(open_ledger(other), math.inf)

@@ -18,6 +18,7 @@ older signed state is not (anchor the head elsewhere for that).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -122,6 +123,23 @@ class Verification:
     repairs: list[str] = field(default_factory=list)
 
 
+def read_nofollow(path: Path, what: str) -> bytes | None:
+    """A ledger file's bytes, never through a symbolic link; None if it does not exist. ConfigError
+    (naming the file and the reason) if it is a link, a directory or unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        link = " (a symbolic link: ledger files are never followed)" if exc.errno == errno.ELOOP else ""
+        raise ConfigError(f"the {what} {path} cannot be read: {exc.strerror}{link}") from None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise ConfigError(f"the {what} {path} cannot be read: {exc.strerror}") from None
+
+
 def verify(path: str | Path, public_key: str | None = None) -> Verification:
     """Check lines, chain, sequence, signatures and the head; ``public_key`` (hex) pins the signer.
 
@@ -133,12 +151,12 @@ def verify(path: str | Path, public_key: str | None = None) -> Verification:
     problems: list[str] = []
     records: list[dict[str, Any]] = []
     result = Verification(False, records, problems)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    raw = read_nofollow(path, "ledger")
+    if raw is None:
         head = head_path(path)
-        parsed = (_parse(head.read_bytes()) or {}) if head.exists() else {}
-        if head.exists() and parsed.get("count") == 0:
+        head_raw = read_nofollow(head, "ledger head")
+        parsed = (_parse(head_raw) or {}) if head_raw is not None else {}
+        if head_raw is not None and parsed.get("count") == 0:
             # Created, nothing recorded yet — if the head is the writer's: signed by the ledger's key
             # (pinned, or the one it names) over count 0 and the genesis hash. An unsigned or foreign
             # "empty" head planted where the ledger was removed would restart the budget at zero
@@ -163,7 +181,7 @@ def verify(path: str | Path, public_key: str | None = None) -> Verification:
                 "restore the ledger from a backup (its budget must not restart at zero)"
             )
             return result
-        if head.exists():
+        if head_raw is not None:
             problems.append(
                 f"ledger {path} is missing but its head {head.name} exists: the records were removed; "
                 "restore the ledger from a backup (its budget must not restart at zero)"
@@ -267,7 +285,8 @@ def _check_head(
     """The head must cover every record, or every record but the last (its replacement was cut)."""
     count = len(records)
     head_file = head_path(path)
-    if not head_file.exists():
+    head_raw = read_nofollow(head_file, "ledger head")
+    if head_raw is None:
         if count == 0:
             return
         result.problems.append(
@@ -275,7 +294,7 @@ def _check_head(
             "first record): records removed from the end could not be detected"
         )
         return
-    head = _parse(head_file.read_bytes())
+    head = _parse(head_raw)
     if head is None:
         result.problems.append("the head file is not a JSON object")
         return
@@ -556,6 +575,21 @@ class Repair:
     damage: list[str] = field(default_factory=list)
 
 
+def _placeholder(
+    costliest: dict[str, Any], spent: float, carried: dict[str, Any], round_: int | None = None
+) -> dict[str, Any]:
+    """A release standing for a record the damage hid or altered: the costliest verified release's
+    mechanism, one more release for every party (its per-observer figures and counts, which are
+    cumulative, are dropped: copied, a count of 1 would make six placeholders one release), and the
+    most ε the verified records had reached."""
+    placeholder = {k: v for k, v in costliest.items() if k not in ("observers", "projected")}
+    placeholder["epsilon"] = max(spent, _number_or(costliest.get("epsilon"), 0.0))
+    placeholder["carried"] = carried
+    if round_ is not None:
+        placeholder["round"] = round_
+    return placeholder
+
+
 def repair(path: str | Path) -> Repair:
     """Make the ledger at ``path`` writable again without losing a release it records.
 
@@ -577,7 +611,7 @@ def repair(path: str | Path) -> Repair:
     if not report.damage:
         report.recovered = Ledger(path, key).recovered
         return report
-    raw = path.read_bytes() if path.exists() else b""
+    raw = read_nofollow(path, "ledger") or b""
     digest = hashlib.sha256(raw).hexdigest()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     kept = path.with_name(f"{path.name}.damaged-{stamp}")
@@ -600,7 +634,8 @@ def repair(path: str | Path) -> Repair:
             carried["earlier"] = record["carried"]
         record["carried"] = carried
         readable.append(record)
-    head = _parse(head_path(path).read_bytes()) if head_path(path).exists() else None
+    head_raw = read_nofollow(head_path(path), "ledger head")
+    head = _parse(head_raw) if head_raw is not None else None
     if not head or head.get("signer") != signer or not _signature_ok(head, signer):
         # The signed head is what bounds the records removed from the end (a writer makes it before
         # the first record and replaces it whole): without it, carrying what remains could restart
@@ -630,24 +665,22 @@ def repair(path: str | Path) -> Repair:
     costliest = (
         min(releases, key=lambda r: _number_or(r.get("noise_multiplier"), math.inf)) if releases else None
     )
+    # The noisiest-for-the-target (smallest noise multiplier) verified release: never the last
+    # one, which an attacker who deleted records could have forged weaker.
+    spent = max((_number_or(r.get("epsilon"), 0.0) for r in trusted), default=0.0)
     carried_records = []
     for record in readable:
         if record["carried"]["verified"]:
             carried_records.append(record)
             continue
-        placeholder = dict(costliest)
-        placeholder["carried"] = {**record["carried"], "replaced": True}
-        if type(record.get("round")) is int:
-            placeholder["round"] = record["round"]
-        carried_records.append(placeholder)
+        round_ = record.get("round") if type(record.get("round")) is int else None
+        replaced = {**record["carried"], "replaced": True}
+        carried_records.append(_placeholder(costliest, spent, replaced, round_))
     readable = carried_records
     report.replaced = len(altered)
-    # The noisiest-for-the-target (smallest noise multiplier) verified release: never the last
-    # one, which an attacker who deleted records could have forged weaker.
     for _ in range(missing):
-        placeholder = dict(costliest)
-        placeholder["carried"] = {"from": kept.name, "sha256": digest, "missing": True}
-        readable.append(placeholder)
+        hidden = {"from": kept.name, "sha256": digest, "missing": True}
+        readable.append(_placeholder(costliest, spent, hidden))
     report.placeholders = missing
     building = path.with_name(f".{path.name}.repairing-{stamp}")
     fresh = Ledger(building, key)
