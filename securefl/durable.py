@@ -9,8 +9,11 @@ file is created 0600 and never followed through a symlink; a file that cannot be
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +25,25 @@ def read_entries(path: Path, what: str) -> list[tuple[int, Any]]:
     """The complete lines of ``path`` as (line number, parsed JSON); [] if there is no file.
     ConfigError if it cannot be read or a complete line is not JSON."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return []
     except OSError as exc:
         raise ConfigError(f"the {what} {str(path)!r} cannot be read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read()
+    try:
+        return _parse_lines(_read_regular(fd, path, what), path, what)
+    finally:
+        os.close(fd)
+
+
+def _read_regular(fd: int, path: Path, what: str) -> bytes:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO, a device: never read
+        raise ConfigError(f"the {what} {str(path)!r} is not a regular file")
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
+
+
+def _parse_lines(data: bytes, path: Path, what: str) -> list[tuple[int, Any]]:
     complete = data[: data.rfind(b"\n") + 1]  # a torn last line was never acted upon
     entries = []
     for number, line in enumerate(complete.splitlines(), 1):
@@ -46,28 +61,38 @@ def damaged(path: Path, what: str, number: int) -> ConfigError:
     )
 
 
-def append_entry(path: Path, entry: dict, what: str) -> None:
+def append_entry(
+    path: Path,
+    entry: dict,
+    what: str,
+    decide: Callable[[list[tuple[int, Any]]], bool] | None = None,
+) -> None:
     """Append ``entry`` as one JSON line and fsync it (and, for a new file, its directory) before
-    returning: the caller acts on it only after this. A torn last line left by a crash is cut off
-    first (it was never acted upon; appended to, it would make the file unreadable). ProtocolError
-    if the file cannot be written."""
+    returning: the caller acts on it only after this. ``decide(entries)``, if given, sees the file's
+    entries under an exclusive lock held until the line is written — so a check and its append are
+    one step for every process and thread using the file — and returns False to append nothing (or
+    raises to refuse). A torn last line left by a crash is cut off first (it was never acted upon;
+    appended to, it would make the file unreadable). ProtocolError if the file cannot be written."""
     line = json.dumps(entry, separators=(",", ":"), sort_keys=True).encode() + b"\n"
     created = not os.path.lexists(path)
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as exc:
         raise ProtocolError(f"the {what} {str(path)!r} cannot be written: {exc.strerror}") from None
     try:
-        size = os.fstat(fd).st_size
-        end = os.pread(fd, size, 0).rfind(b"\n") + 1 if size else 0
-        if end != size:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        data = _read_regular(fd, path, what)
+        if decide is not None and not decide(_parse_lines(data, path, what)):
+            return
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
             os.ftruncate(fd, end)
         os.pwrite(fd, line, end)
         os.fsync(fd)
     except OSError as exc:
         raise ProtocolError(f"the {what} {str(path)!r} cannot be written: {exc.strerror}") from None
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock
     if created:
         sync_directory(path.parent)

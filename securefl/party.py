@@ -266,6 +266,7 @@ class PartyNode:
     def _check_clear_model(self, model: bytes) -> None:
         if not self.stack.secure_sum.fuses_on_parties:
             return
+        self.secure_sum.check_clear_model(_clear_model(model, self.spec), self.session)
         if self._opened_sealed:
             raise ProtocolError(
                 "this federation's model is sealed and this party has opened a sealed model already; "

@@ -487,6 +487,7 @@ def test_records_edited_to_read_cheaper_cost_as_much_after_a_repair(tmp_path, ca
     other = tmp_path / "mixed.jsonl"
     ledger = open_ledger(other)
     reserved = ("prev", "seq", "sig", "signer", "time", "carried")
-    ledger.append({**{k: v for k, v in verify(path).records[0].items() if k not in reserved}, "unit": "record"})
+    first = {k: v for k, v in verify(path).records[0].items() if k not in reserved}
+    ledger.append({**first, "unit": "record"})
     with pytest.raises(ConfigError, match="privacy unit 'record'"):
         _three_party_guard_on(open_ledger(other), math.inf)

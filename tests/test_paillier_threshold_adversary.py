@@ -1068,37 +1068,52 @@ def test_a_combiner_fuses_a_sum_only_onto_its_contributors_model(keys, monkeypat
 # --- across sessions: the acknowledgements belong to the key share, not to one party object -------
 
 
-def _second_session(directory, deltas, weights, parties):
-    """A federation (another session, new party objects) over the same key files, from the
-    same initial model: what a hostile server does by simply starting a new run with fewer nodes."""
-    fed = securefl.Federation(
-        {"w": np.zeros(len(next(iter(deltas.values()))))},
+def _second_session(directory, deltas, weights, parties, model=None):
+    """A federation (a session, new party objects) over the same key files, from ``model`` (default:
+    zeros): what a hostile server does by simply starting a new run with fewer nodes."""
+    dim = len(next(iter(deltas.values())))
+    return securefl.Federation(
+        model if model is not None else {"w": np.zeros(dim)},
         {p: fixed_delta_client(deltas[p], weights[p]) for p in parties},
         [securefl.Quantize(bits=16, update_bound=32767.0), PaillierThreshold(key_dir=directory, workers=1)],
         weight_bound=32767.0,
     )
-    return fed
 
 
-@pytest.mark.parametrize("forget", [False, True])
-def test_a_second_session_from_the_same_model_cannot_difference_a_party_out(keys, forget):  # noqa: F811
-    """Attacker of the Flower integration, attempted in-process: session A sums all four parties'
+@pytest.mark.parametrize(
+    ("variant", "forget"),
+    [("same", False), ("same", True), ("negative zeros", False), ("one ulp", False)],
+)
+def test_a_second_session_from_the_same_model_cannot_difference_a_party_out(
+    keys,  # noqa: F811
+    variant,
+    forget,
+):
+    """Attackers of the Flower integration, attempted in-process: session A sums all four parties'
     updates on M0, session B — new party objects over the same shares — the other three's on M0
-    again; the two releases would give p00's update as their weighted difference (with t − 1 = 1
-    colluder to open them). Each share's acknowledgement log refuses session B's attestations. With
-    the logs removed (``forget``: the code before the fix, or an operator deleting them) the same
-    two sessions do recover p00's update exactly: the harness finds the break."""
+    again, or on a copy with other bytes that trains to the same update (zeros sent as −0.0, one
+    ulp off); the two releases would give p00's update as their weighted difference (with t − 1 = 1
+    colluder to open them). A key share that acknowledged a sum trains on no clear model again, so
+    session B gets no contribution. With the logs removed (``forget``: the code before the fix, or
+    an operator deleting them) the same two sessions do recover p00's update: the harness finds
+    the break."""
     directory = fresh_copy(keys[(4, 2)])
     _, deltas, weights = federation(keys[(4, 2)], 4)  # the parties' updates and example counts
-    fed = _second_session(directory, deltas, weights, _parties(4))  # session A
-    assert fed.run_round().ok
-    release_a = fed.global_vector.copy()
+    first = _second_session(directory, deltas, weights, _parties(4))  # session A
+    assert first.run_round().ok
+    release_a = first.global_vector.copy()
     assert list(Path(directory).glob("*.acks"))
     if forget:
         for log in Path(directory).glob("*.acks"):
             log.unlink()
+    dim = len(release_a)
+    start = {
+        "same": np.zeros(dim),
+        "negative zeros": -np.zeros(dim),
+        "one ulp": np.full(dim, np.nextafter(0.0, 1.0)),
+    }[variant]
     others = _parties(4)[1:]
-    second = _second_session(directory, deltas, weights, others)
+    second = _second_session(directory, deltas, weights, others, {"w": start})
     report = second.run_round()
     if forget:
         assert report.ok
@@ -1107,10 +1122,39 @@ def test_a_second_session_from_the_same_model_cannot_difference_a_party_out(keys
         np.testing.assert_allclose(recovered, deltas["p00"], atol=1e-6)
         return
     assert not report.ok
-    np.testing.assert_array_equal(second.global_vector, np.zeros_like(release_a))
+    np.testing.assert_array_equal(second.global_vector, start)
     reasons = " ".join(report.dropouts.values())
-    assert "already acknowledged a sum of an update trained on this same model" in reasons
-    assert "start the federation from another model, or run a new key ceremony" in reasons
+    assert "so it trains on no other model in the clear" in reasons
+    assert "a new federation with this key needs a new key ceremony" in reasons
+
+
+def test_two_acknowledgements_at_once_bind_a_base_once(tmp_path):
+    """Found by an attacker: the log's check and append were two steps, so two party objects of one
+    share (two sessions hosted concurrently, two processes) both bound one base in 178 of 300 tries,
+    and the second write overwrote the first. Check and append are now one step under a lock."""
+    import threading
+
+    from securefl.layers.ack_log import AckLog
+
+    for trial in range(40):
+        path = tmp_path / f"t{trial}.acks"
+        gate, outcomes = threading.Barrier(2), []
+
+        def acknowledge(session, log=AckLog(path), outcomes=outcomes, gate=gate):
+            gate.wait()
+            try:
+                log.record("a" * 64, session, 0, DIGEST)
+                outcomes.append("bound")
+            except ProtocolError:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=acknowledge, args=(s,)) for s in ("ab" * 16, "cd" * 16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes) == ["bound", "refused"]
+        assert len(path.read_bytes().splitlines()) == 1
 
 
 def test_the_acknowledgement_log_binds_a_base_to_one_sum_durably(tmp_path):

@@ -155,11 +155,12 @@ def reconstruct(shares: Mapping[int, bytes], threshold: int, length: int, accept
         raise ProtocolError(f"{len(shares)} shares cannot reconstruct a secret that needs {threshold}")
     points, bad = {}, []
     for x, data in shares.items():
-        value = _element(data)
-        if value is None:
-            bad.append(x)
-        else:
-            points[x] = value
+        if type(data) is bytes and len(data) == SHARE_BYTES:
+            value = int.from_bytes(data, "big")
+            if value < PRIME:
+                points[x] = value
+                continue
+        bad.append(x)
     malformed = tuple(sorted(bad))
     xs = tuple(sorted(points))
     ys = [points[x] for x in xs]
@@ -170,10 +171,16 @@ def reconstruct(shares: Mapping[int, bytes], threshold: int, length: int, accept
         secret = value.to_bytes(length, "big")
         return secret if accept is None or accept(secret) else None
 
-    if len(xs) >= threshold and _consistent(xs, ys, threshold):
-        # Consistent shares of an unusable secret: the dealer's doing, not a holder's. (Interpolated
-        # through all of them — the same value as through any threshold of them — so the check and
-        # the interpolation share one set of barycentric weights.)
+    if len(xs) > threshold:
+        # One pass gives both the dual-code check and the value at zero (interpolated through all
+        # the points — the same value as through any threshold of them when they are consistent).
+        # The check passes wrongly with probability at most (m − threshold)/2^521 for shares chosen
+        # without knowing the process's salt.
+        total = sum(c * y for c, y in zip(_check_and_zero(xs, threshold, _SALT), ys, strict=True))
+        if (total >> _PACK) % PRIME == 0:
+            # Consistent shares of an unusable secret: the dealer's doing, not a holder's.
+            return Reconstruction(usable((total & _PACK_MASK) % PRIME), malformed, consistent=True)
+    elif len(xs) == threshold:
         return Reconstruction(usable(_at_zero(xs, ys)), malformed, consistent=True)
     polynomial = _gao_decode(xs, ys, threshold) if len(xs) > threshold else None
     secret = usable(polynomial[0] if polynomial else 0) if polynomial is not None else None
@@ -252,14 +259,20 @@ def _check_value(salt: bytes, degree: int, x: int) -> int:
 
 _SALT = os.urandom(32)  # per process; the check's randomness never leaves it
 
+# Packing of the check and the Lagrange coefficient into one integer per share, c = λ + (w << _PACK):
+# Σ c·y holds Σ λ·y below bit _PACK (each term < 2^1042, and fewer than 2^58 shares) and Σ w·y above
+# it, so one multiplication per share yields both sums exactly.
+_PACK = 1100
+_PACK_MASK = (1 << _PACK) - 1
 
-def _consistent(xs: tuple[int, ...], ys: Sequence[int], threshold: int) -> bool:
-    """Whether the points lie on one polynomial of degree < threshold (wrongly yes with probability
-    at most (m − threshold) / 2^521 for shares chosen without knowing the process's salt)."""
-    if len(xs) == threshold:
-        return True
-    word = _dual_check(xs, threshold, _SALT)
-    return sum(w * y for w, y in zip(word, ys, strict=True)) % PRIME == 0
+
+@lru_cache(maxsize=256)
+def _check_and_zero(xs: tuple[int, ...], threshold: int, salt: bytes) -> tuple[int, ...]:
+    """λ_i + (w_i << _PACK) for each coordinate: the Lagrange coefficient at zero and the dual-code
+    check word of :func:`_dual_check`, packed."""
+    return tuple(
+        c + (w << _PACK) for c, w in zip(lagrange_at_zero(xs), _dual_check(xs, threshold, salt), strict=True)
+    )
 
 
 # --- polynomials over GF(PRIME): coefficient lists, lowest degree first ------------------------

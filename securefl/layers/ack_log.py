@@ -36,9 +36,9 @@ class AckLog:
         self.path = Path(path)
         self._entries()  # a damaged log is refused when the party is built, not mid-round
 
-    def _entries(self) -> list[tuple[str, str, int, str]]:
+    def _entries(self, raw: list[tuple[int, object]] | None = None) -> list[tuple[str, str, int, str]]:
         out = []
-        for number, entry in read_entries(self.path, _WHAT):
+        for number, entry in read_entries(self.path, _WHAT) if raw is None else raw:
             try:
                 base, session, round_, digest = entry["base"], entry["session"], entry["round"], entry["sum"]
                 if not (
@@ -54,6 +54,10 @@ class AckLog:
             out.append((base, session, round_, digest))
         return out
 
+    def entries(self) -> list[tuple[str, str, int, str]]:
+        """Every (base, session, round, sum) acknowledged, first first."""
+        return self._entries()
+
     def acknowledged_on(self, base: str) -> tuple[str, int] | None:
         """The (session, round) of a sum this share acknowledged of an update trained on ``base``."""
         for recorded, session, round_, _ in self._entries():
@@ -64,19 +68,34 @@ class AckLog:
     def record(self, base: str, session: str, round_: int, digest: str) -> None:
         """Durably bind ``base`` to this one sum before the acknowledgement is signed; ProtocolError
         if a sum of another session, round or content was acknowledged on it (re-acknowledging the
-        same sum, as when an exposed sum is completed later, is allowed)."""
-        for recorded, other_session, other_round, other_digest in self._entries():
-            if recorded == base:
-                if (other_session, other_round, other_digest) == (session, round_, digest):
-                    return
-                raise ProtocolError(refusal(other_session, other_round))
-        append_entry(self.path, {"base": base, "round": round_, "session": session, "sum": digest}, _WHAT)
+        same sum, as when an exposed sum is completed later, is allowed). The check and the append
+        are one step under the file's lock: two party objects of the share acknowledging at once
+        (two sessions hosted concurrently, two processes) cannot both bind the base."""
+
+        def decide(raw: list[tuple[int, object]]) -> bool:
+            for recorded, other_session, other_round, other_digest in self._entries(raw):
+                if recorded == base:
+                    if (other_session, other_round, other_digest) == (session, round_, digest):
+                        return False  # already bound to this very sum
+                    raise ProtocolError(refusal(other_session, other_round))
+            return True
+
+        entry = {"base": base, "round": round_, "session": session, "sum": digest}
+        append_entry(self.path, entry, _WHAT, decide)
 
 
 def refusal(session: str, round_: int) -> str:
     return (
         f"this key share already acknowledged a sum of an update trained on this same model (session "
         f"{session}, round {round_ + 1}); a second sum of it over other parties would reveal their "
-        "difference, so it attests none: start the federation from another model, or run a new key "
-        "ceremony"
+        "difference, so it attests none: a new federation with this key needs a new key ceremony"
+    )
+
+
+def clear_refusal(session: str, round_: int) -> str:
+    return (
+        f"this key share has acknowledged sums before (first in session {session}, round {round_ + 1}), "
+        "so it trains on no other model in the clear: the aggregator chooses such a model, and one near "
+        "an earlier model would free the same update for a second sum. Its federation continues from "
+        "sealed models only; a new federation with this key needs a new key ceremony"
     )

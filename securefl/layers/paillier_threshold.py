@@ -1249,6 +1249,22 @@ class _ThresholdParty(_Party):
         who opens the record anyway."""
         return np.array(model, dtype=np.float64, copy=True)
 
+    def check_clear_model(self, model: np.ndarray, session: str) -> None:
+        """A key share that acknowledged sums trains on a model in the clear only if it is exactly
+        the one its first acknowledgement of this session was trained on (a retry of the initial
+        round, a restart): the aggregator chooses a clear model, and a copy of an acknowledged base
+        with other bytes (one ulp off, zeros negated, arrays reordered: a new digest), or any clear
+        model in another session, would free the same update for a second sum (found by an
+        attacker: a second session from such a copy of the initial model, and one colluder read an
+        honest party's update)."""
+        entries = self.acks.entries()
+        if not entries:
+            return
+        base, first_session, first_round, _ = entries[0]
+        same_session = all(entry[1] == session for entry in entries)
+        if not (same_session and _model_digest(model) == base):
+            raise ProtocolError(ack_log.clear_refusal(first_session, first_round))
+
     def open_model(self, sealed: bytes) -> np.ndarray:
         """A released model is opened only with t combiners' signatures on its record, so its content
         comes from a sum an honest combiner decrypted and fused: colluders cannot seal a model of

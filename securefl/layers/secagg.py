@@ -743,10 +743,18 @@ class _Aggregator(SumAggregator):
         shares = _chunks(parts["shares"], width, len(got_self) + len(got_secret), "revealed shares")
         keys = _chunks(parts["one_time"], channel.KEY_BYTES, len(disputed), "one-time keys")
         x = _x(self.ctx, party)
-        for owner, dealt in zip(got_self + got_secret, shares, strict=True):
-            target = self.self_shares if owner in want_self else self.key_shares
-            target.setdefault(owner, {})[x] = dealt[: shamir.SHARE_BYTES]
-            self.dealer_signatures[owner, x] = dealt[shamir.SHARE_BYTES :]
+        active = self.identities is not None
+        for owners, target in ((got_self, self.self_shares), (got_secret, self.key_shares)):
+            dealt_to = shares[: len(owners)]
+            shares = shares[len(owners) :]
+            for owner, dealt in zip(owners, dealt_to, strict=True):
+                if owner not in target:
+                    target[owner] = {}
+                if active:  # the share, then the dealer's signature on it
+                    target[owner][x] = dealt[: shamir.SHARE_BYTES]
+                    self.dealer_signatures[owner, x] = dealt[shamir.SHARE_BYTES :]
+                else:
+                    target[owner][x] = dealt
         self.one_time[party] = dict(zip(disputed, keys, strict=True))
         self.answered_unmask.add(party)
 
