@@ -147,7 +147,8 @@ def _budget_of(federation: Federation) -> dict[str, Any] | None:
     if guard is None:
         return None
     require_savable(guard)
-    return {"ledger_signer": guard.ledger.signer, "ledger_records": len(guard.ledger.records)}
+    ledger = guard.ledger
+    return {"ledger_signer": ledger.signer, "ledger_records": ledger.count, "ledger_last": ledger.last}
 
 
 def _require_same_budget(federation: Federation, header: dict[str, Any], path: Path) -> None:
@@ -164,8 +165,8 @@ def _require_same_budget(federation: Federation, header: dict[str, Any], path: P
             )
         return
     entry = recorded if isinstance(recorded, dict) else {}
-    signer, records = entry.get("ledger_signer"), entry.get("ledger_records")
-    if not isinstance(signer, str) or type(records) is not int or records < 0:
+    signer, records, last = entry.get("ledger_signer"), entry.get("ledger_records"), entry.get("ledger_last")
+    if not isinstance(signer, str) or type(records) is not int or records < 0 or not isinstance(last, str):
         raise ConfigError(f"{path}: the checkpoint's privacy entry is not one securefl writes")
     ledger = getattr(guard, "ledger", None) if guard is not None else None
     if ledger is None:
@@ -179,10 +180,20 @@ def _require_same_budget(federation: Federation, header: dict[str, Any], path: P
             f"{path} was saved with the ledger signed by {signer[:16]}…, not this one "
             f"({ledger.signer[:16]}…): resume with the ledger the run wrote"
         )
-    if len(ledger.records) < records:
+    # The ledger must hold, in place, the very record that was its last when the checkpoint was saved:
+    # an older copy of it (rolled back with its head) holds fewer, another ledger of the same key
+    # another chain (found by an attacker: restoring the files a run had started from, every resume
+    # spent the budget again).
+    if ledger.count < records:
         raise ConfigError(
-            f"the ledger {ledger.path} holds {counted(len(ledger.records), 'record')}, fewer than the "
-            f"{records} it held when {path} was saved: restore it (and its head) from a backup"
+            f"the ledger {ledger.path} holds {counted(ledger.count, 'record')}, fewer than the "
+            f"{records} it held when {path} was saved: an older copy of it; restore the current one"
+        )
+    at_save = ledger.last if ledger.count == records else ledger.records[records].get("prev")
+    if at_save != last:
+        raise ConfigError(
+            f"the ledger {ledger.path} is not the one {path} was saved with (its record {records} "
+            "does not follow the record the checkpoint names): resume with the ledger the run wrote"
         )
 
 

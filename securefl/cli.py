@@ -775,6 +775,9 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
 
     if args.report:
         check_output(args.report, "--report")
+    if not os.path.lexists(args.ledger) and not os.path.lexists(f"{args.ledger}.head"):
+        # Nothing to audit (a ledger removed with its head left behind is a finding: audited below).
+        raise ConfigError(f"no ledger at {args.ledger}: give the path a guard wrote (--ledger)")
     public_key = read_public_key(args.public_key) if args.public_key else None
     if args.repair:
         _repair_ledger(args.ledger, console)
@@ -876,8 +879,9 @@ def _repair_ledger(path: str, console: Console) -> None:
         )
     if done.replaced:
         console.print(
-            f"repair: {counted(done.replaced, 'record')} whose signature no longer verified (edited, or "
-            "corrupted) counted as the costliest verified release; their bytes are in the damaged copy"
+            f"repair: {counted(done.replaced, 'record')} no longer verified in place (edited, moved, or "
+            "chained to an edited one) counted as the costliest verified release; their bytes are in the "
+            "damaged copy"
         )
 
 

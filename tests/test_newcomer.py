@@ -471,6 +471,17 @@ def test_a_budgeted_run_checkpoints_and_resumes_only_with_its_ledger(tmp_path, c
     other = tmp_path / "other.jsonl"
     assert main([*budget, "--resume", checkpoint, "--ledger", str(other)]) == 2
     assert "resume with the ledger the run wrote" in " ".join(capsys.readouterr().err.split())
+    # Rolled back: the ledger and its head restored from before the last resumed run (found by the
+    # attacker of this fix: the checkpoint named the count at the run's start, so every resume from
+    # restored files spent the budget again).
+    saved = {p: p.read_bytes() for p in (ledger, Path(f"{ledger}.head"))}
+    resumed = [*budget, "--resume", checkpoint, "--save", checkpoint, "--ledger", str(ledger)]
+    assert main(resumed) == 0
+    for file, data in saved.items():
+        file.write_bytes(data)
+    capsys.readouterr()
+    assert main(resumed) == 2
+    assert "an older copy of it" in " ".join(capsys.readouterr().err.split())
     unbudgeted = str(tmp_path / "plain.npz")
     assert main(["demo", "--rounds", "1", "--plot", "", "--save", unbudgeted]) == 0
     capsys.readouterr()

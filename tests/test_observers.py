@@ -491,3 +491,49 @@ def test_records_edited_to_read_cheaper_cost_as_much_after_a_repair(tmp_path, ca
     ledger.append({**first, "unit": "record"})
     with pytest.raises(ConfigError, match="privacy unit 'record'"):
         _three_party_guard_on(open_ledger(other), math.inf)
+
+
+def _five_party_guard_on(ledger, budget=math.inf):
+    """Five parties, at least three summed, distributed Gaussian noise sized for three."""
+    guard = PrivacyGuard(Budget(budget, DELTA), ledger, "pld")
+    stack = PrivacyStack.of([Clip(1.0), DPNoise(1.0, "distributed"), Plain()])
+    stack.validate(StackContext(VectorLayout(4), 5, 3, 1.0, {}))
+    guard.bind(stack, AllParties(), 5)
+    return guard
+
+
+def _release(guard, round, summed):
+    parties = ["a", "b", "c", "d", "e"]
+    guard.admit(round)
+    guard.admit_selection(round, parties)
+    guard.record_release(round, summed, parties, parties[:summed])
+
+
+def _edit_lines(path, edit):
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join(edit(i, line) for i, line in enumerate(lines)) + b"\n")
+
+
+@pytest.mark.parametrize("attack", ["copies of a genuine record", "signatures broken where fewest summed"])
+def test_a_repair_never_lets_the_resumed_budget_fall(tmp_path, capsys, attack):
+    """Found by the attacker of the repair fix. (1) Every line overwritten with a copy of record 0:
+    each copy's signature verifies, so the repair carried them all as verified, each "one release",
+    and the resumed guard had spent one release's worth. (2) Breaking the signatures of the records
+    where only 3 of 5 were summed (less noise as a party sees it): the placeholders copied the
+    release with the smallest noise multiplier — a 5-party one, cheaper as replayed. Now a record is
+    verified only in its place (seq and chain), and placeholders copy the release costliest as
+    replayed; either way the resumed guard has spent at least what the honest one had."""
+    path = tmp_path / "dp.jsonl"
+    honest = _five_party_guard_on(open_ledger(path))
+    for round in range(6):
+        _release(honest, round, 5 if round == 0 else 3)
+    if attack == "copies of a genuine record":
+        first = path.read_bytes().splitlines()[0]
+        _edit_lines(path, lambda i, line: first)
+    else:  # one byte of `time` in each 3-party record: its signature no longer verifies
+        _edit_lines(path, lambda i, line: line if i == 0 else line.replace(b'"time":"2', b'"time":"1'))
+    main(["audit", str(path), "--repair"])
+    capsys.readouterr()
+    resumed = _five_party_guard_on(open_ledger(path))
+    assert resumed.spent >= honest.spent - 1e-9
+    assert resumed.accounts.most_selected >= 6

@@ -248,7 +248,7 @@ def audit(
         result.notes.append(
             f"{counted(len(carried), 'record')} carried from a damaged ledger by a repair "
             f"({', '.join(sorted({str(c.get('from')) for c in carried}))}), {placeholders} of them "
-            "placeholders for records the damage hid (counted with the last readable release's mechanism)"
+            "placeholders for records the damage hid or altered (counted as the costliest verified release)"
         )
     if check.records:
         result.parameters = {k: check.records[0].get(k) for k in PARAMETERS}

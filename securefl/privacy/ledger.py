@@ -575,6 +575,35 @@ class Repair:
     damage: list[str] = field(default_factory=list)
 
 
+def _at_fewest_summed(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as if its round had summed the fewest parties its noise allows (as many as share
+    the noise): the costliest way it could have been released, as a summed party sees it. What a
+    hidden or altered record stands as — its own count of parties summed is not known, and the
+    verified releases may all have summed more (found by an attacker: altering the 3-of-5 records
+    left only a 5-of-5 one to copy, and the budget fell from 16.1 to 12.9)."""
+    out = dict(record)
+    threshold = record.get("noise_threshold")
+    if type(threshold) is int and threshold >= 1 and record.get("placement") == "distributed":
+        out["parties_summed"] = threshold
+        if "noise_std" in record:
+            out["noise_std_in_sum"] = record["noise_std"]
+        if "variance" in record:
+            out["variance_in_sum"] = record["variance"]
+    return out
+
+
+def _replayed_cost(record: dict[str, Any]) -> float:
+    """RDP ε of one release of ``record`` as a resumed guard replays it (accounts.replay)."""
+    from securefl.privacy.accountants.base import entry_of
+    from securefl.privacy.accounts import recorded_as_a_party_sees, single_cost
+
+    try:
+        delta = _number_or(record.get("delta"), 1e-5)
+        return single_cost(entry_of({**recorded_as_a_party_sees(record), "sample_rate": 1.0}), delta)
+    except (ValueError, TypeError, KeyError, ArithmeticError):
+        return math.inf  # a release whose figures cannot be read counts as the costliest
+
+
 def _placeholder(
     costliest: dict[str, Any], spent: float, carried: dict[str, Any], round_: int | None = None
 ) -> dict[str, Any]:
@@ -617,12 +646,18 @@ def repair(path: str | Path) -> Repair:
     kept = path.with_name(f"{path.name}.damaged-{stamp}")
     lines, tail = _split(raw)
     readable: list[dict[str, Any]] = []
+    prev = GENESIS
     for number, line in enumerate([*lines, tail] if tail else lines):
         record = _parse(line)
+        previous, prev = prev, line_hash(line)
         if record is None:
             report.unreadable.append(f"line {number + 1}")
             continue
-        verified = _signature_ok(record, signer) and record.get("signer") == signer
+        # Verified: signed by the key *and* in its place (its seq, chained to the line before it). A
+        # signature alone would let a copy of a genuine record stand anywhere (found by an attacker:
+        # every line overwritten with record 0, all "verified", and the budget went back to one
+        # release's worth).
+        verified = not _check_record(record, number, previous, signer)
         carried = {
             "from": kept.name,
             "sha256": digest,
@@ -662,11 +697,10 @@ def repair(path: str | Path) -> Repair:
             f"ledger {path}: {missing + len(altered)} records are unreadable, missing or no longer signed, "
             "and no verified release shows their mechanism; restore the ledger from a backup"
         )
-    costliest = (
-        min(releases, key=lambda r: _number_or(r.get("noise_multiplier"), math.inf)) if releases else None
-    )
-    # The noisiest-for-the-target (smallest noise multiplier) verified release: never the last
-    # one, which an attacker who deleted records could have forged weaker.
+    # The costliest verified release — never simply the last, which an attacker who deleted records
+    # could have forged weaker — ranked by what one release of it costs as the guard replays it (as a
+    # summed party saw it: the smallest noise multiplier alone ignored how few parties were summed).
+    costliest = max((_at_fewest_summed(r) for r in releases), key=_replayed_cost) if releases else None
     spent = max((_number_or(r.get("epsilon"), 0.0) for r in trusted), default=0.0)
     carried_records = []
     for record in readable:
