@@ -418,10 +418,15 @@ def _three_party_guard(path, key, budget):
 
 
 def _three_party_guard_on(ledger, budget):
+    return _distributed_guard_on(ledger, budget, parties=3, z=3.0)
+
+
+def _distributed_guard_on(ledger, budget, parties, z, fewest=3):
+    """``parties`` parties, at least ``fewest`` summed, distributed Gaussian noise z sized for them."""
     guard = PrivacyGuard(Budget(budget, DELTA), ledger, "pld")
-    stack = PrivacyStack.of([Clip(1.0), DPNoise(3.0, "distributed"), Plain()])
-    stack.validate(StackContext(VectorLayout(4), 3, 3, 1.0, {}))
-    guard.bind(stack, AllParties(), 3)
+    stack = PrivacyStack.of([Clip(1.0), DPNoise(z, "distributed"), Plain()])
+    stack.validate(StackContext(VectorLayout(4), parties, fewest, 1.0, {}))
+    guard.bind(stack, AllParties(), parties)
     return guard
 
 
@@ -494,12 +499,7 @@ def test_records_edited_to_read_cheaper_cost_as_much_after_a_repair(tmp_path, ca
 
 
 def _five_party_guard_on(ledger, budget=math.inf):
-    """Five parties, at least three summed, distributed Gaussian noise sized for three."""
-    guard = PrivacyGuard(Budget(budget, DELTA), ledger, "pld")
-    stack = PrivacyStack.of([Clip(1.0), DPNoise(1.0, "distributed"), Plain()])
-    stack.validate(StackContext(VectorLayout(4), 5, 3, 1.0, {}))
-    guard.bind(stack, AllParties(), 5)
-    return guard
+    return _distributed_guard_on(ledger, budget, parties=5, z=1.0)
 
 
 def _release(guard, round, summed):
