@@ -1128,6 +1128,77 @@ def test_a_second_session_from_the_same_model_cannot_difference_a_party_out(
     assert "a new federation with this key needs a new key ceremony" in reasons
 
 
+def test_two_sessions_interleaved_before_either_acknowledges_cannot_difference_a_party_out(keys):  # noqa: F811
+    """Third attacker: session X trains all four on M0; before X's attest phase the aggregator runs
+    a whole round of session Y over the other three from M0 with its zeros sent as −0.0 (other
+    bytes, the same update). No log held an acknowledgement when either trained, and the two bases
+    differ, so both sums were acknowledged, both released, and one colluder read p00's update as
+    4·mean_X − 3·mean_Y. A share now acknowledges sums in one session only: whichever session
+    acknowledges second is refused, and at most one of the two sums is ever decryptable."""
+    from securefl.wire import Envelope
+
+    directory = fresh_copy(keys[(4, 2)])
+    _, deltas, weights = federation(keys[(4, 2)], 4)
+    dim = len(next(iter(deltas.values())))
+    x = _second_session(directory, deltas, weights, _parties(4), {"w": np.zeros(dim)})
+    y = _second_session(directory, deltas, weights, _parties(4)[1:], {"w": -np.zeros(dim)})
+    ran, original = [], x.transport.exchange
+
+    def exchange(requests, timeout):
+        phases = {Envelope.decode(data).phase for data in requests.values()}
+        if "attest" in phases and not ran:
+            ran.append(y.run_round())  # session Y's whole round, between X's encrypt and X's attest
+        return original(requests, timeout)
+
+    x.transport.exchange = exchange
+    report_x = x.run_round()
+    (report_y,) = ran
+    assert not (report_x.ok and report_y.ok), "both sums of the same updates were released"
+    assert report_y.ok and not report_x.ok  # Y acknowledged first; X is refused
+    assert "acknowledges sums in one session only" in " ".join(report_x.dropouts.values())
+
+
+def test_an_exposed_sum_is_completed_by_contributors_restarted_since(keys):  # noqa: F811
+    """Third attacker (liveness): a sum acknowledged by its quorum whose shares went out while every
+    combiner's reply was lost must be completed however long that takes. Restarted contributors no
+    longer remembered acknowledging it and refused to share for it, while their log refused any new
+    sum on the base: every later round failed, for ever. The last acknowledged sum now comes from
+    the share's log after a restart, and the exposed sum is completed: the model is the mean of all."""
+    from securefl.fusion import FedAvg
+    from securefl.party import PartyNode
+    from securefl.wire import Envelope
+
+    fed, deltas, weights = federation(keys[(3, 2)], 3)
+    original, lose = fed.transport.exchange, [True]
+
+    def exchange(requests, timeout):
+        replies = original(requests, timeout)
+        phases = {Envelope.decode(data).phase for data in requests.values()}
+        if lose[0] and any(p.startswith(("combine", "verify")) for p in phases):
+            return []  # the combiners' replies are lost
+        return replies
+
+    fed.transport.exchange = exchange
+    assert not fed.run_round().ok
+    lose[0] = False
+    for pid, old in list(fed.nodes.items()):  # each party process restarts: same session and files
+        node = PartyNode(
+            pid, old.client, old.spec, old.layout, old.stack, old.session, old.weighting,
+            old.weight_bound, strategy=FedAvg(), min_parties=old.min_parties, honest=old.honest,
+        )  # fmt: skip
+        fed.nodes[pid] = node
+        fed.transport.handlers[pid] = node.handle
+    errors = []
+    for _ in range(3):
+        report = fed.run_round()
+        if report.ok:
+            break
+        errors.append(report.error)
+    assert report.ok, errors
+    # The exposed sum of the first round, completed: one step of all three parties' mean.
+    np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(3)), atol=1e-9)
+
+
 def test_two_acknowledgements_at_once_bind_a_base_once(tmp_path):
     """Found by an attacker: the log's check and append were two steps, so two party objects of one
     share (two sessions hosted concurrently, two processes) both bound one base in 178 of 300 tries,
@@ -1171,8 +1242,10 @@ def test_the_acknowledgement_log_binds_a_base_to_one_sum_durably(tmp_path):
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert len(path.read_bytes().splitlines()) == 1
     for session, round_, digest in ((SESSION, 1, DIGEST), ("ef" * 16, 0, DIGEST), (SESSION, 0, "0" * 64)):
-        with pytest.raises(ProtocolError, match="already acknowledged"):
+        with pytest.raises(ProtocolError, match=r"already acknowledged|in another session"):
             AckLog(path).record(base, session, round_, digest)
+    with pytest.raises(ProtocolError, match="acknowledges sums in one session only"):
+        AckLog(path).record(other, "ef" * 16, 0, DIGEST)  # another base, but another session
     assert AckLog(path).acknowledged_on(base) == (SESSION, 0)
     assert AckLog(path).acknowledged_on(other) is None
     with path.open("ab") as handle:

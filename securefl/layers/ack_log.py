@@ -58,6 +58,11 @@ class AckLog:
         """Every (base, session, round, sum) acknowledged, first first."""
         return self._entries()
 
+    def last_of(self, session: str) -> tuple[int, str] | None:
+        """The (round, sum) this share acknowledged last in ``session`` (None: none there)."""
+        mine = [(round_, digest) for _, other, round_, digest in self._entries() if other == session]
+        return mine[-1] if mine else None
+
     def acknowledged_on(self, base: str) -> tuple[str, int] | None:
         """The (session, round) of a sum this share acknowledged of an update trained on ``base``."""
         for recorded, session, round_, _ in self._entries():
@@ -74,6 +79,12 @@ class AckLog:
 
         def decide(raw: list[tuple[int, object]]) -> bool:
             for recorded, other_session, other_round, other_digest in self._entries(raw):
+                if other_session != session:
+                    # One session per share, ever: two sessions could each train on a clear model
+                    # the aggregator chose (M0, and a copy with other bytes) before either was
+                    # acknowledged, and both sums would then bind different bases (found by an
+                    # attacker interleaving two sessions' rounds).
+                    raise ProtocolError(other_session_refusal(other_session, other_round))
                 if recorded == base:
                     if (other_session, other_round, other_digest) == (session, round_, digest):
                         return False  # already bound to this very sum
@@ -89,6 +100,14 @@ def refusal(session: str, round_: int) -> str:
         f"this key share already acknowledged a sum of an update trained on this same model (session "
         f"{session}, round {round_ + 1}); a second sum of it over other parties would reveal their "
         "difference, so it attests none: a new federation with this key needs a new key ceremony"
+    )
+
+
+def other_session_refusal(session: str, round_: int) -> str:
+    return (
+        f"this key share acknowledged sums in another session (session {session}, round {round_ + 1}) "
+        "and acknowledges sums in one session only: two sessions could each have trained it on a clear "
+        "model of the aggregator's choosing; a new federation with this key needs a new key ceremony"
     )
 
 

@@ -1434,7 +1434,10 @@ class _ThresholdParty(_Party):
             header["contributors"], header["of_round"], parts["sum"]
         )
         self._check_attestations(contributors, ciphertexts, digest, parts["attestations"], sum_ctx)
-        acknowledged = self.acknowledged[:2] if self.acknowledged else None
+        # The last sum this party acknowledged: in memory, or — after a restart — in its share's log
+        # (found by an attacker: a sum exposed before a crash was refused for ever by the restarted
+        # contributors, which no longer remembered acknowledging it, and no new sum could follow).
+        acknowledged = self.acknowledged[:2] if self.acknowledged else self.acks.last_of(self.ctx.session)
         if self.me in contributors and acknowledged != (sum_ctx.round, digest):
             raise ProtocolError("asked to share for a sum this party contributed to but did not acknowledge")
         self._check_request_acks(header, parts["acks"], contributors, digest, sum_ctx)
