@@ -15,6 +15,7 @@ temporary file and renames it over the old one: a crash while saving leaves the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -118,7 +119,7 @@ def load(federation: Federation, path: str | Path) -> int:
         weights = exact
     if not np.all(np.isfinite(weights)):
         raise ConfigError(f"{path} holds a model with NaN or infinite values: not resumable")
-    _require_same_budget(federation, header, path)
+    _require_same_budget(federation, header, path, weights)
     strategy.load_state_dict(state)
     federation.aggregator.weights = weights.astype(np.float64)
     federation.first_round = header["rounds"]
@@ -148,10 +149,24 @@ def _budget_of(federation: Federation) -> dict[str, Any] | None:
         return None
     require_savable(guard)
     ledger = guard.ledger
-    return {"ledger_signer": ledger.signer, "ledger_records": ledger.count, "ledger_last": ledger.last}
+    statement = {
+        "ledger_signer": ledger.signer,
+        "ledger_records": ledger.count,
+        "ledger_last": ledger.last,
+        "model": _model_digest(np.asarray(federation.aggregator.weights, dtype=np.float64)),
+    }
+    # Signed with the ledger's key: an edited entry (say 0 records, which any ledger of the key
+    # follows) or this entry moved onto another model is refused (found by an attacker).
+    return {**statement, "signature": ledger.attest(statement)}
 
 
-def _require_same_budget(federation: Federation, header: dict[str, Any], path: Path) -> None:
+def _model_digest(weights: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f8").tobytes()).hexdigest()
+
+
+def _require_same_budget(
+    federation: Federation, header: dict[str, Any], path: Path, weights: np.ndarray
+) -> None:
     """A run saved with a budget resumes only with its ledger (the same signing key, no record
     fewer); a run saved without one resumes without one: its releases were never accounted, so no
     budget can hold for the federation's whole life."""
@@ -168,7 +183,16 @@ def _require_same_budget(federation: Federation, header: dict[str, Any], path: P
     signer, records, last = entry.get("ledger_signer"), entry.get("ledger_records"), entry.get("ledger_last")
     if not isinstance(signer, str) or type(records) is not int or records < 0 or not isinstance(last, str):
         raise ConfigError(f"{path}: the checkpoint's privacy entry is not one securefl writes")
+    from securefl.privacy.ledger import attested  # (the ledger's signatures: privacy, not the core)
+
     ledger = getattr(guard, "ledger", None) if guard is not None else None
+    statement = {k: entry.get(k) for k in ("ledger_signer", "ledger_records", "ledger_last", "model")}
+    signed = attested(statement, entry.get("signature"), signer)
+    if not signed or statement["model"] != _model_digest(weights):
+        raise ConfigError(
+            f"{path}: its privacy entry is not signed by the ledger it names for this model (edited, or "
+            "taken from another checkpoint): resume from the checkpoint the run wrote"
+        )
     if ledger is None:
         raise ConfigError(
             f"{path} was saved by a run with a privacy budget, which its ledger carries (signer "

@@ -482,6 +482,18 @@ def test_a_budgeted_run_checkpoints_and_resumes_only_with_its_ledger(tmp_path, c
     capsys.readouterr()
     assert main(resumed) == 2
     assert "an older copy of it" in " ".join(capsys.readouterr().err.split())
+    # The checkpoint's entry edited to "0 records" (which every ledger of the key follows): refused,
+    # as the entry is signed by the ledger's key together with the model (third attacker).
+    import numpy as np
+
+    with np.load(checkpoint, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    header = json.loads(bytes(arrays["securefl_checkpoint"]).decode())
+    header["privacy"].update(ledger_records=0, ledger_last="0" * 64)
+    arrays["securefl_checkpoint"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(checkpoint, **arrays)
+    assert main(resumed) == 2
+    assert "is not signed by the ledger it names" in " ".join(capsys.readouterr().err.split())
     unbudgeted = str(tmp_path / "plain.npz")
     assert main(["demo", "--rounds", "1", "--plot", "", "--save", unbudgeted]) == 0
     capsys.readouterr()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -485,7 +487,7 @@ def test_records_edited_to_read_cheaper_cost_as_much_after_a_repair(tmp_path, ca
     with pytest.raises(ConfigError, match="--repair"):
         open_ledger(path)
     main(["audit", str(path), "--repair"])
-    assert "5 records whose signature no longer verified" in capsys.readouterr().out
+    assert "5 records no longer verified in place" in capsys.readouterr().out
     resumed = _three_party_guard_on(open_ledger(path), math.inf)
     assert resumed.spent >= honest.spent - 1e-9
     # A signed record of another unit (another ledger's, e.g. opacus's per-record one) refuses it.
@@ -537,3 +539,92 @@ def test_a_repair_never_lets_the_resumed_budget_fall(tmp_path, capsys, attack):
     resumed = _five_party_guard_on(open_ledger(path))
     assert resumed.spent >= honest.spent - 1e-9
     assert resumed.accounts.most_selected >= 6
+
+
+def test_an_old_head_kept_beside_a_repair_cannot_set_a_truncated_ledgers_count(tmp_path, capsys):
+    """Third attacker of the repair: after one honest repair, `NAME.damaged-*.head` (an older chain's
+    signed head) stays on disk; cutting the ledger back and copying that head in made the next
+    repair carry the cut ledger as whole, and the budget was spent again, cycle after cycle. A head
+    must now be this chain's (its first record, or its last where the file holds that many)."""
+    path = tmp_path / "dp.jsonl"
+    guard = _five_party_guard_on(open_ledger(path))
+    for round in range(10):
+        _release(guard, round, 5)
+    _edit_lines(path, lambda i, line: line.replace(b'"time":"2', b'"time":"1') if i == 3 else line)
+    main(["audit", str(path), "--repair"])
+    guard = _five_party_guard_on(open_ledger(path))
+    for round in range(10, 15):
+        _release(guard, round, 5)
+    spent = guard.spent
+    (old_head,) = tmp_path.glob("dp.jsonl.damaged-*.head")
+    path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().splitlines()[:10]))
+    Path(f"{path}.head").write_bytes(old_head.read_bytes())
+    capsys.readouterr()
+    assert main(["audit", str(path), "--repair"]) == 2
+    assert "is not this ledger's" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        open_ledger(path)
+    assert spent > 0
+
+
+def test_releases_removed_from_the_end_are_replaced_by_the_heads_costliest(tmp_path, capsys):
+    """Third attacker of the repair: four releases at z = 4, then three at z = 0.8 on the same
+    ledger; the last three lines deleted, the head left. The placeholders copied the remaining z = 4
+    release and the floor was the ε those records had reached: the resumed guard had spent less
+    than was released (true ε 17.4 against a budget of 12). The head now carries the most ε stated
+    and the costliest release so far, and a repair's placeholders are never cheaper."""
+    path = tmp_path / "dp.jsonl"
+    noisy = _distributed_guard_on(open_ledger(path), math.inf, parties=5, z=4.0)
+    for round in range(4):
+        _release(noisy, round, 5)
+    weak = _distributed_guard_on(open_ledger(path), math.inf, parties=5, z=0.8)
+    for round in range(4, 7):
+        _release(weak, round, 5)
+    _edit_lines(path, lambda i, line: line)  # unchanged
+    path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().splitlines()[:4]))
+    main(["audit", str(path), "--repair"])
+    assert "3 records the damage hid counted as releases" in " ".join(capsys.readouterr().out.split())
+    resumed = _distributed_guard_on(open_ledger(path), math.inf, parties=5, z=0.8)
+    assert resumed.spent >= weak.spent - 1e-9
+
+
+@pytest.mark.parametrize("where", ["ledger", "head", "key"])
+def test_a_pipe_planted_as_a_ledger_file_is_refused_not_waited_on(tmp_path, where):
+    """Third attacker: a FIFO in place of the ledger or its head made `audit` and a budgeted run
+    block for ever (an open for reading waits for a writer). Ledger files are opened non-blocking
+    and must be regular files."""
+    import threading
+
+    path = tmp_path / "dp.jsonl"
+    _release(_five_party_guard_on(open_ledger(path)), 0, 5)
+    target = {"ledger": path, "head": Path(f"{path}.head"), "key": Path(f"{path}.key")}[where]
+    target.unlink()
+    os.mkfifo(target)
+    outcome = []
+
+    def attempt():
+        try:
+            open_ledger(path)
+            outcome.append("opened")
+        except ConfigError as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert outcome and "not a regular file" in outcome[0]
+
+
+def test_an_out_of_range_number_in_a_damaged_line_does_not_stop_the_repair(tmp_path, capsys):
+    """Third attacker: `"seq":1e999` parsed to infinity, was carried, and writing it failed — every
+    repair, so the ledger could never be written again. Such a line is unreadable (no writer emits
+    it), and stands as a placeholder."""
+    path = tmp_path / "dp.jsonl"
+    guard = _five_party_guard_on(open_ledger(path))
+    for round in range(3):
+        _release(guard, round, 5)
+    _edit_lines(path, lambda i, line: line.replace(b'"seq":1', b'"seq":1e999') if i == 1 else line)
+    assert main(["audit", str(path), "--repair"]) in (0, 1)
+    assert "1 record the damage hid" in " ".join(capsys.readouterr().out.split())
+    resumed = _five_party_guard_on(open_ledger(path))
+    assert resumed.spent >= guard.spent - 1e-9

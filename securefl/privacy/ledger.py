@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +51,20 @@ def canonical(record: dict[str, Any]) -> bytes:
     ).encode()
 
 
+def _statement_bytes(statement: dict[str, Any]) -> bytes:
+    return canonical({"securefl/checkpoint-binding": statement})
+
+
+def attested(statement: dict[str, Any], signature: object, signer: str) -> bool:
+    """Whether ``signature`` is ``signer``'s :meth:`Ledger.attest` of ``statement``."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(signer))
+        key.verify(bytes.fromhex(signature), _statement_bytes(statement))  # type: ignore[arg-type]
+        return True
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+
+
 def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
@@ -69,8 +84,21 @@ def _signature_ok(record: dict[str, Any], public_hex: str) -> bool:
 
 
 def _open_synced(path: Path, flags: int) -> int:
-    """A ledger file descriptor, owner-only when created, never through a planted symlink."""
-    return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | flags, 0o600)
+    """A ledger file descriptor, owner-only when created, never through a planted symlink, and only
+    for a regular file (a FIFO planted in its place would block the writer for ever)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | flags, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"the ledger file {path} cannot be written: {exc.strerror}") from None
+    return _regular(fd, path)
+
+
+def _regular(fd: int, path: Path) -> int:
+    """``fd`` if it is a regular file; else it is closed and ConfigError names the file."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"the ledger file {path} is not a regular file (a directory, a pipe, a device)")
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -117,6 +145,7 @@ class Verification:
     signer: str | None = None
     interrupted: list[str] = field(default_factory=list)
     last_hash: str = GENESIS  # SHA-256 of the last record's line as written (not re-serialized)
+    first_hash: str = GENESIS  # SHA-256 of record 0's line: names the chain (a repair starts a new one)
     head_count: int | None = None
     readable: int = 0
     # What a writer does to complete an interrupted append: "newline", "truncate", "head", "tmp".
@@ -127,13 +156,13 @@ def read_nofollow(path: Path, what: str) -> bytes | None:
     """A ledger file's bytes, never through a symbolic link; None if it does not exist. ConfigError
     (naming the file and the reason) if it is a link, a directory or unreadable."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
         link = " (a symbolic link: ledger files are never followed)" if exc.errno == errno.ELOOP else ""
         raise ConfigError(f"the {what} {path} cannot be read: {exc.strerror}{link}") from None
-    with os.fdopen(fd, "rb") as handle:
+    with os.fdopen(_regular(fd, path), "rb") as handle:
         try:
             return handle.read()
         except OSError as exc:
@@ -235,6 +264,7 @@ def verify(path: str | Path, public_key: str | None = None) -> Verification:
     elif tail:
         problems.append("the last line is incomplete: the ledger was truncated mid-record")
     result.last_hash = hashes[-1]
+    result.first_hash = hashes[1] if len(hashes) > 1 else GENESIS
     if not problems:
         _check_head(path, records, hashes, signer, result)
     if head_path(path).with_name(head_path(path).name + ".tmp").exists():
@@ -254,11 +284,18 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed in a ledger")
 
 
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # 1e999 parses to infinity, which no writer emits and JSON cannot hold
+        raise ValueError(f"the number {literal[:20]} is out of range")
+    return value
+
+
 def _parse(line: bytes) -> dict[str, Any] | None:
     """A record, or None: not JSON, not an object, or holding NaN/Infinity (which no writer emits and
     no canonical form has)."""
     try:
-        record = json.loads(line, parse_constant=_no_constant)
+        record = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
@@ -337,12 +374,12 @@ def _read_or_generate_key(ledger_path: str | Path) -> tuple[Ed25519PrivateKey, b
     key_path = Path(str(ledger_path) + ".key")
     if os.path.lexists(key_path):
         try:  # never through a planted symlink; a key left readable by others is tightened
-            fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the ledger's signing key {key_path} ({exc.strerror}; a symlink is refused)"
             ) from None
-        with os.fdopen(fd, "rb") as handle:
+        with os.fdopen(_regular(fd, key_path), "rb") as handle:
             if os.fstat(fd).st_mode & 0o077:
                 log.warning("ledger key %s was readable by others: set to 0600", key_path)
                 os.fchmod(fd, 0o600)
@@ -418,7 +455,7 @@ def open_ledger(path: str | Path) -> Ledger:
 def _locked(path: Path) -> Iterator[None]:
     """Hold the ledger's append lock (flock on the ledger file) while opening it, if it exists."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = _regular(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK), path)
     except FileNotFoundError:
         yield
         return
@@ -450,6 +487,7 @@ class Ledger:
             self._open_locked()
 
     def _open_locked(self) -> None:
+        self.first, self.spent, self.costliest = GENESIS, 0.0, None
         missing = not os.path.lexists(self.path) and not head_path(self.path).exists()
         if missing and os.path.lexists(Path(str(self.path) + ".key")):
             # A writer creates the head before the key (open_ledger): a key with neither file
@@ -467,6 +505,8 @@ class Ledger:
             if leftover.valid and not leftover.records:
                 self._write_head(0, GENESIS)
         state = Verification(True) if missing else verify(self.path, self.signer)
+        self.first = state.first_hash
+        self.spent, self.costliest = _summary(state.records)
         real_problems = [p for p in state.problems if not p.startswith("note:")]
         if real_problems:
             raise ConfigError(
@@ -516,8 +556,20 @@ class Ledger:
             log.warning("ledger %s: last append interrupted and recovered: %s", self.path, what)
 
     def _write_head(self, count: int, last: str) -> None:
-        head = _sign(self.key, {"count": count, "last": last, "signer": self.signer})
-        _fsync_replace(head_path(self.path), canonical(head))
+        """The signed head: how many records, the last one's hash — and what a repair must not lose
+        if records are removed or altered: the chain's first record (``first``: a head of another
+        chain, e.g. one kept beside an earlier repair, is not this ledger's), the most ε any record
+        stated (``spent``) and the costliest release so far (``costliest``)."""
+        fields = {"count": count, "last": last, "signer": self.signer, "first": self.first}
+        fields["spent"] = self.spent
+        if self.costliest is not None:
+            fields["costliest"] = self.costliest
+        _fsync_replace(head_path(self.path), canonical(_sign(self.key, fields)))
+
+    def attest(self, statement: dict[str, Any]) -> str:
+        """The ledger key's signature (hex) on ``statement`` under the checkpoint domain: what binds a
+        checkpoint to this ledger's state (securefl.checkpoint)."""
+        return self.key.sign(_statement_bytes(statement)).hex()
 
     def append(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Sign, write and fsync one record, then replace and fsync the head, before returning it.
@@ -551,6 +603,9 @@ class Ledger:
                 )
             _write_all(fd, line + b"\n")
             os.fsync(fd)
+            if self.count == 0:
+                self.first = line_hash(line)
+            self.spent, self.costliest = _summary([record], self.spent, self.costliest)
             self.count += 1
             self.last = line_hash(line)
             self.size += len(line) + 1
@@ -599,9 +654,36 @@ def _replayed_cost(record: dict[str, Any]) -> float:
 
     try:
         delta = _number_or(record.get("delta"), 1e-5)
-        return single_cost(entry_of({**recorded_as_a_party_sees(record), "sample_rate": 1.0}), delta)
+        entry = entry_of({**recorded_as_a_party_sees(record), "sample_rate": 1.0})
+        if (entry, delta) not in _COSTS:  # releases repeat one mechanism: one RDP curve each
+            _COSTS[entry, delta] = single_cost(entry, delta)
+        return _COSTS[entry, delta]
     except (ValueError, TypeError, KeyError, ArithmeticError):
         return math.inf  # a release whose figures cannot be read counts as the costliest
+
+
+_COSTS: dict[tuple[Any, float], float] = {}
+
+
+def _require_this_chains_head(path: Path, head: dict[str, Any], hashes: list[str]) -> None:
+    """The signed head must be this ledger's: its last record where the file still holds that many
+    lines, or this chain's first record. A head of another chain — e.g. the one kept beside an
+    earlier repair (`NAME.damaged-*.head`) — would set the count of a truncated ledger (found by an
+    attacker: the ledger cut back and an old head copied in, repaired as whole, again and again)."""
+    count = head.get("count")
+    if type(count) is not int or count < 0:
+        raise ConfigError(f"ledger {path}: its head's count {count!r} is not a count")
+    first = hashes[0] if hashes else GENESIS
+    if head.get("first") == first:
+        return
+    if count <= len(hashes) and head.get("last") == (hashes[count - 1] if count else GENESIS):
+        return
+    raise ConfigError(
+        f"ledger {path}: its head (count {count}) is not this ledger's — its records end elsewhere "
+        "and it names another first record (an older or another chain's head, such as one kept beside "
+        "an earlier repair) —, so how many records were removed cannot be known; restore the ledger "
+        "and its head from a backup"
+    )
 
 
 def _placeholder(
@@ -617,6 +699,25 @@ def _placeholder(
     if round_ is not None:
         placeholder["round"] = round_
     return placeholder
+
+
+_NOT_MECHANISM = _RESERVED | {"observers", "projected", "carried"}
+
+
+def _summary(
+    records: list[dict[str, Any]], spent: float = 0.0, costliest: dict[str, Any] | None = None
+) -> tuple[float, dict[str, Any] | None]:
+    """The most ε the records state, and their costliest release as a resumed guard replays it (at
+    the fewest parties its noise allows to be summed), folded onto ``spent`` and ``costliest``."""
+    best = _replayed_cost(costliest) if costliest is not None else -math.inf
+    for record in records:
+        spent = max(spent, _number_or(record.get("epsilon"), 0.0))
+        if record.get("decision") == "released":
+            candidate = {k: v for k, v in _at_fewest_summed(record).items() if k not in _NOT_MECHANISM}
+            cost = _replayed_cost(candidate)
+            if cost > best:
+                best, costliest = cost, candidate
+    return spent, costliest
 
 
 def repair(path: str | Path) -> Repair:
@@ -646,13 +747,18 @@ def repair(path: str | Path) -> Repair:
     kept = path.with_name(f"{path.name}.damaged-{stamp}")
     lines, tail = _split(raw)
     readable: list[dict[str, Any]] = []
+    genuine: list[dict[str, Any]] = []  # signed by the key, wherever they stand: floors, never less
+    hashes: list[str] = []
     prev = GENESIS
     for number, line in enumerate([*lines, tail] if tail else lines):
         record = _parse(line)
         previous, prev = prev, line_hash(line)
+        hashes.append(prev)
         if record is None:
             report.unreadable.append(f"line {number + 1}")
             continue
+        if record.get("signer") == signer and _signature_ok(record, signer):
+            genuine.append(dict(record))
         # Verified: signed by the key *and* in its place (its seq, chained to the line before it). A
         # signature alone would let a copy of a genuine record stand anywhere (found by an attacker:
         # every line overwritten with record 0, all "verified", and the budget went back to one
@@ -681,6 +787,7 @@ def repair(path: str | Path) -> Repair:
             "were removed from its end cannot be known; restore the ledger and its head from a backup"
         )
     claimed = head.get("count")
+    _require_this_chains_head(path, head, hashes)
     missing = len(report.unreadable)
     if isinstance(claimed, int) and claimed > len(readable):
         missing = max(missing, claimed - len(readable))
@@ -692,16 +799,25 @@ def repair(path: str | Path) -> Repair:
     trusted = [r for r in readable if r["carried"]["verified"]]
     altered = [r for r in readable if not r["carried"]["verified"]]
     releases = [r for r in trusted if r.get("decision") == "released"]
-    if (missing or altered) and not releases:
-        raise ConfigError(
-            f"ledger {path}: {missing + len(altered)} records are unreadable, missing or no longer signed, "
-            "and no verified release shows their mechanism; restore the ledger from a backup"
-        )
     # The costliest verified release — never simply the last, which an attacker who deleted records
     # could have forged weaker — ranked by what one release of it costs as the guard replays it (as a
     # summed party saw it: the smallest noise multiplier alone ignored how few parties were summed).
-    costliest = max((_at_fewest_summed(r) for r in releases), key=_replayed_cost) if releases else None
-    spent = max((_number_or(r.get("epsilon"), 0.0) for r in trusted), default=0.0)
+    # Candidates: the verified releases, every release the key signed wherever it now stands (an
+    # edited record's successors, copies), and the head's own account of the costliest release and
+    # of the most ε stated — which records removed from the end no longer show (found by an
+    # attacker: cheaper releases appended last, deleted, and the placeholders copied an earlier,
+    # noisier one).
+    candidates = [_at_fewest_summed(r) for r in [*releases, *genuine] if r.get("decision") == "released"]
+    if isinstance(head.get("costliest"), dict):
+        candidates.append(head["costliest"])
+    costliest = max(candidates, key=_replayed_cost) if candidates else None
+    if (missing or altered) and costliest is None:
+        raise ConfigError(
+            f"ledger {path}: {missing + len(altered)} records are unreadable, missing or no longer signed, "
+            "and no release the key signed shows their mechanism; restore the ledger from a backup"
+        )
+    stated = [_number_or(r.get("epsilon"), 0.0) for r in [*trusted, *genuine]]
+    spent = max([_number_or(head.get("spent"), 0.0), *stated])
     carried_records = []
     for record in readable:
         if record["carried"]["verified"]:
