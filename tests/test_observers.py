@@ -543,22 +543,25 @@ def test_a_repair_never_lets_the_resumed_budget_fall(tmp_path, capsys, attack):
 
 def test_an_old_head_kept_beside_a_repair_cannot_set_a_truncated_ledgers_count(tmp_path, capsys):
     """Third attacker of the repair: after one honest repair, `NAME.damaged-*.head` (an older chain's
-    signed head) stays on disk; cutting the ledger back and copying that head in made the next
+    signed head) stayed on disk; cutting the ledger back and copying that head in made the next
     repair carry the cut ledger as whole, and the budget was spent again, cycle after cycle. A head
-    must now be this chain's (its first record, or its last where the file holds that many)."""
+    must now be this chain's (its first record, or its last where the file holds that many), and a
+    repair keeps no head beside the damaged records (fourth attacker: the kept pair, put back,
+    erased every release since the repair)."""
     path = tmp_path / "dp.jsonl"
     guard = _five_party_guard_on(open_ledger(path))
     for round in range(10):
         _release(guard, round, 5)
     _edit_lines(path, lambda i, line: line.replace(b'"time":"2', b'"time":"1') if i == 3 else line)
+    old_head = Path(f"{path}.head").read_bytes()  # the attacker's copy (the repair no longer keeps one)
     main(["audit", str(path), "--repair"])
+    assert not list(tmp_path.glob("dp.jsonl.damaged-*.head"))  # fourth attacker: a restorable pair
     guard = _five_party_guard_on(open_ledger(path))
     for round in range(10, 15):
         _release(guard, round, 5)
     spent = guard.spent
-    (old_head,) = tmp_path.glob("dp.jsonl.damaged-*.head")
     path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().splitlines()[:10]))
-    Path(f"{path}.head").write_bytes(old_head.read_bytes())
+    Path(f"{path}.head").write_bytes(old_head)
     capsys.readouterr()
     assert main(["audit", str(path), "--repair"]) == 2
     assert "is not this ledger's" in capsys.readouterr().err
@@ -628,3 +631,58 @@ def test_an_out_of_range_number_in_a_damaged_line_does_not_stop_the_repair(tmp_p
     assert "1 record the damage hid" in " ".join(capsys.readouterr().out.split())
     resumed = _five_party_guard_on(open_ledger(path))
     assert resumed.spent >= guard.spent - 1e-9
+
+
+def test_a_repair_cut_between_its_renames_is_completed_by_the_next(tmp_path, capsys, monkeypatch):
+    """Fourth attacker: a crash after the repair put the new records in place and before the new
+    head: the old head is another chain's, and every later repair refused the ledger for ever. The
+    next repair now puts the waiting head in place (it is this ledger's exactly), and the ledger is
+    writable again with every release counted."""
+    path = tmp_path / "dp.jsonl"
+    guard = _five_party_guard_on(open_ledger(path))
+    for round in range(4):
+        _release(guard, round, 5)
+    _edit_lines(path, lambda i, line: line.replace(b'"time":"2', b'"time":"1') if i == 3 else line)
+    real_replace = os.replace
+
+    class Killed(BaseException):
+        pass
+
+    def crash_at_the_second_rename(source, target):
+        if str(target) == f"{path}.head" and Path(source).name.startswith(".dp.jsonl.repairing-"):
+            raise Killed  # the process dies after the records' rename, before the head's
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", crash_at_the_second_rename)
+    with pytest.raises(Killed):
+        main(["audit", str(path), "--repair"])
+    monkeypatch.setattr(os, "replace", real_replace)
+    capsys.readouterr()
+    assert main(["audit", str(path), "--repair"]) in (0, 1)
+    resumed = _five_party_guard_on(open_ledger(path))
+    assert resumed.spent >= guard.spent - 1e-9 and resumed.ledger.count == 4
+    assert not [p for p in tmp_path.iterdir() if ".repairing-" in p.name]
+
+
+@pytest.mark.parametrize("plant", ["a pipe at the public key", "an integer past a float's range"])
+def test_a_planted_public_key_pipe_or_huge_integer_is_handled(tmp_path, capsys, plant):
+    """Fourth attacker: a FIFO at NAME.jsonl.pub hung every run and repair (it was read with a plain
+    read); a record edited to hold 10**400 crashed the audit (OverflowError, exit 1). The pipe is
+    replaced by the public key; the line is unreadable, as no writer emits such a number."""
+    import threading
+
+    path = tmp_path / "dp.jsonl"
+    _release(_five_party_guard_on(open_ledger(path)), 0, 5)
+    if plant == "a pipe at the public key":
+        Path(f"{path}.pub").unlink()
+        os.mkfifo(f"{path}.pub")
+        done = []
+        thread = threading.Thread(target=lambda: done.append(open_ledger(path)), daemon=True)
+        thread.start()
+        thread.join(timeout=20)
+        assert done and Path(f"{path}.pub").read_text().strip() == done[0].signer
+    else:
+        _edit_lines(path, lambda i, line: line.replace(b'"delta":1e-05', b'"delta":1' + b"0" * 400))
+        assert main(["audit", str(path)]) == 1
+        out = capsys.readouterr().out
+        assert "not a JSON object" in out and "failed" not in out

@@ -284,6 +284,14 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed in a ledger")
 
 
+def _small_int(literal: str) -> int:
+    # An integer beyond a float's range (10**400) is no figure a writer emits, and the audit's
+    # arithmetic would overflow on it (found by an attacker): the line is unreadable.
+    if len(literal.lstrip("-")) > 300:
+        raise ValueError("an integer out of range")
+    return int(literal)
+
+
 def _finite_float(literal: str) -> float:
     value = float(literal)
     if not math.isfinite(value):  # 1e999 parses to infinity, which no writer emits and JSON cannot hold
@@ -295,7 +303,9 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     """A record, or None: not JSON, not an object, or holding NaN/Infinity (which no writer emits and
     no canonical form has)."""
     try:
-        record = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
+        record = json.loads(
+            line, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_small_int
+        )
     except (ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
@@ -415,9 +425,9 @@ def _write_public(path: Path, key: Ed25519PrivateKey) -> None:
     """``<ledger>.pub``, the hex public key for auditors: (re)written atomically unless it is right."""
     text = (key.public_key().public_bytes_raw().hex() + "\n").encode("ascii")
     try:
-        if path.read_bytes() == text:
+        if read_nofollow(path, "ledger public key") == text:
             return
-    except FileNotFoundError:
+    except ConfigError:  # a link, a pipe, a directory: replaced by the right file (or named, below)
         pass
     _fsync_replace(path, text)
 
@@ -665,6 +675,37 @@ def _replayed_cost(record: dict[str, Any]) -> float:
 _COSTS: dict[tuple[Any, float], float] = {}
 
 
+def _finish_repair(path: Path, signer: str) -> None:
+    """Complete a repair a crash interrupted. Before its first rename the damaged pair still stands
+    (the half-built files are removed); between its two renames the new records stand beside the old
+    head, and the new head waits as ``.NAME.repairing-STAMP.head``: it is put in place if it is
+    signed by the key and is exactly this ledger's (count, first and last records)."""
+    prefix = f".{path.name}.repairing-"
+    strays = sorted(p for p in path.parent.iterdir() if p.name.startswith(prefix))
+    names = {p.name for p in strays}
+    for stray in strays:
+        if stray.name.endswith(".head") and stray.name[: -len(".head")] not in names:
+            raw = read_nofollow(path, "ledger") or b""
+            lines, tail = _split(raw)
+            head = _parse(read_nofollow(stray, "ledger head") or b"")
+            hashes = [line_hash(line) for line in lines]
+            if (
+                head is not None
+                and not tail
+                and head.get("signer") == signer
+                and _signature_ok(head, signer)
+                and head.get("count") == len(lines)
+                and head.get("first") == (hashes[0] if hashes else GENESIS)
+                and head.get("last") == (hashes[-1] if hashes else GENESIS)
+            ):
+                os.replace(stray, head_path(path))
+                sync_directory(path.parent)
+                log.warning("ledger %s: a repair interrupted between its renames was completed", path)
+                continue
+        if os.path.lexists(stray):
+            os.unlink(stray)  # a half-built replacement: the damaged pair it was for still stands
+
+
 def _require_this_chains_head(path: Path, head: dict[str, Any], hashes: list[str]) -> None:
     """The signed head must be this ledger's: its last record where the file still holds that many
     lines, or this chain's first record. A head of another chain — e.g. the one kept beside an
@@ -736,6 +777,7 @@ def repair(path: str | Path) -> Repair:
     path = Path(path)
     key = load_or_create_key(path)
     signer = key.public_key().public_bytes_raw().hex()
+    _finish_repair(path, signer)
     state = verify(path, signer)
     report = Repair(path, damage=[p for p in state.problems if not p.startswith("note:")])
     if not report.damage:
@@ -788,6 +830,9 @@ def repair(path: str | Path) -> Repair:
         )
     claimed = head.get("count")
     _require_this_chains_head(path, head, hashes)
+    damaged_head = {k: head.get(k) for k in ("count", "last", "first", "spent")}
+    for record in readable:
+        record["carried"]["head"] = damaged_head
     missing = len(report.unreadable)
     if isinstance(claimed, int) and claimed > len(readable):
         missing = max(missing, claimed - len(readable))
@@ -836,12 +881,14 @@ def repair(path: str | Path) -> Repair:
     fresh = Ledger(building, key)
     for record in readable:
         fresh.append({k: v for k, v in record.items() if k not in _RESERVED})
-    for source, target in ((path, kept), (head_path(path), head_path(kept))):
-        if source.exists():
-            _copy_synced(source, target)
-            report.kept.append(target)
-    os.replace(building, path)  # a crash between these two renames: new records, old head —
-    os.replace(head_path(building), head_path(path))  # damage that a second repair carries again
+    # The damaged records are kept for the auditor, but not their head: a kept (ledger, head) pair is
+    # an older signed state, which whoever can write the directory could put back to erase every
+    # release since (found by an attacker). The head's figures go into each carried record instead.
+    if path.exists():
+        _copy_synced(path, kept)
+        report.kept.append(kept)
+    os.replace(building, path)  # a crash between these two renames: new records, old head — which
+    os.replace(head_path(building), head_path(path))  # the next repair completes (_finish_repair)
     sync_directory(path.parent)
     report.carried = len(readable) - missing
     log.warning(
