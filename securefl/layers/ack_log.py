@@ -14,7 +14,11 @@ releases. So the acknowledgements live in ``<share file>.acks`` (``securefl.dura
 fsynced before the acknowledgement is signed, 0600, no symlinks), read again before every
 attestation and acknowledgement: every party object of that share — in any session, in this
 process or after a restart — sees them. Within one round the party object's own state decides
-first, as before.
+first, as before. Later attackers added three rules, all enforced here or from here: a share
+acknowledges sums in one session only, ever (two interleaved sessions could each train it on a
+clear model of the aggregator's choosing); once it has acknowledged, it trains on no other clear
+model (``_ThresholdParty.check_clear_model``: a copy with other bytes trains to the same update);
+and after a restart its last acknowledged sum is read from here, so an exposed sum is completed.
 """
 
 from __future__ import annotations
