@@ -25,7 +25,7 @@ import numpy as np
 from securefl.codec import ArraySpec, FusedSum, HonestBounds, NamedArrays, VectorLayout, check_finite
 from securefl.errors import ProtocolError, SecureFLError, UpdateError, WireError
 from securefl.fusion import FedAvg, Strategy
-from securefl.layers.base import ImpossibleSum, PrivacyStack, RoundContext
+from securefl.layers.base import ImpossibleSum, PrivacyStack, Provider, RoundContext
 from securefl.logtext import printable
 from securefl.roundinfo import RoundInfo
 from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, unpack_array
@@ -240,9 +240,9 @@ class PartyNode:
             sealed = request.parts["sealed_model"]
             source = lambda: self.open_global(sealed)  # noqa: E731
         else:
-            self._check_clear_model(request.parts["model"])
             entry = SHARED_MODELS.entry(self.spec, request.parts["model"])
             source = lambda: SHARED_MODELS.vector(entry, self.spec)  # noqa: E731
+            self._check_clear_model(request.parts["model"], source)
 
         def provide() -> np.ndarray:
             if not provided:
@@ -263,10 +263,10 @@ class PartyNode:
             return self.open_global(request.parts["sealed_model"])
         return _clear_model(request.parts["model"], self.spec)
 
-    def _check_clear_model(self, model: bytes) -> None:
+    def _check_clear_model(self, model: bytes, vector: Provider) -> None:
         if not self.stack.secure_sum.fuses_on_parties:
             return
-        self.secure_sum.check_clear_model(_clear_model(model, self.spec), self.session)
+        self.secure_sum.check_clear_model(vector, self.session)
         if self._opened_sealed:
             raise ProtocolError(
                 "this federation's model is sealed and this party has opened a sealed model already; "

@@ -218,10 +218,10 @@ class SumParty(ABC):
         """(``fuses_on_parties`` layers) The global vector inside a :class:`SealedModel`."""
         raise NotImplementedError(f"{type(self).__name__} does not seal models")
 
-    def check_clear_model(self, model: np.ndarray, session: str) -> None:
+    def check_clear_model(self, model: Provider, session: str) -> None:
         """(``fuses_on_parties`` layers) Raise ProtocolError if this party must not train on the
-        global vector ``model``, sent in the clear in ``session`` (the node calls it before it
-        does); by default it may."""
+        global vector ``model()`` (decoded on demand, once per process), sent in the clear in
+        ``session`` (the node calls it before it does); by default it may."""
 
 
 class SecureSum(ABC):

@@ -48,6 +48,7 @@ from securefl.layers import paillier as paillier_layer
 from securefl.layers.ack_log import AckLog
 from securefl.layers.base import (
     ImpossibleSum,
+    Provider,
     RoundContext,
     SealedModel,
     SecureSum,
@@ -1249,7 +1250,7 @@ class _ThresholdParty(_Party):
         who opens the record anyway."""
         return np.array(model, dtype=np.float64, copy=True)
 
-    def check_clear_model(self, model: np.ndarray, session: str) -> None:
+    def check_clear_model(self, model: Provider, session: str) -> None:
         """A key share that acknowledged sums trains on a model in the clear only if it is exactly
         the one its first acknowledgement of this session was trained on (a retry of the initial
         round, a restart): the aggregator chooses a clear model, and a copy of an acknowledged base
@@ -1262,7 +1263,7 @@ class _ThresholdParty(_Party):
             return
         base, first_session, first_round, _ = entries[0]
         same_session = all(entry[1] == session for entry in entries)
-        if not (same_session and _model_digest(model) == base):
+        if not (same_session and _model_digest(model()) == base):
             raise ProtocolError(ack_log.clear_refusal(first_session, first_round))
 
     def open_model(self, sealed: bytes) -> np.ndarray:
