@@ -885,7 +885,7 @@ def repair(path: str | Path) -> Repair:
     # an older signed state, which whoever can write the directory could put back to erase every
     # release since (found by an attacker). The head's figures go into each carried record instead.
     if path.exists():
-        _copy_synced(path, kept)
+        _write_new_synced(raw, kept)  # exactly the bytes read, hashed and carried from above
         report.kept.append(kept)
     os.replace(building, path)  # a crash between these two renames: new records, old head — which
     os.replace(head_path(building), head_path(path))  # the next repair completes (_finish_repair)
@@ -905,10 +905,10 @@ def _number_or(value: Any, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
-def _copy_synced(source: Path, target: Path) -> None:
+def _write_new_synced(data: bytes, target: Path) -> None:
     fd = _open_synced(target, os.O_CREAT | os.O_EXCL)
     try:
-        _write_all(fd, source.read_bytes())
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
