@@ -478,7 +478,7 @@ def _rewrite_layer(magic, schema, part_names, change):
 
 
 def _corrupt_revealed_share(index, value, active=False):
-    """Replace the `index`-th share a party reveals in `unmask` by `value` (66 bytes; in active mode
+    """Replace the `index`-th share a party reveals in `unmask` by `value` (SHARE_BYTES; in active mode
     each revealed share is followed by its dealer's signature)."""
     width = _share_width(active)
 
@@ -514,7 +514,9 @@ def test_a_wrong_unmask_share_is_corrected_and_its_sender_named(value, active):
 def test_with_one_spare_share_the_wrong_one_is_found_by_the_seed_commitment():
     """n = 4, t = 2 (k = 3): three holders per seed, so one wrong share cannot be corrected by
     decoding (⌊(3 − 2)/2⌋ = 0); the advertised commitment to the seed picks the right pair."""
-    faults = Faults().add("replace", "p01", phase="unmask", replace=_corrupt_revealed_share(0, bytes(66)))
+    faults = Faults().add(
+        "replace", "p01", phase="unmask", replace=_corrupt_revealed_share(0, bytes(shamir.SHARE_BYTES))
+    )
     fed, deltas, weights = integer_federation(SecAgg(), 4, faults)
     report = fed.run_round()
     assert report.ok, report.error
@@ -526,7 +528,9 @@ def test_with_no_spare_share_a_wrong_share_fails_the_round_never_the_sum():
     """n = 3, t = 2: each seed has exactly two holders, so a wrong share cannot be told from the
     right one — but the seed commitment refuses the wrong seed: the round fails cleanly, naming
     the owner and its holders, instead of reporting a wrong sum."""
-    faults = Faults().add("replace", "p01", phase="unmask", replace=_corrupt_revealed_share(0, bytes(66)))
+    faults = Faults().add(
+        "replace", "p01", phase="unmask", replace=_corrupt_revealed_share(0, bytes(shamir.SHARE_BYTES))
+    )
     fed, *_ = integer_federation(SecAgg(), 3, faults)
     report = fed.run_round()
     assert not report.ok
@@ -649,8 +653,10 @@ def test_a_key_share_shifted_into_the_clamped_bits_still_names_its_sender():
     def change(header, parts):
         i = (header["self"] + header["secret"]).index("p04")
         shares = bytearray(parts["shares"])
-        old = int.from_bytes(shares[i * 66 : (i + 1) * 66], "big")
-        shares[i * 66 : (i + 1) * 66] = ((old + shift) % shamir.PRIME).to_bytes(66, "big")
+        old = int.from_bytes(shares[i * shamir.SHARE_BYTES : (i + 1) * shamir.SHARE_BYTES], "big")
+        shares[i * shamir.SHARE_BYTES : (i + 1) * shamir.SHARE_BYTES] = (
+            (old + shift) % shamir.PRIME
+        ).to_bytes(shamir.SHARE_BYTES, "big")
         return header, {**parts, "shares": bytes(shares)}
 
     for _ in range(4):  # the shifted key is accepted by a bare public-key check half of the time
@@ -771,6 +777,31 @@ def test_shamir_reconstruction_matches_the_textbook_and_refuses_colliding_coordi
     colliding = {**{x: shares[x] for x in xs[:threshold]}, xs[0] + shamir.PRIME: shares[xs[0]]}
     with pytest.raises(ProtocolError, match="distinct and non-zero modulo the prime"):
         shamir.reconstruct(colliding, threshold, len(secret))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    xs=st.lists(st.integers(1, 2**40), min_size=2, max_size=40, unique=True),
+    secrets=st.lists(st.binary(min_size=1, max_size=32), min_size=1, max_size=3),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_shamir_shares_split_together_are_each_secrets_textbook_shares(xs, secrets, seed, data):
+    """Several secrets' polynomials evaluated in one packed pass give, slot for slot, Σ c_j x^j mod p
+    with each secret's own coefficients (drawn in turn from the same randomness): small or large
+    coordinates and thresholds never let one slot spill into the next."""
+    from securefl.randomness import SecureRandom
+
+    threshold = data.draw(st.integers(2, len(xs)))
+    together = shamir.split_together(secrets, xs, threshold, SecureRandom(seed=seed))
+    draws = SecureRandom(seed=seed)
+    for secret, shares in zip(secrets, together, strict=True):
+        coefficients = [int.from_bytes(secret, "big")]
+        coefficients += [shamir._random_element(draws) for _ in range(threshold - 1)]
+        for x in xs:
+            expected = sum(c * pow(x, j, shamir.PRIME) for j, c in enumerate(coefficients)) % shamir.PRIME
+            assert shares[x] == expected.to_bytes(shamir.SHARE_BYTES, "big")
+        assert shamir.reconstruct(shares, threshold, len(secret)).secret == secret
 
 
 def _layer(kind: str, active: bool, n: int):

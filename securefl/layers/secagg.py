@@ -70,7 +70,7 @@ _KEYS = 2 * channel.KEY_BYTES + 2 * _COMMITMENT
 
 
 def _share_width(active: bool) -> int:
-    """A dealt share as sealed and revealed: 66 bytes, followed in active mode by the dealer's
+    """A dealt share as sealed and revealed: 33 bytes, followed in active mode by the dealer's
     Ed25519 signature on it (so a wrong share the dealer signed convicts the dealer, not its holder)."""
     return shamir.SHARE_BYTES + (signing.SIGNATURE_BYTES if active else 0)
 
@@ -465,7 +465,18 @@ def decode_members(ctx: RoundContext, data: bytes, what: str) -> list[str]:
 
 
 def _ids(value: object, what: str, allowed: Iterable[str]) -> list[str]:
-    allowed = set(allowed)
+    """``value`` as a list of distinct party ids, all in ``allowed``; WireError or ProtocolError
+    naming what is wrong otherwise."""
+    allowed = allowed if isinstance(allowed, (set, frozenset)) else set(allowed)
+    if isinstance(value, list):
+        # The common case, checked by set operations alone: ``allowed`` holds only strings, so a
+        # value inside it is a string (a list inside the list makes ``set`` raise: checked below).
+        try:
+            named = set(value)
+        except TypeError:
+            named = None
+        if named is not None and len(named) == len(value) and named <= allowed:
+            return list(value)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise WireError(f"{what} must be a list of party ids")
     if len(set(value)) != len(value):
@@ -1074,8 +1085,7 @@ class _Party(SumParty):
         if len(peers) < self.t:
             raise ProtocolError(f"only {len(peers)} neighbours advertised keys; {self.t} are needed to share")
         xs = [_x(self.ctx, p) for p in peers]
-        seed_shares = shamir.split(self.self_seed, xs, self.t, self.rng)
-        key_shares = shamir.split(self.s_sk, xs, self.t, self.rng)
+        seed_shares, key_shares = shamir.split_together((self.self_seed, self.s_sk), xs, self.t, self.rng)
         sealed = []
         self.receive_keys: dict[str, bytes] = {}  # passive mode: peer -> key of its shares to me
         for peer in peers:
