@@ -80,7 +80,7 @@ def corrupt(attack: str, reply_bytes: bytes, others: list[str], max_message_byte
     if attack == "shares":
         header, parts = _record(layer)
         count = len(parts["shares"]) // shamir.SHARE_BYTES
-        not_field = (shamir.PRIME + 1).to_bytes(shamir.SHARE_BYTES, "big")  # ≥ the prime 2^521 − 1
+        not_field = (shamir.PRIME + 1).to_bytes(shamir.SHARE_BYTES, "big")  # ≥ the field prime
         bad = encode_record(b"SAUr", header, {**parts, "shares": not_field * count})
         return [_relabel(reply, parts={"layer": bad})]
     if attack == "random_layer":
