@@ -143,7 +143,7 @@ class Aggregator:
         self.sealed: SealedModel | None = None
         self._phase = ""  # where the current round is, for the error of a round that fails
         self._culprits: set[str] = set()
-        self._seen: set[str] = set()  # parties whose replies this round the aggregator has read
+        self._exposed: set[str] = set()  # parties whose inputs this round's replies exposed to it
 
     def run_round(self, round: int) -> RoundReport:
         """Run one round and report it. Never raises because of what a party sent: a bad message
@@ -167,7 +167,7 @@ class Aggregator:
         report = RoundReport(round, "failed", list(selected))
         self._phase = "selection"
         self._culprits = set()
-        self._seen = set()
+        self._exposed = set()
         try:
             self._secure_sum_round(round, selected, report)
             self._phase = "fusion"
@@ -200,18 +200,20 @@ class Aggregator:
         return report
 
     def _record_seen_inputs(self, round: int, report: RoundReport) -> None:
-        """A failed round whose sum showed the aggregator each input (``plain``), noised on the
-        parties, has released those inputs to it: record them — a faulty party must not let the
-        aggregator learn round after round while the budget stands still. (A hiding sum that fails
-        reveals nothing; central noise is added only to a stored result.)"""
+        """A failed round whose replies exposed inputs noised on the parties to the aggregator has
+        released them: record them — a faulty party must not let the aggregator learn round after
+        round while the budget stands still. Which inputs a phase's replies expose is the layer's
+        answer (``exposed_by``): with ``plain`` each input read; with SecAgg the contributors' sum
+        once t parties answered ``unmask``, even if the round is then abandoned (found by an
+        attacker: a round failed for want of ``min_parties`` unmask replies had already given a
+        curious aggregator the shares to rebuild the sum, and nothing was recorded). Central noise
+        is added only to a stored result."""
         noised_on_parties = any(getattr(t, "noise_on_party", False) for t in self.stack.transforms)
         if self.guard is None or not noised_on_parties or report.epsilon is not None:
             return
-        if self.stack.secure_sum.name in ("secagg", "secagg+"):
-            return
-        seen = sorted(self._seen)  # replies read, summed or not (a round can fail before the sum)
-        if seen:
-            report.epsilon = self.guard.record_release(round, len(seen), report.selected, seen)
+        exposed = sorted(self._exposed)  # summed or not: a round can fail before or after the sum
+        if exposed:
+            report.epsilon = self.guard.record_release(round, len(exposed), report.selected, exposed)
 
     def _blame(self, report: RoundReport) -> str:
         """The parties the layer found misbehaving this round, for a failed round's error."""
@@ -250,12 +252,14 @@ class Aggregator:
             replies = self.transport.exchange(requests, self.phase_timeout)
             refusals: dict[str, str] = {}
             valid = self._accept(round, phase, live, replies, report, refusals, index == len(phases) - 1)
-            self._seen.update(valid)  # whatever happens next, the aggregator has read these replies
+            # Whatever happens next, the aggregator has read these replies and what they expose.
+            exposed = self.secure_sum.exposed_by(phase, frozenset(valid)) if valid else frozenset()
+            self._exposed.update(exposed)
             for party in sorted(live - set(valid) - set(refusals)):
                 report.dropouts.setdefault(party, f"{phase}: no reply before the deadline")
             live = set(valid)
             try:
-                self._require_enough(len(live), phase, len(selected))
+                self._require_enough(self.secure_sum.summed(phase, frozenset(live)), phase, len(selected))
                 for party in sorted(valid):
                     try:
                         self.secure_sum.receive(phase, party, valid[party])
@@ -269,7 +273,7 @@ class Aggregator:
                             )
                         report.dropouts[party] = f"{phase}: {type(exc).__name__}: {exc}"
                         live.discard(party)
-                self._require_enough(len(live), phase, len(selected))
+                self._require_enough(self.secure_sum.summed(phase, frozenset(live)), phase, len(selected))
                 try:
                     self.secure_sum.close_phase(phase, frozenset(live))
                 finally:

@@ -312,3 +312,76 @@ def test_one_party_failing_distributed_rounds_is_still_accounted(tmp_path):
     report = fed.run_round()
     assert not report.ok and "outside 6 × [1, 1]" in report.error
     assert guard.spent > 0
+
+
+def _twelve_party_secagg(tmp_path, faults):
+    """The README's stack at 12 parties with ``min_parties=10``: SecAgg's share threshold is 8."""
+    from securefl.faults import Faults  # noqa: F401 - the caller builds them
+
+    guard = PrivacyGuard(Budget(1e6, 1e-5, observer="aggregator"), Ledger(tmp_path / "l.jsonl", KEY))
+    clients = {f"p{i:02d}": (lambda v: lambda w, info: ({"w": w["w"] + v}, 1))(0.01 * i) for i in range(12)}
+    layers = [Clip(1.0), Quantize(20), DPNoise(2.0), SecAgg()]
+    fed = Federation(
+        {"w": np.zeros(DIM)}, clients, layers, weighting="uniform", min_parties=10, guard=guard, faults=faults
+    )
+    return fed, guard
+
+
+KEY = Ed25519PrivateKey.generate()
+
+
+def test_parties_that_drop_while_unmasking_leave_the_sum_summed_and_recorded(tmp_path):
+    """Found by an attacker: 3 of 12 parties offline in ``unmask`` left 9 replies < min_parties = 10,
+    so the round was abandoned and nothing recorded — but the 9 replies held ≥ 8 shares of every
+    seed, and a curious aggregator rebuilt the noised sum from them, round after round, at ε 0.
+    min_parties counts the inputs summed (U3, fixed once the masked inputs are in): the round now
+    completes, and its release is recorded."""
+    from securefl.faults import Faults
+
+    faults = Faults()
+    for party in ("p09", "p10", "p11"):
+        faults.add("offline", party, phase="unmask")
+    fed, guard = _twelve_party_secagg(tmp_path, faults)
+    for _ in range(2):
+        report = fed.run_round()
+        assert report.ok, report.error
+        assert len(report.survivors) == 12 and report.epsilon > 0
+    assert verify(tmp_path / "l.jsonl", KEY.public_key().public_bytes_raw().hex()).valid
+    assert [r["decision"] for r in verify(tmp_path / "l.jsonl", None).records] == ["released"] * 2
+
+
+def test_a_secagg_round_failing_after_t_unmask_replies_is_recorded_as_a_release(tmp_path):
+    """The class of that attack: whatever fails a round once t parties answered ``unmask`` (here four
+    parties reveal zeros for every share, beyond what decoding corrects), the replies read may
+    rebuild the sum, so the release is recorded with the contributors; a round that fails before
+    any unmask reply is read records nothing."""
+    from securefl.faults import Faults
+    from securefl.layers.secagg import _share_width
+    from securefl.wire import Envelope, decode_record, encode_record
+
+    def zero_shares(reply):
+        env = Envelope.decode(reply)
+        header, parts = decode_record(
+            env.parts["layer"], b"SAUr", {"self": list, "secret": list, "disputed": list}, ("shares", "one_time")
+        )
+        parts = {**parts, "shares": bytes(len(parts["shares"]))}
+        assert len(parts["shares"]) % _share_width(False) == 0
+        layer = encode_record(b"SAUr", header, parts)
+        return Envelope(env.kind, env.session, env.round, env.phase, env.party, {"layer": layer}).encode()
+
+    faults = Faults()
+    for party in ("p00", "p01", "p02", "p03"):
+        faults.add("replace", party, phase="unmask", replace=zero_shares)
+    fed, guard = _twelve_party_secagg(tmp_path, faults)
+    report = fed.run_round()
+    assert not report.ok and "unmask" not in report.dropouts.get("p05", ""), report.error
+    assert report.epsilon is not None and report.epsilon > 0 and guard.spent > 0
+    records = verify(tmp_path / "l.jsonl", None).records
+    assert len(records) == 1 and records[0]["parties_summed"] == 12
+
+    faults = Faults()
+    for party in [f"p{i:02d}" for i in range(5)]:  # 7 masked inputs < min_parties: fails before unmask
+        faults.add("offline", party, phase="masked")
+    fed, guard = _twelve_party_secagg(tmp_path / "before", faults)
+    report = fed.run_round()
+    assert not report.ok and report.epsilon is None and guard.spent == 0

@@ -184,6 +184,23 @@ class SumAggregator(ABC):
         dropouts, so that one bad party never gets honest ones named."""
         return {}
 
+    def summed(self, phase: str, live: frozenset[str]) -> int:
+        """How many inputs the round still sums after ``phase``, with ``live`` the parties still
+        answering validly — what ``min_parties`` is checked against. By default the live parties;
+        SecAgg's sum is fixed once the masked inputs are in (a party that drops while unmasking is
+        still summed)."""
+        return len(live)
+
+    def exposed_by(self, phase: str, readers: frozenset[str]) -> frozenset[str]:
+        """The parties whose inputs (alone or summed) the aggregator can compute once it has read
+        ``readers``' replies to ``phase`` — what the round has released to it even if it fails
+        afterwards, so that a budget records it (a curious aggregator keeps what it read; a round
+        abandoned after the unmask replies arrived has shown it the sum). Empty when nothing is
+        exposed: a layer that seals the sum from the aggregator. A layer that admits noise added by
+        the parties (``dp`` checks which) must answer exactly or conservatively: for ``plain`` each
+        reader's input, for SecAgg the contributors once t parties answered ``unmask``."""
+        return frozenset()
+
     @abstractmethod
     def contributors(self) -> frozenset[str]:
         """After the last phase: the parties whose vectors are in the result. Not always those who

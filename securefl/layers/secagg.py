@@ -818,6 +818,19 @@ class _Aggregator(SumAggregator):
         else:
             self._unmask()
 
+    def summed(self, phase: str, live: frozenset[str]) -> int:
+        # U3, fixed when the masked inputs are in: a party that drops while confirming or unmasking
+        # is unmasked from its neighbours' shares and still summed.
+        return len(self.u3) if phase in (CONSISTENCY, UNMASK) else len(live)
+
+    def exposed_by(self, phase: str, readers: frozenset[str]) -> frozenset[str]:
+        """U3 once t parties answered ``unmask``: from then on the replies read may rebuild every
+        seed the sum needs, whether or not the round then completes. Fewer than t replies hold fewer
+        than t shares of any secret, which reveal nothing (Shamir)."""
+        if phase == UNMASK and len(readers) >= self.t:
+            return self.u3
+        return frozenset()
+
     def culprits(self) -> dict[str, str]:
         return dict(self._culprits)
 
