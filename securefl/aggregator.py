@@ -259,7 +259,9 @@ class Aggregator:
                 report.dropouts.setdefault(party, f"{phase}: no reply before the deadline")
             live = set(valid)
             try:
-                self._require_enough(self.secure_sum.summed(phase, frozenset(live)), phase, len(selected))
+                self._require_enough(
+                    self.secure_sum.inputs_summed(phase, frozenset(live)), phase, len(selected)
+                )
                 for party in sorted(valid):
                     try:
                         self.secure_sum.receive(phase, party, valid[party])
@@ -273,7 +275,9 @@ class Aggregator:
                             )
                         report.dropouts[party] = f"{phase}: {type(exc).__name__}: {exc}"
                         live.discard(party)
-                self._require_enough(self.secure_sum.summed(phase, frozenset(live)), phase, len(selected))
+                self._require_enough(
+                    self.secure_sum.inputs_summed(phase, frozenset(live)), phase, len(selected)
+                )
                 try:
                     self.secure_sum.close_phase(phase, frozenset(live))
                 finally:

@@ -51,6 +51,12 @@ class ArrayEntry:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
+# The dtypes a model's arrays travel as (ArraySpec.of writes ``dtype.str``), and the most values a
+# layout read from a peer may declare (2^33 float32 values are 32 GiB: beyond any federated model).
+_WIRE_FLOAT_DTYPES = frozenset(np.dtype(t).str for t in ("<f4", ">f4", "<f8", ">f8"))
+MAX_LAYOUT_VALUES = 2**33
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     """The names, shapes and dtypes of a model's arrays, in a fixed order."""
@@ -135,10 +141,39 @@ class ArraySpec:
 
     @classmethod
     def from_json(cls, data: dict) -> ArraySpec:
-        return cls(
-            tuple(ArrayEntry(e["name"], tuple(e["shape"]), e["dtype"]) for e in data["entries"]),
-            as_list=bool(data.get("as_list", False)),
-        )
+        """A layout as :meth:`to_json` wrote it, checked whole: it comes from the other side of a
+        connection (a party reads it from the aggregator's welcome), so anything else — a shape of
+        "abc", a negative or boolean dimension, an integer dtype, a name twice, an absurd size —
+        is a ValueError naming what is wrong, here, not a failure later in whatever uses it."""
+        if not isinstance(data, dict) or set(data) - {"as_list", "entries"}:
+            raise ValueError("a model layout is an object with 'entries' (and 'as_list')")
+        raw_entries, as_list = data.get("entries"), data.get("as_list", False)
+        if not isinstance(as_list, bool):
+            raise ValueError("the layout's 'as_list' must be true or false")
+        if not isinstance(raw_entries, list) or not raw_entries:
+            raise ValueError("a model layout lists at least one array")
+        entries, names, total = [], set(), 0
+        for i, e in enumerate(raw_entries):
+            if not isinstance(e, dict) or set(e) != {"name", "shape", "dtype"}:
+                raise ValueError(f"array {i} of the layout must have exactly 'name', 'shape' and 'dtype'")
+            name, shape, dtype = e["name"], e["shape"], e["dtype"]
+            if not isinstance(name, str) or not name or name in names:
+                raise ValueError(f"array {i} of the layout has an empty, non-text or repeated name")
+            if (
+                not isinstance(shape, list)
+                or len(shape) > 32
+                or not all(type(d) is int and 0 <= d < 2**40 for d in shape)
+            ):
+                raise ValueError(f"array {name!r} has shape {shape!r}: a list of at most 32 dimensions ≥ 0")
+            if dtype not in _WIRE_FLOAT_DTYPES:
+                raise ValueError(f"array {name!r} has dtype {dtype!r}; a model travels as float32 or float64")
+            entry = ArrayEntry(name, tuple(shape), dtype)
+            total += math.prod(shape)  # exact (numpy's product would wrap past 2^63)
+            if total > MAX_LAYOUT_VALUES:
+                raise ValueError(f"the layout holds more than {MAX_LAYOUT_VALUES:,} values")
+            names.add(name)
+            entries.append(entry)
+        return cls(tuple(entries), as_list=as_list)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ aggregator and party processes format every record with :class:`OneLineFormatter
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 MAX_LOGGED_CHARS = 400
 
@@ -45,3 +47,28 @@ def counted(number: int, noun: str) -> str:
     if number == 1:
         return f"{number} {noun}"
     return f"{number} {_PLURALS.get(noun, noun + 's')}"
+
+
+class RateLimitedLog:
+    """At most one line per ``every`` seconds per (party, kind) on ``logger``; the next line says
+    how many were left out, so a peer that keeps triggering one kind of line (a member churning
+    streams, an aggregator sending a party junk requests) cannot flood the operator's log."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self._logger, self._every = logger, every
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def __call__(self, level: int, party: str, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, skipped = self._last.get((party, kind), (-self._every, 0))
+            if now - last < self._every:
+                self._last[(party, kind)] = (last, skipped + 1)
+                return
+            if len(self._last) > 4096:  # bounded: forget the oldest half
+                for key in sorted(self._last, key=lambda k: self._last[k][0])[:2048]:
+                    del self._last[key]
+            self._last[(party, kind)] = (now, 0)
+        suffix = f" ({skipped} more like it in the last {now - last:.0f}s not logged)" if skipped else ""
+        self._logger.log(level, message + "%s", *args, suffix)

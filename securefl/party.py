@@ -26,11 +26,12 @@ from securefl.codec import ArraySpec, FusedSum, HonestBounds, NamedArrays, Vecto
 from securefl.errors import ProtocolError, SecureFLError, UpdateError, WireError
 from securefl.fusion import FedAvg, Strategy
 from securefl.layers.base import ImpossibleSum, PrivacyStack, Provider, RoundContext
-from securefl.logtext import printable
+from securefl.logtext import RateLimitedLog, printable
 from securefl.roundinfo import RoundInfo
 from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, unpack_array
 
 log = logging.getLogger(__name__)
+_REJECTIONS_LOG = RateLimitedLog(log)  # requests refused before any round is known
 _KEPT_LOCAL = "details stay in its log: they may describe its data"
 # A withdraw part: this party refuses the sum it was shown (no honest parties can have made it).
 REFUSED_SUM = "refused_sum"
@@ -173,8 +174,9 @@ class PartyNode:
                     f"{request.party!r} in session {request.session})"
                 )
         except WireError as exc:
-            # Without a trustworthy header there is no round to withdraw from; say why anyway.
-            return self._withdraw(self.round or 0, "invalid", f"rejected a request: {exc}")
+            # Without a trustworthy header there is no round to withdraw from; say why anyway — in
+            # the log at most once per 10 s (an aggregator can send junk requests without end).
+            return self._withdraw(self.round or 0, "invalid", f"rejected a request: {exc}", limited=True)
         try:
             if "model" in request.parts or "sealed_model" in request.parts:
                 payload = self._start_round(request)
@@ -195,14 +197,24 @@ class PartyNode:
         ).encode()
 
     def _withdraw(
-        self, round: int, phase: str, reason: str, shared: str | None = None, refused: bool = False
+        self,
+        round: int,
+        phase: str,
+        reason: str,
+        shared: str | None = None,
+        refused: bool = False,
+        limited: bool = False,
     ) -> bytes:
         """Tell the aggregator this party stops for the round. The full ``reason`` stays here; the
         aggregator gets ``shared``, which must not describe the party's data (an out-of-range
         coordinate, a user exception's message). ``refused``: the party refuses a revealed sum that
         honest parties cannot have made (the aggregator then fails the round rather than blame it)."""
         self.last_error = reason
-        log.warning("party %s withdraws from round %s: %s", self.party_id, round + 1, printable(reason))
+        line = ("party %s withdraws from round %s: %s", self.party_id, round + 1, printable(reason))
+        if limited:
+            _REJECTIONS_LOG(logging.WARNING, self.party_id, "rejected request", *line)
+        else:
+            log.warning(*line)
         shared = reason if shared is None else shared
         # At most MAX_REASON_BYTES, cut on a character boundary: the reason stays valid UTF-8.
         parts = {"reason": shared.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode()}

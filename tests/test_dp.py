@@ -341,7 +341,7 @@ def test_parties_that_drop_while_unmasking_leave_the_sum_summed_and_recorded(tmp
     faults = Faults()
     for party in ("p09", "p10", "p11"):
         faults.add("offline", party, phase="unmask")
-    fed, guard = _twelve_party_secagg(tmp_path, faults)
+    fed, _guard = _twelve_party_secagg(tmp_path, faults)
     for _ in range(2):
         report = fed.run_round()
         assert report.ok, report.error
@@ -362,7 +362,10 @@ def test_a_secagg_round_failing_after_t_unmask_replies_is_recorded_as_a_release(
     def zero_shares(reply):
         env = Envelope.decode(reply)
         header, parts = decode_record(
-            env.parts["layer"], b"SAUr", {"self": list, "secret": list, "disputed": list}, ("shares", "one_time")
+            env.parts["layer"],
+            b"SAUr",
+            {"self": list, "secret": list, "disputed": list},
+            ("shares", "one_time"),
         )
         parts = {**parts, "shares": bytes(len(parts["shares"]))}
         assert len(parts["shares"]) % _share_width(False) == 0

@@ -351,3 +351,51 @@ def test_a_reconnect_storm_is_throttled_and_its_log_lines_bounded(tmp_path):
     assert len(lines) <= kinds * (seconds / 10 + 1), (len(lines), seconds, lines[:40])
     _within_bounds(watch, context)
     _figures("storm", watch, log_lines_about_it=len(lines), **found)
+
+
+def _tls_hello_without_certificate(port: int, server_name: bytes) -> bool:
+    """One TLS handshake with ``server_name`` as its SNI and no client certificate; whether the TCP
+    connection was accepted (the handshake itself is refused)."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+    except OSError:
+        return False
+    with sock, contextlib.suppress(OSError, ValueError):
+        # bytes: passed on as they are, without IDNA's checks (which would refuse the newline)
+        context.wrap_socket(sock, server_hostname=server_name).recv(1)
+    return True
+
+
+def test_an_outsider_without_a_certificate_writes_nothing_to_the_aggregators_log(tmp_path):
+    """Found by an attacker: gRPC core wrote its own lines to the aggregator's stderr, outside
+    securefl's escaping and limiter — each TLS server name that matched no certificate name, byte for
+    byte (a forged record on a line of its own, terminal escapes), and a line per failed handshake
+    (17,000 in 10 s), all without a certificate. gRPC's logging is off: the forged text, the escape
+    byte and the handshake lines never appear, and the members' rounds go on."""
+    port = _federation(tmp_path, rounds=3, train_seconds=0.5)
+    forged = "INFO securefl.deploy: round 3 ok: 3 selected, 3 summed (FORGED BY OUTSIDER)"
+    sent = []
+
+    def attack(honest, watch, start_party):
+        deadline = time.monotonic() + 30
+        while not _tls_hello_without_certificate(port, f"x\n{forged}\n\x1b[2J\x1b[31m".encode()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+        flood_until = time.monotonic() + 3
+        while time.monotonic() < flood_until:
+            sent.append(_tls_hello_without_certificate(port, b"flood.invalid"))
+
+    summary, codes, _, _, context = _run(tmp_path, ["-"] * 3, during=attack)
+    _honest_rounds_complete(summary, codes, 3, context)
+    log = context.split(f"\n--- {BAD} ---")[0]
+    assert sum(sent) > 100, len(sent)  # the flood reached the aggregator
+    assert forged not in log and "\x1b" not in log, log[-3000:]
+    assert "ssl_transport_security" not in log and "Handshake failed" not in log, log[-3000:]

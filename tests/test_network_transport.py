@@ -149,7 +149,8 @@ def test_the_party_answers_a_repeated_request_from_its_cache():
             return b"reply to " + data
 
     answerer = _Answerer(lambda session, spec: Node())
-    answerer.welcome(Welcome(SESSION, {"as_list": False, "entries": []}, AGREEMENT))
+    layout = {"as_list": False, "entries": [{"name": "w", "shape": [2], "dtype": "<f8"}]}
+    answerer.welcome(Welcome(SESSION, layout, AGREEMENT))
     assert answerer.answer(b"x") == answerer.answer(b"x") == b"reply to x"
     assert answerer.answer(b"y") == b"reply to y" and calls == [b"x", b"y"]
 
@@ -613,3 +614,50 @@ def test_a_deployed_party_keeps_its_round_log_beside_its_key(tmp_path):
 
     node = party_node_factory(cfg, "network_tiny:make_client")("ab" * 16, ArraySpec.of({"w": np.zeros(3)}))
     assert node.round_log is not None and node.round_log.path == cfg.round_log_path
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+_layout_like = st.fixed_dictionaries(
+    {
+        "entries": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "name": st.text(max_size=4) | _json_values,
+                    "shape": st.lists(st.integers(-3, 2**45) | _json_values, max_size=4) | _json_values,
+                    "dtype": st.sampled_from(["<f4", "<f8", "<i8", "|b1", "f8", "<f2"]) | _json_values,
+                }
+            ),
+            max_size=3,
+        )
+        | _json_values,
+        "as_list": st.booleans() | _json_values,
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=_layout_like | _json_values)
+def test_a_welcome_with_any_model_layout_is_a_refusal_or_a_usable_layout(spec):
+    """Found by an attacker: a welcome whose layout said ``"shape": "abc"`` passed the party's check
+    (the layout was read lazily) and later raised a bare ValueError: the party process exited 1 with
+    a traceback. A layout from the aggregator is now checked whole when the welcome is read: it is
+    either refused with a ProtocolError naming what is wrong, or every use of it works."""
+    answerer = _Answerer(lambda session, layout: layout)
+    try:
+        answerer.welcome(Welcome("00" * 16, spec, "agreement"))
+    except ProtocolError as exc:
+        assert "no valid model layout" in str(exc)
+        return
+    layout = answerer.node
+    assert 0 <= layout.size <= 2**33 and layout.entries
+    arrays = layout.unflatten(np.zeros(layout.size)) if layout.size <= 10**6 else None
+    if arrays is not None:
+        assert layout.flatten(arrays).shape == (layout.size,)

@@ -13,7 +13,7 @@ import securefl
 from securefl.crypto import shamir, signing
 from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.faults import Faults
-from securefl.layers import Identities, SecAgg, SecAggPlus
+from securefl.layers import Identities, SecAgg, SecAggPlus, secagg
 from securefl.layers.secagg import _accusation, _share_width
 from securefl.transcript import Transcript
 from securefl.wire import Envelope, decode_record, encode_record, unpack_array
@@ -506,7 +506,8 @@ def test_a_wrong_unmask_share_is_corrected_and_its_sender_named(value, active):
     report = fed.run_round()
     assert report.ok, report.error
     assert set(report.dropouts) == {"p04"}, report.dropouts
-    assert "does not fit the others" in report.dropouts["p04"]
+    # active mode: the owner's signature decides (it no longer matches the altered share)
+    assert ("did not deal" if active else "does not fit the others") in report.dropouts["p04"]
     np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
     assert fed.run_round().ok  # and the federation goes on
 
@@ -729,7 +730,7 @@ def test_a_dealer_signing_a_wrong_share_is_named_not_its_holder(n):
     report = fed.run_round()
     assert report.ok, report.error
     assert set(report.dropouts) == {"p00"}, report.dropouts
-    assert "dealt p03 a share of p00's self mask" in report.dropouts["p00"]
+    assert "dealt signed shares of p00's self mask" in report.dropouts["p00"]
     np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
 
 
@@ -844,7 +845,10 @@ def test_a_dealer_sharing_another_secret_than_it_committed_to_is_named(kind, act
     node._share = share_another_secret
     report = fed.run_round()
     assert not report.ok
-    assert f"{name} dealt shares of another secret" in report.error
+    if active:  # its signatures on the shares convict it
+        assert f"that {name} signed do not rebuild the secret it committed to" in report.error
+    else:
+        assert f"{name} dealt shares of another secret" in report.error
     if not active:
         # Passive mode signs nothing: with 6 holders and t = 4, three colluding holders could have
         # altered their shares into another codeword, so nobody is named (the error names both).
@@ -915,3 +919,90 @@ def test_passive_mode_names_a_dealer_of_another_secret_only_when_holders_could_n
     report = fed.run_round()
     assert not report.ok and set(report.dropouts) == {dealer}
     assert "rebuild another secret than the one it committed to" in report.dropouts[dealer]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["secagg", "secagg+"]),
+    secret=st.sampled_from(["seed", "key"]),
+    dealer=st.integers(0, 6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_an_owner_dealing_signed_shares_that_fit_no_polynomial_is_named(kind, secret, dealer, seed):
+    """Found by an independent attacker: in active mode an owner that deals (and signs) shares of
+    its seed or key that lie on no polynomial of degree < t failed every round with nobody named —
+    decoding cannot tell a lying dealer from lying holders, but the owner's signatures can: every
+    such share is its own word, so it is named, and no honest holder is."""
+    import random
+
+    n = 7 if kind == "secagg" else 12
+    name = f"p{dealer:02d}"
+    faults = Faults().add("offline", name, phase="masked") if secret == "key" else None
+    fed, *_ = integer_federation(_layer(kind, True, n), n, faults=faults)
+    node = fed.nodes[name].secure_sum
+    honest_dealt = node._dealt
+    draws = random.Random(seed)
+
+    def dealt_off_any_polynomial(kind_, holder, share):
+        if kind_ == secret:
+            share = draws.randrange(shamir.PRIME).to_bytes(shamir.SHARE_BYTES, "big")
+        return honest_dealt(kind_, holder, share)
+
+    node._dealt = dealt_off_any_polynomial
+    report = fed.run_round()
+    assert not report.ok and f"that {name} signed do not rebuild" in report.error, report.error
+    assert set(report.dropouts) == {name}, report.dropouts
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_colluding_holders_shifting_shares_along_a_polynomial_frame_nobody_in_active_mode(active):
+    """Found by an independent attacker: two colluding holders of p00's seed reveal f + g, with
+    g(0) = 0 and g vanishing at every honest revealing holder but p01 (degree t − 1). The rebuilt
+    seed is still p00's, so leaving p01 out "explains" the shares: p01 was named — and in active
+    mode p00, who had signed p01's share, was convicted. Active mode now decides by the owner's
+    signatures: the colluders' shifted shares are unsigned, so they are named and nobody else;
+    with them out too few signed shares remain, and the round fails (nothing revealed). Passive
+    mode signs nothing: the sum stays exact, and the spec's Limitations say that colluders can
+    have an honest holder named there."""
+    n, colluders = 7, ("p05", "p06")
+    parties = [f"p{i:02d}" for i in range(n)]
+    layer = SecAgg(threshold=0.8, identities=Identities.generate(parties) if active else None)
+    fed, deltas, weights = integer_federation(layer, n)
+
+    def shift_share(node):
+        honest_unmask = node._unmask
+
+        def unmask(request):
+            _, parts = decode_record(
+                request, b"SAUq", {"disputes": list}, ("survivors", "signers", "signatures", "accusations")
+            )
+            bitmap = parts["signers"] if active else parts["survivors"]
+            revealing = secagg.decode_members(node.ctx, bitmap, "revealing")
+            own = int.from_bytes(node.held["p00"][0][: shamir.SHARE_BYTES], "big")
+            holders = sorted(set(revealing) - {"p00"})
+            zeros = [secagg._x(node.ctx, h) for h in holders if h not in colluders and h != "p01"]
+            assert len(zeros) == node.t - 2
+            x = secagg._x(node.ctx, node.me)
+            g = x * math.prod(x - z for z in zeros)
+            reply = honest_unmask(request)
+            header, out = decode_record(
+                reply, b"SAUr", {"self": list, "secret": list, "disputed": list}, ("shares", "one_time")
+            )
+            width, i = _share_width(active), header["self"].index("p00")
+            shares = bytearray(out["shares"])
+            shares[i * width : i * width + shamir.SHARE_BYTES] = ((own + g) % shamir.PRIME).to_bytes(
+                shamir.SHARE_BYTES, "big"
+            )
+            return encode_record(b"SAUr", header, {**out, "shares": bytes(shares)})
+
+        node._unmask = unmask
+
+    for name in colluders:
+        shift_share(fed.nodes[name].secure_sum)
+    report = fed.run_round()
+    if active:
+        assert not report.ok and set(report.dropouts) == set(colluders), (report.error, report.dropouts)
+        assert all("did not deal" in report.dropouts[c] for c in colluders)
+    else:
+        assert report.ok, report.error
+        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))

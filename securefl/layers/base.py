@@ -184,7 +184,7 @@ class SumAggregator(ABC):
         dropouts, so that one bad party never gets honest ones named."""
         return {}
 
-    def summed(self, phase: str, live: frozenset[str]) -> int:
+    def inputs_summed(self, phase: str, live: frozenset[str]) -> int:
         """How many inputs the round still sums after ``phase``, with ``live`` the parties still
         answering validly — what ``min_parties`` is checked against. By default the live parties;
         SecAgg's sum is fixed once the masked inputs are in (a party that drops while unmasking is

@@ -818,7 +818,7 @@ class _Aggregator(SumAggregator):
         else:
             self._unmask()
 
-    def summed(self, phase: str, live: frozenset[str]) -> int:
+    def inputs_summed(self, phase: str, live: frozenset[str]) -> int:
         # U3, fixed when the masked inputs are in: a party that drops while confirming or unmasking
         # is unmasked from its neighbours' shares and still summed.
         return len(self.u3) if phase in (CONSISTENCY, UNMASK) else len(live)
@@ -931,13 +931,15 @@ class _Aggregator(SumAggregator):
             return kind == "seed" or channel.public_of(candidate) == _mask_public(keys)
 
         outcome = shamir.reconstruct(shares, self.t, length, accept)
+        if self.identities and (outcome.secret is None or outcome.wrong):
+            return self._reconstruct_from_signed(owner, kind, shares, length, what, accept)
         if outcome.secret is None and outcome.consistent:
             self._blame_dealer_of_another_secret(owner, kind, shares, outcome, what)
+        # Passive mode from here (active mode returned above): nothing is signed, so a share that does
+        # not fit is its holder's — sound against one malicious party; colluding holders can make the
+        # decoder name an honest one (the sum stays exact; protocols/secagg.md, Limitations).
         for x in outcome.wrong:
-            if self.identities and self._dealer_signed(owner, kind, by_x[x], shares[x], x):
-                self._blame(owner, f"dealt {by_x[x]} a share of {what} that does not fit the others")
-            else:
-                self._blame(by_x[x], f"revealed a share of {what} that does not fit the others")
+            self._blame(by_x[x], f"revealed a share of {what} that does not fit the others")
         if outcome.secret is None:
             holders = ", ".join(by_x[x] for x in sorted(shares))
             if outcome.consistent:
@@ -955,26 +957,49 @@ class _Aggregator(SumAggregator):
             )
         return outcome.secret
 
+    def _reconstruct_from_signed(
+        self, owner: str, kind: str, shares: dict[int, bytes], length: int, what: str, accept
+    ) -> bytes:
+        """Active mode, once the shares did not simply agree on the committed secret: signatures
+        decide, not decoding. A share without the owner's signature for its holder is that holder's
+        lie (it is named and left out); the signed shares are the owner's own word, so if they do not
+        rebuild the committed secret — inconsistent, or consistent on another secret — the owner is
+        named. Decoding alone cannot tell (found by an attacker): an owner dealing shares that fit no
+        polynomial failed every round with nobody named, and two colluding holders could shift their
+        shares along a polynomial vanishing at the secret so that the decoder found honest holders
+        "wrong" — and convicted the honest owner who had signed those shares."""
+        by_x = self.by_x
+        signed = {x: v for x, v in shares.items() if self._dealer_signed(owner, kind, by_x[x], v, x)}
+        for x in sorted(shares.keys() - signed.keys()):
+            self._blame(by_x[x], f"revealed a share of {what} that {owner} did not deal")
+        if len(signed) < self.t:
+            raise RoundFailed(
+                f"{self.layer.name}: only {len(signed)} of the {len(shares)} shares of {what} carry "
+                f"{owner}'s signature, {self.t} are needed; the holders of the others are named; round "
+                "aborted, nothing is revealed"
+            )
+        outcome = shamir.reconstruct(signed, self.t, length, accept)
+        if outcome.secret is None or outcome.wrong:
+            reason = f"dealt signed shares of {what} that do not rebuild the secret it committed to"
+            self._blame(owner, reason)
+        if outcome.secret is None:
+            raise RoundFailed(
+                f"{self.layer.name}: the {len(signed)} shares of {what} that {owner} signed do not rebuild "
+                f"the secret it committed to: {owner} dealt them wrong; round aborted, nothing is revealed"
+            )
+        return outcome.secret
+
     def _blame_dealer_of_another_secret(
         self, owner: str, kind: str, shares: dict[int, bytes], outcome: shamir.Reconstruction, what: str
     ) -> None:
-        """The well-formed shares all lie on one polynomial, but its secret is not the one ``owner``
-        committed to. Either the owner dealt shares of another secret, or m − t + 1 of the m holders
-        altered theirs together (fewer cannot move a codeword: the others pin the polynomial). In
-        active mode each share carries the dealer's signature: if all do, the owner is named (and
-        this raises); a share without one was altered by its holder, who is named. In passive mode
-        the owner is named only when altering would take t holders (m ≥ 2t − 1) — as many as
-        could rebuild any secret anyway; otherwise nobody can be (exactly t shares pin nothing),
-        and the round fails saying so."""
+        """Passive mode: the well-formed shares all lie on one polynomial, but its secret is not the
+        one ``owner`` committed to. Either the owner dealt shares of another secret, or m − t + 1 of
+        the m holders altered theirs together (fewer cannot move a codeword: the others pin the
+        polynomial). The owner is named only when altering would take t holders (m ≥ 2t − 1) — as
+        many as could rebuild any secret anyway; otherwise nobody can be (exactly t shares pin
+        nothing), and the round fails saying so. (Active mode decides by the owner's signatures.)"""
         well_formed = [x for x in shares if x not in outcome.wrong]
-        by_x = self.by_x
-        if self.identities:
-            unsigned = [x for x in well_formed if not self._dealer_signed(owner, kind, by_x[x], shares[x], x)]
-            for x in unsigned:
-                self._blame(by_x[x], f"revealed a share of {what} that {owner} did not deal")
-            if unsigned:
-                return  # the rest is decided as for any wrong shares (below)
-        elif len(well_formed) < 2 * self.t - 1:
+        if len(well_formed) < 2 * self.t - 1:
             return
         self._blame(owner, f"dealt shares of {what} that rebuild another secret than the one it committed to")
         raise RoundFailed(
@@ -1061,7 +1086,13 @@ class _Party(SumParty):
                 f"phase {phase!r} out of order (expected {self.expected[self.step : self.step + 1]})"
             )
         self.step += 1
-        return getattr(self, f"_{phase}")(request)
+        try:
+            return getattr(self, f"_{phase}")(request)
+        except BaseException:
+            # A phase that failed ends this party's round: it never answers a later phase of it (a
+            # party whose masked input was not sent must not go on to reveal shares).
+            self.step = len(self.expected)
+            raise
 
     def _advertise(self, request: bytes) -> bytes:
         _, parts = decode_record(request, b"SAAq", {}, ("graph_seed",))
@@ -1091,6 +1122,8 @@ class _Party(SumParty):
             peers, _chunks(parts["keys"], width, len(peers), "advertised keys"), strict=True
         ):
             keys = blob[:_KEYS]
+            _require_valid_key(_channel_public(keys), f"{peer}'s channel")  # as the aggregator checked
+            _require_valid_key(_mask_public(keys), f"{peer}'s mask")
             if self.identities is not None:
                 statement = _advertised(self.ctx, peer, self.graph_seed, keys)
                 self.identities.verify(peer, blob[_KEYS:], statement)

@@ -9,6 +9,7 @@ after a reconnect gets the reply cached for it, so a retry never runs a phase tw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
@@ -26,6 +27,8 @@ from securefl.network.server import TLSFiles
 from securefl.party import PartyNode
 
 log = logging.getLogger(__name__)
+
+_OUTBOX_REPLIES = 16  # replies waiting to be sent, at most
 
 NodeFactory = Callable[[str, ArraySpec], PartyNode]  # (session, spec) -> this party's node
 
@@ -161,7 +164,10 @@ def _wait_until_ready(channel: grpc.Channel, target: str, timeout: float) -> Non
 def _serve(
     channel: grpc.Channel, party: str, agreement: str, answerer: _Answerer, summary: PartySummary
 ) -> None:
-    outbox: queue.Queue = queue.Queue()
+    # Bounded: the aggregator reads each reply before its next request, so a few are ever waiting;
+    # one that sends requests and never reads the replies stops this party reading more (flow
+    # control) instead of growing its memory without end.
+    outbox: queue.Queue = queue.Queue(maxsize=_OUTBOX_REPLIES)
     outbox.put(Hello(party, agreement).encode())
     connect = channel.stream_stream(METHOD)
     responses = connect(iter(outbox.get, None))
@@ -182,7 +188,24 @@ def _serve(
         log.info("party %s joined session %s", party, welcome.session[:8])
         for request in frames:
             summary.requests += 1
-            outbox.put(answerer.answer(bytes(request)))
+            _queue_reply(outbox, answerer.answer(bytes(request)), responses)
     finally:
-        outbox.put(None)
         responses.cancel()
+        with contextlib.suppress(queue.Empty):  # room for the end marker: nothing is sent any more
+            while True:
+                outbox.get_nowait()
+        outbox.put_nowait(None)
+
+
+def _queue_reply(outbox: queue.Queue, reply: bytes, stream: grpc.Future) -> None:
+    """Queue a reply, waiting while the outbox is full — but not past the end of the stream (gRPC
+    stops taking replies then, and the party must go on to reconnect, not wait for ever)."""
+    while True:
+        try:
+            outbox.put(reply, timeout=1.0)
+            return
+        except queue.Full:
+            if not stream.is_active():
+                raise ProtocolError(
+                    "the aggregator closed the stream without reading this party's replies"
+                ) from None

@@ -29,7 +29,7 @@ all (more are refused with ``RESOURCE_EXHAUSTED``), ``max_concurrent_streams`` p
 bound per member is done here: a party's new streams pass a token bucket (:class:`_StreamBucket`),
 its connections that carry no stream the handler holds are closed (:class:`_ConnectionGuard`, which
 a refused stream does not satisfy), and every log line a party can trigger goes through one
-per-party, per-kind rate limiter (:class:`_RateLimitedLog`). Nothing a party
+per-party, per-kind rate limiter (:class:`~securefl.logtext.RateLimitedLog`). Nothing a party
 sends raises out of this module: the reader thread turns every failure into a closed stream (a
 dropout), and every decoding error of the hello into a status code.
 """
@@ -58,7 +58,7 @@ import grpc
 
 from securefl.crypto.certificates import PartyCertificate, verify_party_certificate
 from securefl.errors import ConfigError, WireError
-from securefl.logtext import printable
+from securefl.logtext import RateLimitedLog, printable
 from securefl.network.frames import METHOD, Hello, Welcome
 from securefl.transport import Reply, Traffic, Transport
 
@@ -129,29 +129,6 @@ class _Watchdog:
                 callback()
             except Exception:  # a cancel on a finished stream, or the like: never ends the watchdog
                 log.debug("watchdog callback failed", exc_info=True)
-
-
-class _RateLimitedLog:
-    """At most one line per ``_LOG_EVERY`` seconds per (party, kind); the next line says how many
-    were left out, so a member churning streams cannot flood the operator's log."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
-
-    def __call__(self, level: int, party: str, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last, skipped = self._last.get((party, kind), (-_LOG_EVERY, 0))
-            if now - last < _LOG_EVERY:
-                self._last[(party, kind)] = (last, skipped + 1)
-                return
-            if len(self._last) > 4096:  # bounded: forget the oldest half
-                for key in sorted(self._last, key=lambda k: self._last[k][0])[:2048]:
-                    del self._last[key]
-            self._last[(party, kind)] = (now, 0)
-        suffix = f" ({skipped} more like it in the last {now - last:.0f}s not logged)" if skipped else ""
-        log.log(level, message + "%s", *args, suffix)
 
 
 class _StreamBucket:
@@ -471,7 +448,7 @@ class GrpcServerTransport(Transport):
         self.seen: set[str] = set()
         self._watchdog = _Watchdog()
         # Every log line a party can trigger goes through this: once per 10 s per party and kind.
-        self._say = _RateLimitedLog()
+        self._say = RateLimitedLog(log, _LOG_EVERY)
         self._buckets = _StreamBucket(*stream_rate)  # (burst, seconds per stream after it)
         self._handling: dict[tuple[str, int], list] = {}  # peer -> [identity, streams in the handler]
         self.max_connections = (
