@@ -57,6 +57,9 @@ class Mechanism:
     variance: float | None = None
     l2_sensitivity: float | None = None
     l1_sensitivity: float | None = None
+    # ``distributed`` only: the largest coalition of summed parties the figures hold against (their
+    # shares are sized on t − colluders parties); None for one party alone, the default.
+    colluders: int | None = None
 
     def fields(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -65,7 +68,13 @@ class Mechanism:
 class DPNoise(Transform):
     name = "dp"
 
-    def __init__(self, noise_multiplier: float, placement: str = "distributed") -> None:
+    def __init__(self, noise_multiplier: float, placement: str = "distributed", colluders: int = 0) -> None:
+        """``colluders`` (``distributed`` only): the figures against the parties hold for coalitions of
+        up to this many summed parties, each knowing its own noise share — the shares are sized on
+        t − colluders parties instead of t (t the fewest the secure sum can sum), so that any t
+        summed leave a coalition at least the calibrated noise, at (t / (t − colluders)) times the
+        variance in the released sum. By default (0) a party alone is covered (its own share is
+        accounted for); a coalition takes out one share per member."""
         if not (
             isinstance(noise_multiplier, (int, float))
             and math.isfinite(noise_multiplier)
@@ -77,8 +86,16 @@ class DPNoise(Transform):
             )
         if placement not in PLACEMENTS:
             raise ConfigError(f"dp placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        if type(colluders) is not int or colluders < 0:
+            raise ConfigError(f"dp colluders must be a whole number ≥ 0, got {colluders!r}")
+        if colluders and placement != "distributed":
+            raise ConfigError(
+                f"dp colluders is for 'distributed' noise: with {placement!r} no party knows a share of "
+                "the noise in the sum, so coalitions take nothing out"
+            )
         self.noise_multiplier = float(noise_multiplier)
         self.placement = placement
+        self.colluders = colluders
         self._rng = SecureRandom()
         self._mechanism: Mechanism | None = None
         self._update: slice | None = None
@@ -139,7 +156,9 @@ class DPNoise(Transform):
         z = self.noise_multiplier
         if not integer:
             self._integer_scale = None
-            self._mechanism = Mechanism("gaussian", self.placement, z, clip, z * clip)
+            self._mechanism = Mechanism(
+                "gaussian", self.placement, z, clip, z * clip, colluders=self.colluders or None
+            )
             return
         quantize = [t for t in before if t.produces_integers][-1]
         scale = float(quantize.scale[ctx.layout.update_slice][0])
@@ -149,7 +168,15 @@ class DPNoise(Transform):
         # for an integer vector ||v||₁ ≤ min(√d·||v||₂, ||v||₂²).
         l2 = clip * scale + root_d
         self._mechanism = Mechanism(
-            "skellam", self.placement, z, clip, z * clip, (z * clip * scale) ** 2, l2, min(root_d * l2, l2**2)
+            "skellam",
+            self.placement,
+            z,
+            clip,
+            z * clip,
+            (z * clip * scale) ** 2,
+            l2,
+            min(root_d * l2, l2**2),
+            colluders=self.colluders or None,
         )
         self._check_headroom(ctx, quantize)
 
@@ -186,11 +213,18 @@ class DPNoise(Transform):
         headroom[self._update] = bound
         return headroom
 
+    def fewest_summed(self, selected: int) -> int:
+        """The fewest parties a round of ``selected`` can sum (the secure sum's threshold, or
+        ``min_parties``)."""
+        return max(1, min(selected, self._sum_layer.min_contributors(selected, self._min_parties)))
+
     def parties_sharing(self, selected: int) -> int:
-        """Over how many parties the noise is split in a round of ``selected``."""
+        """Over how many parties the noise is split in a round of ``selected``: the fewest the sum
+        can hold, less the coalition the figures hold against (at least 1: then each summed party
+        adds the whole noise)."""
         if self.placement == "local":
             return 1
-        return max(1, min(selected, self._sum_layer.min_contributors(selected, self._min_parties)))
+        return max(1, self.fewest_summed(selected) - self.colluders)
 
     def sum_noise_std(self, selected: int, summed: int) -> float:
         """Std of the noise in a sum of ``summed`` parties from a round of ``selected``, in update units:
@@ -231,4 +265,5 @@ class DPNoise(Transform):
         return out
 
     def __repr__(self) -> str:
-        return f"DPNoise(noise_multiplier={self.noise_multiplier}, placement={self.placement!r})"
+        extra = f", colluders={self.colluders}" if self.colluders else ""
+        return f"DPNoise(noise_multiplier={self.noise_multiplier}, placement={self.placement!r}{extra})"

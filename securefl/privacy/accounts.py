@@ -88,13 +88,16 @@ class Tally:
 
 
 def seen_by_a_party(fields: Mapping[str, Any], summed: int, sharing: int, placement: str) -> dict[str, Any]:
-    """The release as a party summed in it sees it: with ``distributed`` noise it knows its own
-    share (1/``sharing`` of the calibrated variance) and can take it out of the sum, leaving the
-    other ``summed`` − 1 shares — less than the calibrated noise when the sum is at its fewest
-    (found by an attacker: with 3 parties summed, 2/3 of the variance; ε 2.57 where 1.99 was
-    recorded). Other placements, or enough parties summed, leave the mechanism as calibrated."""
-    keep = min(1.0, (summed - 1) / sharing) if placement == "distributed" and sharing >= 1 else 1.0
-    if keep >= 1.0 or summed < 2:
+    """The release as a party summed in it sees it — or the coalition of ``fields["colluders"]``
+    summed parties the figures hold against: with ``distributed`` noise each knows its own share
+    (1/``sharing`` of the calibrated variance) and takes it out of the sum, leaving the other
+    ``summed`` − c shares — less than the calibrated noise when the sum is at its fewest (found by
+    an attacker: with 3 parties summed, 2/3 of the variance; ε 2.57 where 1.99 was recorded; and by
+    another, two colluders at t = 10 left 8/10 of it). Other placements, or enough parties summed
+    (shares sized on t − c), leave the mechanism as calibrated."""
+    coalition = coalition_of(fields)
+    keep = min(1.0, (summed - coalition) / sharing) if placement == "distributed" and sharing >= 1 else 1.0
+    if keep >= 1.0 or summed <= coalition:  # (a coalition of everyone summed learns nothing new)
         return dict(fields)
     seen = dict(fields)
     if fields.get("mechanism") == GAUSSIAN:
@@ -102,6 +105,13 @@ def seen_by_a_party(fields: Mapping[str, Any], summed: int, sharing: int, placem
     elif "variance" in fields:
         seen["variance"] = float(fields["variance"]) * keep
     return seen
+
+
+def coalition_of(fields: Mapping[str, Any]) -> int:
+    """The coalition of summed parties a release's figures hold against: its ``colluders``, at least
+    one party (each knows its own share)."""
+    colluders = fields.get("colluders")
+    return max(1, colluders) if type(colluders) is int else 1
 
 
 def recorded_as_a_party_sees(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from securefl.errors import ConfigError
 from securefl.logtext import counted
 from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create, entry_of
 from securefl.privacy.accountants.base import BeyondAccountant
-from securefl.privacy.accounts import recorded_as_a_party_sees, worst_party_epsilon
+from securefl.privacy.accounts import coalition_of, recorded_as_a_party_sees, worst_party_epsilon
 from securefl.privacy.ledger import verify
 from securefl.privacy.observers import AGGREGATOR, COUNT, DESCRIPTIONS, MODEL, OBSERVERS, PARTICIPANTS
 
@@ -535,6 +535,16 @@ def _observers(records: list[dict[str, Any]], result: AuditResult, every: int) -
             "protects_against": DESCRIPTIONS[observer],
             "enforced": observer == result.observer,
         }
+    distributed = [r for r in released if r.get("placement") == "distributed"]
+    if distributed:
+        # Each summed party can take its own noise share out; the figures hold for coalitions no
+        # larger than every release was sized for (DPNoise(colluders=...); 1 party by default).
+        coalition = min(coalition_of(r) for r in distributed)
+        result.observers[PARTICIPANTS]["coalition"] = coalition
+        result.observers[PARTICIPANTS]["protects_against"] = (
+            f"{DESCRIPTIONS[PARTICIPANTS]}; with distributed noise, coalitions of at most {coalition} summed "
+            f"part{'y' if coalition == 1 else 'ies'} (each takes its own noise share out of the sum)"
+        )
     if final["observers"].get(AGGREGATOR, {}).get("epsilon") is None:
         result.observers[AGGREGATOR]["note"] = (
             "not protected: with central noise it reads the sum before noising it; with distributed "

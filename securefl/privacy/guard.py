@@ -226,8 +226,9 @@ class PrivacyGuard:
         if self.layer is None or self.mechanism.placement == "central":
             return self._fields()
         sharing = self.layer.parties_sharing(selected)
+        fewest = self.layer.fewest_summed(selected)
         return seen_by_a_party(
-            self._fields(), sharing if summed is None else summed, sharing, self.mechanism.placement
+            self._fields(), fewest if summed is None else summed, sharing, self.mechanism.placement
         )
 
     def _check(self, round: int, projected: dict[str, float | None]) -> None:

@@ -649,11 +649,14 @@ def _at_fewest_summed(record: dict[str, Any]) -> dict[str, Any]:
     out = dict(record)
     threshold = record.get("noise_threshold")
     if type(threshold) is int and threshold >= 1 and record.get("placement") == "distributed":
-        out["parties_summed"] = threshold
-        if "noise_std" in record:
-            out["noise_std_in_sum"] = record["noise_std"]
-        if "variance" in record:
-            out["variance_in_sum"] = record["variance"]
+        # Shares are sized on the fewest less the coalition the figures hold against (dp colluders).
+        colluders = record.get("colluders")
+        fewest = threshold + (colluders if type(colluders) is int and colluders > 0 else 0)
+        out["parties_summed"] = fewest
+        if isinstance(record.get("noise_std"), (int, float)):
+            out["noise_std_in_sum"] = record["noise_std"] * math.sqrt(fewest / threshold)
+        if isinstance(record.get("variance"), (int, float)):
+            out["variance_in_sum"] = record["variance"] * fewest / threshold
     return out
 
 

@@ -12,7 +12,10 @@ by sampling holds only against those who do not know who was sampled (protocols/
   and Gaussian noise; otherwise at 1) — but never below ``participants``' figure: k/n needs who is
   summed, given how many, to be uniform, and dropouts can depend on who the party is (colluders
   drop at will), which can make the count say whether the target is in.
-* ``participants`` — the federation's parties, alone or colluding: the selected parties are handed
+* ``participants`` — the federation's parties, alone or colluding (with ``distributed`` noise, in
+  coalitions of at most ``colluders`` summed parties, 1 by default: each member knows its own share
+  of the noise and takes it out of the sum; ``DPNoise(colluders=c)`` sizes the shares so that c
+  members leave the calibrated noise): the selected parties are handed
   the round's selection, so they may know whether the target took part. A party's data is used only
   in the rounds it is selected in, so against them the target's ε is the composition of *its* rounds
   without amplification; the guarantee is the worst party's: the ``m`` rounds of the party selected
@@ -39,7 +42,7 @@ DESCRIPTIONS = {
     COUNT: "anyone who also sees how many parties took part in each round (readers of this ledger, "
     "round reports, the operator's logs)",
     PARTICIPANTS: "the other parties of the federation, alone or colluding: they are told who takes part "
-    "in the rounds they are in",
+    "in the rounds they are in",  # (audit adds the coalition bound of distributed noise)
     AGGREGATOR: "the aggregator, which chooses the parties of each round and receives their updates",
 }
 
