@@ -190,7 +190,7 @@ class Aggregator:
             )
             log.error("round %d failed unexpectedly: %s", round + 1, printable(report.error), exc_info=True)
         if report.status != "ok":
-            self._record_seen_inputs(round, report)
+            self._record_exposed_inputs(round, report)
             report.survivors = []
             report.total_weight, report.train_metrics, report.eval_metrics = 0.0, {}, {}
             report.eval_count, report.sealed = 0.0, False
@@ -199,7 +199,7 @@ class Aggregator:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _record_seen_inputs(self, round: int, report: RoundReport) -> None:
+    def _record_exposed_inputs(self, round: int, report: RoundReport) -> None:
         """A failed round whose replies exposed inputs noised on the parties to the aggregator has
         released them: record them — a faulty party must not let the aggregator learn round after
         round while the budget stands still. Which inputs a phase's replies expose is the layer's
@@ -251,9 +251,14 @@ class Aggregator:
             requests = SharedRequests(list(extra.values()), pieces)
             replies = self.transport.exchange(requests, self.phase_timeout)
             refusals: dict[str, str] = {}
-            valid = self._accept(round, phase, live, replies, report, refusals, index == len(phases) - 1)
-            # Whatever happens next, the aggregator has read these replies and what they expose.
-            exposed = self.secure_sum.exposed_by(phase, frozenset(valid)) if valid else frozenset()
+            read: set[str] = set()
+            valid = self._accept(
+                round, phase, live, replies, report, refusals, index == len(phases) - 1, read
+            )
+            # Whatever happens next, the aggregator has read these replies — dropped ones too (a
+            # payload decoded before its sender was dropped, e.g. for answering twice) — and what
+            # they expose.
+            exposed = self.secure_sum.exposed_by(phase, frozenset(read)) if read else frozenset()
             self._exposed.update(exposed)
             for party in sorted(live - set(valid) - set(refusals)):
                 report.dropouts.setdefault(party, f"{phase}: no reply before the deadline")
@@ -311,9 +316,11 @@ class Aggregator:
         report: RoundReport,
         refusals: dict[str, str] | None = None,
         last_phase: bool = False,
+        read: set[str] | None = None,
     ) -> dict[str, bytes]:
         """Check each reply's envelope; duplicates and impostors drop the party. In the last phase, a
-        party that withdraws because it refused the sum revealed to it goes to ``refusals``."""
+        party that withdraws because it refused the sum revealed to it goes to ``refusals``. Every
+        party whose payload was read, valid in the end or not, goes to ``read``."""
         max_bytes = self.secure_sum.max_reply_bytes(phase) + _ENVELOPE_OVERHEAD
         valid: dict[str, bytes] = {}
         seen: set[str] = set()
@@ -346,6 +353,8 @@ class Aggregator:
                 if set(envelope.parts) != {"layer"}:
                     raise WireError(f"reply parts {sorted(envelope.parts)} should be ['layer']")
                 valid[party] = envelope.parts["layer"]
+                if read is not None:
+                    read.add(party)
             except Exception as exc:
                 if not isinstance(exc, (WireError, ProtocolError)):
                     log.warning("round %d: %s checking %s's reply", round + 1, type(exc).__name__, party)

@@ -463,3 +463,28 @@ def test_colluders_size_the_shares_so_a_coalition_is_left_the_calibrated_noise(t
 def test_impossible_colluders_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         DPNoise(1.0, **kwargs)
+
+
+def test_an_input_read_before_its_sender_was_dropped_is_still_accounted(tmp_path):
+    """The aggregator reads a reply's payload before it finds the same party answering twice and
+    drops it: with ``plain`` and noise on the parties that input was seen all the same, so a round
+    that then fails records it among the exposed (noticed by an attacker: only the replies kept
+    were counted)."""
+    from securefl.faults import Faults
+
+    guard = PrivacyGuard(Budget(1e6, 1e-5), Ledger(tmp_path / "l.jsonl", KEY))
+    clients = {f"p{i}": (lambda w, info: ({"w": w["w"]}, 1)) for i in range(4)}
+    faults = Faults().add("duplicate", "p0", phase="input")
+    fed = Federation(
+        {"w": np.zeros(DIM)},
+        clients,
+        [Clip(1.0), DPNoise(1.0, "local"), Plain()],
+        weighting="uniform",
+        min_parties=4,
+        guard=guard,
+        faults=faults,
+    )
+    report = fed.run_round()
+    assert not report.ok and "p0" in report.dropouts, report  # 3 kept < min_parties = 4
+    records = verify(tmp_path / "l.jsonl", None).records
+    assert len(records) == 1 and records[0]["parties_summed"] == 4  # p0's input was read too
