@@ -101,6 +101,7 @@ class BenchResult:
     # holder's seconds (extrapolated from a sample)
     ciphertexts: int | None = None
     decrypt_vs_phe: float | None = None
+    decrypt_per_value_vs_phe: float | None = None  # against phe decrypting one ciphertext per value
     naive_expansion: float | None = None  # CKKS: the baseline's bytes over float32 (vs expansion)
 
     def to_json(self) -> dict[str, Any]:
@@ -507,6 +508,8 @@ def _phe_decrypt_baseline(result: BenchResult, federation: Federation, public: A
     per_ciphertext = _median_seconds(lambda: phe_key.raw_decrypt(sample), PHE_SAMPLE)
     result.ciphertexts = ciphertexts
     result.decrypt_vs_phe = per_ciphertext * ciphertexts / result.keyholder_seconds
+    # phe's own way with a vector: one EncryptedNumber (one ciphertext) per value, same key size
+    result.decrypt_per_value_vs_phe = per_ciphertext * result.params / result.keyholder_seconds
 
 
 def backend_ratios(results: list[BenchResult]) -> dict[str, float]:
