@@ -41,6 +41,7 @@ from securefl.transport import Reply, SharedRequests, Transport, join_segments
 from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, pack_array
 
 log = logging.getLogger(__name__)
+_NO_REPLY = "no reply before the deadline"
 _ENVELOPE_OVERHEAD = 4096
 
 
@@ -261,7 +262,7 @@ class Aggregator:
             exposed = self.secure_sum.exposed_by(phase, frozenset(read)) if read else frozenset()
             self._exposed.update(exposed)
             for party in sorted(live - set(valid) - set(refusals)):
-                report.dropouts.setdefault(party, f"{phase}: no reply before the deadline")
+                report.dropouts.setdefault(party, f"{phase}: {_NO_REPLY}")
             live = set(valid)
             try:
                 self._require_enough(
@@ -287,6 +288,9 @@ class Aggregator:
                     self.secure_sum.close_phase(phase, frozenset(live))
                 finally:
                     for party, reason in sorted(self.secure_sum.culprits().items()):
+                        if report.dropouts.get(party, "").endswith(_NO_REPLY):
+                            # What the layer proved says more than the silence that came after it.
+                            report.dropouts[party] = f"{phase}: {reason} (then: {report.dropouts[party]})"
                         report.dropouts.setdefault(party, f"{phase}: {reason}")
                         self._culprits.add(party)
                         live.discard(party)

@@ -488,3 +488,22 @@ def test_an_input_read_before_its_sender_was_dropped_is_still_accounted(tmp_path
     assert not report.ok and "p0" in report.dropouts, report  # 3 kept < min_parties = 4
     records = verify(tmp_path / "l.jsonl", None).records
     assert len(records) == 1 and records[0]["parties_summed"] == 4  # p0's input was read too
+
+
+def test_unmask_replies_dropped_for_answering_twice_still_count_as_exposure(tmp_path):
+    """Found by an independent attacker (the SecAgg form of the one above): p0 and p1 send their
+    ``unmask`` reply twice and p4 goes offline, so only 2 < t = 3 replies are kept and the round
+    fails — but the aggregator has read 4, enough to rebuild every seed. The release is recorded."""
+    from securefl.faults import Faults
+
+    faults = Faults().add("offline", "p4", phase="unmask")
+    for party in ("p0", "p1"):
+        faults.add("duplicate", party, phase="unmask")
+    guard = PrivacyGuard(Budget(1e6, 1e-5), Ledger(tmp_path / "l.jsonl", KEY))
+    clients = {f"p{i}": (lambda w, info: ({"w": w["w"]}, 1)) for i in range(5)}
+    layers = [Clip(1.0), Quantize(20), DPNoise(1.0), SecAgg()]
+    fed = Federation({"w": np.zeros(DIM)}, clients, layers, weighting="uniform", guard=guard, faults=faults)
+    assert fed.stack.secure_sum.shares_needed(fed.stack.secure_sum.degree(5)) == 3
+    report = fed.run_round()
+    assert not report.ok and report.epsilon is not None and guard.spent > 0, report
+    assert [r["parties_summed"] for r in verify(tmp_path / "l.jsonl", None).records] == [5]

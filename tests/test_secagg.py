@@ -1006,3 +1006,38 @@ def test_colluding_holders_shifting_shares_along_a_polynomial_frame_nobody_in_ac
     else:
         assert report.ok, report.error
         np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
+
+
+def test_a_silent_owner_whose_garbage_leaves_its_secret_short_is_named():
+    """Found by an independent attacker: in active mode p0 sealed shares that would not open to
+    k − t + 1 = 2 neighbours (validly re-signed), sent its masked input, then never answered
+    ``unmask``: its seed was left with t − 1 shares, the round failed, and p0 was only a dropout —
+    every round, anonymously. The signed accusations stand when the accused does not answer them,
+    and they are what leaves its secret short: p0 is named."""
+    from securefl.layers.secagg import _sealed_size, _sealed_statement
+
+    parties = [f"p{i:02d}" for i in range(5)]
+    layer = SecAgg(identities=Identities.generate(parties))
+    fed, *_ = integer_federation(layer, 5, Faults().add("offline", "p00", phase="unmask"))
+    evil = fed.nodes["p00"].secure_sum
+    honest_share = evil._share
+
+    def garbage_to_two(request):
+        header, parts = decode_record(honest_share(request), b"SASr", {"recipients": list}, ("shares",))
+        size = _sealed_size(True)
+        width = size + signing.SIGNATURE_BYTES
+        blobs = [parts["shares"][i * width : (i + 1) * width] for i in range(len(header["recipients"]))]
+        for i, peer in enumerate(header["recipients"]):
+            if peer in ("p01", "p02"):
+                sealed = bytearray(blobs[i][:size])
+                sealed[60] ^= 1
+                signature = signing.sign(
+                    evil.identity, _sealed_statement(evil.ctx, evil.me, peer, bytes(sealed))
+                )
+                blobs[i] = bytes(sealed) + signature
+        return encode_record(b"SASr", header, {"shares": b"".join(blobs)})
+
+    evil._share = garbage_to_two
+    report = fed.run_round()
+    assert not report.ok and "could not open p00's sealed share" in report.error, report.error
+    assert set(report.dropouts) == {"p00"} and "did not answer them" in report.error, report.error

@@ -909,6 +909,18 @@ class _Aggregator(SumAggregator):
         it matches the owner's advertised commitment; senders of wrong shares are culprits."""
         unopened = sorted(self.accusations.get(owner, {}))
         if len(shares) < self.t and unopened:
+            silent = owner not in self.answered_unmask
+            if self.identities and silent and len(shares) + len(unopened) >= self.t:
+                # Active mode: the accusations are signed over the exact bytes received, and the
+                # owner, asked to answer them with its one-time keys, stayed silent while they are
+                # what leaves its secret short (found by an attacker: sealing garbage to k − t + 1
+                # holders, then not answering, failed every round with nobody named). Framing an
+                # honest owner this way takes k − t + 1 lying accusers and its dropping by chance.
+                self._blame(
+                    owner,
+                    f"sent sealed shares that {', '.join(unopened)} could not open (signed accusations) "
+                    "and did not answer them",
+                )
             # Passive mode cannot tell whether the sender or the accusers lie: name both sides.
             raise RoundFailed(
                 f"{self.layer.name}: {', '.join(unopened)} said they could not open {owner}'s sealed share, "
