@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -144,7 +145,7 @@ class Aggregator:
         self.sealed: SealedModel | None = None
         self._phase = ""  # where the current round is, for the error of a round that fails
         self._culprits: set[str] = set()
-        self._exposed: set[str] = set()  # parties whose inputs this round's replies exposed to it
+        self._exposed: set[str] = set()  # parties whose inputs this round's requests exposed to it
 
     def run_round(self, round: int) -> RoundReport:
         """Run one round and report it. Never raises because of what a party sent: a bad message
@@ -201,14 +202,15 @@ class Aggregator:
         return report
 
     def _record_exposed_inputs(self, round: int, report: RoundReport) -> None:
-        """A failed round whose replies exposed inputs noised on the parties to the aggregator has
-        released them: record them — a faulty party must not let the aggregator learn round after
-        round while the budget stands still. Which inputs a phase's replies expose is the layer's
-        answer (``exposed_by``): with ``plain`` each input read; with SecAgg the contributors' sum
-        once t parties answered ``unmask``, even if the round is then abandoned (found by an
-        attacker: a round failed for want of ``min_parties`` unmask replies had already given a
-        curious aggregator the shares to rebuild the sum, and nothing was recorded). Central noise
-        is added only to a stored result."""
+        """A failed round whose requests asked for replies that expose inputs noised on the parties
+        has released them to the aggregator: record them — a faulty party must not let the
+        aggregator learn round after round while the budget stands still. Which inputs a phase
+        exposes is the layer's answer (``exposed_by``), counted from the requests sent: with
+        ``plain`` each input asked for; with SecAgg the contributors' sum once t parties are asked
+        to unmask — a reply refused (answered twice, a bad envelope) or late is in the aggregator's
+        hands all the same (found by attackers: a round abandoned for want of ``min_parties`` unmask
+        replies, or with duplicated ones, gave a curious aggregator the sum with nothing recorded).
+        Central noise is added only to a stored result."""
         noised_on_parties = any(getattr(t, "noise_on_party", False) for t in self.stack.transforms)
         if self.guard is None or not noised_on_parties or report.epsilon is not None:
             return
@@ -252,15 +254,17 @@ class Aggregator:
             requests = SharedRequests(list(extra.values()), pieces)
             replies = self.transport.exchange(requests, self.phase_timeout)
             refusals: dict[str, str] = {}
-            read: set[str] = set()
+            withdrawn: set[str] = set()
+            asked = frozenset(live)
             valid = self._accept(
-                round, phase, live, replies, report, refusals, index == len(phases) - 1, read
+                round, phase, live, replies, report, refusals, index == len(phases) - 1, withdrawn
             )
-            # Whatever happens next, the aggregator has read these replies — dropped ones too (a
-            # payload decoded before its sender was dropped, e.g. for answering twice) — and what
-            # they expose.
-            exposed = self.secure_sum.exposed_by(phase, frozenset(read)) if read else frozenset()
-            self._exposed.update(exposed)
+            # What the replies to these requests expose to the aggregator, counted from the requests
+            # sent, less the parties whose one reply was a withdrawal — not from the replies kept: a
+            # reply read and then refused (answered twice, a bad envelope) or arriving after the
+            # deadline is in the aggregator's hands all the same (found by attackers: duplicated
+            # unmask replies left a failed round's sum unrecorded).
+            self._exposed.update(self.secure_sum.exposed_by(phase, asked - withdrawn))
             for party in sorted(live - set(valid) - set(refusals)):
                 report.dropouts.setdefault(party, f"{phase}: {_NO_REPLY}")
             live = set(valid)
@@ -320,11 +324,11 @@ class Aggregator:
         report: RoundReport,
         refusals: dict[str, str] | None = None,
         last_phase: bool = False,
-        read: set[str] | None = None,
+        withdrawn: set[str] | None = None,
     ) -> dict[str, bytes]:
         """Check each reply's envelope; duplicates and impostors drop the party. In the last phase, a
-        party that withdraws because it refused the sum revealed to it goes to ``refusals``. Every
-        party whose payload was read, valid in the end or not, goes to ``read``."""
+        party that withdraws because it refused the sum revealed to it goes to ``refusals``. A party
+        whose one and only reply is a withdrawal (it sent nothing else) goes to ``withdrawn``."""
         max_bytes = self.secure_sum.max_reply_bytes(phase) + _ENVELOPE_OVERHEAD
         valid: dict[str, bytes] = {}
         seen: set[str] = set()
@@ -333,6 +337,7 @@ class Aggregator:
         # held twice (a masked phase at 1,000 parties × 100k parameters holds 400 MB of them).
         if not isinstance(replies, list):
             replies = list(replies)
+        senders = Counter(reply.sender for reply in replies)
         replies.reverse()
         while replies:
             reply = replies.pop()
@@ -348,6 +353,8 @@ class Aggregator:
                     kind=REPLY, session=self.session, round=round, phase=phase, party=party
                 )
                 if envelope.kind == WITHDRAW:
+                    if withdrawn is not None and senders[party] == 1:
+                        withdrawn.add(party)
                     # Only a layer that reveals the sum to its parties can have it refused by them.
                     fuses_on_parties = self.stack.secure_sum.fuses_on_parties
                     if last_phase and fuses_on_parties and REFUSED_SUM in envelope.parts:
@@ -357,8 +364,6 @@ class Aggregator:
                 if set(envelope.parts) != {"layer"}:
                     raise WireError(f"reply parts {sorted(envelope.parts)} should be ['layer']")
                 valid[party] = envelope.parts["layer"]
-                if read is not None:
-                    read.add(party)
             except Exception as exc:
                 if not isinstance(exc, (WireError, ProtocolError)):
                     log.warning("round %d: %s checking %s's reply", round + 1, type(exc).__name__, party)

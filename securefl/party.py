@@ -31,7 +31,6 @@ from securefl.roundinfo import RoundInfo
 from securefl.wire import REPLY, REQUEST, WITHDRAW, Envelope, unpack_array
 
 log = logging.getLogger(__name__)
-_REJECTIONS_LOG = RateLimitedLog(log)  # requests refused before any round is known
 _KEPT_LOCAL = "details stay in its log: they may describe its data"
 # A withdraw part: this party refuses the sum it was shown (no honest parties can have made it).
 REFUSED_SUM = "refused_sum"
@@ -145,6 +144,7 @@ class PartyNode:
         # second sum (paillier-threshold, third attacker).
         self._clear_model_digest: bytes | None = None
         self.user_error: BaseException | None = None  # what the user's train/evaluate last raised
+        self._say = RateLimitedLog(log)  # its withdrawals: one line per 10 s and phase, the rest counted
         self._opened_sealed = False
         if stack.secure_sum.fuses_on_parties:
             self.secure_sum.attach_fuser(self._fuse_revealed, base=lambda: self.round_global)
@@ -176,14 +176,15 @@ class PartyNode:
         except WireError as exc:
             # Without a trustworthy header there is no round to withdraw from; say why anyway — in
             # the log at most once per 10 s (an aggregator can send junk requests without end).
-            return self._withdraw(self.round or 0, "invalid", f"rejected a request: {exc}", limited=True)
+            return self._withdraw(self.round or 0, "invalid", f"rejected a request: {exc}")
         try:
             if "model" in request.parts or "sealed_model" in request.parts:
                 payload = self._start_round(request)
             else:
                 if request.round != self.round:
                     raise WireError(
-                        f"request for round {request.round + 1}, but this party is in round {self.round + 1}"
+                        f"request for round {request.round + 1}, but this party is "
+                        + (f"in round {self.round + 1}" if self.round is not None else "in no round yet")
                     )
                 payload = self.secure_sum.respond(request.phase, request.parts.get("layer", b""))
         except Exception as exc:
@@ -203,18 +204,23 @@ class PartyNode:
         reason: str,
         shared: str | None = None,
         refused: bool = False,
-        limited: bool = False,
     ) -> bytes:
         """Tell the aggregator this party stops for the round. The full ``reason`` stays here; the
         aggregator gets ``shared``, which must not describe the party's data (an out-of-range
         coordinate, a user exception's message). ``refused``: the party refuses a revealed sum that
         honest parties cannot have made (the aggregator then fails the round rather than blame it)."""
         self.last_error = reason
-        line = ("party %s withdraws from round %s: %s", self.party_id, round + 1, printable(reason))
-        if limited:
-            _REJECTIONS_LOG(logging.WARNING, self.party_id, "rejected request", *line)
-        else:
-            log.warning(*line)
+        # At most one line per 10 s per party and phase: an aggregator can send requests this party
+        # refuses without end (found by an attacker: 23,674 lines in 3 s of wrong-round requests).
+        self._say(
+            logging.WARNING,
+            self.party_id,
+            phase,
+            "party %s withdraws from round %s: %s",
+            self.party_id,
+            round + 1,
+            printable(reason),
+        )
         shared = reason if shared is None else shared
         # At most MAX_REASON_BYTES, cut on a character boundary: the reason stays valid UTF-8.
         parts = {"reason": shared.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode()}

@@ -507,3 +507,39 @@ def test_unmask_replies_dropped_for_answering_twice_still_count_as_exposure(tmp_
     report = fed.run_round()
     assert not report.ok and report.epsilon is not None and guard.spent > 0, report
     assert [r["parties_summed"] for r in verify(tmp_path / "l.jsonl", None).records] == [5]
+
+
+def test_a_guard_resumed_with_more_colluders_accounts_earlier_releases_for_them(tmp_path):
+    """Found by an independent attacker: four releases recorded for one party (colluders=0, t = 5),
+    then the federation resumed with colluders=2: the guard replayed the earlier releases as one
+    party saw them and admitted rounds that took a coalition of two over the budget (15.47 reported,
+    17.47 true). Earlier releases are replayed as the larger coalition sees them; an analytics-style
+    rebinding to a larger coalition, which cannot be replayed, is refused."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    clients = {f"p{i}": (lambda w, info: ({"w": w["w"]}, 1)) for i in range(5)}
+
+    def federation(colluders, guard):
+        layers = [Clip(1.0), DPNoise(1.0, colluders=colluders), Plain()]
+        return Federation(
+            {"w": np.zeros(DIM)}, clients, layers, weighting="uniform", min_parties=5, guard=guard
+        )
+
+    path = tmp_path / "l.jsonl"
+    fed = federation(0, PrivacyGuard(Budget(1e6, 1e-5), Ledger(path, KEY)))
+    for _ in range(4):
+        assert fed.run_round().ok
+    guard = PrivacyGuard(Budget(1e6, 1e-5), Ledger(path, KEY))
+    fed = federation(2, guard)
+    for _ in range(3):
+        assert fed.run_round().ok
+    pld = pld_privacy_accountant.PLDAccountant()  # as two summed parties see it, shares taken out
+    pld.compose(dp_accounting.GaussianDpEvent(math.sqrt(3 / 5)), 4)  # shares sized on 5: 3 of 5 left
+    pld.compose(dp_accounting.GaussianDpEvent(1.0), 3)  # sized on 3: 3 of 3 left
+    assert guard.spent >= pld.get_epsilon(1e-5) * 0.99
+
+    shared = PrivacyGuard(Budget(1e6, 1e-5))
+    federation(0, shared)
+    with pytest.raises(ConfigError, match="cannot keep composing"):
+        federation(2, shared)

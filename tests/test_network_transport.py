@@ -661,3 +661,47 @@ def test_a_welcome_with_any_model_layout_is_a_refusal_or_a_usable_layout(spec):
     arrays = layout.unflatten(np.zeros(layout.size)) if layout.size <= 10**6 else None
     if arrays is not None:
         assert layout.flatten(arrays).shape == (layout.size,)
+
+
+def test_a_welcome_declaring_a_model_beyond_the_message_limit_is_refused_not_allocated():
+    """Found by an attacker: a welcome of a few bytes declaring 2^33 values passed the layout check,
+    and the party's node factory allocated per-value arrays for it — a MemoryError (exit 1) or
+    gigabytes held while waiting for a model no request could carry. A model larger than the
+    party's message limit can hold is refused; so is any failure to set up for the model."""
+    built = []
+    answerer = _Answerer(lambda session, layout: built.append(layout) or object(), max_values=1000)
+    too_big = {"entries": [{"name": "w", "shape": [1001], "dtype": "<f4"}]}
+    with pytest.raises(ProtocolError, match="declares a model of 1,001 values"):
+        answerer.welcome(Welcome("00" * 16, too_big, "agreement"))
+    assert built == []
+
+    def out_of_memory(session, layout):
+        raise MemoryError("Unable to allocate 64.0 GiB")
+
+    with pytest.raises(ProtocolError, match="could not set up for the aggregator's model: MemoryError"):
+        _Answerer(out_of_memory).welcome(
+            Welcome("00" * 16, {"entries": [{"name": "w", "shape": [3], "dtype": "<f8"}]}, "x")
+        )
+
+
+def test_requests_a_party_refuses_without_end_are_logged_once_per_ten_seconds(caplog):
+    """Found by an attacker: well-formed requests for the party's own session but another round were
+    each refused with a log line — 23,674 lines in 3 s. A party's withdrawals are logged at most once
+    per 10 s per phase, the next line counting those left out; each is still answered."""
+    import logging
+
+    from securefl.federation import Federation
+    from securefl.layers import Plain
+    from securefl.wire import REQUEST, WITHDRAW, Envelope
+
+    fed = Federation(
+        {"w": np.zeros(3)}, {f"p{i}": (lambda w, info: ({"w": w["w"]}, 1)) for i in range(3)}, [Plain()]
+    )
+    node = fed.nodes["p0"]
+    with caplog.at_level(logging.WARNING, logger="securefl.party"):
+        for round in range(1, 501):
+            request = Envelope(REQUEST, node.session, round, "input", "p0", {"layer": b""}).encode()
+            assert Envelope.decode(node.handle(request)).kind == WITHDRAW
+    lines = [r for r in caplog.records if "withdraws" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, len(lines)
+    assert "in no round yet" in lines[0].getMessage()  # (it used to fail formatting None + 1)

@@ -191,14 +191,15 @@ class SumAggregator(ABC):
         still summed)."""
         return len(live)
 
-    def exposed_by(self, phase: str, readers: frozenset[str]) -> frozenset[str]:
-        """The parties whose inputs (alone or summed) the aggregator can compute once it has read
-        ``readers``' replies to ``phase`` — what the round has released to it even if it fails
-        afterwards, so that a budget records it (a curious aggregator keeps what it read; a round
-        abandoned after the unmask replies arrived has shown it the sum). Empty when nothing is
-        exposed: a layer that seals the sum from the aggregator. A layer that admits noise added by
-        the parties (``dp`` checks which) must answer exactly or conservatively: for ``plain`` each
-        reader's input, for SecAgg the contributors once t parties answered ``unmask``."""
+    def exposed_by(self, phase: str, asked: frozenset[str]) -> frozenset[str]:
+        """The parties whose inputs (alone or summed) the aggregator can compute once ``asked`` (the
+        parties sent the request, less those whose one reply was a withdrawal) have answered
+        ``phase`` — what the round has released to it even if it then fails, so that a budget
+        records it: a curious aggregator keeps every reply it receives, refused, late or not.
+        Empty when nothing is exposed (a layer that seals the sum from the aggregator). A layer that
+        admits noise added by the parties (``dp`` checks which) must answer exactly or
+        conservatively: ``plain`` each input asked for, SecAgg its contributors once t parties are
+        asked to unmask."""
         return frozenset()
 
     @abstractmethod

@@ -76,8 +76,8 @@ class _PlainAggregator(SumAggregator):
         self._total += vector.astype(self._total.dtype)
         self._contributors.add(party)
 
-    def exposed_by(self, phase: str, readers: frozenset[str]) -> frozenset[str]:
-        return readers  # each input arrives in the clear
+    def exposed_by(self, phase: str, asked: frozenset[str]) -> frozenset[str]:
+        return asked  # each input arrives in the clear
 
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         # Every valid input was already added; a party that dropped simply never was.

@@ -823,11 +823,11 @@ class _Aggregator(SumAggregator):
         # is unmasked from its neighbours' shares and still summed.
         return len(self.u3) if phase in (CONSISTENCY, UNMASK) else len(live)
 
-    def exposed_by(self, phase: str, readers: frozenset[str]) -> frozenset[str]:
-        """U3 once t parties answered ``unmask``: from then on the replies read may rebuild every
-        seed the sum needs, whether or not the round then completes. Fewer than t replies hold fewer
-        than t shares of any secret, which reveal nothing (Shamir)."""
-        if phase == UNMASK and len(readers) >= self.t:
+    def exposed_by(self, phase: str, asked: frozenset[str]) -> frozenset[str]:
+        """U3 once t parties are asked to ``unmask``: their replies may rebuild every seed the sum
+        needs, whether or not they arrive in time or the round completes. Fewer than t replies hold
+        fewer than t shares of any secret, which reveal nothing (Shamir)."""
+        if phase == UNMASK and len(asked) >= self.t:
             return self.u3
         return frozenset()
 

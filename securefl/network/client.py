@@ -28,7 +28,11 @@ from securefl.party import PartyNode
 
 log = logging.getLogger(__name__)
 
-_OUTBOX_REPLIES = 16  # replies waiting to be sent, at most
+# Replies waiting to be sent, at most: the aggregator reads each before its next request (a retried
+# request's cached reply may wait beside it), and a reply can be as large as the model (an attacker
+# held 16 of them: 19× the model in memory).
+_OUTBOX_REPLIES = 2
+_MAX_SESSIONS = 4  # sessions whose nodes are kept (welcomed back, a party resumes its node)
 
 NodeFactory = Callable[[str, ArraySpec], PartyNode]  # (session, spec) -> this party's node
 
@@ -42,8 +46,9 @@ class PartySummary:
 class _Answerer:
     """The node behind a stream, with the last reply cached for a retried request."""
 
-    def __init__(self, factory: NodeFactory) -> None:
+    def __init__(self, factory: NodeFactory, max_values: int | None = None) -> None:
         self.factory = factory
+        self.max_values = max_values  # the largest model a request of this party's size limit holds
         self.node: PartyNode | None = None
         self.session: str | None = None
         # Every session's node, kept: welcomed back to a session it served, the party resumes that
@@ -63,7 +68,26 @@ class _Answerer:
                     raise ProtocolError(
                         f"the aggregator's welcome holds no valid model layout: {type(exc).__name__}: {exc}"
                     ) from None
-                node = self._nodes[welcome.session] = self.factory(welcome.session, spec)
+                if self.max_values is not None and spec.size > self.max_values:
+                    # A few bytes of welcome would otherwise make the party allocate per-value arrays
+                    # for a model no request within its size limit can carry (found by an attacker:
+                    # 2^33 values ended the party with a MemoryError; 2^29 grew it past 6 GB).
+                    raise ProtocolError(
+                        f"the aggregator's welcome declares a model of {spec.size:,} values; a message "
+                        f"within this party's limit holds at most {self.max_values:,} (raise "
+                        "max_message_mb if the model is really this large)"
+                    )
+                try:
+                    node = self.factory(welcome.session, spec)
+                except Exception as exc:  # (MemoryError too): a refusal, never a crash of the party
+                    raise ProtocolError(
+                        f"could not set up for the aggregator's model: {type(exc).__name__}: {exc}"
+                    ) from None
+                if len(self._nodes) >= _MAX_SESSIONS:
+                    # The oldest session's node goes, as a restart would forget it: what a party must
+                    # never do twice is refused by its round log, which outlives both.
+                    del self._nodes[next(iter(self._nodes))]
+                self._nodes[welcome.session] = node
             self.node = node
             self.session = welcome.session
             self._last = None
@@ -100,7 +124,7 @@ def run_party(
     ]
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
-    answerer = _Answerer(factory)
+    answerer = _Answerer(factory, max_values=max_message_bytes // 4)  # (float32: 4 bytes a value)
     summary = PartySummary()
     failures = 0
     while True:
@@ -164,9 +188,8 @@ def _wait_until_ready(channel: grpc.Channel, target: str, timeout: float) -> Non
 def _serve(
     channel: grpc.Channel, party: str, agreement: str, answerer: _Answerer, summary: PartySummary
 ) -> None:
-    # Bounded: the aggregator reads each reply before its next request, so a few are ever waiting;
-    # one that sends requests and never reads the replies stops this party reading more (flow
-    # control) instead of growing its memory without end.
+    # Bounded: an aggregator that sends requests and never reads the replies stops this party
+    # reading more (flow control) instead of growing its memory without end.
     outbox: queue.Queue = queue.Queue(maxsize=_OUTBOX_REPLIES)
     outbox.put(Hello(party, agreement).encode())
     connect = channel.stream_stream(METHOD)

@@ -204,10 +204,13 @@ class ObserverAccounts:
         for party in contributors or ():
             self._times[party] = self._times.get(party, self._floor) + 1
 
-    def replay(self, record: Mapping[str, Any]) -> None:
+    def replay(self, record: Mapping[str, Any], colluders: int = 0) -> None:
         """Account one ``released`` ledger record (a resumed federation). A record written before the
         observer classes existed gives no count or selection: the count class takes its model rate,
-        and the worst party is assumed in the release."""
+        and the worst party is assumed in the release. ``colluders``: the coalition the resuming
+        guard's figures hold for — an earlier release is replayed as the larger of its own coalition
+        and that one sees it (found by an attacker: resumed with colluders=2 over releases recorded
+        for one party, the guard admitted rounds that took a coalition of two over the budget)."""
         observers = record.get("observers") if isinstance(record.get("observers"), Mapping) else {}
         steps = int(record.get("steps", 1))
         # An older record has no count rate: its sample_rate is the best there is.
@@ -216,6 +219,8 @@ class ObserverAccounts:
         # As the live guard composed it: a summed party knows its own share of distributed noise.
         # (Replayed as calibrated, a resumed guard undercounted every earlier round at few survivors:
         # an attacker restarting the guard each round released 9 rounds where 6 fit the budget.)
+        if colluders > coalition_of(record):
+            record = {**record, "colluders": colluders}
         entry = _with_rate(recorded_as_a_party_sees(record), 1.0)
         self.full[entry] = self.full.get(entry, 0) + steps
         releases = observers.get(PARTICIPANTS, {}).get("releases") if observers else None

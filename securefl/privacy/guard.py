@@ -76,6 +76,7 @@ class PrivacyGuard:
         self.ledger = ledger
         self.preferred = accountant
         self.accounts: ObserverAccounts | None = None
+        self._colluders = 0  # the coalition (DPNoise colluders) every release accounted holds for
         self.layer: DPNoise | None = None
         self.mechanism: Mechanism | None = None
         self.observer = budget.observer or PARTICIPANTS
@@ -140,6 +141,16 @@ class PrivacyGuard:
         self.sample_rate = selection.sample_rate(population) if amplified else 1.0
         self.sampling = "poisson" if amplified else f"{selection.name}: no amplification by sampling claimed"
         previous = self.accounts
+        colluders = self.mechanism.colluders or 0
+        if previous is not None and colluders > self._colluders:
+            # What this guard composed so far was accounted for a smaller coalition; the larger one
+            # would see those releases with less noise (replay handles a resumed ledger instead).
+            raise ConfigError(
+                f"this guard accounted its releases for coalitions of {max(1, self._colluders)} summed "
+                f"part(ies); a stack with DPNoise(colluders={colluders}) cannot keep composing onto it: "
+                "keep the same colluders, or give it a new guard and ledger"
+            )
+        self._colluders = colluders  # what everything composed so far holds for (the smallest yet)
         accounts = ObserverAccounts(
             self.preferred,
             self.mechanism.mechanism,
@@ -171,7 +182,7 @@ class PrivacyGuard:
                         f"δ={self.budget.delta}: resume with the same δ (ε at another δ is another figure)"
                     )
                 if record.get("decision") == "released":
-                    self.accounts.replay(record)
+                    self.accounts.replay(record, self.mechanism.colluders or 0)
                 self.accounts.floor(record)
         self.first_round = self.next_round
         self.binding = GuardBinding(self)
