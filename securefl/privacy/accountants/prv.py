@@ -4,6 +4,7 @@ numerical error bound; the default accountant."""
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 
 import numpy as np
 
@@ -34,41 +35,49 @@ class PRV(Accountant):
         return epsilon
 
     def _at_error(self, grouped: list[tuple[Entry, int]], delta: float, eps_error: float) -> float:
-        # opacus (and torch with it) is imported where ε is computed, not with securefl: every
-        # command and party process would otherwise pay ~2 s to start.
-        from opacus.accountants import PRVAccountant
+        return _prv_epsilon(tuple((sigma, q, n) for (_, sigma, q), n in grouped), delta, eps_error)
 
-        accountant = PRVAccountant()
-        accountant.history = [(sigma, q, n) for (_, sigma, q), n in grouped]
-        grid = self._grid_size(accountant.history, delta, eps_error)
-        if grid > MAX_GRID:
-            smallest = min(sigma for sigma, _, _ in accountant.history)
-            raise BeyondAccountant(
-                f"PRV accounting of this history (smallest noise multiplier {smallest:g}) needs a "
-                f"{grid:.3g}-point grid, over {MAX_GRID:.0e}: account it with 'pld' (or 'rdp', an upper "
-                "bound)"
-            )
-        with warnings.catch_warnings():  # opacus warns about its own numerical domain choices
-            warnings.simplefilter("ignore")
-            epsilon = accountant.get_epsilon(delta, eps_error=eps_error)
-        if not np.isfinite(epsilon):  # its grid was too coarse for the privacy loss: no bound at all
-            raise BeyondAccountant(
-                "PRV accounting of this history returned ε = inf (too little noise for its grid): "
-                "account it with 'rdp'"
-            )
-        return epsilon
 
-    def _grid_size(self, history: list[tuple[float, float, int]], delta: float, eps_error: float) -> float:
-        """Points in the grid opacus would build (its ``_get_domain``, with its default δ error)."""
-        from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+@lru_cache(maxsize=512)
+def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float, eps_error: float) -> float:
+    """ε of (σ, q, releases) compositions at ``delta`` within ``eps_error``: a pure function, kept —
+    an audit recomputes the growing history at every checkpoint, a guard before every round."""
+    # opacus (and torch with it) is imported where ε is computed, not with securefl: every
+    # command and party process would otherwise pay ~2 s to start.
+    from opacus.accountants import PRVAccountant
 
-        delta_error = delta / 1000
-        prvs = [PoissonSubsampledGaussianPRV(sample_rate=q, noise_multiplier=s) for s, q, _ in history]
-        counts = [n for _, _, n in history]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            half_width = compute_safe_domain_size(
-                prvs=prvs, max_self_compositions=counts, eps_error=eps_error, delta_error=delta_error
-            )
-        mesh = eps_error / np.sqrt(sum(counts) * np.log(12 / delta_error) / 2)
-        return float(2 * half_width / mesh)
+    accountant = PRVAccountant()
+    accountant.history = list(history)
+    grid = _grid_size(accountant.history, delta, eps_error)
+    if grid > MAX_GRID:
+        smallest = min(sigma for sigma, _, _ in accountant.history)
+        raise BeyondAccountant(
+            f"PRV accounting of this history (smallest noise multiplier {smallest:g}) needs a "
+            f"{grid:.3g}-point grid, over {MAX_GRID:.0e}: account it with 'pld' (or 'rdp', an upper "
+            "bound)"
+        )
+    with warnings.catch_warnings():  # opacus warns about its own numerical domain choices
+        warnings.simplefilter("ignore")
+        epsilon = accountant.get_epsilon(delta, eps_error=eps_error)
+    if not np.isfinite(epsilon):  # its grid was too coarse for the privacy loss: no bound at all
+        raise BeyondAccountant(
+            "PRV accounting of this history returned ε = inf (too little noise for its grid): "
+            "account it with 'rdp'"
+        )
+    return epsilon
+
+
+def _grid_size(history: list[tuple[float, float, int]], delta: float, eps_error: float) -> float:
+    """Points in the grid opacus would build (its ``_get_domain``, with its default δ error)."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
+
+    delta_error = delta / 1000
+    prvs = [PoissonSubsampledGaussianPRV(sample_rate=q, noise_multiplier=s) for s, q, _ in history]
+    counts = [n for _, _, n in history]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half_width = compute_safe_domain_size(
+            prvs=prvs, max_self_compositions=counts, eps_error=eps_error, delta_error=delta_error
+        )
+    mesh = eps_error / np.sqrt(sum(counts) * np.log(12 / delta_error) / 2)
+    return float(2 * half_width / mesh)
