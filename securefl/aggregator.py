@@ -145,7 +145,8 @@ class Aggregator:
         self.sealed: SealedModel | None = None
         self._phase = ""  # where the current round is, for the error of a round that fails
         self._culprits: set[str] = set()
-        self._exposed: set[str] = set()  # parties whose inputs this round's requests exposed to it
+        # Per phase, the parties whose inputs this round's requests exposed to the aggregator.
+        self._exposed: dict[str, frozenset[str]] = {}
 
     def run_round(self, round: int) -> RoundReport:
         """Run one round and report it. Never raises because of what a party sent: a bad message
@@ -169,7 +170,7 @@ class Aggregator:
         report = RoundReport(round, "failed", list(selected))
         self._phase = "selection"
         self._culprits = set()
-        self._exposed = set()
+        self._exposed = {}
         try:
             self._secure_sum_round(round, selected, report)
             self._phase = "fusion"
@@ -214,7 +215,7 @@ class Aggregator:
         noised_on_parties = any(getattr(t, "noise_on_party", False) for t in self.stack.transforms)
         if self.guard is None or not noised_on_parties or report.epsilon is not None:
             return
-        exposed = sorted(self._exposed)  # summed or not: a round can fail before or after the sum
+        exposed = sorted(set().union(*self._exposed.values()))  # summed or not, before or after the sum
         if exposed:
             report.epsilon = self.guard.record_release(round, len(exposed), report.selected, exposed)
 
@@ -252,10 +253,13 @@ class Aggregator:
                         round, phase, "out", party, join_segments(pieces[party], list(extra.values()))
                     )
             requests = SharedRequests(list(extra.values()), pieces)
+            asked = frozenset(live)
+            # Counted before the exchange (a transport that fails midway may have delivered replies),
+            # then again without the parties whose one reply was a withdrawal.
+            self._exposed[phase] = self.secure_sum.exposed_by(phase, asked)
             replies = self.transport.exchange(requests, self.phase_timeout)
             refusals: dict[str, str] = {}
             withdrawn: set[str] = set()
-            asked = frozenset(live)
             valid = self._accept(
                 round, phase, live, replies, report, refusals, index == len(phases) - 1, withdrawn
             )
@@ -264,7 +268,7 @@ class Aggregator:
             # reply read and then refused (answered twice, a bad envelope) or arriving after the
             # deadline is in the aggregator's hands all the same (found by attackers: duplicated
             # unmask replies left a failed round's sum unrecorded).
-            self._exposed.update(self.secure_sum.exposed_by(phase, asked - withdrawn))
+            self._exposed[phase] = self.secure_sum.exposed_by(phase, asked - withdrawn)
             for party in sorted(live - set(valid) - set(refusals)):
                 report.dropouts.setdefault(party, f"{phase}: {_NO_REPLY}")
             live = set(valid)
