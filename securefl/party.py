@@ -144,7 +144,7 @@ class PartyNode:
         # second sum (paillier-threshold, third attacker).
         self._clear_model_digest: bytes | None = None
         self.user_error: BaseException | None = None  # what the user's train/evaluate last raised
-        self._say = RateLimitedLog(log)  # its withdrawals: one line per 10 s and phase, the rest counted
+        self._say = RateLimitedLog(log)  # its withdrawals: one line per 10 s, the rest counted
         self._opened_sealed = False
         if stack.secure_sum.fuses_on_parties:
             self.secure_sum.attach_fuser(self._fuse_revealed, base=lambda: self.round_global)
@@ -174,8 +174,8 @@ class PartyNode:
                     f"{request.party!r} in session {request.session})"
                 )
         except WireError as exc:
-            # Without a trustworthy header there is no round to withdraw from; say why anyway — in
-            # the log at most once per 10 s (an aggregator can send junk requests without end).
+            # Without a trustworthy header there is no round to withdraw from; say why anyway (in the
+            # log at most once per 10 s, as every withdrawal).
             return self._withdraw(self.round or 0, "invalid", f"rejected a request: {exc}")
         try:
             if "model" in request.parts or "sealed_model" in request.parts:
@@ -198,24 +198,20 @@ class PartyNode:
         ).encode()
 
     def _withdraw(
-        self,
-        round: int,
-        phase: str,
-        reason: str,
-        shared: str | None = None,
-        refused: bool = False,
+        self, round: int, phase: str, reason: str, shared: str | None = None, refused: bool = False
     ) -> bytes:
         """Tell the aggregator this party stops for the round. The full ``reason`` stays here; the
         aggregator gets ``shared``, which must not describe the party's data (an out-of-range
         coordinate, a user exception's message). ``refused``: the party refuses a revealed sum that
         honest parties cannot have made (the aggregator then fails the round rather than blame it)."""
         self.last_error = reason
-        # At most one line per 10 s per party and phase: an aggregator can send requests this party
-        # refuses without end (found by an attacker: 23,674 lines in 3 s of wrong-round requests).
+        # At most one line per 10 s per party, the rest counted: an aggregator can send requests this
+        # party refuses without end (found by an attacker: 23,674 lines in 3 s of wrong-round
+        # requests) — and under any phase name it likes, so the phase is no part of the key.
         self._say(
             logging.WARNING,
             self.party_id,
-            phase,
+            "withdraw",
             "party %s withdraws from round %s: %s",
             self.party_id,
             round + 1,
