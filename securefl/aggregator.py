@@ -255,8 +255,8 @@ class Aggregator:
             requests = SharedRequests(list(extra.values()), pieces)
             asked = frozenset(live)
             # Counted before the exchange (a transport that fails midway may have delivered replies),
-            # then again without the parties whose one reply was a withdrawal.
-            self._exposed[phase] = self.secure_sum.exposed_by(phase, asked)
+            # then again knowing which parties' one reply was a withdrawal.
+            self._exposed[phase] = self.secure_sum.exposed_by(phase, asked, frozenset())
             replies = self.transport.exchange(requests, self.phase_timeout)
             refusals: dict[str, str] = {}
             withdrawn: set[str] = set()
@@ -264,11 +264,10 @@ class Aggregator:
                 round, phase, live, replies, report, refusals, index == len(phases) - 1, withdrawn
             )
             # What the replies to these requests expose to the aggregator, counted from the requests
-            # sent, less the parties whose one reply was a withdrawal — not from the replies kept: a
-            # reply read and then refused (answered twice, a bad envelope) or arriving after the
-            # deadline is in the aggregator's hands all the same (found by attackers: duplicated
-            # unmask replies left a failed round's sum unrecorded).
-            self._exposed[phase] = self.secure_sum.exposed_by(phase, asked - withdrawn)
+            # sent — not from the replies kept: a reply read and then refused (answered twice, a bad
+            # envelope) or arriving after the deadline is in the aggregator's hands all the same
+            # (found by attackers: duplicated unmask replies left a failed round's sum unrecorded).
+            self._exposed[phase] = self.secure_sum.exposed_by(phase, asked, frozenset(withdrawn))
             for party in sorted(live - set(valid) - set(refusals)):
                 report.dropouts.setdefault(party, f"{phase}: {_NO_REPLY}")
             live = set(valid)

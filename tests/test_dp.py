@@ -543,3 +543,29 @@ def test_a_guard_resumed_with_more_colluders_accounts_earlier_releases_for_them(
     federation(0, shared)
     with pytest.raises(ConfigError, match="cannot keep composing"):
         federation(2, shared)
+
+
+def test_unmask_shares_hidden_in_withdrawals_still_count_as_exposure(tmp_path):
+    """Found by an independent attacker: p0 and p1 answered ``unmask`` with withdrawals that carried
+    their real replies; the withdrawals were discounted, fewer than t parties counted as asked, and
+    a curious aggregator rebuilt the noised sum of the 4 contributors from what it had read, every
+    round, with nothing recorded. A withdrawal carries whatever its sender puts in it: with SecAgg it
+    is not discounted."""
+    from securefl.faults import Faults
+    from securefl.wire import WITHDRAW, Envelope
+
+    def withdraw_carrying_the_reply(reply):
+        env = Envelope.decode(reply)
+        parts = {"reason": b"leaving", "layer": env.parts["layer"]}
+        return Envelope(WITHDRAW, env.session, env.round, env.phase, env.party, parts).encode()
+
+    faults = Faults().add("offline", "p4", phase="masked")
+    for party in ("p0", "p1"):
+        faults.add("replace", party, phase="unmask", replace=withdraw_carrying_the_reply)
+    guard = PrivacyGuard(Budget(1e6, 1e-5), Ledger(tmp_path / "l.jsonl", KEY))
+    clients = {f"p{i}": (lambda w, info: ({"w": w["w"]}, 1)) for i in range(5)}
+    layers = [Clip(1.0), Quantize(20), DPNoise(1.0), SecAgg()]
+    fed = Federation({"w": np.zeros(DIM)}, clients, layers, weighting="uniform", guard=guard, faults=faults)
+    report = fed.run_round()
+    assert not report.ok and guard.spent > 0, report
+    assert [r["parties_summed"] for r in verify(tmp_path / "l.jsonl", None).records] == [4]

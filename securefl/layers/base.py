@@ -191,15 +191,17 @@ class SumAggregator(ABC):
         still summed)."""
         return len(live)
 
-    def exposed_by(self, phase: str, asked: frozenset[str]) -> frozenset[str]:
+    def exposed_by(self, phase: str, asked: frozenset[str], withdrawn: frozenset[str]) -> frozenset[str]:
         """The parties whose inputs (alone or summed) the aggregator can compute once ``asked`` (the
-        parties sent the request, less those whose one reply was a withdrawal) have answered
-        ``phase`` — what the round has released to it even if it then fails, so that a budget
-        records it: a curious aggregator keeps every reply it receives, refused, late or not.
-        Empty when nothing is exposed (a layer that seals the sum from the aggregator). A layer that
-        admits noise added by the parties (``dp`` checks which) must answer exactly or
-        conservatively: ``plain`` each input asked for, SecAgg its contributors once t parties are
-        asked to unmask."""
+        parties sent the request) have answered ``phase`` — what the round has released to it even
+        if it then fails, so that a budget records it: a curious aggregator keeps every reply it
+        receives, refused, late or not. ``withdrawn``: those whose one reply was a withdrawal — which
+        carries whatever bytes its sender chose, so only a layer whose replies hold nothing but the
+        sender's own input may discount it (found by an attacker: SecAgg unmask shares hidden in
+        withdrawals). Empty when nothing is exposed (a layer that seals the sum from the aggregator).
+        A layer that admits noise added by the parties (``dp`` checks which) must answer exactly or
+        conservatively: ``plain`` each input asked for and not withdrawn, SecAgg its contributors
+        once t parties are asked to unmask."""
         return frozenset()
 
     @abstractmethod

@@ -76,8 +76,10 @@ class _PlainAggregator(SumAggregator):
         self._total += vector.astype(self._total.dtype)
         self._contributors.add(party)
 
-    def exposed_by(self, phase: str, asked: frozenset[str]) -> frozenset[str]:
-        return asked  # each input arrives in the clear
+    def exposed_by(self, phase: str, asked: frozenset[str], withdrawn: frozenset[str]) -> frozenset[str]:
+        # Each input arrives in the clear; a reply holds its sender's own input only, so a party that
+        # withdrew (whatever its withdrawal carries) exposed no one else.
+        return asked - withdrawn
 
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         # Every valid input was already added; a party that dropped simply never was.

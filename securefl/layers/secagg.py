@@ -823,10 +823,11 @@ class _Aggregator(SumAggregator):
         # is unmasked from its neighbours' shares and still summed.
         return len(self.u3) if phase in (CONSISTENCY, UNMASK) else len(live)
 
-    def exposed_by(self, phase: str, asked: frozenset[str]) -> frozenset[str]:
+    def exposed_by(self, phase: str, asked: frozenset[str], withdrawn: frozenset[str]) -> frozenset[str]:
         """U3 once t parties are asked to ``unmask``: their replies may rebuild every seed the sum
-        needs, whether or not they arrive in time or the round completes. Fewer than t replies hold
-        fewer than t shares of any secret, which reveal nothing (Shamir)."""
+        needs, whether or not they arrive in time or the round completes — withdrawals included,
+        which can carry a party's shares of the others' seeds as well as a reply can. Fewer than t
+        replies hold fewer than t shares of any secret, which reveal nothing (Shamir)."""
         if phase == UNMASK and len(asked) >= self.t:
             return self.u3
         return frozenset()
