@@ -510,7 +510,11 @@ def party_node_factory(cfg: PartyConfig, train: str) -> Callable[[str, ArraySpec
             )
         identities, _ = fed.identities((cfg.party, own_identity))
     strategy = build_strategy(fed.strategy)
-    round_log = RoundLog(cfg.round_log_path) if cfg.round_log_path is not None else None
+    round_log = (
+        RoundLog(cfg.round_log_path, agreement=fed.agreement, rounds=fed.rounds)
+        if cfg.round_log_path is not None
+        else None
+    )
 
     def node(session: str, spec: ArraySpec) -> PartyNode:
         stack, layout = fed.stack_for(spec.size, identities)

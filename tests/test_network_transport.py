@@ -708,3 +708,24 @@ def test_requests_a_party_refuses_without_end_are_logged_once_per_ten_seconds(ca
     lines = [r for r in caplog.records if "withdraws" in r.getMessage()]
     assert 1 <= len(lines) <= 2, len(lines)
     assert "in no round yet" in lines[0].getMessage()  # (it used to fail formatting None + 1)
+
+
+def test_a_party_takes_part_in_no_more_rounds_than_its_settings_agree_on(tmp_path):
+    """Found by an attacker: no party-side code read the agreed ``rounds``, and each new session
+    started again at round 0 — a malicious aggregator collected 80 noised updates of one model where
+    3 were agreed, and averaging them strips local DP. A deployed party's round log counts the
+    rounds it started under its settings' agreement, over every session and restart, and refuses
+    one more; other settings count apart, and entries without an agreement count for none."""
+    from securefl.network.round_log import RoundLog
+
+    path = tmp_path / "p1.key.rounds"
+    RoundLog(path).claim("00" * 16, 0)  # an entry written without settings
+    log = RoundLog(path, agreement="a" * 64, rounds=3)
+    log.claim("ab" * 16, 0)
+    log.claim("ab" * 16, 1)
+    log.claim("cd" * 16, 0)  # a new session counts on
+    with pytest.raises(ProtocolError, match="taken part in 3 rounds under these federation settings"):
+        log.claim("ef" * 16, 0)
+    with pytest.raises(ProtocolError, match="which agree on 3"):
+        RoundLog(path, agreement="a" * 64, rounds=3).claim("ef" * 16, 0)  # and after a restart
+    RoundLog(path, agreement="b" * 64, rounds=3).claim("ef" * 16, 0)  # other settings: their own count

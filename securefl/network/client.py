@@ -10,6 +10,7 @@ after a reconnect gets the reply cached for it, so a retry never runs a phase tw
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import queue
@@ -32,7 +33,9 @@ log = logging.getLogger(__name__)
 # request's cached reply may wait beside it), and a reply can be as large as the model (an attacker
 # held 16 of them: 19× the model in memory).
 _OUTBOX_REPLIES = 2
-_MAX_SESSIONS = 4  # sessions whose nodes are kept (welcomed back, a party resumes its node)
+# Sessions whose nodes are kept (welcomed back, a party resumes its node): each holds per-value arrays
+# of its model, so a few welcomes must not multiply the party's memory (an attacker held ~10 GB).
+_MAX_SESSIONS = 2
 
 NodeFactory = Callable[[str, ArraySpec], PartyNode]  # (session, spec) -> this party's node
 
@@ -85,8 +88,10 @@ class _Answerer:
                     ) from None
                 if len(self._nodes) >= _MAX_SESSIONS:
                     # The oldest session's node goes, as a restart would forget it: what a party must
-                    # never do twice is refused by its round log, which outlives both.
+                    # never do twice is refused by its round log, which outlives both. Collected now:
+                    # a node's arrays sit in reference cycles a full collection would free only later.
                     del self._nodes[next(iter(self._nodes))]
+                    gc.collect()
                 self._nodes[welcome.session] = node
             self.node = node
             self.session = welcome.session
@@ -128,6 +133,7 @@ def run_party(
     summary = PartySummary()
     failures = 0
     while True:
+        answered = summary.requests
         with grpc.secure_channel(target, credentials, options=options) as channel:
             try:
                 _wait_until_ready(channel, target, connect_timeout)
@@ -151,7 +157,10 @@ def run_party(
                 # stream was still waiting for its hello. A frame over the size bound fails the
                 # same way every time and ends after max_reconnects, naming the bound.
                 error = f"stream to {target} broke: {code.name}: {exc.details()}"
-        failures += 1
+        # Consecutive failures: a stream that carried requests was progress, so the count (and the
+        # back-off with it) starts again — a few aggregator restarts over a long federation must not
+        # add up to giving up, or to waits longer than the aggregator's reconnect grace.
+        failures = 1 if summary.requests > answered else failures + 1
         if failures > max_reconnects:
             raise ProtocolError(f"{error}; gave up after {max_reconnects} reconnects")
         summary.reconnects += 1

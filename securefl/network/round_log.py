@@ -9,10 +9,16 @@ signatures — and recovered an honest party's input with no colluder. The proof
 rests on an honest party signing one list per round; a party that starts each round once, ever,
 signs at most one.
 
-Format: one JSON object per line, ``{"session": "<32 hex>", "round": <int>}``, appended and
-fsynced *before* the party answers the round's first request. A line torn by a crash (no final
-newline) was never acted upon, so it is ignored. The file is created 0600 and never followed
-through a symlink.
+A deployed party also takes part in no more rounds than the federation's settings agree on
+(``rounds``, part of the agreement hash both sides check), counted over every session under those
+settings: found by an attacker, a malicious aggregator ran each new session from round 0 and
+collected 80 noised updates of the same model where 3 were agreed — averaging them strips local
+DP. Taking part again under the same settings takes new settings (more rounds) or removing the log.
+
+Format: one JSON object per line, ``{"session": "<32 hex>", "round": <int>}`` and, for a party
+bound to settings, ``"agreement": "<hex>"``, appended and fsynced *before* the party answers the
+round's first request. A line torn by a crash (no final newline) was never acted upon, so it is
+ignored. The file is created 0600 and never followed through a symlink.
 """
 
 from __future__ import annotations
@@ -28,17 +34,25 @@ _WHAT = "round log"
 class RoundLog:
     """A party's durable record of the latest round it started in each session."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, agreement: str | None = None, rounds: int | None = None) -> None:
+        """``agreement`` and ``rounds``: the federation settings' hash and the rounds they agree on —
+        the party then takes part in at most that many rounds under them, over all sessions."""
         self.path = Path(path)
+        self.agreement, self.rounds = agreement, rounds
         self._latest: dict[str, int] = {}
+        self._taken = 0  # rounds started under ``agreement``
         for number, entry in read_entries(self.path, _WHAT):
             try:
                 session, round_ = entry["session"], entry["round"]
                 if not isinstance(session, str) or isinstance(round_, bool) or not isinstance(round_, int):
                     raise TypeError
+                if not isinstance(entry.get("agreement", ""), str):
+                    raise TypeError
             except (KeyError, TypeError):
                 raise damaged(self.path, _WHAT, number) from None
             self._latest[session] = max(round_, self._latest.get(session, -1))
+            if agreement is not None and entry.get("agreement") == agreement:
+                self._taken += 1
 
     def latest(self, session: str) -> int | None:
         """The latest round this party started in ``session`` (None if none)."""
@@ -54,5 +68,15 @@ class RoundLog:
                 f"restart, or the aggregator is running round {round + 1} again); it takes part in each "
                 "round once: refused"
             )
-        append_entry(self.path, {"round": round, "session": session}, _WHAT)
+        if self.rounds is not None and self._taken >= self.rounds:
+            raise ProtocolError(
+                f"this party has taken part in {self._taken} rounds under these federation settings, "
+                f"which agree on {self.rounds}: refused (a further run needs settings that agree on "
+                f"more rounds, or this party's round log {self.path} removed by its operator)"
+            )
+        entry: dict = {"round": round, "session": session}
+        if self.agreement is not None:
+            entry["agreement"] = self.agreement
+        append_entry(self.path, entry, _WHAT)
         self._latest[session] = round
+        self._taken += self.agreement is not None
