@@ -1041,3 +1041,39 @@ def test_a_silent_owner_whose_garbage_leaves_its_secret_short_is_named():
     report = fed.run_round()
     assert not report.ok and "could not open p00's sealed share" in report.error, report.error
     assert set(report.dropouts) == {"p00"} and "did not answer them" in report.error, report.error
+
+
+def test_one_lying_accuser_cannot_get_a_silent_honest_owner_named():
+    """Found by an independent attacker of the rule above: p04 signs a lying "p00's share did not
+    open" and p00's and k − t other holders' unmask replies are lost by chance, leaving p00 short
+    of t shares — the silent-owner rule named honest p00. It takes two accusers now (one malicious
+    party is not both): the round fails, and no honest party is named."""
+    parties = [f"p{i:02d}" for i in range(5)]
+    layer = SecAgg(identities=Identities.generate(parties))
+    k = layer.degree(5)
+    t = layer.shares_needed(k)
+    faults = Faults().add("lose_reply", "p00", phase="unmask")
+    for party in parties[1 : 1 + k - t]:
+        faults.add("lose_reply", party, phase="unmask")
+    fed, *_ = integer_federation(layer, 5, faults)
+    liar = fed.nodes["p04"].secure_sum
+    honest_masked, honest_identities = liar._masked, liar.identities
+
+    class Lying:  # p04's view of the identities in masked: p00's sealed share "does not verify"
+        def verify(self, party, signature, statement):
+            if party == "p00":
+                raise ProtocolError("pretends p00's sealed share does not open")
+            return honest_identities.verify(party, signature, statement)
+
+    def lying_masked(request):
+        liar.identities = Lying()
+        try:
+            return honest_masked(request)
+        finally:
+            liar.identities = honest_identities
+
+    liar._masked = lying_masked
+    report = fed.run_round()
+    assert not report.ok and "p04 said they could not open p00's sealed share" in report.error, report.error
+    named = {p for p, why in report.dropouts.items() if "no reply" not in why and "lost" not in why}
+    assert "p00" not in named and "did not answer them" not in report.error, report.dropouts

@@ -911,12 +911,16 @@ class _Aggregator(SumAggregator):
         unopened = sorted(self.accusations.get(owner, {}))
         if len(shares) < self.t and unopened:
             silent = owner not in self.answered_unmask
-            if self.identities and silent and len(shares) + len(unopened) >= self.t:
+            if self.identities and silent and len(unopened) >= 2 and len(shares) + len(unopened) >= self.t:
                 # Active mode: the accusations are signed over the exact bytes received, and the
                 # owner, asked to answer them with its one-time keys, stayed silent while they are
                 # what leaves its secret short (found by an attacker: sealing garbage to k − t + 1
-                # holders, then not answering, failed every round with nobody named). Framing an
-                # honest owner this way takes k − t + 1 lying accusers and its dropping by chance.
+                # holders, then not answering, failed every round with nobody named). Two accusers
+                # at least: one malicious party is not both, and an honest one accuses only bytes
+                # that do not open — so the owner sealed garbage (found by the next attacker: with
+                # one lying accuser, honest holders that dropped by chance left an honest silent
+                # owner short, and it was named). Framing takes two lying accusers and the owner
+                # dropping by chance; a dealer of garbage to one holder only is not named.
                 self._blame(
                     owner,
                     f"sent sealed shares that {', '.join(unopened)} could not open (signed accusations) "
