@@ -927,7 +927,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SecureFLError as exc:
         print(f"error: {printable(exc, 4000)}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+            print(_json_error(exc))
         return 2
     except OSError as exc:
         logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
@@ -937,6 +937,15 @@ def _serve(args: argparse.Namespace) -> int:
         return _unexpected(args, exc, traceback=False)
     print(json.dumps(summary) if args.json else f"finished: {_served(summary)}")
     return 0
+
+
+def _json_error(exc: BaseException, message: str | None = None) -> str:
+    """The ``--json`` error line: the message cut at 4,000 characters, as on stderr (it may quote
+    what a peer sent: an aggregator's 1 MB array name made a 1 MB line; found by an attacker)."""
+    text = str(exc) if message is None else message
+    if len(text) > 4000:
+        text = text[:4000] + f"…(+{len(text) - 4000} characters)"
+    return json.dumps({"error": text, "type": type(exc).__name__})
 
 
 def _file_problem(args: argparse.Namespace, exc: OSError) -> int:
@@ -949,7 +958,7 @@ def _file_problem(args: argparse.Namespace, exc: OSError) -> int:
     message = f"{printable(where, 500)}: {reason}; the {args.command} could not read or write it"
     print(f"error: {message}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"error": message, "type": type(exc).__name__}))
+        print(_json_error(exc, message))
     return 2
 
 
@@ -968,7 +977,7 @@ def _unexpected(args: argparse.Namespace, exc: Exception, traceback: bool) -> in
         file=sys.stderr,
     )
     if args.json:
-        print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        print(_json_error(exc))
     return 1
 
 
@@ -1108,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     except SecureFLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+            print(_json_error(exc))
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: the {args.command} stopped (Ctrl-C)", file=sys.stderr)

@@ -729,3 +729,56 @@ def test_a_party_takes_part_in_no_more_rounds_than_its_settings_agree_on(tmp_pat
     with pytest.raises(ProtocolError, match="which agree on 3"):
         RoundLog(path, agreement="a" * 64, rounds=3).claim("ef" * 16, 0)  # and after a restart
     RoundLog(path, agreement="b" * 64, rounds=3).claim("ef" * 16, 0)  # other settings: their own count
+
+
+def test_two_processes_sharing_a_round_log_see_each_others_claims(tmp_path):
+    """Found by an independent attacker: two processes of one party, started with the same settings,
+    each decided from the log as it read it at start — each took the whole round budget, and round
+    0 of one session twice (under active SecAgg, the second survivor list the log exists to
+    prevent). A claim is decided from the file under its lock, in the same step as the append."""
+    import threading
+
+    from securefl.network.round_log import RoundLog
+
+    path = tmp_path / "p1.key.rounds"
+    first, second = (RoundLog(path, agreement="a" * 64, rounds=3) for _ in range(2))  # both read it empty
+    first.claim("ab" * 16, 0)
+    with pytest.raises(ProtocolError, match="already took part in round 1 of session"):
+        second.claim("ab" * 16, 0)
+    second.claim("ab" * 16, 1)
+    first.claim("cd" * 16, 0)
+    with pytest.raises(ProtocolError, match="taken part in 3 rounds"):
+        second.claim("ef" * 16, 0)
+
+    # and racing: of 8 threads claiming the same round through their own logs, exactly one wins
+    path = tmp_path / "race.rounds"
+    logs = [RoundLog(path, agreement="a" * 64, rounds=10) for _ in range(8)]
+    won = []
+
+    def claim(log):
+        with contextlib.suppress(ProtocolError):
+            log.claim("ab" * 16, 0)
+            won.append(log)
+
+    threads = [threading.Thread(target=claim, args=(log,)) for log in logs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1
+
+
+def test_a_json_error_line_is_cut_like_stderr():
+    """Found by an attacker: a welcome with a 1 MB array name made the party print a 1 MB ``--json``
+    error line (escaped, but not cut, where stderr is cut at 4,000 characters)."""
+    import json
+
+    from securefl.cli import _json_error
+
+    line = json.loads(_json_error(ProtocolError("x" * 1_000_000)))
+    assert (
+        line["type"] == "ProtocolError"
+        and len(line["error"]) < 4100
+        and line["error"].endswith("characters)")
+    )
+    assert json.loads(_json_error(ProtocolError("short")))["error"] == "short"

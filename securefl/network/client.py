@@ -14,6 +14,7 @@ import gc
 import hashlib
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from securefl.logtext import printable
 from securefl.network.frames import METHOD, Hello, Welcome
 from securefl.network.server import TLSFiles
 from securefl.party import PartyNode
+from securefl.wire import REPLY, Envelope
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,15 @@ _MAX_SESSIONS = 2
 NodeFactory = Callable[[str, ArraySpec], PartyNode]  # (session, spec) -> this party's node
 
 
+class _NoWelcome(Exception):
+    """The aggregator took the hello and sent no welcome in time: the stream is given up, retried."""
+
+
 @dataclass
 class PartySummary:
     requests: int = 0
     reconnects: int = 0
+    replies: int = 0  # requests answered with a reply, not a withdrawal
 
 
 class _Answerer:
@@ -69,7 +76,8 @@ class _Answerer:
                     spec = ArraySpec.from_json(welcome.spec)
                 except Exception as exc:
                     raise ProtocolError(
-                        f"the aggregator's welcome holds no valid model layout: {type(exc).__name__}: {exc}"
+                        "the aggregator's welcome holds no valid model layout: "
+                        f"{type(exc).__name__}: {printable(exc, 400)}"
                     ) from None
                 if self.max_values is not None and spec.size > self.max_values:
                     # A few bytes of welcome would otherwise make the party allocate per-value arrays
@@ -80,18 +88,23 @@ class _Answerer:
                         f"within this party's limit holds at most {self.max_values:,} (raise "
                         "max_message_mb if the model is really this large)"
                     )
+                if len(self._nodes) >= _MAX_SESSIONS:
+                    # The oldest session's node goes — before the new one is built, so that at most
+                    # _MAX_SESSIONS exist at once — as a restart would forget it: what a party must
+                    # never do twice is refused by its round log, which outlives both. Collected now:
+                    # a node's arrays sit in reference cycles a full collection would free only later.
+                    evicted = next(iter(self._nodes))
+                    if self.node is self._nodes[evicted]:
+                        self.node, self.session = None, None
+                    del self._nodes[evicted]
+                    gc.collect()
                 try:
                     node = self.factory(welcome.session, spec)
                 except Exception as exc:  # (MemoryError too): a refusal, never a crash of the party
                     raise ProtocolError(
-                        f"could not set up for the aggregator's model: {type(exc).__name__}: {exc}"
+                        f"could not set up for the aggregator's model: {type(exc).__name__}: "
+                        f"{printable(exc, 400)}"
                     ) from None
-                if len(self._nodes) >= _MAX_SESSIONS:
-                    # The oldest session's node goes, as a restart would forget it: what a party must
-                    # never do twice is refused by its round log, which outlives both. Collected now:
-                    # a node's arrays sit in reference cycles a full collection would free only later.
-                    del self._nodes[next(iter(self._nodes))]
-                    gc.collect()
                 self._nodes[welcome.session] = node
             self.node = node
             self.session = welcome.session
@@ -133,14 +146,16 @@ def run_party(
     summary = PartySummary()
     failures = 0
     while True:
-        answered = summary.requests
+        answered = summary.replies
         with grpc.secure_channel(target, credentials, options=options) as channel:
             try:
                 _wait_until_ready(channel, target, connect_timeout)
-                _serve(channel, party, agreement, answerer, summary)
+                _serve(channel, party, agreement, answerer, summary, connect_timeout)
                 return summary
             except grpc.FutureTimeoutError:
                 error = f"no TLS connection to the aggregator at {target} within {connect_timeout:g}s"
+            except _NoWelcome as exc:
+                error = str(exc)
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code in (
@@ -157,10 +172,11 @@ def run_party(
                 # stream was still waiting for its hello. A frame over the size bound fails the
                 # same way every time and ends after max_reconnects, naming the bound.
                 error = f"stream to {target} broke: {code.name}: {exc.details()}"
-        # Consecutive failures: a stream that carried requests was progress, so the count (and the
-        # back-off with it) starts again — a few aggregator restarts over a long federation must not
-        # add up to giving up, or to waits longer than the aggregator's reconnect grace.
-        failures = 1 if summary.requests > answered else failures + 1
+        # Consecutive failures: a stream in which this party answered a request with a reply (not a
+        # refusal: an aggregator could send junk to keep it from giving up) was progress, so the
+        # count (and the back-off with it) starts again — a few aggregator restarts over a long
+        # federation must not add up to giving up, or to waits longer than its reconnect grace.
+        failures = 1 if summary.replies > answered else failures + 1
         if failures > max_reconnects:
             raise ProtocolError(f"{error}; gave up after {max_reconnects} reconnects")
         summary.reconnects += 1
@@ -195,7 +211,12 @@ def _wait_until_ready(channel: grpc.Channel, target: str, timeout: float) -> Non
 
 
 def _serve(
-    channel: grpc.Channel, party: str, agreement: str, answerer: _Answerer, summary: PartySummary
+    channel: grpc.Channel,
+    party: str,
+    agreement: str,
+    answerer: _Answerer,
+    summary: PartySummary,
+    welcome_timeout: float = 60.0,
 ) -> None:
     # Bounded: an aggregator that sends requests and never reads the replies stops this party
     # reading more (flow control) instead of growing its memory without end.
@@ -203,10 +224,20 @@ def _serve(
     outbox.put(Hello(party, agreement).encode())
     connect = channel.stream_stream(METHOD)
     responses = connect(iter(outbox.get, None))
+    # The welcome within the connect timeout, or the stream is given up (and retried): an aggregator
+    # that reads the hello and says nothing must not hold the party for ever (found by an attacker).
+    waited_out = threading.Event()
+    welcomed = threading.Timer(welcome_timeout, lambda: (waited_out.set(), responses.cancel()))
+    welcomed.daemon = True
+    welcomed.start()
     try:
         frames: Iterator[bytes] = iter(responses)
         try:
             welcome = Welcome.decode(next(frames))
+        except grpc.RpcError:
+            if waited_out.is_set():
+                raise _NoWelcome(f"no welcome from the aggregator within {welcome_timeout:g}s") from None
+            raise
         except StopIteration:
             raise ProtocolError("the aggregator closed the stream before its welcome") from None
         except WireError as exc:
@@ -218,10 +249,15 @@ def _serve(
             )
         answerer.welcome(welcome)
         log.info("party %s joined session %s", party, welcome.session[:8])
+        welcomed.cancel()
         for request in frames:
             summary.requests += 1
-            _queue_reply(outbox, answerer.answer(bytes(request)), responses)
+            reply = answerer.answer(bytes(request))
+            if Envelope.decode(reply).kind == REPLY:
+                summary.replies += 1
+            _queue_reply(outbox, reply, responses)
     finally:
+        welcomed.cancel()
         responses.cancel()
         with contextlib.suppress(queue.Empty):  # room for the end marker: nothing is sent any more
             while True:

@@ -39,9 +39,13 @@ class RoundLog:
         the party then takes part in at most that many rounds under them, over all sessions."""
         self.path = Path(path)
         self.agreement, self.rounds = agreement, rounds
-        self._latest: dict[str, int] = {}
-        self._taken = 0  # rounds started under ``agreement``
-        for number, entry in read_entries(self.path, _WHAT):
+        self._read(read_entries(self.path, _WHAT))  # a damaged log is refused at start
+
+    def _read(self, entries: list[tuple[int, object]]) -> None:
+        """The latest round of each session, and the rounds started under ``agreement``."""
+        latest: dict[str, int] = {}
+        taken = 0
+        for number, entry in entries:
             try:
                 session, round_ = entry["session"], entry["round"]
                 if not isinstance(session, str) or isinstance(round_, bool) or not isinstance(round_, int):
@@ -50,9 +54,10 @@ class RoundLog:
                     raise TypeError
             except (KeyError, TypeError):
                 raise damaged(self.path, _WHAT, number) from None
-            self._latest[session] = max(round_, self._latest.get(session, -1))
-            if agreement is not None and entry.get("agreement") == agreement:
-                self._taken += 1
+            latest[session] = max(round_, latest.get(session, -1))
+            if self.agreement is not None and entry.get("agreement") == self.agreement:
+                taken += 1
+        self._latest, self._taken = latest, taken
 
     def latest(self, session: str) -> int | None:
         """The latest round this party started in ``session`` (None if none)."""
@@ -60,23 +65,31 @@ class RoundLog:
 
     def claim(self, session: str, round: int) -> None:
         """Record that this party starts ``round`` of ``session``, durably, before it answers; raise
-        ProtocolError if it has started this round, or a later one, of that session before."""
-        latest = self._latest.get(session)
-        if latest is not None and round <= latest:
-            raise ProtocolError(
-                f"this party already took part in round {latest + 1} of session {session} (before a "
-                f"restart, or the aggregator is running round {round + 1} again); it takes part in each "
-                "round once: refused"
-            )
-        if self.rounds is not None and self._taken >= self.rounds:
-            raise ProtocolError(
-                f"this party has taken part in {self._taken} rounds under these federation settings, "
-                f"which agree on {self.rounds}: refused (a further run needs settings that agree on "
-                f"more rounds, or this party's round log {self.path} removed by its operator)"
-            )
+        ProtocolError if it has started this round, or a later one, of that session before, or as
+        many rounds as its settings agree on. Decided from the file itself under its lock, in the
+        same step as the append: two processes of one party sharing the log (found by an attacker:
+        each took the whole budget, and round 0 of one session twice) see each other's claims."""
+
+        def decide(entries: list[tuple[int, object]]) -> bool:
+            self._read(entries)
+            latest = self._latest.get(session)
+            if latest is not None and round <= latest:
+                raise ProtocolError(
+                    f"this party already took part in round {latest + 1} of session {session} (before "
+                    f"a restart, or the aggregator is running round {round + 1} again); it takes part in "
+                    "each round once: refused"
+                )
+            if self.rounds is not None and self._taken >= self.rounds:
+                raise ProtocolError(
+                    f"this party has taken part in {self._taken} rounds under these federation "
+                    f"settings, which agree on {self.rounds}: refused (a further run needs settings that "
+                    f"agree on more rounds, or this party's round log {self.path} removed by its operator)"
+                )
+            return True
+
         entry: dict = {"round": round, "session": session}
         if self.agreement is not None:
             entry["agreement"] = self.agreement
-        append_entry(self.path, entry, _WHAT)
+        append_entry(self.path, entry, _WHAT, decide)
         self._latest[session] = round
         self._taken += self.agreement is not None
