@@ -805,6 +805,21 @@ def test_shamir_shares_split_together_are_each_secrets_textbook_shares(xs, secre
         assert shamir.reconstruct(shares, threshold, len(secret)).secret == secret
 
 
+def _during(node, method: str, attribute: str, value) -> None:
+    """Make ``node.<method>`` run with ``node.<attribute>`` set to ``value``, restored after it."""
+    honest = getattr(node, method)
+
+    def run(request):
+        real = getattr(node, attribute)
+        setattr(node, attribute, value)
+        try:
+            return honest(request)
+        finally:
+            setattr(node, attribute, real)
+
+    setattr(node, method, run)
+
+
 def _layer(kind: str, active: bool, n: int):
     parties = [f"p{i:02d}" for i in range(n)]
     identities = Identities.generate(parties) if active else None
@@ -905,17 +920,7 @@ def test_passive_mode_names_a_dealer_of_another_secret_only_when_holders_could_n
     dealer's."""
     n, dealer = 4, "p02"
     fed, *_ = integer_federation(SecAgg(), n)
-    node = fed.nodes[dealer].secure_sum
-    honest_share = node._share
-
-    def share_another_seed(request):
-        real, node.self_seed = node.self_seed, bytes(32)
-        try:
-            return honest_share(request)
-        finally:
-            node.self_seed = real
-
-    node._share = share_another_seed
+    _during(fed.nodes[dealer].secure_sum, "_share", "self_seed", bytes(32))  # shares another seed
     report = fed.run_round()
     assert not report.ok and set(report.dropouts) == {dealer}
     assert "rebuild another secret than the one it committed to" in report.dropouts[dealer]
@@ -1057,7 +1062,7 @@ def test_one_lying_accuser_cannot_get_a_silent_honest_owner_named():
         faults.add("lose_reply", party, phase="unmask")
     fed, *_ = integer_federation(layer, 5, faults)
     liar = fed.nodes["p04"].secure_sum
-    honest_masked, honest_identities = liar._masked, liar.identities
+    honest_identities = liar.identities
 
     class Lying:  # p04's view of the identities in masked: p00's sealed share "does not verify"
         def verify(self, party, signature, statement):
@@ -1065,14 +1070,7 @@ def test_one_lying_accuser_cannot_get_a_silent_honest_owner_named():
                 raise ProtocolError("pretends p00's sealed share does not open")
             return honest_identities.verify(party, signature, statement)
 
-    def lying_masked(request):
-        liar.identities = Lying()
-        try:
-            return honest_masked(request)
-        finally:
-            liar.identities = honest_identities
-
-    liar._masked = lying_masked
+    _during(liar, "_masked", "identities", Lying())
     report = fed.run_round()
     assert not report.ok and "p04 said they could not open p00's sealed share" in report.error, report.error
     named = {p for p, why in report.dropouts.items() if "no reply" not in why and "lost" not in why}
