@@ -145,6 +145,7 @@ class PartyNode:
         self._clear_model_digest: bytes | None = None
         self.user_error: BaseException | None = None  # what the user's train/evaluate last raised
         self._say = RateLimitedLog(log)  # its withdrawals: one line per 10 s, the rest counted
+        self.withdrawals = 0  # requests answered with a withdrawal (the network client's progress)
         self._opened_sealed = False
         if stack.secure_sum.fuses_on_parties:
             self.secure_sum.attach_fuser(self._fuse_revealed, base=lambda: self.round_global)
@@ -205,6 +206,7 @@ class PartyNode:
         coordinate, a user exception's message). ``refused``: the party refuses a revealed sum that
         honest parties cannot have made (the aggregator then fails the round rather than blame it)."""
         self.last_error = reason
+        self.withdrawals += 1
         # At most one line per 10 s per party, the rest counted: an aggregator can send requests this
         # party refuses without end (found by an attacker: 23,674 lines in 3 s of wrong-round
         # requests) — and under any phase name it likes, so the phase is no part of the key.

@@ -782,3 +782,35 @@ def test_a_json_error_line_is_cut_like_stderr():
         and line["error"].endswith("characters)")
     )
     assert json.loads(_json_error(ProtocolError("short")))["error"] == "short"
+
+
+def test_only_fresh_replies_count_as_progress_for_the_reconnect_count():
+    """Found by an independent attacker: every request counted as progress, so an aggregator that
+    welcomed the party, sent one junk request and broke the stream kept it reconnecting for ever.
+    Progress is a request answered afresh with a reply: neither a refusal nor the cached reply to a
+    resent request."""
+    from securefl.federation import Federation
+    from securefl.layers import Plain
+    from securefl.wire import REQUEST, Envelope
+
+    fed = Federation(
+        {"w": np.zeros(3)}, {f"p{i}": (lambda w, info: ({"w": w["w"]}, 1)) for i in range(3)}, [Plain()]
+    )
+    node = fed.nodes["p0"]
+    layout = ArraySpec.of({"w": np.zeros(3)}).to_json()
+    answerer = _Answerer(lambda session, spec: node)
+    answerer.welcome(Welcome(node.session, layout, "x"))
+    junk = Envelope(REQUEST, node.session, 5, "input", "p0", {"layer": b""}).encode()
+    answerer.answer(b"junk")
+    answerer.answer(junk)
+    assert answerer.progress == 0 and node.withdrawals == 2
+
+    class Replying:  # a node that answers every request with a reply
+        def handle(self, data):
+            return b"reply"
+
+    answerer = _Answerer(lambda session, spec: Replying())
+    answerer.welcome(Welcome("ab" * 16, layout, "x"))
+    answerer.answer(b"first")
+    answerer.answer(b"first")  # resent: the cached reply, no progress
+    assert answerer.progress == 1

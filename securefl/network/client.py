@@ -27,7 +27,6 @@ from securefl.logtext import printable
 from securefl.network.frames import METHOD, Hello, Welcome
 from securefl.network.server import TLSFiles
 from securefl.party import PartyNode
-from securefl.wire import REPLY, Envelope
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ class _NoWelcome(Exception):
 class PartySummary:
     requests: int = 0
     reconnects: int = 0
-    replies: int = 0  # requests answered with a reply, not a withdrawal
 
 
 class _Answerer:
@@ -67,6 +65,7 @@ class _Answerer:
         # finished SecAgg round again: a second survivor list signed for it; found by an attacker).
         self._nodes: dict[str, PartyNode] = {}
         self._last: tuple[bytes, bytes] | None = None  # (sha256 of request, reply)
+        self.progress = 0  # requests answered afresh with a reply
 
     def welcome(self, welcome: Welcome) -> None:
         if welcome.session != self.session:  # a new federation (or a restarted aggregator)
@@ -114,7 +113,11 @@ class _Answerer:
         digest = hashlib.sha256(request).digest()
         if self._last is not None and self._last[0] == digest:
             return self._last[1]
+        withdrawals = getattr(self.node, "withdrawals", 0)
         reply = self.node.handle(request)
+        # Progress for the reconnect count: a fresh reply, not a refusal, nor a retried request's
+        # cached reply (an aggregator resending one request must not keep the party from giving up).
+        self.progress += getattr(self.node, "withdrawals", 0) == withdrawals
         self._last = (digest, reply)
         return reply
 
@@ -146,7 +149,7 @@ def run_party(
     summary = PartySummary()
     failures = 0
     while True:
-        answered = summary.replies
+        answered = answerer.progress
         with grpc.secure_channel(target, credentials, options=options) as channel:
             try:
                 _wait_until_ready(channel, target, connect_timeout)
@@ -176,7 +179,7 @@ def run_party(
         # refusal: an aggregator could send junk to keep it from giving up) was progress, so the
         # count (and the back-off with it) starts again — a few aggregator restarts over a long
         # federation must not add up to giving up, or to waits longer than its reconnect grace.
-        failures = 1 if summary.replies > answered else failures + 1
+        failures = 1 if answerer.progress > answered else failures + 1
         if failures > max_reconnects:
             raise ProtocolError(f"{error}; gave up after {max_reconnects} reconnects")
         summary.reconnects += 1
@@ -252,10 +255,7 @@ def _serve(
         welcomed.cancel()
         for request in frames:
             summary.requests += 1
-            reply = answerer.answer(bytes(request))
-            if Envelope.decode(reply).kind == REPLY:
-                summary.replies += 1
-            _queue_reply(outbox, reply, responses)
+            _queue_reply(outbox, answerer.answer(bytes(request)), responses)
     finally:
         welcomed.cancel()
         responses.cancel()
