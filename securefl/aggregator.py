@@ -207,8 +207,9 @@ class Aggregator:
         has released them to the aggregator: record them — a faulty party must not let the
         aggregator learn round after round while the budget stands still. Which inputs a phase
         exposes is the layer's answer (``exposed_by``), counted from the requests sent: with
-        ``plain`` each input asked for; with SecAgg the contributors' sum once t parties are asked
-        to unmask — a reply refused (answered twice, a bad envelope) or late is in the aggregator's
+        ``plain`` each input asked for, less the parties whose one reply was a withdrawal; with
+        SecAgg the contributors' sum once t parties are asked to unmask, withdrawals included — a
+        reply refused (answered twice, a bad envelope) or late is in the aggregator's
         hands all the same (found by attackers: a round abandoned for want of ``min_parties`` unmask
         replies, or with duplicated ones, gave a curious aggregator the sum with nothing recorded).
         Central noise is added only to a stored result."""

@@ -951,7 +951,7 @@ class _Aggregator(SumAggregator):
         if self.identities and (outcome.secret is None or outcome.wrong):
             return self._reconstruct_from_signed(owner, kind, shares, length, what, accept)
         if outcome.secret is None and outcome.consistent:
-            self._blame_dealer_of_another_secret(owner, kind, shares, outcome, what)
+            self._blame_dealer_of_another_secret(owner, shares, outcome, what)
         # Passive mode from here (active mode returned above): nothing is signed, so a share that does
         # not fit is its holder's — sound against one malicious party; colluding holders can make the
         # decoder name an honest one (the sum stays exact; protocols/secagg.md, Limitations).
@@ -1007,7 +1007,7 @@ class _Aggregator(SumAggregator):
         return outcome.secret
 
     def _blame_dealer_of_another_secret(
-        self, owner: str, kind: str, shares: dict[int, bytes], outcome: shamir.Reconstruction, what: str
+        self, owner: str, shares: dict[int, bytes], outcome: shamir.Reconstruction, what: str
     ) -> None:
         """Passive mode: the well-formed shares all lie on one polynomial, but its secret is not the
         one ``owner`` committed to. Either the owner dealt shares of another secret, or m − t + 1 of
