@@ -176,6 +176,10 @@ def craft_ckks(kind: str, fed, party: str, layer: bytes, rng: random.Random) -> 
         chunks[index] = ckks.encrypt(context, values, params)[0]
     elif kind == "other_key":
         chunks[index] = ts.ckks_vector(ckks.new_context(params), values).serialize()
+    elif kind == "vector_scale":  # the same ciphertext, TenSEAL's own vector scale (field 3) changed
+        size, cipher, scale = ckks.split_vector(chunks[index])
+        other = [0.0, -0.0, float("nan"), float("inf"), -scale, scale * (1 + 2**-52), 1.0, 2.0**31]
+        chunks[index] = ckks.join_vector(size, cipher, rng.choice(other))
     else:
         raise AssertionError(kind)
     return ckks_payload(chunks)
@@ -204,6 +208,7 @@ CKKS_CRAFTED = (
     "bool_sizes",
     "foreign_chunk",
     "other_key",
+    "vector_scale",
 )
 # Encrypt-phase payloads the aggregator must catch on arrival, with public material alone.
 DETECTABLE = {
@@ -226,6 +231,7 @@ DETECTABLE = {
         "valid_first_garbage_second",
         "huge_sizes",
         "bool_sizes",
+        "vector_scale",
         "empty",
     ),
 }
@@ -392,8 +398,13 @@ def test_paillier_a_payload_failing_in_its_last_ciphertext_leaves_no_trace_in_th
 # --- 7: the agreed parameters decide, never the first contributor ----------------------------------------
 
 
-@pytest.mark.parametrize("attack", ["wrong_scale", "other_params", "other_length"])
+@pytest.mark.parametrize("attack", ["wrong_scale", "other_params", "other_length", "vector_scale"])
 def test_ckks_the_first_contributor_at_other_parameters_is_dropped_alone(attack):
+    """vector_scale, found by an attacker: the first contributor's chunks with TenSEAL's vector
+    scale (not SEAL's) set to 0.0 passed every check, the sum inherited it, protobuf left the zero
+    out of the sum's bytes, and every key holder refused the sum: every round failed, with the
+    honest decryptors named silent."""
+
     def craft(reply):
         chunks = ckks_chunks(layer_of(reply))
         context = me(fed, "p00").material.context
@@ -402,6 +413,9 @@ def test_ckks_the_first_contributor_at_other_parameters_is_dropped_alone(attack)
             chunks[0] = ts.ckks_vector(context, np.zeros(length), scale=2.0**25).serialize()
         elif attack == "other_params":
             chunks[0] = ts.ckks_vector(ckks.new_context(ckks.PRESETS["wide"]), np.zeros(length)).serialize()
+        elif attack == "vector_scale":
+            size, cipher, _scale = ckks.split_vector(chunks[0])
+            chunks = [ckks.join_vector(size, cipher, 0.0), *chunks[1:]]
         else:
             chunks[0] = ts.ckks_vector(context, np.zeros(length - 1)).serialize()
         return rewrap(reply, ckks_payload(chunks))

@@ -477,8 +477,16 @@ def _check_zstd(frame: bytes, expected: int | None, limit: int) -> int:
 
 
 def check_chunk_bytes(blob: bytes, params: CkksParams) -> None:
-    """Everything checkable about a chunk's bytes before TenSEAL parses them (see above)."""
-    _size, cipher, _scale = split_vector(blob)
+    """Everything checkable about a chunk's bytes before TenSEAL parses them (see above), and that
+    the chunk is canonical: its vector scale (TenSEAL's field 3, apart from the SEAL ciphertext's
+    own) is exactly the agreed one. A sum keeps its first operand's vector scale, so a chunk with
+    another (found by an attacker: 0.0, which protobuf then leaves out of the sum's bytes) would
+    decide what the key holders receive, and they would refuse every sum it was first in."""
+    _size, cipher, scale = split_vector(blob)
+    if scale != params.scale:  # also refuses NaN
+        raise WireError(
+            f"a CKKS chunk's vector scale is {scale!r}, but the agreed scale is 2^{params.scale_bits}"
+        )
     expected = ciphertext_plain_bytes(params)
     check_seal_object(cipher, expected, expected)
 
