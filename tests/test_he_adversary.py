@@ -1733,3 +1733,59 @@ def test_the_twin_request_oracle_records_of_two_encodings_of_one_sum_look_alike(
     later = raw.product([r1[p] for p in common])
     first, second = (raw.decrypt(c, 1, common, later) for c in comparers)
     assert first != second  # different models after twin records, a marker's as much as a model's
+
+
+# --- a key holder that never grants; a generator whose grant was lost (HE attacker, 2026-12-01) ------------
+
+
+def _garbage_grant(reply: bytes) -> bytes:
+    return rewrap(reply, b"not a grant")
+
+
+@settings(max_examples=6, **_SETTINGS)
+@given(
+    how=st.sampled_from(["offline", "lose_reply", "garbage"]), scheme=st.sampled_from(["paillier", "ckks"])
+)
+def test_a_key_holder_that_never_grants_costs_only_the_rounds_it_is_granter_in(how, scheme):
+    """Found by an attacker: a holder honest while the keys were made, then silent, withdrawing or
+    sending garbage whenever asked to grant, failed every round for as long as one party needed
+    keys (it was chosen granter every time, never marked). Now a granter that does not answer is
+    silent: the holders' round goes on without the requesters, and the next grant goes to another."""
+    faults = Faults().add("offline", "p04", phase="key_offer", round=0)  # p04 needs keys later
+    for round_ in range(1, 6):
+        if how == "garbage":
+            faults.add("replace", "p00", phase="key_grant", round=round_, replace=_garbage_grant)
+        else:
+            faults.add(how, "p00", phase="key_grant", round=round_)
+    build = paillier_fed if scheme == "paillier" else ckks_fed
+    fed, _deltas, _weights = build(n=5, faults=faults)
+    reports = [fed.run_round() for _ in range(5)]
+    assert all(r.ok for r in reports), [r.error for r in reports]
+    assert not any(set(r.dropouts) - {"p00", "p04"} for r in reports), [r.dropouts for r in reports]
+    agg = fed.aggregator.secure_sum
+    assert "p04" in agg.holders and "p04" in reports[-1].survivors, reports[-1]
+    assert "p00" not in agg.distrusted  # silence is no proof of malice
+
+
+@pytest.mark.parametrize("absent_next_round", [False, True])
+def test_a_generator_whose_grant_was_lost_is_neither_named_nor_locked_out(absent_next_round):
+    """Found by an attacker: the first keys' generator p00 lost its grant reply; the next round it
+    offered the keys it held and was named for "a false key-holder claim", and once others had
+    generated keys it offered "another fingerprint" and sat out every round for good. Now the
+    aggregator asks the generator it asked to grant its keys (which publishes them); and if others
+    generated meanwhile, the key offer request names the federation's fingerprint and p00 drops
+    its never-published keys and asks for the federation's."""
+    faults = Faults().add("lose_reply", "p00", phase="key_grant", round=0)
+    if absent_next_round:
+        faults.add("offline", "p00", round=1)
+    fed, _deltas, _weights = paillier_fed(n=4, faults=faults)
+    first = fed.run_round()
+    assert not first.ok and "dropped before granting" in first.error
+    reports = [fed.run_round() for _ in range(3)]
+    assert all(r.ok for r in reports), [r.error for r in reports]
+    assert not any("false key-holder claim" in why for r in reports for why in r.dropouts.values())
+    assert reports[-1].survivors == ["p00", "p01", "p02", "p03"], reports[-1]
+    agg = fed.aggregator.secure_sum
+    assert agg.holders == {"p00", "p01", "p02", "p03"} and not agg.culprits()
+    fingerprints = {agg.scheme.fingerprint(n.secure_sum.material) for n in fed.nodes.values()}
+    assert fingerprints == {agg.fingerprint}

@@ -372,6 +372,10 @@ class _Aggregator(SumAggregator):
         # longer invited to key phases (it sits rounds out without keys).
         self.complaints: dict[str, list[str]] = {}
         self.excluded: set[str] = set()  # requesters no longer invited to key phases
+        # The party this aggregator asked to generate the federation's first keys, while its grant
+        # has not arrived: it holds keys nobody else has seen. Its offer of them is no lie, and it is
+        # asked to grant them (which publishes them) before anyone is asked to generate others.
+        self.unpublished: str | None = None
         self._receivers = {
             KEY_OFFER: self._receive_key_offer,
             KEY_GRANT: self._receive_key_grant,
@@ -434,6 +438,10 @@ class _Aggregator(SumAggregator):
         return encode_record(b"SKDq", {"contributors": self._named}, {"sum": self._sum_payload})
 
     def request(self, phase: str, party: str) -> bytes:
+        if phase == KEY_OFFER:
+            # The federation's key fingerprint, once a grant published it: a party holding keys it
+            # generated that were never published learns they are not the federation's (below).
+            return encode_record(b"SKOq", {"fingerprint": self.fingerprint or ""}, {})
         if phase == KEY_GRANT:
             if party != self.granter:
                 return encode_record(
@@ -492,6 +500,11 @@ class _Aggregator(SumAggregator):
             if parts["channel"] or parts["signature"]:
                 raise WireError("a key holder's offer carries no channel key and no signature")
             if self.public is None and self.holder_key is None:
+                if party == self.unpublished:
+                    # Asked to generate, its grant never arrived: it holds the keys it made (unproved:
+                    # no proof key is known yet). It is asked to grant them, which publishes them.
+                    self.offered[party] = header["fingerprint"][:128]
+                    return
                 # Nobody holds keys yet (this aggregator has seen no public key): provably false.
                 raise ProtocolError(
                     "claimed to hold the keys before any key existed in this federation (no key was "
@@ -709,11 +722,30 @@ class _Aggregator(SumAggregator):
             if self.granter is None:
                 return  # nobody needed keys: no grant
             if self.granter not in survivors or self.public is None:
-                raise RoundFailed(
-                    f"{name}: the key holder {self.granter} dropped before granting keys; nothing was "
-                    "encrypted and the model is unchanged"
+                # A lost reply is no proof of malice, but a granter that never answers must not
+                # stall the federation (attacker: one holder withdrew from every grant and every
+                # round failed): it is silent, and the next grant goes to another holder if any.
+                self.silent.add(self.granter)
+                if self.generate:
+                    self.unpublished = self.granter  # it may hold keys nobody has seen
+                if self.public is None:
+                    raise RoundFailed(
+                        f"{name}: the key holder {self.granter} dropped before granting keys; nothing was "
+                        "encrypted and the model is unchanged"
+                    )
+                # The federation's keys exist: the requesters sit this round out without them (they
+                # abstain at encrypt) and the holders' round goes on.
+                self.grants = {}
+                log.warning(
+                    "%s: the key holder %s dropped before granting keys; %d requesters sit this round out",
+                    name,
+                    self.granter,
+                    len(self.requesters),
                 )
+                return
             self.holders.add(self.granter)
+            if self.granter == self.unpublished or self.generate:
+                self.unpublished = None  # its keys are the federation's now, published
         elif phase == KEY_INSTALL:
             self._close_key_install(survivors)
         elif phase == ENCRYPT:
@@ -745,10 +777,14 @@ class _Aggregator(SumAggregator):
         if not self.requesters:
             self.granter = None  # everyone invited holds the keys, or sits out: no grant this round
             return
-        if self.public is None:
+        if self.public is None and self.unpublished in self.offered:
+            # The party asked to generate, whose grant was lost, grants the keys it made: that
+            # publishes them (attacker: it was named a liar for offering them, then locked out).
+            candidates = [self.unpublished]
+        elif self.public is None:
             # The federation's first keys: a requester (never a party claiming keys, there are none
-            # yet — those were dropped on arrival) generates them.
-            candidates = [p for p in sorted(self.requesters) if p not in self.distrusted]
+            # yet — those were dropped on arrival) generates them, one that answered before first.
+            candidates = self._by_standing([p for p in self.requesters if p not in self.distrusted])
             self.generate = True
         else:
             known = [p for p in self.offered_holders if p in self.holders and p not in self.distrusted]
@@ -759,15 +795,24 @@ class _Aggregator(SumAggregator):
                     "party the key file"
                 )
             # A requester that refused a granter's keys before gets them from another one if it can.
-            candidates = sorted(
-                known,
-                key=lambda p: sum(p in self.complaints.get(r, []) for r in self.requesters),
-            )
+            candidates = self._by_standing(known)
         if not candidates:
             raise RoundFailed(f"{name}: no party is left to generate the keys")
         self.granter = candidates[0]
         self.requesters.pop(self.granter, None)  # the generator of brand-new keys needs no grant
         self.offer_signatures.pop(self.granter, None)
+
+    def _by_standing(self, parties: list[str]) -> list[str]:
+        """``parties`` as granter candidates: rotated by the round (equally trusted holders take
+        turns), then those the requesters complained about least, then those never silent first."""
+        parties = sorted(parties)
+        if parties:
+            start = self.ctx.round % len(parties)
+            parties = parties[start:] + parties[:start]
+        return sorted(
+            parties,
+            key=lambda p: (sum(p in self.complaints.get(r, []) for r in self.requesters), p in self.silent),
+        )
 
     def _close_key_install(self, survivors: frozenset[str]) -> None:
         name = self.scheme.name
@@ -929,6 +974,9 @@ class _Party(SumParty):
         self.scheme = scheme
         self.me = party_id
         self.material = material
+        # Keys this party generated and no key offer request has yet named the federation's: the
+        # only keys it drops when told the federation has others (keys given or granted never are).
+        self._provisional = False
         self.identity = identities.private[party_id] if identities else None
         self.identities = identities.public_only() if identities else None
         self.fuse: Fuser | None = None
@@ -987,6 +1035,22 @@ class _Party(SumParty):
     # key distribution
 
     def _key_offer(self, request: bytes) -> bytes:
+        header, _ = decode_record(request, b"SKOq", {"fingerprint": str}, ())
+        federation = header["fingerprint"]
+        if self.material is not None and self._provisional and federation:
+            if hmac.compare_digest(self.scheme.fingerprint(self.material).encode(), federation.encode()):
+                self._provisional = False  # the federation's keys: kept from now on, whatever is said
+            else:
+                # Keys this party generated whose grant never reached the aggregator, which has since
+                # had other keys generated: they are nobody's, so they are dropped and the
+                # federation's requested (attacker: the generator was otherwise locked out for good).
+                # Keys it was granted or given are never dropped on the aggregator's word.
+                log.warning(
+                    "%s: %s drops the keys it generated (never published; the federation has others)",
+                    self.scheme.name,
+                    self.me,
+                )
+                self.material, self._provisional = None, False
         if self.material is not None:
             fingerprint = self.scheme.fingerprint(self.material)
             proof = holder_signing_key(self.scheme.model_key(self.material)).sign(
@@ -1022,6 +1086,7 @@ class _Party(SumParty):
             if self.material is not None:
                 raise ProtocolError("asked to generate keys, but this party already holds them")
             self.material = self.scheme.generate()
+            self._provisional = True  # until a key offer request names them the federation's
         if self.material is None:
             raise ProtocolError("asked to grant keys this party does not hold")
         keys = parts["channels"]
