@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -26,12 +26,19 @@ from securefl.aggregator import RoundReport
 from securefl.config import load_config
 from securefl.errors import ConfigError, SecureFLError
 from securefl.layers import PRESET_NAMES
-from securefl.logtext import counted
+from securefl.logtext import counted, printable
 from securefl.privacy.accountants import ACCOUNTANTS
 from securefl.privacy.observers import OBSERVERS
 from securefl.runner import BudgetSettings, DPSettings, Reporter, RunSettings, run
 from securefl.simulation.allocator import keep_freed_memory
 from securefl.tasks import Task
+
+
+def escape(text: object) -> str:
+    """Text for the console from a file, a party or an exception: control and format characters
+    escaped (ESC sequences and newlines in a ledger field erased the "valid NO" line and printed
+    forged ones — found by an attacker), then rich markup escaped."""
+    return escape_markup(printable(text, 4000, backslashes=False))
 
 
 def _size(n: int) -> str:
@@ -254,11 +261,16 @@ def _seed(text: str) -> int:
     return value
 
 
-def check_output(path: str, what: str) -> None:
-    """Refuse, before any work, an output file that cannot be written where it is asked for."""
+def check_output(path: str, what: str, protected: tuple[str | Path | None, ...] = ()) -> None:
+    """Refuse, before any work, an output file that cannot be written where it is asked for, or
+    that is one of the ``protected`` inputs (found by an attacker: `audit --report L.key` replaced
+    the ledger's signing key with the HTML report), also through a link."""
     target = Path(path)
     if target.is_dir():
         raise ConfigError(f"{what} {path} is a directory; give a file name")
+    for kept in protected:
+        if kept is not None and os.path.realpath(target) == os.path.realpath(kept):
+            raise ConfigError(f"{what} {path} is {kept}, which this command reads; choose another file")
     parent = target.parent
     if not parent.is_dir():
         raise ConfigError(
@@ -771,12 +783,22 @@ def _budget_settings(args: argparse.Namespace) -> BudgetSettings | None:
     )
 
 
+def _ledger_files(settings: RunSettings) -> tuple[str, ...]:
+    """The files of the run's privacy ledger (none without one): never an output's target."""
+    ledger = settings.budget.ledger if settings.budget is not None else None
+    if not ledger:
+        return ()
+    return (str(ledger), f"{ledger}.head", f"{ledger}.key", f"{ledger}.pub")
+
+
 def _audit(args: argparse.Namespace, console: Console) -> int:
     from securefl.privacy.audit import audit, write_report
     from securefl.privacy.ledger import read_public_key
 
     if args.report:
-        check_output(args.report, "--report")
+        ledger = args.ledger
+        ledger_files = (ledger, f"{ledger}.head", f"{ledger}.key", f"{ledger}.pub", f"{ledger}.head.tmp")
+        check_output(args.report, "--report", (*ledger_files, args.public_key))
     if not os.path.lexists(args.ledger) and not os.path.lexists(f"{args.ledger}.head"):
         # Nothing to audit (a ledger removed with its head left behind is a finding: audited below).
         raise ConfigError(f"no ledger at {args.ledger}: give the path a guard wrote (--ledger)")
@@ -907,7 +929,7 @@ def _serve(args: argparse.Namespace) -> int:
     the message), or on a bug outside the rounds (1, with the message; the traceback with
     --verbose). Their log (rounds, parties, dropouts, ε) goes to stderr, one escaped line per
     record: nothing a party or the aggregator sends can forge a log line."""
-    from securefl.logtext import OneLineFormatter, printable
+    from securefl.logtext import OneLineFormatter
 
     root = logging.getLogger()
     root.setLevel(logging.INFO)
@@ -951,7 +973,6 @@ def _json_error(exc: BaseException, message: str | None = None) -> str:
 def _file_problem(args: argparse.Namespace, exc: OSError) -> int:
     """A file or directory the command could not use, named with the system's reason: exit 2 (the
     input or the machine, not a bug)."""
-    from securefl.logtext import printable
 
     where = f"{exc.filename!s}" if exc.filename is not None else "a file"
     reason = exc.strerror or type(exc).__name__
@@ -966,8 +987,6 @@ def _unexpected(args: argparse.Namespace, exc: Exception, traceback: bool) -> in
     """An exception no check anticipated, as one line on stderr (and the traceback if asked):
     exit status 1."""
     import traceback as tracebacks
-
-    from securefl.logtext import printable
 
     if traceback:
         tracebacks.print_exception(exc, file=sys.stderr)
@@ -1097,12 +1116,17 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_config(args.config)
         settings.save = args.save or settings.save
         settings.resume = args.resume or settings.resume
+        inputs = (getattr(args, "config", None), *_ledger_files(settings))  # never an output's target
         if settings.save:
-            check_output(settings.save, "--save")
+            check_output(settings.save, "--save", inputs)
         settings.backend = _backend(args, settings.backend)
         settings.fail_fast = settings.fail_fast or args.fail_fast
         if settings.plot:  # checked now, not after every round has run
-            check_output(settings.plot, "the plot")
+            check_output(
+                settings.plot,
+                "the plot",
+                (*inputs, settings.save, settings.resume),
+            )
         guard = None
         if settings.releases_dp():
             from securefl.privacy.guard import continuation, guard_for
@@ -1115,7 +1139,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         summary = run(settings, ConsoleReporter(console), guard)
     except SecureFLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc, 4000)}", file=sys.stderr)
         if args.json:
             print(_json_error(exc))
         return 2

@@ -24,9 +24,11 @@ A release that brings the recomputed ε over the budget (given, or as recorded) 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -167,14 +169,16 @@ def _accountant_name(record: dict[str, Any]) -> str:
 def _check_is_a_ledger(path: Path) -> None:
     """Refuse, with what it is instead, a path that cannot be a ledger: a directory, a file empty
     without a signed head beside it (a ledger is created head first), or one that is not text."""
-    from securefl.privacy.ledger import head_path
+    from securefl.privacy.ledger import head_path, read_nofollow
 
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give the ledger file (e.g. {path}/dp-ledger.jsonl)")
-    if not path.exists():
+    # As verify() reads it: never through a link, never blocking (a pipe given as the ledger made
+    # `audit` wait for ever — found by an attacker), regular files only.
+    content = read_nofollow(path, "ledger")
+    if content is None:
         return  # verify() names a missing ledger itself
-    with path.open("rb") as file:
-        start = file.read(4096)
+    start = content[:4096]
     if not start and not head_path(path).exists():
         raise ConfigError(
             f"{path} is empty and has no signed head ({head_path(path).name}) beside it: it is not a "
@@ -783,7 +787,18 @@ sampling protects only against those who do not know who took part in each round
 </body></html>
 """
     out = Path(path)
-    out.write_text(page, encoding="utf-8")
+    # Written beside and renamed into place: a link at the report's path is replaced, never
+    # followed (it could point at the ledger or its key), and a reader never sees half a page.
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(temporary, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
     return out
 
 

@@ -272,7 +272,7 @@ def verify(path: str | Path, public_key: str | None = None) -> Verification:
         result.interrupted.append("a temporary head file was left by a cut head replacement; it is removed")
     if problems:
         result.repairs.clear()
-    if public_key is None and signer is not None:
+    if public_key is None and result.signer is not None:
         problems.append(
             "note: signer not pinned: give the ledger's public key to rule out a re-signed ledger"
         )
@@ -334,17 +334,25 @@ def _check_head(
     head_file = head_path(path)
     head_raw = read_nofollow(head_file, "ledger head")
     if head_raw is None:
-        if count == 0:
-            return
+        # A writer signs the head before it creates the ledger file (Ledger._open_locked, then
+        # append), so a ledger file without a head is never a crash — even an empty or torn one
+        # (found by an attacker: the head deleted and the file cut to a torn first line audited
+        # "valid, 0 released", and a guard started the budget again from zero).
         result.problems.append(
-            f"the head file {head_file.name} is missing with {count} records (a writer creates it before the "
-            "first record): records removed from the end could not be detected"
+            f"the head file {head_file.name} is missing beside a ledger file of {count} records (a writer "
+            "creates the head before the ledger file): records were removed; restore the ledger and its "
+            "head from a backup (the budget must not restart at zero)"
         )
         return
     head = _parse(head_raw)
     if head is None:
         result.problems.append("the head file is not a JSON object")
         return
+    if signer is None and isinstance(head.get("signer"), str):
+        # No complete record names the key and none was pinned (a crash cut the first append): the
+        # head is checked against the key it names, as an empty ledger's is, and the "not pinned"
+        # note says so (before, an honest crash there was reported as a bad head signature).
+        signer = result.signer = head["signer"]
     if not _signature_ok(head, signer or ""):
         result.problems.append("the head file's signature does not verify")
         return
@@ -437,8 +445,12 @@ def read_public_key(value: str) -> str:
     text = value.strip()
     if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
         try:
-            text = Path(value).read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError) as exc:
+            # Non-blocking and regular files only: a pipe given as the key made `audit` wait for ever
+            # (found by an attacker). A public key may be reached through a link.
+            fd = _regular(os.open(value, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), Path(value))
+            with os.fdopen(fd, "rb") as handle:
+                text = handle.read(4096).decode("ascii").strip()
+        except (OSError, UnicodeDecodeError, ConfigError) as exc:
             raise ConfigError(
                 f"public key {value!r} is neither 64 hex digits nor a readable file: {exc}"
             ) from None
