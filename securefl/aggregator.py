@@ -171,6 +171,7 @@ class Aggregator:
         self._phase = "selection"
         self._culprits = set()
         self._exposed = {}
+        self._release_attempted = False  # a release of this round's inputs went to the guard
         try:
             self._secure_sum_round(round, selected, report)
             self._phase = "fusion"
@@ -214,7 +215,11 @@ class Aggregator:
         replies, or with duplicated ones, gave a curious aggregator the sum with nothing recorded).
         Central noise is added only to a stored result."""
         noised_on_parties = any(getattr(t, "noise_on_party", False) for t in self.stack.transforms)
-        if self.guard is None or not noised_on_parties or report.epsilon is not None:
+        if self.guard is None or not noised_on_parties or self._release_attempted:
+            # Recorded already — or its recording failed (a ledger write error): the guard counted it
+            # before writing, and recording the same inputs again would count them twice (found by
+            # an attacker: an I/O error in the ledger's fsync was retried here as a second release,
+            # and blamed on "another process writing the ledger").
             return
         exposed = sorted(set().union(*self._exposed.values()))  # summed or not, before or after the sum
         if exposed:
@@ -405,6 +410,7 @@ class Aggregator:
         noised_on_parties = any(getattr(t, "noise_on_party", False) for t in self.stack.transforms)
         if self.guard is not None and (noised_on_parties or isinstance(outcome, SealedModel)):
             # Written and fsynced before the result is stored: it leaves only after this.
+            self._release_attempted = True
             report.epsilon = self.guard.record_release(round, contributors, report.selected, summed)
         if isinstance(outcome, SealedModel):
             if not isinstance(outcome.data, bytes) or not outcome.data:
@@ -432,6 +438,7 @@ class Aggregator:
             _check_finite_state(self.strategy.state_dict())
             if self.guard is not None and not noised_on_parties:
                 # Before it is stored:
+                self._release_attempted = True
                 report.epsilon = self.guard.record_release(round, contributors, report.selected, summed)
         except BaseException:
             self.strategy.load_state_dict(state)  # an optimizer's moments stay as they were

@@ -73,6 +73,15 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded): a TOML file is UTF-8; "
+            "save it as UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; give the TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
 
 
 def load_config(path: str | Path) -> RunSettings:

@@ -9,9 +9,13 @@ R times the weighted mean of the summed partitions' updates, to the quantization
 from __future__ import annotations
 
 import logging
+import os
+from collections import OrderedDict
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("flwr")
 
@@ -213,7 +217,7 @@ def test_distributed_dp_budget_and_ledger_from_a_flower_run_audit(tmp_path, caps
     round: the second is refused before anyone trains, both decisions are in the signed ledger, and
     `securefl audit` verifies it. The ε recorded is the one securefl alone records for the same
     federation."""
-    secure = SecureFL(privacy=DP_PRIVACY, min_parties=3, weighting="uniform")
+    secure = SecureFL(privacy=DP_PRIVACY, min_parties=3, weighting="uniform", rounds=2)
     # The same federation through securefl alone, unlimited budget: ε after one and two rounds.
     reference = PrivacyGuard(Budget(float("inf")))
     clients = {f"p{p}": (lambda p: lambda weights, info: (weights, examples(p)))(p) for p in range(NODES)}
@@ -258,17 +262,24 @@ def task_identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, name, 1)
 
 
-def test_messages_without_securefl_pass_through_the_mod(task_identity):
-    """The mod answers only securefl's train messages: the app's own messages reach the app."""
+@pytest.mark.parametrize("kind", ["train", "train.custom"])
+def test_a_plain_train_message_is_refused_and_never_reaches_the_app(task_identity, kind):
+    """Found by an attacker: after a secure round, a plain train message (arrays and config, no
+    securefl record) reached the app and returned each node's raw update, bit for bit. The app's
+    train function is reached only through the secure sum; evaluate and query pass through."""
     secure = SecureFL(privacy="secagg+")
     seen = []
 
     def call_next(message, context):
         seen.append(message)
-        return message
+        return Message(RecordDict({"arrays": as_record(delta(0))}), reply_to=message)
 
-    msg = Message(RecordDict({"arrays": as_record(initial())}), dst_node_id=1, message_type="train")
-    assert secure.client_mod(msg, None, call_next) is msg and seen == [msg]
+    msg = Message(RecordDict({"arrays": as_record(initial())}), dst_node_id=1, message_type=kind)
+    reply = secure.client_mod(msg, None, call_next)
+    assert reply.has_error() and "securefl refuses a train message" in reply.error.reason
+    assert not reply.has_content() and seen == []
+    evaluate = Message(RecordDict({"arrays": as_record(initial())}), dst_node_id=1, message_type="evaluate")
+    assert secure.client_mod(evaluate, None, call_next).has_content() and seen == [evaluate]
 
 
 logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -304,16 +315,54 @@ class ScriptedGrid:
         return [self.waiting.pop(i) for i in list(message_ids) if i in self.waiting]
 
 
-def test_hello_refuses_a_name_two_nodes_claim_and_names_that_are_not_party_ids(task_identity):
+def _hello_reply(message, name, signature=b""):
     from securefl.flower.records import hello_content
+
+    reply = Message(hello_content(name, signature), reply_to=message)
+    reply.metadata.__dict__["_src_node_id"] = message.metadata.dst_node_id
+    return reply
+
+
+def test_hello_refuses_a_name_two_nodes_claim_and_names_that_are_not_party_ids(task_identity):
     from securefl.flower.server import hello
 
     names = {11: "alice", 12: "alice", 13: "bob", 14: "not a name!"}
 
     def answer(message):
-        return Message(hello_content(names[message.metadata.dst_node_id]), reply_to=message)
+        return _hello_reply(message, names[message.metadata.dst_node_id])
 
     assert hello(ScriptedGrid(answer), [11, 12, 13, 14], 1.0) == {"bob": 13}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(squatter=st.sampled_from([11, 12, 13]), how=st.sampled_from(["unsigned", "replayed", "other key"]))
+def test_in_active_mode_a_node_claiming_anothers_name_is_refused_alone(task_identity, squatter, how):
+    """Found by an attacker: a node answering the hello with another party's name had both refused
+    (the honest one shut out of every round, or the run ended for too few parties). In active mode
+    the hello is a challenge each party answers with its identity key: only the squatter goes."""
+    from securefl.flower.identities import hello_signature
+    from securefl.flower.server import hello
+
+    keys = IdentityKeys.generate(["alice", "bob", "carol"])
+    names = {11: "alice", 12: "bob", 13: "carol"}
+    victim = names[11 if squatter != 11 else 12]
+    earlier: dict[int, bytes] = {}
+
+    def answer(message):
+        node = message.metadata.dst_node_id
+        own = names[node]
+        if node != squatter:
+            signature = hello_signature(keys, own, message)
+            earlier[node] = signature
+            return _hello_reply(message, own, signature)
+        if how == "unsigned":
+            return _hello_reply(message, victim)
+        if how == "replayed":  # the victim's signature over another challenge
+            return _hello_reply(message, victim, earlier.get(11 if victim == "alice" else 12, b"\0" * 64))
+        return _hello_reply(message, victim, hello_signature(keys, names[squatter], message))
+
+    nodes = hello(ScriptedGrid(answer), [11, 12, 13], 1.0, keys)
+    assert nodes == {name: node for node, name in names.items() if node != squatter}
 
 
 def test_the_transport_turns_error_replies_into_withdraws_and_drops_malformed_ones(task_identity):
@@ -398,6 +447,9 @@ def test_a_pull_interval_that_is_not_a_sensible_number_of_seconds_is_refused(int
     [
         None,
         "{",
+        '{"v": 1, "arrays": [["w", [4611686018427387904, 4], "<f4"]], "population": 3}',  # wraps int64
+        '{"v": 1, "arrays": [["w", [8589934592, 2], "<f4"]], "population": 3}',  # 2^34 values
+        '{"v": 1, "arrays": [["w", [' + ", ".join(["1"] * 40) + '], "<f4"]], "population": 3}',  # 40 dims
         '{"v": 2, "arrays": [["w", [2], "<f4"]], "population": 3}',
         '{"v": 1, "arrays": [["w", [2], "<i8"]], "population": 3}',
         '{"v": 1, "arrays": [["w", [2], "<f4"], ["w", [1], "<f4"]], "population": 3}',
@@ -426,7 +478,7 @@ def test_a_node_sent_another_session_or_run_and_back_keeps_its_party(task_identi
     from securefl.flower import client as flower_client
     from securefl.flower.records import Setup, request_content
     from securefl.roundinfo import RoundInfo
-    from securefl.wire import REQUEST, Envelope
+    from securefl.wire import REQUEST, Envelope, pack_array
 
     secure = SecureFL(
         privacy="secagg+", min_parties=3, weight_bound=WEIGHT_BOUND, round_log=tmp_path / "rounds"
@@ -436,7 +488,8 @@ def test_a_node_sent_another_session_or_run_and_back_keeps_its_party(task_identi
 
     def message(session, run_id=1):
         monkeypatch.setattr(TaskIdentity, "_run_id", run_id)
-        request = Envelope(REQUEST, session, 0, "advertise", "n1", {"layer": b""}).encode()
+        model = pack_array(np.zeros(2, dtype=np.float32))  # a party is built for a round's first request
+        request = Envelope(REQUEST, session, 0, "advertise", "n1", {"layer": b"", "model": model}).encode()
         return Message(request_content(request, setup), dst_node_id=1, message_type="train"), request
 
     hosted = [
@@ -448,8 +501,99 @@ def test_a_node_sent_another_session_or_run_and_back_keeps_its_party(task_identi
         REQUEST, first, 0, "advertise", "n1", {"model": b"", "round": info.encode(), "layer": b""}
     )
     hosted[0].node.round_log.claim(first, 0)  # round 0 of the first session was started
-    monkeypatch.setattr(flower_client, "_PARTIES", {})  # the ClientApp process restarts
+    monkeypatch.setattr(flower_client, "_PARTIES", OrderedDict())  # the ClientApp process restarts
     monkeypatch.setattr(flower_client, "_ROUND_LOGS", {})
     fresh = secure.client_mod._party(*message(first), "n1")
     reply = Envelope.decode(fresh.node.handle(start.encode()))
     assert reply.kind == "withdraw" and b"already took part in round 1" in reply.parts["reason"]
+
+
+# --- found by the Flower attacker of 2026-12-01: sessions, setups and the agreed rounds ---------------
+
+
+def _opening(session, parties=("1", "2", "3"), model=None):
+    """A secagg+ round's first request to node 1's party of ``session``: the model, a valid advertise."""
+    from securefl.roundinfo import RoundInfo
+    from securefl.wire import REQUEST, Envelope, encode_record, pack_array
+
+    model = pack_array(np.zeros(2, dtype=np.float32)) if model is None else model
+    info = RoundInfo(0, parties, len(parties), {}).encode()
+    layer = encode_record(b"SAAq", {}, {"graph_seed": os.urandom(32)})
+    return Envelope(REQUEST, session, 0, "advertise", "1", {"model": model, "round": info, "layer": layer})
+
+
+def _send(secure, envelope, setup=None):
+    """``envelope`` through the mod as Flower delivers it; the reply envelope."""
+    from securefl.codec import ArraySpec
+    from securefl.flower.records import Setup, envelope_of, request_content
+    from securefl.wire import Envelope
+
+    setup = setup or Setup(ArraySpec.of({"w": np.zeros(2, dtype=np.float32)}), 3).encode()
+    message = Message(request_content(envelope.encode(), setup), dst_node_id=1, message_type="train")
+    return Envelope.decode(envelope_of(secure.client_mod(message, None, lambda m, c: m)))
+
+
+@pytest.fixture
+def fresh_process(monkeypatch, task_identity):
+    """The mod's process-wide state, as a fresh ClientApp process has it."""
+    from securefl.flower import client as flower_client
+
+    monkeypatch.setattr(flower_client, "_PARTIES", OrderedDict())
+    monkeypatch.setattr(flower_client, "_ROUND_LOGS", {})
+    return flower_client
+
+
+def test_a_party_takes_part_in_no_more_rounds_than_agreed_over_every_session(fresh_process):
+    """Found by an attacker: each new session got a fresh party that trained and released again —
+    300 one-round sessions averaged the DP noise off a party's update. With rounds=3 the party
+    answers round 0 of three sessions and refuses every further session, in this process (and with
+    round_log across restarts); the sessions the mod evicted cannot run their round again either."""
+    secure = SecureFL(privacy="secagg+", min_parties=3, weight_bound=WEIGHT_BOUND, rounds=3)
+    sessions = [f"{i:032x}" for i in range(1, 9)]
+    replies = [_send(secure, _opening(session)) for session in sessions]
+    assert [r.kind for r in replies[:3]] == ["reply"] * 3, [r.parts.get("reason") for r in replies]
+    for refused in replies[3:]:
+        assert refused.kind == "withdraw" and b"agree on 3" in refused.parts["reason"]
+    hosted = [key for key in fresh_process._PARTIES if key[0] == 1]
+    assert len(hosted) <= fresh_process._SESSIONS_KEPT  # an attacker's sessions held 1 GB each
+    again = _send(secure, _opening(sessions[0]))  # evicted: a fresh party would run round 0 again
+    assert again.kind == "withdraw" and b"already took part in round 1" in again.parts["reason"]
+
+
+def test_a_dp_stack_needs_the_agreed_rounds_on_both_sides(fresh_process):
+    secure = SecureFL(privacy=DP_PRIVACY, min_parties=3, weighting="uniform")
+    refused = _send(secure, _opening("ab" * 16))
+    assert refused.kind == "withdraw" and b"SecureFL(rounds=N)" in refused.parts["reason"]
+    with pytest.raises(ConfigError, match=r"rounds=N"):
+        secure.run(ScriptedGrid(lambda m: None), as_record(initial()), 1, node_ids=[11, 12, 13])
+    with pytest.raises(ConfigError, match="more than the 2 rounds"):
+        SecureFL(privacy="secagg+", rounds=2).run(
+            ScriptedGrid(lambda m: None), as_record(initial()), 3, node_ids=[11, 12, 13]
+        )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=st.lists(st.integers(0, 2**63), min_size=1, max_size=40),
+    carried=st.sampled_from(["none", "short", "other dtype"]),
+)
+def test_a_setup_the_request_does_not_pay_for_builds_no_party(fresh_process, shape, carried):
+    """Found by an attacker: 200-byte requests declaring 2^26 values each made the ClientApp process
+    allocate 2 GB per session, for ever (and [2^62, 4] wrapped to 0 values). A setup is checked as
+    the network party checks a welcome's layout, and a party is built only for a request carrying
+    the model that setup declares."""
+    from securefl.codec import ArrayEntry, ArraySpec
+    from securefl.flower.records import Setup
+    from securefl.wire import pack_array
+
+    spec = ArraySpec((ArrayEntry("w", tuple(shape), "<f4"),))
+    setup = json_setup = Setup(spec, 3).encode()
+    model = {"none": None, "short": pack_array(np.zeros(3, dtype=np.float32))}.get(carried)
+    if carried == "other dtype":
+        model = pack_array(np.zeros(2, dtype=np.float64))
+    envelope = _opening("ef" * 16, model=model if model is not None else b"")
+    if carried == "none":
+        envelope.parts.pop("model")
+    before = len(fresh_process._PARTIES)
+    reply = _send(SecureFL(privacy="secagg+", weight_bound=WEIGHT_BOUND), envelope, json_setup)
+    assert reply.kind == "withdraw" and len(fresh_process._PARTIES) == before, setup[:200]

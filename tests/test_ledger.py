@@ -483,3 +483,17 @@ def test_audit_refuses_a_pipe_instead_of_waiting_for_ever(ledger, tmp_path, wher
     )
     assert done.returncode == 2 and "not a regular file" in done.stderr, done
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("parties", "days"), [("../../evil", 30), ("a,/etc/x", 30), ("a,.hidden", 30), ("a", -5), ("a", 0)]
+)
+def test_keys_tls_refuses_party_ids_that_are_not_names_and_impossible_days(tmp_path, capsys, parties, days):
+    """Found by an attacker: --parties ../../evil wrote evil.key, evil.identity.key and evil.pem
+    outside --out (exit 0); --days -5 was a bare ValueError."""
+    out = tmp_path / "deep" / "out"
+    argv = ["keys", "tls", "--parties", parties, "--out", str(out), "--days", str(days)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("not a valid name" in err or "--days" in err) and "Traceback" not in err
+    assert not any(p.suffix in (".key", ".pem") for p in tmp_path.rglob("*"))

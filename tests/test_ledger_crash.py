@@ -168,3 +168,56 @@ def test_random_kills_of_a_busy_writer(tmp_path):
         spent = _check_recovered(ledger, reported, full_audit=trial % 6 == 0)
         assert math.isfinite(spent)
     print(f"{trials} random kills survived, {recovered} left an interrupted append")
+
+
+# --- an I/O error inside an append (the process goes on): found by the ledger attacker of 2026-12-01 ---
+
+
+@pytest.mark.parametrize("failing", range(6))
+def test_an_io_error_at_any_write_of_a_release_counts_it_once_and_blames_nobody(tmp_path, failing):
+    """The ``failing``-th file-system call of the round's release append raises EIO (a full disk, a
+    failing device). Before: the aggregator recorded the same inputs again as a failed round's
+    exposure — a second release in the ledger and in the guard — and the ledger called its own
+    partial write "another process writing it". Now the round fails with the I/O error, the release
+    is counted once (the guard counts it before writing: a crash only over-reports), the writer
+    refuses further appends, and reopening recovers a valid ledger that counts it at most once."""
+    import numpy as np
+
+    from securefl.federation import Federation
+    from securefl.privacy import ledger as ledger_module
+    from securefl.privacy.guard import Budget, PrivacyGuard
+    from securefl.privacy.ledger import open_ledger
+
+    path = tmp_path / "l.jsonl"
+    clients = {f"p{i}": (lambda w, info: ({"w": w["w"] + 0.1}, 1)) for i in range(3)}
+    layers = [Clip(1.0), DPNoise(1.0, "local"), Plain()]
+    guard = PrivacyGuard(Budget(1e6), open_ledger(path))
+    fed = Federation({"w": np.zeros(4)}, clients, layers, weighting="uniform", guard=guard)
+    calls = {"n": 0}
+    real = {name: getattr(ledger_module.os, name) for name in ("write", "fsync", "replace")}
+
+    def failing_call(name):
+        def call(*args):
+            calls["n"] += 1
+            if calls["n"] == failing + 1:
+                raise OSError(5, f"Input/output error (injected in {name})")
+            return real[name](*args)
+
+        return call
+
+    for name in real:
+        setattr(ledger_module.os, name, failing_call(name))
+    try:
+        report = fed.run_round()
+    finally:
+        for name, call in real.items():
+            setattr(ledger_module.os, name, call)
+    assert report.status == "failed" and "Input/output error" in report.error, report
+    assert "another process" not in report.error
+    assert guard.accounts.most_selected == 1  # counted once, not again as the failed round's exposure
+    with pytest.raises(Exception, match="failed part-way"):
+        guard.ledger.append({"decision": "released"})
+    reopened = open_ledger(path)
+    released = [r for r in reopened.records if r.get("decision") == "released"]
+    assert len(released) <= 1
+    assert verify(path, reopened.signer).valid

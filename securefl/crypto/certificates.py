@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securefl.crypto.keyfiles import private_directory, read_private, write_private
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, WireError
+from securefl.wire import check_name
 
 # A UUID-derived OID (ITU-T X.667 arc 2.25), minted for this extension: the party's Ed25519 key.
 IDENTITY_OID = x509.ObjectIdentifier("2.25.214329866375373125366214812372412357473")
@@ -208,6 +209,15 @@ def write_federation(
         )
     if not parties or len(set(parties)) != len(parties):
         raise ConfigError("keys tls needs distinct party ids")
+    for party in parties:
+        # A party id names its files: one such as "../../x" wrote keys outside --out (found by an
+        # attacker). Party ids are the wire's names anyway: letters, digits, '_', '.', ':', '-'.
+        try:
+            check_name(party, "party id")
+        except WireError as exc:
+            raise ConfigError(f"keys tls: {exc}") from None
+    if type(days) is not int or not 1 <= days <= 36500:
+        raise ConfigError(f"keys tls: --days must be a whole number of days from 1 to 36500, got {days!r}")
     ca = create_ca(federation, days)
     (out / "parties").mkdir(parents=True, exist_ok=True)
     private_directory(private, tighten=True)

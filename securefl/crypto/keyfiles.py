@@ -11,9 +11,11 @@ included). Directories created on the way are 0700 (:func:`private_directory`).
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import stat
+import time
 from pathlib import Path
 
 from securefl.errors import ConfigError
@@ -69,6 +71,7 @@ def write_private(path: str | Path, data: bytes, *, overwrite: bool = True) -> P
     keys whose loss or replacement would break what was signed or issued with them."""
     path = Path(path)
     private_directory(path.parent)
+    remove_stale_temporaries(path)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -94,6 +97,22 @@ def write_private(path: str | Path, data: bytes, *, overwrite: bool = True) -> P
             os.unlink(temporary)
     sync_directory(path.parent)
     return path
+
+
+def remove_stale_temporaries(path: Path, older_than: float = 60.0) -> None:
+    """Remove what a process killed inside :func:`write_private` left of an earlier write of
+    ``path``: a 0600 copy of a secret under a temporary name nothing would ever clean (found by an
+    attacker). Only files of exactly that name pattern, untouched for ``older_than`` seconds (a
+    writer still at work is not disturbed), and never through a link."""
+    now = time.time()
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        middle = candidate.name[len(path.name) + 2 : -4]
+        if len(middle) != 16 or any(c not in "0123456789abcdef" for c in middle):
+            continue
+        with contextlib.suppress(OSError):
+            info = candidate.lstat()
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than:
+                candidate.unlink()
 
 
 def sync_directory(path: str | Path) -> None:

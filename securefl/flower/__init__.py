@@ -54,6 +54,13 @@ class SecureFL:
     # party does beside its key): a restarted ClientApp process then refuses a round it took part in.
     # Without it that holds only while the process lives (active SecAgg's one list per round).
     round_log: str | os.PathLike | None = None
+    # The rounds the federation agrees on: each party takes part in at most this many, over every
+    # session and Flower run of its ClientApp process (and across restarts with ``round_log``). A
+    # server that starts a new session per round otherwise gets a new noised release each time
+    # (found by an attacker: 300 one-round sessions averaged a party's DP noise away). Required with
+    # a ``dp`` layer; without one, sums across sessions are not hidden from each other anyway
+    # (protocols/secagg.md) and None leaves the count open.
+    rounds: int | None = None
     # Seconds between the server's pulls for a phase's replies. Flower's own ``send_and_receive``
     # sleeps its grid's interval between pulls (0.1 s in memory, 3 s against a remote SuperLink), so
     # a phase whose replies are all in waits up to that long for nothing, four times a round. None:
@@ -62,6 +69,10 @@ class SecureFL:
     _mod: ClientMod | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.rounds is not None and (type(self.rounds) is not int or self.rounds < 1):
+            raise ConfigError(
+                f"rounds must be a whole number ≥ 1 (the rounds agreed on), got {self.rounds!r}"
+            )
         interval = self.pull_interval
         if interval is not None and (
             isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval < 3600
@@ -80,6 +91,15 @@ class SecureFL:
 
     def server(self) -> SecureFLServer:
         return SecureFLServer(self)
+
+    def require_rounds_for(self, stack: Any) -> None:
+        """A stack that noises releases must be bounded in how many it makes (``rounds``)."""
+        if self.rounds is None and "dp" in stack.names:
+            raise ConfigError(
+                "a dp layer inside Flower needs SecureFL(rounds=N), the rounds the federation agrees on: "
+                "each party then releases at most N noised updates over every session, which is what "
+                "its accounted ε assumes"
+            )
 
     def run(self, grid, initial_arrays, num_rounds: int, **kwargs) -> FlowerRun:
         """Run ``num_rounds`` securefl rounds over ``grid`` (see :meth:`SecureFLServer.run`)."""

@@ -2,7 +2,10 @@
 
 ``ClientApp(mods=[secure.client_mod])``: a ``train`` message carrying securefl's record is answered
 by a :class:`~securefl.party.PartyNode` (the same state machine the in-process, network and Ray
-transports drive), and every other message passes through to the app untouched. When the secure
+transports drive); any other ``train`` message is refused with an error reply — the app's train
+function is reached only through the secure sum, so its raw update never leaves the node (found by
+an attacker: a plain ``train`` message got it back bit for bit) — and messages of other types
+(``evaluate``, ``query``) pass through to the app untouched. When the secure
 sum needs this round's protected vector, the party calls the app's own train function through
 ``call_next`` — with a Flower ``train`` message holding the global model as an ArrayRecord and the
 round in a ConfigRecord, exactly what a quickstart ``@app.train()`` expects — and takes the
@@ -20,21 +23,24 @@ round goes on).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 
 from securefl.codec import HonestBounds, VectorLayout
 from securefl.crypto.keyfiles import private_directory
 from securefl.errors import UpdateError, WireError
 from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
-from securefl.flower.identities import resolve
+from securefl.flower.identities import hello_signature, identity_keys, resolve
 from securefl.flower.records import (
     Setup,
     arrays_to_named,
@@ -48,11 +54,12 @@ from securefl.flower.records import (
     setup_of,
 )
 from securefl.fusion import build_strategy
+from securefl.logtext import RateLimitedLog, printable
 from securefl.network.round_log import RoundLog
 from securefl.party import Client, PartyNode, TrainResult
 from securefl.roundinfo import RoundInfo
 from securefl.selection import build_selection
-from securefl.wire import WITHDRAW, Envelope, check_name, check_session
+from securefl.wire import WITHDRAW, Envelope, check_name, check_session, unpack_array
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +81,19 @@ class _Hosted:
     current: _Current = field(default_factory=_Current)
 
 
-# (node id, session) -> the party this process hosts for that node in that session, for as long as
-# the process lives. Not keyed by run: a server that sent a node another session, or the same session
-# in another Flower run, would otherwise get a fresh party that runs a finished round again (for
-# SecAgg, a second signed survivor list: the attack of tests/test_secagg_restarts.py, found through
-# the network client's welcomes, then through Flower runs). Across process restarts: round_log.
-_PARTIES: dict[tuple[int, str], _Hosted] = {}
-_ROUND_LOGS: dict[str, RoundLog] = {}  # path -> the one log of that party in this process
+# (node id, session) -> the party this process hosts for that node in that session, the newest
+# _SESSIONS_KEPT sessions of each node. Not keyed by run: a server that sent a node another session,
+# or the same session in another Flower run, would otherwise get a fresh party that runs a finished
+# round again (for SecAgg, a second signed survivor list: the attack of tests/test_secagg_restarts.py,
+# found through the network client's welcomes, then through Flower runs). A session evicted (each one
+# holds the model's size in memory: an attacker's sessions grew the process by 1 GB each) cannot run
+# its rounds again either: every round a party starts is claimed in its round log (below), in this
+# process's memory or, with SecureFL(round_log=...), on disk across restarts.
+_PARTIES: OrderedDict[tuple[int, str], _Hosted] = OrderedDict()
+_SESSIONS_KEPT = 2
+_ROUND_LOGS: dict[tuple[str, str], RoundLog] = {}  # (party, path or "") -> its one log in this process
 _LOCK = threading.Lock()
+_REFUSALS = RateLimitedLog(log)  # one line per node and kind every 10 s, whatever it is sent
 
 
 def hosted_parties() -> int:
@@ -103,18 +115,24 @@ class ClientMod:
         return check_name(self.settings.party_name(context), "party id")
 
     def __call__(self, message: Message, context: Context, call_next: Callable) -> Message:
-        if message.metadata.message_type != "train":
-            return call_next(message, context)
+        kind = message.metadata.message_type
+        if kind != "train" and not kind.startswith("train."):
+            return call_next(message, context)  # evaluate, query: the app's own (its update never)
         if is_hello(message):
-            return Message(hello_content(self.name(message, context)), reply_to=message)
+            name = self.name(message, context)
+            signature = hello_signature(identity_keys(self.settings.privacy), name, message)
+            return Message(hello_content(name, signature), reply_to=message)
         if not is_securefl(message):
-            return call_next(message, context)
+            # The app's train function is reached only through the secure sum: a plain train message
+            # would get its raw update back (found by an attacker, bit for bit).
+            _REFUSALS(logging.WARNING, party_id(message.metadata.dst_node_id), "plain", "%s", _PLAIN_TRAIN)
+            return Message(error=Error(ErrorCode.MOD_FAILED_PRECONDITION, _PLAIN_TRAIN), reply_to=message)
         me = self.name(message, context)
         try:
             data = envelope_of(message)
             hosted = self._party(message, data, me)
         except Exception as exc:  # a request it cannot even start on: withdraw, never raise
-            log.warning("securefl party %s cannot answer: %s", me, exc)
+            _REFUSALS(logging.WARNING, me, "start", "securefl party %s cannot answer: %s", me, printable(exc))
             return Message(reply_content(_withdraw(data_or_empty(message), me, str(exc))), reply_to=message)
         hosted.current.message, hosted.current.context, hosted.current.call_next = message, context, call_next
         try:
@@ -129,6 +147,7 @@ class ClientMod:
         with _LOCK:
             hosted = _PARTIES.get(key)
             if hosted is not None:
+                _PARTIES.move_to_end(key)
                 return hosted
             setup = setup_of(message)
             if setup is None:
@@ -137,6 +156,9 @@ class ClientMod:
                     "secrets never leave the process that made them): route the node's messages to one "
                     "process, e.g. securefl.flower.backend_config() in simulation"
                 )
+            _require_round_opening(data, setup)
+            for old in [k for k in _PARTIES if k[0] == key[0]][: -_SESSIONS_KEPT + 1 or None]:
+                del _PARTIES[old]  # the node's oldest sessions first: at most _SESSIONS_KEPT kept
             hosted = self._build(me, session, setup)
             _PARTIES[key] = hosted
             return hosted
@@ -146,6 +168,7 @@ class ClientMod:
         spec = setup.spec
         layout = VectorLayout(spec.size, tuple(s.train_metrics), ())
         stack = build_stack(resolve(s.privacy, me))
+        s.require_rounds_for(stack)
         weight_bound = party_weight_bound(s.weighting, s.weight_bound)
         # The party checks its own stack (invariant 3): the aggregator only tells it the model's shape
         # and the federation's size.
@@ -175,20 +198,52 @@ class ClientMod:
             strategy=party_strategy(stack, build_strategy(s.strategy)),
             min_parties=s.min_parties,
             honest=HonestBounds.of(s.weighting, weight_bound, s.metric_bounds),
-            round_log=_round_log(s.round_log, me),
+            round_log=_round_log(s.round_log, me, s.rounds),
         )
         return _Hosted(node, current)
 
 
-def _round_log(directory: Any, party: str) -> RoundLog | None:
-    """This party's round log in ``directory`` (one per path in this process), or None."""
-    if directory is None:
-        return None
-    path = str(Path(directory) / f"{party}.rounds")
-    if path not in _ROUND_LOGS:
-        private_directory(directory)
-        _ROUND_LOGS[path] = RoundLog(path)
-    return _ROUND_LOGS[path]
+_PLAIN_TRAIN = (
+    "securefl refuses a train message without its securefl record: this node's update leaves only "
+    "inside the secure sum (run the rounds with SecureFL.run)"
+)
+
+
+def _require_round_opening(data: bytes, setup: Setup) -> None:
+    """A party is built only for a request that opens a round and carries the model the setup
+    declares (the aggregator pays for the memory it makes the party hold, byte for byte)."""
+    parts = Envelope.decode(data).parts
+    if "model" in parts:
+        unpack_array(parts["model"], setup.spec.wire_dtype, (setup.spec.size,))
+    elif "sealed_model" not in parts or len(parts["sealed_model"]) < setup.spec.size:
+        raise WireError(
+            "a securefl party is built from a round's first request, which carries the model the setup "
+            "declares; this request does not"
+        )
+
+
+def _round_log(directory: Any, party: str, rounds: int | None) -> RoundLog:
+    """This party's round log (one per party and path in this process): in ``directory`` if given,
+    else in memory. It refuses a round of a session the party started before and, with ``rounds``,
+    more rounds than that over every session (found by an attacker: 300 sessions of one round each
+    averaged the DP noise away)."""
+    agreement = None
+    if rounds is not None:
+        agreement = hashlib.sha256(f"securefl/flower/rounds/{rounds}".encode()).hexdigest()
+    path = "" if directory is None else str(Path(directory) / f"{party}.rounds")
+    key = (party, path)
+    with _LOCK_LOGS:
+        if key not in _ROUND_LOGS:
+            if directory is not None:
+                private_directory(directory)
+            _ROUND_LOGS[key] = RoundLog(path or None, agreement, rounds)
+        log_ = _ROUND_LOGS[key]
+        if (log_.agreement, log_.rounds) != (agreement, rounds):
+            log_.agreement, log_.rounds = agreement, rounds
+        return log_
+
+
+_LOCK_LOGS = threading.Lock()
 
 
 def _train_through_app(

@@ -19,8 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError
@@ -53,6 +54,48 @@ class IdentityKeys:
         )
 
 
+def identity_keys(privacy: Any) -> IdentityKeys | None:
+    """The :class:`IdentityKeys` a ``privacy`` configuration carries (active mode), or None."""
+    if isinstance(privacy, IdentityKeys):
+        return privacy
+    if isinstance(privacy, Mapping):
+        return identity_keys(privacy.get("identities"))
+    if isinstance(privacy, Sequence) and not isinstance(privacy, str):
+        for item in privacy:
+            found = identity_keys(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _hello_statement(challenge: bytes, name: str) -> bytes:
+    encoded = name.encode()
+    return b"securefl/flower/hello/v1" + len(challenge).to_bytes(2, "big") + challenge + encoded
+
+
+def hello_signature(keys: IdentityKeys | None, name: str, request: Any) -> bytes:
+    """A party's answer to the hello's challenge: its identity's signature over the challenge and
+    its name (b"" without an identity key for that name, as in passive mode)."""
+    from securefl.flower.records import hello_challenge
+
+    if keys is None or name not in keys.private:
+        return b""
+    key = Ed25519PrivateKey.from_private_bytes(keys.private[name])
+    return key.sign(_hello_statement(hello_challenge(request), name))
+
+
+def hello_verified(keys: IdentityKeys, name: str, challenge: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` proves that the node answering ``challenge`` holds ``name``'s key."""
+    public = keys.public.get(name)
+    if public is None or len(signature) != 64:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, _hello_statement(challenge, name))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
 def resolve(privacy: Any, party: str | None) -> Any:
     """``privacy`` with every :class:`IdentityKeys` turned into :class:`Identities` for ``party``
     (None: the aggregator, public keys only)."""
@@ -66,4 +109,4 @@ def resolve(privacy: Any, party: str | None) -> Any:
     return privacy
 
 
-__all__ = ["IdentityKeys", "resolve"]
+__all__ = ["IdentityKeys", "hello_signature", "hello_verified", "identity_keys", "resolve"]

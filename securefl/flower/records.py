@@ -18,13 +18,16 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from securefl.codec import ArrayEntry, ArraySpec
+from securefl.codec import ArraySpec
 from securefl.errors import WireError
+from securefl.logtext import printable
 
 RECORD = "securefl"  # ConfigRecord holding the envelope bytes
 SETUP = "securefl.setup"  # ConfigRecord holding the setup JSON (requests only)
-HELLO = "securefl.hello"  # ConfigRecord: empty in the request, {"party": name} in the reply
+HELLO = "securefl.hello"  # ConfigRecord: {"challenge"} in the request, {"party", "signature"} in the reply
 HELLO_PARTY = "party"
+HELLO_CHALLENGE = "challenge"  # 32 random bytes, one per node and hello
+HELLO_SIGNATURE = "signature"  # active mode: the party's Ed25519 signature over the challenge and name
 ENVELOPE = "envelope"
 SETUP_JSON = "json"
 SETUP_VERSION = 1
@@ -68,26 +71,28 @@ class Setup:
         try:
             data = json.loads(text)
             if data["v"] != SETUP_VERSION:
-                raise WireError(f"securefl setup version {data['v']!r}, this party speaks {SETUP_VERSION}")
+                raise WireError(
+                    f"securefl setup version {printable(repr(data['v']), 40)}, this party speaks "
+                    f"{SETUP_VERSION}"
+                )
             population = data["population"]
             if isinstance(population, bool) or not isinstance(population, int) or population < 1:
-                raise WireError(f"securefl setup population {population!r}")
-            entries = []
-            for name, shape, dtype in data["arrays"]:
-                if not isinstance(name, str) or not all(
-                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-                ):
-                    raise WireError("securefl setup lists an invalid array")
-                if dtype not in ("<f4", "<f8"):
-                    raise WireError(f"securefl setup array dtype {dtype!r} is not float32/float64")
-                entries.append(ArrayEntry(name, tuple(shape), dtype))
+                raise WireError(f"securefl setup population {printable(repr(population), 40)}")
+            if not isinstance(data["arrays"], list):
+                raise TypeError
+            raw = [{"name": n, "shape": s, "dtype": d} for n, s, d in data["arrays"]]
         except WireError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise WireError(f"securefl setup record is malformed: {type(exc).__name__}") from None
-        if not entries or len({e.name for e in entries}) != len(entries):
-            raise WireError("securefl setup must list at least one array, each name once")
-        return cls(ArraySpec(tuple(entries)), population)
+        try:
+            # The network party's own checks of a layout from the other side (names, at most 32
+            # dimensions each below 2^40, float dtypes, at most 2^33 values counted exactly: a shape
+            # [2^62, 4] wrapped numpy's product to 0 and was accepted — found by an attacker).
+            spec = ArraySpec.from_json({"entries": raw})
+        except ValueError as exc:
+            raise WireError(f"securefl setup: {printable(exc, 300)}") from None
+        return cls(spec, population)
 
 
 def request_content(envelope: bytes, setup: str | None) -> RecordDict:
@@ -111,8 +116,22 @@ def is_hello(message: Message) -> bool:
     return message.has_content() and HELLO in message.content.config_records
 
 
-def hello_content(name: str | None = None) -> RecordDict:
-    return RecordDict({HELLO: ConfigRecord({} if name is None else {HELLO_PARTY: name})})
+def hello_content(name: str | None = None, signature: bytes = b"", challenge: bytes = b"") -> RecordDict:
+    """A hello request (``challenge``) or reply (``name`` and, in active mode, ``signature``)."""
+    if name is None:
+        return RecordDict({HELLO: ConfigRecord({HELLO_CHALLENGE: challenge})})
+    return RecordDict({HELLO: ConfigRecord({HELLO_PARTY: name, HELLO_SIGNATURE: signature})})
+
+
+def hello_challenge(message: Message) -> bytes:
+    """The challenge of a hello request (b"" if it carries none)."""
+    value = message.content.config_records[HELLO].get(HELLO_CHALLENGE, b"")
+    return value if isinstance(value, bytes) else b""
+
+
+def hello_reply_signature(message: Message) -> bytes:
+    value = message.content.config_records[HELLO].get(HELLO_SIGNATURE, b"")
+    return value if isinstance(value, bytes) else b""
 
 
 def hello_name(message: Message) -> str:

@@ -24,7 +24,7 @@ from securefl.aggregator import Aggregator, ReleaseGuard, RoundReport
 from securefl.codec import ArraySpec, HonestBounds, VectorLayout
 from securefl.errors import BudgetExhausted, ConfigError, WireError
 from securefl.federation import History, build_stack, party_strategy, party_weight_bound, validate_stack
-from securefl.flower.identities import resolve
+from securefl.flower.identities import IdentityKeys, hello_verified, identity_keys, resolve
 from securefl.flower.records import (
     MESSAGE_TYPE,
     Setup,
@@ -32,6 +32,7 @@ from securefl.flower.records import (
     envelope_of,
     hello_content,
     hello_name,
+    hello_reply_signature,
     message_bytes,
     named_to_arrays,
     node_id,
@@ -39,6 +40,7 @@ from securefl.flower.records import (
     request_content,
 )
 from securefl.fusion import build_strategy
+from securefl.logtext import printable
 from securefl.selection import build_selection
 from securefl.transcript import Transcript
 from securefl.transport import Reply, Traffic, Transport
@@ -181,20 +183,32 @@ def _flower_error(request: bytes | None, party: str, code: int) -> bytes | None:
     ).encode()
 
 
-def hello(grid: Grid, ids: list[int], timeout: float) -> dict[str, int]:
-    """Ask every node for its securefl party name: name -> node id. A name that is not a valid party
-    id, or that two nodes claim, is refused (those nodes take no part)."""
-    messages = [Message(hello_content(), dst_node_id=i, message_type=MESSAGE_TYPE) for i in ids]
+def hello(grid: Grid, ids: list[int], timeout: float, keys: IdentityKeys | None = None) -> dict[str, int]:
+    """Ask every node for its securefl party name: name -> node id. Each hello carries a fresh
+    challenge; with ``keys`` (active mode) a name counts only with its registered identity's
+    signature over that node's challenge, so a node claiming another's name is refused alone (found
+    by an attacker: a squatter had the honest party refused, or the run ended for too few parties).
+    Otherwise (passive mode: names are unauthenticated) a name two nodes claim is refused for both.
+    A name that is not a valid party id is refused."""
+    challenges = {i: secrets.token_bytes(32) for i in ids}
+    messages = [
+        Message(hello_content(challenge=challenges[i]), dst_node_id=i, message_type=MESSAGE_TYPE) for i in ids
+    ]
     claims: dict[str, list[int]] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
         try:
             if reply.has_error():
                 raise WireError(reply.error.reason)
             name = check_name(hello_name(reply), "party id")
+            if keys is not None and not hello_verified(
+                keys, name, challenges.get(node, b""), hello_reply_signature(reply)
+            ):
+                raise WireError(f"its claim to be {name!r} is not signed by that party's identity key")
         except Exception as exc:
-            log.warning("node %s gave no valid party name: %s", reply.metadata.src_node_id, exc)
+            log.warning("node %s gave no valid party name: %s", node, printable(exc))
             continue
-        claims.setdefault(name, []).append(reply.metadata.src_node_id)
+        claims.setdefault(name, []).append(node)
     for name, claimants in sorted(claims.items()):
         if len(set(claimants)) > 1:
             log.warning("party name %r is claimed by nodes %s: refused for all of them", name, claimants)
@@ -274,7 +288,7 @@ class SecureFLServer:
         if s.party_name is None:
             parties = [party_id(i) for i in ids]
         else:
-            nodes = hello(grid, ids, s.phase_timeout)
+            nodes = hello(grid, ids, s.phase_timeout, identity_keys(s.privacy))
             parties = sorted(nodes)
             if not parties:
                 raise ConfigError("no Flower node answered the securefl hello with a valid party name")
@@ -282,6 +296,12 @@ class SecureFLServer:
         spec = ArraySpec.of(model)
         layout = VectorLayout(spec.size, tuple(s.train_metrics), ())
         stack = build_stack(resolve(s.privacy, None))
+        s.require_rounds_for(stack)
+        if s.rounds is not None and num_rounds > s.rounds:
+            raise ConfigError(
+                f"num_rounds {num_rounds} is more than the {s.rounds} rounds the parties agree on "
+                "(SecureFL(rounds=...)): they would refuse the rest"
+            )
         selection = build_selection(s.selection)
         weight_bound = party_weight_bound(s.weighting, s.weight_bound)
         validate_stack(stack, layout, selection, len(parties), s.min_parties, weight_bound, s.metric_bounds)

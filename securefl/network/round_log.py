@@ -23,6 +23,7 @@ ignored. The file is created 0600 and never followed through a symlink.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from securefl.durable import append_entry, damaged, read_entries
@@ -34,12 +35,18 @@ _WHAT = "round log"
 class RoundLog:
     """A party's durable record of the latest round it started in each session."""
 
-    def __init__(self, path: str | Path, agreement: str | None = None, rounds: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path | None, agreement: str | None = None, rounds: int | None = None
+    ) -> None:
         """``agreement`` and ``rounds``: the federation settings' hash and the rounds they agree on —
-        the party then takes part in at most that many rounds under them, over all sessions."""
-        self.path = Path(path)
+        the party then takes part in at most that many rounds under them, over all sessions.
+        ``path`` None: the log lives in this process's memory only (the same rules while it lives:
+        a Flower ClientApp without a round log directory)."""
+        self.path = None if path is None else Path(path)
         self.agreement, self.rounds = agreement, rounds
-        self._read(read_entries(self.path, _WHAT))  # a damaged log is refused at start
+        self._memory: list[tuple[int, object]] | None = [] if path is None else None
+        self._lock = threading.Lock()
+        self._read(self._memory if self.path is None else read_entries(self.path, _WHAT))
 
     def _read(self, entries: list[tuple[int, object]]) -> None:
         """The latest round of each session, and the rounds started under ``agreement``."""
@@ -70,6 +77,8 @@ class RoundLog:
         same step as the append: two processes of one party sharing the log (found by an attacker:
         each took the whole budget, and round 0 of one session twice) see each other's claims."""
 
+        removed = f", or this party's round log {self.path} removed by its operator" if self.path else ""
+
         def decide(entries: list[tuple[int, object]]) -> bool:
             self._read(entries)
             latest = self._latest.get(session)
@@ -83,13 +92,18 @@ class RoundLog:
                 raise ProtocolError(
                     f"this party has taken part in {self._taken} rounds under these federation "
                     f"settings, which agree on {self.rounds}: refused (a further run needs settings that "
-                    f"agree on more rounds, or this party's round log {self.path} removed by its operator)"
+                    f"agree on more rounds{removed})"
                 )
             return True
 
         entry: dict = {"round": round, "session": session}
         if self.agreement is not None:
             entry["agreement"] = self.agreement
-        append_entry(self.path, entry, _WHAT, decide)
+        if self._memory is None:
+            append_entry(self.path, entry, _WHAT, decide)
+        else:
+            with self._lock:
+                decide(list(self._memory))
+                self._memory.append((len(self._memory), entry))
         self._latest[session] = round
         self._taken += self.agreement is not None

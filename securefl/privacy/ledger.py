@@ -36,7 +36,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from securefl.crypto.keyfiles import private_directory, sync_directory, write_private
+from securefl.crypto.keyfiles import (
+    private_directory,
+    remove_stale_temporaries,
+    sync_directory,
+    write_private,
+)
 from securefl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -390,6 +395,8 @@ def load_or_create_key(ledger_path: str | Path) -> Ed25519PrivateKey:
 
 def _read_or_generate_key(ledger_path: str | Path) -> tuple[Ed25519PrivateKey, bool]:
     key_path = Path(str(ledger_path) + ".key")
+    if key_path.parent.is_dir():
+        remove_stale_temporaries(key_path)  # a kill inside the key's first write left a copy of it
     if os.path.lexists(key_path):
         try:  # never through a planted symlink; a key left readable by others is tightened
             fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -501,6 +508,7 @@ class Ledger:
         self.new_key = new_key  # the key was just made: no key file existed (open_ledger)
         self.key = signing_key
         self.signer = signing_key.public_key().public_bytes_raw().hex()
+        self._failed: str | None = None  # why an append failed part-way (then no further append)
         self.recovered: list[str] = []  # what opening completed, for the caller to report
         self._open()
 
@@ -612,8 +620,24 @@ class Ledger:
             },
         )
         line = canonical(record)
+        if self._failed is not None:
+            raise ConfigError(
+                f"ledger {self.path}: an earlier append failed part-way ({self._failed}); what it left is "
+                "known only to the file: reopen the ledger (a new guard, or `securefl audit "
+                f"{self.path} --repair`) to recover it before recording more"
+            )
         if not self.size:
             private_directory(self.path.parent)  # a ledger in a directory not yet made: 0700
+        try:
+            return self._append_line(record, line)
+        except BaseException as exc:
+            # The record may be on disk whole, torn, or absent, and the head may or may not cover it:
+            # a crash's states, which reopening recovers. This writer's own idea of the file is no
+            # longer to be trusted (its next append saw "another writer" in its own partial write).
+            self._failed = f"{type(exc).__name__}: {exc}"
+            raise
+
+    def _append_line(self, record: dict[str, Any], line: bytes) -> dict[str, Any]:
         fd = _open_synced(self.path, os.O_CREAT | os.O_APPEND)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
