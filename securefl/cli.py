@@ -783,6 +783,46 @@ def _budget_settings(args: argparse.Namespace) -> BudgetSettings | None:
     )
 
 
+def _federation_inputs(config: str) -> tuple[str, ...]:
+    """What ``securefl aggregator --config`` reads or keeps: the TOML, its ledger's files, its TLS
+    files (an unreadable config is left for the run to report)."""
+    from securefl import deploy
+
+    try:
+        fed = deploy.load_federation(config)
+    except SecureFLError:
+        return (config,)
+    tls = fed.tls if isinstance(fed.tls, dict) else {}
+    files = [config, *(str(fed.base / v) for v in tls.values() if isinstance(v, str))]
+    ledger = (fed.budget or {}).get("ledger")
+    if ledger:
+        path = fed.base / ledger
+        files += [str(path), f"{path}.head", f"{path}.key", f"{path}.pub"]
+    return tuple(files)
+
+
+def write_replacing(path: str, write: Any) -> None:
+    """Write a file through ``write(binary file)`` under a fresh exclusive name beside ``path``, then
+    rename it into place: a link at ``path`` is replaced, never followed (an attacker's link from
+    --save-model to the ledger had the model written over the ledger)."""
+    import contextlib
+    import secrets
+
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
 def _ledger_files(settings: RunSettings) -> tuple[str, ...]:
     """The files of the run's privacy ledger (none without one): never an output's target."""
     ledger = settings.budget.ledger if settings.budget is not None else None
@@ -1029,6 +1069,8 @@ def _serve_command(args: argparse.Namespace) -> dict[str, Any]:
     from securefl import deploy
 
     if args.command == "aggregator":
+        if args.save_model:  # checked before any round runs, never over what the run reads or writes
+            check_output(args.save_model, "--save-model", _federation_inputs(args.config))
         summary = deploy.run_aggregator(args.config)
         weights = summary.pop("weights", None)
         if summary["rounds_ok"] == 0:
@@ -1042,10 +1084,8 @@ def _serve_command(args: argparse.Namespace) -> dict[str, Any]:
             if weights is None:
                 raise ConfigError("the global model is sealed (paillier, ckks): only the parties can open it")
             # Named arrays as named entries; a list-shaped model as arr_0, arr_1, … in order.
-            if isinstance(weights, dict):
-                np.savez(args.save_model, **weights)
-            else:
-                np.savez(args.save_model, *weights)
+            arrays = weights if isinstance(weights, dict) else {f"arr_{i}": w for i, w in enumerate(weights)}
+            write_replacing(args.save_model, lambda file: np.savez(file, **arrays))
             summary["model"] = args.save_model
         return summary
     return deploy.run_party_process(args.config, args.train)

@@ -217,7 +217,9 @@ def test_distributed_dp_budget_and_ledger_from_a_flower_run_audit(tmp_path, caps
     round: the second is refused before anyone trains, both decisions are in the signed ledger, and
     `securefl audit` verifies it. The ε recorded is the one securefl alone records for the same
     federation."""
-    secure = SecureFL(privacy=DP_PRIVACY, min_parties=3, weighting="uniform", rounds=2)
+    secure = SecureFL(
+        privacy=DP_PRIVACY, min_parties=3, weighting="uniform", rounds=2, party_name=partition_name
+    )
     # The same federation through securefl alone, unlimited budget: ε after one and two rounds.
     reference = PrivacyGuard(Budget(float("inf")))
     clients = {f"p{p}": (lambda p: lambda weights, info: (weights, examples(p)))(p) for p in range(NODES)}
@@ -511,25 +513,25 @@ def test_a_node_sent_another_session_or_run_and_back_keeps_its_party(task_identi
 # --- found by the Flower attacker of 2026-12-01: sessions, setups and the agreed rounds ---------------
 
 
-def _opening(session, parties=("1", "2", "3"), model=None):
-    """A secagg+ round's first request to node 1's party of ``session``: the model, a valid advertise."""
+def _opening(session, parties=("1", "2", "3"), model=None, me="1"):
+    """A secagg+ round's first request to party ``me`` of ``session``: the model, a valid advertise."""
     from securefl.roundinfo import RoundInfo
     from securefl.wire import REQUEST, Envelope, encode_record, pack_array
 
     model = pack_array(np.zeros(2, dtype=np.float32)) if model is None else model
     info = RoundInfo(0, parties, len(parties), {}).encode()
     layer = encode_record(b"SAAq", {}, {"graph_seed": os.urandom(32)})
-    return Envelope(REQUEST, session, 0, "advertise", "1", {"model": model, "round": info, "layer": layer})
+    return Envelope(REQUEST, session, 0, "advertise", me, {"model": model, "round": info, "layer": layer})
 
 
-def _send(secure, envelope, setup=None):
-    """``envelope`` through the mod as Flower delivers it; the reply envelope."""
+def _send(secure, envelope, setup=None, node=1):
+    """``envelope`` through the mod as Flower delivers it to ``node``; the reply envelope."""
     from securefl.codec import ArraySpec
     from securefl.flower.records import Setup, envelope_of, request_content
     from securefl.wire import Envelope
 
     setup = setup or Setup(ArraySpec.of({"w": np.zeros(2, dtype=np.float32)}), 3).encode()
-    message = Message(request_content(envelope.encode(), setup), dst_node_id=1, message_type="train")
+    message = Message(request_content(envelope.encode(), setup), dst_node_id=node, message_type="train")
     return Envelope.decode(envelope_of(secure.client_mod(message, None, lambda m, c: m)))
 
 
@@ -548,26 +550,38 @@ def test_a_party_takes_part_in_no_more_rounds_than_agreed_over_every_session(fre
     300 one-round sessions averaged the DP noise off a party's update. With rounds=3 the party
     answers round 0 of three sessions and refuses every further session, in this process (and with
     round_log across restarts); the sessions the mod evicted cannot run their round again either."""
-    secure = SecureFL(privacy="secagg+", min_parties=3, weight_bound=WEIGHT_BOUND, rounds=3)
+    secure = SecureFL(
+        privacy="secagg+", min_parties=3, weight_bound=WEIGHT_BOUND, rounds=3, party_name=lambda ctx: "alice"
+    )
     sessions = [f"{i:032x}" for i in range(1, 9)]
-    replies = [_send(secure, _opening(session)) for session in sessions]
+    parties = ("alice", "bob", "carol")
+    # Each session reaches the party under another Flower node id, as each Flower run draws new ones
+    # (found by a second attacker: counted under node ids, every run started the count again).
+    replies = [
+        _send(secure, _opening(session, parties, me="alice"), node=100 + i)
+        for i, session in enumerate(sessions)
+    ]
     assert [r.kind for r in replies[:3]] == ["reply"] * 3, [r.parts.get("reason") for r in replies]
     for refused in replies[3:]:
         assert refused.kind == "withdraw" and b"agree on 3" in refused.parts["reason"]
-    hosted = [key for key in fresh_process._PARTIES if key[0] == 1]
+    hosted = [key for key in fresh_process._PARTIES if key[0] == 107]
     assert len(hosted) <= fresh_process._SESSIONS_KEPT  # an attacker's sessions held 1 GB each
-    again = _send(secure, _opening(sessions[0]))  # evicted: a fresh party would run round 0 again
+    _send(secure, _opening(sessions[1], parties, me="alice"), node=100)
+    _send(secure, _opening(sessions[2], parties, me="alice"), node=100)  # session 0's party evicted
+    again = _send(secure, _opening(sessions[0], parties, me="alice"), node=100)
     assert again.kind == "withdraw" and b"already took part in round 1" in again.parts["reason"]
 
 
 def test_a_dp_stack_needs_the_agreed_rounds_on_both_sides(fresh_process):
+    with pytest.raises(ConfigError, match="rounds needs party_name"):
+        SecureFL(privacy=DP_PRIVACY, rounds=2)
     secure = SecureFL(privacy=DP_PRIVACY, min_parties=3, weighting="uniform")
     refused = _send(secure, _opening("ab" * 16))
-    assert refused.kind == "withdraw" and b"SecureFL(rounds=N)" in refused.parts["reason"]
+    assert refused.kind == "withdraw" and b"SecureFL(rounds=N, party_name" in refused.parts["reason"]
     with pytest.raises(ConfigError, match=r"rounds=N"):
         secure.run(ScriptedGrid(lambda m: None), as_record(initial()), 1, node_ids=[11, 12, 13])
     with pytest.raises(ConfigError, match="more than the 2 rounds"):
-        SecureFL(privacy="secagg+", rounds=2).run(
+        SecureFL(privacy="secagg+", rounds=2, party_name=partition_name).run(
             ScriptedGrid(lambda m: None), as_record(initial()), 3, node_ids=[11, 12, 13]
         )
 
@@ -597,3 +611,30 @@ def test_a_setup_the_request_does_not_pay_for_builds_no_party(fresh_process, sha
     before = len(fresh_process._PARTIES)
     reply = _send(SecureFL(privacy="secagg+", weight_bound=WEIGHT_BOUND), envelope, json_setup)
     assert reply.kind == "withdraw" and len(fresh_process._PARTIES) == before, setup[:200]
+
+
+def test_a_sealed_model_builds_a_party_only_where_parties_fuse_and_only_at_its_full_size(fresh_process):
+    """Found by a second attacker: a 1-byte-a-value "sealed model" built a secagg party (whose stack
+    never opens one) holding 33 times the bytes sent. A sealed model is taken only by a stack whose
+    parties fuse the sum, and only at 8 bytes a value (the float64 record it seals)."""
+    from securefl.roundinfo import RoundInfo
+    from securefl.wire import REQUEST, Envelope
+
+    info = RoundInfo(0, ("1", "2", "3"), 3, {}).encode()
+    for privacy, size in (("secagg+", 8 * 2), ("paillier", 2 * 8 - 1)):
+        sealed = Envelope(REQUEST, "ab" * 16, 0, "encrypt", "1", {"sealed_model": bytes(size), "round": info})
+        refused = _send(SecureFL(privacy=privacy, weight_bound=WEIGHT_BOUND), sealed)
+        assert refused.kind == "withdraw" and b"carries the model the setup" in refused.parts["reason"]
+    assert not fresh_process._PARTIES
+
+
+@pytest.mark.parametrize("size", [0, 31, 33, 70_000])
+def test_a_hello_with_a_challenge_of_another_size_is_refused_not_raised(task_identity, size):
+    """Found by a second attacker: a 70,000-byte challenge made the mod raise (OverflowError)."""
+    from securefl.flower.records import hello_content
+
+    keys = IdentityKeys.generate(["alice"])
+    secure = SecureFL(privacy=[{"layer": "secagg+", "identities": keys}], party_name=lambda ctx: "alice")
+    hello = Message(hello_content(challenge=bytes(size)), dst_node_id=1, message_type="train")
+    reply = secure.client_mod(hello, None, lambda m, c: m)
+    assert reply.has_error() and "challenge" in reply.error.reason

@@ -1789,3 +1789,54 @@ def test_a_generator_whose_grant_was_lost_is_neither_named_nor_locked_out(absent
     assert agg.holders == {"p00", "p01", "p02", "p03"} and not agg.culprits()
     fingerprints = {agg.scheme.fingerprint(n.secure_sum.material) for n in fed.nodes.values()}
     assert fingerprints == {agg.fingerprint}
+
+
+@settings(max_examples=8, **_SETTINGS)
+@given(
+    grant=st.sampled_from(["withdraw", "garbage"]),
+    offer=st.sampled_from(["fake fingerprint", "request keys", "honest"]),
+)
+def test_a_generator_that_never_grants_stalls_at_most_two_rounds(grant, offer):
+    """Found by the second attacker: the party asked to generate the first keys withdrew from every
+    grant and then offered a fake fingerprint; as the "unpublished generator" it was the only
+    granter candidate, and every round failed. Now it has one chance to publish, then another
+    requester generates; its later offers are neither a holder's nor a liar's."""
+    fed, _deltas, _weights = paillier_fed(n=4, min_parties=3)
+    bad = fed.nodes["p00"].secure_sum  # sorts first: asked to generate in round 0
+    honest = bad.respond
+
+    def respond(phase, request):
+        if phase == sk.KEY_GRANT:
+            if grant == "garbage":
+                return b"not a grant"
+            raise ProtocolError("withdraws from the grant")
+        if phase == sk.KEY_OFFER and bad.ctx.round > 0 and offer == "fake fingerprint":
+            return encode_record(
+                b"SKOr", {"fingerprint": "f" * 32}, {"channel": b"", "signature": b"", "proof": b""}
+            )
+        if phase == sk.KEY_OFFER and offer == "request keys":
+            bad.material = None  # it forgets what it made and asks like a newcomer
+        return honest(phase, request)
+
+    bad.respond = respond
+    reports = [fed.run_round() for _ in range(5)]
+    assert sum(not r.ok for r in reports) <= 2, [r.error for r in reports]
+    assert reports[-1].ok and {"p01", "p02", "p03"} <= set(reports[-1].survivors), reports[-1]
+    assert not any(set(r.dropouts) - {"p00"} for r in reports), [r.dropouts for r in reports]
+
+
+def test_a_generators_published_keys_are_not_dropped_on_the_aggregators_word():
+    """Found by the second attacker: after rounds with its keys in use, the generator still took
+    them for provisional, and one key offer request naming another fingerprint made it drop them.
+    A record another party sealed under its model key proves them shared: they are kept."""
+    fed, _deltas, _weights = paillier_fed(n=4)
+    for _ in range(3):
+        assert fed.run_round().ok
+    generator = fed.nodes["p00"].secure_sum
+    assert generator.material is not None and not generator._provisional
+    generator.start_round(fed.aggregator.secure_sum.ctx, lambda: None)
+    reply = generator.respond(sk.KEY_OFFER, encode_record(b"SKOq", {"fingerprint": "00" * 16}, {}))
+    assert generator.material is not None
+    assert decode_record(reply, b"SKOr", {"fingerprint": str}, ("channel", "signature", "proof"))[0][
+        "fingerprint"
+    ]

@@ -217,6 +217,14 @@ def test_an_io_error_at_any_write_of_a_release_counts_it_once_and_blames_nobody(
     assert guard.accounts.most_selected == 1  # counted once, not again as the failed round's exposure
     with pytest.raises(Exception, match="failed part-way"):
         guard.ledger.append({"decision": "released"})
+    # Fail closed (found by a second attacker: four more rounds were unmasked, each failing only when
+    # its release could not be written): no round is admitted, nobody is contacted.
+    from securefl.errors import BudgetExhausted
+
+    sent = fed.transport.traffic.snapshot()
+    with pytest.raises(BudgetExhausted, match="no round is admitted"):
+        fed.run_round()
+    assert fed.transport.traffic.since(sent).bytes_down == 0
     reopened = open_ledger(path)
     released = [r for r in reopened.records if r.get("decision") == "released"]
     assert len(released) <= 1

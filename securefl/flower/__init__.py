@@ -73,6 +73,14 @@ class SecureFL:
             raise ConfigError(
                 f"rounds must be a whole number ≥ 1 (the rounds agreed on), got {self.rounds!r}"
             )
+        if self.rounds is not None and self.party_name is None:
+            # The rounds are counted per party; a Flower node id is routing, drawn anew for each run
+            # (found by an attacker: each run's new ids started each party's count again).
+            raise ConfigError(
+                "rounds needs party_name: each party's rounds are counted under its name, and Flower's "
+                "node ids change from run to run (e.g. party_name=lambda ctx: "
+                "f\"client-{ctx.node_config['partition-id']}\")"
+            )
         interval = self.pull_interval
         if interval is not None and (
             isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval < 3600
@@ -96,9 +104,9 @@ class SecureFL:
         """A stack that noises releases must be bounded in how many it makes (``rounds``)."""
         if self.rounds is None and "dp" in stack.names:
             raise ConfigError(
-                "a dp layer inside Flower needs SecureFL(rounds=N), the rounds the federation agrees on: "
-                "each party then releases at most N noised updates over every session, which is what "
-                "its accounted ε assumes"
+                "a dp layer inside Flower needs SecureFL(rounds=N, party_name=...), the rounds the "
+                "federation agrees on: each party then releases at most N noised updates over every "
+                "session and run, which is what its accounted ε assumes"
             )
 
     def run(self, grid, initial_arrays, num_rounds: int, **kwargs) -> FlowerRun:

@@ -119,8 +119,15 @@ class ClientMod:
         if kind != "train" and not kind.startswith("train."):
             return call_next(message, context)  # evaluate, query: the app's own (its update never)
         if is_hello(message):
-            name = self.name(message, context)
-            signature = hello_signature(identity_keys(self.settings.privacy), name, message)
+            try:
+                name = self.name(message, context)
+                signature = hello_signature(identity_keys(self.settings.privacy), name, message)
+            except Exception as exc:  # a malformed hello (a challenge of 64 KiB): refused, never raised
+                node = party_id(message.metadata.dst_node_id)
+                _REFUSALS(logging.WARNING, node, "hello", "securefl hello refused: %s", printable(exc))
+                return Message(
+                    error=Error(ErrorCode.MOD_FAILED_PRECONDITION, printable(exc)), reply_to=message
+                )
             return Message(hello_content(name, signature), reply_to=message)
         if not is_securefl(message):
             # The app's train function is reached only through the secure sum: a plain train message
@@ -156,19 +163,19 @@ class ClientMod:
                     "secrets never leave the process that made them): route the node's messages to one "
                     "process, e.g. securefl.flower.backend_config() in simulation"
                 )
-            _require_round_opening(data, setup)
             for old in [k for k in _PARTIES if k[0] == key[0]][: -_SESSIONS_KEPT + 1 or None]:
                 del _PARTIES[old]  # the node's oldest sessions first: at most _SESSIONS_KEPT kept
-            hosted = self._build(me, session, setup)
+            hosted = self._build(me, session, setup, data)
             _PARTIES[key] = hosted
             return hosted
 
-    def _build(self, me: str, session: str, setup: Setup) -> _Hosted:
+    def _build(self, me: str, session: str, setup: Setup, data: bytes) -> _Hosted:
         s = self.settings
         spec = setup.spec
         layout = VectorLayout(spec.size, tuple(s.train_metrics), ())
         stack = build_stack(resolve(s.privacy, me))
         s.require_rounds_for(stack)
+        _require_round_opening(data, setup, stack.secure_sum.fuses_on_parties)
         weight_bound = party_weight_bound(s.weighting, s.weight_bound)
         # The party checks its own stack (invariant 3): the aggregator only tells it the model's shape
         # and the federation's size.
@@ -209,13 +216,18 @@ _PLAIN_TRAIN = (
 )
 
 
-def _require_round_opening(data: bytes, setup: Setup) -> None:
+def _require_round_opening(data: bytes, setup: Setup, sealed_models: bool) -> None:
     """A party is built only for a request that opens a round and carries the model the setup
-    declares (the aggregator pays for the memory it makes the party hold, byte for byte)."""
+    declares: the values in the clear, or — for a stack whose parties fuse the sum, the only ones
+    sent sealed models — a sealed record of at least 8 bytes a value (it holds them as float64). The
+    aggregator then pays for the memory it makes a party hold, up to a constant: the stack's
+    per-coordinate bounds, about 32 bytes a value (a second attacker sent 1 byte a value as a
+    sealed model to a stack that never opens one, and the process held 33 times that)."""
     parts = Envelope.decode(data).parts
     if "model" in parts:
         unpack_array(parts["model"], setup.spec.wire_dtype, (setup.spec.size,))
-    elif "sealed_model" not in parts or len(parts["sealed_model"]) < setup.spec.size:
+        return
+    if not (sealed_models and "sealed_model" in parts and len(parts["sealed_model"]) >= 8 * setup.spec.size):
         raise WireError(
             "a securefl party is built from a round's first request, which carries the model the setup "
             "declares; this request does not"

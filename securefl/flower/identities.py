@@ -68,6 +68,9 @@ def identity_keys(privacy: Any) -> IdentityKeys | None:
     return None
 
 
+HELLO_CHALLENGE_BYTES = 32
+
+
 def _hello_statement(challenge: bytes, name: str) -> bytes:
     encoded = name.encode()
     return b"securefl/flower/hello/v1" + len(challenge).to_bytes(2, "big") + challenge + encoded
@@ -80,14 +83,17 @@ def hello_signature(keys: IdentityKeys | None, name: str, request: Any) -> bytes
 
     if keys is None or name not in keys.private:
         return b""
+    challenge = hello_challenge(request)
+    if len(challenge) != HELLO_CHALLENGE_BYTES:
+        raise ValueError(f"a hello challenge is {HELLO_CHALLENGE_BYTES} bytes, got {len(challenge)}")
     key = Ed25519PrivateKey.from_private_bytes(keys.private[name])
-    return key.sign(_hello_statement(hello_challenge(request), name))
+    return key.sign(_hello_statement(challenge, name))
 
 
 def hello_verified(keys: IdentityKeys, name: str, challenge: bytes, signature: bytes) -> bool:
     """Whether ``signature`` proves that the node answering ``challenge`` holds ``name``'s key."""
     public = keys.public.get(name)
-    if public is None or len(signature) != 64:
+    if public is None or len(signature) != 64 or len(challenge) != HELLO_CHALLENGE_BYTES:
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, _hello_statement(challenge, name))

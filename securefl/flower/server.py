@@ -24,7 +24,13 @@ from securefl.aggregator import Aggregator, ReleaseGuard, RoundReport
 from securefl.codec import ArraySpec, HonestBounds, VectorLayout
 from securefl.errors import BudgetExhausted, ConfigError, WireError
 from securefl.federation import History, build_stack, party_strategy, party_weight_bound, validate_stack
-from securefl.flower.identities import IdentityKeys, hello_verified, identity_keys, resolve
+from securefl.flower.identities import (
+    HELLO_CHALLENGE_BYTES,
+    IdentityKeys,
+    hello_verified,
+    identity_keys,
+    resolve,
+)
 from securefl.flower.records import (
     MESSAGE_TYPE,
     Setup,
@@ -190,7 +196,7 @@ def hello(grid: Grid, ids: list[int], timeout: float, keys: IdentityKeys | None 
     by an attacker: a squatter had the honest party refused, or the run ended for too few parties).
     Otherwise (passive mode: names are unauthenticated) a name two nodes claim is refused for both.
     A name that is not a valid party id is refused."""
-    challenges = {i: secrets.token_bytes(32) for i in ids}
+    challenges = {i: secrets.token_bytes(HELLO_CHALLENGE_BYTES) for i in ids}
     messages = [
         Message(hello_content(challenge=challenges[i]), dst_node_id=i, message_type=MESSAGE_TYPE) for i in ids
     ]
@@ -279,6 +285,11 @@ class SecureFLServer:
         if not isinstance(num_rounds, int) or num_rounds < 0:
             raise ConfigError(f"num_rounds must be a non-negative integer, got {num_rounds!r}")
         s = self.settings
+        if s.rounds is not None and num_rounds > s.rounds:
+            raise ConfigError(
+                f"num_rounds {num_rounds} is more than the {s.rounds} rounds the parties agree on "
+                "(SecureFL(rounds=...)): they would refuse the rest"
+            )
         if node_ids is None:
             node_ids = _wait_for_nodes(grid, min_nodes or s.min_parties, wait_seconds)
         ids = sorted(node_ids)
@@ -297,11 +308,6 @@ class SecureFLServer:
         layout = VectorLayout(spec.size, tuple(s.train_metrics), ())
         stack = build_stack(resolve(s.privacy, None))
         s.require_rounds_for(stack)
-        if s.rounds is not None and num_rounds > s.rounds:
-            raise ConfigError(
-                f"num_rounds {num_rounds} is more than the {s.rounds} rounds the parties agree on "
-                "(SecureFL(rounds=...)): they would refuse the rest"
-            )
         selection = build_selection(s.selection)
         weight_bound = party_weight_bound(s.weighting, s.weight_bound)
         validate_stack(stack, layout, selection, len(parties), s.min_parties, weight_bound, s.metric_bounds)

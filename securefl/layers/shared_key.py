@@ -376,6 +376,7 @@ class _Aggregator(SumAggregator):
         # has not arrived: it holds keys nobody else has seen. Its offer of them is no lie, and it is
         # asked to grant them (which publishes them) before anyone is asked to generate others.
         self.unpublished: str | None = None
+        self.asked_to_generate: set[str] = set()  # every party ever asked to generate keys
         self._receivers = {
             KEY_OFFER: self._receive_key_offer,
             KEY_GRANT: self._receive_key_grant,
@@ -504,6 +505,12 @@ class _Aggregator(SumAggregator):
                     # Asked to generate, its grant never arrived: it holds the keys it made (unproved:
                     # no proof key is known yet). It is asked to grant them, which publishes them.
                     self.offered[party] = header["fingerprint"][:128]
+                    return
+                if party in self.asked_to_generate:
+                    # It made keys nobody has seen and had its chance to publish them: not a liar, not
+                    # a holder either. It sits the round out; once the federation's keys exist, the
+                    # key offer request names them and an honest party drops its own and asks.
+                    self.abstained[party] = "offers keys it generated that were never published"
                     return
                 # Nobody holds keys yet (this aggregator has seen no public key): provably false.
                 raise ProtocolError(
@@ -728,6 +735,8 @@ class _Aggregator(SumAggregator):
                 self.silent.add(self.granter)
                 if self.generate:
                     self.unpublished = self.granter  # it may hold keys nobody has seen
+                elif self.granter == self.unpublished:
+                    self.unpublished = None  # its one chance to publish them is spent
                 if self.public is None:
                     raise RoundFailed(
                         f"{name}: the key holder {self.granter} dropped before granting keys; nothing was "
@@ -779,13 +788,16 @@ class _Aggregator(SumAggregator):
             return
         if self.public is None and self.unpublished in self.offered:
             # The party asked to generate, whose grant was lost, grants the keys it made: that
-            # publishes them (attacker: it was named a liar for offering them, then locked out).
+            # publishes them (attacker: it was named a liar for offering them, then locked out). One
+            # chance: if that grant fails too, another requester generates (a second attacker made
+            # the "unpublished generator" withdraw from every grant and stalled every round).
             candidates = [self.unpublished]
         elif self.public is None:
             # The federation's first keys: a requester (never a party claiming keys, there are none
             # yet — those were dropped on arrival) generates them, one that answered before first.
             candidates = self._by_standing([p for p in self.requesters if p not in self.distrusted])
             self.generate = True
+            self.asked_to_generate.update(candidates[:1])
         else:
             known = [p for p in self.offered_holders if p in self.holders and p not in self.distrusted]
             if not known:
@@ -1347,6 +1359,12 @@ class _Party(SumParty):
                 )
         aad = _model_aad(self.scheme.name, session, round_, names, digest)
         plain = channel.open_sealed(self.scheme.model_key(self.material), parts["sealed"], aad)
+        if known is None:
+            # A record this party did not seal opened under its model key: another party holds these
+            # keys, so they are the federation's, never again dropped on a key offer request's word
+            # (found by an attacker: a generator's published keys stayed droppable for ever). Decided
+            # from the opening alone, the same for a marker and a model.
+            self._provisional = False
         if len(plain) < _RECORD_HEAD or len(plain) % 8:
             raise WireError("the sealed record is not a header and whole float64 values")
         status, count = struct.unpack(">B3xI", plain[:8])

@@ -205,9 +205,22 @@ class PrivacyGuard:
         """ε spent so far against the observer class the budget holds against."""
         return self.accounts.epsilons(self.budget.delta, [self.observer])[self.observer]
 
+    def _require_a_working_ledger(self) -> None:
+        """Fail closed after an append failed part-way: a round admitted now would reach the
+        aggregator with no durable record (found by an attacker: after one I/O error, four rounds
+        were unmasked and each failed only when its release could not be written — a guard reopened
+        on the ledger saw ε 7.09 of the 13.80 spent)."""
+        failed = None if self.ledger is None else self.ledger.failed
+        if failed is not None:
+            raise BudgetExhausted(
+                f"no round is admitted: the privacy ledger's last append failed part-way ({failed}); "
+                "reopen it (a new guard, or `securefl audit LEDGER --repair`) once the cause is fixed"
+            )
+
     def admit(self, round: int) -> None:
         """Raise :class:`BudgetExhausted` (after recording the refusal) if ``round`` would overspend.
         Before the selection, the round is projected with the expected count and the worst party in."""
+        self._require_a_working_ledger()
         expected = max(1, round_half(self.sample_rate * self.population)) if self.population else 1
         self._check(
             round,
@@ -219,6 +232,7 @@ class PrivacyGuard:
     def admit_selection(self, round: int, selected: Sequence[str]) -> None:
         """The same check once the round's parties are chosen (nobody contacted yet): the count and the
         parties are known, so the count and participants classes are projected exactly."""
+        self._require_a_working_ledger()
         self._check(
             round,
             self.accounts.projected(

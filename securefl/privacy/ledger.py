@@ -512,6 +512,11 @@ class Ledger:
         self.recovered: list[str] = []  # what opening completed, for the caller to report
         self._open()
 
+    @property
+    def failed(self) -> str | None:
+        """Why an append failed part-way (None if none has): then this writer appends no more."""
+        return self._failed
+
     def _open(self) -> None:
         with _locked(self.path):  # a writer mid-append is not mistaken for a crash, nor "repaired"
             self._open_locked()
