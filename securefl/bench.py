@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from securefl.durable import save_figure
 from securefl.errors import ConfigError
 from securefl.faults import Faults
 from securefl.federation import Federation
@@ -565,6 +566,6 @@ def plot(results: list[BenchResult], path: str) -> str:
     ax2.set_ylabel("bytes up / float32 bytes")
     ax2.set_title("upload expansion")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)  # never through a link planted at the path
     plt.close(fig)
     return path

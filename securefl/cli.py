@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import io
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from rich.table import Table
 from securefl import __version__
 from securefl.aggregator import RoundReport
 from securefl.config import load_config
+from securefl.durable import write_replacing
 from securefl.errors import ConfigError, SecureFLError
 from securefl.layers import PRESET_NAMES
 from securefl.logtext import counted, printable
@@ -261,13 +263,27 @@ def _seed(text: str) -> int:
     return value
 
 
-def check_output(path: str, what: str, protected: tuple[str | Path | None, ...] = ()) -> None:
-    """Refuse, before any work, an output file that cannot be written where it is asked for, or
-    that is one of the ``protected`` inputs (found by an attacker: `audit --report L.key` replaced
-    the ledger's signing key with the HTML report), also through a link."""
+OUTPUT_SUFFIXES = {
+    "plot": (".png", ".pdf", ".svg", ".jpg", ".jpeg"),
+    "report": (".html", ".htm"),
+    "model": (".npz",),
+}
+
+
+def check_output(
+    path: str, what: str, protected: tuple[str | Path | None, ...] = (), kind: str | None = None
+) -> None:
+    """Refuse, before any work, an output file that cannot be written where it is asked for, that
+    is one of the ``protected`` inputs (found by an attacker: `audit --report L.key` replaced the
+    ledger's signing key with the HTML report), also through a link, or — for an output ``kind`` —
+    whose name does not end as that kind's files do (a third attacker had --save-model write over a
+    party's certificate and the model's Python module: files no list of inputs had named)."""
     target = Path(path)
     if target.is_dir():
         raise ConfigError(f"{what} {path} is a directory; give a file name")
+    suffixes = OUTPUT_SUFFIXES.get(kind or "", ())
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise ConfigError(f"{what} {path}: give a file name ending in {' or '.join(suffixes)}")
     for kept in protected:
         if kept is not None and os.path.realpath(target) == os.path.realpath(kept):
             raise ConfigError(f"{what} {path} is {kept}, which this command reads; choose another file")
@@ -528,7 +544,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         )
 
     if args.plot:
-        check_output(args.plot, "--plot")
+        check_output(args.plot, "--plot", kind="plot")
     layers = [name.strip() for name in args.privacy.split(",") if name.strip()]
     if "plain" not in layers:
         layers.insert(0, "plain")
@@ -801,28 +817,6 @@ def _federation_inputs(config: str) -> tuple[str, ...]:
     return tuple(files)
 
 
-def write_replacing(path: str, write: Any) -> None:
-    """Write a file through ``write(binary file)`` under a fresh exclusive name beside ``path``, then
-    rename it into place: a link at ``path`` is replaced, never followed (an attacker's link from
-    --save-model to the ledger had the model written over the ledger)."""
-    import contextlib
-    import secrets
-
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def _ledger_files(settings: RunSettings) -> tuple[str, ...]:
     """The files of the run's privacy ledger (none without one): never an output's target."""
     ledger = settings.budget.ledger if settings.budget is not None else None
@@ -838,7 +832,7 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     if args.report:
         ledger = args.ledger
         ledger_files = (ledger, f"{ledger}.head", f"{ledger}.key", f"{ledger}.pub", f"{ledger}.head.tmp")
-        check_output(args.report, "--report", (*ledger_files, args.public_key))
+        check_output(args.report, "--report", (*ledger_files, args.public_key), "report")
     if not os.path.lexists(args.ledger) and not os.path.lexists(f"{args.ledger}.head"):
         # Nothing to audit (a ledger removed with its head left behind is a finding: audited below).
         raise ConfigError(f"no ledger at {args.ledger}: give the path a guard wrote (--ledger)")
@@ -1070,7 +1064,7 @@ def _serve_command(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.command == "aggregator":
         if args.save_model:  # checked before any round runs, never over what the run reads or writes
-            check_output(args.save_model, "--save-model", _federation_inputs(args.config))
+            check_output(args.save_model, "--save-model", _federation_inputs(args.config), "model")
         summary = deploy.run_aggregator(args.config)
         weights = summary.pop("weights", None)
         if summary["rounds_ok"] == 0:
@@ -1085,7 +1079,9 @@ def _serve_command(args: argparse.Namespace) -> dict[str, Any]:
                 raise ConfigError("the global model is sealed (paillier, ckks): only the parties can open it")
             # Named arrays as named entries; a list-shaped model as arr_0, arr_1, … in order.
             arrays = weights if isinstance(weights, dict) else {f"arr_{i}": w for i, w in enumerate(weights)}
-            write_replacing(args.save_model, lambda file: np.savez(file, **arrays))
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            write_replacing(args.save_model, buffer.getvalue())
             summary["model"] = args.save_model
         return summary
     return deploy.run_party_process(args.config, args.train)
@@ -1166,6 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings.plot,
                 "the plot",
                 (*inputs, settings.save, settings.resume),
+                "plot",
             )
         guard = None
         if settings.releases_dp():

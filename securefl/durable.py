@@ -96,3 +96,38 @@ def append_entry(
         os.close(fd)  # releases the lock
     if created:
         sync_directory(path.parent)
+
+
+def write_replacing(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write an output file whole: under a fresh exclusive name beside ``path`` (never through a
+    link), fsynced, then renamed into place and the rename made durable. A link at ``path`` is
+    replaced, never followed, and a reader never sees half a file (found by attackers: a report, a
+    model and a plot written through a link planted at their path replaced the ledger, a key or a
+    party's certificate)."""
+    import contextlib
+    import secrets
+
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    sync_directory(target.parent)
+    return target
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """A matplotlib figure written with :func:`write_replacing`, in the format its suffix names."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png")
+    return write_replacing(path, buffer.getvalue())

@@ -10,6 +10,7 @@ from typing import Any
 
 from securefl.aggregator import ReleaseGuard, RoundReport
 from securefl.aggregator_view import AggregatorView
+from securefl.durable import save_figure
 from securefl.errors import BudgetExhausted, ConfigError
 from securefl.federation import Federation, PrivacySpec, build_stack
 from securefl.layers import DPNoise, PrivacyStack, with_dp
@@ -280,7 +281,6 @@ def plot_accuracy(
     ax.set_title(f"securefl {summary['task']}: {parties}, privacy={summary['privacy']}")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
+    out = save_figure(fig, path)  # never through a link planted at the path
     plt.close(fig)
     return out

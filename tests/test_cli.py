@@ -193,3 +193,22 @@ def test_threshold_key_ceremony_from_the_cli_feeds_a_toml_federation(tmp_path, c
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["stack"] == ["clip", "quantize", "paillier-threshold"]
     assert summary["final_accuracy"] >= 0.9
+
+
+def test_outputs_replace_a_link_at_their_path_and_refuse_names_not_of_their_kind(tmp_path, capsys):
+    """Found by a third attacker: --plot wrote through a link planted at its path (a victim file
+    became a PNG), and --save-model wrote over a party's certificate and the model's module."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    plot = tmp_path / "out.png"
+    plot.symlink_to(victim)
+    assert main(["demo", "--parties", "2", "--rounds", "1", "--privacy", "plain", "--plot", str(plot)]) == 0
+    assert victim.read_text() == "keep me" and not plot.is_symlink()
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    for argv in (
+        ["demo", "--rounds", "1", "--plot", str(tmp_path / "hospital.py")],
+        ["aggregator", "--config", str(tmp_path / "fed.toml"), "--save-model", str(tmp_path / "party.pem")],
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2
+        assert "give a file name ending in" in capsys.readouterr().err

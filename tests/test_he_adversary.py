@@ -1840,3 +1840,35 @@ def test_a_generators_published_keys_are_not_dropped_on_the_aggregators_word():
     assert decode_record(reply, b"SKOr", {"fingerprint": str}, ("channel", "signature", "proof"))[0][
         "fingerprint"
     ]
+
+
+@pytest.mark.parametrize("scheme", ["paillier", "ckks"])
+def test_a_generator_whose_every_grant_is_garbage_does_not_end_the_federation(scheme, monkeypatch):
+    """Found by a third attacker: the first keys' generator published a valid public key and sealed
+    garbage to every requester; two complaints distrusted it, and as the only holder of the keys it
+    left every later round without a granter, for ever. Keys no trusted party holds are retired and
+    a requester generates anew."""
+    honest_grant = sk._Party._key_grant
+    evil = {"on": False}
+
+    def grant(self, request):
+        evil["on"] = self.me == "p00"
+        try:
+            return honest_grant(self, request)
+        finally:
+            evil["on"] = False
+
+    honest_seal = sk.channel.seal
+
+    def seal(key, plaintext, associated, rng):
+        sealed = honest_seal(key, plaintext, associated, rng)
+        return bytes(b ^ 0xFF for b in sealed) if evil["on"] else sealed  # same size, never opens
+
+    monkeypatch.setattr(sk._Party, "_key_grant", grant)
+    monkeypatch.setattr(sk.channel, "seal", seal)
+    build = paillier_fed if scheme == "paillier" else ckks_fed
+    fed, _deltas, _weights = build(n=4)
+    reports = [fed.run_round() for _ in range(4)]
+    assert not reports[0].ok and "p00" in fed.aggregator.secure_sum.distrusted
+    assert all(r.ok for r in reports[1:]), [r.error for r in reports]
+    assert {"p01", "p02", "p03"} <= set(reports[-1].survivors)

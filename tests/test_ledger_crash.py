@@ -229,3 +229,46 @@ def test_an_io_error_at_any_write_of_a_release_counts_it_once_and_blames_nobody(
     released = [r for r in reopened.records if r.get("decision") == "released"]
     assert len(released) <= 1
     assert verify(path, reopened.signer).valid
+
+
+def test_a_release_that_cannot_be_recorded_fails_the_guard_closed_and_an_infinite_epsilon_is_refused(
+    tmp_path,
+):
+    """Found by a third attacker: an ε of inf (σ = 1e-155) was admitted under an unlimited budget,
+    and every release then failed to be written (no JSON holds inf) while rounds went on. A round
+    whose ε is not finite is refused up front; and any failure recording a counted release, not
+    only an I/O error, stops the guard admitting rounds."""
+    import numpy as np
+
+    from securefl.errors import BudgetExhausted
+    from securefl.federation import Federation
+    from securefl.privacy.guard import Budget, PrivacyGuard
+    from securefl.privacy.ledger import open_ledger
+
+    clients = {f"p{i}": (lambda w, info: ({"w": w["w"] + 0.1}, 1)) for i in range(3)}
+    guard = PrivacyGuard(Budget(float("inf")), open_ledger(tmp_path / "tiny.jsonl"), "rdp")
+    fed = Federation(
+        {"w": np.zeros(4)},
+        clients,
+        [Clip(1.0), DPNoise(1e-155, "local"), Plain()],
+        weighting="uniform",
+        guard=guard,
+    )
+    with pytest.raises(BudgetExhausted, match="not finite"):
+        fed.run_round()
+
+    guard = PrivacyGuard(Budget(1e6), open_ledger(tmp_path / "l.jsonl"))
+    fed = Federation(
+        {"w": np.zeros(4)},
+        clients,
+        [Clip(1.0), DPNoise(1.0, "local"), Plain()],
+        weighting="uniform",
+        guard=guard,
+    )
+    honest = guard._write_release
+    guard._write_release = lambda *a: (_ for _ in ()).throw(ValueError("a record that cannot be built"))
+    report = fed.run_round()
+    assert report.status == "failed" and "cannot be built" in report.error
+    guard._write_release = honest
+    with pytest.raises(BudgetExhausted, match="recording the last release failed"):
+        fed.run_round()

@@ -786,6 +786,14 @@ class _Aggregator(SumAggregator):
         if not self.requesters:
             self.granter = None  # everyone invited holds the keys, or sits out: no grant this round
             return
+        if self.public is not None and not self.keys_preloaded and not self.holders - self.distrusted:
+            # Every party known to hold the keys was caught misbehaving (a third attacker: a generator
+            # that published a valid public key and sealed garbage to every requester was distrusted,
+            # and as the only holder left every later round without a granter). Nobody trusted holds
+            # them, no honest party installed them: they are retired and a requester generates anew.
+            log.warning("%s: no trusted party holds the federation's keys; new keys are generated", name)
+            self.public = self.public_bytes = self.fingerprint = self.holder_key = None
+            self.holders, self.unpublished = set(), None
         if self.public is None and self.unpublished in self.offered:
             # The party asked to generate, whose grant was lost, grants the keys it made: that
             # publishes them (attacker: it was named a liar for offering them, then locked out). One

@@ -24,17 +24,16 @@ A release that brings the recomputed ε over the budget (given, or as recorded) 
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from securefl.durable import write_replacing
 from securefl.errors import ConfigError
 from securefl.logtext import counted
 from securefl.privacy.accountants import ACCOUNTANTS, GAUSSIAN, SKELLAM, Accountant, create, entry_of
@@ -786,20 +785,9 @@ sampling protects only against those who do not know who took part in each round
 <p>ε recomputed from the recorded mechanisms by each accountant independently of the reported values.</p>
 </body></html>
 """
-    out = Path(path)
     # Written beside and renamed into place: a link at the report's path is replaced, never
     # followed (it could point at the ledger or its key), and a reader never sees half a page.
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(temporary, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return out
+    return write_replacing(path, page.encode("utf-8"))
 
 
 def _number(value: Any, spec: str) -> str:

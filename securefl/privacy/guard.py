@@ -74,6 +74,7 @@ class PrivacyGuard:
     def __init__(self, budget: Budget, ledger: Ledger | None = None, accountant: str = DEFAULT) -> None:
         self.budget = budget
         self.ledger = ledger
+        self._release_failed: str | None = None  # why recording a counted release failed
         self.preferred = accountant
         self.accounts: ObserverAccounts | None = None
         self._colluders = 0  # the coalition (DPNoise colluders) every release accounted holds for
@@ -210,11 +211,13 @@ class PrivacyGuard:
         aggregator with no durable record (found by an attacker: after one I/O error, four rounds
         were unmasked and each failed only when its release could not be written — a guard reopened
         on the ledger saw ε 7.09 of the 13.80 spent)."""
-        failed = None if self.ledger is None else self.ledger.failed
+        failed = self._release_failed
+        if failed is None and self.ledger is not None:
+            failed = self.ledger.failed
         if failed is not None:
             raise BudgetExhausted(
-                f"no round is admitted: the privacy ledger's last append failed part-way ({failed}); "
-                "reopen it (a new guard, or `securefl audit LEDGER --repair`) once the cause is fixed"
+                f"no round is admitted: recording the last release failed ({failed}); reopen the "
+                "privacy ledger (a new guard, or `securefl audit LEDGER --repair`) once the cause is fixed"
             )
 
     def admit(self, round: int) -> None:
@@ -258,10 +261,19 @@ class PrivacyGuard:
 
     def _check(self, round: int, projected: dict[str, float | None]) -> None:
         value = projected[self.observer]
-        if value is not None and value <= self.budget.epsilon:
+        finite = value is not None and math.isfinite(value)
+        if finite and value <= self.budget.epsilon:
             return
         spent = self.spent
-        self._write(round, "refused", epsilon=spent, parties_summed=0, projected=value)
+        self._write(round, "refused", epsilon=spent, parties_summed=0, projected=value if finite else None)
+        if value is not None and not finite:
+            # Even an unlimited budget refuses it: no ledger can record an infinite ε (a third
+            # attacker's σ = 1e-155 was admitted, and every release then failed to be written).
+            raise BudgetExhausted(
+                f"round {self.first_round + round + 1} refused before any party trained: its ε against "
+                f"{self.observer} is not finite (the noise is too small to account for); raise the noise "
+                "multiplier"
+            )
         raise BudgetExhausted(
             f"round {self.first_round + round + 1} (counting every round of this ledger) refused before "
             f"any party trained: it would bring ε against {self.observer} to {value:.4g}, over the budget "
@@ -282,6 +294,16 @@ class PrivacyGuard:
         participants classes exact; without them the worst party is assumed in every release."""
         count = len(selected) if selected is not None else parties_summed
         self.accounts.record(self._fields(), count, contributors, self._party_sees(count, parties_summed))
+        try:
+            return self._write_release(round, parties_summed, count)
+        except BaseException as exc:
+            # Counted above, not durably recorded: whatever failed (a ledger write, a record that
+            # cannot be built — a third attacker's ε of inf was no JSON), no further round is admitted
+            # until the guard is rebuilt from its ledger.
+            self._release_failed = f"{type(exc).__name__}: {exc}"
+            raise
+
+    def _write_release(self, round: int, parties_summed: int, count: int) -> float:
         figures = self.epsilons()
         extra: dict[str, Any] = {"parties_summed": parties_summed, "parties_selected": count}
         if self.layer is not None and self.mechanism.placement != "central":

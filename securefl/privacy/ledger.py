@@ -264,7 +264,8 @@ def verify(path: str | Path, public_key: str | None = None) -> Verification:
             result.repairs.append("truncate")
             result.interrupted.append(
                 f"{len(tail)} bytes after record {len(records) - 1} are a torn record (the append was cut "
-                "before it completed, so nothing it would describe was released); they are dropped"
+                "before it completed, so the result it would describe was never stored or sent); they are "
+                "dropped"
             )
     elif tail:
         problems.append("the last line is incomplete: the ledger was truncated mid-record")
@@ -614,26 +615,26 @@ class Ledger:
         clash = _RESERVED & set(fields)
         if clash:
             raise ConfigError(f"ledger fields {sorted(clash)} are reserved")
-        record = _sign(
-            self.key,
-            {
-                **fields,
-                "seq": self.count,
-                "prev": self.last,
-                "signer": self.signer,
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            },
-        )
-        line = canonical(record)
         if self._failed is not None:
             raise ConfigError(
                 f"ledger {self.path}: an earlier append failed part-way ({self._failed}); what it left is "
                 "known only to the file: reopen the ledger (a new guard, or `securefl audit "
                 f"{self.path} --repair`) to recover it before recording more"
             )
-        if not self.size:
-            private_directory(self.path.parent)  # a ledger in a directory not yet made: 0700
         try:
+            record = _sign(
+                self.key,
+                {
+                    **fields,
+                    "seq": self.count,
+                    "prev": self.last,
+                    "signer": self.signer,
+                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                },
+            )
+            line = canonical(record)
+            if not self.size:
+                private_directory(self.path.parent)  # a ledger in a directory not yet made: 0700
             return self._append_line(record, line)
         except BaseException as exc:
             # The record may be on disk whole, torn, or absent, and the head may or may not cover it:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from securefl import bench
+from securefl.durable import save_figure
 from securefl.errors import ConfigError
 from securefl.federation import Federation
 from securefl.simulation import RayBackend
@@ -338,6 +339,6 @@ def plot_scaling(report: dict[str, Any], path: str) -> str:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)  # never through a link planted at the path
     plt.close(fig)
     return path
