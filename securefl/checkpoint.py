@@ -15,18 +15,16 @@ temporary file and renames it over the old one: a crash while saving leaves the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import io
 import json
-import os
-import secrets
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from securefl.crypto.keyfiles import sync_directory
+from securefl.durable import write_replacing
 from securefl.errors import ConfigError
 from securefl.logtext import counted
 
@@ -69,23 +67,12 @@ def save(federation: Federation, path: str | Path) -> Path:
         "model": [[e.name, list(e.shape), e.dtype] for e in federation.spec.entries],
     }
     arrays[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    # A fresh temporary name, created exclusively and never through a link, 0600 (a checkpoint holds
-    # the model, which may be as private as a party's data), fsynced, renamed into place, and the
-    # rename made durable (found by an attacker: a planted link at the fixed ".tmp" name was
-    # followed, and the file took the umask's mode).
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    sync_directory(path.parent)
+    # Under a fresh exclusive name, never through a link, 0600 (a checkpoint holds the model, which
+    # may be as private as a party's data), renamed into place (found by an attacker: a planted link
+    # at the fixed ".tmp" name was followed, and the file took the umask's mode).
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_replacing(path, buffer.getvalue(), mode=0o600)
     return path
 
 
