@@ -1825,21 +1825,85 @@ def test_a_generator_that_never_grants_stalls_at_most_two_rounds(grant, offer):
     assert not any(set(r.dropouts) - {"p00"} for r in reports), [r.dropouts for r in reports]
 
 
-def test_a_generators_published_keys_are_not_dropped_on_the_aggregators_word():
-    """Found by the second attacker: after rounds with its keys in use, the generator still took
-    them for provisional, and one key offer request naming another fingerprint made it drop them.
-    A record another party sealed under its model key proves them shared: they are kept."""
-    fed, _deltas, _weights = paillier_fed(n=4)
-    for _ in range(3):
-        assert fed.run_round().ok
-    generator = fed.nodes["p00"].secure_sum
-    assert generator.material is not None and not generator._provisional
-    generator.start_round(fed.aggregator.secure_sum.ctx, lambda: None)
-    reply = generator.respond(sk.KEY_OFFER, encode_record(b"SKOq", {"fingerprint": "00" * 16}, {}))
-    assert generator.material is not None
-    assert decode_record(reply, b"SKOr", {"fingerprint": str}, ("channel", "signature", "proof"))[0][
-        "fingerprint"
-    ]
+def _garbage_to(fed, granter, victim_of_round):
+    """``granter`` seals garbage to the requester ``victim_of_round(round)`` names, valid keys to the
+    rest (same sizes: the relay cannot tell)."""
+    party = fed.nodes[granter].secure_sum
+    honest = party._handlers[sk.KEY_GRANT]
+    fields = {"granted": list, "sizes": list, "refused": list, "fingerprint": str}
+
+    def grant(request):
+        header, parts = decode_record(
+            honest(request), b"SKGr", fields, ("channel", "public", "sealed", "signature", "holder_key")
+        )
+        blobs, offset = [], 0
+        for name, size in zip(header["granted"], header["sizes"], strict=True):
+            blob = parts["sealed"][offset : offset + size]
+            offset += size
+            blobs.append(
+                blob[:-1] + bytes([blob[-1] ^ 1]) if name == victim_of_round(party.ctx.round) else blob
+            )
+        return encode_record(b"SKGr", header, {**parts, "sealed": b"".join(blobs)})
+
+    party._handlers[sk.KEY_GRANT] = grant
+
+
+def test_a_granter_two_requesters_refused_over_rounds_is_blamed_and_nobody_waits_on_it():
+    """Found by a fourth attacker: a holder sealing garbage to one newcomer at a time failed a round
+    per newcomer and kept every role (complaints were judged round by round); and a requester that
+    met it as the only holder present twice was excluded for good. Now two requesters' refusals of
+    one granter, over any rounds, blame it; and a requester does not get keys again from a granter
+    it refused while another trusted holder exists."""
+    members = [{"p00", "p01"}, {"p01", "p02", "p03"}, {"p00", "p01", "p02"}, {"p01", "p04", "p05"}]
+    members += [{"p01", "p03", "p05"}, {"p00", "p03", "p04"}, {"p00", "p03", "p05"}]
+    fed, _deltas, _weights = integer_federation(6, dim=P_DIM, selection=_Schedule(members), min_parties=2)
+    _garbage_to(fed, "p01", {1: "p02", 3: "p04", 4: "p03"}.get)  # p00 generates; p01 holds next
+    reports = [fed.run_round() for _ in range(len(members))]
+    agg = fed.aggregator.secure_sum
+    assert "p01" in agg.distrusted and "p01" in reports[3].dropouts, [r.dropouts for r in reports]
+    # (distrusted: never granter or decryptor again; it still holds the keys and may contribute)
+    assert not agg.excluded and {"p03", "p04", "p05"} <= agg.holders, (agg.excluded, agg.holders)
+    assert reports[-1].ok and reports[-2].ok
+
+
+@pytest.mark.parametrize("how", ["install reply lost", "granter offline at install"])
+def test_parties_holding_retired_keys_drop_them_and_rejoin(how):
+    """Found by a fourth attacker: parties that installed a malicious granter's keys unrecorded (their
+    install replies lost, or the round failing before installs were counted) still held them when,
+    the granter distrusted, the keys were retired and new ones generated; they offered the old
+    fingerprint and sat out every round for good. The key offer request names the federation's
+    fingerprint: keys a party obtained in key phases that are not it are dropped and the
+    federation's requested."""
+    members = [{"p00", "p01", "p02"}, {"p00", "p03", "p04"}, {"p03", "p04", "p05"}, {"p01", "p02", "p05"}]
+    faults = Faults()
+    if how == "install reply lost":
+        for party in ("p01", "p02"):
+            faults.add("lose_reply", party, phase="key_install", round=0)
+    else:
+        faults.add("offline", "p00", phase="key_install", round=0)
+    fed, _deltas, _weights = integer_federation(
+        6, faults=faults, dim=P_DIM, selection=_Schedule(members), min_parties=3
+    )
+    _garbage_to(fed, "p00", lambda round_: "p03" if round_ == 1 else None)
+    honest = fed.nodes["p00"].secure_sum._handlers[sk.KEY_GRANT]
+
+    def garbage_to_two(request):  # round 1: garbage to both requesters: two refusals, distrusted
+        reply = honest(request)
+        header, parts = decode_record(
+            reply,
+            b"SKGr",
+            {"granted": list, "sizes": list, "refused": list, "fingerprint": str},
+            ("channel", "public", "sealed", "signature", "holder_key"),
+        )
+        return encode_record(b"SKGr", header, {**parts, "sealed": bytes(b ^ 1 for b in parts["sealed"])})
+
+    fed.nodes["p00"].secure_sum._handlers[sk.KEY_GRANT] = garbage_to_two
+    reports = [fed.run_round() for _ in range(len(members))]
+    agg = fed.aggregator.secure_sum
+    assert "p00" in agg.distrusted and agg.retired, (agg.distrusted, agg.retired)
+    assert reports[-1].ok and reports[-1].survivors == ["p01", "p02", "p05"], reports[-1]
+    fingerprints = {agg.scheme.fingerprint(fed.nodes[p].secure_sum.material) for p in ("p01", "p02", "p05")}
+    assert fingerprints == {agg.fingerprint}
 
 
 @pytest.mark.parametrize("scheme", ["paillier", "ckks"])

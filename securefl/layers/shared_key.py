@@ -377,6 +377,9 @@ class _Aggregator(SumAggregator):
         # asked to grant them (which publishes them) before anyone is asked to generate others.
         self.unpublished: str | None = None
         self.asked_to_generate: set[str] = set()  # every party ever asked to generate keys
+        # Fingerprints of keys retired because no trusted party held them: an honest party may still
+        # hold them (its install went unrecorded); it sits out until it learns the new ones.
+        self.retired: set[str] = set()
         self._receivers = {
             KEY_OFFER: self._receive_key_offer,
             KEY_GRANT: self._receive_key_grant,
@@ -506,11 +509,11 @@ class _Aggregator(SumAggregator):
                     # no proof key is known yet). It is asked to grant them, which publishes them.
                     self.offered[party] = header["fingerprint"][:128]
                     return
-                if party in self.asked_to_generate:
+                if party in self.asked_to_generate or header["fingerprint"] in self.retired:
                     # It made keys nobody has seen and had its chance to publish them: not a liar, not
                     # a holder either. It sits the round out; once the federation's keys exist, the
                     # key offer request names them and an honest party drops its own and asks.
-                    self.abstained[party] = "offers keys it generated that were never published"
+                    self.abstained[party] = "offers keys that were never published, or were retired"
                     return
                 # Nobody holds keys yet (this aggregator has seen no public key): provably false.
                 raise ProtocolError(
@@ -792,6 +795,8 @@ class _Aggregator(SumAggregator):
             # and as the only holder left every later round without a granter). Nobody trusted holds
             # them, no honest party installed them: they are retired and a requester generates anew.
             log.warning("%s: no trusted party holds the federation's keys; new keys are generated", name)
+            if self.fingerprint is not None:
+                self.retired.add(self.fingerprint)
             self.public = self.public_bytes = self.fingerprint = self.holder_key = None
             self.holders, self.unpublished = set(), None
         if self.public is None and self.unpublished in self.offered:
@@ -821,6 +826,17 @@ class _Aggregator(SumAggregator):
         self.granter = candidates[0]
         self.requesters.pop(self.granter, None)  # the generator of brand-new keys needs no grant
         self.offer_signatures.pop(self.granter, None)
+        others = self.holders - self.distrusted - {self.granter}
+        for requester in sorted(self.requesters):
+            if self.granter in self.complaints.get(requester, []) and others:
+                # It refused this granter's keys before and another trusted holder exists, absent or
+                # not: it waits for that one, sitting this round out (a fourth attacker had an honest
+                # requester excluded for good when only the granter it refused was selected twice).
+                del self.requesters[requester]
+                self.offer_signatures.pop(requester, None)
+                self.abstained[requester] = f"waits for keys from a holder other than {self.granter}"
+        if not self.requesters and self.public is not None:
+            self.granter = None  # every requester waits for another holder: no grant this round
 
     def _by_standing(self, parties: list[str]) -> list[str]:
         """``parties`` as granter candidates: rotated by the round (equally trusted holders take
@@ -852,6 +868,14 @@ class _Aggregator(SumAggregator):
             self._blame(self.granter, f"gave keys that {len(failed)} requesters refused ({reasons})")
             return
         (party,) = failed
+        complainers = sorted(r for r, granters in self.complaints.items() if self.granter in granters)
+        if len(complainers) >= 2:
+            # Two different requesters, over any rounds, refused this granter's keys; at most one party
+            # is malicious, so the granter is (a fourth attacker sealed garbage to one newcomer at a
+            # time: each round failed on one complaint, and the granter kept every role).
+            refused_by = ", ".join(complainers)
+            self._blame(self.granter, f"gave keys that {len(complainers)} requesters refused ({refused_by})")
+            return
         granters = sorted(set(self.complaints[party]))
         if len(granters) >= 2:
             # It refused keys from two different holders; at most one party is malicious, so it is.
@@ -994,9 +1018,9 @@ class _Party(SumParty):
         self.scheme = scheme
         self.me = party_id
         self.material = material
-        # Keys this party generated and no key offer request has yet named the federation's: the
-        # only keys it drops when told the federation has others (keys given or granted never are).
-        self._provisional = False
+        # Keys this party generated or was granted (not given in a key file): dropped when a key offer
+        # request names other keys as the federation's.
+        self._from_key_phases = False
         self.identity = identities.private[party_id] if identities else None
         self.identities = identities.public_only() if identities else None
         self.fuse: Fuser | None = None
@@ -1057,20 +1081,25 @@ class _Party(SumParty):
     def _key_offer(self, request: bytes) -> bytes:
         header, _ = decode_record(request, b"SKOq", {"fingerprint": str}, ())
         federation = header["fingerprint"]
-        if self.material is not None and self._provisional and federation:
-            if hmac.compare_digest(self.scheme.fingerprint(self.material).encode(), federation.encode()):
-                self._provisional = False  # the federation's keys: kept from now on, whatever is said
-            else:
-                # Keys this party generated whose grant never reached the aggregator, which has since
-                # had other keys generated: they are nobody's, so they are dropped and the
-                # federation's requested (attacker: the generator was otherwise locked out for good).
-                # Keys it was granted or given are never dropped on the aggregator's word.
-                log.warning(
-                    "%s: %s drops the keys it generated (never published; the federation has others)",
-                    self.scheme.name,
-                    self.me,
-                )
-                self.material, self._provisional = None, False
+        if (
+            self.material is not None
+            and self._from_key_phases
+            and federation
+            and not hmac.compare_digest(self.scheme.fingerprint(self.material).encode(), federation.encode())
+        ):
+            # Keys this party generated or was granted that are not the federation's now: never
+            # published (its grant was lost and others generated since), or retired (no trusted
+            # party held them). They are dropped and the federation's requested — found by
+            # attackers: such parties were locked out for good. On the aggregator's word, which
+            # costs availability at most: a party installs keys only from a member's signed
+            # grant (or, unsigned, from an aggregator trusted to relay them). Keys given in a key
+            # file are never dropped.
+            log.warning(
+                "%s: %s drops keys that are not the federation's any more (never published, or retired)",
+                self.scheme.name,
+                self.me,
+            )
+            self.material, self._from_key_phases = None, False
         if self.material is not None:
             fingerprint = self.scheme.fingerprint(self.material)
             proof = holder_signing_key(self.scheme.model_key(self.material)).sign(
@@ -1106,7 +1135,7 @@ class _Party(SumParty):
             if self.material is not None:
                 raise ProtocolError("asked to generate keys, but this party already holds them")
             self.material = self.scheme.generate()
-            self._provisional = True  # until a key offer request names them the federation's
+            self._from_key_phases = True
         if self.material is None:
             raise ProtocolError("asked to grant keys this party does not hold")
         keys = parts["channels"]
@@ -1175,7 +1204,7 @@ class _Party(SumParty):
             # Not a withdrawal: the fault may be the granter's, and the aggregator judges that from
             # every requester's answer. This party sits the round out without keys.
             return encode_record(b"SKIr", {"installed": False, "problem": f"{type(exc).__name__}: {exc}"}, {})
-        self.material = material
+        self.material, self._from_key_phases = material, True
         return encode_record(b"SKIr", {"installed": True, "problem": ""}, {})
 
     def _open_grant(self, granter: str, fingerprint: str, parts: dict[str, bytes], secret: bytes) -> Any:
@@ -1367,12 +1396,6 @@ class _Party(SumParty):
                 )
         aad = _model_aad(self.scheme.name, session, round_, names, digest)
         plain = channel.open_sealed(self.scheme.model_key(self.material), parts["sealed"], aad)
-        if known is None:
-            # A record this party did not seal opened under its model key: another party holds these
-            # keys, so they are the federation's, never again dropped on a key offer request's word
-            # (found by an attacker: a generator's published keys stayed droppable for ever). Decided
-            # from the opening alone, the same for a marker and a model.
-            self._provisional = False
         if len(plain) < _RECORD_HEAD or len(plain) % 8:
             raise WireError("the sealed record is not a header and whole float64 values")
         status, count = struct.unpack(">B3xI", plain[:8])
