@@ -1936,3 +1936,63 @@ def test_a_generator_whose_every_grant_is_garbage_does_not_end_the_federation(sc
     assert not reports[0].ok and "p00" in fed.aggregator.secure_sum.distrusted
     assert all(r.ok for r in reports[1:]), [r.error for r in reports]
     assert {"p01", "p02", "p03"} <= set(reports[-1].survivors)
+
+
+def _protobuf(fields) -> bytes:
+    out = b""
+    for number, wire, value in fields:
+        out += ckks._encode_varint(number << 3 | wire)
+        out += (
+            ckks._encode_varint(len(value)) + value
+            if wire == 2
+            else (ckks._encode_varint(value) if wire == 0 else value)
+        )
+    return out
+
+
+def _context_with_anothers_public_key(params):
+    """An asymmetric context: one secret key, and the public key of another (spliced at the
+    protobuf level, where TenSEAL keeps them apart)."""
+
+    def fresh():
+        context = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+            encryption_type=ts.ENCRYPTION_TYPE.ASYMMETRIC,
+        )
+        context.global_scale = 2**params.scale_bits
+        return context
+
+    own = ckks.serialize(fresh(), secret=True)
+    other = ckks.serialize(fresh(), secret=False)
+    other_keys = next(v for n, _w, v in ckks._fields(other) if n == 2)
+    other_public = next(v for n, _w, v in ckks._fields(other_keys) if n == 1)
+    spliced = []
+    for number, wire, value in ckks._fields(own):
+        if number == 2:
+            value = _protobuf([(n, w, other_public if n == 1 else v) for n, w, v in ckks._fields(value)])
+        spliced.append((number, wire, value))
+    return _protobuf(spliced)
+
+
+def test_a_ckks_context_of_another_encryption_type_or_with_anothers_public_key_is_refused():
+    """Found by a fifth attacker: a generator handed out an asymmetric context (the agreed preset is
+    symmetric) whose public key belonged to another secret key; every party encrypted under it,
+    every sum decrypted to garbage inside identical refusal markers, and the model stayed frozen
+    with nobody named. The encryption type is agreed, and a public key must be its secret key's."""
+    symmetric = ckks.PRESETS["add-only"]
+    asymmetric = ckks.CkksParams(
+        symmetric.poly_modulus_degree, symmetric.coeff_mod_bit_sizes, symmetric.scale_bits, symmetric=False
+    )
+    spliced = _context_with_anothers_public_key(asymmetric)
+    for params, blob in (
+        (symmetric, spliced),
+        (asymmetric, ckks.serialize(ckks.new_context(symmetric), True)),
+    ):
+        with pytest.raises(ProtocolError, match="agreed"):
+            ckks.load_context(blob, params, secret=True)
+    with pytest.raises(ProtocolError, match="does not belong to its secret key"):
+        ckks.load_context(spliced, asymmetric, secret=True)
+    honest = ckks.load_context(ckks.serialize(ckks.new_context(asymmetric), True), asymmetric, secret=True)
+    assert honest.is_private()

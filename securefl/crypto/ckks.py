@@ -167,6 +167,39 @@ def check_context(context: ts.Context, params: CkksParams) -> None:
             f"the CKKS context is not the agreed one (N={params.poly_modulus_degree}, moduli "
             f"{list(params.coeff_mod_bit_sizes)}): it has N={n}, modulus chain bits {chain}"
         )
+    # The encryption type is agreed too, and an asymmetric context's public key must be its secret
+    # key's (found by an attacker: a generator handed out an asymmetric context whose public key
+    # belonged to another secret key; every party encrypted under it, every sum decrypted to
+    # garbage inside identical refusal markers, and the model stayed frozen with nobody named).
+    symmetric = _encrypts_symmetrically(context)
+    if symmetric != params.symmetric:
+        agreed = "symmetric (secret-key)" if params.symmetric else "public-key"
+        raise ProtocolError(f"the CKKS context does not use the agreed {agreed} encryption")
+    if not symmetric and context.is_private():
+        _require_matching_public_key(context, params)
+
+
+def _encrypts_symmetrically(context: ts.Context) -> bool:
+    try:
+        context.has_public_key()
+    except ValueError:  # TenSEAL: "not supported for symmetric encryption"
+        return True
+    return False
+
+
+def _require_matching_public_key(context: ts.Context, params: CkksParams) -> None:
+    """Encrypt a known vector under the context's public key and decrypt it with its secret key."""
+    probe = np.linspace(-1.0, 1.0, 16)
+    try:
+        if not context.has_public_key():
+            raise ProtocolError("the CKKS context uses public-key encryption but holds no public key")
+        decrypted = np.asarray(ts.ckks_vector(context, probe).decrypt(), dtype=np.float64)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise WireError(f"unusable TenSEAL context ({type(exc).__name__})") from None
+    if decrypted.shape != probe.shape or not np.allclose(decrypted, probe, atol=1e-3):
+        raise ProtocolError("the CKKS context's public key does not belong to its secret key")
 
 
 def secret_key_commitment(context: ts.Context) -> bytes:
