@@ -177,7 +177,7 @@ def test_threshold_key_ceremony_from_the_cli_feeds_a_toml_federation(tmp_path, c
         (["--parties", "a,b", "--threshold", "3"], "between 1 and the number of parties"),
         (["--parties", "a,b,a", "--threshold", "2"], "names a party twice"),
         (["--parties", "a,../b", "--threshold", "1"], "cannot name a share file"),
-        (["--parties", "a,b", "--threshold", "1", "--bits", "1023"], "even number of bits"),
+        (["--parties", "a,b", "--threshold", "1", "--bits", "1023"], "multiple of 16 bits"),
     ]:
         out = tmp_path / "other"
         assert main(["keys", "paillier-threshold", *bad, "--out", str(out)]) == 2

@@ -28,7 +28,7 @@ from test_paillier import exact_mean, integer_federation
 import securefl
 from securefl.crypto import ckks, paillier
 from securefl.crypto.packing import Packing
-from securefl.errors import ProtocolError, WireError
+from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.faults import Faults
 from securefl.layers import Identities, Paillier
 from securefl.layers import shared_key as sk
@@ -1996,3 +1996,84 @@ def test_a_ckks_context_of_another_encryption_type_or_with_anothers_public_key_i
         ckks.load_context(spliced, asymmetric, secret=True)
     honest = ckks.load_context(ckks.serialize(ckks.new_context(asymmetric), True), asymmetric, secret=True)
     assert honest.is_private()
+
+
+def test_a_requester_excluded_for_refusing_a_convicted_granter_is_invited_again():
+    """Found by a sixth attacker: bob refused the only holder's bad keys twice and was excluded from
+    key phases; when a second requester's refusal convicted that holder, bob stayed excluded for
+    good. A convicted granter's complaints are settled: bob is invited again and gets keys."""
+    # p01 alone refuses p00, the only holder, in rounds 0 and 1 (excluded); p02 and p03 in round 2
+    members = [{"p00", "p01"}, {"p00", "p01"}, {"p00", "p02", "p03"}, {"p01", "p02", "p03"}]
+    fed, _deltas, _weights = integer_federation(4, dim=P_DIM, selection=_Schedule(members), min_parties=2)
+    honest = fed.nodes["p00"].secure_sum._handlers[sk.KEY_GRANT]
+    bad_rounds = {0, 1, 2}
+
+    def grant(request):  # p00 generates, then seals garbage to every requester in rounds 0-2
+        reply = honest(request)
+        if fed.nodes["p00"].secure_sum.ctx.round not in bad_rounds:
+            return reply
+        fields = {"granted": list, "sizes": list, "refused": list, "fingerprint": str}
+        header, parts = decode_record(
+            reply, b"SKGr", fields, ("channel", "public", "sealed", "signature", "holder_key")
+        )
+        return encode_record(b"SKGr", header, {**parts, "sealed": bytes(b ^ 1 for b in parts["sealed"])})
+
+    fed.nodes["p00"].secure_sum._handlers[sk.KEY_GRANT] = grant
+    reports = [fed.run_round() for _ in range(2)]
+    agg = fed.aggregator.secure_sum
+    assert "p01" in agg.excluded, agg.excluded
+    reports += [fed.run_round() for _ in range(3)]
+    assert "p00" in agg.distrusted, [r.dropouts for r in reports]
+    assert "p01" not in agg.excluded and fed.nodes["p01"].secure_sum.material is not None, agg.excluded
+    assert reports[-1].ok and {"p01", "p02", "p03"} <= set(reports[-1].survivors), reports[-1]
+
+
+@pytest.mark.parametrize("weak", ["one", "minus one", "crt mix"])
+def test_paillier_key_material_with_an_h_s_of_small_order_is_refused(key_material, weak):
+    """Found by a sixth attacker: h_s of order 1 or 2 passed the n-th-residue check, made the
+    encryption randomness trivial, and gcd(h_s − 1, n) factored the public n."""
+    from gmpy2 import invert, mpz
+
+    key = paillier.generate_keypair(BITS)
+    n, p, q = mpz(key.public.n), mpz(key.p), mpz(key.q)
+    nsq = n * n
+    hs = {
+        "one": mpz(1),
+        "minus one": nsq - 1,
+        # 1 mod p², −1 mod q² by the CRT
+        "crt mix": (p * p * invert(p * p, q * q) * (q * q - 1) + q * q * invert(q * q, p * p)) % nsq,
+    }[weak]
+    weak_key = paillier.PrivateKey(paillier.PublicKey(int(n), int(hs)), key.p, key.q, key.gp, key.gq)
+    with pytest.raises(ProtocolError, match="small order"):
+        paillier.check_private_key(weak_key, BITS)
+    paillier.check_private_key(key, BITS)  # a generated key passes
+
+
+def test_a_paillier_key_size_that_primes_cannot_fill_whole_bytes_is_refused_up_front():
+    """Found by a sixth attacker: a 520-bit key (260-bit primes) passed configuration, and every
+    grant then failed on an OverflowError, rotating through generators for ever."""
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        Paillier(key_bits=520)
+
+
+def test_a_model_sealed_under_keys_only_a_convicted_party_holds_fails_by_name_not_in_silence():
+    """Found by a sixth attacker: a round summed by the generator alone (min_parties 1) sealed the
+    model under its keys; convicted next round, its keys were retired and new ones generated — and
+    every later round failed unexplained, as no new holder could open the sealed model. The keys
+    are kept, and each round says why it cannot go on and what to do (a limit: protocols/paillier.md)."""
+    members = [{"p00"}, {"p00", "p01", "p02"}, {"p01", "p02"}]
+    fed, _deltas, _weights = integer_federation(3, dim=P_DIM, selection=_Schedule(members), min_parties=1)
+    honest = fed.nodes["p00"].secure_sum._handlers[sk.KEY_GRANT]
+
+    def grant(request):
+        fields = {"granted": list, "sizes": list, "refused": list, "fingerprint": str}
+        header, parts = decode_record(
+            honest(request), b"SKGr", fields, ("channel", "public", "sealed", "signature", "holder_key")
+        )
+        return encode_record(b"SKGr", header, {**parts, "sealed": bytes(b ^ 1 for b in parts["sealed"])})
+
+    fed.nodes["p00"].secure_sum._handlers[sk.KEY_GRANT] = grant
+    reports = [fed.run_round() for _ in range(4)]
+    assert reports[0].ok and "p00" in fed.aggregator.secure_sum.distrusted
+    for report in reports[2:]:
+        assert not report.ok and "sealed under keys that only distrusted parties (p00) hold" in report.error

@@ -41,8 +41,10 @@ _SMALL_PRIMES = [p for p in range(3, 30000, 2) if gmpy2.is_prime(p)]
 
 def check_key_bits(bits: int) -> None:
     """2048 or more outside tests; tests may use smaller keys to stay fast."""
-    if not isinstance(bits, int) or bits % 2 or bits < 256:
-        raise ConfigError(f"Paillier key size must be an even number of bits >= 256, got {bits!r}")
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits % 16 or bits < 256:
+        # A multiple of 16: each prime travels in whole bytes (a 520-bit key's 260-bit primes did not
+        # fit their fields, and every grant failed — found by an attacker).
+        raise ConfigError(f"Paillier key size must be a multiple of 16 bits, at least 256, got {bits!r}")
     if bits < MIN_KEY_BITS and not test_seeds_allowed():
         raise ConfigError(
             f"a {bits}-bit Paillier key is too weak: use 2048 (default) or 3072 bits; smaller keys are "
@@ -183,6 +185,13 @@ def check_private_key(key: PrivateKey, bits: int) -> None:
     lam = gmpy2.lcm(p - 1, q - 1)
     if not 0 < hs < nsq or gmpy2.gcd(hs, n) != 1 or gmpy2.powmod(hs, lam, nsq) != 1:
         raise ProtocolError("received Paillier key material: h_s is not an n-th residue modulo n²")
+    # Of large order too: h_s of order 1 or 2 (1, n² − 1, or ±1 mixed by the CRT) passes the check
+    # above, makes the encryption randomness trivial, and gcd(h_s − 1, n) can factor the public n
+    # (found by an attacker). The n-th residues form a group of order p′q′ (or 2p′q′); h_s must not
+    # lie in a subgroup of order 2, 2p′ or 2q′.
+    p1, q1 = (p - 1) // 2, (q - 1) // 2
+    if any(gmpy2.powmod(hs, e, nsq) == 1 for e in (2, 2 * p1, 2 * q1)):
+        raise ProtocolError("received Paillier key material: h_s has small order (a weak public key)")
 
 
 def _safe_prime(bits: int) -> mpz:
@@ -220,11 +229,15 @@ def generate_keypair(bits: int = MIN_KEY_BITS) -> PrivateKey:
         if p != q and n.bit_length() == bits and gmpy2.gcd(n, (p - 1) * (q - 1)) == 1:
             break
     nsq = n * n
+    small_orders = (2, p - 1, q - 1)  # 2, 2p′, 2q′: h_s must lie in none of these subgroups
     while True:
         h = mpz(secrets.randbelow(int(n) - 2) + 2)
-        if gmpy2.gcd(h, n) == 1:
+        if gmpy2.gcd(h, n) != 1:
+            continue
+        hs = gmpy2.powmod(h, n, nsq)
+        if all(gmpy2.powmod(hs, e, nsq) != 1 for e in small_orders):
             break
-    public = PublicKey(int(n), int(gmpy2.powmod(h, n, nsq)))
+    public = PublicKey(int(n), int(hs))
     return PrivateKey(public, int(p), int(q), int(_generator(p)), int(_generator(q)))
 
 

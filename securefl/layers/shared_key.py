@@ -380,6 +380,7 @@ class _Aggregator(SumAggregator):
         # Fingerprints of keys retired because no trusted party held them: an honest party may still
         # hold them (its install went unrecorded); it sits out until it learns the new ones.
         self.retired: set[str] = set()
+        self.model_sealed = False  # a round's sealed model exists under the current keys
         self._receivers = {
             KEY_OFFER: self._receive_key_offer,
             KEY_GRANT: self._receive_key_grant,
@@ -793,10 +794,20 @@ class _Aggregator(SumAggregator):
             # Every party known to hold the keys was caught misbehaving (a third attacker: a generator
             # that published a valid public key and sealed garbage to every requester was distrusted,
             # and as the only holder left every later round without a granter). Nobody trusted holds
-            # them, no honest party installed them: they are retired and a requester generates anew.
+            # them, no honest party installed them: they are retired and a requester generates anew —
+            # unless the global model is sealed under them, which new keys could never open (a sixth
+            # attacker: every later round failed, nobody named). Then the federation cannot go on.
+            if self.model_sealed:
+                raise RoundFailed(
+                    f"{name}: the global model is sealed under keys that only distrusted parties "
+                    f"({', '.join(sorted(self.holders))}) hold; no trusted party can open it or grant "
+                    "them: restart the federation from its initial model (or give the parties a key file)"
+                )
             log.warning("%s: no trusted party holds the federation's keys; new keys are generated", name)
             if self.fingerprint is not None:
                 self.retired.add(self.fingerprint)
+            for granter in self.holders:
+                self._readmit_complainers_of(granter)
             self.public = self.public_bytes = self.fingerprint = self.holder_key = None
             self.holders, self.unpublished = set(), None
         if self.public is None and self.unpublished in self.offered:
@@ -866,6 +877,7 @@ class _Aggregator(SumAggregator):
             # the relay) is at fault. It is dropped and never granter or decryptor again; the
             # complainers sit the round out and the round goes on.
             self._blame(self.granter, f"gave keys that {len(failed)} requesters refused ({reasons})")
+            self._readmit_complainers_of(self.granter)
             return
         (party,) = failed
         complainers = sorted(r for r, granters in self.complaints.items() if self.granter in granters)
@@ -875,6 +887,7 @@ class _Aggregator(SumAggregator):
             # time: each round failed on one complaint, and the granter kept every role).
             refused_by = ", ".join(complainers)
             self._blame(self.granter, f"gave keys that {len(complainers)} requesters refused ({refused_by})")
+            self._readmit_complainers_of(self.granter)
             return
         granters = sorted(set(self.complaints[party]))
         if len(granters) >= 2:
@@ -995,7 +1008,20 @@ class _Aggregator(SumAggregator):
         return frozenset(self.contributors_)
 
     def result(self) -> SealedModel:
+        self.model_sealed = True  # the global model is sealed under the federation's current keys
         return SealedModel(self.sealed)
+
+    def _readmit_complainers_of(self, granter: str) -> None:
+        """Once ``granter`` is found at fault, its complaints are settled: a requester excluded for
+        refusing only its keys is invited again (a sixth attacker's honest requester stayed excluded
+        for good after the granter it had refused was convicted)."""
+        for requester, granters in list(self.complaints.items()):
+            left = [g for g in granters if g != granter]
+            if left:
+                self.complaints[requester] = left
+            else:
+                del self.complaints[requester]
+                self.excluded.discard(requester)
 
 
 class _Party(SumParty):
