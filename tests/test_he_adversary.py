@@ -2077,3 +2077,73 @@ def test_a_model_sealed_under_keys_only_a_convicted_party_holds_fails_by_name_no
     assert reports[0].ok and "p00" in fed.aggregator.secure_sum.distrusted
     for report in reports[2:]:
         assert not report.ok and "sealed under keys that only distrusted parties (p00) hold" in report.error
+
+
+def test_a_sum_of_fewer_than_min_parties_contributions_is_never_sent_to_be_decrypted():
+    """Found by a seventh attacker: a party abstaining at encrypt answered validly and was counted
+    towards min_parties, so a key holder was sent the sum of two updates at min_parties 3 and read
+    one of them (it holds the other). Now only contributions count."""
+    fed, _deltas, _weights = paillier_fed(n=3, min_parties=3)
+    assert fed.run_round().ok
+    abstainer = fed.nodes["p02"].secure_sum
+    honest = abstainer.respond
+
+    def respond(phase, request):
+        if phase == sk.ENCRYPT:
+            abstainer.done.add(phase)
+            return encode_record(sk._ABSTAIN, {"reason": "sits this round out"}, {})
+        return honest(phase, request)
+
+    abstainer.respond = respond
+    agg = fed.aggregator.secure_sum
+    sent = []
+    honest_request = agg.request
+
+    def request(phase, party):
+        data = honest_request(phase, party)
+        if phase in (sk.DECRYPT, sk.ARBITRATE):
+            sent.append(decode_record(data, b"SKDq", {"contributors": list}, ("sum",))[0]["contributors"])
+        return data
+
+    agg.request = request
+    report = fed.run_round()
+    assert not report.ok and "only 2 of 3 parties left after encrypt" in report.error, report
+    assert not any(sent), sent
+
+
+@settings(max_examples=6, **_SETTINGS)
+@given(victim_round=st.integers(0, 2))
+def test_a_key_holder_withdrawing_after_it_decrypted_does_not_fail_the_round(victim_round):
+    """Found by a seventh attacker: a key holder decrypted each legal sum, then withdrew; rounds of
+    exactly min_parties failed, the model stayed put, every party re-encrypted the same update, and
+    from the subset sums of three rounds it solved every party's update. Once encrypt closes the sum
+    is fixed: a role missing after it is silent, the arbiter decides, and the model moves."""
+    fed, _deltas, _weights = paillier_fed(n=3, min_parties=3)
+    holder = fed.nodes["p01"].secure_sum
+    honest = holder.respond
+
+    def respond(phase, request):
+        reply = honest(phase, request)  # it does decrypt
+        if phase in (sk.DECRYPT, sk.ARBITRATE) and holder.ctx.round >= victim_round:
+            raise ProtocolError("connection reset")
+        return reply
+
+    holder.respond = respond
+    before = model(fed)
+    reports = [fed.run_round() for _ in range(3)]
+    assert all(r.ok for r in reports), [r.error for r in reports]
+    assert not np.array_equal(model(fed), before)
+
+
+def test_a_requester_excluded_by_the_only_holder_is_invited_again_once_another_exists():
+    """Found by a seventh attacker: refused twice by the only holder there was, a requester was
+    excluded, and stayed excluded after a second, trusted holder appeared."""
+    members = [{"p00", "p01"}, {"p00", "p01"}, {"p00", "p01", "p02"}]
+    fed, _deltas, _weights = integer_federation(3, dim=P_DIM, selection=_Schedule(members), min_parties=1)
+    _garbage_to(fed, "p00", lambda round_: "p01")  # p00 never gives p01 usable keys
+    reports = [fed.run_round() for _ in range(2)]
+    agg = fed.aggregator.secure_sum
+    assert "p01" in agg.excluded
+    reports += [fed.run_round() for _ in range(3)]  # p02 gets keys from p00; then p01 from p02
+    assert "p01" not in agg.excluded and fed.nodes["p01"].secure_sum.material is not None
+    assert "p01" in reports[-1].survivors, reports[-1]

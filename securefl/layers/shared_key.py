@@ -392,6 +392,7 @@ class _Aggregator(SumAggregator):
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
         tail = (ENCRYPT, DECRYPT, ARBITRATE) if len(ctx.parties) >= 3 else (ENCRYPT, DECRYPT)
+        self._readmit_waiting()
         waiting = set(ctx.parties) - self.holders - self.excluded
         if not self.keys_preloaded and waiting:
             return (KEY_OFFER, KEY_GRANT, KEY_INSTALL, *tail)
@@ -765,6 +766,12 @@ class _Aggregator(SumAggregator):
             self.contributors_ &= survivors
             if not self.contributors_ or self.combined is None:
                 raise RoundFailed(f"{name}: no ciphertexts arrived")
+            if len(self.contributors_) < self.ctx.min_parties:
+                # Never a sum of fewer than min_parties to a key holder (whatever the live count).
+                raise RoundFailed(
+                    f"{name}: only {len(self.contributors_)} contributions arrived, {self.ctx.min_parties} "
+                    "are needed; no sum is sent to be decrypted"
+                )
             # The decryptor contributed, holds the keys, and has not misbehaved before.
             holders = self._eligible_holders()
             if not holders:
@@ -1010,6 +1017,29 @@ class _Aggregator(SumAggregator):
     def result(self) -> SealedModel:
         self.model_sealed = True  # the global model is sealed under the federation's current keys
         return SealedModel(self.sealed)
+
+    def _readmit_waiting(self) -> None:
+        """A requester excluded after refusing the only holder there was, twice, is invited again
+        once a trusted holder it has not refused exists (a seventh attacker's honest requester sat out
+        for good although another holder had appeared); if it then refuses that one too, the
+        two-holders rule names it."""
+        for requester in sorted(self.excluded - self.distrusted):
+            refused = set(self.complaints.get(requester, []))
+            if self.holders - self.distrusted - refused - {requester}:
+                self.excluded.discard(requester)
+
+    def inputs_summed(self, phase: str, live: frozenset[str]) -> int:
+        """The contributions summed, not the parties answering: a party that abstains at ``encrypt``
+        answers validly but adds nothing, and once ``encrypt`` closes the sum is fixed — a decrypting
+        role dropping after it has decrypted no longer fails the round (the arbiter decides). Found by
+        a seventh attacker: abstainers counted towards min_parties sent a key holder the sum of two
+        parties' updates at min_parties 3; and a key holder that decrypted legal sums and then
+        withdrew failed rounds of exactly min_parties, collecting subset sums of unchanged updates."""
+        if phase == ENCRYPT:
+            return len(live - set(self.abstained))
+        if phase in (DECRYPT, ARBITRATE):
+            return len(self.contributors_)
+        return len(live)
 
     def _readmit_complainers_of(self, granter: str) -> None:
         """Once ``granter`` is found at fault, its complaints are settled: a requester excluded for
