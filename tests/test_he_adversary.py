@@ -1365,11 +1365,11 @@ def test_a_party_never_encrypts_twice_in_one_round(key_material):
     layer = Paillier(key_bits=BITS, workers=1)
     layer.scheme.value_bits, layer.scheme.max_parties = 16, 4
     party = sk._Party(layer.scheme, "p00", key_material)
-    ctx = _round_ctx(5, round=3)
+    ctx = _round_ctx(5, round=4)  # (round 3 would be a shared sit-out: the 4th round with no record)
     party.start_round(ctx, lambda: np.zeros(5, dtype=np.uint64))
     party.respond(sk.ENCRYPT, b"")
     party.start_round(ctx, lambda: np.zeros(5, dtype=np.uint64))
-    with pytest.raises(ProtocolError, match="already encrypted in round 3"):
+    with pytest.raises(ProtocolError, match="already encrypted in round 4"):
         party.respond(sk.ENCRYPT, b"")
     party.start_round(_round_ctx(5, round=2), lambda: np.zeros(5, dtype=np.uint64))
     with pytest.raises(ProtocolError, match="pads are not reused"):
@@ -2147,3 +2147,17 @@ def test_a_requester_excluded_by_the_only_holder_is_invited_again_once_another_e
     reports += [fed.run_round() for _ in range(3)]  # p02 gets keys from p00; then p01 from p02
     assert "p01" not in agg.excluded and fed.nodes["p01"].secure_sum.material is not None
     assert "p01" in reports[-1].survivors, reports[-1]
+
+
+def test_sit_outs_stay_in_step_after_transient_dropouts():
+    """Found by an eighth attacker: each party counted its own rounds without a new record, so six
+    transient dropouts left four honest parties' counts out of step; from then on one of them sat out
+    in every round, and at min_parties 4 every round failed, for ever. Every (STALE_LIMIT + 1)-th
+    round after the newest record all parties now sit out together."""
+    faults = Faults()
+    for round_, party in [(1, "p00"), (2, "p00"), (3, "p00"), (4, "p01"), (5, "p01"), (6, "p02")]:
+        faults.add("offline", party, round=round_)
+    fed, _deltas, _weights = paillier_fed(n=4, faults=faults, min_parties=4)
+    reports = [fed.run_round() for _ in range(20)]
+    assert sum(r.ok for r in reports[8:]) >= 9, [(r.number, r.status, r.error) for r in reports]
+    assert reports[-1].ok or reports[-2].ok

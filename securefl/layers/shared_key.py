@@ -1317,7 +1317,14 @@ class _Party(SumParty):
             self._move_to(self._current)
         if self.latest_model_round > self._record_at_encrypt:
             self._stale = 0  # a new sealed record (model or refusal marker) arrived since
-        if self._stale >= STALE_LIMIT:
+        # Every (STALE_LIMIT + 1)-th round after the newest record every party sits out together —
+        # decided from what all of them share (the round number and that record's label), so that
+        # counts out of step after transient dropouts cannot leave some party sitting out in every
+        # round (an eighth attacker stalled four honest parties at min_parties 4 for ever that way).
+        # Its own count still bounds the fresh encryptions an aggregator skipping round numbers gets.
+        since = self.ctx.round - self.latest_model_round - 1
+        together = since % (STALE_LIMIT + 1) == STALE_LIMIT
+        if together or self._stale >= STALE_LIMIT:
             # Rounds keep failing and the update has not changed: sit THIS round out instead of handing
             # out yet another fresh encryption of it, then count again (bounded and resumable: a
             # permanent sit-out let three short failures stall the federation for ever, N4). Decided
