@@ -2161,3 +2161,21 @@ def test_sit_outs_stay_in_step_after_transient_dropouts():
     reports = [fed.run_round() for _ in range(20)]
     assert sum(r.ok for r in reports[8:]) >= 9, [(r.number, r.status, r.error) for r in reports]
     assert reports[-1].ok or reports[-2].ok
+
+
+def test_sit_outs_stay_in_step_when_a_group_is_never_invited_to_a_shared_sit_out():
+    """Found by a ninth attacker, with each party's own count kept beside the shared rule: under a
+    period-4 selection (group Q invited every 4th round, group P otherwise) six transient dropouts
+    left P's own counts out of step, P was never invited to the shared sit-out that would realign
+    them, and every later round failed. The sit-out is now decided only from shared state."""
+    group_p, group_q = {"p00", "p01", "p02", "p03"}, {"p04", "p05", "p06", "p07"}
+    members = [group_p | group_q] + [group_q if r % 4 == 0 else group_p for r in range(1, 40)]
+    faults = Faults()
+    for round_, parties in [(5, ("p01", "p02", "p03")), (6, ("p02", "p03")), (7, ("p03",))]:
+        for party in parties:
+            faults.add("offline", party, phase="encrypt", round=round_)
+    fed, _deltas, _weights = integer_federation(
+        8, faults=faults, dim=P_DIM, selection=_Schedule(members), min_parties=4
+    )
+    reports = [fed.run_round() for _ in range(24)]
+    assert sum(r.ok for r in reports[8:]) >= 12, [(r.number, r.status, r.error) for r in reports[8:]]

@@ -70,10 +70,10 @@ KEY_OFFER, KEY_GRANT, KEY_INSTALL, ENCRYPT, DECRYPT, ARBITRATE = (
 _MAX_KEY_REPLY = 64 << 20
 _ABSTAIN = b"SKAb"  # an encrypt reply from a party without keys: it sits the round out
 _MAX_COMPLAINTS = 2  # a requester that refused keys this often is no longer invited to key phases
-# A party that encrypted in this many consecutive rounds without a new sealed record arriving (a
-# model or a refusal marker: the aggregator cannot tell which) sits ONE round out, then starts
-# counting again (N4: a permanent sit-out turned three short failures into a stall for ever): an
-# unchanged update is fresh-encrypted at most STALE_LIMIT times in every STALE_LIMIT + 1 rounds.
+# After this many rounds without a new sealed record (a model or a refusal marker: the aggregator
+# cannot tell which) every party sits ONE round out together, then the count starts again (N4: a
+# permanent sit-out turned three short failures into a stall for ever): an unchanged update is
+# fresh-encrypted at most STALE_LIMIT times in every STALE_LIMIT + 1 round numbers.
 STALE_LIMIT = 3
 _MODEL, _REFUSED = 0, 1  # status byte of a sealed record's plaintext
 
@@ -1094,8 +1094,6 @@ class _Party(SumParty):
         self._last_model: np.ndarray | None = None  # the last global vector a sealed record gave
         self._current: np.ndarray | None = None  # the global vector this party last trained on
         self.refusals: list[tuple[int, str]] = []  # (round, reason): sums this party refused to fuse
-        self._stale = 0  # consecutive rounds encrypted without a new sealed record arriving
-        self._record_at_encrypt = -1  # latest_model_round when this party last encrypted
         self._last_encrypt_round = -1  # pads are per (session, party, round): never a round twice
         self._opening_for_round = False
         self._handlers = {
@@ -1315,33 +1313,30 @@ class _Party(SumParty):
             # The model this party trains on from now: what it fuses a sum on (and names as its base).
             self._current = np.asarray(base, dtype=np.float64).copy()
             self._move_to(self._current)
-        if self.latest_model_round > self._record_at_encrypt:
-            self._stale = 0  # a new sealed record (model or refusal marker) arrived since
-        # Every (STALE_LIMIT + 1)-th round after the newest record every party sits out together —
-        # decided from what all of them share (the round number and that record's label), so that
-        # counts out of step after transient dropouts cannot leave some party sitting out in every
-        # round (an eighth attacker stalled four honest parties at min_parties 4 for ever that way).
-        # Its own count still bounds the fresh encryptions an aggregator skipping round numbers gets.
+        # Every (STALE_LIMIT + 1)-th round after the newest record (model or refusal marker: the
+        # aggregator cannot tell which) every party sits out together — decided only from what all of
+        # them share, the round number and that record's label. Counted by each party, the sit-outs
+        # fell out of step after transient dropouts and some party sat out in every round (an eighth
+        # attacker stalled four honest parties at min_parties 4 for ever; a ninth, with the own count
+        # kept beside the shared rule, eight parties under a period-4 selection). Round numbers only
+        # increase and a party encrypts once per round, so an unchanged update is fresh-encrypted at
+        # most STALE_LIMIT times in every STALE_LIMIT + 1 round numbers, whatever the aggregator does.
         since = self.ctx.round - self.latest_model_round - 1
-        together = since % (STALE_LIMIT + 1) == STALE_LIMIT
-        if together or self._stale >= STALE_LIMIT:
+        if since % (STALE_LIMIT + 1) == STALE_LIMIT:
             # Rounds keep failing and the update has not changed: sit THIS round out instead of handing
             # out yet another fresh encryption of it, then count again (bounded and resumable: a
             # permanent sit-out let three short failures stall the federation for ever, N4). Decided
             # from what the aggregator did (it served no new sealed record), never from a record's
             # hidden content, so sitting out tells it nothing.
-            self._stale = 0
             return encode_record(
                 _ABSTAIN,
                 {
-                    "reason": f"encrypted in {STALE_LIMIT} consecutive rounds without a new sealed model; "
-                    "sits this round out"
+                    "reason": f"{STALE_LIMIT} rounds without a new sealed model: every party sits this "
+                    "round out"
                 },
                 {},
             )
         ciphertexts = self.scheme.encrypt(self.material, vector, self.ctx, self.me)
-        self._stale += 1
-        self._record_at_encrypt = self.latest_model_round
         self._last_encrypt_round = self.ctx.round
         return ciphertexts
 
