@@ -259,6 +259,20 @@ def test_every_actor_keeps_freed_model_sized_buffers(local_ray):
         fed.close()
 
 
+def _wait_until_dead(actor, seconds: float = 30.0) -> None:
+    """Block until ``actor`` no longer answers (a CI run once started the next round first)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ready.remote(), timeout=1.0)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
+            return
+        except ray.exceptions.GetTimeoutError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the killed actor still answers")
+
+
 def test_an_actor_killed_mid_round_costs_only_its_parties(local_ray):
     """p00, p02, p04 live on actor 0; it is killed while p00 trains in round 1."""
     rng = np.random.default_rng(1)
@@ -290,6 +304,7 @@ def test_an_actor_killed_mid_round_costs_only_its_parties(local_ray):
         # The next round goes on without them; with too few left it fails cleanly.
         assert fed.run_round().survivors == ["p01", "p03", "p05"]
         ray.kill(fed.transport.actors[1])
+        _wait_until_dead(fed.transport.actors[1])  # ray.kill is asynchronous: a busy machine lags
         failed = fed.run_round()
         assert failed.status == "failed" and "only 0 of 6 parties" in failed.error
     finally:
