@@ -2179,3 +2179,17 @@ def test_sit_outs_stay_in_step_when_a_group_is_never_invited_to_a_shared_sit_out
     )
     reports = [fed.run_round() for _ in range(24)]
     assert sum(r.ok for r in reports[8:]) >= 12, [(r.number, r.status, r.error) for r in reports[8:]]
+
+
+def test_a_corrupted_empty_arbitrate_reply_does_not_distrust_the_decryptor():
+    """Found by a ninth attacker: the decryptor's and verifier's empty answers in arbitrate (they have
+    no role there) counted as malformed sealed models: one flipped byte distrusted them for good."""
+    probe, *_ = paillier_fed(n=3)
+    probe.run_round()
+    probe.run_round()
+    decryptor = probe.aggregator.secure_sum.decryptor  # who decrypts round 1 (a fixed rotation)
+    fed, *_ = paillier_fed(n=3, faults=Faults().add("flip", decryptor, phase="arbitrate", round=1))
+    assert fed.run_round().ok
+    fed.run_round()
+    agg = fed.aggregator.secure_sum
+    assert agg.decryptor == decryptor and decryptor not in agg.distrusted, (agg.decryptor, agg.distrusted)
