@@ -30,6 +30,7 @@ from securefl.errors import ConfigError, SecureFLError
 from securefl.layers import PRESET_NAMES
 from securefl.logtext import counted, printable
 from securefl.privacy.accountants import ACCOUNTANTS
+from securefl.privacy.ledger import ledger_files
 from securefl.privacy.observers import OBSERVERS
 from securefl.runner import BudgetSettings, DPSettings, Reporter, RunSettings, run
 from securefl.simulation.allocator import keep_freed_memory
@@ -812,17 +813,14 @@ def _federation_inputs(config: str) -> tuple[str, ...]:
     files = [config, *(str(fed.base / v) for v in tls.values() if isinstance(v, str))]
     ledger = (fed.budget or {}).get("ledger")
     if ledger:
-        path = fed.base / ledger
-        files += [str(path), f"{path}.head", f"{path}.key", f"{path}.pub"]
+        files += [str(f) for f in ledger_files(fed.base / ledger)]
     return tuple(files)
 
 
 def _ledger_files(settings: RunSettings) -> tuple[str, ...]:
     """The files of the run's privacy ledger (none without one): never an output's target."""
     ledger = settings.budget.ledger if settings.budget is not None else None
-    if not ledger:
-        return ()
-    return (str(ledger), f"{ledger}.head", f"{ledger}.key", f"{ledger}.pub")
+    return tuple(str(f) for f in ledger_files(ledger)) if ledger else ()
 
 
 def _audit(args: argparse.Namespace, console: Console) -> int:
@@ -830,9 +828,7 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     from securefl.privacy.ledger import read_public_key
 
     if args.report:
-        ledger = args.ledger
-        ledger_files = (ledger, f"{ledger}.head", f"{ledger}.key", f"{ledger}.pub", f"{ledger}.head.tmp")
-        check_output(args.report, "--report", (*ledger_files, args.public_key), "report")
+        check_output(args.report, "--report", (*ledger_files(args.ledger), args.public_key), "report")
     if not os.path.lexists(args.ledger) and not os.path.lexists(f"{args.ledger}.head"):
         # Nothing to audit (a ledger removed with its head left behind is a finding: audited below).
         raise ConfigError(f"no ledger at {args.ledger}: give the path a guard wrote (--ledger)")

@@ -243,19 +243,14 @@ def _round_log(directory: Any, party: str, rounds: int | None) -> RoundLog:
     if rounds is not None:
         agreement = hashlib.sha256(f"securefl/flower/rounds/{rounds}".encode()).hexdigest()
     path = "" if directory is None else str(Path(directory) / f"{party}.rounds")
-    key = (party, path)
-    with _LOCK_LOGS:
-        if key not in _ROUND_LOGS:
-            if directory is not None:
-                private_directory(directory)
-            _ROUND_LOGS[key] = RoundLog(path or None, agreement, rounds)
-        log_ = _ROUND_LOGS[key]
-        if (log_.agreement, log_.rounds) != (agreement, rounds):
-            log_.agreement, log_.rounds = agreement, rounds
-        return log_
-
-
-_LOCK_LOGS = threading.Lock()
+    key = (party, path)  # (called under _LOCK, from ClientMod._party)
+    if key not in _ROUND_LOGS:
+        if directory is not None:
+            private_directory(directory)
+        _ROUND_LOGS[key] = RoundLog(path or None, agreement, rounds)
+    round_log = _ROUND_LOGS[key]
+    round_log.agreement, round_log.rounds = agreement, rounds
+    return round_log
 
 
 def _train_through_app(

@@ -125,6 +125,14 @@ def _fsync_replace(path: Path, data: bytes) -> None:
     sync_directory(path.parent)
 
 
+def ledger_files(path: str | Path) -> tuple[Path, ...]:
+    """Every file a ledger at ``path`` keeps: the records, the head (and its temporary), the signing
+    key and the public key — what no output of any command may be written over."""
+    path = Path(path)
+    head = head_path(path)
+    return (path, head, head.with_name(head.name + ".tmp"), Path(f"{path}.key"), Path(f"{path}.pub"))
+
+
 def head_path(path: str | Path) -> Path:
     return Path(str(path) + ".head")
 
