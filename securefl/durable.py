@@ -9,9 +9,12 @@ file is created 0600 and never followed through a symlink; a file that cannot be
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import os
+import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -104,9 +107,6 @@ def write_replacing(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
     replaced, never followed, and a reader never sees half a file (found by attackers: a report, a
     model and a plot written through a link planted at their path replaced the ledger, a key or a
     party's certificate)."""
-    import contextlib
-    import secrets
-
     target = Path(path)
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
@@ -126,8 +126,6 @@ def write_replacing(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
 
 def save_figure(figure: Any, path: str | Path) -> Path:
     """A matplotlib figure written with :func:`write_replacing`, in the format its suffix names."""
-    import io
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png")
     return write_replacing(path, buffer.getvalue())

@@ -98,11 +98,11 @@ def _open_synced(path: Path, flags: int) -> int:
     return _regular(fd, path)
 
 
-def _regular(fd: int, path: Path) -> int:
+def _regular(fd: int, path: Path, what: str = "ledger file") -> int:
     """``fd`` if it is a regular file; else it is closed and ConfigError names the file."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ConfigError(f"the ledger file {path} is not a regular file (a directory, a pipe, a device)")
+        raise ConfigError(f"the {what} {path} is not a regular file (a directory, a pipe, a device)")
     return fd
 
 
@@ -463,7 +463,8 @@ def read_public_key(value: str) -> str:
         try:
             # Non-blocking and regular files only: a pipe given as the key made `audit` wait for ever
             # (found by an attacker). A public key may be reached through a link.
-            fd = _regular(os.open(value, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), Path(value))
+            fd = os.open(value, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = _regular(fd, Path(value), "public key file")
             with os.fdopen(fd, "rb") as handle:
                 text = handle.read(4096).decode("ascii").strip()
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
