@@ -99,6 +99,9 @@ class BenchResult:
     aggregator_bound_seconds: float | None = None
     party_masks: int | None = None
     aggregator_masks: int | None = None
+    # ...and the X25519 key agreements a party of this protocol cannot avoid (agreements_floor)
+    party_agreements: int | None = None
+    party_agreement_seconds: float | None = None
     # Shared-key Paillier: ciphertexts in the sum, and phe's raw_decrypt of as many over the key
     # holder's seconds (extrapolated from a sample)
     ciphertexts: int | None = None
@@ -414,6 +417,9 @@ def measure(
             result.party_masks,
             result.aggregator_masks,
         ) = mask_bounds(federation.stack.secure_sum, params, parties, parties - len(survivors))
+        result.party_agreements, result.party_agreement_seconds = agreements_floor(
+            federation.stack.secure_sum, parties
+        )
     return result, federation
 
 
@@ -460,6 +466,31 @@ def mask_bounds(layer: Any, params: int, parties: int, dropped: int, trials: int
 
     bounds = _median_seconds(party, trials), _median_seconds(aggregator, trials)
     return (*bounds, party_masks, aggregator_masks)
+
+
+def agreements_floor(layer: Any, parties: int, trials: int = 5) -> tuple[int, float]:
+    """The key agreements a SecAgg party must do in a round, timed now (median of ``trials``):
+    with each of its k neighbours, one X25519 exchange of channel keys (sealing the shares) and one
+    of mask keys (the pairwise mask seed), each followed by its HKDF — ``channel.agree``, as the
+    layer does it. Active mode adds two per neighbour: the one-time key of each sealed share is
+    generated (a scalar multiplication) and agreed by both sides. They are per round and per
+    neighbour by design: the mask key is rebuilt from shares when its owner drops, so it is fresh
+    every round and cannot double as the channel key (protocols/secagg.md). With the masks' bound
+    this is the party's floor. Returns (agreements, seconds)."""
+    from securefl.crypto import channel
+    from securefl.randomness import SecureRandom
+
+    k = layer.degree(parties)
+    count = (4 if layer.active else 2) * k
+    rng = SecureRandom()
+    own, _ = channel.generate_loaded(rng)
+    peers = [channel.generate_keypair(rng)[1] for _ in range(min(count, 64))]
+
+    def agree_all() -> None:
+        for i in range(count):
+            channel.agree(own, peers[i % len(peers)], b"bench-floor")
+
+    return count, _median_seconds(agree_all, trials)
 
 
 def _naive_baseline(result: BenchResult, federation: Federation) -> None:

@@ -641,6 +641,15 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
                 f"{r.party_seconds / r.party_bound_seconds:.2f}×, aggregator at "
                 f"{r.aggregator_seconds / r.aggregator_bound_seconds:.2f}× its bound"
             )
+        if r.party_agreement_seconds:
+            floor = r.party_bound_seconds + r.party_agreement_seconds
+            console.print(
+                f"{r.privacy} ({r.backend}): a party's {r.party_agreements} X25519 key agreements "
+                f"({r.party_agreements // (r.party_masks - 1)} per neighbour, fresh each round) take {r.party_agreement_seconds * 1e3:.2f} ms, "
+                f"{r.party_agreement_seconds / r.party_bound_seconds:.2f}× the masks' bound: with the masks, "
+                f"a floor of {floor * 1e3:.2f} ms ({floor / r.party_bound_seconds:.2f}× the bound); the party "
+                f"is at {r.party_seconds / floor:.2f}× this floor"
+            )
         if r.naive_expansion:
             console.print(
                 f"{r.privacy} ({r.backend}): {r.naive_baseline}: {r.naive_expansion:.2f}× float32 on the "
