@@ -645,10 +645,11 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             floor = r.party_bound_seconds + r.party_agreement_seconds
             console.print(
                 f"{r.privacy} ({r.backend}): a party's {r.party_agreements} X25519 key agreements "
-                f"({r.party_agreements // (r.party_masks - 1)} per neighbour, fresh each round) take {r.party_agreement_seconds * 1e3:.2f} ms, "
+                f"({r.party_agreements // (r.party_masks - 1)} per neighbour, fresh each round) take "
+                f"{r.party_agreement_seconds * 1e3:.2f} ms, "
                 f"{r.party_agreement_seconds / r.party_bound_seconds:.2f}× the masks' bound: with the masks, "
-                f"a floor of {floor * 1e3:.2f} ms ({floor / r.party_bound_seconds:.2f}× the bound); the party "
-                f"is at {r.party_seconds / floor:.2f}× this floor"
+                f"a floor of {floor * 1e3:.2f} ms ({floor / r.party_bound_seconds:.2f}× the bound); "
+                f"the party is at {r.party_seconds / floor:.2f}× this floor"
             )
         if r.naive_expansion:
             console.print(

@@ -130,11 +130,21 @@ def ledger_files(path: str | Path) -> tuple[Path, ...]:
     key and the public key — what no output of any command may be written over."""
     path = Path(path)
     head = head_path(path)
-    return (path, head, head.with_name(head.name + ".tmp"), Path(f"{path}.key"), Path(f"{path}.pub"))
+    return (path, head, head.with_name(head.name + ".tmp"), key_path(path), public_key_path(path))
 
 
 def head_path(path: str | Path) -> Path:
     return Path(str(path) + ".head")
+
+
+def key_path(path: str | Path) -> Path:
+    """The ledger's signing key, ``<ledger>.key``."""
+    return Path(str(path) + ".key")
+
+
+def public_key_path(path: str | Path) -> Path:
+    """The ledger's public key for auditors, ``<ledger>.pub``."""
+    return Path(str(path) + ".pub")
 
 
 def _split(raw: bytes) -> tuple[list[bytes], bytes]:
@@ -403,46 +413,47 @@ def load_or_create_key(ledger_path: str | Path) -> Ed25519PrivateKey:
 
 
 def _read_or_generate_key(ledger_path: str | Path) -> tuple[Ed25519PrivateKey, bool]:
-    key_path = Path(str(ledger_path) + ".key")
-    if key_path.parent.is_dir():
-        remove_stale_temporaries(key_path)  # a kill inside the key's first write left a copy of it
-    if os.path.lexists(key_path):
+    signing_key_file = key_path(ledger_path)
+    if signing_key_file.parent.is_dir():
+        remove_stale_temporaries(signing_key_file)  # a kill inside the key's first write left a copy of it
+    if os.path.lexists(signing_key_file):
         try:  # never through a planted symlink; a key left readable by others is tightened
-            fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(signing_key_file, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             raise ConfigError(
-                f"cannot read the ledger's signing key {key_path} ({exc.strerror}; a symlink is refused)"
+                f"cannot read the ledger's signing key {signing_key_file} ({exc.strerror}; a symlink is "
+                "refused)"
             ) from None
-        with os.fdopen(_regular(fd, key_path), "rb") as handle:
+        with os.fdopen(_regular(fd, signing_key_file), "rb") as handle:
             if os.fstat(fd).st_mode & 0o077:
-                log.warning("ledger key %s was readable by others: set to 0600", key_path)
+                log.warning("ledger key %s was readable by others: set to 0600", signing_key_file)
                 os.fchmod(fd, 0o600)
             data = handle.read()
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"cannot read the ledger's signing key {key_path}: {exc}") from None
+            raise ConfigError(f"cannot read the ledger's signing key {signing_key_file}: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError(f"{key_path} is not an Ed25519 private key")
-        _write_public(Path(str(ledger_path) + ".pub"), key)  # a crash between the files, a torn .pub
+            raise ConfigError(f"{signing_key_file} is not an Ed25519 private key")
+        _write_public(public_key_path(ledger_path), key)  # a crash between the files, a torn .pub
         return key, False
     ledger = Path(ledger_path)
     if ledger.exists() and ledger.stat().st_size:
         raise ConfigError(
-            f"the ledger {ledger} has records but its signing key {key_path} is missing: restore the key "
-            "(a new key would start a second chain, and the budget spent so far would be lost)"
+            f"the ledger {ledger} has records but its signing key {signing_key_file} is missing: restore "
+            "the key (a new key would start a second chain, and the budget spent so far would be lost)"
         )
     return Ed25519PrivateKey.generate(), True
 
 
 def _persist_key(ledger_path: str | Path, key: Ed25519PrivateKey) -> None:
-    key_path = Path(str(ledger_path) + ".key")
+    signing_key_file = key_path(ledger_path)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    private_directory(key_path.parent)
-    write_private(key_path, pem, overwrite=False)
-    _write_public(Path(str(ledger_path) + ".pub"), key)
+    private_directory(signing_key_file.parent)
+    write_private(signing_key_file, pem, overwrite=False)
+    _write_public(public_key_path(ledger_path), key)
 
 
 def _write_public(path: Path, key: Ed25519PrivateKey) -> None:
@@ -534,7 +545,7 @@ class Ledger:
     def _open_locked(self) -> None:
         self.first, self.spent, self.costliest = GENESIS, 0.0, None
         missing = not os.path.lexists(self.path) and not head_path(self.path).exists()
-        if missing and os.path.lexists(Path(str(self.path) + ".key")):
+        if missing and os.path.lexists(key_path(self.path)):
             # A writer creates the head before the key (open_ledger): a key with neither file
             # means both were removed, not a ledger never written.
             raise ConfigError(
