@@ -161,6 +161,10 @@ class Aggregator:
                 log.warning("round %d refused: %s", round + 1, exc)
                 return RoundReport(round, "refused", [], error=str(exc))
         selected = self.selection.select(self.parties, round)
+        # Left out by the layer (sitting out after a fault): the roster, and everything counted over
+        # it (the guard's admission included), is the parties actually invited.
+        resting = {p: why for p, why in self.secure_sum.resting(round).items() if p in selected}
+        selected = [p for p in selected if p not in resting]
         if self.guard is not None:
             try:
                 self.guard.admit_selection(round, selected)
@@ -168,6 +172,7 @@ class Aggregator:
                 log.warning("round %d refused: %s", round + 1, exc)
                 return RoundReport(round, "refused", [], error=str(exc))
         report = RoundReport(round, "failed", list(selected))
+        report.sidelined = {p: f"selection: {resting[p]}" for p in sorted(resting)}
         self._phase = "selection"
         self._culprits = set()
         self._exposed = {}

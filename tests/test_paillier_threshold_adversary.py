@@ -1032,7 +1032,11 @@ def test_a_model_in_the_clear_cannot_follow_the_initial_one(keys, monkeypatch, r
 
 
 class _ChosenDecryptor(layer_module._Aggregator):
-    """An aggregator that makes p03 the first decryptor whenever it can."""
+    """An aggregator that makes p03 the first decryptor whenever it can (and invites it even while
+    an honest aggregator would let it sit out: an active one chooses every roster)."""
+
+    def resting(self, round):
+        return {}
 
     def _next_decryptor(self):
         if "p03" in self.pool and "p03" not in self.used:
@@ -1261,3 +1265,58 @@ def test_the_acknowledgement_log_binds_a_base_to_one_sum_durably(tmp_path):
     link.symlink_to(path)
     with pytest.raises(ConfigError, match="cannot be read"):
         AckLog(link)
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(victim=st.sampled_from(_parties(3)))
+def test_a_restarted_party_whose_acknowledgement_was_lost_acknowledges_again(keys, victim):  # noqa: F811
+    """Found by an attacker (liveness, nobody malicious): with three parties and t = 2 every
+    contributor's acknowledgement is needed. One honest party's reply carrying it was lost and the
+    party restarted: it no longer remembered attesting the sum, refused to acknowledge it late, and
+    every later round failed, for ever. Its log line now names the contributors, so the restarted
+    party signs the same acknowledgement again; it still acknowledges no other sum."""
+    from securefl.fusion import FedAvg
+    from securefl.party import PartyNode
+
+    faults = Faults().add("lose_reply", victim, phase="acknowledge", round=0)
+    fed, deltas, weights = federation(keys[(3, 2)], 3, faults=faults)
+    assert not fed.run_round().ok
+    old = fed.nodes[victim]
+    node = PartyNode(
+        victim, old.client, old.spec, old.layout, old.stack, old.session, old.weighting,
+        old.weight_bound, strategy=FedAvg(), min_parties=old.min_parties, honest=old.honest,
+    )  # fmt: skip
+    fed.nodes[victim] = node
+    fed.transport.handlers[victim] = node.handle
+    report = fed.run_round()
+    assert report.ok, report.error
+    # The sum of round 0, completed: one step of all three parties' mean.
+    np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(3)), atol=1e-9)
+    # The log lets the restarted share sign that one sum again, and nothing else.
+    party = node.secure_sum
+    (_, _, round_, digest), *_ = party.acks.entries()
+    for contributors, summed in ((_parties(2), digest), (_parties(3), "0" * 64)):
+        header = {"contributors": contributors, "sum": summed, "of_round": round_}
+        request = encode_record(b"TAKq", header, {})
+        party._attested = {}
+        with pytest.raises(ProtocolError, match="not the last one"):
+            party._acknowledge(request)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(victim=st.sampled_from(_parties(3)), phase=st.sampled_from([None, "attest"]))
+def test_one_absent_party_of_three_costs_only_itself(keys, victim, phase):  # noqa: F811
+    """Found by an attacker: with three holders and t = 2 the quorum over the invited is all three,
+    so one party that is offline — or never answers ``attest`` — failed every round for ever (its
+    bench still counted it as invited). Benched and absent parties are now left out of the next
+    rosters (``resting``): the others' rounds complete, exactly, and the absent one is invited
+    again after a bench that doubles while it stays away."""
+    faults = Faults().add("offline", victim, phase=phase)
+    fed, deltas, weights = federation(keys[(3, 2)], 3, faults=faults)
+    others = [p for p in _parties(3) if p != victim]
+    reports = [fed.run_round() for _ in range(8)]
+    done = [r for r in reports if r.ok]
+    assert len(done) >= 5, [r.error for r in reports]
+    assert all(r.survivors == others and victim in r.sidelined for r in done)
+    np.testing.assert_allclose(fed.global_vector, len(done) * mean(deltas, weights, others), atol=1e-6)
+    assert sum(victim in r.selected for r in reports) >= 3  # invited again after each bench

@@ -18,7 +18,11 @@ first, as before. Later attackers added three rules, all enforced here or from h
 acknowledges sums in one session only, ever (two interleaved sessions could each train it on a
 clear model of the aggregator's choosing); once it has acknowledged, it trains on no other clear
 model (``_ThresholdParty.check_clear_model``: a copy with other bytes trains to the same update);
-and after a restart its last acknowledged sum is read from here, so an exposed sum is completed.
+and after a restart its last acknowledged sum is read from here, so an exposed sum is completed —
+and the same acknowledgement can be signed again, so a sum short of its quorum only because the
+reply carrying it was lost is completed too (found by an attacker: an honest party whose
+acknowledgement was lost, then restarted, could not acknowledge again, and three parties with
+t = 2 stalled for ever).
 """
 
 from __future__ import annotations
@@ -58,6 +62,23 @@ class AckLog:
             out.append((base, session, round_, digest))
         return out
 
+    def bound_sum(self, session: str, round_: int, digest: str) -> tuple[str, tuple[str, ...]] | None:
+        """(base, contributors) of the sum of ``session``'s ``round_`` with this digest that this
+        share acknowledged, if its log line names the contributors (lines written before they were
+        recorded do not): what a restarted party needs to acknowledge that same sum again."""
+        raw = read_entries(self.path, _WHAT)
+        self._entries(raw)  # every line well formed, or the log is damaged
+        for number, entry in raw:
+            if (entry.get("session"), entry.get("round"), entry.get("sum")) != (session, round_, digest):
+                continue
+            names = entry.get("contributors")
+            if names is None:
+                return None
+            if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+                raise damaged(self.path, _WHAT, number)
+            return entry["base"], tuple(names)
+        return None
+
     def entries(self) -> list[tuple[str, str, int, str]]:
         """Every (base, session, round, sum) acknowledged, first first."""
         return self._entries()
@@ -74,7 +95,9 @@ class AckLog:
                 return session, round_
         return None
 
-    def record(self, base: str, session: str, round_: int, digest: str) -> None:
+    def record(
+        self, base: str, session: str, round_: int, digest: str, contributors: tuple[str, ...] = ()
+    ) -> None:
         """Durably bind ``base`` to this one sum before the acknowledgement is signed; ProtocolError
         if a sum of another session, round or content was acknowledged on it (re-acknowledging the
         same sum, as when an exposed sum is completed later, is allowed). The check and the append
@@ -96,6 +119,10 @@ class AckLog:
             return True
 
         entry = {"base": base, "round": round_, "session": session, "sum": digest}
+        if contributors:
+            # The acknowledgement signs them too: with them, a party restarted after its reply was
+            # lost can sign the same acknowledgement again (bound_sum) and the sum can complete.
+            entry["contributors"] = list(contributors)
         append_entry(self.path, entry, _WHAT, decide)
 
 

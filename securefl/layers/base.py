@@ -177,6 +177,16 @@ class SumAggregator(ABC):
         the report, also when the round then fails. A culprit's vector may already be in the sum."""
         return {}
 
+    def resting(self, round: int) -> dict[str, str]:
+        """Parties this layer asks the core not to invite to ``round``, each with the reason (e.g.
+        a threshold-Paillier contributor sitting out after it failed to attest, or that sits out
+        until a release). They are left out of the round's roster before it starts and reported as
+        sidelined. A layer whose rules count the invited parties (a quorum over the roster) would
+        otherwise count parties that cannot contribute, and one of them could fail every round. By
+        default none. Leaving a party out is within any aggregator's power (it chooses every
+        roster), so no layer may rely on a party being invited."""
+        return {}
+
     def sidelined(self) -> dict[str, str]:
         """Parties this layer leaves out of the rest of the round through no fault of their own,
         each with the reason (e.g. a SecAgg party with too few live neighbours left to share with,

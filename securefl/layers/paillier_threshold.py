@@ -789,10 +789,12 @@ class _Aggregator(SumAggregator):
                 raise ProtocolError(
                     f"{party} sent an invalid attestation before: its contributions are refused"
                 )
-            if self.ctx.round < self.benched.get(party, 0):
+            if self.ctx.round < self.benched.get(party, 0) and not self.completing:
+                # (While a sum is completed nothing is summed and nobody attests: a benched party
+                # is welcome as a key-share holder.)
                 raise ProtocolError(
-                    f"{party} sits out until round {self.benched[party]}: it did not attest its last "
-                    "contribution"
+                    f"{party} sits out until round {self.benched[party]}: it sent no contribution or "
+                    "did not attest its last one"
                 )
             if self.combined is None:
                 self.combined = self.scheme.combiner(self.public.paillier, self.ctx)
@@ -905,6 +907,8 @@ class _Aggregator(SumAggregator):
 
     def close_phase(self, phase: str, survivors: frozenset[str]) -> None:
         t = self.public.threshold
+        if phase == ENCRYPT:
+            self._bench_absent(survivors)
         if phase == ENCRYPT and self.completing:
             # This round's contributions are not summed: the exposed sum is decrypted instead, by any
             # t live holders (they check its attestations and acknowledgements, made in its round).
@@ -1150,12 +1154,40 @@ class _Aggregator(SumAggregator):
         # A contributor that did not attest sits out the next rounds, twice as long each time in a
         # row (a party dropping here on purpose would otherwise fail every round); liars for good.
         for party in missing - self.excluded:
-            misses = self.misses[party] = self.misses.get(party, 0) + 1
-            self.benched[party] = self.ctx.round + 1 + min(2 ** (misses - 1), BENCH_LIMIT)
+            self._bench(party)
         raise RoundFailed(
             f"paillier-threshold: {', '.join(sorted(missing))} did not attest the sum; nothing was decrypted "
             "and the model is unchanged (they sit out the next rounds)"
         )
+
+    def _bench(self, party: str) -> None:
+        """``party`` sits out the next rounds (not invited: ``resting``), twice as long each time
+        in a row, up to BENCH_LIMIT rounds; a round it attests in resets the count."""
+        misses = self.misses[party] = self.misses.get(party, 0) + 1
+        self.benched[party] = self.ctx.round + 1 + min(2 ** (misses - 1), BENCH_LIMIT)
+
+    def _bench_absent(self, survivors: frozenset[str]) -> None:
+        """Invited parties that sent no valid contribution (and did not abstain) sit out like one
+        that missed its attestation. The quorum counts the invited: with three holders and t = 2 it
+        is all three, and one offline party — or one that stays away on purpose — failed every
+        round for ever (found by an attacker); now it is left out of the next rounds' rosters, the
+        others' quorum is over themselves, and it is invited again after its bench."""
+        for party in self.ctx.parties:
+            if party not in survivors and party not in self.abstained:
+                self._bench(party)
+
+    def resting(self, round: int) -> dict[str, str]:
+        """Contributors caught lying in an attestation (for good) and benched ones (until their
+        round): they are not invited, so that the quorum over the invited counts only parties whose
+        contributions can be summed."""
+        out = {p: "it sent an invalid attestation: its contributions are refused" for p in self.excluded}
+        for party, until in self.benched.items():
+            if round < until:
+                out.setdefault(
+                    party,
+                    f"it sent no contribution or did not attest one; it sits out until round {until + 1}",
+                )
+        return out
 
     def _accept(self, reply: tuple, combiners: list[str]) -> None:
         signed = self.signatures[hashlib.sha256(reply[2]).digest()]
@@ -1358,11 +1390,18 @@ class _ThresholdParty(_Party):
             return encode_record(b"TAKr", {"base": ""}, {"ack": b""})
         of_round = header["of_round"]
         mine = self._attested.get(of_round) if type(of_round) is int else None
+        if mine is None and type(of_round) is int and isinstance(header["sum"], str):
+            # Restarted since: a sum this share already acknowledged durably may be acknowledged
+            # again — the same statement, signed deterministically, binding nothing new (its reply
+            # may have been lost; without this the sum stayed short of its quorum for ever).
+            bound = self.acks.bound_sum(self.ctx.session, of_round, header["sum"])
+            if bound is not None:
+                mine = (bound[1], header["sum"], b"", bound[0])
         if mine is None or list(mine[0]) != header["contributors"] or mine[1] != header["sum"]:
             raise ProtocolError(
                 "asked to acknowledge a sum that is not the last one this party attested its contribution to"
             )
-        self.acks.record(mine[3], self.ctx.session, of_round, mine[1])  # durably, before signing
+        self.acks.record(mine[3], self.ctx.session, of_round, mine[1], tuple(mine[0]))  # durably, first
         self.acknowledged = (of_round, mine[1], mine[3])
         self.acknowledged_bases.add(mine[3])
         ack = sign_ack(self.material, self.ctx.session, of_round, mine[0], mine[1], mine[3])
