@@ -7,6 +7,7 @@ and runs rounds. Every message still travels as bytes.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from securefl.simulation import RayBackend, backend_options, simulated_parties
 from securefl.transcript import Transcript
 from securefl.transport import FaultInjector, InProcessTransport
 from securefl.wire import check_name
+
+log = logging.getLogger(__name__)
 
 PrivacySpec = str | Layer | Mapping[str, Any]
 
@@ -196,6 +199,13 @@ class Federation:
                 {pid: node.handle for pid, node in self.nodes.items()}, faults=faults, workers=workers
             )
         else:  # the parties live on Ray actors; self.nodes are handles on them
+            if getattr(self.stack.secure_sum, "active", False):
+                # Every actor would receive the stack, and with it every party's signing key.
+                raise ConfigError(
+                    f"the ray backend cannot host an active {self.stack.secure_sum.name} stack "
+                    "(identities=): each actor would hold every party's signing key. Run active mode with "
+                    "the in-process backend, or each party in its own process (securefl party, mutual TLS)"
+                )
             self.transport, self.nodes = simulated_parties(simulation, clients, node_options, faults)
         self.aggregator = Aggregator(
             self.spec,
@@ -286,7 +296,11 @@ class Federation:
             # A party's own train/evaluate raised: re-raise it here, with its traceback, instead
             # of going on without that party (in-process parties only keep the traceback).
             for party in report.dropouts:
-                error = getattr(self.nodes.get(party), "user_error", None)
+                try:
+                    error = getattr(self.nodes.get(party), "user_error", None)
+                except SecureFLError as exc:  # its actor is gone or hung: nothing to re-raise
+                    log.warning("fail_fast: %s", exc)
+                    continue
                 if error is not None:
                     self.nodes[party].user_error = None
                     raise error

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from securefl.deadlines import DeadlineCaller, Hung
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], bytes]
@@ -115,13 +117,15 @@ class InProcessTransport(Transport):
     """Parties as handlers in this process. Every message is still bytes (design invariant 4).
 
     ``workers > 1`` runs parties in threads; the deadline is applied to each party's own time, as
-    if parties ran on separate machines.
+    if parties ran on separate machines. Each call runs on a worker thread: one that overruns the
+    deadline is abandoned, and its party answers nothing until it returns (``securefl.deadlines``).
     """
 
     handlers: dict[str, Handler]
     faults: FaultInjector | None = None
     workers: int = 1
     traffic: Traffic = field(default_factory=Traffic)
+    _caller: DeadlineCaller = field(default_factory=DeadlineCaller, repr=False)
 
     def exchange(self, requests: Mapping[str, bytes], timeout: float) -> list[Reply]:
         unknown = sorted(set(requests) - set(self.handlers))
@@ -131,10 +135,10 @@ class InProcessTransport(Transport):
             self.traffic.bytes_down += _size(requests, party)
             self.traffic.messages += 1
         if self.workers > 1 and len(requests) > 1:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                batches = list(pool.map(lambda item: self._one(*item), requests.items()))
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:  # lanes: they only wait
+                batches = list(pool.map(lambda item: self._one(*item, timeout), requests.items()))
         else:
-            batches = [self._one(party, data) for party, data in requests.items()]
+            batches = [self._one(party, data, timeout) for party, data in requests.items()]
         replies = []
         for batch in batches:
             for reply in batch:
@@ -151,14 +155,21 @@ class InProcessTransport(Transport):
                 replies.append(reply)
         return replies
 
-    def _one(self, party: str, request: bytes) -> list[Reply]:
+    def _one(self, party: str, request: bytes, timeout: float) -> list[Reply]:
         handler = self.handlers[party]
-        start = time.perf_counter()
-        try:
+
+        def run() -> list[Reply]:
+            start = time.perf_counter()
             raw = [(handler(request), 0.0)] if self.faults is None else self.faults(party, request, handler)
             elapsed = time.perf_counter() - start
-            # Inside the try: a handler returning something that is not bytes is a crashed party too.
+            # Inside the call: a handler returning something that is not bytes is a crashed party too.
             return [Reply(party, _as_bytes(data), elapsed + extra) for data, extra in raw]
+
+        try:  # on a worker thread, abandoned at the deadline if it hangs (securefl.deadlines)
+            return self._caller.call(party, run, timeout)
+        except Hung as exc:
+            log.warning("%s", exc)
+            return []
         except Exception as exc:  # a crashed party is a dropout, never a crashed federation
             log.warning("party %s crashed: %s", party, type(exc).__name__)
             return []

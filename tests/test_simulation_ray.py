@@ -508,3 +508,115 @@ def test_bench_scale_prints_and_plots_cost_against_n(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--scale"])
     assert main([*argv[:-1], "parties=3", "--plot", str(plot)]) == 2
+
+
+def _hanging_clients(deltas, hung, release=None):
+    """Clients of fixed updates; ``hung`` blocks in train until ``release`` is set (None: for ever,
+    e.g. on a Ray actor, where an event of this process cannot travel)."""
+
+    def client(party, delta):
+        def train(weights, info):
+            if party == hung:
+                (release or threading.Event()).wait()
+            return {"w": weights["w"] + delta}, 1, {}
+
+        return train
+
+    return {p: client(p, d) for p, d in deltas.items()}
+
+
+def _run_bounded(fed, limit=120.0):
+    """run_round in a thread: a driver blocked for ever (the bug) fails the test, not the suite."""
+    out = []
+    worker = threading.Thread(target=lambda: out.append(fed.run_round()), daemon=True)
+    worker.start()
+    worker.join(limit)
+    assert out, "the driver stayed blocked by one hung party"
+    return out[0]
+
+
+@pytest.mark.parametrize("backend", ["inprocess", "ray"])
+def test_a_hung_party_costs_only_itself(backend, request):
+    """Found by an attacker: a train that never returns blocked the driver for ever in process, and
+    on Ray dropped every party of its actor for the life of the federation. Its call is now
+    abandoned at the deadline; the round sums the others exactly, later rounds skip it while it is
+    still inside that call, and it takes part again once the call returned."""
+    if backend == "ray":
+        request.getfixturevalue("local_ray")
+    rng = np.random.default_rng(2)
+    deltas = {f"p{i:02d}": rng.integers(-9, 9, 3).astype(float) for i in range(6)}
+    release = threading.Event()
+    fed = securefl.Federation(
+        {"w": np.zeros(3)},
+        _hanging_clients(deltas, "p00", release if backend == "inprocess" else None),
+        "plain",
+        weighting="uniform",
+        min_parties=2,
+        phase_timeout=1.0,
+        backend=RayBackend(actors=2, batch=1) if backend == "ray" else None,
+    )
+    try:
+        others = [p for p in deltas if p != "p00"]
+        for _ in range(2):
+            before = fed.global_vector
+            report = _run_bounded(fed)
+            assert report.ok, report.error
+            assert report.survivors == others and list(report.dropouts) == ["p00"]
+            expected = np.mean([deltas[p] for p in others], axis=0)
+            np.testing.assert_allclose(fed.global_vector - before, expected, atol=1e-9)
+        release.set()
+        if backend == "inprocess":  # (on Ray it stays hung: the actor goes with the federation)
+            time.sleep(0.2)
+            assert _run_bounded(fed).survivors == sorted(deltas)
+    finally:
+        release.set()
+        fed.close()
+
+
+def test_an_actor_s_answer_is_checked_item_by_item():
+    """Found by an attacker: one non-bytes item failed the whole round with nobody named, and an item
+    relabelled as another actor's party got that honest party dropped for answering twice. Each item
+    is checked alone: only the call's own parties, each once, bytes, a finite time ≥ 0."""
+    from securefl.simulation.ray_transport import RayTransport
+
+    transport = RayTransport(actors=[], placement={"a": 0, "b": 0, "c": 1})
+    good = ("a", [(b"reply", 0.0)], 0.01)
+    bad = [
+        ("c", [(b"spoofed", 0.0)], 0.01),  # another actor's party
+        ("a", [(b"again", 0.0)], 0.01),  # twice
+        ("b", [(None, 0.0)], 0.01),  # not bytes
+        ("b", [(b"x", 0.0)], -1e9),  # a negative time would pass any deadline
+        ("b", [(b"x", float("nan"))], 0.0),
+        ("b",),
+        None,
+    ]
+    replies = transport._accept([good, *bad], 5.0, ["a", "b"])
+    assert [(r.sender, r.data) for r in replies] == [("a", b"reply")]
+    assert transport._accept("not a list", 5.0, ["a"]) == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"actors": True}, {"batch": True}, {"cpus_per_actor": float("inf")}, {"cpus_per_actor": True},
+     {"address": 123}, {"address": ""}],
+)  # fmt: skip
+def test_ray_backend_options_are_checked(options):
+    with pytest.raises(ConfigError):
+        RayBackend(**options)
+
+
+def test_an_active_stack_is_refused_on_ray_before_any_actor_starts():
+    """Found by an attacker: signed (active) SecAgg+ on Ray failed in Ray's pickling with a page of
+    debug output; shipping the stack would put every party's signing key on every actor."""
+    from securefl.crypto.signing import Identities
+
+    parties = [f"p{i}" for i in range(4)]
+    identities = Identities.generate(parties)
+    with pytest.raises(ConfigError, match="signing key"):
+        securefl.Federation(
+            {"w": np.zeros(3)},
+            {p: fixed_delta_client(np.ones(3), 1) for p in parties},
+            [securefl.Clip(10.0), securefl.Quantize(bits=16), SecAggPlus(identities=identities)],
+            weighting="uniform",
+            backend=RayBackend(actors=1),
+        )

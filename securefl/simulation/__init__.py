@@ -8,6 +8,7 @@ and every message (bytes, design invariant 4) are the same. Ray is an optional e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,12 +42,18 @@ class RayBackend:
     name = "ray"
 
     def __post_init__(self) -> None:
-        if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
+        # (bool is an int to Python: `actors = true` in a config is refused, not read as 1)
+        if self.actors is not None and (type(self.actors) is not int or self.actors < 1):
             raise ConfigError(f"actors must be a positive integer, got {self.actors!r}")
-        if not isinstance(self.batch, int) or self.batch < 1:
+        if type(self.batch) is not int or self.batch < 1:
             raise ConfigError(f"batch must be a positive integer, got {self.batch!r}")
-        if not self.cpus_per_actor > 0:
-            raise ConfigError(f"cpus_per_actor must be positive, got {self.cpus_per_actor!r}")
+        if type(self.cpus_per_actor) not in (int, float) or not 0 < self.cpus_per_actor < math.inf:
+            raise ConfigError(f"cpus_per_actor must be a positive number, got {self.cpus_per_actor!r}")
+        if self.address is not None and (not isinstance(self.address, str) or not self.address):
+            raise ConfigError(
+                f"address must be a cluster address such as 'HOST:PORT', 'auto' or 'ray://HOST:PORT', got "
+                f"{self.address!r}"
+            )
 
 
 def backend_options(backend: Any) -> RayBackend | None:

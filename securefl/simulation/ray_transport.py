@@ -9,8 +9,11 @@ dies, does not reply: the aggregator counts it as a dropout. Messages stay bytes
 large parts every request of a phase shares (the global model and the round's info of a round's
 first phase) are put in the object store once and joined back into each party's bytes on its actor.
 
-Ray moves the party objects (train functions, the stack, fault injectors) to the actors with its
-own cloudpickle, inside the cluster; securefl's messages never go through pickle.
+Ray moves the party objects (train functions, the stack, fault injectors) to the actors, and every
+call's arguments and results, with its own pickle-based serialization, inside the cluster: a
+simulation is one trust domain (protocols/simulation.md, "What a simulation trusts"). securefl's
+messages are bytes inside those calls, and the driver reads only checked bytes out of an actor's
+answer; parties that must not trust each other run as their own processes (``securefl party``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from securefl.deadlines import DeadlineCaller, Hung
 from securefl.errors import ConfigError, ProtocolError, SecureFLError
 from securefl.party import Client, PartyNode
 from securefl.randomness import SecureRandom
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _PREFIX = struct.Struct(">4sHI")  # the record prefix of securefl.wire: magic, version, header length
 SHARED_MIN_BYTES = 1 << 14  # a part at least this large, identical in every request, travels once
+STATE_TIMEOUT = 60.0  # seconds to wait for a party's state from its actor (reports, fail_fast)
 
 
 def _ray():
@@ -91,6 +96,7 @@ class PartyHost:
         self.node_options = dict(node_options)
         self.faults = faults
         self.nodes: dict[str, PartyNode] = {}
+        self._caller = DeadlineCaller()
 
     def ready(self) -> int:
         return len(self.clients)
@@ -110,9 +116,11 @@ class PartyHost:
         return node
 
     def handle(
-        self, items: list[tuple[str, Segments]], shared: list[bytes]
+        self, items: list[tuple[str, Segments]], shared: list[bytes], timeout: float | None = None
     ) -> list[tuple[str, list[tuple[bytes, float]], float]]:
-        """Answer each party's request, one after another: ``(party, [(reply, extra s)], seconds)``."""
+        """Answer each party's request, one after another: ``(party, [(reply, extra s)], seconds)``.
+        With ``timeout``, a party's call that overruns it is abandoned (``securefl.deadlines``) and
+        the actor goes on with its next party: a hung party costs itself alone."""
         out = []
         for party, segments in items:
             request = join_segments(segments, shared)
@@ -122,13 +130,20 @@ class PartyHost:
                 log.warning("party %s could not be built: %s", party, type(exc).__name__)
                 out.append((party, [], 0.0))
                 continue
-            start = time.perf_counter()
-            try:
+
+            def answer(node: PartyNode = node, party: str = party, request: bytes = request) -> list:
                 if self.faults is None:
                     raw = [(node.handle(request), 0.0)]
                 else:
                     raw = self.faults(party, request, node.handle)
-                raw = [(_as_bytes(data), float(extra)) for data, extra in raw]
+                return [(_as_bytes(data), float(extra)) for data, extra in raw]
+
+            start = time.perf_counter()
+            try:
+                raw = answer() if timeout is None else self._caller.call(party, answer, timeout)
+            except Hung as exc:
+                log.warning("%s", exc)
+                raw = []
             except Exception as exc:  # a crashed party is a dropout, never a crashed actor
                 log.warning("party %s crashed: %s", party, type(exc).__name__)
                 raw = []
@@ -154,6 +169,14 @@ def _as_bytes(data: object) -> bytes:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"a reply must be bytes, got {type(data).__name__}")
     return bytes(data)
+
+
+def _seconds(value: object) -> float:
+    """A time an actor reported: a finite, non-negative number of seconds (a negative one would let
+    a late reply pass the deadline)."""
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"a reply's time must be finite seconds ≥ 0, got {value!r}")
+    return float(value)
 
 
 def split_shared(requests: Mapping[str, bytes]) -> tuple[list[bytes], dict[str, Segments]]:
@@ -248,7 +271,7 @@ class RayTransport(Transport):
             for i in range(0, len(parties), self.batch):
                 chunk = parties[i : i + self.batch]
                 items = [(p, pieces[p]) for p in chunk]
-                calls[self.actors[index].handle.remote(items, shared_ref)] = (index, chunk)
+                calls[self.actors[index].handle.remote(items, shared_ref, timeout)] = (index, chunk)
         # Each party may use the whole deadline of its own time; an actor answers its parties one
         # after another. Beyond that, an actor that has not answered is hung: its parties drop.
         wall = time.monotonic() + timeout * max(longest, 1) + 5.0
@@ -273,7 +296,7 @@ class RayTransport(Transport):
                         len(chunk),
                     )
                     continue
-                replies.extend(self._accept(batch, timeout))
+                replies.extend(self._accept(batch, timeout, chunk))
         for ref in pending:
             index, chunk = calls[ref]
             log.warning("actor %d did not answer in time: %d parties drop", index, len(chunk))
@@ -283,11 +306,29 @@ class RayTransport(Transport):
                 log.info("could not cancel a call to actor %d: %s", index, type(exc).__name__)
         return replies
 
-    def _accept(self, batch: list, timeout: float) -> list[Reply]:
-        replies = []
-        for party, raw, elapsed in batch:
-            for data, extra in raw:
-                seconds = elapsed + extra
+    def _accept(self, batch: object, timeout: float, chunk: list[str]) -> list[Reply]:
+        """The replies of one call, checked item by item: only the call's own parties, each once,
+        bytes with a finite non-negative time. Anything else drops that party alone (found by an
+        attacker: a non-bytes item failed the whole round with nobody named; an item relabelled
+        as a party of another actor got that honest party dropped as answering twice)."""
+        replies: list[Reply] = []
+        if not isinstance(batch, list):
+            log.warning(
+                "an actor answered with %s, not a list: its %d parties drop", type(batch).__name__, len(chunk)
+            )
+            return replies
+        expected, seen = set(chunk), set()
+        for item in batch:
+            try:
+                party, raw, elapsed = item
+                if party not in expected or party in seen:
+                    raise ValueError("a party outside this call, or twice")
+                seen.add(party)
+                checked = [(_as_bytes(data), _seconds(elapsed) + _seconds(extra)) for data, extra in raw]
+            except (TypeError, ValueError) as exc:
+                log.warning("a malformed item in an actor's answer drops its party: %s", exc)
+                continue
+            for data, seconds in checked:
                 if seconds > timeout:
                     log.info("reply from %s after %.3fs missed the %.3fs deadline", party, seconds, timeout)
                     continue
@@ -320,7 +361,11 @@ class RemoteParty:
     def open_global(self, data: bytes) -> np.ndarray:
         ray = _ray()
         try:
-            ok, value = ray.get(self._actor.open_global.remote(self.party_id, data))
+            ok, value = ray.get(self._actor.open_global.remote(self.party_id, data), timeout=STATE_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise ProtocolError(
+                f"party {self.party_id}'s actor did not answer in {STATE_TIMEOUT:.0f} s"
+            ) from None
         except ray.exceptions.RayError as exc:
             raise ProtocolError(f"party {self.party_id}'s actor is gone: {type(exc).__name__}") from None
         if not ok:
@@ -330,7 +375,16 @@ class RemoteParty:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _ray().get(self._actor.state.remote(self.party_id, name))
+        ray = _ray()
+        try:
+            return ray.get(self._actor.state.remote(self.party_id, name), timeout=STATE_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise ProtocolError(
+                f"party {self.party_id}'s actor did not answer in {STATE_TIMEOUT:.0f} s (a party it hosts "
+                "is hung)"
+            ) from None
+        except ray.exceptions.RayError as exc:
+            raise ProtocolError(f"party {self.party_id}'s actor is gone: {type(exc).__name__}") from None
 
 
 def _connect(options: RayBackend) -> None:

@@ -1,0 +1,87 @@
+"""Calls into a party with a deadline that a hung party cannot stretch.
+
+A simulated party runs in the process that hosts it (this one, or a Ray actor), so a ``train`` that
+never returns would block its host: every later party of the host, and the aggregator waiting for
+them, for ever (found by an attacker: one hanging party dropped every party of its actor for the
+life of the federation; in process, it blocked the driver). Python cannot stop a thread, so a call
+that overruns its deadline is abandoned, with the thread running it, and the host goes on with a
+fresh worker; the party answers nothing until that call has returned (it is still inside it, and
+its state is not safe to enter twice). One hung party costs itself and one deadline, once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_Box = list  # [(True, value)] or [(False, exception)] once the call returned
+
+
+class _Worker:
+    """A daemon thread running submitted calls one after another (daemon: an abandoned call never
+    keeps the process from exiting)."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="securefl-party-call", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            call, box, done = self._tasks.get()
+            try:
+                box.append((True, call()))
+            except BaseException as exc:  # handed to the caller, who decides what it means
+                box.append((False, exc))
+            finally:
+                done.set()
+
+    def submit(self, call: Callable[[], Any]) -> tuple[_Box, threading.Event]:
+        box: _Box = []
+        done = threading.Event()
+        self._tasks.put((call, box, done))
+        return box, done
+
+
+class Hung(Exception):
+    """The call overran its deadline and was abandoned (or the party is still inside one)."""
+
+
+class DeadlineCaller:
+    """Runs ``call()`` for a party with a time limit, on a worker thread of its own; shared by the
+    lanes of one host (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside: dict[str, threading.Event] = {}  # party -> the abandoned call it is still in
+        self._idle: list[_Worker] = []
+
+    def busy(self, party: str) -> bool:
+        """Whether ``party`` is still inside a call that was abandoned."""
+        with self._lock:
+            done = self._inside.get(party)
+            if done is not None and done.is_set():
+                del self._inside[party]
+                return False
+            return done is not None
+
+    def call(self, party: str, call: Callable[[], Any], timeout: float) -> Any:
+        """``call()``'s value, or its exception re-raised; Hung if it did not return within
+        ``timeout`` seconds (its worker is then left to it) or the party is still in an earlier one."""
+        if self.busy(party):
+            raise Hung(f"party {party} is still inside a call that overran its deadline")
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        worker = worker or _Worker()
+        box, done = worker.submit(call)
+        if not done.wait(timeout):
+            with self._lock:
+                self._inside[party] = done
+            raise Hung(f"party {party} did not return within {timeout:g} s; its call is abandoned")
+        with self._lock:
+            self._idle.append(worker)
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
