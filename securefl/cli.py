@@ -268,6 +268,7 @@ OUTPUT_SUFFIXES = {
     "plot": (".png", ".pdf", ".svg", ".jpg", ".jpeg"),
     "report": (".html", ".htm"),
     "model": (".npz",),
+    "checkpoint": (".npz",),
 }
 
 
@@ -756,14 +757,17 @@ def _bench_scale(
 
 def _keys_paillier(args: argparse.Namespace) -> dict[str, Any]:
     from securefl.crypto.keyfiles import private_directory
+    from securefl.crypto.paillier import check_key_bits
+    from securefl.durable import require_absent
     from securefl.layers.paillier import KeyMaterial, save_public
 
-    out = private_directory(args.out)
+    check_key_bits(args.bits)  # before anything exists on disk
+    out = Path(args.out)
     private_path, public_path = out / "paillier.keys.json", out / "paillier.public.json"
-    if private_path.exists():
-        raise ConfigError(f"{private_path} exists; remove it first (keys are never overwritten)")
+    require_absent((private_path, public_path), "keys paillier")
     material = KeyMaterial.generate(args.bits)
-    material.save(private_path)
+    private_directory(out)
+    material.save(private_path, overwrite=False)
     save_public(material.public, public_path)
     return {
         "keys": str(private_path),
@@ -1160,7 +1164,9 @@ def main(argv: list[str] | None = None) -> int:
         settings.resume = args.resume or settings.resume
         inputs = (getattr(args, "config", None), *_ledger_files(settings))  # never an output's target
         if settings.save:
-            check_output(settings.save, "--save", inputs)
+            # Kind too (found by an attacker: --save over a Paillier private key, another ledger's
+            # signing key and a party's TLS key, none of them inputs of this run)
+            check_output(settings.save, "--save", (*inputs, settings.resume), "checkpoint")
         settings.backend = _backend(args, settings.backend)
         settings.fail_fast = settings.fail_fast or args.fail_fast
         if settings.plot:  # checked now, not after every round has run

@@ -100,19 +100,19 @@ def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSetti
     ):
         raise ConfigError(f'{source}: privacy must be a preset name or [[privacy]] tables with layer = "..."')
     settings = RunSettings(
-        task=_typed(data, "task", str, "breast-cancer", source),
-        rounds=_typed(data, "rounds", int, 10, source),
-        seed=_typed(data, "seed", int, 0, source),
+        task=typed_value(data, "task", str, "breast-cancer", source),
+        rounds=typed_value(data, "rounds", int, 10, source),
+        seed=typed_value(data, "seed", int, 0, source),
         privacy=privacy,
-        parties=_typed(federation, "parties", int, 5, source),
-        min_parties=_typed(federation, "min_parties", int, 1, source),
+        parties=typed_value(federation, "parties", int, 5, source),
+        min_parties=typed_value(federation, "min_parties", int, 1, source),
         selection=federation.get("selection", "all"),
-        phase_timeout=float(_typed(federation, "phase_timeout", (int, float), 600.0, source)),
+        phase_timeout=float(typed_value(federation, "phase_timeout", (int, float), 600.0, source)),
         weight_bound=federation.get("weight_bound"),
         strategy=data.get("strategy", "fedavg"),
         plot=data.get("plot"),
-        save=_typed(data, "save", str, None, source) if "save" in data else None,
-        resume=_typed(data, "resume", str, None, source) if "resume" in data else None,
+        save=typed_value(data, "save", str, None, source) if "save" in data else None,
+        resume=typed_value(data, "resume", str, None, source) if "resume" in data else None,
         budget=budget_settings(data["budget"], privacy, source) if "budget" in data else None,
         backend=simulation_backend(data.get("simulation", {}), source),
     )
@@ -142,12 +142,12 @@ def budget_settings(budget: Any, privacy: Any, source: str) -> BudgetSettings:
         raise ConfigError(f"{source}: [budget] must be a table")
     no_unknown(budget, _BUDGET, f"{source} [budget]")
     return BudgetSettings(
-        epsilon=_typed(budget, "epsilon", (int, float), None, source) if "epsilon" in budget else None,
-        delta=float(_typed(budget, "delta", (int, float), 1e-5, source)),
-        ledger=_typed(budget, "ledger", str, None, source) if "ledger" in budget else None,
-        accountant=_typed(budget, "accountant", str, "prv", source),
-        allow_budget_change=_typed(budget, "allow_budget_change", bool, False, source),
-        observer=check_observer(_typed(budget, "observer", str, None, source))
+        epsilon=typed_value(budget, "epsilon", (int, float), None, source) if "epsilon" in budget else None,
+        delta=float(typed_value(budget, "delta", (int, float), 1e-5, source)),
+        ledger=typed_value(budget, "ledger", str, None, source) if "ledger" in budget else None,
+        accountant=typed_value(budget, "accountant", str, "prv", source),
+        allow_budget_change=typed_value(budget, "allow_budget_change", bool, False, source),
+        observer=check_observer(typed_value(budget, "observer", str, None, source))
         if "observer" in budget
         else None,
     )
@@ -178,7 +178,7 @@ def no_unknown(table: dict, known: set[str], where: str) -> None:
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
 
 
-def _typed(table: dict, key: str, kind, default, source: str):
+def typed_value(table: dict, key: str, kind, default, source: str):
     """``table[key]`` (or ``default``) if it has the type ``kind`` (a type or a tuple of types).
     A TOML boolean is never taken for a number (Python's True is an int)."""
     value = table.get(key, default)

@@ -19,17 +19,28 @@ from typing import Any
 _Box = list  # [(True, value)] or [(False, exception)] once the call returned
 
 
+_IDLE_SECONDS = 5.0  # an idle worker exits after this long: a federation leaves no thread behind
+
+
 class _Worker:
     """A daemon thread running submitted calls one after another (daemon: an abandoned call never
-    keeps the process from exiting)."""
+    keeps the process from exiting). Idle for ``_IDLE_SECONDS`` while still in its owner's idle
+    list, it leaves the list and exits (found running the suite: a worker per federation that never
+    exited piled up thousands of threads)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: DeadlineCaller) -> None:
+        self._owner = owner
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._loop, name="securefl-party-call", daemon=True).start()
 
     def _loop(self) -> None:
         while True:
-            call, box, done = self._tasks.get()
+            try:
+                call, box, done = self._tasks.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                if self._owner._retire(self):
+                    return
+                continue  # a caller took it from the idle list: its task is on the way
             try:
                 box.append((True, call()))
             except BaseException as exc:  # handed to the caller, who decides what it means
@@ -57,6 +68,14 @@ class DeadlineCaller:
         self._inside: dict[str, threading.Event] = {}  # party -> the abandoned call it is still in
         self._idle: list[_Worker] = []
 
+    def _retire(self, worker: _Worker) -> bool:
+        """Whether an idle ``worker`` may exit: only while no caller has taken it."""
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+                return True
+            return False
+
     def busy(self, party: str) -> bool:
         """Whether ``party`` is still inside a call that was abandoned."""
         with self._lock:
@@ -73,7 +92,7 @@ class DeadlineCaller:
             raise Hung(f"party {party} is still inside a call that overran its deadline")
         with self._lock:
             worker = self._idle.pop() if self._idle else None
-        worker = worker or _Worker()
+        worker = worker or _Worker(self)
         box, done = worker.submit(call)
         if not done.wait(timeout):
             with self._lock:

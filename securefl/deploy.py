@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,8 +58,13 @@ from typing import Any
 
 from securefl.aggregator import Aggregator, RoundReport
 from securefl.codec import ArraySpec, HonestBounds, VectorLayout
-from securefl.config import budget_settings, no_unknown, read_toml
-from securefl.crypto.certificates import load_identity, verify_party_certificate
+from securefl.config import budget_settings, no_unknown, read_toml, typed_value
+from securefl.crypto.certificates import (
+    check_tls_pair,
+    load_identity,
+    read_public_file,
+    verify_party_certificate,
+)
 from securefl.crypto.keyfiles import read_private
 from securefl.crypto.signing import Identities
 from securefl.errors import ConfigError, SecureFLError
@@ -123,11 +129,17 @@ def _table(data: dict, key: str, known: set[str] | None, where: str, required: b
     return value
 
 
-def _tls_files(base: Path, table: dict, where: str) -> TLSFiles:
-    """The CA and certificate, and the private key held to a secret file's rules (not readable by
-    others, not through a symlink: a TLS key others could read is a leaked key)."""
-    ca, cert = (_file(base, table, k, where).read_bytes() for k in ("ca", "cert"))
-    return TLSFiles(ca, cert, read_private(_file(base, table, "key", where), "TLS private key"))
+def _tls_files(base: Path, table: dict, where: str, server: bool) -> TLSFiles:
+    """The CA and certificate (regular files only: a FIFO hung the aggregator, found by an
+    attacker), and the private key held to a secret file's rules (not readable by others, not
+    through a symlink: a TLS key others could read is a leaked key). The key must be the
+    certificate's, and the certificate this side's kind (found by an attacker: a party's key or
+    certificate given to the aggregator surfaced as "cannot listen ... failed to bind", and a party
+    with another's key waited out its connect timeout saying only "no connection")."""
+    ca, cert = (read_public_file(_file(base, table, k, where), f"{where}: {k}") for k in ("ca", "cert"))
+    key = read_private(_file(base, table, "key", where), "TLS private key")
+    check_tls_pair(cert, key, ca, server, f"{where}: cert = {table['cert']!r}, key = {table['key']!r}")
+    return TLSFiles(ca, cert, key)
 
 
 def _file(base: Path, table: dict, key: str, where: str) -> Path:
@@ -137,6 +149,44 @@ def _file(base: Path, table: dict, key: str, where: str) -> Path:
     if not path.exists():
         raise ConfigError(f"{where}: {key} = {table[key]!r} does not exist (securefl keys tls creates it)")
     return path
+
+
+def _number(table: dict, key: str, default: float, where: str, most: float = math.inf) -> float:
+    """A positive, finite number of the config (found by an attacker: connect_timeout = nan hung the
+    aggregator for ever; inf, negative and text values were taken or failed deep inside)."""
+    value = typed_value(table, key, (int, float), default, where)
+    if not (0 < value < math.inf) or value > most:
+        limit = f" and at most {most:g}" if most < math.inf else ""
+        raise ConfigError(f"{where}: {key} = {value!r} must be a positive finite number{limit}")
+    return float(value)
+
+
+def _whole(table: dict, key: str, default: int, where: str) -> int:
+    value = typed_value(table, key, int, default, where)
+    if value < 1:
+        raise ConfigError(f"{where}: {key} = {value!r} must be a whole number ≥ 1")
+    return value
+
+
+def _text(table: dict, key: str, default: str | None, where: str) -> str | None:
+    value = table.get(key, default)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}: {key} must be text, got {value!r}")
+    return value
+
+
+def _check_network(network: dict, where: str) -> None:
+    """Every [network] value, checked when the file is read (not when first used, mid-run)."""
+    for key, default in (("connect_timeout", 60.0), ("reconnect_grace", 5.0), ("hello_timeout", 30.0)):
+        _number(network, key, default, f"{where} [network]", most=_MAX_WAIT)
+    # gRPC counts a message's bytes in a signed 32-bit integer: 2 GiB − 1 at most
+    _number(network, "max_message_mb", 256, f"{where} [network]", most=2047)
+    _text(network, "address", "127.0.0.1:50051", f"{where} [network]")
+    if network.get("max_connections") is not None:
+        _whole(network, "max_connections", 1, f"{where} [network]")
+
+
+_MAX_WAIT = 7 * 24 * 3600.0  # seconds: a week is longer than any wait a federation means
 
 
 @dataclass
@@ -254,6 +304,17 @@ def load_federation(path: str | Path) -> FederationConfig:
     if data.get("weighting", "examples") not in ("examples", "uniform"):
         raise ConfigError(f"{source}: weighting must be 'examples' or 'uniform', got {data['weighting']!r}")
     privacy = data.get("privacy", "plain")
+    _check_network(network, source)
+    weight_bound = data.get("weight_bound")
+    if weight_bound is not None:
+        weight_bound = _number(data, "weight_bound", 1.0, source)
+    metric_bounds = _table(data, "metric_bounds", None, source, required=False)
+    for name in metric_bounds:
+        _number(metric_bounds, name, 1.0, f"{source} [metric_bounds]")
+    for key in ("train_metrics", "eval_metrics"):
+        names = data.get(key, [])
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ConfigError(f"{source}: {key} must list metric names, got {names!r}")
     if "budget" in data:
         budget_settings(data["budget"], privacy, source)  # checked here, used by the aggregator
     return FederationConfig(
@@ -263,14 +324,14 @@ def load_federation(path: str | Path) -> FederationConfig:
         parties=list(parties),
         privacy=privacy,
         weighting=data.get("weighting", "examples"),
-        weight_bound=data.get("weight_bound"),
-        min_parties=int(data.get("min_parties", 1)),
-        phase_timeout=float(data.get("phase_timeout", 600.0)),
+        weight_bound=weight_bound,
+        min_parties=_whole(data, "min_parties", 1, source),  # 2.7 was read as 2
+        phase_timeout=_number(data, "phase_timeout", 600.0, source, most=_MAX_WAIT),
         selection=data.get("selection", "all"),
         strategy=data.get("strategy", "fedavg"),
         train_metrics=tuple(data.get("train_metrics", ())),
         eval_metrics=tuple(data.get("eval_metrics", ())),
-        metric_bounds=dict(data.get("metric_bounds", {})),
+        metric_bounds=dict(metric_bounds),
         budget=data.get("budget"),
         network=network,
         tls=_table(data, "tls", _TLS_AGG, source),
@@ -300,7 +361,7 @@ def run_aggregator(config: str | Path, on_round: Callable[..., None] | None = No
         if settings.ledger:
             settings.ledger = str(fed.base / settings.ledger)  # relative to FED.toml, like every path
         guard = guard_for(settings)
-    tls = _tls_files(fed.base, fed.tls, fed.source)
+    tls = _tls_files(fed.base, fed.tls, fed.source, server=True)
     session = secrets.token_hex(16)
     transport = GrpcServerTransport(
         fed.address,
@@ -450,16 +511,16 @@ def load_party(path: str | Path) -> PartyConfig:
     if party not in fed.parties:
         raise ConfigError(f"{source}: party {party!r} is not in the federation's allowlist {fed.parties}")
     tls_table = _table(data, "tls", _TLS_PARTY, source)
-    tls = _tls_files(base, tls_table, source)
+    tls = _tls_files(base, tls_table, source, server=False)
     identity = _file(base, tls_table, "identity", source) if "identity" in tls_table else None
     train = _table(data, "train", None, source, False)
     return PartyConfig(
         fed,
         party,
-        data.get("aggregator", fed.address),
+        _text(data, "aggregator", fed.address, source),
         tls,
         identity,
-        tls_table.get("server_name"),
+        _text(tls_table, "server_name", None, f"{source} [tls]"),
         {**train, "party": party},
         Path(str(_file(base, tls_table, "key", source)) + ".rounds"),
     )

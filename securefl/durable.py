@@ -16,7 +16,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,42 @@ def write_replacing(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
         raise
     sync_directory(target.parent)
     return target
+
+
+def write_new(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write a file that must not exist yet — a certificate or a public key a ceremony issues: under
+    a fresh exclusive name, fsynced, then linked into place, which fails if anything (a file, a
+    link) is at ``path``. Nothing is ever written through a link (found by an attacker: `keys tls`
+    and `keys paillier` wrote certificates and a public key through links planted at their paths)."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temporary, target, follow_symlinks=False)
+        except FileExistsError:
+            refusal = f"{target} already exists: refusing to overwrite it (move it away first)"
+            raise ConfigError(refusal) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    sync_directory(target.parent)
+    return target
+
+
+def require_absent(paths: Iterable[str | Path], what: str) -> None:
+    """Refuse, before anything is generated, if any of ``paths`` exists (a link counts, dangling or
+    not): a ceremony writes all of its files or none."""
+    present = [str(p) for p in paths if os.path.lexists(p)]
+    if present:
+        raise ConfigError(
+            f"{what}: {', '.join(present)} already exist{'s' if len(present) == 1 else ''}; files of a key "
+            "ceremony are never overwritten (move them away first)"
+        )
 
 
 def save_figure(figure: Any, path: str | Path) -> Path:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securefl.crypto.keyfiles import private_directory, read_private, write_private
+from securefl.durable import require_absent, write_new
 from securefl.errors import ConfigError, WireError
 from securefl.wire import check_name
 
@@ -122,6 +125,33 @@ def issue(
     return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
+def _check_names(federation: str, server_names: tuple[str, ...]) -> None:
+    """The names a ceremony puts in certificates, checked before anything is made (found by an
+    attacker: a non-ASCII server name failed after the CA key was written, and a re-run was then
+    refused; a long federation name failed deep inside X.509)."""
+    if not isinstance(federation, str) or not 1 <= len(federation) <= _MAX_FEDERATION_NAME:
+        raise ConfigError(
+            f"keys tls: --federation must be 1 to {_MAX_FEDERATION_NAME} characters (it names the CA in "
+            f"X.509, whose names hold 64), got {federation!r}"
+        )
+    if not server_names:
+        raise ConfigError("keys tls: --server-names needs at least one DNS name or IP address")
+    for name in server_names:
+        try:
+            ipaddress.ip_address(name)
+            continue
+        except ValueError:
+            pass
+        if not (name.isascii() and name.isprintable() and name and " " not in name and len(name) <= 253):
+            raise ConfigError(
+                f"keys tls: server name {name!r} is not an IP address or an ASCII DNS name (write an "
+                "internationalised name in its xn-- form)"
+            )
+
+
+_MAX_FEDERATION_NAME = 40  # the CA's common name is "<federation> federation CA": 64 at most
+
+
 def _alt_names(names: tuple[str, ...]) -> list[x509.GeneralName]:
     out: list[x509.GeneralName] = []
     for name in names:
@@ -140,6 +170,64 @@ class PartyCertificate:
     identity: bytes  # raw Ed25519 public key
     not_after: dt.datetime
     fingerprint: str  # SHA-256 of the DER certificate, hex
+
+
+def read_public_file(path: str | Path, what: str) -> bytes:
+    """A certificate file: read only if it is a regular file (a FIFO or a device would block the
+    reader for ever — found by an attacker — and a directory is named). Links are followed:
+    certificates are public, and often linked from a system store."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {str(path)!r} ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what}: {str(path)!r} is not a regular file")
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > _MAX_PEM_BYTES:
+                raise ConfigError(
+                    f"{what}: {str(path)!r} is larger than any certificate ({_MAX_PEM_BYTES} bytes)"
+                )
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+_MAX_PEM_BYTES = 1 << 20
+
+
+def check_tls_pair(cert_pem: bytes, key_pem: bytes, ca_pem: bytes, server: bool, where: str) -> None:
+    """Refuse, naming the files, a TLS key that is not the certificate's own, a certificate this CA
+    did not issue, or one of the other side's kind (a party's certificate on the aggregator, the
+    aggregator's on a party): each otherwise surfaced only as a failed listen or connection."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError:
+        raise ConfigError(f"{where}: the certificate or the CA is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where}: the key is not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise ConfigError(
+            f"{where}: the key is not this certificate's key (another party's, an identity key, or the "
+            "CA's?): give the key issued with the certificate (securefl keys tls: private/NAME.key)"
+        )
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ConfigError(f"{where}: the certificate was not issued by this federation's CA") from None
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = []
+    wanted = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    if wanted not in usages:
+        side = "the aggregator's (aggregator.pem)" if server else "this party's (parties/NAME.pem)"
+        raise ConfigError(f"{where}: the certificate is not {side}; it is {common_name(cert)!r}")
 
 
 def verify_party_certificate(
@@ -203,10 +291,6 @@ def write_federation(
     Refuses to overwrite an existing CA key: certificates already handed out would stop verifying."""
     out = Path(out)
     private = out / "private"
-    if (private / "ca.key").exists():
-        raise ConfigError(
-            f"{private / 'ca.key'} exists; remove the directory first (keys are never overwritten)"
-        )
     if not parties or len(set(parties)) != len(parties):
         raise ConfigError("keys tls needs distinct party ids")
     for party in parties:
@@ -218,20 +302,28 @@ def write_federation(
             raise ConfigError(f"keys tls: {exc}") from None
     if type(days) is not int or not 1 <= days <= 36500:
         raise ConfigError(f"keys tls: --days must be a whole number of days from 1 to 36500, got {days!r}")
+    _check_names(federation, server_names)
+    # Every file, checked before any is made: the guard was the CA key alone, so moving it offline
+    # after the ceremony (good practice) let a re-run silently re-mint every issued key (attacker).
+    targets = [out / "ca.pem", out / "aggregator.pem", private / "ca.key", private / "aggregator.key"]
+    for party in parties:
+        targets += [out / "parties" / f"{party}.pem", private / f"{party}.key"]
+        targets.append(private / f"{party}.identity.key")
+    require_absent(targets, "keys tls")
     ca = create_ca(federation, days)
+    server = issue(ca, "aggregator", server_names=server_names, days=days)
     (out / "parties").mkdir(parents=True, exist_ok=True)
     private_directory(private, tighten=True)
     write_private(private / "ca.key", ca.key_pem, overwrite=False)
-    (out / "ca.pem").write_bytes(ca.cert_pem)
-    server = issue(ca, "aggregator", server_names=server_names, days=days)
-    (out / "aggregator.pem").write_bytes(server.cert_pem)
-    write_private(private / "aggregator.key", server.key_pem)
+    write_new(out / "ca.pem", ca.cert_pem)
+    write_new(out / "aggregator.pem", server.cert_pem)
+    write_private(private / "aggregator.key", server.key_pem, overwrite=False)
     for party in parties:
         identity = Ed25519PrivateKey.generate()
         leaf = issue(ca, party, identity=identity.public_key(), days=days)
-        (out / "parties" / f"{party}.pem").write_bytes(leaf.cert_pem)
-        write_private(private / f"{party}.key", leaf.key_pem)
-        write_private(private / f"{party}.identity.key", _key_pem(identity))
+        write_new(out / "parties" / f"{party}.pem", leaf.cert_pem)
+        write_private(private / f"{party}.key", leaf.key_pem, overwrite=False)
+        write_private(private / f"{party}.identity.key", _key_pem(identity), overwrite=False)
     return {
         "ca": str(out / "ca.pem"),
         "aggregator": str(out / "aggregator.pem"),

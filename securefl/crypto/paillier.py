@@ -25,7 +25,7 @@ and :func:`to_phe` / :func:`from_phe` convert keys.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import gmpy2
@@ -35,6 +35,7 @@ from securefl.errors import ConfigError, ProtocolError
 from securefl.randomness import test_seeds_allowed
 
 MIN_KEY_BITS = 2048
+MAX_KEY_BITS = 8192
 WINDOW_BITS = 8
 _SMALL_PRIMES = [p for p in range(3, 30000, 2) if gmpy2.is_prime(p)]
 
@@ -45,6 +46,10 @@ def check_key_bits(bits: int) -> None:
         # A multiple of 16: each prime travels in whole bytes (a 520-bit key's 260-bit primes did not
         # fit their fields, and every grant failed — found by an attacker).
         raise ConfigError(f"Paillier key size must be a multiple of 16 bits, at least 256, got {bits!r}")
+    if bits > MAX_KEY_BITS:
+        # Safe-prime generation grows about as bits⁴: 8192 bits already take hours here (found by an
+        # attacker: --bits 1048576 was accepted and would have run for ever).
+        raise ConfigError(f"Paillier key size must be at most {MAX_KEY_BITS} bits, got {bits}")
     if bits < MIN_KEY_BITS and not test_seeds_allowed():
         raise ConfigError(
             f"a {bits}-bit Paillier key is too weak: use 2048 (default) or 3072 bits; smaller keys are "
@@ -134,8 +139,8 @@ class PrivateKey:
     """Safe primes p, q with generators of Z_p^* and Z_q^*; the public key."""
 
     public: PublicKey
-    p: int
-    q: int
+    p: int = field(repr=False)  # the factors are the key: never in a repr, a log line or an error
+    q: int = field(repr=False)
     gp: int | None = None  # generators, known for our safe-prime keys (None for imported keys)
     gq: int | None = None
 

@@ -37,6 +37,7 @@ import secrets
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import cached_property
 
 import gmpy2
@@ -208,9 +209,10 @@ class KeyShare:
 
     public: ThresholdPublicKey
     holder: str
-    share: int
-    model_key: bytes
-    signing_key: bytes = b""  # the raw Ed25519 private key whose public half is public.signing[i]
+    share: int = dataclass_field(repr=False)  # secrets: never in a repr, a log line or an error
+    model_key: bytes = dataclass_field(repr=False)
+    # the raw Ed25519 private key whose public half is public.signing[i]
+    signing_key: bytes = dataclass_field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.holder, str) or self.holder not in self.public.holders:

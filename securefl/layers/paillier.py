@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from securefl.crypto import paillier, prg
 from securefl.crypto.keyfiles import read_private, write_private
 from securefl.crypto.packing import Packing
 from securefl.crypto.signing import Identities
+from securefl.durable import write_new
 from securefl.errors import ConfigError, ProtocolError, WireError
 from securefl.layers.base import ImpossibleSum, RoundContext, StackContext, Transform
 from securefl.layers.quantize import Quantize
@@ -45,8 +46,8 @@ class KeyMaterial:
     """What a party holds: the public key, the model-sealing key, and (key holders) p and q."""
 
     public: paillier.PublicKey
-    model_key: bytes
-    private: paillier.PrivateKey | None = None
+    model_key: bytes = field(repr=False)  # secrets: never in a repr, a log line or an error
+    private: paillier.PrivateKey | None = field(default=None, repr=False)
 
     @classmethod
     def generate(cls, bits: int = paillier.MIN_KEY_BITS) -> KeyMaterial:
@@ -97,9 +98,10 @@ class KeyMaterial:
             raise ConfigError("invalid Paillier key material: model_key must be 32 bytes")
         return cls(public, model_key, private)
 
-    def save(self, path: str | Path, include_private: bool = True) -> Path:
+    def save(self, path: str | Path, include_private: bool = True, overwrite: bool = True) -> Path:
         """Write the keys as JSON, readable by the owner only (0600)."""
-        return write_private(path, json.dumps(self.to_json(include_private), indent=1).encode())
+        document = json.dumps(self.to_json(include_private), indent=1).encode()
+        return write_private(path, document, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> KeyMaterial:
@@ -118,10 +120,8 @@ class KeyMaterial:
 
 def save_public(public: paillier.PublicKey, path: str | Path) -> Path:
     """The public key alone (n, h_s): what an aggregator needs, nothing it could decrypt with."""
-    path = Path(path)
     document = {"kind": PUBLIC_FILE_KIND, "version": 1, "n": hex(public.n), "hs": hex(public.hs)}
-    path.write_text(json.dumps(document, indent=1))
-    return path
+    return write_new(path, json.dumps(document, indent=1).encode())  # never through a link
 
 
 def load_public(path: str | Path) -> paillier.PublicKey:

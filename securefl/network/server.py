@@ -343,7 +343,7 @@ class TLSFiles:
 
     ca: bytes
     cert: bytes
-    key: bytes
+    key: bytes = field(repr=False)  # a secret: never in a repr, a log line or an error
 
 
 _sequence = itertools.count(1)
