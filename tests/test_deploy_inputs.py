@@ -156,6 +156,12 @@ def test_a_fifo_or_a_directory_as_a_certificate_is_refused_not_waited_on(tmp_pat
     worker.join(60)
     assert done == ["not a regular file"], "reading a FIFO blocked"
     assert _refusal(tmp_path) == "not a regular file"
+    from securefl.crypto.keyfiles import read_private
+
+    os.chmod(fifo, 0o600)
+    for path in (fifo, tmp_path):  # a key given as a directory printed "error: 3: Is a directory"
+        with pytest.raises(ConfigError, match=f"{path}.*not a regular file"):
+            read_private(path, "TLS private key")
 
 
 def _refusal(path: Path) -> str:

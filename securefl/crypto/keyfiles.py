@@ -47,15 +47,19 @@ def read_private(path: str | Path, what: str) -> bytes:
     user decides (``chmod 600``), not this library. FileNotFoundError passes through."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         if os.path.islink(path):
             raise ConfigError(f"{what} {str(path)!r} is a symlink; give the file itself") from None
         raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc.strerror}") from None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):  # a directory, a FIFO (which would block): named
+        os.close(fd)
+        raise ConfigError(f"{what} {str(path)!r} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        mode = stat.S_IMODE(status.st_mode)
         if mode & 0o077:
             raise ConfigError(
                 f"{what} {str(path)!r} is readable by others (mode {mode:04o}): if nobody else could have "
