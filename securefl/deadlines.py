@@ -28,7 +28,7 @@ class _Worker:
     list, it leaves the list and exits (found running the suite: a worker per federation that never
     exited piled up thousands of threads)."""
 
-    def __init__(self, owner: DeadlineCaller) -> None:
+    def __init__(self, owner: _Pool) -> None:
         self._owner = owner
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._loop, name="securefl-party-call", daemon=True).start()
@@ -47,12 +47,43 @@ class _Worker:
                 box.append((False, exc))
             finally:
                 done.set()
+                call = box = done = None  # hold nothing of a finished call (a model, a request) while idle
 
     def submit(self, call: Callable[[], Any]) -> tuple[_Box, threading.Event]:
         box: _Box = []
         done = threading.Event()
         self._tasks.put((call, box, done))
         return box, done
+
+
+class _Pool:
+    """The idle workers of this process, shared by every caller (every federation, every actor):
+    a worker that finished a call waits here for the next one, whoever makes it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+
+    def take(self) -> _Worker:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return _Worker(self)
+
+    def give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            self._idle.append(worker)
+
+    def _retire(self, worker: _Worker) -> bool:
+        """Whether an idle ``worker`` may exit: only while no caller has taken it."""
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+                return True
+            return False
+
+
+_POOL = _Pool()
 
 
 class Hung(Exception):
@@ -66,15 +97,6 @@ class DeadlineCaller:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._inside: dict[str, threading.Event] = {}  # party -> the abandoned call it is still in
-        self._idle: list[_Worker] = []
-
-    def _retire(self, worker: _Worker) -> bool:
-        """Whether an idle ``worker`` may exit: only while no caller has taken it."""
-        with self._lock:
-            if worker in self._idle:
-                self._idle.remove(worker)
-                return True
-            return False
 
     def busy(self, party: str) -> bool:
         """Whether ``party`` is still inside a call that was abandoned."""
@@ -90,16 +112,13 @@ class DeadlineCaller:
         ``timeout`` seconds (its worker is then left to it) or the party is still in an earlier one."""
         if self.busy(party):
             raise Hung(f"party {party} is still inside a call that overran its deadline")
-        with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        worker = worker or _Worker(self)
+        worker = _POOL.take()
         box, done = worker.submit(call)
         if not done.wait(timeout):
             with self._lock:
                 self._inside[party] = done
             raise Hung(f"party {party} did not return within {timeout:g} s; its call is abandoned")
-        with self._lock:
-            self._idle.append(worker)
+        _POOL.give_back(worker)
         ok, value = box[0]
         if ok:
             return value
