@@ -38,6 +38,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from securefl.deadlines import check_deadline
 from securefl.errors import ConfigError
 from securefl.layers import LAYERS
 from securefl.privacy.observers import check_observer
@@ -107,7 +108,9 @@ def settings_from_dict(data: dict[str, Any], source: str = "config") -> RunSetti
         parties=typed_value(federation, "parties", int, 5, source),
         min_parties=typed_value(federation, "min_parties", int, 1, source),
         selection=federation.get("selection", "all"),
-        phase_timeout=float(typed_value(federation, "phase_timeout", (int, float), 600.0, source)),
+        phase_timeout=check_deadline(
+            typed_value(federation, "phase_timeout", (int, float), 600.0, source), f"{source}: phase_timeout"
+        ),
         weight_bound=federation.get("weight_bound"),
         strategy=data.get("strategy", "fedavg"),
         plot=data.get("plot"),

@@ -16,7 +16,23 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from securefl.errors import ConfigError
+
 _Box = list  # [(True, value)] or [(False, exception)] once the call returned
+
+
+# The longest deadline any caller may set: a week, far below what a thread wait accepts
+# (threading.TIMEOUT_MAX; beyond it a wait raises, and inf did — found by an attacker).
+MAX_DEADLINE = 7 * 24 * 3600.0
+
+
+def check_deadline(value: object, what: str) -> float:
+    """``value`` as a deadline in seconds: a positive finite number of at most MAX_DEADLINE."""
+    if type(value) not in (int, float) or not 0 < value <= MAX_DEADLINE:
+        raise ConfigError(
+            f"{what} must be positive seconds, at most {MAX_DEADLINE:g} (a week), got {value!r}"
+        )
+    return float(value)
 
 
 _IDLE_SECONDS = 5.0  # an idle worker exits after this long: a federation leaves no thread behind
@@ -30,6 +46,7 @@ class _Worker:
 
     def __init__(self, owner: _Pool) -> None:
         self._owner = owner
+        self.abandoned = False  # its call overran: it exits once that call returns, never reused
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._loop, name="securefl-party-call", daemon=True).start()
 
@@ -38,7 +55,7 @@ class _Worker:
             try:
                 call, box, done = self._tasks.get(timeout=_IDLE_SECONDS)
             except queue.Empty:
-                if self._owner._retire(self):
+                if self.abandoned or self._owner._retire(self):
                     return
                 continue  # a caller took it from the idle list: its task is on the way
             try:
@@ -48,6 +65,8 @@ class _Worker:
             finally:
                 done.set()
                 call = box = done = None  # hold nothing of a finished call (a model, a request) while idle
+            if self.abandoned:  # (found by an attacker: abandoned workers lived for ever, one a hang)
+                return
 
     def submit(self, call: Callable[[], Any]) -> tuple[_Box, threading.Event]:
         box: _Box = []
@@ -114,7 +133,8 @@ class DeadlineCaller:
             raise Hung(f"party {party} is still inside a call that overran its deadline")
         worker = _POOL.take()
         box, done = worker.submit(call)
-        if not done.wait(timeout):
+        if not done.wait(min(timeout, MAX_DEADLINE)):
+            worker.abandoned = True
             with self._lock:
                 self._inside[party] = done
             raise Hung(f"party {party} did not return within {timeout:g} s; its call is abandoned")

@@ -67,6 +67,7 @@ from securefl.crypto.certificates import (
 )
 from securefl.crypto.keyfiles import read_private
 from securefl.crypto.signing import Identities
+from securefl.deadlines import MAX_DEADLINE
 from securefl.errors import ConfigError, SecureFLError
 from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
 from securefl.fusion import build_strategy
@@ -186,7 +187,7 @@ def _check_network(network: dict, where: str) -> None:
         _whole(network, "max_connections", 1, f"{where} [network]")
 
 
-_MAX_WAIT = 7 * 24 * 3600.0  # seconds: a week is longer than any wait a federation means
+_MAX_WAIT = MAX_DEADLINE  # seconds: a week is longer than any wait a federation means
 
 
 @dataclass

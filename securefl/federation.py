@@ -18,6 +18,7 @@ import numpy as np
 
 from securefl.aggregator import Aggregator, ReleaseGuard, RoundReport
 from securefl.codec import ArraySpec, HonestBounds, NamedArrays, VectorLayout
+from securefl.deadlines import check_deadline
 from securefl.errors import BudgetExhausted, ConfigError, ProtocolError, SecureFLError
 from securefl.fusion import FedAvg, Strategy, build_strategy
 from securefl.layers import Clip, Layer, PrivacyStack, StackContext, build_layer, preset
@@ -158,8 +159,7 @@ class Federation:
             raise ConfigError("a federation needs at least one party")
         if weighting not in ("examples", "uniform"):
             raise ConfigError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
-        if not (isinstance(phase_timeout, (int, float)) and phase_timeout > 0):
-            raise ConfigError(f"phase_timeout must be positive seconds, got {phase_timeout!r}")
+        phase_timeout = check_deadline(phase_timeout, "phase_timeout")
         party_ids = [check_name(p, "party id") for p in clients]
         self.fail_fast = fail_fast
         self.spec = ArraySpec.of(model)

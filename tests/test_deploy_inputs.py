@@ -199,3 +199,46 @@ def test_a_party_config_names_its_aggregator_as_text(tmp_path, certs):
     with pytest.raises(ConfigError, match="aggregator must be text"):
         load_party(party)
     assert math.isfinite(load_federation(fed).phase_timeout)
+
+
+@pytest.mark.parametrize("parties", [["ca", "b"], ["aggregator", "b"], ["a", "a.identity"]])
+def test_keys_tls_refuses_ids_whose_files_share_a_path_before_making_anything(tmp_path, parties):
+    """Found by the re-attacker: party "ca" (the CA's key), "aggregator", or "a" beside "a.identity"
+    left a half-made ceremony that a re-run then refused."""
+    out = tmp_path / "certs"
+    with pytest.raises(ConfigError, match="share a path"):
+        write_federation(out, "test", parties)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10, float("nan"), -1, 0])
+def test_a_phase_timeout_beyond_a_week_or_not_finite_is_refused(timeout):
+    """Found by the re-attacker: inf (and anything past a thread wait's limit) made every party a
+    crashed dropout and, from `securefl run`, aborted the process."""
+    import numpy as np
+
+    import securefl
+
+    with pytest.raises(ConfigError, match="phase_timeout"):
+        securefl.Federation(
+            {"w": np.zeros(2)}, {"a": lambda w, i: (w, 1, {})}, "plain", phase_timeout=timeout
+        )
+
+
+def test_an_abandoned_call_s_worker_exits_once_the_call_returns(monkeypatch):
+    """Found by the re-attacker: every abandoned call left its worker thread alive for good (one
+    thread per hang of a party that overran every round)."""
+    import time
+
+    from securefl import deadlines
+
+    monkeypatch.setattr(deadlines, "_IDLE_SECONDS", 0.2)
+    caller = deadlines.DeadlineCaller()
+    before = threading.active_count()
+    for _ in range(10):
+        with pytest.raises(deadlines.Hung):
+            caller.call("p", lambda: time.sleep(0.15), 0.01)
+        time.sleep(0.2)  # the call returns; the party is free again
+        assert not caller.busy("p")
+    time.sleep(0.6)
+    assert threading.active_count() <= before + 1

@@ -1320,3 +1320,18 @@ def test_one_absent_party_of_three_costs_only_itself(keys, victim, phase):  # no
     assert all(r.survivors == others and victim in r.sidelined for r in done)
     np.testing.assert_allclose(fed.global_vector, len(done) * mean(deltas, weights, others), atol=1e-6)
     assert sum(victim in r.selected for r in reports) >= 3  # invited again after each bench
+
+
+@pytest.mark.parametrize("names", [5, [], [1], "a"])
+def test_a_damaged_contributors_field_refuses_the_log_when_the_party_is_built(tmp_path, names):
+    """Found by the re-attacker: a damaged "contributors" field passed the log's check at build and
+    surfaced mid-round, inside an acknowledgement."""
+    import json
+
+    from securefl.layers.ack_log import AckLog
+
+    path = tmp_path / "share.json.acks"
+    entry = {"base": "0" * 64, "round": 0, "session": "s", "sum": "d", "contributors": names}
+    path.write_text(json.dumps(entry) + "\n")
+    with pytest.raises(ConfigError, match="damaged"):
+        AckLog(path)

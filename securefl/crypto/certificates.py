@@ -309,6 +309,13 @@ def write_federation(
     for party in parties:
         targets += [out / "parties" / f"{party}.pem", private / f"{party}.key"]
         targets.append(private / f"{party}.identity.key")
+    if len(set(targets)) != len(targets) or {"ca", "aggregator"} & set(parties):
+        # Two files of one path (party "ca" and the CA's key, parties "a" and "a.identity"): the run
+        # would fail half-made, and a re-run be refused (found by an attacker).
+        raise ConfigError(
+            "keys tls: party ids 'ca' and 'aggregator' are reserved, and no id may be another's followed "
+            "by '.identity': their files would share a path"
+        )
     require_absent(targets, "keys tls")
     ca = create_ca(federation, days)
     server = issue(ca, "aggregator", server_names=server_names, days=days)

@@ -49,12 +49,16 @@ class AckLog:
         for number, entry in read_entries(self.path, _WHAT) if raw is None else raw:
             try:
                 base, session, round_, digest = entry["base"], entry["session"], entry["round"], entry["sum"]
+                names = entry.get("contributors", [""])  # absent in lines written before they were
                 if not (
                     isinstance(base, str)
                     and _HEX64.fullmatch(base)
                     and isinstance(session, str)
                     and type(round_) is int
                     and isinstance(digest, str)
+                    and isinstance(names, list)
+                    and names
+                    and all(isinstance(n, str) for n in names)
                 ):
                     raise TypeError
             except (KeyError, TypeError):
@@ -68,15 +72,11 @@ class AckLog:
         recorded do not): what a restarted party needs to acknowledge that same sum again."""
         raw = read_entries(self.path, _WHAT)
         self._entries(raw)  # every line well formed, or the log is damaged
-        for number, entry in raw:
+        for _, entry in raw:
             if (entry.get("session"), entry.get("round"), entry.get("sum")) != (session, round_, digest):
                 continue
             names = entry.get("contributors")
-            if names is None:
-                return None
-            if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-                raise damaged(self.path, _WHAT, number)
-            return entry["base"], tuple(names)
+            return None if names is None else (entry["base"], tuple(names))
         return None
 
     def entries(self) -> list[tuple[str, str, int, str]]:
