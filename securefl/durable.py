@@ -107,29 +107,18 @@ def write_replacing(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
     replaced, never followed, and a reader never sees half a file (found by attackers: a report, a
     model and a plot written through a link planted at their path replaced the ledger, a key or a
     party's certificate)."""
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    sync_directory(target.parent)
-    return target
+    return _write_whole(Path(path), data, mode, replace=True)
 
 
 def write_new(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
-    """Write a file that must not exist yet — a certificate or a public key a ceremony issues: under
-    a fresh exclusive name, fsynced, then linked into place, which fails if anything (a file, a
-    link) is at ``path``. Nothing is ever written through a link (found by an attacker: `keys tls`
-    and `keys paillier` wrote certificates and a public key through links planted at their paths)."""
-    target = Path(path)
+    """Write a file that must not exist yet — a certificate or a public key a ceremony issues: as
+    :func:`write_replacing`, but hard-linked into place, which fails if anything (a file, a link) is
+    at ``path`` (found by an attacker: `keys tls` and `keys paillier` wrote certificates and a
+    public key through links planted at their paths)."""
+    return _write_whole(Path(path), data, mode, replace=False)
+
+
+def _write_whole(target: Path, data: bytes, mode: int, replace: bool) -> Path:
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -137,14 +126,17 @@ def write_new(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        try:
-            os.link(temporary, target, follow_symlinks=False)
-        except FileExistsError:
-            refusal = f"{target} already exists: refusing to overwrite it (move it away first)"
-            raise ConfigError(refusal) from None
+        if replace:
+            os.replace(temporary, target)
+        else:
+            try:
+                os.link(temporary, target, follow_symlinks=False)
+            except FileExistsError:
+                refusal = f"{target} already exists: refusing to overwrite it (move it away first)"
+                raise ConfigError(refusal) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+            os.unlink(temporary)  # after a rename, nothing is left to remove
     sync_directory(target.parent)
     return target
 

@@ -1162,14 +1162,27 @@ def test_two_sessions_interleaved_before_either_acknowledges_cannot_difference_a
     assert "acknowledges sums in one session only" in " ".join(report_x.dropouts.values())
 
 
+def _restart(fed, pid):
+    """``pid``'s process restarts: a new node over the same session and files, as Federation builds it."""
+    from securefl.fusion import FedAvg
+    from securefl.party import PartyNode
+
+    old = fed.nodes[pid]
+    node = PartyNode(
+        pid, old.client, old.spec, old.layout, old.stack, old.session, old.weighting,
+        old.weight_bound, strategy=FedAvg(), min_parties=old.min_parties, honest=old.honest,
+    )  # fmt: skip
+    fed.nodes[pid] = node
+    fed.transport.handlers[pid] = node.handle
+    return node
+
+
 def test_an_exposed_sum_is_completed_by_contributors_restarted_since(keys):  # noqa: F811
     """Third attacker (liveness): a sum acknowledged by its quorum whose shares went out while every
     combiner's reply was lost must be completed however long that takes. Restarted contributors no
     longer remembered acknowledging it and refused to share for it, while their log refused any new
     sum on the base: every later round failed, for ever. The last acknowledged sum now comes from
     the share's log after a restart, and the exposed sum is completed: the model is the mean of all."""
-    from securefl.fusion import FedAvg
-    from securefl.party import PartyNode
     from securefl.wire import Envelope
 
     fed, deltas, weights = federation(keys[(3, 2)], 3)
@@ -1185,13 +1198,8 @@ def test_an_exposed_sum_is_completed_by_contributors_restarted_since(keys):  # n
     fed.transport.exchange = exchange
     assert not fed.run_round().ok
     lose[0] = False
-    for pid, old in list(fed.nodes.items()):  # each party process restarts: same session and files
-        node = PartyNode(
-            pid, old.client, old.spec, old.layout, old.stack, old.session, old.weighting,
-            old.weight_bound, strategy=FedAvg(), min_parties=old.min_parties, honest=old.honest,
-        )  # fmt: skip
-        fed.nodes[pid] = node
-        fed.transport.handlers[pid] = node.handle
+    for pid in list(fed.nodes):  # each party process restarts: same session and files
+        _restart(fed, pid)
     errors = []
     for _ in range(3):
         report = fed.run_round()
@@ -1275,19 +1283,11 @@ def test_a_restarted_party_whose_acknowledgement_was_lost_acknowledges_again(key
     party restarted: it no longer remembered attesting the sum, refused to acknowledge it late, and
     every later round failed, for ever. Its log line now names the contributors, so the restarted
     party signs the same acknowledgement again; it still acknowledges no other sum."""
-    from securefl.fusion import FedAvg
-    from securefl.party import PartyNode
 
     faults = Faults().add("lose_reply", victim, phase="acknowledge", round=0)
     fed, deltas, weights = federation(keys[(3, 2)], 3, faults=faults)
     assert not fed.run_round().ok
-    old = fed.nodes[victim]
-    node = PartyNode(
-        victim, old.client, old.spec, old.layout, old.stack, old.session, old.weighting,
-        old.weight_bound, strategy=FedAvg(), min_parties=old.min_parties, honest=old.honest,
-    )  # fmt: skip
-    fed.nodes[victim] = node
-    fed.transport.handlers[victim] = node.handle
+    node = _restart(fed, victim)
     report = fed.run_round()
     assert report.ok, report.error
     # The sum of round 0, completed: one step of all three parties' mean.
