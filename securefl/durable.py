@@ -147,8 +147,8 @@ def require_absent(paths: Iterable[str | Path], what: str) -> None:
     present = [str(p) for p in paths if os.path.lexists(p)]
     if present:
         raise ConfigError(
-            f"{what}: {', '.join(present)} already exist{'s' if len(present) == 1 else ''}; files of a key "
-            "ceremony are never overwritten (move them away first)"
+            f"{what}: refusing to overwrite {', '.join(present)}: files of a key ceremony are never "
+            "overwritten (move them away first)"
         )
 
 
