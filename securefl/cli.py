@@ -1166,7 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.save:
             # Kind too (found by an attacker: --save over a Paillier private key, another ledger's
             # signing key and a party's TLS key, none of them inputs of this run)
-            check_output(settings.save, "--save", (*inputs, settings.resume), "checkpoint")
+            check_output(settings.save, "--save", inputs, "checkpoint")  # (--resume's file may be it)
         settings.backend = _backend(args, settings.backend)
         settings.fail_fast = settings.fail_fast or args.fail_fast
         if settings.plot:  # checked now, not after every round has run
