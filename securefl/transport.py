@@ -137,8 +137,12 @@ class InProcessTransport(Transport):
         if self.workers > 1 and len(requests) > 1:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:  # lanes: they only wait
                 batches = list(pool.map(lambda item: self._one(*item, timeout), requests.items()))
-        else:
-            batches = [self._one(party, data, timeout) for party, data in requests.items()]
+        else:  # one after another on one worker, each with its own deadline
+            calls = [(party, self._answer(party, data)) for party, data in requests.items()]
+            batches = [
+                self._outcome(party, outcome)
+                for (party, _), outcome in zip(calls, self._caller.call_many(calls, timeout), strict=True)
+            ]
         replies = []
         for batch in batches:
             for reply in batch:
@@ -155,7 +159,8 @@ class InProcessTransport(Transport):
                 replies.append(reply)
         return replies
 
-    def _one(self, party: str, request: bytes, timeout: float) -> list[Reply]:
+    def _answer(self, party: str, request: bytes) -> Callable[[], list[Reply]]:
+        """The call that asks ``party``: run on a worker thread (securefl.deadlines)."""
         handler = self.handlers[party]
 
         def run() -> list[Reply]:
@@ -165,11 +170,22 @@ class InProcessTransport(Transport):
             # Inside the call: a handler returning something that is not bytes is a crashed party too.
             return [Reply(party, _as_bytes(data), elapsed + extra) for data, extra in raw]
 
-        try:  # on a worker thread, abandoned at the deadline if it hangs (securefl.deadlines)
-            return self._caller.call(party, run, timeout)
-        except Hung as exc:
-            log.warning("%s", exc)
-            return []
-        except Exception as exc:  # a crashed party is a dropout, never a crashed federation
-            log.warning("party %s crashed: %s", party, type(exc).__name__)
-            return []
+        return run
+
+    def _one(self, party: str, request: bytes, timeout: float) -> list[Reply]:
+        try:  # abandoned at the deadline if it hangs
+            value = self._caller.call(party, self._answer(party, request), timeout)
+        except Exception as exc:
+            return self._outcome(party, (False, exc))
+        return self._outcome(party, (True, value))
+
+    @staticmethod
+    def _outcome(party: str, outcome: tuple[bool, object]) -> list[Reply]:
+        ok, value = outcome
+        if ok:
+            return value
+        if isinstance(value, Hung):
+            log.warning("%s", value)
+        else:  # a crashed party is a dropout, never a crashed federation
+            log.warning("party %s crashed: %s", party, type(value).__name__)
+        return []

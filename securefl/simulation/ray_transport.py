@@ -121,34 +121,45 @@ class PartyHost:
         """Answer each party's request, one after another: ``(party, [(reply, extra s)], seconds)``.
         With ``timeout``, a party's call that overruns it is abandoned (``securefl.deadlines``) and
         the actor goes on with its next party: a hung party costs itself alone."""
-        out = []
+        out: dict[str, tuple[str, list, float]] = {}
+        calls = []
         for party, segments in items:
             request = join_segments(segments, shared)
             try:  # building a party (on its first request) is not part of its answer's time
                 node = self._node(party)
             except Exception as exc:  # its client could not be built: a dropout
                 log.warning("party %s could not be built: %s", party, type(exc).__name__)
-                out.append((party, [], 0.0))
+                out[party] = (party, [], 0.0)
                 continue
 
-            def answer(node: PartyNode = node, party: str = party, request: bytes = request) -> list:
+            def answer(node: PartyNode = node, party: str = party, request: bytes = request) -> tuple:
+                start = time.perf_counter()
                 if self.faults is None:
                     raw = [(node.handle(request), 0.0)]
                 else:
                     raw = self.faults(party, request, node.handle)
-                return [(_as_bytes(data), float(extra)) for data, extra in raw]
+                return [(_as_bytes(data), float(extra)) for data, extra in raw], time.perf_counter() - start
 
-            start = time.perf_counter()
-            try:
-                raw = answer() if timeout is None else self._caller.call(party, answer, timeout)
-            except Hung as exc:
-                log.warning("%s", exc)
-                raw = []
-            except Exception as exc:  # a crashed party is a dropout, never a crashed actor
-                log.warning("party %s crashed: %s", party, type(exc).__name__)
-                raw = []
-            out.append((party, raw, time.perf_counter() - start))
-        return out
+            calls.append((party, answer))
+        if timeout is None:
+            outcomes = []
+            for _, answer in calls:
+                try:
+                    outcomes.append((True, answer()))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+        else:  # one after another on one worker, each with its own deadline
+            outcomes = self._caller.call_many(calls, timeout)
+        for (party, _), (ok, value) in zip(calls, outcomes, strict=True):
+            if ok:
+                out[party] = (party, *value)
+                continue
+            if isinstance(value, Hung):
+                log.warning("%s", value)
+            else:  # a crashed party is a dropout, never a crashed actor
+                log.warning("party %s crashed: %s", party, type(value).__name__)
+            out[party] = (party, [], timeout or 0.0)
+        return [out[party] for party, _ in items]
 
     def open_global(self, party: str, data: bytes) -> tuple[bool, Any]:
         try:
