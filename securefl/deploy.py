@@ -67,7 +67,7 @@ from securefl.crypto.certificates import (
 )
 from securefl.crypto.keyfiles import read_private
 from securefl.crypto.signing import Identities
-from securefl.deadlines import MAX_DEADLINE
+from securefl.deadlines import check_deadline
 from securefl.errors import ConfigError, SecureFLError
 from securefl.federation import build_stack, party_strategy, party_weight_bound, validate_stack
 from securefl.fusion import build_strategy
@@ -179,7 +179,7 @@ def _text(table: dict, key: str, default: str | None, where: str) -> str | None:
 def _check_network(network: dict, where: str) -> None:
     """Every [network] value, checked when the file is read (not when first used, mid-run)."""
     for key, default in (("connect_timeout", 60.0), ("reconnect_grace", 5.0), ("hello_timeout", 30.0)):
-        _number(network, key, default, f"{where} [network]", most=_MAX_WAIT)
+        _deadline(network, key, default, f"{where} [network]")
     # gRPC counts a message's bytes in a signed 32-bit integer: 2 GiB − 1 at most
     _number(network, "max_message_mb", 256, f"{where} [network]", most=2047)
     _text(network, "address", "127.0.0.1:50051", f"{where} [network]")
@@ -187,7 +187,9 @@ def _check_network(network: dict, where: str) -> None:
         _whole(network, "max_connections", 1, f"{where} [network]")
 
 
-_MAX_WAIT = MAX_DEADLINE  # seconds: a week is longer than any wait a federation means
+def _deadline(table: dict, key: str, default: float, where: str) -> float:
+    """A time limit of the config: the one rule every deadline follows (``deadlines.check_deadline``)."""
+    return check_deadline(typed_value(table, key, (int, float), default, where), f"{where}: {key}")
 
 
 @dataclass
@@ -327,7 +329,7 @@ def load_federation(path: str | Path) -> FederationConfig:
         weighting=data.get("weighting", "examples"),
         weight_bound=weight_bound,
         min_parties=_whole(data, "min_parties", 1, source),  # 2.7 was read as 2
-        phase_timeout=_number(data, "phase_timeout", 600.0, source, most=_MAX_WAIT),
+        phase_timeout=_deadline(data, "phase_timeout", 600.0, source),
         selection=data.get("selection", "all"),
         strategy=data.get("strategy", "fedavg"),
         train_metrics=tuple(data.get("train_metrics", ())),
