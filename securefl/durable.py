@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from securefl.crypto.keyfiles import sync_directory
+from securefl.crypto.keyfiles import put_in_place, sync_directory
 from securefl.errors import ConfigError, ProtocolError
 
 
@@ -126,14 +126,7 @@ def _write_whole(target: Path, data: bytes, mode: int, replace: bool) -> Path:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        if replace:
-            os.replace(temporary, target)
-        else:
-            try:
-                os.link(temporary, target, follow_symlinks=False)
-            except FileExistsError:
-                refusal = f"{target} already exists: refusing to overwrite it (move it away first)"
-                raise ConfigError(refusal) from None
+        put_in_place(temporary, target, replace=replace)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)  # after a rename, nothing is left to remove

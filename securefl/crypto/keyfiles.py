@@ -87,20 +87,27 @@ def write_private(path: str | Path, data: bytes, *, overwrite: bool = True) -> P
             os.fsync(fd)
         finally:
             os.close(fd)
-        if overwrite:
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path, follow_symlinks=False)
-            except FileExistsError:
-                raise ConfigError(
-                    f"{path} already exists: refusing to overwrite a key (move it away first)"
-                ) from None
+        put_in_place(temporary, path, replace=overwrite, what="a key")
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
     sync_directory(path.parent)
     return path
+
+
+def put_in_place(temporary: Path, target: Path, *, replace: bool, what: str = "it") -> None:
+    """Move a written, fsynced ``temporary`` to ``target``: renamed over whatever is there
+    (``replace``), or hard-linked, which fails if anything — a file, a link — is at ``target``
+    (ConfigError naming ``what`` is refused). The caller removes ``temporary`` afterwards."""
+    if replace:
+        os.replace(temporary, target)
+        return
+    try:
+        os.link(temporary, target, follow_symlinks=False)
+    except FileExistsError:
+        raise ConfigError(
+            f"{target} already exists: refusing to overwrite {what} (move it away first)"
+        ) from None
 
 
 def remove_stale_temporaries(path: Path, older_than: float = 60.0) -> None:
