@@ -242,3 +242,17 @@ def test_an_abandoned_call_s_worker_exits_once_the_call_returns(monkeypatch):
         assert not caller.busy("p")
     time.sleep(0.6)
     assert threading.active_count() <= before + 1
+
+
+@pytest.mark.parametrize("limit", [-1, 0, 1 << 31, 2.5, True, "256"])
+def test_a_frame_limit_outside_grpc_s_range_is_refused_by_both_ends_of_the_api(certs, limit):
+    """FED.toml's max_message_mb was checked, but the library's own ends took any value: −1 turned
+    gRPC's size limit off on a party. Both ends now refuse it before touching the network."""
+    from securefl.network.client import run_party
+    from securefl.network.server import GrpcServerTransport, TLSFiles
+
+    tls = TLSFiles((certs / "ca.pem").read_bytes(), (certs / "parties/a.pem").read_bytes(), b"")
+    with pytest.raises(ConfigError, match="max_message_bytes must be a whole number"):
+        run_party("a", "127.0.0.1:1", tls, "0" * 64, lambda *a: None, max_message_bytes=limit)
+    with pytest.raises(ConfigError, match="max_message_bytes must be a whole number"):
+        GrpcServerTransport("127.0.0.1:0", tls, {"a": None}, "s", {}, "0" * 64, max_message_bytes=limit)

@@ -598,3 +598,19 @@ def test_the_audit_report_of_a_ledger_holding_text_where_figures_belong(tmp_path
     page = write_report(result, tmp_path / "odd.html").read_text()
     assert "<script>" not in page and "&lt;b&gt;tiny&lt;/b&gt;" in page and "no budget recorded" in page
     assert main(["audit", str(path)]) == 1  # invalid, said in the table: no traceback
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "0", "-1"])
+def test_a_budget_that_is_not_a_finite_positive_number_is_refused_before_any_round(tmp_path, capsys, value):
+    """`--budget-epsilon inf` was recorded as an unlimited budget without a word: a limit the user
+    typed must never silently turn into none. Leaving the flag out is how a run goes unlimited."""
+    ledger = tmp_path / "l.jsonl"
+    assert main([*DP, "--ledger", str(ledger), "--rounds", "1"]) == 0  # unlimited: no flag
+    written = ledger.read_bytes()
+    capsys.readouterr()
+    assert main([*DP, f"--budget-epsilon={value}", "--ledger", str(ledger), "--rounds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "finite positive number" in err and "no --budget-epsilon" in err, err
+    assert "Traceback" not in err and ledger.read_bytes() == written
+    assert main(["audit", str(ledger), f"--budget-epsilon={value}"]) == 2
+    assert "finite positive number" in capsys.readouterr().err

@@ -24,7 +24,7 @@ import grpc
 from securefl.codec import ArraySpec
 from securefl.errors import ProtocolError, WireError
 from securefl.logtext import printable
-from securefl.network.frames import METHOD, Hello, Welcome
+from securefl.network.frames import METHOD, Hello, Welcome, check_message_limit
 from securefl.network.server import TLSFiles
 from securefl.party import PartyNode
 
@@ -136,6 +136,7 @@ def run_party(
 ) -> PartySummary:
     """Serve the aggregator at ``target`` until it ends the federation; raise ProtocolError if it
     refuses this party or cannot be reached (after ``max_reconnects`` attempts)."""
+    check_message_limit(max_message_bytes)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
     )

@@ -11,13 +11,31 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from securefl.errors import WireError
+from securefl.errors import ConfigError, WireError
 from securefl.wire import check_session, load_json
 
 METHOD = "/securefl.Federation/Connect"
 VERSION = 1
 MAX_HELLO_BYTES = 4096  # a party id (≤ 64 characters) and a 64-hex agreement fit many times over
 MAX_WELCOME_BYTES = 1 << 20  # the model's array layout: names and shapes of every array
+# gRPC counts a message's bytes in a signed 32-bit integer (and reads −1 as "no limit").
+MAX_MESSAGE_LIMIT = (1 << 31) - 1
+
+
+def check_message_limit(max_message_bytes: object) -> int:
+    """A frame-size limit for either end: a whole number of bytes in [1, 2 GiB − 1]. FED.toml's
+    ``max_message_mb`` is checked when the file is read; this holds the same line for callers of
+    the library API (found by an attacker: −1 turned gRPC's limit off on a party)."""
+    if (
+        not isinstance(max_message_bytes, int)
+        or isinstance(max_message_bytes, bool)
+        or not 1 <= max_message_bytes <= MAX_MESSAGE_LIMIT
+    ):
+        raise ConfigError(
+            f"max_message_bytes must be a whole number of bytes from 1 to 2 GiB − 1, got "
+            f"{max_message_bytes!r} (FED.toml: [network] max_message_mb, 1 to 2047)"
+        )
+    return max_message_bytes
 
 
 def _decode(data: bytes, what: str, limit: int, fields: dict[str, type]) -> dict[str, Any]:

@@ -59,7 +59,7 @@ import grpc
 from securefl.crypto.certificates import PartyCertificate, verify_party_certificate
 from securefl.errors import ConfigError, WireError
 from securefl.logtext import RateLimitedLog, printable
-from securefl.network.frames import METHOD, Hello, Welcome
+from securefl.network.frames import METHOD, Hello, Welcome, check_message_limit
 from securefl.transport import Reply, Traffic, Transport
 
 log = logging.getLogger(__name__)
@@ -433,6 +433,7 @@ class GrpcServerTransport(Transport):
         more are closed as they are accepted."""
         if not hello_timeout > 0:
             raise ConfigError(f"hello_timeout must be positive, got {hello_timeout!r}")
+        check_message_limit(max_message_bytes)
         self.allowlist = dict(allowlist)
         self.welcome = Welcome(session, spec, agreement).encode()
         self.agreement = agreement

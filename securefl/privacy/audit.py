@@ -217,8 +217,11 @@ def audit(
 ) -> AuditResult:
     """Verify ``path`` and recompute its ε; ``public_key`` (hex) pins the signer; ``budget_epsilon``
     overrides the budget the records carry."""
-    if budget_epsilon is not None and not budget_epsilon > 0:
-        raise ConfigError(f"--budget-epsilon must be positive, got {budget_epsilon}")
+    if budget_epsilon is not None and not (math.isfinite(budget_epsilon) and budget_epsilon > 0):
+        raise ConfigError(
+            f"--budget-epsilon must be a finite positive number, got {budget_epsilon}; leave it out to "
+            "audit against the budget the records carry"
+        )
     _check_is_a_ledger(Path(path))
     check = verify(path, public_key)
     result = AuditResult(str(path), check.valid, signer=check.signer, pinned=public_key is not None)

@@ -407,6 +407,14 @@ def round_half(value: float) -> int:
 def guard_for(settings: BudgetSettings) -> PrivacyGuard:
     """The guard of a run's budget settings: the budget (unlimited if none), accountant and ledger
     (its signing key kept next to it, created on first use)."""
+    if settings.epsilon is not None and not _finite_positive(settings.epsilon):
+        # inf would be read as "no limit": a typo'd or computed budget must not silently turn the
+        # limit off. Leaving the budget out is how a run accounts without refusing.
+        raise ConfigError(
+            f"the budget ε must be a finite positive number, got {settings.epsilon!r}; to account and "
+            "record every release without refusing any, give no budget (no --budget-epsilon, no "
+            "[budget] epsilon)"
+        )
     budget = Budget(
         math.inf if settings.epsilon is None else settings.epsilon,
         settings.delta,
@@ -430,6 +438,12 @@ def guard_for(settings: BudgetSettings) -> PrivacyGuard:
                 "([budget] allow_budget_change = true)"
             )
     return PrivacyGuard(budget, ledger, settings.accountant)
+
+
+def _finite_positive(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
 
 
 def _budget_text(epsilon: float) -> str:
