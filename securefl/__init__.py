@@ -34,7 +34,7 @@ from securefl.privacy.ledger import open_ledger
 from securefl.roundinfo import RoundInfo
 from securefl.selection import AllParties, FixedCount, Poisson
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CKKS",

@@ -217,7 +217,12 @@ class FederationConfig:
     agreement: str = field(init=False)
 
     def __post_init__(self) -> None:
+        from securefl import __version__  # (here: the package has finished importing by now)
+
         terms = {
+            # The release: its protocols (SecAgg's Shamir coordinates, say) change between releases,
+            # and two releases in one federation fail mid-round or name honest parties.
+            "securefl": __version__,
             "rounds": self.rounds,
             "parties": self.parties,
             "privacy": self.privacy,

@@ -209,6 +209,14 @@ def test_deployment_files_with_mistakes_are_refused_with_the_fix(tmp_path):
         load_federation(fed)
     fed.write_text("rounds = 2\n" + base)
     assert load_federation(fed).agreement == load_federation(fed).agreement
+    # Two releases never share a federation: their protocols may differ (0.2.0 moved SecAgg's Shamir
+    # coordinates; mixed, a round failed and named an honest party as the dealer of a wrong secret).
+    import securefl
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(securefl, "__version__", "0.1.0")
+        older = load_federation(fed).agreement
+    assert older != load_federation(fed).agreement
     party = tmp_path / "p3.toml"
     party.write_text('federation = "fed.toml"\nparty = "p3"\n')
     with pytest.raises(ConfigError, match="not in the federation's allowlist"):

@@ -131,7 +131,7 @@ class Attack:
             self.masked[p] = unpack_array(parts["masked"]).astype(np.uint64)
         for c in self.colluders:  # colluders hand over every share they opened
             for owner, (seed_share, key_share) in self.sides[c].held.items():
-                x = self.ctx.parties.index(c) + 1
+                x = secagg.share_coordinate(self.graph, owner, c)
                 self.self_shares.setdefault(owner, {})[x] = seed_share[: shamir.SHARE_BYTES]
                 self.key_shares.setdefault(owner, {})[x] = key_share[: shamir.SHARE_BYTES]
 
@@ -198,13 +198,12 @@ class Attack:
             header, parts = decode_record(
                 reply, b"SAUr", {"self": list, "secret": list, "disputed": list}, ("shares", "one_time")
             )
-            x = self.ctx.parties.index(p) + 1
             owners = header["self"] + header["secret"]
             width = secagg._share_width(self.layer.active)  # a share (‖ its dealer's signature)
             for i, owner in enumerate(owners):
                 share = parts["shares"][i * width : i * width + shamir.SHARE_BYTES]
                 target = self.self_shares if owner in header["self"] else self.key_shares
-                target.setdefault(owner, {})[x] = share
+                target.setdefault(owner, {})[secagg.share_coordinate(self.graph, owner, p)] = share
             for i, recipient in enumerate(header["disputed"]):  # one-time keys: open those shares too
                 one_time = parts["one_time"][i * channel.KEY_BYTES : (i + 1) * channel.KEY_BYTES]
                 self.open_with(p, recipient, one_time)
@@ -219,7 +218,7 @@ class Attack:
             plain = secagg._open_share(self.ctx, key, sealed, sender, recipient, self.layer.active)
         except SecureFLError:
             return
-        x = self.ctx.parties.index(recipient) + 1
+        x = secagg.share_coordinate(self.graph, sender, recipient)
         half = secagg._share_width(self.layer.active)
         self.self_shares.setdefault(sender, {})[x] = plain[: shamir.SHARE_BYTES]
         self.key_shares.setdefault(sender, {})[x] = plain[half : half + shamir.SHARE_BYTES]

@@ -163,6 +163,11 @@ def run_the_attack(world: World, restart: Callable[[World, str], None]) -> np.nd
     colluder_key = world.identities.private[COLLUDER]
     for name, members in lists.items():  # the colluder signs every list
         signed[name][COLLUDER] = S.signing.sign(colluder_key, S._survivor_statement(world.ctx, members))
+    graph = world.layer.neighbours(world.ctx.parties, graph_seed)
+
+    def at(owner: str, holder: str) -> int:  # where owner dealt its share to holder
+        return S.share_coordinate(graph, owner, holder)
+
     seed_shares: dict[int, bytes] = {}
     key_shares: dict[str, dict[int, bytes]] = {j: {} for j in (J1, J2, J3)}
     for p, name in shown.items():
@@ -187,13 +192,13 @@ def run_the_attack(world: World, restart: Callable[[World, str], None]) -> np.nd
         for i, (kind, owner) in enumerate(owners):
             share = parts["shares"][i * width : i * width + shamir.SHARE_BYTES]
             if kind == "self" and owner == TARGET:
-                seed_shares[S._x(world.ctx, p)] = share
+                seed_shares[at(TARGET, p)] = share
             if kind == "secret" and owner in key_shares:
-                key_shares[owner][S._x(world.ctx, p)] = share
+                key_shares[owner][at(owner, p)] = share
     colluder = world.answerers[COLLUDER].node.secure_sum
-    seed_shares[S._x(world.ctx, COLLUDER)] = colluder.held[TARGET][0][: shamir.SHARE_BYTES]
+    seed_shares[at(TARGET, COLLUDER)] = colluder.held[TARGET][0][: shamir.SHARE_BYTES]
     for j in key_shares:
-        key_shares[j][S._x(world.ctx, COLLUDER)] = colluder.held[j][1][: shamir.SHARE_BYTES]
+        key_shares[j][at(j, COLLUDER)] = colluder.held[j][1][: shamir.SHARE_BYTES]
     masks = prg.MaskAccumulator(world.ctx.vector_size, world.layer.dtype)
     masks.add(shamir.combine(seed_shares, t, 32))
     for j in maskers:

@@ -660,7 +660,8 @@ class GrpcServerTransport(Transport):
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"party {party!r} holds federation settings {hello.agreement[:12]}…, the aggregator "
-                f"{self.agreement[:12]}…: both must use the same federation file",
+                f"{self.agreement[:12]}…: both must use the same federation file and the same securefl "
+                "release",
             )
         return hello
 
