@@ -21,7 +21,8 @@ demo: $(STAMP)
 	$(VENV)/bin/securefl demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	# every core: tests/conftest.py keeps the tests that start Ray on one worker
+	$(PY) -m pytest -q -n auto --dist loadgroup
 	$(PY) -m pytest -q benchmarks --benchmark-disable
 	$(VENV)/bin/ruff check securefl tests examples benchmarks
 

@@ -18,6 +18,20 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+# Modules whose tests start Ray (directly, or through Flower's simulation engine): under
+# pytest-xdist (`make test` runs `-n auto --dist loadgroup`) they share one worker, so no two local
+# Ray clusters start at once on a 2-core machine.
+_RAY_MODULES = frozenset(
+    {"test_simulation_ray", "test_flower", "test_flower_bench", "test_flower_example", "test_readme"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in _RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 def fixed_delta_client(delta: np.ndarray, examples: int, metrics: dict | None = None, eval_metrics=None):
     """A client whose training adds a known delta: fused results can be computed by hand."""
 
