@@ -239,8 +239,13 @@ class Federation:
         sealed = self.aggregator.sealed
         if sealed is None:
             return self.aggregator.weights.copy()
-        # Any party holding the keys can open it (one that dropped before receiving them cannot).
-        for node in self.nodes.values():
+        # Any party holding the keys can open it (one that dropped before receiving them cannot). A
+        # party still inside a call abandoned at its deadline is skipped: another thread is in its
+        # objects (found by an attacker), and it may never come back.
+        busy = getattr(self.transport, "busy", lambda party: False)
+        for party, node in self.nodes.items():
+            if busy(party):
+                continue
             try:
                 return node.open_global(sealed.data)
             except SecureFLError:

@@ -159,6 +159,11 @@ class InProcessTransport(Transport):
                 replies.append(reply)
         return replies
 
+    def busy(self, party: str) -> bool:
+        """Whether ``party`` is still inside a call abandoned at its deadline: its objects are in use
+        on another thread, so the driver leaves them alone until the call returns."""
+        return self._caller.busy(party)
+
     def _answer(self, party: str, request: bytes) -> Callable[[], list[Reply]]:
         """The call that asks ``party``: run on a worker thread (securefl.deadlines)."""
         handler = self.handlers[party]

@@ -182,3 +182,46 @@ def test_bad_selection_specs(three_parties, spec, message):
     model, clients, *_ = three_parties
     with pytest.raises(ConfigError, match=message):
         securefl.Federation(model, clients, "plain", train_metrics=["loss"], selection=spec)
+
+
+def test_the_driver_never_reads_a_party_still_inside_an_abandoned_call():
+    """Found by an attacker: ``global_vector`` opened the sealed model with the first party that
+    could, a party still inside a call abandoned at its deadline included, whose objects were in use
+    on another thread. It now asks only parties that are not busy."""
+    import threading
+
+    release, trained = threading.Event(), {"p0": 0}
+
+    def client(party, delta):
+        def train(weights, info):
+            if party == "p0":
+                trained["p0"] += 1
+                if trained["p0"] == 2:  # p0 hangs in its second round, after the keys are set up
+                    release.wait(60)
+            return {"w": weights["w"] + delta}, 1, {}
+
+        return train
+
+    deltas = {f"p{i}": np.full(3, float(i + 1)) for i in range(4)}
+    stack = [securefl.Quantize(16, 10.0), securefl.Paillier(key_bits=512, workers=1)]
+    fed = securefl.Federation(
+        {"w": np.zeros(3)},
+        {p: client(p, d) for p, d in deltas.items()},
+        stack,
+        weighting="uniform",
+        weight_bound=32767,
+        min_parties=2,
+        phase_timeout=3.0,
+    )
+    try:
+        assert fed.run_round().ok
+        first = fed.global_vector
+        fed.run_round()
+        assert fed.transport.busy("p0")
+        opened = []
+        honest_open = fed.nodes["p0"].open_global
+        fed.nodes["p0"].open_global = lambda data: opened.append("p0") or honest_open(data)
+        np.testing.assert_array_equal(fed.global_vector.shape, first.shape)
+        assert opened == []  # read through another party
+    finally:
+        release.set()
