@@ -650,6 +650,8 @@ class _Aggregator(SumAggregator):
         self.one_time: dict[str, dict[str, bytes]] = {}  # accused -> accuser -> revealed one-time key
         self.answered_unmask: set[str] = set()
         self._culprits: dict[str, str] = {}
+        # passive mode: (owner, holder, what) of each revealed share that did not fit the others
+        self._suspects: list[tuple[str, str, str]] = []
         self._sidelined: dict[str, str] = {}
         self.dealer_signatures: dict[tuple[str, str], bytes] = {}  # (owner, holder) -> signature
         self.senders_to: dict[str, frozenset[str]] = {}  # recipient -> the U2 parties whose shares it holds
@@ -956,11 +958,15 @@ class _Aggregator(SumAggregator):
                 "is revealed"
             )
         self._require(len(shares) >= self.t, f"{len(shares)} shares of {what} arrived")
-        # Shares from a holder already caught lying are left out while enough remain: one liar then
-        # costs one decoding, not one per owner.
-        trusted = {x: v for x, v in shares.items() if by_x[x] not in self._culprits}
-        if len(trusted) >= self.t:
-            shares = trusted
+        if self.identities:
+            # Active mode: a culprit is proven (signatures), so its shares of later owners are left
+            # out while enough remain: one liar then costs one decoding, not one per owner. Passive
+            # mode proves nothing before the round's end (``_settle_suspects``): carried over, one
+            # framed holder's left-out share was the spare that would have caught the framer, and a
+            # dealer failed every round with the honest holder named (found by an attacker).
+            trusted = {x: v for x, v in shares.items() if by_x[x] not in self._culprits}
+            if len(trusted) >= self.t:
+                shares = trusted
         keys = self.keys[owner]
         commitment = _commitments(keys)[kind]
 
@@ -975,10 +981,9 @@ class _Aggregator(SumAggregator):
         if outcome.secret is None and outcome.consistent:
             self._blame_dealer_of_another_secret(owner, shares, outcome, what)
         # Passive mode from here (active mode returned above): nothing is signed, so a share that does
-        # not fit is its holder's — sound against one malicious party; colluding holders can make the
-        # decoder name an honest one (the sum stays exact; protocols/secagg.md, Limitations).
+        # not fit was altered by its dealer or by its holder; the round's end decides, if anything can.
         for x in outcome.wrong:
-            self._blame(by_x[x], f"revealed a share of {what} that does not fit the others")
+            self._suspects.append((owner, by_x[x], what))
         if outcome.secret is None:
             holders = ", ".join(by_x[x] for x in sorted(shares))
             if outcome.consistent:
@@ -1062,7 +1067,35 @@ class _Aggregator(SumAggregator):
             return False
         return True
 
+    def _settle_suspects(self) -> None:
+        """Passive mode: name whoever altered the Shamir shares that did not fit, when the round shows
+        who. Such a share was altered by its dealer (which knows the sealing keys, so a wrong share
+        opens like a right one) or by its holder, and nothing signed tells which (found by an
+        attacker: naming the holder let one dealer get an honest holder dropped). One malicious party
+        is in every such (dealer, holder) pair, so the party common to all of them is named when
+        there is exactly one; a single pair names nobody (the sum is exact all the same). Colluders
+        can still point two pairs at an honest party (protocols/secagg.md, Limitations)."""
+        if not self._suspects:
+            return
+        common = set.intersection(*({owner, holder} for owner, holder, _ in self._suspects))
+        if len(common) != 1:
+            return
+        (culprit,) = common
+        dealt = sorted({what for owner, _, what in self._suspects if owner == culprit})
+        held = sorted({what for owner, holder, what in self._suspects if holder == culprit})
+        roles = [f"dealt shares of {', '.join(dealt)}"] if dealt else []
+        roles += [f"revealed shares of {', '.join(held)}"] if held else []
+        self._blame(
+            culprit, f"{' and '.join(roles)} that do not fit the others (it is party to every such share)"
+        )
+
     def _unmask(self) -> None:
+        try:
+            self._unmask_all()
+        finally:
+            self._settle_suspects()
+
+    def _unmask_all(self) -> None:
         ctx, layer = self.ctx, self.layer
         self._resolve_accusations()
         masks = prg.MaskAccumulator(ctx.vector_size, layer.dtype)
