@@ -638,3 +638,25 @@ def test_a_hello_with_a_challenge_of_another_size_is_refused_not_raised(task_ide
     hello = Message(hello_content(challenge=bytes(size)), dst_node_id=1, message_type="train")
     reply = secure.client_mod(hello, None, lambda m, c: m)
     assert reply.has_error() and "challenge" in reply.error.reason
+
+
+@pytest.mark.parametrize("release", ["0.1.0", "9.9.9", None])
+def test_a_party_of_another_release_withdraws_saying_so(fresh_process, monkeypatch, release):
+    """Releases change protocols (0.2.0 moved SecAgg's Shamir coordinates): a server of another
+    release, or one that names none, is refused at the setup, before any round, with the fix."""
+    import json
+
+    from securefl.codec import ArraySpec
+    from securefl.flower.records import Setup
+
+    setup = json.loads(Setup(ArraySpec.of({"w": np.zeros(2, dtype=np.float32)}), 3).encode())
+    if release is None:
+        setup["v"] = 1
+        del setup["securefl"]
+    else:
+        setup["securefl"] = release
+    reply = _send(
+        SecureFL(privacy="secagg+", weight_bound=WEIGHT_BOUND), _opening("ef" * 16), json.dumps(setup)
+    )
+    assert reply.kind == "withdraw" and b"same release" in reply.parts["reason"], reply.parts
+    assert not fresh_process._PARTIES

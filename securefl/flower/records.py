@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
+from securefl import __version__
 from securefl.codec import ArraySpec
 from securefl.errors import WireError
 from securefl.logtext import printable
@@ -30,7 +31,10 @@ HELLO_CHALLENGE = "challenge"  # 32 random bytes, one per node and hello
 HELLO_SIGNATURE = "signature"  # active mode: the party's Ed25519 signature over the challenge and name
 ENVELOPE = "envelope"
 SETUP_JSON = "json"
-SETUP_VERSION = 1
+# 2: the setup names the server's securefl release, which the party's must equal (releases change
+# protocols: 0.2.0 moved SecAgg's Shamir coordinates, and two releases in one round fail it or get
+# honest parties named).
+SETUP_VERSION = 2
 MAX_SETUP_BYTES = 1 << 20
 MESSAGE_TYPE = "train"  # securefl's messages go to the ClientApp's train handler, through the mod
 MAX_NODE_ID = 2**64 - 1
@@ -62,7 +66,9 @@ class Setup:
 
     def encode(self) -> str:
         entries = [[e.name, list(e.shape), e.dtype] for e in self.spec.entries]
-        return json.dumps({"v": SETUP_VERSION, "arrays": entries, "population": self.population})
+        return json.dumps(
+            {"v": SETUP_VERSION, "securefl": __version__, "arrays": entries, "population": self.population}
+        )
 
     @classmethod
     def decode(cls, text: object) -> Setup:
@@ -73,7 +79,13 @@ class Setup:
             if data["v"] != SETUP_VERSION:
                 raise WireError(
                     f"securefl setup version {printable(repr(data['v']), 40)}, this party speaks "
-                    f"{SETUP_VERSION}"
+                    f"{SETUP_VERSION}: the server and this party run different securefl releases; "
+                    "install the same release on both"
+                )
+            if data["securefl"] != __version__:
+                raise WireError(
+                    f"the server runs securefl {printable(repr(data['securefl']), 40)}, this party "
+                    f"{__version__}: install the same release on both (releases change protocols)"
                 )
             population = data["population"]
             if isinstance(population, bool) or not isinstance(population, int) or population < 1:
