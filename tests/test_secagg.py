@@ -1121,14 +1121,53 @@ def test_one_passive_party_altering_shares_as_dealer_or_holder_never_gets_an_hon
     node._dealt = lambda kind, holder, share: (
         _bump(share) if kind == "seed" and holder in framed else honest_dealt(kind, holder, share)
     )
-    for _ in range(2):
+    report = fed.run_round()
+    assert set(report.dropouts) <= {bad}, report.dropouts  # never an honest party
+    if len(framed) <= 1:  # every owner has at most one wrong share: corrected
+        assert report.ok, report.error
+        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
+        pairs = {(bad, h) for h in framed} | {(o, bad) for o in altered}
+        ambiguous = len(pairs) == 2 and framed == altered  # (bad, x) and (x, bad): x or bad
+        assert (bad in report.dropouts) == (len(pairs) >= 2 and not ambiguous), report.dropouts
+    else:  # two wrong shares of its own seed: beyond correction, the round fails, naming its dealer
+        assert not report.ok and report.error
+        assert bad in report.dropouts, report.dropouts  # > t well-formed shares that fit no polynomial
+    named = bad in report.dropouts
+    # The next round: a named party sits out (so it cannot fail round after round); the others' sum
+    # is exact. Unnamed, it takes part again and nobody honest is named.
+    report = fed.run_round()
+    assert set(report.dropouts) <= {bad}, report.dropouts
+    if named:
+        assert set(report.sidelined) == {bad} and "sits out" in report.sidelined[bad], report.sidelined
+        assert report.ok, report.error
+        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, others))
+    else:
+        assert report.ok and not report.sidelined, (report.error, report.sidelined)
+        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
+
+
+def test_a_named_party_sits_out_one_then_two_rounds_and_is_invited_again_after():
+    """Found by an attacker (2026-12-01): a dealer of shares that fit no polynomial failed every
+    round it was in. Named, it now sits out 1, 2, 4 … rounds (up to SIT_OUT_LIMIT), the others'
+    rounds succeed meanwhile, and it is invited again after each bench."""
+    n, parties = 7, [f"p{i:02d}" for i in range(7)]
+    bad, framed = "p02", {"p04", "p05"}  # two wrong shares of its own seed: beyond correction
+    fed, deltas, weights = integer_federation(SecAgg(), n)
+    node = fed.nodes[bad].secure_sum
+    honest_dealt = node._dealt
+    node._dealt = lambda kind, holder, share: (
+        _bump(share) if kind == "seed" and holder in framed else honest_dealt(kind, holder, share)
+    )
+    others = [p for p in parties if p != bad]
+    seen = []
+    for _ in range(6):
         report = fed.run_round()
-        assert set(report.dropouts) <= {bad}, report.dropouts  # never an honest party
-        if len(framed) <= 1:  # every owner has at most one wrong share: corrected
+        assert set(report.dropouts) <= {bad}, report.dropouts
+        if bad in report.sidelined:
             assert report.ok, report.error
-            np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
-            pairs = {(bad, h) for h in framed} | {(o, bad) for o in altered}
-            ambiguous = len(pairs) == 2 and framed == altered  # (bad, x) and (x, bad): x or bad
-            assert (bad in report.dropouts) == (len(pairs) >= 2 and not ambiguous), report.dropouts
-        else:  # two wrong shares of its own seed: beyond correction, the round fails cleanly
-            assert not report.ok and report.error
+            np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, others))
+            seen.append("out")
+        else:
+            assert not report.ok and bad in report.dropouts and "fit no polynomial" in report.dropouts[bad]
+            seen.append("named")
+    assert seen == ["named", "out", "named", "out", "out", "named"]

@@ -67,6 +67,8 @@ ADVERTISE, SHARE, MASKED, CONSISTENCY, UNMASK = "advertise", "share", "masked", 
 _COMMITMENT = 32
 # c_pk ‖ s_pk ‖ commitment to the self-mask seed ‖ commitment to the mask private key
 _KEYS = 2 * channel.KEY_BYTES + 2 * _COMMITMENT
+# Rounds: the longest a party named misbehaving sits out (1, 2, 4 … rounds each time it is named).
+SIT_OUT_LIMIT = 64
 
 
 def _share_width(active: bool) -> int:
@@ -617,6 +619,19 @@ class _Aggregator(SumAggregator):
     def __init__(self, layer: SecAgg, identities: Identities | None) -> None:
         self.layer = layer
         self.identities = identities  # public keys only
+        # Across rounds: a party named misbehaving is not invited to the next rounds (``resting``),
+        # so that one bad party cannot fail every round it is in (found by an attacker: named or
+        # not, a dealer of bad shares failed every round). Naming is sound against one malicious
+        # party in either mode (passive: ``_settle_suspects``), so only it sits out.
+        self.sits_out_until: dict[str, int] = {}
+        self.times_named: dict[str, int] = {}
+
+    def resting(self, round: int) -> dict[str, str]:
+        return {
+            party: f"named misbehaving in an earlier round: it sits out until round {until + 1}"
+            for party, until in sorted(self.sits_out_until.items())
+            if round < until
+        }
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
         return self.layer.phases()
@@ -650,8 +665,10 @@ class _Aggregator(SumAggregator):
         self.one_time: dict[str, dict[str, bytes]] = {}  # accused -> accuser -> revealed one-time key
         self.answered_unmask: set[str] = set()
         self._culprits: dict[str, str] = {}
-        # passive mode: (owner, holder, what) of each revealed share that did not fit the others
-        self._suspects: list[tuple[str, str, str]] = []
+        # passive mode: what each failed reconstruction shows — the parties one of which misbehaved
+        # (a wrong share: its dealer and its holder; a failure only a bad owner explains: the owner)
+        # and what they did, in words for each of them (``_settle_suspects``)
+        self._suspects: list[dict[str, str]] = []
         self._sidelined: dict[str, str] = {}
         self.dealer_signatures: dict[tuple[str, str], bytes] = {}  # (owner, holder) -> signature
         self.senders_to: dict[str, frozenset[str]] = {}  # recipient -> the U2 parties whose shares it holds
@@ -873,6 +890,9 @@ class _Aggregator(SumAggregator):
         return frozenset(live)
 
     def _blame(self, party: str, reason: str) -> None:
+        if party not in self._culprits:  # sits out 1, 2, 4 … rounds, once per round it is named in
+            named = self.times_named[party] = self.times_named.get(party, 0) + 1
+            self.sits_out_until[party] = self.ctx.round + 1 + min(2 ** (named - 1), SIT_OUT_LIMIT)
         self._culprits.setdefault(party, reason)
 
     def _require(self, condition: bool, message: str) -> None:
@@ -951,7 +971,14 @@ class _Aggregator(SumAggregator):
                     f"sent sealed shares that {', '.join(unopened)} could not open (signed accusations) "
                     "and did not answer them",
                 )
-            # Passive mode cannot tell whether the sender or the accusers lie: name both sides.
+            if not self.identities and len(unopened) >= 2:
+                # Passive mode: an honest accuser accuses only bytes that did not open, and one
+                # malicious party is not two accusers — so the owner sealed garbage, if only one
+                # party misbehaves (found by an attacker: garbage sealed to k − t + 1 holders failed
+                # every round with nobody named). Settled with the round's other evidence.
+                self._suspects.append(
+                    {owner: f"sealed shares that {', '.join(unopened)} could not open, leaving {what} short"}
+                )
             raise RoundFailed(
                 f"{self.layer.name}: {', '.join(unopened)} said they could not open {owner}'s sealed share, "
                 f"leaving {len(shares)} shares of {what} where {self.t} are needed; round aborted, nothing "
@@ -983,7 +1010,22 @@ class _Aggregator(SumAggregator):
         # Passive mode from here (active mode returned above): nothing is signed, so a share that does
         # not fit was altered by its dealer or by its holder; the round's end decides, if anything can.
         for x in outcome.wrong:
-            self._suspects.append((owner, by_x[x], what))
+            holder = by_x[x]
+            self._suspects.append(
+                {
+                    owner: f"dealt {holder} a share of {what} that does not fit",
+                    holder: f"revealed a share of {what} that does not fit",
+                }
+            )
+        well_formed = len(shares) - len(outcome.wrong)
+        if outcome.secret is None and well_formed > self.t:
+            # With one malicious party an honest owner's t + 1 or more well-formed shares hold at
+            # most one wrong share, which decoding (t + 2 or more) or leaving each out against the
+            # commitment (t + 1) always corrects, and which cannot move a codeword: failing here
+            # takes a bad owner (found by an attacker: shares dealt off the polynomial failed every
+            # round with nobody named). (2t − 1 consistent shares name it outright, above.)
+            dealt = "rebuild another secret" if outcome.consistent else "fit no polynomial"
+            self._suspects.append({owner: f"dealt shares of {what} that {dealt}"})
         if outcome.secret is None:
             holders = ", ".join(by_x[x] for x in sorted(shares))
             if outcome.consistent:
@@ -1068,26 +1110,24 @@ class _Aggregator(SumAggregator):
         return True
 
     def _settle_suspects(self) -> None:
-        """Passive mode: name whoever altered the Shamir shares that did not fit, when the round shows
-        who. Such a share was altered by its dealer (which knows the sealing keys, so a wrong share
-        opens like a right one) or by its holder, and nothing signed tells which (found by an
-        attacker: naming the holder let one dealer get an honest holder dropped). One malicious party
-        is in every such (dealer, holder) pair, so the party common to all of them is named when
-        there is exactly one; a single pair names nobody (the sum is exact all the same). Colluders
-        can still point two pairs at an honest party (protocols/secagg.md, Limitations)."""
+        """Passive mode: name whoever misbehaved in the round's reconstructions, when the round shows
+        who. A share that does not fit was altered by its dealer (which knows the sealing keys, so a
+        wrong share opens like a right one) or by its holder, and nothing signed tells which (found by
+        an attacker: naming the holder let one dealer get an honest holder dropped). Shares that fail
+        to rebuild a secret from more than t of them, or that two holders could not open, take a bad
+        owner if only one party misbehaves. Each piece of evidence names the parties one of which
+        misbehaved; one malicious party is in all of them, so the party common to all is named when
+        there is exactly one; otherwise nobody (one wrong share alone: the sum is exact all the
+        same). Colluders can still point the evidence at an honest party (protocols/secagg.md)."""
         if not self._suspects:
             return
-        common = set.intersection(*({owner, holder} for owner, holder, _ in self._suspects))
+        common = set.intersection(*(set(evidence) for evidence in self._suspects))
         if len(common) != 1:
             return
         (culprit,) = common
-        dealt = sorted({what for owner, _, what in self._suspects if owner == culprit})
-        held = sorted({what for owner, holder, what in self._suspects if holder == culprit})
-        roles = [f"dealt shares of {', '.join(dealt)}"] if dealt else []
-        roles += [f"revealed shares of {', '.join(held)}"] if held else []
-        self._blame(
-            culprit, f"{' and '.join(roles)} that do not fit the others (it is party to every such share)"
-        )
+        deeds = list(dict.fromkeys(evidence[culprit] for evidence in self._suspects))
+        shown = "; ".join(deeds[:3]) + (f"; and {len(deeds) - 3} more" if len(deeds) > 3 else "")
+        self._blame(culprit, f"{shown} (it is party to every failed or corrected reconstruction)")
 
     def _unmask(self) -> None:
         try:
