@@ -148,12 +148,22 @@ def _finite_float(literal: str) -> float:
     return value
 
 
-def encode_record(magic: bytes, header: Mapping[str, Any], parts: Mapping[str, bytes]) -> bytes:
-    """Serialise a header and named binary parts into one record."""
-    return b"".join([_record_head(magic, header, parts), *parts.values()])
+def encode_record(
+    magic: bytes, header: Mapping[str, Any], parts: Mapping[str, bytes], align_array: str | None = None
+) -> bytes:
+    """Serialise a header and named binary parts into one record.
+
+    ``align_array`` names a part holding a :func:`pack_array` array whose data is to start at a
+    multiple of 8 bytes from the record's start: the JSON header is padded with spaces (which JSON
+    ignores, so any reader parses the record as before). A receiver then reads the array in place
+    as an aligned one — adding an unaligned 100,000-word vector takes twice as long (measured on
+    the aggregator's masked vectors, issue 19)."""
+    return b"".join([_record_head(magic, header, parts, align_array), *parts.values()])
 
 
-def _record_head(magic: bytes, header: Mapping[str, Any], parts: Mapping[str, bytes]) -> bytes:
+def _record_head(
+    magic: bytes, header: Mapping[str, Any], parts: Mapping[str, bytes], align_array: str | None = None
+) -> bytes:
     """The record's prefix and JSON header (which lists the parts' names and lengths)."""
     if len(magic) != 4:
         raise ValueError("magic must be 4 bytes")
@@ -162,6 +172,17 @@ def _record_head(magic: bytes, header: Mapping[str, Any], parts: Mapping[str, by
     full = dict(header)
     full["parts"] = [[name, len(data)] for name, data in parts.items()]
     text = json.dumps(full, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+    if align_array is not None:
+        before = 0
+        for name, data in parts.items():
+            if name == align_array:
+                break
+            before += len(data)
+        else:
+            raise ValueError(f"no part {align_array!r} to align")
+        array = parts[align_array]
+        data_start = _PREFIX.size + len(text) + before + _ARRAY_HEAD.size + 8 * array[1]
+        text += b" " * (-data_start % 8)
     if len(text) > MAX_HEADER_BYTES:
         raise WireError(f"record header is {len(text)} bytes, the limit is {MAX_HEADER_BYTES}")
     return _PREFIX.pack(magic, WIRE_VERSION, len(text)) + text

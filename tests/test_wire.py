@@ -407,3 +407,17 @@ def test_a_malicious_roster_part_is_refused():
         RoundInfo.decode(_round_info(parties=["a"], count=-1))
     with pytest.raises(WireError, match="not a valid name"):
         RoundInfo.decode(_round_info(parties=["a", "b\x00"]))
+
+
+@given(header_bytes=st.integers(0, 40), before=st.binary(max_size=20), words=st.integers(0, 50))
+def test_an_aligned_array_part_starts_at_a_multiple_of_8_and_reads_back_unchanged(header_bytes, before, words):
+    array = np.arange(words, dtype="<u4")
+    header = {"note": "x" * header_bytes}
+    parts = {"before": before, "masked": pack_array(array)}
+    record = encode_record(b"TEST", header, parts, align_array="masked")
+    got_header, got = decode_record(record, b"TEST", {"note": str}, ("before", "masked"), views=("masked",))
+    assert got_header == header and got["before"] == before
+    data = unpack_array(got["masked"], "<u4", (words,))
+    np.testing.assert_array_equal(data, array)
+    start = len(record) - len(parts["masked"]) + 2 + 8  # the array's data, after its dtype, ndim, dims
+    assert start % 8 == 0

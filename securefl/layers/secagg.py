@@ -648,7 +648,9 @@ class _Aggregator(SumAggregator):
         self.ctx = ctx = _bind(self.layer, ctx)
         self.graph_seed = os.urandom(prg.SEED_BYTES)
         self.graph = self.layer.neighbours(ctx.parties, self.graph_seed)
+        # requests that are the same for every party they go to: encoded once a round
         self._advertise_request: bytes | None = None
+        self._undisputed_unmask_request: bytes | None = None
         self.t = self.layer.shares_needed(self.layer.degree(len(ctx.parties)))
         self.s = self.layer.signatures_needed(len(ctx.parties)) if self.identities else 0
         self.keys: dict[str, bytes] = {}  # party -> c_pk ‖ s_pk ‖ seed commitment ‖ key commitment
@@ -700,10 +702,12 @@ class _Aggregator(SumAggregator):
             return encode_record(b"SAMq", {"senders": senders}, {"shares": blob})
         if phase == CONSISTENCY:
             return encode_record(b"SACq", {}, {"survivors": self._survivor_bitmap})
-        signers = sorted(self.statements)
         accusers = sorted(self.accusations.get(party, {}))
+        if not accusers and self._undisputed_unmask_request is not None:  # the same for all such
+            return self._undisputed_unmask_request
+        signers = sorted(self.statements)
         disputes = [[a, hashlib.sha256(self.sealed[party][a]).hexdigest()] for a in accusers]
-        return encode_record(
+        request = encode_record(
             b"SAUq",
             {"disputes": disputes},
             {
@@ -713,6 +717,9 @@ class _Aggregator(SumAggregator):
                 "accusations": b"".join(self.accusations[party][a] for a in accusers),
             },
         )
+        if not accusers:
+            self._undisputed_unmask_request = request
+        return request
 
     def _senders(self, party: str) -> frozenset[str]:
         """The parties of U2 whose sealed shares ``party`` holds (indexed once, when share closes)."""
@@ -813,8 +820,9 @@ class _Aggregator(SumAggregator):
             self.u2 = survivors
             # A party's shares are useless if a recipient dropped before seeing them: keep only
             # shares addressed to parties still live.
-            for sender in self.sealed:
-                self.sealed[sender] = {r: c for r, c in self.sealed[sender].items() if r in survivors}
+            if self.u1 - survivors:
+                for sender in self.sealed:
+                    self.sealed[sender] = {r: c for r, c in self.sealed[sender].items() if r in survivors}
             senders_to: dict[str, set[str]] = {}
             for sender in survivors:
                 for recipient in self.sealed.get(sender, {}):
@@ -1336,6 +1344,7 @@ class _Party(SumParty):
             b"SAMr",
             {"unopened": unopened},
             {"masked": pack_array(vector), "accusations": b"".join(accusations)},
+            align_array="masked",  # added in place by the aggregator (``_receive_masked``)
         )
 
     def _consistency(self, request: bytes) -> bytes:
