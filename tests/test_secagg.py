@@ -1171,3 +1171,95 @@ def test_a_named_party_sits_out_one_then_two_rounds_and_is_invited_again_after()
             assert not report.ok and bad in report.dropouts and "fit no polynomial" in report.dropouts[bad]
             seen.append("named")
     assert seen == ["named", "out", "named", "out", "out", "named"]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_passive_dealer_that_fails_its_own_reconstruction_in_any_way_is_named(data):
+    """Found by an attacker (2026-12-01): a passive-mode dealer that sealed garbage to k − t holders
+    (so exactly t shares arrived) and dealt the other t shares of another secret — or, with
+    k = t + 1, one malformed share and shares of another secret — failed every round with nobody
+    named. An honest owner's secret always rebuilds from more than t holders' word (shares and
+    accusations together) when only one party misbehaves, so a failure from more names the owner.
+    The dealer mixes the ways to spoil its shares; whenever the round fails it is named (never an
+    honest party), and it sits out the next round, which then sums the others exactly."""
+    from securefl.layers.secagg import _sealed_size
+
+    layer, n = data.draw(
+        st.sampled_from([(SecAgg(), 7), (SecAgg(), 4), (SecAggPlus(degree=4), 10)]), label="layer, parties"
+    )
+    fed, deltas, weights = integer_federation(layer, n)
+    parties = sorted(fed.nodes)
+    bad = data.draw(st.sampled_from(parties), label="malicious dealer")
+    node = fed.nodes[bad].secure_sum
+    plan = data.draw(st.permutations(range(n - 1)), label="order of its holders")
+    garbage = data.draw(st.integers(0, 3), label="holders sealed garbage")
+    malformed = data.draw(st.integers(0, 1), label="holders dealt a malformed share")
+    bumped = data.draw(st.integers(0, 2), label="holders dealt a share off the polynomial")
+    another = data.draw(st.booleans(), label="shares of another secret")
+
+    def holders(start, count):  # the round's neighbours, in the drawn order
+        neighbours = sorted(node.graph[node.me])
+        return set([neighbours[i] for i in plan if i < len(neighbours)][start : start + count])
+
+    honest_dealt, honest_share = node._dealt, node._share
+
+    def dealt(kind, holder, share):
+        if kind == "seed" and holder in holders(garbage, malformed):
+            return b"\xff" * shamir.SHARE_BYTES
+        if kind == "seed" and holder in holders(garbage + malformed, bumped):
+            return _bump(share)
+        return honest_dealt(kind, holder, share)
+
+    def share(request):
+        header, parts = decode_record(honest_share(request), b"SASr", {"recipients": list}, ("shares",))
+        width = _sealed_size(False)
+        count = len(header["recipients"])
+        sealed = [bytearray(parts["shares"][i * width : (i + 1) * width]) for i in range(count)]
+        for i, peer in enumerate(header["recipients"]):
+            if peer in holders(0, garbage):
+                sealed[i][-1] ^= 1  # does not open
+        return encode_record(b"SASr", header, {"shares": b"".join(map(bytes, sealed))})
+
+    node._dealt = dealt
+    node._share = share
+    if another:
+        _during(node, "_share", "self_seed", bytes(32))
+    report = fed.run_round()
+    assert set(report.dropouts) <= {bad}, report.dropouts  # never an honest party
+    if report.ok:
+        np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, report.survivors))
+        return
+    assert bad in report.dropouts, (report.error, report.dropouts)
+    report = fed.run_round()
+    assert set(report.sidelined) == {bad} and not report.dropouts, (report.sidelined, report.dropouts)
+    assert report.ok, report.error
+    others = [p for p in parties if p != bad]
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, others))
+
+
+def test_a_named_party_is_invited_after_all_when_the_round_could_not_run_without_it():
+    """Found by an attacker (2026-12-01): at min_parties = n (or n = 3 under SecAgg) a named party's
+    bench failed every round of it for want of parties, and each naming doubled that. The core
+    invites it back when fewer would remain than the round needs: a round it spoils again fails
+    (naming it again), and once it behaves the round succeeds with everyone."""
+    n = 7
+    fed, deltas, weights = integer_federation(SecAgg(), n)
+    fed.aggregator.min_parties = n
+    parties = sorted(fed.nodes)
+    bad, misbehaving = "p02", [True]
+    node = fed.nodes[bad].secure_sum
+    honest_dealt = node._dealt
+
+    def dealt(kind, holder, share):
+        spoil = misbehaving[0] and kind == "seed" and holder in {"p04", "p05"}  # beyond correction
+        return _bump(share) if spoil else honest_dealt(kind, holder, share)
+
+    node._dealt = dealt
+    for _ in range(2):
+        report = fed.run_round()
+        assert not report.ok and set(report.dropouts) == {bad} and not report.sidelined, report
+    misbehaving[0] = False
+    report = fed.run_round()
+    assert report.ok and not report.sidelined, (report.error, report.sidelined)
+    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))

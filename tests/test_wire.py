@@ -410,7 +410,7 @@ def test_a_malicious_roster_part_is_refused():
 
 
 @given(header_bytes=st.integers(0, 40), before=st.binary(max_size=20), words=st.integers(0, 50))
-def test_an_aligned_array_part_starts_at_a_multiple_of_8_and_reads_back_unchanged(header_bytes, before, words):
+def test_an_aligned_array_part_starts_at_a_multiple_of_8_and_reads_unchanged(header_bytes, before, words):
     array = np.arange(words, dtype="<u4")
     header = {"note": "x" * header_bytes}
     parts = {"before": before, "masked": pack_array(array)}

@@ -187,6 +187,12 @@ class SumAggregator(ABC):
         roster), so no layer may rely on a party being invited."""
         return {}
 
+    def fewest_parties(self) -> int:
+        """The fewest parties a round of this layer can run with (SecAgg: 3). The core invites
+        parties that :meth:`resting` names back rather than leave fewer than this (or than
+        ``min_parties``) in a roster. By default 1."""
+        return 1
+
     def sidelined(self) -> dict[str, str]:
         """Parties this layer leaves out of the rest of the round through no fault of their own,
         each with the reason (e.g. a SecAgg party with too few live neighbours left to share with,

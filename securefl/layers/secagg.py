@@ -636,8 +636,11 @@ class _Aggregator(SumAggregator):
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
         return self.layer.phases()
 
+    def fewest_parties(self) -> int:
+        return 3
+
     def start_round(self, ctx: RoundContext) -> None:
-        if len(ctx.parties) < 3:
+        if len(ctx.parties) < self.fewest_parties():
             raise RoundFailed(
                 f"{self.layer.name} needs at least 3 parties in a round, {len(ctx.parties)} selected"
             )
@@ -1025,15 +1028,19 @@ class _Aggregator(SumAggregator):
                     holder: f"revealed a share of {what} that does not fit",
                 }
             )
-        well_formed = len(shares) - len(outcome.wrong)
-        if outcome.secret is None and well_formed > self.t:
-            # With one malicious party an honest owner's t + 1 or more well-formed shares hold at
-            # most one wrong share, which decoding (t + 2 or more) or leaving each out against the
-            # commitment (t + 1) always corrects, and which cannot move a codeword: failing here
-            # takes a bad owner (found by an attacker: shares dealt off the polynomial failed every
-            # round with nobody named). (2t − 1 consistent shares name it outright, above.)
+        if outcome.secret is None and len(shares) + len(unopened) > self.t:
+            # With one malicious party M, an honest owner's secret always rebuilds from more than t
+            # holders' word: honest holders open its shares and reveal them right, so M alone may
+            # accuse it (revealing nothing for it) or reveal one wrong or malformed share — and with
+            # t + 1 or more shares one wrong one is always corrected (decoding from t + 2, leaving
+            # each out against the commitment from t + 1), with t right ones there is nothing to
+            # correct. Failing with more than t shares and accusers together takes a bad owner
+            # (found by attackers: shares dealt off the polynomial; garbage sealed to k − t holders
+            # and shares of another secret dealt to the other t; one malformed share and shares of
+            # another secret — each failed every round with nobody named).
             dealt = "rebuild another secret" if outcome.consistent else "fit no polynomial"
-            self._suspects.append({owner: f"dealt shares of {what} that {dealt}"})
+            sealed = f", with shares {', '.join(unopened)} could not open" if unopened else ""
+            self._suspects.append({owner: f"dealt shares of {what} that {dealt}{sealed}"})
         if outcome.secret is None:
             holders = ", ".join(by_x[x] for x in sorted(shares))
             if outcome.consistent:
