@@ -164,14 +164,6 @@ class Aggregator:
         # Left out by the layer (sitting out after a fault): the roster, and everything counted over
         # it (the guard's admission included), is the parties actually invited.
         resting = {p: why for p, why in self.secure_sum.resting(round).items() if p in selected}
-        # ... but not so many that the round could not run without them: a bench would then fail
-        # the others' rounds too (found by an attacker: at min_parties = n, or n = 3 under SecAgg,
-        # every round of a bench failed, and each naming doubled it). The fewest needed are invited
-        # after all, in id order; a round they spoil again costs no more than one refused for want
-        # of them, and a federation that needs every party can be stalled by any one of them anyway.
-        needed = max(self.min_parties, self.secure_sum.fewest_parties())
-        for party in sorted(resting)[: max(0, needed - (len(selected) - len(resting)))]:
-            del resting[party]
         selected = [p for p in selected if p not in resting]
         if self.guard is not None:
             try:

@@ -1335,18 +1335,3 @@ def test_a_damaged_contributors_field_refuses_the_log_when_the_party_is_built(tm
     path.write_text(json.dumps(entry) + "\n")
     with pytest.raises(ConfigError, match="damaged"):
         AckLog(path)
-
-
-def test_a_benched_party_the_round_cannot_do_without_is_invited_and_its_contribution_summed(keys):  # noqa: F811
-    """A party offline in round 0 is benched. In round 1 every party is needed (min_parties = n),
-    so the core invites it back, and, online again, its contribution is summed: the round
-    completes with everyone. Before, the invited benched party was refused and the round failed."""
-    n = 3
-    fed, deltas, weights = federation(keys[(n, 2)], n, Faults().add("offline", "p02", round=0))
-    fed.aggregator.min_parties = 2
-    report = fed.run_round()
-    assert not report.ok and "p02" in report.dropouts, (report.error, report.dropouts)
-    fed.aggregator.min_parties = n
-    report = fed.run_round()
-    assert report.ok and not report.sidelined, (report.error, report.sidelined, report.dropouts)
-    np.testing.assert_allclose(fed.global_vector, mean(deltas, weights, _parties(n)), atol=1e-9)

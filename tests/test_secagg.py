@@ -1238,28 +1238,39 @@ def test_a_passive_dealer_that_fails_its_own_reconstruction_in_any_way_is_named(
     np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, others))
 
 
-def test_a_named_party_is_invited_after_all_when_the_round_could_not_run_without_it():
-    """Found by an attacker (2026-12-01): at min_parties = n (or n = 3 under SecAgg) a named party's
-    bench failed every round of it for want of parties, and each naming doubled that. The core
-    invites it back when fewer would remain than the round needs: a round it spoils again fails
-    (naming it again), and once it behaves the round succeeds with everyone."""
-    n = 7
-    fed, deltas, weights = integer_federation(SecAgg(), n)
-    fed.aggregator.min_parties = n
-    parties = sorted(fed.nodes)
+def test_a_round_that_cannot_run_without_a_benched_party_is_refused_before_any_request_and_spends_no_budget():
+    """A bench is kept even when the round cannot run without the party (min_parties = n): the
+    round is refused at selection, before any party is asked anything, so a guard records no
+    release. (Inviting it back instead — tried after an attacker found such rounds failing — let it
+    spoil every round, each one a release that spent budget: found by the next attacker.) Once the
+    bench is over and it behaves, the round completes with everyone."""
+    from securefl.layers import Clip, DPNoise, Quantize
+    from securefl.privacy.guard import Budget, PrivacyGuard
+
+    n = 6
+    clients = {f"p{i:02d}": fixed_delta_client(np.full(4, 0.01 * (i + 1)), 5) for i in range(n)}
+    guard = PrivacyGuard(Budget(1e6))
+    fed = securefl.Federation(
+        {"w": np.zeros(4)},
+        clients,
+        [Clip(1.0), Quantize(16), DPNoise(1.0), SecAgg()],
+        weighting="uniform",
+        guard=guard,
+        min_parties=n,
+    )
     bad, misbehaving = "p02", [True]
     node = fed.nodes[bad].secure_sum
     honest_dealt = node._dealt
-
-    def dealt(kind, holder, share):
-        spoil = misbehaving[0] and kind == "seed" and holder in {"p04", "p05"}  # beyond correction
-        return _bump(share) if spoil else honest_dealt(kind, holder, share)
-
-    node._dealt = dealt
-    for _ in range(2):
-        report = fed.run_round()
-        assert not report.ok and set(report.dropouts) == {bad} and not report.sidelined, report
+    node._dealt = lambda kind, holder, share: (
+        _bump(share) if misbehaving[0] and kind == "seed" else honest_dealt(kind, holder, share)
+    )
+    report = fed.run_round()  # shares of another secret, to every holder: named
+    assert not report.ok and set(report.dropouts) == {bad}, (report.error, report.dropouts)
     misbehaving[0] = False
+    spent = guard.spent
+    report = fed.run_round()
+    assert not report.ok and set(report.sidelined) == {bad} and not report.dropouts, report
+    assert "selection" in report.error and guard.spent == spent, (report.error, guard.spent, spent)
     report = fed.run_round()
     assert report.ok and not report.sidelined, (report.error, report.sidelined)
-    np.testing.assert_array_equal(revealed(fed), expected_sum(deltas, weights, parties))
+    assert guard.spent > spent

@@ -219,9 +219,13 @@ def reconstruct(shares: Mapping[int, bytes], threshold: int, length: int, accept
         off = (x for x, y in zip(xs, ys, strict=True) if _evaluate(polynomial, x) != y)
         return Reconstruction(secret, tuple(sorted((*malformed, *off))))
     if accept is not None and len(xs) == threshold + 1:
-        # One share too few to correct an error by decoding, but the secret can be checked: the
-        # share whose removal gives an accepted secret is the wrong one (more than one such share
-        # would take a second preimage of the check, so the first found is the only one).
+        # One share too few to correct an error by decoding, but the secret can be checked: leaving
+        # out the one wrong share gives the accepted secret. With two or more wrong shares a dealer
+        # can craft them so that leaving out a right one does (found by an attacker: +1 at x = 1
+        # and x = 2 of t = 3, and leaving out x = 4 rebuilt the committed secret): "wrong" then
+        # names a right share — which is why callers never take it as proof against its holder
+        # (secagg: passive-mode evidence always includes the dealer; active mode decides by the
+        # dealer's signatures).
         for x, value in _leave_one_out_at_zero(xs, ys):
             secret = usable(value)
             if secret is not None:

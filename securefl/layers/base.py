@@ -181,19 +181,11 @@ class SumAggregator(ABC):
         """Parties this layer asks the core not to invite to ``round``, each with the reason (e.g.
         a threshold-Paillier contributor sitting out after it failed to attest, or that sits out
         until a release). They are left out of the round's roster before it starts and reported as
-        sidelined — unless fewer parties than the round needs would remain (:meth:`fewest_parties`,
-        ``min_parties``): then the fewest needed are invited after all. A layer whose rules count
-        the invited parties (a quorum over the roster) would otherwise count parties that cannot
-        contribute, and one of them could fail every round. By default none. Leaving a party out
-        is within any aggregator's power (it chooses every roster), so no layer may rely on a party
-        being invited."""
+        sidelined. A layer whose rules count the invited parties (a quorum over the roster) would
+        otherwise count parties that cannot contribute, and one of them could fail every round. By
+        default none. Leaving a party out is within any aggregator's power (it chooses every
+        roster), so no layer may rely on a party being invited."""
         return {}
-
-    def fewest_parties(self) -> int:
-        """The fewest parties a round of this layer can run with (SecAgg: 3). The core invites
-        parties that :meth:`resting` names back rather than leave fewer than this (or than
-        ``min_parties``) in a roster. By default 1."""
-        return 1
 
     def sidelined(self) -> dict[str, str]:
         """Parties this layer leaves out of the rest of the round through no fault of their own,

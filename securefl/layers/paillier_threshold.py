@@ -789,9 +789,13 @@ class _Aggregator(SumAggregator):
                 raise ProtocolError(
                     f"{party} sent an invalid attestation before: its contributions are refused"
                 )
-            # A benched party is in the roster only when the core invited it back because the round
-            # could not run without it (``resting``; aggregator.run_round): its contribution is
-            # welcome then (refused, it failed the round it was invited to).
+            if self.ctx.round < self.benched.get(party, 0) and not self.completing:
+                # (While a sum is completed nothing is summed and nobody attests: a benched party
+                # is welcome as a key-share holder.)
+                raise ProtocolError(
+                    f"{party} sits out until round {self.benched[party]}: it sent no contribution or "
+                    "did not attest its last one"
+                )
             if self.combined is None:
                 self.combined = self.scheme.combiner(self.public.paillier, self.ctx)
             self.combined.add(payload)  # checked whole (count, sizes, Z*_{n²}) before it is folded in

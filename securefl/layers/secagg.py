@@ -636,11 +636,8 @@ class _Aggregator(SumAggregator):
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
         return self.layer.phases()
 
-    def fewest_parties(self) -> int:
-        return 3
-
     def start_round(self, ctx: RoundContext) -> None:
-        if len(ctx.parties) < self.fewest_parties():
+        if len(ctx.parties) < 3:
             raise RoundFailed(
                 f"{self.layer.name} needs at least 3 parties in a round, {len(ctx.parties)} selected"
             )
