@@ -131,6 +131,33 @@ Fuser = Callable[..., np.ndarray]
 Provider = Callable[[], np.ndarray]
 
 
+SIT_OUT_LIMIT = 64  # rounds: the longest a party sits out after a fault
+
+
+class SitOuts:
+    """Parties an aggregator leaves out of the next rounds after a fault (for
+    :meth:`SumAggregator.resting`): 1 round, then 2, 4 … up to :data:`SIT_OUT_LIMIT` each further
+    time a party is benched, until :meth:`forgive` restarts its count. Doubling keeps a party that
+    keeps failing from failing most rounds, while one that failed once soon takes part again."""
+
+    def __init__(self) -> None:
+        self.until: dict[str, int] = {}  # party -> first round it is invited again
+        self.count: dict[str, int] = {}  # party -> times benched since last forgiven
+
+    def bench(self, party: str, round: int) -> None:
+        """``party`` failed in ``round``: it sits out the next rounds."""
+        count = self.count[party] = self.count.get(party, 0) + 1
+        self.until[party] = round + 1 + min(2 ** (count - 1), SIT_OUT_LIMIT)
+
+    def forgive(self, party: str) -> None:
+        """``party`` did well: its next bench is one round again."""
+        self.count.pop(party, None)
+
+    def resting(self, round: int) -> dict[str, int]:
+        """The parties sitting out ``round``, each with the first round it is invited again."""
+        return {party: until for party, until in sorted(self.until.items()) if round < until}
+
+
 class SumAggregator(ABC):
     """The aggregator's side of a secure sum for one federation. Holds no secret key."""
 

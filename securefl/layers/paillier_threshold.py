@@ -52,6 +52,7 @@ from securefl.layers.base import (
     RoundContext,
     SealedModel,
     SecureSum,
+    SitOuts,
     StackContext,
     SumAggregator,
     SumParty,
@@ -74,7 +75,6 @@ from securefl.layers.shared_key import (
 from securefl.wire import decode_record, encode_record
 
 ATTEST, ACK, SHARE, COMBINE, VERIFY = "attest", "acknowledge", "share", "combine", "verify"
-BENCH_LIMIT = 64  # rounds: the longest a contributor that keeps failing to attest sits out
 LATE_ACK_ROUNDS = 3  # rounds spent gathering late acknowledgements of a sum short of its quorum
 MAX_ATTEMPTS = 8
 
@@ -609,8 +609,7 @@ class _Aggregator(SumAggregator):
         self.barred: set[str] = set()  # combiners caught lying: never a combiner again
         self.exposed: dict | None = None  # a sum whose shares went out without a model (above)
         self.excluded: set[str] = set()  # contributors caught lying in an attestation: never summed
-        self.benched: dict[str, int] = {}  # contributor -> first round it is summed again
-        self.misses: dict[str, int] = {}  # contributor -> attestations missed in a row
+        self.sit_outs = SitOuts()  # contributors that missed attestations in a row
         self.avoid: set[str] = set()  # combiners that were silent or disagreed: no role while others can
         # Contributors that acknowledged a sum which then gathered too few acknowledgements to be
         # decrypted: they attest no other sum of the same update, so they are not summed until a
@@ -789,11 +788,11 @@ class _Aggregator(SumAggregator):
                 raise ProtocolError(
                     f"{party} sent an invalid attestation before: its contributions are refused"
                 )
-            if self.ctx.round < self.benched.get(party, 0) and not self.completing:
+            if self.ctx.round < self.sit_outs.until.get(party, 0) and not self.completing:
                 # (While a sum is completed nothing is summed and nobody attests: a benched party
                 # is welcome as a key-share holder.)
                 raise ProtocolError(
-                    f"{party} sits out until round {self.benched[party]}: it sent no contribution or "
+                    f"{party} sits out until round {self.sit_outs.until[party]}: it sent no contribution or "
                     "did not attest its last one"
                 )
             if self.combined is None:
@@ -1141,7 +1140,7 @@ class _Aggregator(SumAggregator):
             values = [self.attested[p] for p in self._named]
             if attestation.matches_sum(self.public.paillier, ciphertexts, gammas, values):
                 for party in self._named:
-                    self.misses.pop(party, None)
+                    self.sit_outs.forgive(party)
                 return
             # Someone attested a D other than its own ciphertexts' combination. Only an attack gets
             # here, so finding who (one K-base multi-exponentiation per contributor) is affordable.
@@ -1162,9 +1161,8 @@ class _Aggregator(SumAggregator):
 
     def _bench(self, party: str) -> None:
         """``party`` sits out the next rounds (not invited: ``resting``), twice as long each time
-        in a row, up to BENCH_LIMIT rounds; a round it attests in resets the count."""
-        misses = self.misses[party] = self.misses.get(party, 0) + 1
-        self.benched[party] = self.ctx.round + 1 + min(2 ** (misses - 1), BENCH_LIMIT)
+        in a row, up to SIT_OUT_LIMIT rounds; a round it attests in resets the count."""
+        self.sit_outs.bench(party, self.ctx.round)
 
     def _bench_absent(self, survivors: frozenset[str]) -> None:
         """Invited parties that sent no valid contribution (and did not abstain) sit out like one
@@ -1181,12 +1179,10 @@ class _Aggregator(SumAggregator):
         round): they are not invited, so that the quorum over the invited counts only parties whose
         contributions can be summed."""
         out = {p: "it sent an invalid attestation: its contributions are refused" for p in self.excluded}
-        for party, until in self.benched.items():
-            if round < until:
-                out.setdefault(
-                    party,
-                    f"it sent no contribution or did not attest one; it sits out until round {until + 1}",
-                )
+        for party, until in self.sit_outs.resting(round).items():
+            out.setdefault(
+                party, f"it sent no contribution or did not attest one; it sits out until round {until + 1}"
+            )
         return out
 
     def _accept(self, reply: tuple, combiners: list[str]) -> None:

@@ -51,6 +51,7 @@ from securefl.layers.base import (
     Provider,
     RoundContext,
     SecureSum,
+    SitOuts,
     StackContext,
     SumAggregator,
     SumParty,
@@ -67,8 +68,6 @@ ADVERTISE, SHARE, MASKED, CONSISTENCY, UNMASK = "advertise", "share", "masked", 
 _COMMITMENT = 32
 # c_pk ‖ s_pk ‖ commitment to the self-mask seed ‖ commitment to the mask private key
 _KEYS = 2 * channel.KEY_BYTES + 2 * _COMMITMENT
-# Rounds: the longest a party named misbehaving sits out (1, 2, 4 … rounds each time it is named).
-SIT_OUT_LIMIT = 64
 
 
 def _share_width(active: bool) -> int:
@@ -622,15 +621,14 @@ class _Aggregator(SumAggregator):
         # Across rounds: a party named misbehaving is not invited to the next rounds (``resting``),
         # so that one bad party cannot fail every round it is in (found by an attacker: named or
         # not, a dealer of bad shares failed every round). Naming is sound against one malicious
-        # party in either mode (passive: ``_settle_suspects``), so only it sits out.
-        self.sits_out_until: dict[str, int] = {}
-        self.times_named: dict[str, int] = {}
+        # party in either mode (passive: ``_settle_suspects``), so only it sits out: 1, 2, 4 …
+        # rounds, once per round it is named in, never forgiven.
+        self.sit_outs = SitOuts()
 
     def resting(self, round: int) -> dict[str, str]:
         return {
             party: f"named misbehaving in an earlier round: it sits out until round {until + 1}"
-            for party, until in sorted(self.sits_out_until.items())
-            if round < until
+            for party, until in self.sit_outs.resting(round).items()
         }
 
     def phases(self, ctx: RoundContext) -> tuple[str, ...]:
@@ -898,9 +896,8 @@ class _Aggregator(SumAggregator):
         return frozenset(live)
 
     def _blame(self, party: str, reason: str) -> None:
-        if party not in self._culprits:  # sits out 1, 2, 4 … rounds, once per round it is named in
-            named = self.times_named[party] = self.times_named.get(party, 0) + 1
-            self.sits_out_until[party] = self.ctx.round + 1 + min(2 ** (named - 1), SIT_OUT_LIMIT)
+        if party not in self._culprits:  # benched once per round it is named in
+            self.sit_outs.bench(party, self.ctx.round)
         self._culprits.setdefault(party, reason)
 
     def _require(self, condition: bool, message: str) -> None:
